@@ -1,0 +1,84 @@
+"""PNG metadata in AUTOMATIC1111's ``parameters`` format, which sd-parsers,
+sd-prompt-reader, Civitai and A1111's own PNG Info read back."""
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+PARAMETERS_KEY = "parameters"
+
+
+def _clean(value: object) -> str:
+    # A ',' or ':' inside a value would split the settings line in the readers.
+    return re.sub(r"[,:\n\r]", "", str(value)).strip()
+
+
+def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg_scale: float,
+             seed: int, width: int, height: int, model: str,
+             denoising_strength: float | None = None, extra: dict | None = None) -> str:
+    """The three-part A1111 text: prompt, ``Negative prompt:`` line, settings line."""
+    settings = {
+        "Steps": steps,
+        "Sampler": sampler,
+        "CFG scale": f"{cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model": _clean(model),
+    }
+    if denoising_strength is not None:
+        settings["Denoising strength"] = f"{denoising_strength:g}"
+    for key, value in (extra or {}).items():
+        settings[key] = _clean(value)
+    lines = [prompt.strip()]
+    if negative_prompt.strip():
+        lines.append("Negative prompt: " + negative_prompt.strip())
+    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items()))
+    return "\n".join(lines)
+
+
+def png_bytes(image: Image.Image, parameters: str | None) -> bytes:
+    """Encode ``image`` as PNG with the ``parameters`` text chunk.
+    Deterministic: the same pixels and text give the same bytes."""
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        # tEXt like A1111; PIL switches to iTXt by itself for non-Latin-1 prompts.
+        info.add_text(PARAMETERS_KEY, parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(image, parameters))
+    return path
+
+
+def read_parameters(image: Image.Image) -> str | None:
+    """The ``parameters`` text of an opened PNG, or None."""
+    text = getattr(image, "text", None) or {}
+    return text.get(PARAMETERS_KEY) or image.info.get(PARAMETERS_KEY)
+
+
+_SETTING = re.compile(r"\s*([^:,]+):\s*([^,]*)(?:,|$)")
+
+
+def parse_infotext(text: str) -> dict:
+    """Split an A1111 infotext back into prompt, negative prompt and settings."""
+    lines = text.strip().split("\n")
+    settings_line = lines[-1] if len(lines) > 1 and "Steps:" in lines[-1] else ""
+    body = lines[:-1] if settings_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    result = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
+    result.update({k.strip(): v.strip() for k, v in _SETTING.findall(settings_line)})
+    return result

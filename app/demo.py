@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 DEMO_MODEL_ID = "demo"
@@ -81,8 +83,15 @@ def build_tokenizer(cache_dir: str | os.PathLike | None = None):
     from transformers import CLIPTokenizer
 
     folder = Path(cache_dir) if cache_dir else _default_cache() / "tokenizer"
-    if not (folder / "merges.txt").exists():
-        write_clip_tokenizer_files(folder)
+    if not (folder / "tokenizer_config.json").exists():
+        # Write beside, then rename: several processes may build it at once.
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=folder.parent if folder.parent.exists() else None))
+        write_clip_tokenizer_files(tmp)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -30,7 +30,6 @@ SCHEDULERS: tuple[SchedulerSpec, ...] = (
     SchedulerSpec("Euler", "EulerDiscreteScheduler", {}, ("euler",)),
     SchedulerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("euler_a", "euler_ancestral")),
     SchedulerSpec("Heun", "HeunDiscreteScheduler", {}, ("heun",)),
-    SchedulerSpec("LMS", "LMSDiscreteScheduler", {}, ("lms",)),
     SchedulerSpec("DDIM", "DDIMScheduler", {}, ("ddim",)),
     SchedulerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("pndm", "plms")),
     SchedulerSpec("UniPC", "UniPCMultistepScheduler", {}, ("unipc",)),

@@ -1,0 +1,85 @@
+"""Every bad parameter is refused before any work, with the field and value named."""
+import pytest
+from PIL import Image
+
+from app.types import GenerationRequest, Limits, ValidationError
+
+BAD = [
+    ("prompt", "", "must not be empty"),
+    ("prompt", "   ", "must not be empty"),
+    ("prompt", 42, "must be a string"),
+    ("prompt", "x" * 5000, "limit is 4000"),
+    ("negative_prompt", None, "must be a string"),
+    ("width", 770, "multiple of 8"),
+    ("width", 0, "between 64 and 2048"),
+    ("width", 4096, "between 64 and 2048"),
+    ("width", "768", "must be an integer"),
+    ("width", 768.0, "must be an integer"),
+    ("height", 100, "multiple of 8"),
+    ("height", True, "must be an integer"),
+    ("steps", 0, "between 1 and 150"),
+    ("steps", 151, "between 1 and 150"),
+    ("steps", 2.5, "must be an integer"),
+    ("guidance_scale", -1, "between 0 and 30"),
+    ("guidance_scale", float("nan"), "must be a number"),
+    ("guidance_scale", "7", "must be a number"),
+    ("seed", -2, "or -1 for random"),
+    ("seed", 2**32, "or -1 for random"),
+    ("seed", "1", "must be an integer"),
+    ("scheduler", "DPM++ 9000", "is not one of DPM++ 2M"),
+    ("scheduler", None, "is not one of"),
+    ("num_images", 0, "between 1 and 8"),
+    ("num_images", 9, "between 1 and 8"),
+    ("strength", 0, "greater than 0"),
+    ("strength", 1.5, "at most 1"),
+    ("init_image", "not an image", "must be an image"),
+    ("save_steps", -1, "positive step interval"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD, ids=[f"{f}={v!r}"[:40] for f, v, _ in BAD])
+def test_bad_field_is_named_with_its_value(field, value, message):
+    request = GenerationRequest(prompt="a fox")
+    setattr(request, field, value)
+    with pytest.raises(ValidationError) as err:
+        request.validate()
+    assert err.value.field == field
+    assert message in err.value.message
+    # An image is named by its type, not dumped.
+    shown = type(value).__name__ if field == "init_image" else value
+    assert field in str(err.value) and repr(shown)[:20] in str(err.value)
+    assert err.value.to_dict()["field"] == field
+
+
+def test_pixel_limit_counts_both_sides():
+    request = GenerationRequest(prompt="a fox", width=1024, height=1024)
+    with pytest.raises(ValidationError, match="more than 65536 pixels"):
+        request.validate(Limits(max_pixels=256 * 256))
+
+
+def test_init_image_pixel_limit():
+    request = GenerationRequest(prompt="a fox", init_image=Image.new("RGB", (300, 300)))
+    with pytest.raises(ValidationError) as err:
+        request.validate(Limits(max_pixels=256 * 256))
+    assert err.value.field == "init_image" and "300x300" in str(err.value)
+
+
+def test_img2img_needs_at_least_one_denoising_step():
+    request = GenerationRequest(prompt="a fox", steps=2, strength=0.3, init_image=Image.new("RGB", (64, 64)))
+    with pytest.raises(ValidationError) as err:
+        request.validate()
+    assert err.value.field == "strength"
+
+
+def test_good_request_is_normalised():
+    request = GenerationRequest(prompt="a fox", seed=-1, scheduler="euler A").validate()
+    assert request.seed is None  # -1 means random, as in A1111
+    assert request.scheduler == "Euler a"
+
+
+def test_engine_validates_the_size_it_picks(engine):
+    # An init image too small for the limits fails on the derived width, before any step runs.
+    request = GenerationRequest(prompt="a fox", init_image=Image.new("RGB", (40, 40)), steps=2, strength=1.0)
+    with pytest.raises(ValidationError) as err:
+        engine.generate(request, on_step=lambda s: pytest.fail("no step may run"))
+    assert err.value.field == "width" and err.value.value == 40

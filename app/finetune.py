@@ -279,7 +279,7 @@ class Trainer:
             raise ValidationError("device", cfg.device, str(exc).split(": ", 1)[-1]) from exc
         self.device = torch.device(placement.device)
         self.amp_dtype = resolve_mixed_precision(cfg.mixed_precision, placement.device)
-        pipe = load_pipeline(cfg.model, placement, config=cfg.config)
+        pipe = self.pipe = load_pipeline(cfg.model, placement, config=cfg.config)
         self.tokenizer, self.text_encoder, self.unet, self.vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
         self.resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         # The training objective uses the model's own noise schedule and prediction type.
@@ -300,6 +300,7 @@ class Trainer:
         # Frozen parts run in the mixed-precision dtype to save memory; the
         # trained weights stay fp32 so small updates are not rounded away.
         frozen_dtype = self.amp_dtype or torch.float32
+        self._frozen_cast = frozen_dtype != torch.float32
         _cast(self.vae, frozen_dtype)
         if cfg.mode == "text-encoder":
             _cast(self.unet, frozen_dtype)
@@ -523,9 +524,9 @@ class Trainer:
 
     # -- 6. export ----------------------------------------------------------
     def export(self) -> None:
-        """Save a full pipeline built from a fresh copy of the base model, so
-        the frozen parts are written exactly as they were loaded (training
-        may have cast them to fp16/bf16)."""
+        """Save the full pipeline. When training cast the frozen parts to
+        fp16/bf16, or added LoRA layers, it is rebuilt from a fresh copy of the
+        base model so the untouched weights are written exactly as loaded."""
         import gc
 
         import torch
@@ -533,26 +534,29 @@ class Trainer:
         from .devices import Placement
         from .loading import load_pipeline
 
-        trained = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in self.trained.named_parameters()
-                   if n in self.trainable_names}
-        lora_state = self._lora_state() if self.config.mode == "lora" else None
-        for name in ("text_encoder", "unet", "vae", "optimizer", "params", "trained"):
-            setattr(self, name, None)
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-        pipe = load_pipeline(self.config.model, Placement("cpu", "float32"), config=self.config.config)
-        if self.config.mode == "text-encoder":
-            pipe.text_encoder.load_state_dict(trained, strict=False)  # parameters only; buffers are unchanged
+        if self.config.mode == "text-encoder" and not self._frozen_cast:
+            pipe = self.pipe.to("cpu")
+            pipe.text_encoder.requires_grad_(False)
         else:
-            from diffusers import StableDiffusionPipeline
+            trained = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in self.trained.named_parameters()
+                       if n in self.trainable_names}
+            lora_state = self._lora_state() if self.config.mode == "lora" else None
+            for name in ("pipe", "text_encoder", "unet", "vae", "optimizer", "params", "trained"):
+                setattr(self, name, None)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            pipe = load_pipeline(self.config.model, Placement("cpu", "float32"), config=self.config.config)
+            if self.config.mode == "text-encoder":
+                pipe.text_encoder.load_state_dict(trained, strict=False)  # parameters only; buffers are unchanged
+            else:
+                from diffusers import StableDiffusionPipeline
 
-            lora_dir = self.out / "lora"
-            StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=lora_state)
-            pipe.load_lora_weights(str(lora_dir))
-            pipe.fuse_lora(components=["unet"])
-            pipe.unload_lora_weights()
+                lora_dir = self.out / "lora"
+                StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=lora_state)
+                pipe.load_lora_weights(str(lora_dir))
+                pipe.fuse_lora(components=["unet"])
+                pipe.unload_lora_weights()
         if self.config.save_dtype == "fp16":
             pipe.to(dtype=torch.float16)
         pipe.save_pretrained(str(self.out), safe_serialization=True)
@@ -565,8 +569,10 @@ class Trainer:
 
 
 def _cast(module, dtype) -> None:
-    if module.dtype != dtype:  # diffusers warns on every .to(dtype=...), even a no-op one
-        module.to(dtype=dtype)
+    import torch
+
+    # torch's own .to(): diffusers' override warns about fp32 modules even when it has none.
+    torch.nn.Module.to(module, dtype=dtype)
 
 
 def resolve_mixed_precision(choice: str, device: str):
@@ -664,7 +670,7 @@ def plot_losses(losses: list[StepLog], path: str | Path, size: tuple[int, int] =
             y = height - bottom - (v - lo) / (hi - lo) * (height - top - bottom)
             return x, y
 
-        window = max(1, len(values) // 20)
+        window = max(1, len(values) // 10)
         smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
         if len(values) > 1:
             draw.line([point(s, v) for s, v in values], fill=(150, 190, 240), width=1)

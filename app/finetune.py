@@ -189,6 +189,8 @@ class Trainer:
             logger.warning("skipped %d of %d caption rows in %s: %s (list in %s)", self.data.skips.total,
                            self.data.num_rows, self.data.source, self.data.skips.summary(), self.out / "skipped.csv")
         self._resume_dir = find_checkpoint(self.out, config.resume) if config.resume else None
+        if self._resume_dir is not None:
+            self._check_resume(self._resume_dir)
         self._order: dict[int, list[int]] = {}
         self._bad_images: set[Path] = set()
 
@@ -222,9 +224,6 @@ class Trainer:
         if self._resume_dir is not None:
             start, losses = self._load_checkpoint(self._resume_dir)
             logger.info("resumed from %s (step %d)", self._resume_dir, start)
-        if start >= cfg.steps:
-            raise ValidationError("steps", cfg.steps, f"is not more than the checkpoint's step {start}; "
-                                  "raise --steps to train further")
         eval_before = self.eval_loss()
         _write_loss_csv(self.out / "loss.csv", losses)
 
@@ -255,6 +254,8 @@ class Trainer:
 
         # 6. Save the pipeline (and LoRA adapters) so it loads as a model.
         self.export()
+        if self.data.skips.total:  # again: images that went bad during the run are added
+            self.data.skips.write_csv(self.out / "skipped.csv")
         result = TrainResult(out=self.out, steps=cfg.steps, resumed_from=start, losses=losses,
                              eval_loss_before=eval_before, eval_loss_after=eval_after,
                              examples=len(self.data.examples), skipped=self.data.skips.total,
@@ -299,9 +300,9 @@ class Trainer:
             module.eval()
         # Frozen parts run in the mixed-precision dtype to save memory; the
         # trained weights stay fp32 so small updates are not rounded away.
+        # The VAE stays fp32: it only encodes, without gradients, and SD VAEs can overflow in fp16.
         frozen_dtype = self.amp_dtype or torch.float32
         self._frozen_cast = frozen_dtype != torch.float32
-        _cast(self.vae, frozen_dtype)
         if cfg.mode == "text-encoder":
             _cast(self.unet, frozen_dtype)
             self.text_encoder.requires_grad_(True)
@@ -489,19 +490,26 @@ class Trainer:
             for old in list_checkpoints(self.out)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def _check_resume(self, folder: Path) -> None:
+        """Before the model loads: the options that fix the data order and the noise must match."""
+        import torch
+
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        for key, saved in state["config"].items():
+            ours = getattr(self.config, key)
+            if saved != ours and not (key == "resolution" and ours is None):
+                raise ValidationError(key.replace("_", "-"), ours, f"differs from the checkpoint {str(folder)!r}, "
+                                      f"which used {saved!r}; a resumed run must use the same value")
+        if state["step"] >= self.config.steps:
+            raise ValidationError("steps", self.config.steps, f"is not more than the checkpoint's step "
+                                  f"{state['step']}; raise --steps to train further")
+
     def _load_checkpoint(self, folder: Path) -> tuple[int, list[StepLog]]:
         import torch
         from safetensors.torch import load_file
 
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        saved = dict(state["config"], resolution=state["resolution"])
-        ours = dict({k: getattr(self.config, k) for k in RESUME_KEYS}, resolution=self.resolution)
-        for key in saved:
-            if saved[key] != ours[key] and not (key == "resolution" and self.config.resolution is None):
-                raise ValidationError(key.replace("_", "-"), ours[key], f"differs from the checkpoint {str(folder)!r}, "
-                                      f"which used {saved[key]!r}; a resumed run must use the same value")
-        if saved["resolution"] != self.resolution:
-            self.resolution = saved["resolution"]
+        self.resolution = state["resolution"]  # the run's size, also when it came from the model's default
         if state["examples"] != len(self.data.examples):
             logger.warning("the checkpoint saw %d usable examples, this data has %d: the order will differ",
                            state["examples"], len(self.data.examples))

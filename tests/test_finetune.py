@@ -120,6 +120,13 @@ def test_no_usable_rows_is_an_error_naming_the_file(tmp_path):
     assert "1 empty caption" in str(info.value) and "1 missing image" in str(info.value)
 
 
+def test_unreadable_captions_file_is_an_error_naming_it(tmp_path):
+    make_images(tmp_path)
+    (tmp_path / "captions.csv").write_bytes(b"image,caption\nred.png,\xff\xfe broken\n")
+    with pytest.raises(DatasetError, match="cannot read .*captions.csv"):
+        load_caption_data(tmp_path)
+
+
 def test_captions_file_must_be_found(tmp_path):
     make_images(tmp_path)
     with pytest.raises(DatasetError, match="no captions file"):
@@ -239,8 +246,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(trained, tmp_path)
 def test_resume_must_use_the_same_batch_size(trained):
     cfg, _ = trained
     with pytest.raises(ValidationError, match="batch-size") as info:
-        Trainer(config(cfg.data, cfg.out, resume="latest", steps=8, batch_size=1)).train(progress=False)
+        Trainer(config(cfg.data, cfg.out, resume="latest", steps=8, batch_size=1))
     assert info.value.value == 1
+    with pytest.raises(ValidationError, match="raise --steps") as info:
+        Trainer(config(cfg.data, cfg.out, resume="latest", steps=6))
+    assert info.value.field == "steps"
 
 
 def test_output_folder_is_not_overwritten_without_resume(trained):
@@ -259,6 +269,16 @@ def test_loss_goes_down_on_the_training_data(data_dir, tmp_path):
     losses = [s.loss for s in result.losses]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     assert result.eval_loss_after < result.eval_loss_before - 0.005
+
+
+def test_image_that_goes_bad_mid_run_is_skipped(data_dir, tmp_path):
+    trainer = Trainer(config(data_dir, tmp_path / "out", steps=2, batch_size=4, grad_accum=1, checkpoint_every=0))
+    (data_dir / "green.png").write_bytes(b"overwritten after the start-up check")
+    result = trainer.train(progress=False)
+    assert len(result.losses) == 2 and result.skipped == 1
+    with open(tmp_path / "out" / "skipped.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["image"].endswith("green.png"), r["reason"]) for r in rows] == [(True, "unreadable during training")]
 
 
 def test_bf16_mixed_precision_trains_and_saves_fp32(data_dir, tmp_path):

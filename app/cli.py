@@ -189,7 +189,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     except (ValidationError, DatasetError, ModelLoadError) as exc:
         raise CLIError(str(exc)) from exc
     print(f"loss on a fixed batch: {result.eval_loss_before:.4f} before, {result.eval_loss_after:.4f} after "
-          f"({result.steps - result.resumed_from} steps, {result.seconds:.0f} s)")
+          f"({result.steps - result.resumed_from} step{'s' if result.steps - result.resumed_from != 1 else ''}, "
+          f"{result.seconds:.0f} s)")
     print(f"model saved to {result.out}: use --model {result.out}, or --text-encoder {result.out} with the base model"
           if config.mode == "text-encoder" else f"model saved to {result.out} (LoRA adapters in {result.out / 'lora'})")
     return 0

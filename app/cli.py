@@ -117,7 +117,13 @@ def _open_image(path: str):
         raise CLIError(f"init_image: cannot read {path!r} as an image ({exc})") from exc
 
 
-COMMANDS = [add_generate_parser]
+def add_export_parser(subparsers) -> None:
+    from .checkpoint import add_export_parser as add
+
+    add(subparsers)
+
+
+COMMANDS = [add_generate_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,7 +86,8 @@ def unet_key_map(keys, layers_per_block: int) -> dict[str, str]:
         elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
             block = int(m.group(1))
             # The upsampler follows the attention when the block has one.
-            new = f"output_blocks.{block * per + layers_per_block}.{2 if block in up_with_attention else 1}.{m.group(2)}"
+            slot = 2 if block in up_with_attention else 1
+            new = f"output_blocks.{block * per + layers_per_block}.{slot}.{m.group(2)}"
         elif m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
             new = f"middle_block.{2 * int(m.group(1))}." + _replace_prefix(m.group(2), _UNET_RESNET, "unet", key)
         elif key.startswith("mid_block.attentions.0."):
@@ -135,7 +136,8 @@ def text_encoder_key_map(keys) -> dict[str, tuple[str, int | None]]:
         if m := _QKV.match(rest):
             mapping[key] = (f"transformer.resblocks.{m.group(1)}.attn.in_proj_{m.group(3)}", "qkv".index(m.group(2)))
         elif m := re.match(r"encoder\.layers\.(\d+)\.(.*)", rest):
-            mapping[key] = (f"transformer.resblocks.{m.group(1)}." + _replace_prefix(m.group(2), _TEXT_LAYER, "text_encoder", key), None)
+            layer = _replace_prefix(m.group(2), _TEXT_LAYER, "text_encoder", key)
+            mapping[key] = (f"transformer.resblocks.{m.group(1)}.{layer}", None)
         elif rest in _TEXT_TOP:
             mapping[key] = (_TEXT_TOP[rest], None)
         else:

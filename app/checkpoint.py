@@ -191,9 +191,8 @@ def export_single_file(pipe, path: str | os.PathLike, *, dtype=None, config_fold
     import torch
 
     path = Path(path)
+    check_output(path, config_folder)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"output: must end in .safetensors or .ckpt, got {str(path)!r}")
     state = original_state_dict(pipe.unet, pipe.vae, pipe.text_encoder, dtype=dtype)
     state = {k: v.to("cpu") for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +207,19 @@ def export_single_file(pipe, path: str | os.PathLike, *, dtype=None, config_fold
     if config_folder:
         write_config_folder(pipe, path.with_suffix(""))
     return path
+
+
+def check_output(path: str | os.PathLike, config_folder: bool = False) -> None:
+    """ValueError naming the problem with an output path, before any work."""
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"output: must end in .safetensors or .ckpt (got {str(path)!r})")
+    folder = path.with_suffix("")
+    # Never overwrite the configs of another model that lives in that folder.
+    if config_folder and folder.is_dir() and any(
+            f.suffix in (".safetensors", ".bin", ".ckpt", ".pt") for f in folder.glob("*/*")):
+        raise ValueError(f"output: {str(folder)!r} already holds a model's weights; choose another name "
+                         "or pass --no-config-folder")
 
 
 def write_config_folder(pipe, folder: str | os.PathLike) -> Path:
@@ -242,8 +254,10 @@ def run_export(args) -> int:
 
     from .cli import CLIError, load_engine
 
-    if Path(args.output).suffix.lower() not in SUFFIXES:  # before the model loads
-        raise CLIError(f"output: must end in .safetensors or .ckpt (got {args.output!r})")
+    try:
+        check_output(args.output, args.config_folder)  # before the model loads
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     engine = load_engine(args)
     try:
         path = export_single_file(engine.pipe, args.output, dtype=torch.float16 if args.half else None,

@@ -111,7 +111,7 @@ def test_half_export_saves_fp16(original, tmp_path):
 
 
 def test_export_refuses_other_suffixes(original, tmp_path):
-    with pytest.raises(ValueError, match=r"output: must end in .safetensors or .ckpt, got '.*model\.bin'"):
+    with pytest.raises(ValueError, match=r"output: must end in .safetensors or .ckpt \(got '.*model\.bin'\)"):
         export_single_file(original, tmp_path / "model.bin")
     assert not list(tmp_path.iterdir())
 
@@ -206,6 +206,17 @@ def test_cli_export_bad_output_fails_before_loading(tmp_path, capsys):
     assert code == 2
     assert "error: output: must end in .safetensors or .ckpt (got" in err
     assert "no such file" not in err  # the output was checked first
+
+
+def test_cli_export_keeps_another_models_folder(demo_model_dir, tmp_path, capsys):
+    # demo_model_dir is a full diffusers folder: exporting to <it>.safetensors must not rewrite its configs.
+    before = (demo_model_dir / "unet" / "config.json").read_bytes()
+    output = str(demo_model_dir) + ".safetensors"
+    code = main(["export", "--model", "/no/such/model", "-o", output])
+    assert code == 2
+    assert f"error: output: {str(demo_model_dir)!r} already holds a model's weights" in capsys.readouterr().err
+    assert (demo_model_dir / "unet" / "config.json").read_bytes() == before
+    assert not os.path.exists(output)
 
 
 # The real SD 2.1 (768-v) architecture, from its unet/vae/text_encoder config.json.

@@ -196,7 +196,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_generate_parser, add_finetune_parser]
+def add_export_parser(subparsers) -> None:
+    from .checkpoint import add_export_parser as add
+
+    add(subparsers)
+
+
+COMMANDS = [add_generate_parser, add_finetune_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

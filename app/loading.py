@@ -73,7 +73,7 @@ def load_pipeline(
 
     placement = placement or Placement("cpu", "float32")
     kind = model_kind(model)
-    common = dict(safety_checker=None, requires_safety_checker=False, torch_dtype=placement.torch_dtype)
+    common = dict(safety_checker=None, requires_safety_checker=False, dtype=placement.torch_dtype)
     try:
         if kind == "demo":
             pipe = build_demo_pipeline()
@@ -106,7 +106,7 @@ def load_text_encoder(folder: str, placement: Placement):
         path = path / "text_encoder"
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"text_encoder: no text encoder (config.json) in {folder!r}")
-    return CLIPTextModel.from_pretrained(str(path), torch_dtype=placement.torch_dtype, local_files_only=True)
+    return CLIPTextModel.from_pretrained(str(path), dtype=placement.torch_dtype, local_files_only=True)
 
 
 def _load_error_message(model: str, kind: str, exc: Exception) -> str:

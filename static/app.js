@@ -275,6 +275,10 @@
         return;
       }
       self.track(result.data.job);
+      // On a phone the result panel sits under the form: bring it into view.
+      if (window.matchMedia("(max-width: 899px)").matches) {
+        $("job").scrollIntoView({ behavior: "smooth", block: "start" });
+      }
     }, function () {
       self.setBusy(false);
       self.showError({ error: "Could not reach the server. Is it still running?" });

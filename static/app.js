@@ -1,6 +1,6 @@
 // Form page and header status for the text-to-image web app.
 // Plain browser JavaScript, no build step. User data only ever goes into the
-// page through textContent / attributes, never innerHTML.
+// page through textContent and attributes, never as markup.
 (function () {
   "use strict";
 

@@ -117,7 +117,13 @@ def _open_image(path: str):
         raise CLIError(f"init_image: cannot read {path!r} as an image ({exc})") from exc
 
 
-COMMANDS = [add_generate_parser]
+def add_serve_parser(subparsers) -> None:
+    from .server import add_serve_parser as add  # Flask itself is imported only when serving
+
+    add(subparsers)
+
+
+COMMANDS = [add_generate_parser, add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

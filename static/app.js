@@ -170,6 +170,10 @@
   GeneratePage.prototype.showError = function (data) {
     var box = $("form-error");
     var text = data.error || "Something went wrong.";
+    // The error shape carries the offending value apart: show it, the user may not see it otherwise.
+    if (data.value !== null && data.value !== undefined && text.indexOf(String(data.value)) < 0) {
+      text += " (got " + data.value + ")";
+    }
     box.textContent = text;
     show(box, true);
     var input = data.field && FIELDS.indexOf(data.field) >= 0 ? $(data.field) : null;
@@ -291,6 +295,10 @@
     this.jobId = job.id;
     this.failures = 0;
     this.lastPreview = null;
+    if (this.renderedResults !== job.id) {
+      $("results").replaceChildren();
+      this.renderedResults = null;
+    }
     try { window.localStorage.setItem(JOB_KEY, job.id); } catch (e) { /* private mode */ }
     this.render(job);
     if (ACTIVE[job.state]) this.schedule(POLL_MS);
@@ -351,8 +359,7 @@
     var progress = job.progress || {};
     switch (job.state) {
       case "queued":
-        return job.position ? "Queued, waiting for " + (job.position === 1 ? "the job ahead" : (job.position - 1) + " jobs ahead")
-                            : "Queued";
+        return "Queued: waiting for the model to be free";
       case "running":
         return progress.total ? "Generating: step " + progress.step + " of " + progress.total : "Starting…";
       case "done": {
@@ -394,6 +401,7 @@
     $("progress-text").textContent = Math.round(100 * step / total) + "%";
 
     this.renderPreview(job, active);
+    this.renderParams(job);
     show($("cancel"), active);
     show($("reuse"), !!job.params);
     this.setBusy(active);
@@ -425,11 +433,6 @@
     window.clearTimeout(this.timer);
     this.setBusy(false);
     if (job.state === "done" && this.renderedResults !== job.id) this.renderResults(job);
-    if (job.state !== "done" && this.renderedResults !== job.id) {
-      $("results").replaceChildren();
-      this.renderedResults = null;
-    }
-    this.renderParams(job);
   };
 
   GeneratePage.prototype.renderResults = function (job) {

@@ -1,0 +1,277 @@
+"""The web UI in a real headless Chromium (Debian's ``chromium``, driven by
+Playwright) against a real server on 127.0.0.1 running the demo model.
+
+Nothing is faked: the page's script calls the JSON API, the worker thread
+generates with the demo engine, the browser loads the PNGs. Screenshots go
+to pytest's tmp folder (or ``$T2I_SCREENSHOTS`` when set), never the repo.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                      "(apt-get install -y chromium)"),
+]
+
+# Long enough on the demo model (~80 ms a step at 64 px on a shared CPU)
+# that the page polls (every 500 ms) several times while the job runs.
+STEPS = 40
+TIMEOUT_MS = 60_000
+
+# Records every progress value and every loaded preview frame, so the test
+# sees what the user saw while the job ran, however fast it went.
+RECORDER = """
+window.__seen = {progress: [], previews: 0, states: []};
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  const preview = document.getElementById("preview");
+  const job = document.getElementById("job");
+  if (!bar) return;
+  new MutationObserver(() => {
+    window.__seen.progress.push([Number(bar.getAttribute("aria-valuenow")), bar.max]);
+  }).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
+  new MutationObserver(() => {
+    window.__seen.states.push(job.getAttribute("data-state"));
+  }).observe(job, {attributes: true, attributeFilter: ["data-state"]});
+  preview.addEventListener("load", () => {
+    if (preview.naturalWidth > 0 && !preview.closest("[hidden]")) window.__seen.previews += 1;
+  });
+});
+"""
+
+
+class LiveServer:
+    """The app on a free port of 127.0.0.1, served from a thread."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+        self.app.extensions["t2i_worker"].stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def serve(tmp_path, engine):
+    """Start a live server; the demo engine is handed in, so the worker does not load another."""
+    from app import create_app
+
+    servers = []
+
+    def start(**config) -> LiveServer:
+        settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo", "ENGINE": engine,
+                    "SECRET_KEY": "browser-test"}
+        settings.update(config)
+        servers.append(LiveServer(create_app(settings)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("T2I_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    assert page.is_visible("#demo-notice")
+    page.screenshot(path=str(shots / "form.png"), full_page=True)
+
+    page.fill("#prompt", "a lighthouse at dawn")
+    page.fill("#negative_prompt", "fog")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", str(STEPS))
+    page.fill("#seed", "4242")
+    page.select_option("#scheduler", "Euler a")
+    page.click("#generate")
+
+    page.wait_for_selector("#job[data-state=running]")
+    page.wait_for_selector("#results img")
+    page.wait_for_function("document.querySelector('#results img').naturalWidth > 0")
+    assert page.get_attribute("#job", "data-state") == "done"
+    assert page.text_content("#job-state").startswith("Done: 1 image")
+    page.screenshot(path=str(shots / "result.png"), full_page=True)
+
+    seen = page.evaluate("window.__seen")
+    # The bar moved through intermediate steps (not just 0 then done) ...
+    middle = [value for value, total in seen["progress"] if 0 < value < total]
+    assert middle, f"no progress seen between start and end: {seen['progress']}"
+    assert [total for _, total in seen["progress"]][-1] == STEPS
+    assert page.get_attribute("#progress", "aria-valuenow") == str(STEPS)
+    # ... at least one live preview frame was shown, and it is gone now.
+    assert seen["previews"] >= 1
+    assert page.is_hidden("#preview-box")
+    assert "running" in seen["states"]
+    image = page.eval_on_selector("#results img", "img => [img.naturalWidth, img.naturalHeight, img.src]")
+    assert image[:2] == [64, 64]
+    assert "Seed 4242" in page.text_content("#results")
+    assert page.is_hidden("#cancel")
+
+    # Reuse settings puts everything, seed included, back into a changed form.
+    for field in ("#prompt", "#negative_prompt", "#seed", "#steps"):
+        page.fill(field, "")
+    page.select_option("#scheduler", "DDIM")
+    page.click("#reuse")
+    assert page.input_value("#prompt") == "a lighthouse at dawn"
+    assert page.input_value("#negative_prompt") == "fog"
+    assert page.input_value("#seed") == "4242"
+    assert page.input_value("#steps") == str(STEPS)
+    assert page.input_value("#scheduler") == "Euler a"
+
+    page.click("a#nav-gallery")
+    page.wait_for_url("**/gallery")
+    gallery_image = page.wait_for_selector("#gallery img")
+    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+    assert gallery_image.get_attribute("src") == image[2].removeprefix(server.url)
+    assert "a lighthouse at dawn" in page.text_content("#gallery")
+    download = page.get_attribute("#gallery a[download]", "href")
+    assert download.endswith("?download=1")
+    page.screenshot(path=str(shots / "gallery.png"), full_page=True)
+
+    # The gallery's reuse link fills the form page the same way.
+    page.click("#gallery a:has-text('Reuse settings')")
+    page.wait_for_function("document.getElementById('seed').value === '4242'")
+    assert page.input_value("#prompt") == "a lighthouse at dawn"
+
+
+def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+
+    # A long job, cancelled from the page while it runs.
+    page.fill("#prompt", "a slow painting")
+    page.fill("#width", "256")
+    page.fill("#height", "256")
+    page.fill("#steps", "100")
+    page.click("#generate")
+    page.wait_for_function("Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
+    page.click("#cancel")
+    page.wait_for_selector("#job[data-state=cancelled]")
+    assert page.text_content("#job-state") == "Cancelled"
+    assert page.is_hidden("#cancel")
+    assert page.is_enabled("#generate")
+    assert page.locator("#results img").count() == 0
+
+    # Another client's long job runs; ours waits in the queue with its position shown.
+    blocker = page.request.post(server.url + "/api/jobs", data={"prompt": "someone else", "width": 256,
+                                                                "height": 256, "steps": 100})
+    assert blocker.status == 202
+    blocker_id = blocker.json()["job"]["id"]
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while page.request.get(f"{server.url}/api/jobs/{blocker_id}").json()["job"]["state"] != "running":
+        assert time.monotonic() < deadline, "the other job never started"
+        time.sleep(0.05)
+    page.fill("#prompt", "waiting my turn")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=queued]")
+    assert page.text_content("#queue-position") == "Position in queue: 1"
+    assert "waiting my turn" in page.text_content("#job-params")  # this job's settings, not the last one's
+    assert "a slow painting" not in page.text_content("#job-params")
+    page.screenshot(path=str(shots / "queued.png"), full_page=True)
+    page.click("#cancel")
+    page.wait_for_selector("#job[data-state=cancelled]")
+    assert page.text_content("#job-state") == "Cancelled"
+    assert page.request.post(f"{server.url}/api/jobs/{blocker_id}/cancel").status == 200
+
+
+def test_api_errors_show_next_to_the_form_with_the_field_marked(serve, page):
+    server = serve()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "too many steps")
+    page.fill("#steps", "1000")
+    page.click("#generate")
+    error = page.wait_for_selector("#form-error:visible")
+    assert "steps" in error.text_content() and "1000" in error.text_content()
+    assert page.get_attribute("#steps", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "steps"
+    assert page.get_attribute("#job", "data-state") == "idle"
+    # Fixing the field clears the mark.
+    page.fill("#steps", "2")
+    assert page.get_attribute("#steps", "aria-invalid") is None
+
+
+def test_model_loading_state_turns_ready_without_a_reload(serve, page):
+    server = serve(START_WORKER=False)
+    page.goto(server.url + "/")
+    assert page.is_visible("#model-loading")
+    assert page.get_attribute("#model-status", "data-state") == "loading"
+    server.app.extensions["t2i_worker"].ensure_engine()  # what the worker thread does first
+    page.wait_for_selector("#model-status[data-state=ready]")
+    assert page.is_hidden("#model-loading")
+    assert page.text_content("#model-state") == "ready"
+
+
+def test_login_when_a_password_is_set(serve, page):
+    server = serve(PASSWORD="open sesame")
+    page.goto(server.url + "/")
+    assert page.url == server.url + "/login?next=/"
+    page.fill("#password", "wrong")
+    page.click("#login")
+    assert "Wrong password" in page.text_content("body")
+    page.fill("#password", "open sesame")
+    page.click("#login")
+    page.wait_for_url(server.url + "/")
+    page.wait_for_selector("#prompt")
+    # Logged in: the page's own API calls pass too.
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.fill("#prompt", "behind a password")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0")

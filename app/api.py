@@ -6,7 +6,7 @@ import io
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .auth import client_id
+from .auth import client_id, is_authenticated
 from .errors import ApiError
 from .gallery import image_url
 from .jobs import Job, JobQueue, QueueFull
@@ -203,7 +203,7 @@ def health():
         "ok": True,
         "model": info["name"],
         "model_state": info["state"],
-        "model_error": info["error"],
+        "model_error": info["error"] if is_authenticated() else None,  # may name paths: not for strangers
         "is_demo": info["is_demo"],
         "queue": queue().counts(),
         "limits": public_limits(current_app.config),

@@ -27,7 +27,6 @@ API_PREFIXES = ("/api/", "/sdapi/", "/images/")
 MAX_FAILURES = 10  # wrong passwords per client per window before 429
 FAILURE_WINDOW = 300.0
 
-_failures: dict[str, list[float]] = {}
 _failures_lock = threading.Lock()
 
 
@@ -70,16 +69,21 @@ def is_authenticated() -> bool:
     return _matches(_credentials(), password)
 
 
+def _failures() -> dict[str, list[float]]:
+    return current_app.extensions.setdefault("t2i_auth_failures", {})
+
+
 def _too_many_failures(who: str) -> bool:
     with _failures_lock:
-        recent = [t for t in _failures.get(who, []) if time.monotonic() - t < FAILURE_WINDOW]
-        _failures[who] = recent
+        failures = _failures()
+        recent = [t for t in failures.get(who, []) if time.monotonic() - t < FAILURE_WINDOW]
+        failures[who] = recent
         return len(recent) >= MAX_FAILURES
 
 
 def _record_failure(who: str) -> None:
     with _failures_lock:
-        _failures.setdefault(who, []).append(time.monotonic())
+        _failures().setdefault(who, []).append(time.monotonic())
 
 
 def _wants_json() -> bool:

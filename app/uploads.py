@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import re
+import warnings
 
 from PIL import Image, UnidentifiedImageError
 
@@ -38,8 +39,13 @@ def open_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Imag
         raise ApiError(413, f"{field}: the image is larger than the limit of {max_bytes} bytes", field,
                        f"{len(data)} bytes")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size below
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"{field}: the image claims more than the limit of {max_pixels} pixels ({exc})",
+                       field, f"{len(data)} bytes") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ApiError(400, f"{field}: not a PNG, JPEG, WebP, BMP or GIF image", field, f"{len(data)} bytes") from exc
     w, h = image.size
     # Checked from the header, before .load(): a small file may claim a huge canvas.

@@ -8,7 +8,6 @@ to pytest's tmp folder (or ``$T2I_SCREENSHOTS`` when set), never the repo.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -52,24 +51,6 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
-class LiveServer:
-    """The app on a free port of 127.0.0.1, served from a thread."""
-
-    def __init__(self, app):
-        from werkzeug.serving import make_server
-
-        self.app = app
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-        self.app.extensions["t2i_worker"].stop()
-
-
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -82,16 +63,17 @@ def browser():
 
 @pytest.fixture
 def serve(tmp_path, engine):
-    """Start a live server; the demo engine is handed in, so the worker does not load another."""
+    """Start a live server on a free port; the demo engine is handed in, so the worker does not load another."""
     from app import create_app
+    from app.server import ServerHandle
 
     servers = []
 
-    def start(**config) -> LiveServer:
+    def start(**config) -> ServerHandle:
         settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo", "ENGINE": engine,
                     "SECRET_KEY": "browser-test"}
         settings.update(config)
-        servers.append(LiveServer(create_app(settings)))
+        servers.append(ServerHandle(create_app(settings), host="127.0.0.1", port=0).start())
         return servers[-1]
 
     yield start
@@ -275,3 +257,63 @@ def test_login_when_a_password_is_set(serve, page):
     page.click("#generate")
     page.wait_for_function("document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0")
+
+
+def test_phone_layout_fits_the_screen(serve, browser, shots):
+    # Colab users send the link to phones: nothing may need sideways scrolling.
+    server = serve()
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    overflow = "document.documentElement.scrollWidth - window.innerWidth"
+    try:
+        page.goto(server.url + "/")
+        assert page.evaluate(overflow) <= 0
+        page.fill("#prompt", "a long prompt " + "with many words " * 20 + "averyveryverylongwordwithoutanyspaces" * 3)
+        page.fill("#width", "64")
+        page.fill("#height", "64")
+        page.fill("#steps", "2")
+        page.tap("#generate")
+        page.wait_for_function("document.querySelector('#results img') && "
+                               "document.querySelector('#results img').naturalWidth > 0")
+        assert page.evaluate(overflow) <= 0
+        # The result panel was scrolled into view for the user.
+        assert page.evaluate("document.getElementById('job').getBoundingClientRect().top") < 740
+        page.screenshot(path=str(shots / "phone-result.png"), full_page=True)
+        page.goto(server.url + "/gallery")
+        page.wait_for_selector("#gallery img")
+        assert page.evaluate(overflow) <= 0
+        page.screenshot(path=str(shots / "phone-gallery.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_image_to_image_with_an_uploaded_init_image(serve, page, tmp_path):
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (100, 68), (200, 40, 40)).save(init)
+    server = serve()
+    page.goto(server.url + "/")
+    assert page.is_disabled("#strength")  # strength only means something with an init image
+    page.fill("#prompt", "make it blue")
+    page.fill("#steps", "4")
+    page.set_input_files("#init_image", str(init))
+    page.wait_for_selector("#init-preview:visible")
+    # The size follows the image, rounded down to multiples of 8.
+    page.wait_for_function("document.getElementById('width').value === '96'")
+    assert page.input_value("#height") == "64"
+    assert page.is_enabled("#strength")
+    page.fill("#strength", "0.5")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0")
+    size = page.eval_on_selector("#results img", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [96, 64]
+    assert "yes, strength 0.5" in page.text_content("#job-params")
+
+    page.click("#clear-init")
+    assert page.is_hidden("#init-preview") and page.is_disabled("#strength")
+    page.click("#reuse")
+    assert "init image is not kept" in page.text_content("#form-note")

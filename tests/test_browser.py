@@ -257,6 +257,26 @@ def test_login_when_a_password_is_set(serve, page):
     page.click("#generate")
     page.wait_for_function("document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0")
+    page.click("#nav-logout")
+    assert page.url.startswith(server.url + "/login")
+    page.goto(server.url + "/gallery")
+    assert page.url.startswith(server.url + "/login")
+
+
+def test_a_model_that_fails_to_load_is_reported_and_jobs_fail_with_the_reason(serve, page, tmp_path):
+    server = serve(MODEL=str(tmp_path / "missing" / "model.safetensors"), ENGINE=None)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-failed:visible")
+    assert "no such file or folder" in page.text_content("#model-failed")
+    assert page.get_attribute("#model-status", "data-state") == "failed"
+    page.fill("#prompt", "anything")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=failed]")
+    assert page.text_content("#job-state").startswith("Failed: the model could not be loaded")
+    assert page.is_enabled("#generate") and page.is_hidden("#cancel")
+    assert page.locator("#results img").count() == 0
 
 
 def test_phone_layout_fits_the_screen(serve, browser, shots):

@@ -423,19 +423,21 @@ class Worker(threading.Thread):
             return False
         self._current = job.id
         try:
-            self._run_job(job)
+            ok = self._run_job(job)
         finally:
             self._current = None
-            _free_memory()
+        if not ok:
+            _free_memory()  # a failed or stopped run may leave big tensors behind
         return True
 
-    def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: Job) -> bool:
+        """Run one job to its end state; False if it did not finish well."""
         from .engine import GenerationCancelled
 
         engine = self.ensure_engine()
         if engine is None:
             self.queue.fail(job.id, f"the model could not be loaded: {self.model_error}")
-            return
+            return False
         cancel = self.queue.cancel_event(job.id)
         try:
             request = self.queue.request_for(job)
@@ -443,6 +445,7 @@ class Worker(threading.Thread):
             images = self.gallery.save(job.id, result)
             self.queue.finish(job.id, images, {"width": result.width, "height": result.height})
             logger.info("job %s done in %.1fs", job.id, result.seconds)
+            return True
         except GenerationCancelled as exc:
             if self._stop_event.is_set():
                 self.queue.requeue(job.id)
@@ -453,6 +456,7 @@ class Worker(threading.Thread):
         except Exception as exc:
             logger.exception("job %s failed", job.id)
             self.queue.fail(job.id, _failure_reason(exc))
+        return False
 
     def _on_step(self, job_id: str, info) -> None:
         preview = None

@@ -20,7 +20,10 @@ class ServerHandle:
         from werkzeug.serving import make_server
 
         self.app = app
-        self.server = make_server(host, port, app, threaded=True)
+        try:
+            self.server = make_server(host, port, app, threaded=True)
+        except SystemExit as exc:  # werkzeug exits on a busy port; a notebook must not
+            raise OSError(f"address in use or not available: {host}:{port}") from exc
         self.host, self.port = host, self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, name="t2i-http", daemon=True)
 
@@ -82,12 +85,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from . import create_app
     from .cli import CLIError
 
-    app = create_app(serve_config(args))
+    app = create_app({**serve_config(args), "START_WORKER": False})
     try:
         handle = ServerHandle(app, args.host, args.port)
     except OSError as exc:
-        app.extensions["t2i_worker"].stop()
         raise CLIError(f"port: cannot listen on {args.host}:{args.port} ({exc})") from exc
+    app.extensions["t2i_worker"].start()  # loads the model in the background; /api/health tells when ready
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:
         print(f"Password: {app.config['PASSWORD']}", flush=True)

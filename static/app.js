@@ -381,6 +381,8 @@
   GeneratePage.prototype.render = function (job) {
     var active = !!ACTIVE[job.state];
     this.lastJob = job;
+    // Screen readers hear state changes, not every step.
+    if ($("job").getAttribute("data-state") !== job.state) $("job-announce").textContent = describeState(job);
     $("job").setAttribute("data-state", job.state);
     show($("job-empty"), false);
     show($("job-body"), true);

@@ -15,7 +15,7 @@ import math
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .api import build_request, enqueue, model_info, queue, worker
+from .api import build_request, enqueue, model_info, queue
 from .auth import client_id
 from .errors import ApiError
 from .gallery import Gallery

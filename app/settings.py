@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .loading import DEFAULT_MODEL_ID
+
+if TYPE_CHECKING:
+    from .types import Limits
 
 
 @dataclass(frozen=True)

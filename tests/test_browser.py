@@ -24,9 +24,12 @@ pytestmark = [
                                                       "(apt-get install -y chromium)"),
 ]
 
-# Long enough on the demo model (~80 ms a step at 64 px on a shared CPU)
-# that the page polls (every 500 ms) several times while the job runs.
-STEPS = 40
+# The page polls every 500 ms. The demo model's step time depends on the
+# machine (tens of ms at 64 px, more on a busy CPU), so each step gets PACE more
+# seconds: a STEPS job then runs for 1.8 s or more anywhere, and the page
+# sees it running, with previews, several times.
+STEPS = 30
+PACE = 0.06
 TIMEOUT_MS = 60_000
 
 # Records every progress value and every loaded preview frame, so the test
@@ -51,6 +54,26 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
+class PacedEngine:
+    """The real demo engine, with PACE seconds added to each denoising step so
+    the job is observable on any machine. Everything else is the engine's own."""
+
+    def __init__(self, engine, pace: float):
+        self._engine = engine
+        self._pace = pace
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, request, on_step=None, cancel=None):
+        def paced(info):
+            time.sleep(self._pace)
+            if on_step is not None:
+                on_step(info)
+
+        return self._engine.generate(request, on_step=paced, cancel=cancel)
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -63,15 +86,16 @@ def browser():
 
 @pytest.fixture
 def serve(tmp_path, engine):
-    """Start a live server on a free port; the demo engine is handed in, so the worker does not load another."""
+    """Start live servers on free ports. The loaded demo engine is handed in
+    (paced), so the worker does not load another."""
     from app import create_app
     from app.server import ServerHandle
 
     servers = []
 
     def start(**config) -> ServerHandle:
-        settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo", "ENGINE": engine,
-                    "SECRET_KEY": "browser-test"}
+        settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo",
+                    "ENGINE": PacedEngine(engine, PACE), "SECRET_KEY": "browser-test"}
         settings.update(config)
         servers.append(ServerHandle(create_app(settings), host="127.0.0.1", port=0).start())
         return servers[-1]
@@ -208,6 +232,22 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
     page.wait_for_selector("#job[data-state=cancelled]")
     assert page.text_content("#job-state") == "Cancelled"
     assert page.request.post(f"{server.url}/api/jobs/{blocker_id}/cancel").status == 200
+
+
+def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
+    # Phones drop background tabs; coming back must not lose the job.
+    server = serve()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "do not lose me")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", str(STEPS))
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=running]")
+    page.reload()
+    page.wait_for_selector("#job[data-state=done]")
+    page.wait_for_function("document.querySelector('#results img').naturalWidth === 64")
+    assert "do not lose me" in page.text_content("#job-params")
 
 
 def test_api_errors_show_next_to_the_form_with_the_field_marked(serve, page):

@@ -271,6 +271,14 @@
       this.showError({ error: "prompt: write what the image should show", field: "prompt" });
       return;
     }
+    // A number box with text in it reads as empty: say so instead of silently using the default.
+    var bad = ["width", "height", "steps", "guidance_scale", "seed", "num_images"].filter(function (id) {
+      return $(id).validity && $(id).validity.badInput;
+    })[0];
+    if (bad) {
+      this.showError({ error: bad + ": must be a number", field: bad });
+      return;
+    }
     this.setBusy(true);
     api("POST", "/api/jobs", this.readForm()).then(function (result) {
       if (!result.ok || !result.data.job) {

@@ -264,6 +264,14 @@ def test_api_errors_show_next_to_the_form_with_the_field_marked(serve, page):
     # Fixing the field clears the mark.
     page.fill("#steps", "2")
     assert page.get_attribute("#steps", "aria-invalid") is None
+    # Half-typed numbers ("1e") read as empty in a number box: caught before sending.
+    page.fill("#width", "")
+    page.focus("#width")
+    page.keyboard.type("1e")
+    page.click("#generate")
+    assert page.text_content("#form-error") == "width: must be a number"
+    assert page.get_attribute("#width", "aria-invalid") == "true"
+    assert page.get_attribute("#job", "data-state") == "idle"
 
 
 def test_model_loading_state_turns_ready_without_a_reload(serve, page):

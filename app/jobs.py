@@ -135,7 +135,43 @@ class JobQueue:
             self.wait_for_change(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def wait_for_change(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking early when a job changes state."""
         time.sleep(timeout)
+
+    def wait_for_work(self, timeout: float) -> None:
+        self.wait_for_change(timeout)
+
+    # Worker side. One worker per queue; it alone moves jobs out of "running".
+
+    def recover(self) -> int:
+        """At start: jobs left running by a dead process go back to the queue."""
+        raise NotImplementedError
+
+    def claim(self) -> Job | None:
+        """The oldest queued job, now running; None if none."""
+        raise NotImplementedError
+
+    def request_for(self, job: Job) -> GenerationRequest:
+        raise NotImplementedError
+
+    def cancel_event(self, job_id: str) -> threading.Event:
+        """Set when someone cancels the running job (or the server stops)."""
+        raise NotImplementedError
+
+    def report(self, job_id: str, step: int, total: int, preview_png: bytes | None = None) -> None:
+        raise NotImplementedError
+
+    def finish(self, job_id: str, images: list[dict], params_update: dict | None = None) -> None:
+        raise NotImplementedError
+
+    def fail(self, job_id: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def mark_cancelled(self, job_id: str, reason: str = "cancelled") -> None:
+        raise NotImplementedError
+
+    def requeue(self, job_id: str) -> None:
+        raise NotImplementedError
 
 
 class SQLiteJobQueue(JobQueue):
@@ -160,8 +196,6 @@ class SQLiteJobQueue(JobQueue):
     def wait_for_change(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
-
-    wait_for_work = wait_for_change
 
     # client side
 

@@ -44,7 +44,9 @@
   // One JSON call. Resolves to {ok, status, data}; data always has the error
   // shape on failure, even when a proxy (ngrok, Colab) answered with HTML.
   function api(method, url, body) {
-    var options = { method: method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    // The header keeps free ngrok's browser-warning page out of API answers.
+    var options = { method: method, credentials: "same-origin",
+                    headers: { Accept: "application/json", "ngrok-skip-browser-warning": "1" } };
     if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);

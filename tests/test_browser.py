@@ -1,0 +1,387 @@
+"""The web UI in a real headless Chromium (Debian's ``chromium``, driven by
+Playwright) against a real server on 127.0.0.1 running the demo model.
+
+Nothing is faked: the page's script calls the JSON API, the worker thread
+generates with the demo engine, the browser loads the PNGs. Screenshots go
+to pytest's tmp folder (or ``$T2I_SCREENSHOTS`` when set), never the repo.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                      "(apt-get install -y chromium)"),
+]
+
+# The page polls every 500 ms. The demo model's step time depends on the
+# machine (tens of ms at 64 px, more on a busy CPU), so each step gets PACE more
+# seconds: a STEPS job then runs for 1.8 s or more anywhere, and the page
+# sees it running, with previews, several times.
+STEPS = 30
+PACE = 0.06
+TIMEOUT_MS = 60_000
+
+# Records every progress value and every loaded preview frame, so the test
+# sees what the user saw while the job ran, however fast it went.
+RECORDER = """
+window.__seen = {progress: [], previews: 0, states: []};
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  const preview = document.getElementById("preview");
+  const job = document.getElementById("job");
+  if (!bar) return;
+  new MutationObserver(() => {
+    window.__seen.progress.push([Number(bar.getAttribute("aria-valuenow")), bar.max]);
+  }).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
+  new MutationObserver(() => {
+    window.__seen.states.push(job.getAttribute("data-state"));
+  }).observe(job, {attributes: true, attributeFilter: ["data-state"]});
+  preview.addEventListener("load", () => {
+    if (preview.naturalWidth > 0 && !preview.closest("[hidden]")) window.__seen.previews += 1;
+  });
+});
+"""
+
+
+class PacedEngine:
+    """The real demo engine, with PACE seconds added to each denoising step so
+    the job is observable on any machine. Everything else is the engine's own."""
+
+    def __init__(self, engine, pace: float):
+        self._engine = engine
+        self._pace = pace
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, request, on_step=None, cancel=None):
+        def paced(info):
+            time.sleep(self._pace)
+            if on_step is not None:
+                on_step(info)
+
+        return self._engine.generate(request, on_step=paced, cancel=cancel)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def serve(tmp_path, engine):
+    """Start live servers on free ports. The loaded demo engine is handed in
+    (paced), so the worker does not load another."""
+    from app import create_app
+    from app.server import ServerHandle
+
+    servers = []
+
+    def start(**config) -> ServerHandle:
+        settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo",
+                    "ENGINE": PacedEngine(engine, PACE), "SECRET_KEY": "browser-test"}
+        settings.update(config)
+        servers.append(ServerHandle(create_app(settings), host="127.0.0.1", port=0).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("T2I_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    assert page.is_visible("#demo-notice")
+    page.screenshot(path=str(shots / "form.png"), full_page=True)
+
+    page.fill("#prompt", "a lighthouse at dawn")
+    page.fill("#negative_prompt", "fog")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", str(STEPS))
+    page.fill("#seed", "4242")
+    page.select_option("#scheduler", "Euler a")
+    page.click("#generate")
+
+    page.wait_for_selector("#job[data-state=running]")
+    page.wait_for_selector("#results img")
+    page.wait_for_function("document.querySelector('#results img').naturalWidth > 0")
+    assert page.get_attribute("#job", "data-state") == "done"
+    assert page.text_content("#job-state").startswith("Done: 1 image")
+    page.screenshot(path=str(shots / "result.png"), full_page=True)
+
+    seen = page.evaluate("window.__seen")
+    # The bar moved through intermediate steps (not just 0 then done) ...
+    middle = [value for value, total in seen["progress"] if 0 < value < total]
+    assert middle, f"no progress seen between start and end: {seen['progress']}"
+    assert [total for _, total in seen["progress"]][-1] == STEPS
+    assert page.get_attribute("#progress", "aria-valuenow") == str(STEPS)
+    # ... at least one live preview frame was shown, and it is gone now.
+    assert seen["previews"] >= 1
+    assert page.is_hidden("#preview-box")
+    assert "running" in seen["states"]
+    image = page.eval_on_selector("#results img", "img => [img.naturalWidth, img.naturalHeight, img.src]")
+    assert image[:2] == [64, 64]
+    assert "Seed 4242" in page.text_content("#results")
+    assert page.is_hidden("#cancel")
+
+    # Reuse settings puts everything, seed included, back into a changed form.
+    for field in ("#prompt", "#negative_prompt", "#seed", "#steps"):
+        page.fill(field, "")
+    page.select_option("#scheduler", "DDIM")
+    page.click("#reuse")
+    assert page.input_value("#prompt") == "a lighthouse at dawn"
+    assert page.input_value("#negative_prompt") == "fog"
+    assert page.input_value("#seed") == "4242"
+    assert page.input_value("#steps") == str(STEPS)
+    assert page.input_value("#scheduler") == "Euler a"
+
+    page.click("a#nav-gallery")
+    page.wait_for_url("**/gallery")
+    gallery_image = page.wait_for_selector("#gallery img")
+    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+    assert gallery_image.get_attribute("src") == image[2].removeprefix(server.url)
+    assert "a lighthouse at dawn" in page.text_content("#gallery")
+    download = page.get_attribute("#gallery a[download]", "href")
+    assert download.endswith("?download=1")
+    page.screenshot(path=str(shots / "gallery.png"), full_page=True)
+
+    # The gallery's reuse link fills the form page the same way.
+    page.click("#gallery a:has-text('Reuse settings')")
+    page.wait_for_function("document.getElementById('seed').value === '4242'")
+    assert page.input_value("#prompt") == "a lighthouse at dawn"
+
+
+def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+
+    # A long job, cancelled from the page while it runs.
+    page.fill("#prompt", "a slow painting")
+    page.fill("#width", "256")
+    page.fill("#height", "256")
+    page.fill("#steps", "100")
+    page.click("#generate")
+    page.wait_for_function("Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
+    page.click("#cancel")
+    page.wait_for_selector("#job[data-state=cancelled]")
+    assert page.text_content("#job-state") == "Cancelled"
+    assert page.is_hidden("#cancel")
+    assert page.is_enabled("#generate")
+    assert page.locator("#results img").count() == 0
+
+    # Another client's long job runs; ours waits in the queue with its position shown.
+    blocker = page.request.post(server.url + "/api/jobs", data={"prompt": "someone else", "width": 256,
+                                                                "height": 256, "steps": 100})
+    assert blocker.status == 202
+    blocker_id = blocker.json()["job"]["id"]
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while page.request.get(f"{server.url}/api/jobs/{blocker_id}").json()["job"]["state"] != "running":
+        assert time.monotonic() < deadline, "the other job never started"
+        time.sleep(0.05)
+    page.fill("#prompt", "waiting my turn")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=queued]")
+    assert page.text_content("#queue-position") == "Position in queue: 1"
+    assert "waiting my turn" in page.text_content("#job-params")  # this job's settings, not the last one's
+    assert "a slow painting" not in page.text_content("#job-params")
+    page.screenshot(path=str(shots / "queued.png"), full_page=True)
+    page.click("#cancel")
+    page.wait_for_selector("#job[data-state=cancelled]")
+    assert page.text_content("#job-state") == "Cancelled"
+    assert page.request.post(f"{server.url}/api/jobs/{blocker_id}/cancel").status == 200
+
+
+def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
+    # Phones drop background tabs; coming back must not lose the job.
+    server = serve()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "do not lose me")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", str(STEPS))
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=running]")
+    page.reload()
+    page.wait_for_selector("#job[data-state=done]")
+    page.wait_for_function("document.querySelector('#results img').naturalWidth === 64")
+    assert "do not lose me" in page.text_content("#job-params")
+
+
+def test_api_errors_show_next_to_the_form_with_the_field_marked(serve, page):
+    server = serve()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "too many steps")
+    page.fill("#steps", "1000")
+    page.click("#generate")
+    error = page.wait_for_selector("#form-error:visible")
+    assert "steps" in error.text_content() and "1000" in error.text_content()
+    assert page.get_attribute("#steps", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "steps"
+    assert page.get_attribute("#job", "data-state") == "idle"
+    # Fixing the field clears the mark.
+    page.fill("#steps", "2")
+    assert page.get_attribute("#steps", "aria-invalid") is None
+    # Half-typed numbers ("1e") read as empty in a number box: caught before sending.
+    page.fill("#width", "")
+    page.focus("#width")
+    page.keyboard.type("1e")
+    page.click("#generate")
+    assert page.text_content("#form-error") == "width: must be a number"
+    assert page.get_attribute("#width", "aria-invalid") == "true"
+    assert page.get_attribute("#job", "data-state") == "idle"
+
+
+def test_model_loading_state_turns_ready_without_a_reload(serve, page):
+    server = serve(START_WORKER=False)
+    page.goto(server.url + "/")
+    assert page.is_visible("#model-loading")
+    assert page.get_attribute("#model-status", "data-state") == "loading"
+    server.app.extensions["t2i_worker"].ensure_engine()  # what the worker thread does first
+    page.wait_for_selector("#model-status[data-state=ready]")
+    assert page.is_hidden("#model-loading")
+    assert page.text_content("#model-state") == "ready"
+
+
+def test_login_when_a_password_is_set(serve, page):
+    server = serve(PASSWORD="open sesame")
+    page.goto(server.url + "/")
+    assert page.url == server.url + "/login?next=/"
+    page.fill("#password", "wrong")
+    page.click("#login")
+    assert "Wrong password" in page.text_content("body")
+    page.fill("#password", "open sesame")
+    page.click("#login")
+    page.wait_for_url(server.url + "/")
+    page.wait_for_selector("#prompt")
+    # Logged in: the page's own API calls pass too.
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.fill("#prompt", "behind a password")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0")
+    page.click("#nav-logout")
+    assert page.url.startswith(server.url + "/login")
+    page.goto(server.url + "/gallery")
+    assert page.url.startswith(server.url + "/login")
+
+
+def test_a_model_that_fails_to_load_is_reported_and_jobs_fail_with_the_reason(serve, page, tmp_path):
+    server = serve(MODEL=str(tmp_path / "missing" / "model.safetensors"), ENGINE=None)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-failed:visible")
+    assert "no such file or folder" in page.text_content("#model-failed")
+    assert page.get_attribute("#model-status", "data-state") == "failed"
+    page.fill("#prompt", "anything")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.click("#generate")
+    page.wait_for_selector("#job[data-state=failed]")
+    assert page.text_content("#job-state").startswith("Failed: the model could not be loaded")
+    assert page.is_enabled("#generate") and page.is_hidden("#cancel")
+    assert page.locator("#results img").count() == 0
+
+
+def test_phone_layout_fits_the_screen(serve, browser, shots):
+    # Colab users send the link to phones: nothing may need sideways scrolling.
+    server = serve()
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    overflow = "document.documentElement.scrollWidth - window.innerWidth"
+    try:
+        page.goto(server.url + "/")
+        assert page.evaluate(overflow) <= 0
+        page.fill("#prompt", "a long prompt " + "with many words " * 20 + "averyveryverylongwordwithoutanyspaces" * 3)
+        page.fill("#width", "64")
+        page.fill("#height", "64")
+        page.fill("#steps", "2")
+        page.tap("#generate")
+        page.wait_for_function("document.querySelector('#results img') && "
+                               "document.querySelector('#results img').naturalWidth > 0")
+        assert page.evaluate(overflow) <= 0
+        # The result panel was scrolled into view for the user.
+        assert page.evaluate("document.getElementById('job').getBoundingClientRect().top") < 740
+        page.screenshot(path=str(shots / "phone-result.png"), full_page=True)
+        page.goto(server.url + "/gallery")
+        page.wait_for_selector("#gallery img")
+        assert page.evaluate(overflow) <= 0
+        page.screenshot(path=str(shots / "phone-gallery.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_image_to_image_with_an_uploaded_init_image(serve, page, tmp_path):
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (100, 68), (200, 40, 40)).save(init)
+    server = serve()
+    page.goto(server.url + "/")
+    assert page.is_disabled("#strength")  # strength only means something with an init image
+    page.fill("#prompt", "make it blue")
+    page.fill("#steps", "4")
+    page.set_input_files("#init_image", str(init))
+    page.wait_for_selector("#init-preview:visible")
+    # The size follows the image, rounded down to multiples of 8.
+    page.wait_for_function("document.getElementById('width').value === '96'")
+    assert page.input_value("#height") == "64"
+    assert page.is_enabled("#strength")
+    page.fill("#strength", "0.5")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0")
+    size = page.eval_on_selector("#results img", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [96, 64]
+    assert "yes, strength 0.5" in page.text_content("#job-params")
+
+    page.click("#clear-init")
+    assert page.is_hidden("#init-preview") and page.is_disabled("#strength")
+    page.click("#reuse")
+    assert "init image is not kept" in page.text_content("#form-note")

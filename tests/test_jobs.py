@@ -1,0 +1,135 @@
+"""The job queue on its own, and the worker's boundaries; the serve command."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.jobs import QueueFull, SQLiteJobQueue, Worker
+from app.server import serve_config
+from web_helpers import make_app, small_job  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SQLiteJobQueue(tmp_path / "jobs.sqlite", max_queue=4, max_per_client=3)
+
+
+def test_fifo_claim_and_positions(store, small_request):
+    ids = [store.submit(small_request(seed=i), f"client{i}").id for i in range(3)]
+    assert [store.get(i).position for i in ids] == [1, 2, 3]
+    assert [j.id for j in store.list()] == ids[::-1]
+    assert store.claim().id == ids[0]
+    assert store.get(ids[0]).state == "running" and store.get(ids[0]).position is None
+    assert [store.get(i).position for i in ids[1:]] == [1, 2]
+    assert store.counts() == {"queued": 2, "running": 1}
+
+
+def test_limits_raise_queue_full(store, small_request):
+    for _ in range(3):
+        store.submit(small_request(), "me")
+    with pytest.raises(QueueFull) as err:
+        store.submit(small_request(), "me")
+    assert err.value.per_client
+    store.submit(small_request(), "you")
+    with pytest.raises(QueueFull) as err:
+        store.submit(small_request(), "them")
+    assert not err.value.per_client
+
+
+def test_wait_returns_when_the_job_finishes(store, small_request):
+    job = store.submit(small_request(), "me")
+    claimed = store.claim()
+    threading.Timer(0.2, store.finish, args=(claimed.id, [{"n": 0, "seed": 1, "infotext": "x"}])).start()
+    started = time.monotonic()
+    done = store.wait(job.id, timeout=10)
+    assert done.state == "done" and done.images[0]["seed"] == 1
+    assert time.monotonic() - started < 5
+    assert store.wait(store.submit(small_request(), "me").id, timeout=0.1).state == "queued"
+
+
+def test_cancel_running_sets_the_event_and_unknown_is_none(store, small_request):
+    job = store.submit(small_request(), "me")
+    store.claim()
+    event = store.cancel_event(job.id)
+    assert not event.is_set()
+    assert store.cancel(job.id).state == "running"  # the worker ends it after the current step
+    assert event.is_set()
+    assert store.cancel("f" * 32) is None and store.get("f" * 32) is None
+
+
+class ExplodingEngine:
+    """Stands in for a GPU failure (out of memory) that cannot happen on demand here."""
+
+    calls = 0
+
+    def generate(self, request, on_step=None, cancel=None):
+        ExplodingEngine.calls += 1
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_worker_marks_failures_and_goes_on(store, small_request, tmp_path, engine):
+    from app.gallery import Gallery
+
+    gallery = Gallery(tmp_path / "images")
+    bad = Worker(store, lambda: ExplodingEngine(), gallery)
+    first = store.submit(small_request(), "me")
+    assert bad.run_once() is True
+    failed = store.get(first.id)
+    assert failed.state == "failed" and "RuntimeError: CUDA out of memory" in failed.error
+    good = Worker(store, lambda: engine, gallery)
+    second = store.submit(small_request(), "me")
+    assert good.run_once() is True and store.get(second.id).state == "done"
+    assert (tmp_path / "images" / second.id / "0.png").is_file()
+    assert good.run_once() is False  # nothing left
+
+
+def test_stopping_the_worker_requeues_the_running_job(make_app):
+    app = make_app()
+    client = app.test_client()
+    job = client.post("/api/jobs", json=small_job(steps=100)).get_json()["job"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/api/jobs/{job['id']}").get_json()["job"]["progress"]["step"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    app.extensions["t2i_worker"].stop()
+    after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
+    assert after["state"] == "queued" and after["position"] == 1
+
+
+def test_trusted_proxy_header_names_the_client(make_app):
+    client = make_app(TRUST_PROXY=1, MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
+    a = {"X-Forwarded-For": "203.0.113.1"}
+    assert client.post("/api/jobs", json=small_job(), headers=a).status_code == 202
+    assert client.post("/api/jobs", json=small_job(), headers=a).status_code == 429
+    assert client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "203.0.113.2"}).status_code == 202
+
+
+def test_serve_options_map_to_settings():
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "demo", "--public", "--port", "9999", "--instance", "x"])
+    config = serve_config(args)
+    assert config["MODEL"] == "demo" and config["PUBLIC"] is True and config["TRUST_PROXY"] == 1
+    assert config["INSTANCE"] == "x" and "PASSWORD" not in config
+    local = serve_config(build_parser().parse_args(["serve", "--password", "pw"]))
+    assert local["PUBLIC"] is False and local["TRUST_PROXY"] == 0 and local["PASSWORD"] == "pw"
+
+
+def test_serve_reports_a_busy_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "app", "serve", "--model", "demo", "--port", str(port),
+                                 "--instance", str(tmp_path / "i")], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 2
+    assert f"port: cannot listen on 127.0.0.1:{port}" in result.stderr

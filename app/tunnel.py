@@ -311,7 +311,8 @@ def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 6
                max_checks: int | None = None, say: Callable[[str], None] = print, **tunnel_options) -> int:
     """Check the server and the link every ``interval`` seconds, reopening a
     dropped ngrok link and printing its (new) URL, until the server stops or
-    the user interrupts the cell. Returns the number of checks made."""
+    the user interrupts the cell (KeyboardInterrupt is re-raised). Returns
+    the number of checks made."""
     checks = 0
     try:
         while max_checks is None or checks < max_checks:
@@ -330,4 +331,5 @@ def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 6
                 time.sleep(interval)
     except KeyboardInterrupt:
         say("Stopped watching (the app keeps running until the stop cell).")
+        raise  # so a notebook's "Run all" stops here instead of running the stop cell
     return checks

@@ -238,6 +238,17 @@ def test_keep_alive_reopens_a_dropped_link(agent):
     assert said == ["The app has stopped."]
 
 
+def test_keep_alive_interrupt_is_reported_and_passed_on():
+    said: list[str] = []
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tunnel_mod.keep_alive(interrupted, PORT, interval=0, say=said.append)
+    assert said == ["Stopped watching (the app keeps running until the stop cell)."]
+
+
 def test_bad_port_is_named():
     with pytest.raises(TunnelError, match=r"port must be .* \(got 0\)"):
         open_tunnel(0)

@@ -185,3 +185,24 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
     assert any("deleted" in e for e in map(json.loads, events.read_text().splitlines())), "link not closed"
     # The token was used but never shown or stored in the notebook.
     assert token not in nbformat.writes(nb)
+
+
+@pytest.mark.parametrize("path", [GENERATOR, APP], ids=lambda p: p.name)
+def test_install_cell_installs_only_what_is_missing_and_never_torch(path, tmp_path):
+    import ast
+
+    nb = json.loads(path.read_text())
+    source = next("".join(c["source"]) for c in nb["cells"]
+                  if c["cell_type"] == "code" and "def missing_requirements" in "".join(c["source"]))
+    module = ast.parse(source)
+    keep = [node for node in module.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            or (isinstance(node, ast.FunctionDef) and node.name == "missing_requirements")]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "install-cell", "exec"), namespace)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\n"
+                            "not-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n-r other.txt\n")
+
+    assert namespace["missing_requirements"](str(requirements)) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
+    # The project's own requirements are all met in the test environment: nothing to install.
+    assert namespace["missing_requirements"](str(ROOT / "requirements.txt")) == []

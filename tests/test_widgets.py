@@ -1,0 +1,62 @@
+"""The notebook form, driven through its real ipywidgets (no kernel needed)."""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from app.metadata import read_parameters
+from app.widgets import GeneratorUI, Img2ImgUI, output_folder
+
+
+def test_button_generates_shows_progress_and_saves(engine, tmp_path):
+    ui = GeneratorUI(engine, tmp_path, steps=3, width=64, height=64)
+    ui.prompt.value = "a lighthouse"
+    ui.seed.value = 7
+    ui.button.click()
+
+    assert len(ui.saved) == 1 and ui.saved[0].parent == tmp_path
+    assert (ui.progress.value, ui.progress.max) == (3, 3)
+    with Image.open(ui.saved[0]) as saved:
+        assert saved.size == (64, 64)
+        assert "Seed: 7" in read_parameters(saved)
+    shown = Image.open(io.BytesIO(ui.image.value))
+    assert shown.size == (64, 64)  # the final image replaced the step previews
+    assert "Seed 7" in ui.status.value and not ui.button.disabled
+
+
+def test_bad_value_is_reported_with_field_and_nothing_saved(engine, tmp_path):
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    ui.prompt.value = "a lighthouse"
+    ui.width.value = 100
+    ui.button.click()
+
+    assert ui.saved == [] and list(tmp_path.iterdir()) == []
+    assert "width: must be a multiple of 8 (got 100)" in ui.status.value
+
+
+def test_img2img_needs_a_picture_then_uses_the_last_result(engine, tmp_path):
+    source = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    i2i = Img2ImgUI(engine, tmp_path, source=source, steps=4)
+    i2i.prompt.value = "at night"
+    i2i.button.click()
+    assert "init_image" in i2i.status.value and i2i.saved == []
+
+    source.prompt.value = "a lighthouse"
+    source.button.click()
+    i2i.use_last.click()
+    i2i.button.click()
+
+    assert len(i2i.saved) == 1 and i2i.saved[0] != source.saved[0]
+    with Image.open(i2i.saved[0]) as saved:
+        assert saved.size == (64, 64) and "Denoising strength: 0.6" in read_parameters(saved)
+
+
+def test_output_folder_prefers_mounted_drive(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert output_folder(None, drive_root=tmp_path / "no-drive") == tmp_path / "outputs"
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    assert output_folder("", drive_root=drive) == drive / "text-to-image"
+    assert output_folder(tmp_path / "mine", drive_root=drive) == tmp_path / "mine"
+    assert (drive / "text-to-image").is_dir()

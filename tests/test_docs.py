@@ -36,3 +36,12 @@ def test_requirements_do_not_pin_torch():
     # Colab ships torch; a pin would reinstall gigabytes there.
     req = (ROOT / "requirements.txt").read_text()
     assert not re.search(r"^torch\s*==", req, re.M)
+
+
+def test_readme_documents_every_web_setting():
+    from app.settings import SETTINGS
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### Settings", 1)[1].split("\n## ", 1)[0]
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in table]
+    assert not missing

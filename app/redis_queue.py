@@ -28,6 +28,7 @@ No Flask here: the GPU workers import this module too.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -35,9 +36,9 @@ import time
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from .jobs import (CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull, _failure_reason,
-                   job_params, new_job_id, now)
-from .types import GenerationRequest
+from .jobs import (CANCELLED, DONE, FAILED, PARAM_NAMES, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull,
+                   _failure_reason, job_params, new_job_id, now)
+from .types import GenerationRequest, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -287,16 +288,12 @@ class RedisJobQueue(JobQueue):
         return int(attempt), before.decode() if isinstance(before, bytes) else str(before)
 
     def request_for(self, job: Job) -> GenerationRequest:
-        from .jobs import PARAM_NAMES
-        from .types import ValidationError
-
+        """The job's request, with its init image decoded again."""
         init = None
         if job.params.get("has_init_image"):
             png = self.redis.get(self.key("init", job.id))
             if png is None:
                 raise ValidationError("init_image", None, "is missing from the job store")
-            import io
-
             from PIL import Image
 
             with Image.open(io.BytesIO(png)) as im:

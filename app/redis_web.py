@@ -141,8 +141,9 @@ class RedisWorkers(threading.Thread):
             due = time.monotonic() >= next_cleanup
             try:
                 self.run_once(cleanup=due)
-            except Exception:  # Redis restarting, say: try again on the next round
+            except Exception:  # Redis restarting, say: try again a little later
                 logger.exception("redis queue upkeep failed")
+                self._stop_event.wait(5)
             if due:
                 next_cleanup = time.monotonic() + 1.0
             self._stop_event.wait(self.poll_seconds)
@@ -157,7 +158,16 @@ class RedisWorkers(threading.Thread):
             # Retries or fails jobs whose worker's heartbeat expired, calling on_rq_failure;
             # a thread cannot use RQ's default SIGALRM timeouts.
             StartedJobRegistry(queue=self.queue.rq, death_penalty_class=TimerDeathPenalty).cleanup()
+            self._forget_dead_workers()
         return stored
+
+    def _forget_dead_workers(self, after: float = 600) -> None:
+        """Drop workers silent for ``after`` seconds from /api/health's list for good."""
+        redis, workers = self.queue.redis, self.queue.key("workers")
+        dead = redis.zrangebyscore(workers, 0, time.time() - after)
+        if dead:
+            redis.zrem(workers, *dead)
+            redis.hdel(self.queue.key("worker-info"), *dead)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop_event.set()

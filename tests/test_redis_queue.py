@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                reason="redis-server is not installed (apt-get install redis-server)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed (apt-get install redis-server)")]
 
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
@@ -228,7 +229,8 @@ def _running_on(client, queue, ids, min_step: int = 2):
     """(job id, worker) of a job that is mid-run, or None."""
     for job_id in ids:
         job = _job(client, job_id)
-        if job["state"] == "running" and job["progress"]["step"] >= min_step:
+        progress = job["progress"]
+        if job["state"] == "running" and min_step <= progress["step"] <= progress["total"] - 10:
             return job_id, queue.worker_of(job_id)
     return None
 

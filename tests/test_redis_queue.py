@@ -286,6 +286,8 @@ def test_cancel_queued_and_running_jobs(workers, make_redis_app):
     client = app.test_client()
     job_id = _submit(client, steps=100, seed=4000)["id"]
     _wait_for(lambda: _running_on(client, app.extensions["t2i"], [job_id], min_step=1), 60, "the job to start")
+    assert _job(client, job_id)["preview_url"] == f"/api/jobs/{job_id}/preview.png"
+    assert _png(client, f"/api/jobs/{job_id}/preview.png").size[0] > 0  # the live preview, sent by the worker
     assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
     job = _wait_finished(client, [job_id], timeout=30)[job_id]
     assert job["state"] == "cancelled" and job["error"].startswith("cancelled after step ")
@@ -315,6 +317,26 @@ def test_a_restarted_web_app_lists_and_serves_everything(workers, make_redis_app
         assert job["state"] == "done"
         assert _png(client, job["images"][0]["url"]).size == (64, 64)
     assert "Demo model" in client.get("/").get_data(as_text=True)
+
+
+def test_img2img_and_several_images_travel_through_redis(workers, make_redis_app):
+    import base64
+
+    app = make_redis_app()
+    client = app.test_client()
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
+    init = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    job = _submit(client, init_image=init, strength=0.5, steps=4, num_images=2, seed=6000)
+    assert job["params"]["has_init_image"] is True
+    job = _wait_finished(client, [job["id"]], timeout=60)[job["id"]]
+
+    assert job["state"] == "done", job["error"]
+    assert len(job["images"]) == 2 and job["images"][0]["seed"] == 6000
+    for image in job["images"]:
+        assert _png(client, image["url"]).size == (64, 64)
+    queue = app.extensions["t2i"]
+    assert not queue.redis.exists(queue.key("init", job["id"]))  # the init image is dropped once used
 
 
 def test_a1111_endpoint_works_on_the_redis_queue(workers, make_redis_app):

@@ -1,9 +1,10 @@
 """A GPU worker for the Redis queue (``python -m app worker --redis URL``).
 
 ``GPUWorker`` is RQ's ``SimpleWorker``: jobs run in the worker process
-itself, so the model is loaded once per process and stays on the GPU (RQ's
-default worker forks a child per job, which would reload the model or share
-a CUDA context across ``fork``). What it adds to RQ:
+itself, so the model is loaded once per process and stays on the GPU. (RQ's
+default worker forks a child per job, and CUDA cannot be used in a child
+forked after the parent initialised it: every job would load the model
+again.) What it adds to RQ:
 
 - the loaded engine, reached by ``run_job`` (the RQ task) through
   ``GPUWorker.current``, since RQ imports tasks by name;
@@ -40,10 +41,10 @@ class GPUWorker(SimpleWorker):
 
     def __init__(self, queues, *, engine, job_queue: RedisJobQueue, heartbeat: float = 10.0,
                  preview_every: int = 1, **kwargs):
-        interval = max(1, math.ceil(heartbeat * 3))
+        self.job_ttl = max(1, math.ceil(heartbeat * 3))  # three missed heartbeats: the worker is dead
         # Idle workers wake from their blocking dequeue every few seconds to clean
         # RQ's registries (that is what finds jobs abandoned by a dead worker).
-        kwargs.setdefault("maintenance_interval", max(5, interval))
+        kwargs.setdefault("maintenance_interval", max(5, self.job_ttl))
         kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + 15)
         super().__init__(queues, **kwargs)
         self.engine = engine
@@ -59,7 +60,7 @@ class GPUWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """Seconds the StartedJobRegistry keeps a job after a heartbeat: three beats."""
-        return max(1, math.ceil(self.heartbeat_seconds * 3))
+        return self.job_ttl
 
     def execute_job(self, job, queue) -> None:
         execution = self.prepare_execution(job)

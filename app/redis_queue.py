@@ -279,6 +279,9 @@ class RedisJobQueue(JobQueue):
             pipe.execute()
 
     # --- worker side (app/rq_worker.py) -------------------------------------------------
+    # Scoped to one attempt: once a job was handed to another worker (its first one
+    # presumed dead), the first one's late writes change nothing. JobQueue's
+    # claim/recover/cancel_event serve the in-process Worker and are not used here.
 
     def begin(self, job_id: str, worker: str) -> tuple[int, str]:
         """Mark the job running on ``worker``. Returns (attempt, state before);
@@ -300,14 +303,14 @@ class RedisJobQueue(JobQueue):
                 init = im.convert("RGB")
         return GenerationRequest(init_image=init, **{name: job.params[name] for name in PARAM_NAMES})
 
-    def report(self, job_id: str, attempt: int, step: int, total: int, preview_png: bytes | None = None) -> int:
+    def progress(self, job_id: str, attempt: int, step: int, total: int, preview_png: bytes | None = None) -> int:
         """Progress of a running attempt. Returns 0 (go on), 1 (cancel asked for)
         or 2 (the job is no longer this attempt's: stop quietly)."""
         return int(self._scripts["report"](
             keys=[self.job_key(job_id), self.key("cancel", job_id), self.key("preview", job_id)],
             args=[attempt, step, total, preview_png or b"", PREVIEW_TTL]))
 
-    def finish(self, job_id: str, attempt: int, images: list[dict], pngs: list[bytes],
+    def complete(self, job_id: str, attempt: int, images: list[dict], pngs: list[bytes],
                params_update: dict | None = None) -> bool:
         """Done: the image records, and the PNGs for the web app to store."""
         row = self.redis.hget(self.job_key(job_id), "params")

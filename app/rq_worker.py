@@ -143,7 +143,7 @@ class GPUWorker(SimpleWorker):
             for n, (image, seed, text) in enumerate(zip(result.images, result.seeds, result.infotexts)):
                 images.append({"n": n, "seed": seed, "infotext": text})
                 pngs.append(png_bytes(image, text))
-            if not queue.finish(job_id, attempt, images, pngs, {"width": result.width, "height": result.height}):
+            if not queue.complete(job_id, attempt, images, pngs, {"width": result.width, "height": result.height}):
                 logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
                 return "dropped"
             logger.info("job %s done in %.1fs", job_id, result.seconds)
@@ -171,7 +171,7 @@ class GPUWorker(SimpleWorker):
                 preview = buf.getvalue()
             except Exception:  # a preview is never worth failing the job
                 logger.exception("preview failed")
-        answer = self.job_queue.report(job_id, attempt, info.step, info.total, preview)
+        answer = self.job_queue.progress(job_id, attempt, info.step, info.total, preview)
         if answer == 2:
             logger.warning("job %s is no longer this worker's; stopping it", job_id)
         if answer:  # 1: cancel asked for

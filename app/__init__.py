@@ -44,6 +44,10 @@ def create_app(test_config: dict | None = None):
                                max_per_client=app.config["MAX_QUEUED_PER_CLIENT"])
     images = gallery.Gallery(Path(app.instance_path) / "images")
     worker = Worker(job_queue, _engine_loader(app.config), images, preview_every=app.config["PREVIEW_EVERY"])
+    if app.config["REDIS_URL"]:  # GPU worker processes run the jobs (app/redis_web.py)
+        from .redis_web import redis_backend
+
+        job_queue, images, worker = redis_backend(app)
     app.extensions["t2i"] = job_queue
     app.extensions["t2i_gallery"] = images
     app.extensions["t2i_worker"] = worker

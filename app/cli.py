@@ -134,7 +134,13 @@ def add_serve_parser(subparsers) -> None:
     add(subparsers)
 
 
-COMMANDS = [add_generate_parser, add_serve_parser, add_finetune_parser, add_export_parser]
+def add_worker_parser(subparsers) -> None:
+    from .worker_command import add_worker_parser as add  # RQ itself is imported only when a worker runs
+
+    add(subparsers)
+
+
+COMMANDS = [add_generate_parser, add_serve_parser, add_worker_parser, add_finetune_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,8 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--trust-proxy", type=int, default=None, metavar="N",
                    help="proxies in front (a tunnel) whose X-Forwarded-For names the client (default: 1 with --public)")
     p.add_argument("--instance", help="folder for the job store and images (default: instance/ in the project folder)")
+    p.add_argument("--redis", metavar="URL",
+                   help="queue jobs in Redis for `python -m app worker` processes instead of running them here")
     p.set_defaults(func=run_serve)
 
 
@@ -78,6 +80,8 @@ def serve_config(args: argparse.Namespace) -> dict:
         config["PASSWORD"] = args.password
     if args.instance:
         config["INSTANCE"] = args.instance
+    if args.redis:
+        config["REDIS_URL"] = args.redis
     return config
 
 

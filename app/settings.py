@@ -49,6 +49,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("START_WORKER", True, "start the GPU worker thread (tests may drive it by hand)"),
     Setting("SYNC_TIMEOUT", 900, "seconds an A1111 /sdapi call waits for its job before answering 504"),
     Setting("DATABASE", None, "SQLite file of the job store; None: <instance>/jobs.sqlite"),
+    Setting("REDIS_URL", None, "redis://host:port/db: queue jobs in Redis for `python -m app worker` processes; None: in-process worker"),
+    Setting("REDIS_QUEUE", "t2i", "queue name in Redis (the workers' --queue)"),
+    Setting("REDIS_RETRIES", 2, "times a job whose worker died is run again before it fails"),
+    Setting("REDIS_JOB_TIMEOUT", 3600, "seconds one job may run on a worker before it fails"),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

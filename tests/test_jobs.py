@@ -121,6 +121,9 @@ def test_serve_options_map_to_settings():
     assert config["INSTANCE"] == "x" and "PASSWORD" not in config
     local = serve_config(build_parser().parse_args(["serve", "--password", "pw"]))
     assert local["PUBLIC"] is False and local["TRUST_PROXY"] == 0 and local["PASSWORD"] == "pw"
+    assert "REDIS_URL" not in local  # the in-process queue stays the default
+    redis = serve_config(build_parser().parse_args(["serve", "--redis", "redis://127.0.0.1:6379/0"]))
+    assert redis["REDIS_URL"] == "redis://127.0.0.1:6379/0"
 
 
 def test_serve_reports_a_busy_port(tmp_path):

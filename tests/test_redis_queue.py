@@ -1,0 +1,350 @@
+"""The Redis queue (REDIS_URL) with real GPU-worker processes.
+
+Everything is real: a ``redis-server`` on a free loopback port, two
+``python -m app worker`` processes on the demo model (CPU), and the web app
+answering through Flask's test client. Skipped only when redis-server is not
+installed (CI installs it from Debian: .ci/run).
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("redis-server") is None,
+                                 reason="redis-server is not installed (apt-get install redis-server)")]
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
+FINISHED = ("done", "failed", "cancelled")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--logfile", str(log)])
+    from redis import Redis
+
+    client = Redis(port=port)
+
+    def up():
+        try:
+            return client.ping()
+        except Exception:
+            return False
+
+    _wait_for(up, 10, "redis-server to answer")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.kill()
+    proc.wait(10)
+
+
+class Workers:
+    """``python -m app worker`` processes, by name."""
+
+    def __init__(self, url: str, logs: Path):
+        import torch
+
+        self.url, self.logs = url, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        # Same thread count as this process's engine, so CPU float sums match ours.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                    "PYTHONUNBUFFERED": "1"}
+
+    def start(self, name: str) -> None:
+        self.started[name] = time.time()
+        out = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "--redis", self.url, "--model", "demo", "--device", "cpu",
+             "--heartbeat", str(HEARTBEAT), "--name", name], cwd=ROOT, env=self.env, stdout=out,
+            stderr=subprocess.STDOUT)
+        out.close()
+
+    def wait_ready(self, *names: str, timeout: float = 90) -> None:
+        from redis import Redis
+
+        info = Redis.from_url(self.url)
+
+        def ready():
+            for name in names:
+                if self.procs[name].poll() is not None:
+                    raise AssertionError(f"worker {name} exited:\n{self.log(name)}")
+            # A heartbeat from this process, not one left by a killed worker of that name.
+            return all((info.zscore("t2i:t2i:workers", name) or 0) > self.started[name] for name in names)
+
+        _wait_for(ready, timeout, f"workers {names} to load the model", interval=0.2)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def workers(redis_url, tmp_path_factory):
+    group = Workers(redis_url, tmp_path_factory.mktemp("worker-logs"))
+    group.start("w1")
+    group.start("w2")
+    try:
+        group.wait_ready("w1", "w2")
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def make_redis_app(redis_url, tmp_path):
+    """create_app on the Redis queue; the same ``instance`` name gives the same
+    image folder (a restarted web app)."""
+    from app import create_app
+
+    apps = []
+
+    def make(instance: str = "instance", **config):
+        settings = {"REDIS_URL": redis_url, "MODEL": "demo", "INSTANCE": str(tmp_path / instance),
+                    "MAX_QUEUED_PER_CLIENT": 50, "MAX_QUEUE": 100}
+        settings.update(config)
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["t2i_worker"].stop()
+
+
+def _submit(client, **fields) -> dict:
+    body = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 1}
+    body.update(fields)
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["job"]
+
+
+def _job(client, job_id: str) -> dict:
+    response = client.get(f"/api/jobs/{job_id}")
+    assert response.status_code == 200
+    return response.get_json()["job"]
+
+
+def _wait_finished(client, ids: list[str], timeout: float) -> dict[str, dict]:
+    def all_finished():
+        jobs = {job_id: _job(client, job_id) for job_id in ids}
+        return jobs if all(job["state"] in FINISHED for job in jobs.values()) else None
+
+    return _wait_for(all_finished, timeout, f"{len(ids)} jobs to finish", interval=0.25)
+
+
+def _png(client, url: str) -> Image.Image:
+    response = client.get(url)
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    image = Image.open(io.BytesIO(response.data))
+    image.load()
+    return image
+
+
+def test_thirty_jobs_spread_over_two_workers(workers, make_redis_app, engine):
+    from app.metadata import read_parameters
+    from app.types import GenerationRequest
+
+    app = make_redis_app()
+    client = app.test_client()
+    health = client.get("/api/health").get_json()
+    assert health["model_state"] == "ready" and health["is_demo"] is True
+
+    seeds = list(range(1000, 1030))
+    ids = [_submit(client, seed=seed)["id"] for seed in seeds]
+    jobs = _wait_finished(client, ids, timeout=180)
+
+    assert [jobs[i]["state"] for i in ids] == ["done"] * 30, [jobs[i]["error"] for i in ids]
+    images = {}
+    for job_id, seed in zip(ids, seeds):
+        job = jobs[job_id]
+        assert job["params"]["seed"] == seed and len(job["images"]) == 1
+        image = _png(client, job["images"][0]["url"])
+        assert image.size == (64, 64)
+        text = read_parameters(image)
+        assert text == job["images"][0]["infotext"] and f"Seed: {seed}," in text and "Steps: 2," in text
+        images[seed] = np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    # The same pixels the engine makes here for those seeds (to rounding: float sums on
+    # CPU can differ in the last bit between processes), and not another seed's.
+    for seed in (seeds[0], seeds[17]):
+        expected = engine.generate(GenerationRequest(prompt="a lighthouse at dusk", width=64, height=64, steps=2,
+                                                     seed=seed)).images[0]
+        expected = np.asarray(expected, dtype=np.int16)
+        assert np.abs(images[seed] - expected).max() <= 2
+        assert np.abs(images[seed + 1] - expected).mean() > 10
+
+    queue = app.extensions["t2i"]
+    used = {queue.worker_of(job_id) for job_id in ids}
+    assert used == {"w1", "w2"}
+    assert queue.counts() == {"queued": 0, "running": 0}
+
+
+def _running_on(client, queue, ids, min_step: int = 2):
+    """(job id, worker) of a job that is mid-run, or None."""
+    for job_id in ids:
+        job = _job(client, job_id)
+        progress = job["progress"]
+        if job["state"] == "running" and min_step <= progress["step"] <= progress["total"] - 10:
+            return job_id, queue.worker_of(job_id)
+    return None
+
+
+def test_a_killed_worker_loses_no_job(workers, make_redis_app):
+    app = make_redis_app()
+    client = app.test_client()
+    queue = app.extensions["t2i"]
+    # Long enough (a second or more each) that the kill lands mid-run.
+    ids = [_submit(client, steps=40, seed=seed)["id"] for seed in (2000, 2001, 2002)]
+    victim_job, victim = _wait_for(lambda: _running_on(client, queue, ids), 60, "a job to be mid-run")
+    workers.kill(victim)
+    workers.start(f"{victim}-2")  # a replacement, loading while the survivor works
+    jobs = _wait_finished(client, ids, timeout=120)
+
+    assert all(job["state"] == "done" for job in jobs.values()), {i: j["error"] for i, j in jobs.items()}
+    assert queue.worker_of(victim_job) != victim
+    assert queue.attempts(victim_job) == 2
+    assert _png(client, jobs[victim_job]["images"][0]["url"]).size == (64, 64)
+    assert queue.counts() == {"queued": 0, "running": 0}
+
+
+def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redis_app):
+    app = make_redis_app(REDIS_RETRIES=0)
+    client = app.test_client()
+    queue = app.extensions["t2i"]
+    job_id = _submit(client, steps=80, seed=3000)["id"]
+    _, victim = _wait_for(lambda: _running_on(client, queue, [job_id]), 60, "the job to be mid-run")
+    workers.kill(victim)
+    job = _wait_finished(client, [job_id], timeout=60)[job_id]
+
+    assert job["state"] == "failed"
+    assert f"the worker {victim} stopped" in job["error"] and "gave up after 1 attempt" in job["error"]
+    assert job["finished_at"] and job["images"] == []
+    assert queue.counts() == {"queued": 0, "running": 0}
+    # Restarted under the same name, it takes over the dead worker's name.
+    workers.start(victim)
+    workers.wait_ready(victim)
+
+
+def test_cancel_queued_and_running_jobs(workers, make_redis_app):
+    # A queue no worker listens to: the job stays queued.
+    idle = make_redis_app("idle", REDIS_QUEUE="idle").test_client()
+    queued = _submit(idle)
+    assert queued["state"] == "queued" and queued["position"] == 1
+    response = idle.post(f"/api/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200
+    job = response.get_json()["job"]
+    assert job["state"] == "cancelled" and job["error"] == "cancelled before it started" and job["position"] is None
+    assert idle.get("/api/health").get_json()["queue"] == {"queued": 0, "running": 0}
+
+    app = make_redis_app()
+    client = app.test_client()
+    job_id = _submit(client, steps=100, seed=4000)["id"]
+    _wait_for(lambda: _running_on(client, app.extensions["t2i"], [job_id], min_step=1), 60, "the job to start")
+    assert _job(client, job_id)["preview_url"] == f"/api/jobs/{job_id}/preview.png"
+    assert _png(client, f"/api/jobs/{job_id}/preview.png").size[0] > 0  # the live preview, sent by the worker
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    job = _wait_finished(client, [job_id], timeout=30)[job_id]
+    assert job["state"] == "cancelled" and job["error"].startswith("cancelled after step ")
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_a_restarted_web_app_lists_and_serves_everything(workers, make_redis_app):
+    # A web app that is down while its jobs finish: its upkeep thread never runs.
+    first = make_redis_app("kept", START_WORKER=False)
+    client = first.test_client()
+    ids = [_submit(client, seed=seed)["id"] for seed in (5000, 5001, 5002)]
+    queue = first.extensions["t2i"]
+    for job_id in ids:
+        assert queue.wait(job_id, 60).state == "done"
+    images_dir = Path(first.instance_path) / "images"
+    assert not any((images_dir / job_id).exists() for job_id in ids)  # nobody stored them yet
+
+    second = make_redis_app("kept")
+    client = second.test_client()
+    _wait_for(lambda: all((images_dir / job_id / "0.png").is_file() for job_id in ids), 10,
+              "the restarted app to store the images that waited in Redis")
+    assert queue.unstored() == []
+    listed = client.get("/api/jobs?limit=200").get_json()["jobs"]
+    assert set(ids) <= {job["id"] for job in listed}
+    for job_id in ids:
+        job = _job(client, job_id)
+        assert job["state"] == "done"
+        assert _png(client, job["images"][0]["url"]).size == (64, 64)
+    assert "Demo model" in client.get("/").get_data(as_text=True)
+
+
+def test_img2img_and_several_images_travel_through_redis(workers, make_redis_app):
+    import base64
+
+    app = make_redis_app()
+    client = app.test_client()
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
+    init = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    job = _submit(client, init_image=init, strength=0.5, steps=4, num_images=2, seed=6000)
+    assert job["params"]["has_init_image"] is True
+    job = _wait_finished(client, [job["id"]], timeout=60)[job["id"]]
+
+    assert job["state"] == "done", job["error"]
+    assert len(job["images"]) == 2 and job["images"][0]["seed"] == 6000
+    for image in job["images"]:
+        assert _png(client, image["url"]).size == (64, 64)
+    queue = app.extensions["t2i"]
+    assert not queue.redis.exists(queue.key("init", job["id"]))  # the init image is dropped once used
+
+
+def test_a1111_endpoint_works_on_the_redis_queue(workers, make_redis_app):
+    import base64
+
+    client = make_redis_app().test_client()
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "width": 64, "height": 64, "steps": 2,
+                                                       "seed": 7})
+    assert response.status_code == 200, response.get_json()
+    image = Image.open(io.BytesIO(base64.b64decode(response.get_json()["images"][0])))
+    assert image.size == (64, 64)

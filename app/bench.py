@@ -9,14 +9,17 @@ Three paths run the same request on the same loaded pipeline:
 * ``plain``:  ``StableDiffusionPipeline.__call__``, nothing of ours;
 * ``engine``: ``app.engine.Engine.generate`` wrapping that pipeline;
 * ``http``:   the web app (``create_app`` with that Engine injected) served on
-  127.0.0.1: POST /api/jobs, then GET /api/jobs/<id> every ``--poll`` seconds
-  until done; the time is submit-to-done as a client sees it.
+  127.0.0.1: POST /api/jobs, then GET /api/jobs/<id> until done (every
+  ``--slow-poll`` s mid-run like the web UI, every ``--poll`` s while queued
+  and after the last step); the time is submit-to-done as a client sees it;
+* ``sdapi``:  the same server's synchronous A1111 route, POST
+  /sdapi/v1/txt2img, which answers when the image is done (no polling).
 
 Timings come from one process with the paths interleaved run by run (the
 order rotates each round), so drift and a neighbour's load hit every path
 alike. Each overhead is the median of the per-round ratios path/plain.
 Load time, first-image time and peak memory come from one fresh subprocess
-per path (peak RSS: ``getrusage(RUSAGE_SELF).ru_maxrss``; on CUDA also
+per path (peak RSS: the process's ``VmHWM``; on CUDA also
 ``torch.cuda.max_memory_allocated``), so no path inherits another's memory.
 On CUDA the speedup options of ``app.speedups`` are measured the same way,
 each in its own subprocess on the plain path, against the ``sdpa`` default.
@@ -41,7 +44,7 @@ from typing import Callable
 
 from .speedups import SPEEDUPS, apply_speedups, parse_option
 
-PATHS = ("plain", "engine", "http")
+PATHS = ("plain", "engine", "http", "sdapi")
 GPU_OPTIONS = ("sdpa", "no_sdpa", "channels_last", "fused_qkv", "channels_last+fused_qkv", "compile",
                "channels_last+fused_qkv+compile", "vae_tiling", "attention_slicing", "cpu_offload")
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
@@ -66,7 +69,7 @@ class BenchConfig:
     guidance_scale: float = 7.5
     seed: int = 1
     poll: float = 0.01  # HTTP client: poll interval while the job may end any moment
-    slow_poll: float = 0.1  # ... and while it is mid-run
+    slow_poll: float = 0.5  # ... and mid-run (the web UI polls about every 500 ms)
     memory: bool = True  # the fresh-subprocess measurements
     short: bool = False
     command: str = ""
@@ -82,6 +85,7 @@ class Sample:
 
     seconds: float
     cpu_seconds: float | None = None  # CPU time of the whole process (all threads) during the run
+    pipeline_seconds: float | None = None  # time inside StableDiffusionPipeline.__call__
     server_seconds: float | None = None  # http: the job's created_at -> finished_at
     queue_seconds: float | None = None  # http: created_at -> started_at
 
@@ -183,7 +187,7 @@ def engine_runner(engine, cfg: BenchConfig, size: int) -> Runner:
 class HttpStack:
     """The web app with an injected engine, served by werkzeug in a thread."""
 
-    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.1):
+    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.5):
         import logging
 
         from werkzeug.serving import make_server
@@ -230,23 +234,45 @@ class HttpStack:
             cpu, started = time.process_time(), time.perf_counter()
             job = self._call("POST", "/api/jobs", body)["job"]
             while job["state"] in ("queued", "running"):
-                time.sleep(self._interval(job))
+                time.sleep(self._interval(job, time.perf_counter() - started))
                 job = self._call("GET", f"/api/jobs/{job['id']}")["job"]
             seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
             if job["state"] != "done":
                 raise RuntimeError(f"http: job {job['id']} ended {job['state']}: {job.get('error')}")
-            return Sample(seconds, cpu_seconds, _span(job, "created_at", "finished_at"),
-                          _span(job, "created_at", "started_at")), self._image(job)
+            return Sample(seconds, cpu_seconds, server_seconds=_span(job, "created_at", "finished_at"),
+                          queue_seconds=_span(job, "created_at", "started_at")), self._image(job)
 
         return run
 
-    def _interval(self, job: dict) -> float:
-        """Fast polls only where the job can end soon: before it starts and
-        from its last step on (the VAE decode and saving). Mid-run, a 10 ms
-        poll loop would itself eat a core of a small machine."""
+    def sdapi_runner(self, cfg: BenchConfig, size: int) -> Runner:
+        body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
+                    cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M")
+
+        def run():
+            import base64
+            import io
+
+            from PIL import Image
+
+            cpu, started = time.process_time(), time.perf_counter()
+            answer = self._call("POST", "/sdapi/v1/txt2img", body)
+            sample = Sample(time.perf_counter() - started, time.process_time() - cpu)
+            return sample, Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
+
+        return run
+
+    def _interval(self, job: dict, elapsed: float) -> float:
+        """Fast polls (``poll``) only where the job may end soon: while queued,
+        in its first step and after its last one (VAE decode, saving).
+        Mid-run it sleeps up to ``slow_poll``, but never past about half the
+        time the remaining steps should take, so the end is not overshot. A
+        10 ms poll loop all along would itself eat a core of a small machine."""
         progress = job.get("progress") or {}
-        near_end = job["state"] == "queued" or progress.get("step", 0) >= progress.get("total", 1)
-        return self.poll if near_end else self.slow_poll
+        step, total = progress.get("step", 0), progress.get("total", 0)
+        if job["state"] != "running" or step < 1 or step >= total:
+            return self.poll
+        remaining = (total - step) * elapsed / step
+        return min(self.slow_poll, max(self.poll, remaining / 2))
 
     def _image(self, job: dict):
         import io
@@ -296,20 +322,23 @@ def measure_speed(cfg: BenchConfig, source: ModelSource, placement, workdir: Pat
             runners[name] = plain_runner(engine.pipe, cfg, size)
         elif name == "engine":
             runners[name] = engine_runner(engine, cfg, size)
-        elif name == "http":
+        else:  # http, sdapi: one server for both
             reason = http_unavailable_reason()
             if reason:
                 results[name].skipped = reason
                 continue
-            http = HttpStack(engine, workdir, cfg.poll, cfg.slow_poll)
-            runners[name] = http.runner(cfg, size)
+            http = http or HttpStack(engine, workdir, cfg.poll, cfg.slow_poll)
+            runners[name] = http.runner(cfg, size) if name == "http" else http.sdapi_runner(cfg, size)
     images: dict[str, object] = {}
     order = [name for name in cfg.paths if name in runners]
+    clock = PipelineClock(engine.pipe)
     try:
         for round_no in range(cfg.warmup + cfg.runs):
             shift = round_no % len(order)
             for name in order[shift:] + order[:shift]:
+                clock.take()
                 sample, image = runners[name]()
+                sample.pipeline_seconds = clock.take()
                 images.setdefault(name, image)
                 if round_no >= cfg.warmup:
                     results[name].samples.append(sample)
@@ -324,6 +353,30 @@ def measure_speed(cfg: BenchConfig, source: ModelSource, placement, workdir: Pat
         for name, image in images.items():
             results[name].max_pixel_diff = _max_diff(images["plain"], image)
     return results, size
+
+
+class PipelineClock:
+    """Adds up the time spent inside the pipeline's ``__call__``, whichever
+    path (and thread) calls it, so what a path does around the pipeline is
+    measured on its own: small, and far less noisy than the whole image."""
+
+    def __init__(self, pipe):
+        base = type(pipe)
+        clock = self
+        self.seconds = 0.0
+
+        def __call__(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return base.__call__(self, *args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - started
+
+        pipe.__class__ = type(base.__name__, (base,), {"__call__": __call__})
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
 
 def _max_diff(a, b) -> int:
@@ -402,7 +455,7 @@ def child_main(spec: dict, out: str) -> None:
 
     from . import engine as _engine  # noqa: F401
 
-    if task.get("path") == "http":
+    if task.get("path") in ("http", "sdapi"):
         from . import create_app  # noqa: F401
     report: dict = {"import_s": time.perf_counter() - started, "rss_before_load_mb": _rss_mb()}
     started = time.perf_counter()
@@ -422,7 +475,7 @@ def child_main(spec: dict, out: str) -> None:
             run = engine_runner(engine, cfg, size)
         else:
             http = HttpStack(engine, workdir / "child-http", cfg.poll, cfg.slow_poll)
-            run = http.runner(cfg, size)
+            run = http.runner(cfg, size) if task["path"] == "http" else http.sdapi_runner(cfg, size)
     if cuda:
         torch.cuda.synchronize()
     report["load_s"] = time.perf_counter() - started
@@ -438,10 +491,24 @@ def child_main(spec: dict, out: str) -> None:
         path = workdir / f"option-{task['option'].replace('+', '_')}.png"
         image.save(path)
         report["image"] = str(path)
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    report["peak_rss_mb"] = _peak_rss_mb()
     report["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     Path(out).write_text(json.dumps(report))
     os._exit(0)  # skip interpreter teardown (and the web app's worker thread)
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process. Linux keeps ``ru_maxrss`` across fork+exec,
+    so a child would report its parent's peak; ``VmHWM`` belongs to the
+    process's own memory map and starts afresh at exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def _rss_mb() -> float | None:
@@ -485,6 +552,9 @@ def summarize(cfg: BenchConfig, source: ModelSource, placement, size: int, resul
             if server:
                 entry["server_seconds"] = _stats(server)
                 entry["queue_seconds"] = _stats([s.queue_seconds for s in r.samples if s.queue_seconds is not None])
+            outside = [s.seconds - s.pipeline_seconds for s in r.samples if s.pipeline_seconds is not None]
+            if outside:
+                entry["outside_pipeline_seconds"] = _stats(outside)
             cpu = [s.cpu_seconds for s in r.samples if s.cpu_seconds is not None]
             if cpu:
                 entry["cpu_seconds"] = _stats(cpu)
@@ -494,11 +564,18 @@ def summarize(cfg: BenchConfig, source: ModelSource, placement, size: int, resul
                     entry["cpu_ratio"] = _ratios(cpu, [p.cpu_seconds for p in plain.samples])
         paths[name] = entry
     acceptance = {}
-    for name, limit in (("engine", 1.02), ("http", 1.05)):
+    for name, limit in (("engine", 1.02), ("http", 1.05), ("sdapi", 1.05)):
         ratio, cpu_ratio = paths.get(name, {}).get("ratio"), paths.get(name, {}).get("cpu_ratio")
         if ratio:
             acceptance[name] = {"overhead_pct": (ratio["paired_median"] - 1) * 100, "limit_pct": (limit - 1) * 100,
                                 "ok": ratio["paired_median"] <= limit}
+            outside = paths[name].get("outside_pipeline_seconds")
+            if outside and paths.get("plain", {}).get("seconds"):
+                plain_outside = paths["plain"].get("outside_pipeline_seconds", {}).get("median", 0.0)
+                extra = outside["median"] - plain_outside
+                acceptance[name].update(outside_pipeline_ms=extra * 1000,
+                                        outside_pipeline_pct=extra / paths["plain"]["seconds"]["median"] * 100,
+                                        outside_ok=extra / paths["plain"]["seconds"]["median"] <= limit - 1)
             if cpu_ratio:
                 acceptance[name].update(cpu_overhead_pct=(cpu_ratio["paired_median"] - 1) * 100,
                                         cpu_ok=cpu_ratio["paired_median"] <= limit)
@@ -564,23 +641,26 @@ def to_markdown(report: dict) -> str:
         f"Model: {report['model']}, {report['device']} {report['dtype']}, {report['size']}x{report['size']}, "
         f"{cfg['steps']} steps, guidance {cfg['guidance_scale']}, DPM++ 2M, {cfg['runs']} timed runs per path "
         f"after {cfg['warmup']} warm-up round(s); the HTTP client polls every {cfg['poll'] * 1000:.0f} ms while "
-        f"the job is queued or past its last step, every {cfg['slow_poll'] * 1000:.0f} ms mid-run.",
+        f"the job is queued, in its first step or past its last, and mid-run every half of the remaining "
+        f"steps' expected time, at most {cfg['slow_poll'] * 1000:.0f} ms.",
         "",
         "| path | s/image median (IQR; min-max) | it/s | wall time vs plain: median of paired ratios (min-max) | "
-        "CPU s/image median | CPU time vs plain | first image s | load s | peak RSS MB | peak VRAM MB | "
+        "CPU s/image median | CPU time vs plain | outside the pipeline call, ms median | first image s | load s | peak RSS MB | peak VRAM MB | "
         "max pixel diff vs plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in report["paths"].items():
         if p.get("skipped"):
-            lines.append(f"| {name} | skipped: {p['skipped']} |" + " |" * 10)
+            lines.append(f"| {name} | skipped: {p['skipped']} |" + " |" * 11)
             continue
         s = p["seconds"]
         cpu = p.get("cpu_seconds")
         lines.append(
             f"| {name} | {s['median']:.3f} ({s['q1']:.3f}-{s['q3']:.3f}; {s['min']:.3f}-{s['max']:.3f}) "
             f"| {p['it_per_s']:.2f} | {_ratio_text(name, p.get('ratio'))} | {_fmt(cpu and cpu['median'], 3)} "
-            f"| {_ratio_text(name, p.get('cpu_ratio'))} | {_fmt(p.get('first_image_s'))} | {_fmt(p.get('load_s'))} "
+            f"| {_ratio_text(name, p.get('cpu_ratio'))} "
+            f"| {_fmt(p.get('outside_pipeline_seconds') and p['outside_pipeline_seconds']['median'] * 1000, 1)} "
+            f"| {_fmt(p.get('first_image_s'))} | {_fmt(p.get('load_s'))} "
             f"| {_fmt(p.get('peak_rss_mb'), 0)} | {_fmt(p.get('peak_vram_mb'), 0)} | {_fmt(p.get('max_pixel_diff'), 0)} |")
     lines.append("")
     for name, a in report["acceptance"].items():
@@ -589,6 +669,10 @@ def to_markdown(report: dict) -> str:
         if "cpu_overhead_pct" in a:
             text += (f"; CPU time {a['cpu_overhead_pct']:+.2f}% "
                      f"({'within' if a['cpu_ok'] else 'OVER'} the budget)")
+        if "outside_pipeline_ms" in a:
+            text += (f"; time outside the diffusers call, beyond plain's: {a['outside_pipeline_ms']:.1f} ms "
+                     f"= {a['outside_pipeline_pct']:+.2f}% of a plain image "
+                     f"({'within' if a['outside_ok'] else 'OVER'} the budget)")
         lines.append(text)
     http = report["paths"].get("http", {})
     if http.get("server_seconds"):
@@ -659,6 +743,8 @@ def run(cfg: BenchConfig, workdir: Path | None = None) -> dict:
         if wanted:
             _log(f"speedup options: {', '.join(wanted)}")
             options = measure_options(cfg, source, workdir, tuple(wanted))
+        elif cfg.options == ():
+            options_skipped = "not requested (--options '')"
         else:
             options_skipped = ("skipped: no CUDA GPU here; run `python -m app.bench --model sd21 --device cuda "
                                "--size 768 --steps 25` on a GPU to measure them")
@@ -678,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
     p.add_argument("--runs", type=int, default=7, help="timed runs per path (default: 7)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma list of plain, engine, http")
+    p.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ", ".join(PATHS))
     p.add_argument("--options", help="comma list of speedup sets, '+' joins (default on CUDA: "
                    + ",".join(GPU_OPTIONS) + "; none elsewhere). Known: " + ", ".join(SPEEDUPS))
     p.add_argument("--option-runs", type=int, default=3, help="timed runs per speedup option (default: 3)")
@@ -686,9 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--poll", type=float, default=0.01,
-                   help="HTTP client poll interval in seconds while the job is queued or past its last step (default: 0.01)")
-    p.add_argument("--slow-poll", type=float, default=0.1,
-                   help="HTTP client poll interval in seconds mid-run (default: 0.1)")
+                   help="HTTP client poll interval in seconds while the job is queued, in its first step "
+                   "or past its last step (default: 0.01)")
+    p.add_argument("--slow-poll", type=float, default=0.5,
+                   help="HTTP client poll interval in seconds mid-run, as the web UI (default: 0.5)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process load/first-image/peak-memory measurements")
     p.add_argument("--short", action="store_true", help="CI mode: demo model, 64x64, 2 steps, 2 runs")

@@ -9,9 +9,9 @@ Three paths run the same request on the same loaded pipeline:
 * ``plain``:  ``StableDiffusionPipeline.__call__``, nothing of ours;
 * ``engine``: ``app.engine.Engine.generate`` wrapping that pipeline;
 * ``http``:   the web app (``create_app`` with that Engine injected) served on
-  127.0.0.1: POST /api/jobs, then GET /api/jobs/<id> until done (every
-  ``--slow-poll`` s mid-run like the web UI, every ``--poll`` s while queued
-  and after the last step); the time is submit-to-done as a client sees it;
+  127.0.0.1; a client in its own process sends POST /api/jobs, then polls
+  GET /api/jobs/<id> until done (see ``poll_interval``); the time is
+  submit-to-done as that client sees it;
 * ``sdapi``:  the same server's synchronous A1111 route, POST
   /sdapi/v1/txt2img, which answers when the image is done (no polling).
 
@@ -70,6 +70,7 @@ class BenchConfig:
     seed: int = 1
     poll: float = 0.01  # HTTP client: poll interval while the job may end any moment
     slow_poll: float = 0.5  # ... and mid-run (the web UI polls about every 500 ms)
+    preview_every: int = 1  # the web app's PREVIEW_EVERY (its default: a live preview every step)
     memory: bool = True  # the fresh-subprocess measurements
     short: bool = False
     command: str = ""
@@ -185,9 +186,13 @@ def engine_runner(engine, cfg: BenchConfig, size: int) -> Runner:
 
 
 class HttpStack:
-    """The web app with an injected engine, served by werkzeug in a thread."""
+    """The web app with an injected engine, served by werkzeug in a thread,
+    and driven by a client in another process, as a browser or script would
+    be: the client's own work (JSON, polling) then does not compete with the
+    server for this process's interpreter lock, and ``process_time`` here
+    counts the server's work only."""
 
-    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.5):
+    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.5, preview_every: int = 1):
         import logging
 
         from werkzeug.serving import make_server
@@ -195,99 +200,134 @@ class HttpStack:
         from . import create_app  # ImportError until the web app exists
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per poll
-
         side = max(engine.default_size[0], 1024)
         self.app = create_app({"ENGINE": engine, "INSTANCE": str(workdir / "instance"), "MAX_WIDTH": side,
-                               "MAX_HEIGHT": side, "MAX_QUEUED_PER_CLIENT": 1000, "MAX_STEPS": 1000})
+                               "MAX_HEIGHT": side, "MAX_QUEUED_PER_CLIENT": 1000, "MAX_STEPS": 1000,
+                               "PREVIEW_EVERY": preview_every})
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.base = f"http://127.0.0.1:{self.server.server_port}"
-        self.poll, self.slow_poll = poll, max(poll, slow_poll)
         self._thread = threading.Thread(target=self.server.serve_forever, name="bench-http", daemon=True)
         self._thread.start()
-        self._wait_ready()
+        self.client = subprocess.Popen(
+            [sys.executable, "-m", "app.bench", "--client",
+             json.dumps({"base": self.base, "poll": poll, "slow_poll": max(poll, slow_poll)})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+        self._ask({"kind": "ready"}, timeout=600)
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        import urllib.request
+    def _ask(self, message: dict, timeout: float = 3600) -> dict:
+        self.client.stdin.write(json.dumps(message) + "\n")
+        self.client.stdin.flush()
+        line = self.client.stdout.readline()
+        if not line:
+            raise RuntimeError(f"http: the benchmark client stopped (exit {self.client.poll()})")
+        answer = json.loads(line)
+        if answer.get("error"):
+            raise RuntimeError(f"http: {answer['error']}")
+        return answer
 
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
-
-    def _wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            health = self._call("GET", "/api/health")
-            if health.get("model_state") == "ready":
-                return
-            if health.get("model_state") == "failed":
-                raise RuntimeError(f"http: the web app could not load the model: {health}")
-            time.sleep(0.05)
-        raise RuntimeError("http: the web app was not ready in time")
-
-    def runner(self, cfg: BenchConfig, size: int) -> Runner:
-        body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
-                    guidance_scale=cfg.guidance_scale, seed=cfg.seed)
-
-        def run():
-            cpu, started = time.process_time(), time.perf_counter()
-            job = self._call("POST", "/api/jobs", body)["job"]
-            while job["state"] in ("queued", "running"):
-                time.sleep(self._interval(job, time.perf_counter() - started))
-                job = self._call("GET", f"/api/jobs/{job['id']}")["job"]
-            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-            if job["state"] != "done":
-                raise RuntimeError(f"http: job {job['id']} ended {job['state']}: {job.get('error')}")
-            return Sample(seconds, cpu_seconds, server_seconds=_span(job, "created_at", "finished_at"),
-                          queue_seconds=_span(job, "created_at", "started_at")), self._image(job)
-
-        return run
-
-    def sdapi_runner(self, cfg: BenchConfig, size: int) -> Runner:
-        body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
-                    cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M")
+    def runner(self, cfg: BenchConfig, size: int, kind: str = "http") -> Runner:
+        """``http``: the native job API with polling; ``sdapi``: the synchronous A1111 route."""
+        if kind == "http":
+            body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
+                        guidance_scale=cfg.guidance_scale, seed=cfg.seed)
+        else:
+            body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
+                        cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M")
 
         def run():
-            import base64
-            import io
-
-            from PIL import Image
-
-            cpu, started = time.process_time(), time.perf_counter()
-            answer = self._call("POST", "/sdapi/v1/txt2img", body)
-            sample = Sample(time.perf_counter() - started, time.process_time() - cpu)
-            return sample, Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
+            cpu = time.process_time()
+            answer = self._ask({"kind": kind, "body": body})
+            sample = Sample(answer["seconds"], time.process_time() - cpu)
+            if kind == "http":
+                job = answer["job"]
+                sample.server_seconds = _span(job, "created_at", "finished_at")
+                sample.queue_seconds = _span(job, "created_at", "started_at")
+            return sample, _png(answer["png_b64"])
 
         return run
-
-    def _interval(self, job: dict, elapsed: float) -> float:
-        """Fast polls (``poll``) only where the job may end soon: while queued,
-        in its first step and after its last one (VAE decode, saving).
-        Mid-run it sleeps up to ``slow_poll``, but never past about half the
-        time the remaining steps should take, so the end is not overshot. A
-        10 ms poll loop all along would itself eat a core of a small machine."""
-        progress = job.get("progress") or {}
-        step, total = progress.get("step", 0), progress.get("total", 0)
-        if job["state"] != "running" or step < 1 or step >= total:
-            return self.poll
-        remaining = (total - step) * elapsed / step
-        return min(self.slow_poll, max(self.poll, remaining / 2))
-
-    def _image(self, job: dict):
-        import io
-        import urllib.request
-
-        from PIL import Image
-
-        with urllib.request.urlopen(self.base + job["images"][0]["url"], timeout=60) as resp:
-            return Image.open(io.BytesIO(resp.read())).convert("RGB")
 
     def close(self) -> None:
+        if self.client.poll() is None:
+            self.client.stdin.close()
+            self.client.wait(timeout=30)
         self.server.shutdown()
         worker = self.app.extensions.get("t2i_worker")
         if worker is not None and hasattr(worker, "stop"):
             worker.stop()
+
+
+def _png(b64: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+def poll_interval(job: dict, elapsed: float, poll: float, slow_poll: float) -> float:
+    """Fast polls (``poll``) only where the job may end soon: while queued, in
+    its first step and after its last one (VAE decode, saving). Mid-run sleep
+    up to ``slow_poll``, but never past about half the time the remaining
+    steps should take, so the end is not overshot. A 10 ms loop all along
+    would itself eat a quarter of a core (4-5 ms of CPU per poll here)."""
+    progress = job.get("progress") or {}
+    step, total = progress.get("step", 0), progress.get("total", 0)
+    if job["state"] != "running" or step < 1 or step >= total:
+        return poll
+    remaining = (total - step) * elapsed / step
+    return min(slow_poll, max(poll, remaining / 2))
+
+
+def client_main(spec: dict) -> None:
+    """The benchmark's HTTP client (its own process): one JSON request per
+    stdin line, one JSON answer per stdout line; times what a client sees."""
+    import base64
+    import urllib.request
+
+    base, poll, slow_poll = spec["base"], spec["poll"], spec["slow_poll"]
+
+    def call(method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        with urllib.request.urlopen(req, timeout=3600) as resp:
+            raw = resp.read()
+        return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
+
+    def answer(message: dict) -> dict:
+        if message["kind"] == "ready":
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                state = call("GET", "/api/health").get("model_state")
+                if state == "ready":
+                    return {}
+                if state == "failed":
+                    return {"error": "the web app could not load the model"}
+                time.sleep(0.05)
+            return {"error": "the web app was not ready in time"}
+        if message["kind"] == "sdapi":
+            started = time.perf_counter()
+            result = call("POST", "/sdapi/v1/txt2img", message["body"])
+            return {"seconds": time.perf_counter() - started, "png_b64": result["images"][0]}
+        started = time.perf_counter()
+        job = call("POST", "/api/jobs", message["body"])["job"]
+        while job["state"] in ("queued", "running"):
+            time.sleep(poll_interval(job, time.perf_counter() - started, poll, slow_poll))
+            job = call("GET", f"/api/jobs/{job['id']}")["job"]
+        seconds = time.perf_counter() - started
+        if job["state"] != "done":
+            return {"error": f"job {job['id']} ended {job['state']}: {job.get('error')}"}
+        png = call("GET", job["images"][0]["url"])  # after the clock: the image is fetched once the UI shows it
+        return {"seconds": seconds, "job": job, "png_b64": base64.b64encode(png).decode()}
+
+    for line in sys.stdin:
+        try:
+            reply = answer(json.loads(line))
+        except Exception as exc:  # report to the parent rather than die silently
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
 
 
 def _span(job: dict, start: str, end: str) -> float | None:
@@ -327,8 +367,8 @@ def measure_speed(cfg: BenchConfig, source: ModelSource, placement, workdir: Pat
             if reason:
                 results[name].skipped = reason
                 continue
-            http = http or HttpStack(engine, workdir, cfg.poll, cfg.slow_poll)
-            runners[name] = http.runner(cfg, size) if name == "http" else http.sdapi_runner(cfg, size)
+            http = http or HttpStack(engine, workdir, cfg.poll, cfg.slow_poll, cfg.preview_every)
+            runners[name] = http.runner(cfg, size, name)
     images: dict[str, object] = {}
     order = [name for name in cfg.paths if name in runners]
     clock = PipelineClock(engine.pipe)
@@ -474,8 +514,8 @@ def child_main(spec: dict, out: str) -> None:
         if task["path"] == "engine":
             run = engine_runner(engine, cfg, size)
         else:
-            http = HttpStack(engine, workdir / "child-http", cfg.poll, cfg.slow_poll)
-            run = http.runner(cfg, size) if task["path"] == "http" else http.sdapi_runner(cfg, size)
+            http = HttpStack(engine, workdir / "child-http", cfg.poll, cfg.slow_poll, cfg.preview_every)
+            run = http.runner(cfg, size, task["path"])
     if cuda:
         torch.cuda.synchronize()
     report["load_s"] = time.perf_counter() - started
@@ -642,7 +682,8 @@ def to_markdown(report: dict) -> str:
         f"{cfg['steps']} steps, guidance {cfg['guidance_scale']}, DPM++ 2M, {cfg['runs']} timed runs per path "
         f"after {cfg['warmup']} warm-up round(s); the HTTP client polls every {cfg['poll'] * 1000:.0f} ms while "
         f"the job is queued, in its first step or past its last, and mid-run every half of the remaining "
-        f"steps' expected time, at most {cfg['slow_poll'] * 1000:.0f} ms.",
+        f"steps' expected time, at most {cfg['slow_poll'] * 1000:.0f} ms (client in its own process); "
+        f"web app PREVIEW_EVERY={cfg['preview_every']}.",
         "",
         "| path | s/image median (IQR; min-max) | it/s | wall time vs plain: median of paired ratios (min-max) | "
         "CPU s/image median | CPU time vs plain | outside the pipeline call, ms median | first image s | load s | peak RSS MB | peak VRAM MB | "
@@ -776,6 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or past its last step (default: 0.01)")
     p.add_argument("--slow-poll", type=float, default=0.5,
                    help="HTTP client poll interval in seconds mid-run, as the web UI (default: 0.5)")
+    p.add_argument("--preview-every", type=int, default=1,
+                   help="the web app's PREVIEW_EVERY for the http/sdapi paths (default: 1, the app's default; 0: none)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process load/first-image/peak-memory measurements")
     p.add_argument("--short", action="store_true", help="CI mode: demo model, 64x64, 2 steps, 2 runs")
@@ -784,6 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", help="section name in a .md --out (default: <device>-<model>)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--client", help=argparse.SUPPRESS)
     return p
 
 
@@ -804,7 +848,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
         raise ValueError(f"size: must be a multiple of 8, at least 64 (got {args.size})")
     return BenchConfig(model=args.model, steps=args.steps, size=args.size, runs=args.runs, warmup=args.warmup,
                        paths=paths, options=options, option_runs=args.option_runs, device=args.device,
-                       dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, memory=args.memory,
+                       dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, preview_every=args.preview_every, memory=args.memory,
                        short=args.short, command=" ".join(["python -m app.bench", *map(shlex.quote, argv)]))
 
 
@@ -812,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if args.client:
+        client_main(json.loads(args.client))
+        return 0
     if args.child:
         child_main(json.loads(args.child), args.child_out)
         return 0

@@ -426,10 +426,19 @@ class Worker(threading.Thread):
 
     # 1. load the model, 2. put back jobs a killed process left running, 3. run jobs until stopped.
     def run(self) -> None:
-        self.queue.recover()
+        try:
+            self.queue.recover()
+        except Exception:
+            logger.exception("could not put back the jobs left running")
         self.ensure_engine()
         while not self._stop_event.is_set():
-            if not self.run_once():
+            try:
+                busy = self.run_once()
+            except Exception:  # the store itself failed (disk full, say): the thread must not die
+                logger.exception("the worker hit an error outside a job; going on")
+                self._stop_event.wait(max(self.poll_seconds, 1.0))
+                continue
+            if not busy:
                 self.queue.wait_for_work(self.poll_seconds)
 
     def stop(self, timeout: float = 30) -> None:

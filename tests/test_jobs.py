@@ -136,3 +136,47 @@ def test_serve_reports_a_busy_port(tmp_path):
                                 timeout=120)
     assert result.returncode == 2
     assert f"port: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+class FlakyStore(SQLiteJobQueue):
+    """Stands in for a full disk: the first ``fail`` raises (SQLite's own error)."""
+
+    fail_errors = 1
+
+    def fail(self, job_id, reason):
+        if self.fail_errors:
+            self.fail_errors -= 1
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        super().fail(job_id, reason)
+
+
+class FlakyGallery:
+    """The first save raises as a full disk would."""
+
+    def __init__(self, gallery):
+        self.gallery, self.errors = gallery, 1
+
+    def save(self, job_id, result):
+        if self.errors:
+            self.errors -= 1
+            raise OSError(28, "No space left on device")
+        return self.gallery.save(job_id, result)
+
+
+def test_the_worker_survives_errors_outside_a_job_and_runs_the_next(tmp_path, small_request, engine):
+    from app.gallery import Gallery
+
+    store = FlakyStore(tmp_path / "jobs.sqlite")
+    worker = Worker(store, lambda: engine, FlakyGallery(Gallery(tmp_path / "images")), preview_every=0,
+                    poll_seconds=0.05)
+    first = store.submit(small_request(), "me")
+    second = store.submit(small_request(), "you")
+    worker.start()
+    try:
+        assert store.wait(second.id, timeout=60).state == "done"
+        assert worker.is_alive()
+        assert store.get(first.id).state != "done"
+    finally:
+        worker.stop()

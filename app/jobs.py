@@ -312,8 +312,9 @@ class SQLiteJobQueue(JobQueue):
             if row is None:
                 return None
             conn.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now(), row["id"]))
-        with self._live_lock:
-            self._cancel[row["id"]] = threading.Event()
+            # Before the commit: a cancel() that sees the job running must find its event.
+            with self._live_lock:
+                self._cancel[row["id"]] = threading.Event()
         self._notify()
         return self.get(row["id"])
 

@@ -180,3 +180,38 @@ def test_the_worker_survives_errors_outside_a_job_and_runs_the_next(tmp_path, sm
         assert store.get(first.id).state != "done"
     finally:
         worker.stop()
+
+
+class _HookedConnection:
+    """A store connection that calls ``after_commit`` once its block has committed."""
+
+    def __init__(self, inner, after_commit):
+        self.inner, self.after_commit = inner, after_commit
+
+    def __enter__(self):
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        result = self.inner.__exit__(*exc)
+        self.after_commit()
+        return result
+
+
+def test_a_cancel_right_after_the_claim_commits_is_not_lost(tmp_path, small_request):
+    """Forces the interleaving: the cancel lands between claim()'s commit and
+    anything claim() does after it."""
+
+    class Store(SQLiteJobQueue):
+        hook = None
+
+        def _connect(self):
+            inner = super()._connect()
+            hook, self.hook = self.hook, None
+            return _HookedConnection(inner, hook) if hook else inner
+
+    store = Store(tmp_path / "jobs.sqlite")
+    job = store.submit(small_request(), "me")
+    store.hook = lambda: store.cancel(job.id)
+    claimed = store.claim()
+    assert claimed.id == job.id
+    assert store.cancel_event(job.id).is_set()

@@ -423,7 +423,6 @@ class Worker(threading.Thread):
         self.model_state = "loading"  # "loading" | "ready" | "failed"
         self.model_error: str | None = None
         self._stop_event = threading.Event()
-        self._current: str | None = None
 
     # 1. load the model, 2. put back jobs a killed process left running, 3. run jobs until stopped.
     def run(self) -> None:
@@ -443,10 +442,9 @@ class Worker(threading.Thread):
                 self.queue.wait_for_work(self.poll_seconds)
 
     def stop(self, timeout: float = 30) -> None:
-        """Stop after the current step; the interrupted job goes back to the queue."""
+        """Stop after the current step; the interrupted job goes back to the queue
+        (the running job sees the stop at its next step, see ``_run_job``)."""
         self._stop_event.set()
-        if self._current is not None:
-            self.queue.cancel_event(self._current).set()
         if self.is_alive():
             self.join(timeout)
 
@@ -465,11 +463,7 @@ class Worker(threading.Thread):
         job = self.queue.claim()
         if job is None:
             return False
-        self._current = job.id
-        try:
-            ok = self._run_job(job)
-        finally:
-            self._current = None
+        ok = self._run_job(job)
         if not ok:
             _free_memory()  # a failed or stopped run may leave big tensors behind
         return True
@@ -482,19 +476,28 @@ class Worker(threading.Thread):
         if engine is None:
             self.queue.fail(job.id, f"the model could not be loaded: {self.model_error}")
             return False
-        cancel = self.queue.cancel_event(job.id)
+        # The run stops when the user cancels (``asked``) or the server stops; kept apart
+        # so that a user's cancel during shutdown stays a cancel and is not re-queued.
+        asked = self.queue.cancel_event(job.id)
+        stop = threading.Event()
+
+        def on_step(info) -> None:
+            self._on_step(job.id, info)
+            if asked.is_set() or self._stop_event.is_set():
+                stop.set()
+
         try:
             request = self.queue.request_for(job)
-            result = engine.generate(request, on_step=lambda info: self._on_step(job.id, info), cancel=cancel)
+            result = engine.generate(request, on_step=on_step, cancel=stop)
             images = self.gallery.save(job.id, result)
             self.queue.finish(job.id, images, {"width": result.width, "height": result.height})
             logger.info("job %s done in %.1fs", job.id, result.seconds)
             return True
         except GenerationCancelled as exc:
-            if self._stop_event.is_set():
-                self.queue.requeue(job.id)
-            else:
+            if asked.is_set():
                 self.queue.mark_cancelled(job.id, f"cancelled after step {exc.step} of {exc.total}")
+            else:
+                self.queue.requeue(job.id)
         except ValidationError as exc:
             self.queue.fail(job.id, str(exc))
         except Exception as exc:

@@ -215,3 +215,51 @@ def test_a_cancel_right_after_the_claim_commits_is_not_lost(tmp_path, small_requ
     claimed = store.claim()
     assert claimed.id == job.id
     assert store.cancel_event(job.id).is_set()
+
+
+class StepEngine:
+    """Runs one step, calling ``during_step`` in it, then honours the cancel
+    event as the real engine does (ordering cannot be forced on the real one)."""
+
+    def __init__(self, during_step):
+        self.during_step = during_step
+
+    def generate(self, request, on_step=None, cancel=None):
+        from app.engine import GenerationCancelled
+        from app.types import StepInfo
+
+        self.during_step()
+        on_step(StepInfo(step=1, total=2, latents=None))
+        if cancel.is_set():
+            raise GenerationCancelled(1, 2)
+        raise AssertionError("the run should have been stopped after step 1")
+
+
+def test_a_cancel_during_shutdown_stays_a_cancel(store, small_request, tmp_path):
+    job = store.submit(small_request(), "me")
+    worker = Worker(store, lambda: engine, None, preview_every=0)
+
+    def cancel_then_stop():
+        store.cancel(job.id)
+        worker.stop(timeout=0)
+
+    engine = StepEngine(cancel_then_stop)
+    assert worker.run_once()
+    assert store.get(job.id).state == "cancelled"
+
+
+def test_stop_reaches_a_job_claimed_just_before(store, small_request):
+    """stop() between claim() and the run: the job still goes back to the queue."""
+    job = store.submit(small_request(), "me")
+    worker = Worker(store, lambda: StepEngine(lambda: None), None, preview_every=0)
+
+    real_claim = store.claim
+
+    def claim_then_stop():
+        claimed = real_claim()
+        worker.stop(timeout=0)
+        return claimed
+
+    store.claim = claim_then_stop
+    assert worker.run_once()
+    assert store.get(job.id).state == "queued"

@@ -61,12 +61,23 @@ def _credentials() -> str | None:
 
 
 def is_authenticated() -> bool:
+    """Logged in (session cookie) or sent the password. Credentials in a header
+    are throttled like the login form: each wrong one is recorded, and over the
+    limit the client gets 429 whatever it sends, so no endpoint is a free oracle."""
     password = current_app.config.get("PASSWORD")
     if not password:
         return True
     if session.get("auth") == _token_tag(password):
         return True
-    return _matches(_credentials(), password)
+    if not request.headers.get("Authorization"):
+        return False
+    who = client_id()
+    if _too_many_failures(who):
+        raise ApiError(429, "too many wrong passwords; wait a few minutes")
+    if _matches(_credentials(), password):
+        return True
+    _record_failure(who)
+    return False
 
 
 def _failures() -> dict[str, list[float]]:
@@ -99,11 +110,6 @@ def require_auth():
         return None
     if is_authenticated():
         return None
-    if request.headers.get("Authorization"):
-        who = client_id()
-        if _too_many_failures(who):
-            raise ApiError(429, "too many wrong passwords; wait a few minutes")
-        _record_failure(who)
     if _wants_json():
         raise ApiError(401, "authentication required: send 'Authorization: Bearer <password>' or log in at /login",
                        headers={"WWW-Authenticate": 'Bearer realm="t2i"'})

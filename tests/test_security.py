@@ -253,3 +253,23 @@ def test_webuiapi_with_auth_against_a_real_server(make_app):
         api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, username="me", password="pw")
         result = api.txt2img(prompt="locked", seed=1, steps=2, width=64, height=64)
         assert result.image.size == (64, 64)
+
+
+def test_health_is_no_password_oracle(make_app, tmp_path):
+    """/api/health is open and shows model_error only to a client with the
+    password: wrong passwords there count like anywhere else."""
+    app = make_app(PASSWORD="pw", ENGINE=None, MODEL=str(tmp_path / "no-such-model"), START_WORKER=False)
+    app.extensions["t2i_worker"].ensure_engine()  # the load fails: there is a model_error to hide
+    attacker = app.test_client()
+    far = {"REMOTE_ADDR": "203.0.113.9"}
+    for n in range(10):
+        health = attacker.get("/api/health", headers={"Authorization": f"Bearer guess{n}"}, environ_base=far)
+        assert health.status_code == 200 and health.get_json()["model_error"] is None
+    assert_error(attacker.get("/api/health", headers={"Authorization": "Bearer guess"}, environ_base=far), 429)
+    # Over the limit even the right password gets 429: the answer tells nothing.
+    assert_error(attacker.get("/api/health", headers={"Authorization": "Bearer pw"}, environ_base=far), 429)
+    assert_error(attacker.get("/api/jobs", headers={"Authorization": "Bearer pw"}, environ_base=far), 429)
+    # Another client is not locked out, and with the password sees the error.
+    mine = app.test_client().get("/api/health", headers={"Authorization": "Bearer pw"}).get_json()
+    assert "no such file or folder" in mine["model_error"]
+    assert app.test_client().get("/api/health").get_json()["model_error"] is None

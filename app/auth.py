@@ -88,13 +88,22 @@ def _too_many_failures(who: str) -> bool:
     with _failures_lock:
         failures = _failures()
         recent = [t for t in failures.get(who, []) if time.monotonic() - t < FAILURE_WINDOW]
-        failures[who] = recent
+        if recent:
+            failures[who] = recent
+        else:
+            failures.pop(who, None)
         return len(recent) >= MAX_FAILURES
 
 
 def _record_failure(who: str) -> None:
     with _failures_lock:
-        _failures().setdefault(who, []).append(time.monotonic())
+        failures = _failures()
+        now = time.monotonic()
+        # Clients that stopped failing long ago are forgotten, so the table
+        # holds only the last window's clients however many come and go.
+        for other in [k for k, times in failures.items() if now - times[-1] >= FAILURE_WINDOW]:
+            del failures[other]
+        failures.setdefault(who, []).append(now)
 
 
 def _wants_json() -> bool:

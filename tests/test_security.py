@@ -273,3 +273,20 @@ def test_health_is_no_password_oracle(make_app, tmp_path):
     mine = app.test_client().get("/api/health", headers={"Authorization": "Bearer pw"}).get_json()
     assert "no such file or folder" in mine["model_error"]
     assert app.test_client().get("/api/health").get_json()["model_error"] is None
+
+
+def test_the_failure_table_forgets_old_clients(locked, monkeypatch):
+    import types
+
+    import app.auth as auth
+
+    clock = [1000.0]
+    monkeypatch.setattr(auth, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    client = locked.test_client()
+    for n in range(50):  # many addresses, as a crowd (or forged X-Forwarded-For) would be
+        client.get("/api/jobs", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": f"10.0.0.{n}"})
+    table = locked.extensions["t2i_auth_failures"]
+    assert len(table) == 50
+    clock[0] += auth.FAILURE_WINDOW + 1
+    client.get("/api/jobs", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": "10.0.1.1"})
+    assert list(table) == ["10.0.1.1"]

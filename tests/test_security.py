@@ -290,3 +290,15 @@ def test_the_failure_table_forgets_old_clients(locked, monkeypatch):
     clock[0] += auth.FAILURE_WINDOW + 1
     client.get("/api/jobs", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": "10.0.1.1"})
     assert list(table) == ["10.0.1.1"]
+
+
+def test_images_are_cached_privately(locked):
+    client = locked.test_client()
+    auth = {"Authorization": "Bearer s3cret pass"}
+    job = client.post("/api/jobs", json=small_job(), headers=auth).get_json()["job"]
+    assert locked.extensions["t2i_worker"].run_once()
+    url = client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["job"]["images"][0]["url"]
+    response = client.get(url, headers=auth)
+    assert response.status_code == 200
+    cache = response.headers["Cache-Control"]
+    assert "private" in cache and "public" not in cache and "max-age=3600" in cache

@@ -16,7 +16,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, has_request_context, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from .errors import ApiError
 
@@ -162,6 +163,17 @@ def logout():
     return redirect(url_for("auth.login"))
 
 
+class _HttpsAwareSessions(SecureCookieSessionInterface):
+    """The session cookie is marked Secure when the request came over https
+    (through a tunnel: its X-Forwarded-Proto, trusted with TRUST_PROXY), not
+    always: the same PUBLIC app is also used at http://127.0.0.1, where a
+    Secure cookie would be dropped and the login would never stick."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+
 def init_app(app) -> None:
+    app.session_interface = _HttpsAwareSessions()
     app.before_request(require_auth)
     app.register_blueprint(bp)

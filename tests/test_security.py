@@ -302,3 +302,15 @@ def test_images_are_cached_privately(locked):
     assert response.status_code == 200
     cache = response.headers["Cache-Control"]
     assert "private" in cache and "public" not in cache and "max-age=3600" in cache
+
+
+def test_session_cookie_is_secure_over_https_and_login_works_over_http(make_app):
+    app = make_app(PUBLIC=True, PASSWORD="pw", TRUST_PROXY=1, START_WORKER=False)
+    tunnel = app.test_client()  # as through ngrok: https at the tunnel, http to us
+    response = tunnel.post("/login", data={"password": "pw"}, headers={"X-Forwarded-Proto": "https"})
+    assert response.status_code == 302
+    assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    local = app.test_client()  # the notebook without a link: http://127.0.0.1
+    response = local.post("/login", data={"password": "pw"})
+    assert response.status_code == 302 and "Secure" not in response.headers["Set-Cookie"]
+    assert local.get("/api/jobs").status_code == 200

@@ -194,6 +194,7 @@ def test_thirty_jobs_spread_over_two_workers(workers, make_redis_app, engine):
     client = app.test_client()
     health = client.get("/api/health").get_json()
     assert health["model_state"] == "ready" and health["is_demo"] is True
+    assert (health["defaults"]["width"], health["defaults"]["height"]) == tuple(engine.default_size)
 
     seeds = list(range(1000, 1030))
     ids = [_submit(client, seed=seed)["id"] for seed in seeds]

@@ -349,3 +349,31 @@ def test_a1111_endpoint_works_on_the_redis_queue(workers, make_redis_app):
     assert response.status_code == 200, response.get_json()
     image = Image.open(io.BytesIO(base64.b64decode(response.get_json()["images"][0])))
     assert image.size == (64, 64)
+
+
+def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis_app):
+    """A dead worker's job is handled once: the web app's cleanup and a GPU
+    worker's (under RQ's maintenance lock) never run at the same time. The
+    dead worker is simulated in Redis: its job in STARTED with an expired entry."""
+    from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
+
+    app = make_redis_app("locks", REDIS_QUEUE="locks", START_WORKER=False)
+    queue, upkeep = app.extensions["t2i"], app.extensions["t2i_worker"]
+    job_id = _submit(app.test_client())["id"]
+    queue.rq.remove(job_id)  # a worker took it ...
+    assert queue.begin(job_id, "ghost")[0] == 1
+    rq_job = queue.rq.fetch_job(job_id)
+    rq_job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(queue=queue.rq)
+    queue.redis.zadd(registry.key, {f"{job_id}:ghost-execution": time.time() - 60})  # ... and died
+
+    lock = queue.rq.registry_cleaning_key
+    queue.redis.set(lock, 1, ex=60)  # a GPU worker is cleaning this very moment
+    upkeep.run_once(cleanup=True)
+    assert queue.get(job_id).state == "running" and queue.rq.job_ids == []
+
+    queue.redis.delete(lock)
+    upkeep.run_once(cleanup=True)
+    assert queue.get(job_id).state == "queued" and queue.rq.job_ids == [job_id]
+    assert not queue.redis.exists(lock)  # released for the workers

@@ -230,7 +230,13 @@ class RedisJobQueue(JobQueue):
 
     def cancel(self, job_id: str) -> Job | None:
         if self._end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
-            self.rq.remove(job_id)  # a worker that got it anyway finds it cancelled and skips it
+            # Off the RQ queue, and RQ's job record too: a queued job's has no expiry. A worker
+            # that got it anyway finds no RQ job, or our record cancelled, and skips it.
+            rq_job = self.rq.fetch_job(job_id)
+            if rq_job is not None:
+                rq_job.delete(remove_from_queue=True)
+            else:
+                self.rq.remove(job_id)
         elif self.redis.hget(self.job_key(job_id), "state") == RUNNING.encode():
             # The worker reads the flag with its next progress report and stops after that step.
             self.redis.set(self.key("cancel", job_id), 1, ex=CANCEL_TTL)

@@ -274,14 +274,19 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
 
 def test_cancel_queued_and_running_jobs(workers, make_redis_app):
     # A queue no worker listens to: the job stays queued.
-    idle = make_redis_app("idle", REDIS_QUEUE="idle").test_client()
+    idle_app = make_redis_app("idle", REDIS_QUEUE="idle")
+    idle = idle_app.test_client()
     queued = _submit(idle)
     assert queued["state"] == "queued" and queued["position"] == 1
+    assert idle_app.extensions["t2i"].rq.fetch_job(queued["id"]) is not None
     response = idle.post(f"/api/jobs/{queued['id']}/cancel")
     assert response.status_code == 200
     job = response.get_json()["job"]
     assert job["state"] == "cancelled" and job["error"] == "cancelled before it started" and job["position"] is None
     assert idle.get("/api/health").get_json()["queue"] == {"queued": 0, "running": 0}
+    # RQ's record of the job is gone too (a queued RQ job has no expiry).
+    assert idle_app.extensions["t2i"].rq.fetch_job(queued["id"]) is None
+    assert idle_app.extensions["t2i"].rq.job_ids == []
 
     app = make_redis_app()
     client = app.test_client()

@@ -28,7 +28,6 @@ No Flask here: the GPU workers import this module too.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -36,9 +35,9 @@ import time
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from .jobs import (CANCELLED, DONE, FAILED, PARAM_NAMES, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull,
-                   _failure_reason, job_params, new_job_id, now)
-from .types import GenerationRequest, ValidationError
+from .jobs import (CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull, _failure_reason,
+                   job_params, new_job_id, now, rebuild_request)
+from .types import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +173,9 @@ class RedisJobQueue(JobQueue):
             args=[job_id, client, json.dumps(params), now(), params["steps"], self.max_per_client, self.max_queue,
                   init_png or b""])
         if seq == -1:
-            raise QueueFull(f"you already have {count} unfinished jobs; the limit is {self.max_per_client}. "
-                            "Wait for one to finish or cancel one.", per_client=True)
+            raise QueueFull.for_client(count, self.max_per_client)
         if seq == -2:
-            raise QueueFull(f"the queue is full ({count} jobs); try again later", per_client=False)
+            raise QueueFull.for_queue(count)
         try:
             self.rq.enqueue_call(
                 TASK, args=(job_id,), job_id=job_id, timeout=self.job_timeout, result_ttl=600,
@@ -298,16 +296,7 @@ class RedisJobQueue(JobQueue):
 
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""
-        init = None
-        if job.params.get("has_init_image"):
-            png = self.redis.get(self.key("init", job.id))
-            if png is None:
-                raise ValidationError("init_image", None, "is missing from the job store")
-            from PIL import Image
-
-            with Image.open(io.BytesIO(png)) as im:
-                init = im.convert("RGB")
-        return GenerationRequest(init_image=init, **{name: job.params[name] for name in PARAM_NAMES})
+        return rebuild_request(job, lambda job_id: self.redis.get(self.key("init", job_id)))
 
     def progress(self, job_id: str, attempt: int, step: int, total: int, preview_png: bytes | None = None) -> int:
         """Progress of a running attempt. Returns 0 (go on), 1 (cancel asked for)

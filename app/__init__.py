@@ -62,17 +62,14 @@ def create_app(test_config: dict | None = None):
 
     @app.context_processor
     def page_context():
-        from .schedulers import DEFAULT_SCHEDULER, scheduler_names
+        from .schedulers import scheduler_names
 
         info = api.model_info()
-        engine = worker.engine
-        side = engine.default_size[0] if engine is not None else (256 if info["is_demo"] else 768)
         return {
             "model_name": info["name"],
             "is_demo": info["is_demo"],
             "schedulers": scheduler_names(),
-            "defaults": {"width": side, "height": side, "steps": 25, "guidance_scale": 7.5,
-                         "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75},
+            "defaults": api.form_defaults(),
             "limits": public_limits(app.config),
             "auth_required": bool(app.config.get("PASSWORD")),
         }

@@ -76,6 +76,18 @@ def model_info() -> dict:
             "state": w.model_state if w is not None else "loading", "error": getattr(w, "model_error", None)}
 
 
+def form_defaults() -> dict:
+    """The form's starting values (the page, and /api/health for the page to
+    correct them): the size is the model's own once it is loaded, a guess before."""
+    engine = getattr(worker(), "engine", None)
+    if engine is not None:
+        width, height = engine.default_size
+    else:
+        width = height = 256 if model_info()["is_demo"] else 768
+    return {"width": width, "height": height, "steps": 25, "guidance_scale": 7.5, "scheduler": DEFAULT_SCHEDULER,
+            "num_images": 1, "strength": 0.75}
+
+
 def job_json(job: Job) -> dict:
     return {
         "id": job.id,
@@ -207,5 +219,6 @@ def health():
         "is_demo": info["is_demo"],
         "queue": queue().counts(),
         "limits": public_limits(current_app.config),
+        "defaults": form_defaults(),
         "auth_required": bool(current_app.config.get("PASSWORD")),
     })

@@ -16,7 +16,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, has_request_context, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from .errors import ApiError
 
@@ -61,12 +62,23 @@ def _credentials() -> str | None:
 
 
 def is_authenticated() -> bool:
+    """Logged in (session cookie) or sent the password. Credentials in a header
+    are throttled like the login form: each wrong one is recorded, and over the
+    limit the client gets 429 whatever it sends, so no endpoint is a free oracle."""
     password = current_app.config.get("PASSWORD")
     if not password:
         return True
     if session.get("auth") == _token_tag(password):
         return True
-    return _matches(_credentials(), password)
+    if not request.headers.get("Authorization"):
+        return False
+    who = client_id()
+    if _too_many_failures(who):
+        raise ApiError(429, "too many wrong passwords; wait a few minutes")
+    if _matches(_credentials(), password):
+        return True
+    _record_failure(who)
+    return False
 
 
 def _failures() -> dict[str, list[float]]:
@@ -77,13 +89,22 @@ def _too_many_failures(who: str) -> bool:
     with _failures_lock:
         failures = _failures()
         recent = [t for t in failures.get(who, []) if time.monotonic() - t < FAILURE_WINDOW]
-        failures[who] = recent
+        if recent:
+            failures[who] = recent
+        else:
+            failures.pop(who, None)
         return len(recent) >= MAX_FAILURES
 
 
 def _record_failure(who: str) -> None:
     with _failures_lock:
-        _failures().setdefault(who, []).append(time.monotonic())
+        failures = _failures()
+        now = time.monotonic()
+        # Clients that stopped failing long ago are forgotten, so the table
+        # holds only the last window's clients however many come and go.
+        for other in [k for k, times in failures.items() if now - times[-1] >= FAILURE_WINDOW]:
+            del failures[other]
+        failures.setdefault(who, []).append(now)
 
 
 def _wants_json() -> bool:
@@ -99,11 +120,6 @@ def require_auth():
         return None
     if is_authenticated():
         return None
-    if request.headers.get("Authorization"):
-        who = client_id()
-        if _too_many_failures(who):
-            raise ApiError(429, "too many wrong passwords; wait a few minutes")
-        _record_failure(who)
     if _wants_json():
         raise ApiError(401, "authentication required: send 'Authorization: Bearer <password>' or log in at /login",
                        headers={"WWW-Authenticate": 'Bearer realm="t2i"'})
@@ -147,6 +163,17 @@ def logout():
     return redirect(url_for("auth.login"))
 
 
+class _HttpsAwareSessions(SecureCookieSessionInterface):
+    """The session cookie is marked Secure when the request came over https
+    (through a tunnel: its X-Forwarded-Proto, trusted with TRUST_PROXY), not
+    always: the same PUBLIC app is also used at http://127.0.0.1, where a
+    Secure cookie would be dropped and the login would never stick."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+
 def init_app(app) -> None:
+    app.session_interface = _HttpsAwareSessions()
     app.before_request(require_auth)
     app.register_blueprint(bp)

@@ -72,5 +72,8 @@ def image(job_id: str, name: str):
     download = request.args.get("download") in ("1", "true", "yes")
     response = send_file(path, mimetype="image/png", as_attachment=download,
                          download_name=f"t2i-{job_id[:8]}-{name}", max_age=3600)
+    # Private: with a password the image is the user's; a shared cache (proxy, CDN) must not keep it.
+    response.cache_control.public = False
+    response.cache_control.private = True
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -42,6 +42,15 @@ class QueueFull(Exception):
         super().__init__(message)
         self.per_client = per_client
 
+    @classmethod
+    def for_client(cls, unfinished: int, limit: int) -> "QueueFull":
+        return cls(f"you already have {unfinished} unfinished jobs; the limit is {limit}. "
+                   "Wait for one to finish or cancel one.", per_client=True)
+
+    @classmethod
+    def for_queue(cls, queued: int) -> "QueueFull":
+        return cls(f"the queue is full ({queued} jobs); try again later", per_client=False)
+
 
 @dataclass
 class Progress:
@@ -79,6 +88,57 @@ def now() -> str:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def rebuild_request(job: Job, read_init: Callable[[str], bytes | None]) -> GenerationRequest:
+    """The job's request again, from its params and, for img2img, the init PNG
+    that ``read_init(job_id)`` fetches from the store."""
+    init = None
+    if job.params.get("has_init_image"):
+        png = read_init(job.id)
+        if png is None:
+            raise ValidationError("init_image", None, "is missing from the job store")
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png)) as im:
+            init = im.convert("RGB")
+    return GenerationRequest(init_image=init, **{name: job.params[name] for name in PARAM_NAMES})
+
+
+def preview_png(engine, info, every: int) -> bytes | None:
+    """The live preview of step ``info`` as PNG bytes, every ``every`` steps
+    and at the last one (0: never); None when it is not due or fails."""
+    if not every or (info.step % every and info.step != info.total):
+        return None
+    try:
+        buf = io.BytesIO()
+        engine.preview(info.latents[:1])[0].save(buf, format="PNG")
+        return buf.getvalue()
+    except Exception:  # a preview is never worth failing the job
+        logger.exception("preview failed")
+        return None
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job that raised ends: ``state`` CANCELLED or FAILED, the reason
+    shown to the user, and whether the error was unexpected (logged with its
+    traceback; the worker frees memory after it)."""
+
+    state: str
+    reason: str
+    unexpected: bool
+
+
+def job_end(job_id: str, exc: Exception) -> JobEnd:
+    from .engine import GenerationCancelled
+
+    if isinstance(exc, GenerationCancelled):
+        return JobEnd(CANCELLED, f"cancelled after step {exc.step} of {exc.total}", False)
+    if isinstance(exc, ValidationError):
+        return JobEnd(FAILED, str(exc), False)
+    logger.exception("job %s failed", job_id, exc_info=exc)  # out of memory, a timeout ...
+    return JobEnd(FAILED, _failure_reason(exc), True)
 
 
 def job_params(request: GenerationRequest) -> dict:
@@ -207,11 +267,10 @@ class SQLiteJobQueue(JobQueue):
             mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')",
                                 (client,)).fetchone()[0]
             if mine >= self.max_per_client:
-                raise QueueFull(f"you already have {mine} unfinished jobs; the limit is {self.max_per_client}. "
-                                "Wait for one to finish or cancel one.", per_client=True)
+                raise QueueFull.for_client(mine, self.max_per_client)
             queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if queued >= self.max_queue:
-                raise QueueFull(f"the queue is full ({queued} jobs); try again later", per_client=False)
+                raise QueueFull.for_queue(queued)
             conn.execute("INSERT INTO jobs (id, client, state, params, created_at) VALUES (?, ?, 'queued', ?, ?)",
                          (job_id, client, json.dumps(params), now()))
             if init_png is not None:
@@ -312,25 +371,20 @@ class SQLiteJobQueue(JobQueue):
             if row is None:
                 return None
             conn.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now(), row["id"]))
-        with self._live_lock:
-            self._cancel[row["id"]] = threading.Event()
+            # Before the commit: a cancel() that sees the job running must find its event.
+            with self._live_lock:
+                self._cancel[row["id"]] = threading.Event()
         self._notify()
         return self.get(row["id"])
 
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""
-        init = None
-        if job.params.get("has_init_image"):
-            with self._connect() as conn:
-                row = conn.execute("SELECT init_image FROM inputs WHERE job_id = ?", (job.id,)).fetchone()
-            if row is None:
-                raise ValidationError("init_image", None, "is missing from the job store")
-            from PIL import Image
+        return rebuild_request(job, self._init_png)
 
-            with Image.open(io.BytesIO(row[0])) as im:
-                init = im.convert("RGB")
-        values = {name: job.params[name] for name in PARAM_NAMES}
-        return GenerationRequest(init_image=init, **values)
+    def _init_png(self, job_id: str) -> bytes | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT init_image FROM inputs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
 
     def cancel_event(self, job_id: str) -> threading.Event:
         with self._live_lock:
@@ -422,21 +476,28 @@ class Worker(threading.Thread):
         self.model_state = "loading"  # "loading" | "ready" | "failed"
         self.model_error: str | None = None
         self._stop_event = threading.Event()
-        self._current: str | None = None
 
     # 1. load the model, 2. put back jobs a killed process left running, 3. run jobs until stopped.
     def run(self) -> None:
-        self.queue.recover()
+        try:
+            self.queue.recover()
+        except Exception:
+            logger.exception("could not put back the jobs left running")
         self.ensure_engine()
         while not self._stop_event.is_set():
-            if not self.run_once():
+            try:
+                busy = self.run_once()
+            except Exception:  # the store itself failed (disk full, say): the thread must not die
+                logger.exception("the worker hit an error outside a job; going on")
+                self._stop_event.wait(max(self.poll_seconds, 1.0))
+                continue
+            if not busy:
                 self.queue.wait_for_work(self.poll_seconds)
 
     def stop(self, timeout: float = 30) -> None:
-        """Stop after the current step; the interrupted job goes back to the queue."""
+        """Stop after the current step; the interrupted job goes back to the queue
+        (the running job sees the stop at its next step, see ``_run_job``)."""
         self._stop_event.set()
-        if self._current is not None:
-            self.queue.cancel_event(self._current).set()
         if self.is_alive():
             self.join(timeout)
 
@@ -455,54 +516,46 @@ class Worker(threading.Thread):
         job = self.queue.claim()
         if job is None:
             return False
-        self._current = job.id
-        try:
-            ok = self._run_job(job)
-        finally:
-            self._current = None
+        ok = self._run_job(job)
         if not ok:
             _free_memory()  # a failed or stopped run may leave big tensors behind
         return True
 
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
-        from .engine import GenerationCancelled
-
         engine = self.ensure_engine()
         if engine is None:
             self.queue.fail(job.id, f"the model could not be loaded: {self.model_error}")
             return False
-        cancel = self.queue.cancel_event(job.id)
+        # The run stops when the user cancels (``asked``) or the server stops; kept apart
+        # so that a user's cancel during shutdown stays a cancel and is not re-queued.
+        asked = self.queue.cancel_event(job.id)
+        stop = threading.Event()
+
+        def on_step(info) -> None:
+            self._on_step(job.id, info)
+            if asked.is_set() or self._stop_event.is_set():
+                stop.set()
+
         try:
             request = self.queue.request_for(job)
-            result = engine.generate(request, on_step=lambda info: self._on_step(job.id, info), cancel=cancel)
+            result = engine.generate(request, on_step=on_step, cancel=stop)
             images = self.gallery.save(job.id, result)
             self.queue.finish(job.id, images, {"width": result.width, "height": result.height})
             logger.info("job %s done in %.1fs", job.id, result.seconds)
             return True
-        except GenerationCancelled as exc:
-            if self._stop_event.is_set():
-                self.queue.requeue(job.id)
-            else:
-                self.queue.mark_cancelled(job.id, f"cancelled after step {exc.step} of {exc.total}")
-        except ValidationError as exc:
-            self.queue.fail(job.id, str(exc))
         except Exception as exc:
-            logger.exception("job %s failed", job.id)
-            self.queue.fail(job.id, _failure_reason(exc))
+            end = job_end(job.id, exc)
+            if end.state == CANCELLED and not asked.is_set():
+                self.queue.requeue(job.id)  # stopped by the server, not the user
+            elif end.state == CANCELLED:
+                self.queue.mark_cancelled(job.id, end.reason)
+            else:
+                self.queue.fail(job.id, end.reason)
         return False
 
     def _on_step(self, job_id: str, info) -> None:
-        preview = None
-        if self.preview_every and (info.step % self.preview_every == 0 or info.step == info.total):
-            try:
-                image = self.engine.preview(info.latents[:1])[0]
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                preview = buf.getvalue()
-            except Exception:  # a preview is never worth failing the job
-                logger.exception("preview failed")
-        self.queue.report(job_id, info.step, info.total, preview)
+        self.queue.report(job_id, info.step, info.total, preview_png(self.engine, info, self.preview_every))
 
 
 def _failure_reason(exc: Exception) -> str:

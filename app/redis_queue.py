@@ -28,7 +28,6 @@ No Flask here: the GPU workers import this module too.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -36,9 +35,9 @@ import time
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from .jobs import (CANCELLED, DONE, FAILED, PARAM_NAMES, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull,
-                   _failure_reason, job_params, new_job_id, now)
-from .types import GenerationRequest, ValidationError
+from .jobs import (CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobQueue, Progress, QueueFull, _failure_reason,
+                   job_params, new_job_id, now, rebuild_request)
+from .types import GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +173,9 @@ class RedisJobQueue(JobQueue):
             args=[job_id, client, json.dumps(params), now(), params["steps"], self.max_per_client, self.max_queue,
                   init_png or b""])
         if seq == -1:
-            raise QueueFull(f"you already have {count} unfinished jobs; the limit is {self.max_per_client}. "
-                            "Wait for one to finish or cancel one.", per_client=True)
+            raise QueueFull.for_client(count, self.max_per_client)
         if seq == -2:
-            raise QueueFull(f"the queue is full ({count} jobs); try again later", per_client=False)
+            raise QueueFull.for_queue(count)
         try:
             self.rq.enqueue_call(
                 TASK, args=(job_id,), job_id=job_id, timeout=self.job_timeout, result_ttl=600,
@@ -230,7 +228,13 @@ class RedisJobQueue(JobQueue):
 
     def cancel(self, job_id: str) -> Job | None:
         if self._end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
-            self.rq.remove(job_id)  # a worker that got it anyway finds it cancelled and skips it
+            # Off the RQ queue, and RQ's job record too: a queued job's has no expiry. A worker
+            # that got it anyway finds no RQ job, or our record cancelled, and skips it.
+            rq_job = self.rq.fetch_job(job_id)
+            if rq_job is not None:
+                rq_job.delete(remove_from_queue=True)
+            else:
+                self.rq.remove(job_id)
         elif self.redis.hget(self.job_key(job_id), "state") == RUNNING.encode():
             # The worker reads the flag with its next progress report and stops after that step.
             self.redis.set(self.key("cancel", job_id), 1, ex=CANCEL_TTL)
@@ -292,16 +296,7 @@ class RedisJobQueue(JobQueue):
 
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""
-        init = None
-        if job.params.get("has_init_image"):
-            png = self.redis.get(self.key("init", job.id))
-            if png is None:
-                raise ValidationError("init_image", None, "is missing from the job store")
-            from PIL import Image
-
-            with Image.open(io.BytesIO(png)) as im:
-                init = im.convert("RGB")
-        return GenerationRequest(init_image=init, **{name: job.params[name] for name in PARAM_NAMES})
+        return rebuild_request(job, lambda job_id: self.redis.get(self.key("init", job_id)))
 
     def progress(self, job_id: str, attempt: int, step: int, total: int, preview_png: bytes | None = None) -> int:
         """Progress of a running attempt. Returns 0 (go on), 1 (cancel asked for)

@@ -27,6 +27,7 @@ from .redis_queue import RedisJobQueue
 
 logger = logging.getLogger(__name__)
 
+CLEANUP_LOCK_SECONDS = 10
 NO_WORKER = "no GPU worker is connected; start one with: python -m app worker --redis REDIS_URL --model MODEL"
 
 
@@ -152,14 +153,31 @@ class RedisWorkers(threading.Thread):
         """Store waiting images; find jobs of dead workers. Returns images stored."""
         stored = sum(self.gallery.store(job_id) for job_id in self.queue.unstored())
         if cleanup:
-            from rq.registry import StartedJobRegistry
-            from rq.timeouts import TimerDeathPenalty
-
-            # Retries or fails jobs whose worker's heartbeat expired, calling on_rq_failure;
-            # a thread cannot use RQ's default SIGALRM timeouts.
-            StartedJobRegistry(queue=self.queue.rq, death_penalty_class=TimerDeathPenalty).cleanup()
+            self._clean_started_jobs()
             self._forget_dead_workers()
         return stored
+
+    def _clean_started_jobs(self) -> None:
+        """Retry or fail jobs whose worker's heartbeat expired (calling on_rq_failure),
+        under the lock RQ's workers take for the same cleanup: two cleanups at once
+        would both see a dead job and re-queue it twice. Ours expires in seconds,
+        not RQ's 15 minutes, should this process die holding it."""
+        from redis.exceptions import LockError
+        from rq.registry import StartedJobRegistry
+        from rq.timeouts import TimerDeathPenalty
+
+        lock = self.queue.redis.lock(self.queue.rq.registry_cleaning_key, timeout=CLEANUP_LOCK_SECONDS,
+                                     blocking=False)
+        if not lock.acquire():
+            return  # a GPU worker is cleaning right now
+        try:
+            # A thread cannot use RQ's default SIGALRM timeouts.
+            StartedJobRegistry(queue=self.queue.rq, death_penalty_class=TimerDeathPenalty).cleanup()
+        finally:
+            try:
+                lock.release()
+            except LockError:  # expired meanwhile (a very slow cleanup): nothing to release
+                pass
 
     def _forget_dead_workers(self, after: float = 600) -> None:
         """Drop workers silent for ``after`` seconds from /api/health's list for good."""

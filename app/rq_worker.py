@@ -19,7 +19,6 @@ This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -28,10 +27,9 @@ import time
 
 from rq.worker import SimpleWorker, WorkerStatus
 
-from .jobs import DONE, RUNNING, _failure_reason, _free_memory
+from .jobs import CANCELLED, DONE, RUNNING, _free_memory, job_end, preview_png
 from .metadata import png_bytes
 from .redis_queue import RedisJobQueue
-from .types import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +122,6 @@ class GPUWorker(SimpleWorker):
 
     def run_t2i_job(self, job_id: str) -> str:
         """Run one job of the queue; returns the state it ended in."""
-        from .engine import GenerationCancelled
-
         queue = self.job_queue
         attempt, before = queue.begin(job_id, self.name)
         if not attempt:
@@ -148,29 +144,20 @@ class GPUWorker(SimpleWorker):
                 return "dropped"
             logger.info("job %s done in %.1fs", job_id, result.seconds)
             return DONE
-        except GenerationCancelled as exc:
-            queue.mark_cancelled(job_id, f"cancelled after step {exc.step} of {exc.total}", attempt)
-            return "cancelled"
-        except ValidationError as exc:
-            queue.fail(job_id, str(exc), attempt)
-            return "failed"
-        except Exception as exc:  # out of memory, a timeout (RQ's JobTimeoutException) ...
-            logger.exception("job %s failed", job_id)
-            queue.fail(job_id, _failure_reason(exc), attempt)
-            # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
-            # job refcounting has freed them, and gc.collect() costs about a second.
-            _free_memory()
-            return "failed"
+        except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
+            end = job_end(job_id, exc)
+            if end.state == CANCELLED:
+                queue.mark_cancelled(job_id, end.reason, attempt)
+            else:
+                queue.fail(job_id, end.reason, attempt)
+            if end.unexpected:
+                # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
+                # job refcounting has freed them, and gc.collect() costs about a second.
+                _free_memory()
+            return end.state
 
     def _on_step(self, job_id: str, attempt: int, info, cancel: threading.Event) -> None:
-        preview = None
-        if self.preview_every and (info.step % self.preview_every == 0 or info.step == info.total):
-            try:
-                buf = io.BytesIO()
-                self.engine.preview(info.latents[:1])[0].save(buf, format="PNG")
-                preview = buf.getvalue()
-            except Exception:  # a preview is never worth failing the job
-                logger.exception("preview failed")
+        preview = preview_png(self.engine, info, self.preview_every)
         answer = self.job_queue.progress(job_id, attempt, info.step, info.total, preview)
         if answer == 2:
             logger.warning("job %s is no longer this worker's; stopping it", job_id)

@@ -115,7 +115,13 @@ def _run(body: dict, img2img: bool):
     if job.state not in (DONE, CANCELLED):
         raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
     gallery: Gallery = current_app.extensions["t2i_gallery"]
-    images = [base64.b64encode(gallery.read(job.id, im["n"])).decode("ascii") for im in job.images]
+    images = []
+    for im in job.images:
+        png = gallery.read(job.id, im["n"])
+        if png is None:  # deleted from the image folder behind our back
+            raise ApiError(500, f"image {im['n']} of job {job.id} is missing from the image folder",
+                           "job_id", job.id)
+        images.append(base64.b64encode(png).decode("ascii"))
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
     if body.get("include_init_images"):
         parameters["init_images"] = body.get("init_images")

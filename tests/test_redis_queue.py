@@ -194,6 +194,7 @@ def test_thirty_jobs_spread_over_two_workers(workers, make_redis_app, engine):
     client = app.test_client()
     health = client.get("/api/health").get_json()
     assert health["model_state"] == "ready" and health["is_demo"] is True
+    assert (health["defaults"]["width"], health["defaults"]["height"]) == tuple(engine.default_size)
 
     seeds = list(range(1000, 1030))
     ids = [_submit(client, seed=seed)["id"] for seed in seeds]
@@ -273,14 +274,19 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
 
 def test_cancel_queued_and_running_jobs(workers, make_redis_app):
     # A queue no worker listens to: the job stays queued.
-    idle = make_redis_app("idle", REDIS_QUEUE="idle").test_client()
+    idle_app = make_redis_app("idle", REDIS_QUEUE="idle")
+    idle = idle_app.test_client()
     queued = _submit(idle)
     assert queued["state"] == "queued" and queued["position"] == 1
+    assert idle_app.extensions["t2i"].rq.fetch_job(queued["id"]) is not None
     response = idle.post(f"/api/jobs/{queued['id']}/cancel")
     assert response.status_code == 200
     job = response.get_json()["job"]
     assert job["state"] == "cancelled" and job["error"] == "cancelled before it started" and job["position"] is None
     assert idle.get("/api/health").get_json()["queue"] == {"queued": 0, "running": 0}
+    # RQ's record of the job is gone too (a queued RQ job has no expiry).
+    assert idle_app.extensions["t2i"].rq.fetch_job(queued["id"]) is None
+    assert idle_app.extensions["t2i"].rq.job_ids == []
 
     app = make_redis_app()
     client = app.test_client()
@@ -348,3 +354,31 @@ def test_a1111_endpoint_works_on_the_redis_queue(workers, make_redis_app):
     assert response.status_code == 200, response.get_json()
     image = Image.open(io.BytesIO(base64.b64decode(response.get_json()["images"][0])))
     assert image.size == (64, 64)
+
+
+def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis_app):
+    """A dead worker's job is handled once: the web app's cleanup and a GPU
+    worker's (under RQ's maintenance lock) never run at the same time. The
+    dead worker is simulated in Redis: its job in STARTED with an expired entry."""
+    from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
+
+    app = make_redis_app("locks", REDIS_QUEUE="locks", START_WORKER=False)
+    queue, upkeep = app.extensions["t2i"], app.extensions["t2i_worker"]
+    job_id = _submit(app.test_client())["id"]
+    queue.rq.remove(job_id)  # a worker took it ...
+    assert queue.begin(job_id, "ghost")[0] == 1
+    rq_job = queue.rq.fetch_job(job_id)
+    rq_job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(queue=queue.rq)
+    queue.redis.zadd(registry.key, {f"{job_id}:ghost-execution": time.time() - 60})  # ... and died
+
+    lock = queue.rq.registry_cleaning_key
+    queue.redis.set(lock, 1, ex=60)  # a GPU worker is cleaning this very moment
+    upkeep.run_once(cleanup=True)
+    assert queue.get(job_id).state == "running" and queue.rq.job_ids == []
+
+    queue.redis.delete(lock)
+    upkeep.run_once(cleanup=True)
+    assert queue.get(job_id).state == "queued" and queue.rq.job_ids == [job_id]
+    assert not queue.redis.exists(lock)  # released for the workers

@@ -138,3 +138,14 @@ def test_options_refuses_another_model(client):
 def test_png_info_of_a_plain_image(client):
     response = client.post("/sdapi/v1/png-info", json={"image": png_b64(gradient(8, 8), data_url=True)})
     assert response.get_json() == {"info": "", "items": {}, "parameters": {}}
+
+
+def test_a_missing_image_file_is_a_clear_error(app, client):
+    class EmptyFolder:  # the image folder lost the file (disk cleaned, another process)
+        def read(self, job_id, n):
+            return None
+
+    app.extensions["t2i_gallery"] = EmptyFolder()
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 2})
+    body = assert_error(response, 500, "job_id")
+    assert "missing from the image folder" in body["error"]

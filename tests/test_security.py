@@ -253,3 +253,64 @@ def test_webuiapi_with_auth_against_a_real_server(make_app):
         api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, username="me", password="pw")
         result = api.txt2img(prompt="locked", seed=1, steps=2, width=64, height=64)
         assert result.image.size == (64, 64)
+
+
+def test_health_is_no_password_oracle(make_app, tmp_path):
+    """/api/health is open and shows model_error only to a client with the
+    password: wrong passwords there count like anywhere else."""
+    app = make_app(PASSWORD="pw", ENGINE=None, MODEL=str(tmp_path / "no-such-model"), START_WORKER=False)
+    app.extensions["t2i_worker"].ensure_engine()  # the load fails: there is a model_error to hide
+    attacker = app.test_client()
+    far = {"REMOTE_ADDR": "203.0.113.9"}
+    for n in range(10):
+        health = attacker.get("/api/health", headers={"Authorization": f"Bearer guess{n}"}, environ_base=far)
+        assert health.status_code == 200 and health.get_json()["model_error"] is None
+    assert_error(attacker.get("/api/health", headers={"Authorization": "Bearer guess"}, environ_base=far), 429)
+    # Over the limit even the right password gets 429: the answer tells nothing.
+    assert_error(attacker.get("/api/health", headers={"Authorization": "Bearer pw"}, environ_base=far), 429)
+    assert_error(attacker.get("/api/jobs", headers={"Authorization": "Bearer pw"}, environ_base=far), 429)
+    # Another client is not locked out, and with the password sees the error.
+    mine = app.test_client().get("/api/health", headers={"Authorization": "Bearer pw"}).get_json()
+    assert "no such file or folder" in mine["model_error"]
+    assert app.test_client().get("/api/health").get_json()["model_error"] is None
+
+
+def test_the_failure_table_forgets_old_clients(locked, monkeypatch):
+    import types
+
+    import app.auth as auth
+
+    clock = [1000.0]
+    monkeypatch.setattr(auth, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    client = locked.test_client()
+    for n in range(50):  # many addresses, as a crowd (or forged X-Forwarded-For) would be
+        client.get("/api/jobs", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": f"10.0.0.{n}"})
+    table = locked.extensions["t2i_auth_failures"]
+    assert len(table) == 50
+    clock[0] += auth.FAILURE_WINDOW + 1
+    client.get("/api/jobs", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": "10.0.1.1"})
+    assert list(table) == ["10.0.1.1"]
+
+
+def test_images_are_cached_privately(locked):
+    client = locked.test_client()
+    auth = {"Authorization": "Bearer s3cret pass"}
+    job = client.post("/api/jobs", json=small_job(), headers=auth).get_json()["job"]
+    assert locked.extensions["t2i_worker"].run_once()
+    url = client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["job"]["images"][0]["url"]
+    response = client.get(url, headers=auth)
+    assert response.status_code == 200
+    cache = response.headers["Cache-Control"]
+    assert "private" in cache and "public" not in cache and "max-age=3600" in cache
+
+
+def test_session_cookie_is_secure_over_https_and_login_works_over_http(make_app):
+    app = make_app(PUBLIC=True, PASSWORD="pw", TRUST_PROXY=1, START_WORKER=False)
+    tunnel = app.test_client()  # as through ngrok: https at the tunnel, http to us
+    response = tunnel.post("/login", data={"password": "pw"}, headers={"X-Forwarded-Proto": "https"})
+    assert response.status_code == 302
+    assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    local = app.test_client()  # the notebook without a link: http://127.0.0.1
+    response = local.post("/login", data={"password": "pw"})
+    assert response.status_code == 302 and "Secure" not in response.headers["Set-Cookie"]
+    assert local.get("/api/jobs").status_code == 200

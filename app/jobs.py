@@ -105,18 +105,52 @@ def rebuild_request(job: Job, read_init: Callable[[str], bytes | None]) -> Gener
     return GenerationRequest(init_image=init, **{name: job.params[name] for name in PARAM_NAMES})
 
 
+def preview_due(info, every: int) -> bool:
+    """A live preview every ``every`` steps and at the last one (0: never)."""
+    return bool(every) and (info.step % every == 0 or info.step == info.total)
+
+
+class LivePreview:
+    """The live preview of one step, encoded only when someone asks for it.
+
+    Encoding a PNG every step (2-11 ms, in the worker thread, holding the
+    interpreter lock) slowed every image by several percent, while a browser
+    looks at one preview every half second. So the worker keeps a copy of
+    the step's latents (a clone on their device: no copy to the host, no
+    sync) and ``png()`` makes the image on the first request, in the
+    requesting thread, and keeps it for later ones."""
+
+    def __init__(self, engine, latents):
+        self._engine = engine
+        self._latents = latents[:1].detach().clone()
+        self._png: bytes | None = None
+        self._lock = threading.Lock()
+
+    def png(self) -> bytes | None:
+        """PNG bytes, or None if the preview failed (never worth failing anything)."""
+        with self._lock:
+            if self._png is None and self._latents is not None:
+                try:
+                    buf = io.BytesIO()
+                    self._engine.preview(self._latents)[0].save(buf, format="PNG")
+                    self._png = buf.getvalue()
+                except Exception:
+                    logger.exception("preview failed")
+                self._latents = None  # encoded (or failed): the tensor is not needed any more
+            return self._png
+
+
+def live_preview(engine, info, every: int) -> LivePreview | None:
+    """The step's preview, unencoded, when one is due (see ``preview_due``)."""
+    return LivePreview(engine, info.latents) if preview_due(info, every) else None
+
+
 def preview_png(engine, info, every: int) -> bytes | None:
-    """The live preview of step ``info`` as PNG bytes, every ``every`` steps
-    and at the last one (0: never); None when it is not due or fails."""
-    if not every or (info.step % every and info.step != info.total):
-        return None
-    try:
-        buf = io.BytesIO()
-        engine.preview(info.latents[:1])[0].save(buf, format="PNG")
-        return buf.getvalue()
-    except Exception:  # a preview is never worth failing the job
-        logger.exception("preview failed")
-        return None
+    """The live preview of step ``info`` as PNG bytes, encoded now, when one is
+    due; None when it is not due or fails. For a worker in another process
+    (the Redis backend), which must ship bytes."""
+    preview = live_preview(engine, info, every)
+    return None if preview is None else preview.png()
 
 
 @dataclass(frozen=True)
@@ -218,7 +252,9 @@ class JobQueue:
         """Set when someone cancels the running job (or the server stops)."""
         raise NotImplementedError
 
-    def report(self, job_id: str, step: int, total: int, preview_png: bytes | None = None) -> None:
+    def report(self, job_id: str, step: int, total: int, preview: "bytes | LivePreview | None" = None) -> None:
+        """Progress of the running job and, maybe, its newest live preview:
+        PNG bytes or a ``LivePreview`` encoded when asked for."""
         raise NotImplementedError
 
     def finish(self, job_id: str, images: list[dict], params_update: dict | None = None) -> None:
@@ -240,14 +276,15 @@ class SQLiteJobQueue(JobQueue):
         self.max_queue = max_queue
         self.max_per_client = max_per_client
         db.init_db(self.path)
+        self._pool = _Pool(self.path)
         self._changed = threading.Condition()
         self._live_lock = threading.Lock()
         self._progress: dict[str, Progress] = {}
-        self._previews: dict[str, bytes] = {}
+        self._previews: dict[str, bytes | LivePreview] = {}
         self._cancel: dict[str, threading.Event] = {}
 
     def _connect(self):
-        return _Connection(self.path)
+        return _Connection(self._pool)
 
     def _notify(self) -> None:
         with self._changed:
@@ -336,7 +373,8 @@ class SQLiteJobQueue(JobQueue):
 
     def preview(self, job_id: str) -> bytes | None:
         with self._live_lock:
-            return self._previews.get(job_id)
+            preview = self._previews.get(job_id)
+        return preview.png() if isinstance(preview, LivePreview) else preview
 
     def _job(self, row) -> Job:
         job = Job(id=row["id"], state=row["state"], client=row["client"], params=json.loads(row["params"]),
@@ -390,12 +428,14 @@ class SQLiteJobQueue(JobQueue):
         with self._live_lock:
             return self._cancel.setdefault(job_id, threading.Event())
 
-    def report(self, job_id: str, step: int, total: int, preview_png: bytes | None = None) -> None:
+    def report(self, job_id: str, step: int, total: int, preview: "bytes | LivePreview | None" = None) -> None:
         with self._live_lock:
             self._progress[job_id] = Progress(step, total)
-            if preview_png is not None:
-                self._previews[job_id] = preview_png
-        self._notify()
+            if preview is not None:
+                self._previews[job_id] = preview
+        # No notify: progress is not a change of state. Waking every waiter (the
+        # synchronous API's ``wait``, each with a store query) at every step cost
+        # the worker the interpreter lock once per waiter per step.
 
     def finish(self, job_id: str, images: list[dict], params_update: dict | None = None) -> None:
         with self._connect() as conn:
@@ -440,13 +480,14 @@ class SQLiteJobQueue(JobQueue):
 
 
 class _Connection:
-    """``with`` block: a fresh connection, committed on success, always closed."""
+    """``with`` block: a connection from the pool (or a new one), committed on
+    success, rolled back on error, then given back."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, pool: "_Pool"):
+        self.pool = pool
 
     def __enter__(self):
-        self.conn = db.connect(self.path)
+        self.conn = self.pool.take()
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
@@ -455,9 +496,37 @@ class _Connection:
                 self.conn.commit()
             else:
                 self.conn.rollback()
-        finally:
+        except BaseException:
             self.conn.close()
+            raise
+        self.pool.give(self.conn)
         return False
+
+
+class _Pool:
+    """Idle SQLite connections, reused: opening one (WAL and pragmas) costs
+    about half a millisecond of interpreter time, paid per store call before,
+    and every web request runs in a new thread, so per-thread connections
+    would not be reused. A connection is used by one thread at a time."""
+
+    def __init__(self, path: str, keep: int = 4):
+        self.path = path
+        self.keep = keep
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def take(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return db.connect(self.path)
+
+    def give(self, conn) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(conn)
+                return
+        conn.close()
 
 
 class Worker(threading.Thread):
@@ -555,7 +624,7 @@ class Worker(threading.Thread):
         return False
 
     def _on_step(self, job_id: str, info) -> None:
-        self.queue.report(job_id, info.step, info.total, preview_png(self.engine, info, self.preview_every))
+        self.queue.report(job_id, info.step, info.total, live_preview(self.engine, info, self.preview_every))
 
 
 def _failure_reason(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """The job queue on its own, and the worker's boundaries; the serve command."""
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -263,3 +264,43 @@ def test_stop_reaches_a_job_claimed_just_before(store, small_request):
     store.claim = claim_then_stop
     assert worker.run_once()
     assert store.get(job.id).state == "queued"
+
+
+class CountingPreviews:
+    """The real engine, counting how often a preview image is made."""
+
+    def __init__(self, engine):
+        self.engine, self.previews = engine, 0
+
+    def generate(self, *args, **kwargs):
+        return self.engine.generate(*args, **kwargs)
+
+    def preview(self, latents):
+        self.previews += 1
+        return self.engine.preview(latents)
+
+
+def test_live_previews_are_encoded_only_when_asked_for(tmp_path, small_request, engine):
+    """A preview every step, but nobody looks during the run: no PNG was made
+    (encoding one per step slowed every image). Asking afterwards gives the
+    last step's preview, made once however often it is asked for."""
+    from PIL import Image
+
+    from app.gallery import Gallery
+
+    counting = CountingPreviews(engine)
+    store = SQLiteJobQueue(tmp_path / "jobs.sqlite")
+    worker = Worker(store, lambda: counting, Gallery(tmp_path / "images"), preview_every=1, poll_seconds=0.05)
+    job = store.submit(small_request(steps=3), "me")
+    worker.start()
+    try:
+        done = store.wait(job.id, timeout=60)
+    finally:
+        worker.stop()
+    assert done.state == "done" and done.has_preview
+    assert counting.previews == 0
+    png = store.preview(job.id)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.width > 0
+    assert store.preview(job.id) == png
+    assert counting.previews == 1

@@ -175,9 +175,25 @@ def list_jobs():
     return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
 
 
+MAX_WAIT = 60.0
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify({"ok": True, "job": job_json(_get_job(job_id))})
+    """``?wait=S`` long-polls: the answer comes when the job finishes, or after
+    S seconds (at most 60). API clients then need no polling loop; the page
+    polls instead, since it wants progress too."""
+    job = _get_job(job_id)
+    raw = request.args.get("wait")
+    if raw is not None:
+        try:
+            wait = float(raw)
+        except ValueError:
+            raise ApiError(400, "wait: must be a number of seconds", "wait", raw) from None
+        if not 0 <= wait <= MAX_WAIT:  # also refuses nan
+            raise ApiError(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", "wait", raw)
+        job = queue().wait(job_id, wait) or job
+    return jsonify({"ok": True, "job": job_json(job)})
 
 
 @bp.post("/jobs/<job_id>/cancel")

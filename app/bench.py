@@ -70,6 +70,7 @@ class BenchConfig:
     seed: int = 1
     poll: float = 0.01  # HTTP client: poll interval while the job may end any moment
     slow_poll: float = 0.5  # ... and mid-run (the web UI polls about every 500 ms)
+    long_poll: bool = True  # HTTP client: GET /api/jobs/<id>?wait=60 (the API's long poll) instead of polling
     preview_every: int = 1  # the web app's PREVIEW_EVERY (its default: a live preview every step)
     memory: bool = True  # the fresh-subprocess measurements
     short: bool = False
@@ -192,7 +193,8 @@ class HttpStack:
     server for this process's interpreter lock, and ``process_time`` here
     counts the server's work only."""
 
-    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.5, preview_every: int = 1):
+    def __init__(self, engine, workdir: Path, poll: float, slow_poll: float = 0.5, preview_every: int = 1,
+                 long_poll: bool = True):
         import logging
 
         from werkzeug.serving import make_server
@@ -210,7 +212,7 @@ class HttpStack:
         self._thread.start()
         self.client = subprocess.Popen(
             [sys.executable, "-m", "app.bench", "--client",
-             json.dumps({"base": self.base, "poll": poll, "slow_poll": max(poll, slow_poll)})],
+             json.dumps({"base": self.base, "poll": poll, "slow_poll": max(poll, slow_poll), "long_poll": long_poll})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parent.parent))
         self._ask({"kind": "ready"}, timeout=600)
 
@@ -285,7 +287,7 @@ def client_main(spec: dict) -> None:
     import base64
     import urllib.request
 
-    base, poll, slow_poll = spec["base"], spec["poll"], spec["slow_poll"]
+    base, poll, slow_poll, long_poll = spec["base"], spec["poll"], spec["slow_poll"], spec.get("long_poll", False)
 
     def call(method: str, path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
@@ -313,6 +315,9 @@ def client_main(spec: dict) -> None:
         started = time.perf_counter()
         job = call("POST", "/api/jobs", message["body"])["job"]
         while job["state"] in ("queued", "running"):
+            if long_poll:  # one request that answers when the job ends, as an API client would
+                job = call("GET", f"/api/jobs/{job['id']}?wait=60")["job"]
+                continue
             time.sleep(poll_interval(job, time.perf_counter() - started, poll, slow_poll))
             job = call("GET", f"/api/jobs/{job['id']}")["job"]
         seconds = time.perf_counter() - started
@@ -367,7 +372,7 @@ def measure_speed(cfg: BenchConfig, source: ModelSource, placement, workdir: Pat
             if reason:
                 results[name].skipped = reason
                 continue
-            http = http or HttpStack(engine, workdir, cfg.poll, cfg.slow_poll, cfg.preview_every)
+            http = http or HttpStack(engine, workdir, cfg.poll, cfg.slow_poll, cfg.preview_every, cfg.long_poll)
             runners[name] = http.runner(cfg, size, name)
     images: dict[str, object] = {}
     order = [name for name in cfg.paths if name in runners]
@@ -514,7 +519,8 @@ def child_main(spec: dict, out: str) -> None:
         if task["path"] == "engine":
             run = engine_runner(engine, cfg, size)
         else:
-            http = HttpStack(engine, workdir / "child-http", cfg.poll, cfg.slow_poll, cfg.preview_every)
+            http = HttpStack(engine, workdir / "child-http", cfg.poll, cfg.slow_poll, cfg.preview_every,
+                             cfg.long_poll)
             run = http.runner(cfg, size, task["path"])
     if cuda:
         torch.cuda.synchronize()
@@ -680,10 +686,13 @@ def to_markdown(report: dict) -> str:
         "",
         f"Model: {report['model']}, {report['device']} {report['dtype']}, {report['size']}x{report['size']}, "
         f"{cfg['steps']} steps, guidance {cfg['guidance_scale']}, DPM++ 2M, {cfg['runs']} timed runs per path "
-        f"after {cfg['warmup']} warm-up round(s); the HTTP client polls every {cfg['poll'] * 1000:.0f} ms while "
-        f"the job is queued, in its first step or past its last, and mid-run every half of the remaining "
-        f"steps' expected time, at most {cfg['slow_poll'] * 1000:.0f} ms (client in its own process); "
-        f"web app PREVIEW_EVERY={cfg['preview_every']}.",
+        f"after {cfg['warmup']} warm-up round(s); "
+        + ("the HTTP client long-polls (`GET /api/jobs/<id>?wait=60`, one request that answers when the job ends)"
+           if cfg.get("long_poll") else
+           f"the HTTP client polls every {cfg['poll'] * 1000:.0f} ms while "
+           f"the job is queued, in its first step or past its last, and mid-run every half of the remaining "
+           f"steps' expected time, at most {cfg['slow_poll'] * 1000:.0f} ms")
+        + f" (client in its own process); web app PREVIEW_EVERY={cfg['preview_every']}.",
         "",
         "| path | s/image median (IQR; min-max) | it/s | wall time vs plain: median of paired ratios (min-max) | "
         "CPU s/image median | CPU time vs plain | outside the pipeline call, ms median | first image s | load s | peak RSS MB | peak VRAM MB | "
@@ -817,6 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or past its last step (default: 0.01)")
     p.add_argument("--slow-poll", type=float, default=0.5,
                    help="HTTP client poll interval in seconds mid-run, as the web UI (default: 0.5)")
+    p.add_argument("--no-long-poll", dest="long_poll", action="store_false",
+                   help="HTTP client polls GET /api/jobs/<id> (see --poll, --slow-poll) instead of long-polling with ?wait=")
     p.add_argument("--preview-every", type=int, default=1,
                    help="the web app's PREVIEW_EVERY for the http/sdapi paths (default: 1, the app's default; 0: none)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
@@ -848,7 +859,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
         raise ValueError(f"size: must be a multiple of 8, at least 64 (got {args.size})")
     return BenchConfig(model=args.model, steps=args.steps, size=args.size, runs=args.runs, warmup=args.warmup,
                        paths=paths, options=options, option_runs=args.option_runs, device=args.device,
-                       dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, preview_every=args.preview_every, memory=args.memory,
+                       dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, long_poll=args.long_poll,
+                       preview_every=args.preview_every, memory=args.memory,
                        short=args.short, command=" ".join(["python -m app.bench", *map(shlex.quote, argv)]))
 
 

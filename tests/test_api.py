@@ -210,3 +210,22 @@ def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
     app.extensions["t2i_worker"].ensure_engine()
     loaded = app.test_client().get("/api/health").get_json()["defaults"]
     assert (loaded["width"], loaded["height"]) == tuple(engine.default_size)
+
+
+def test_long_poll_answers_when_the_job_finishes(client):
+    job = client.post("/api/jobs", json=small_job(steps=6)).get_json()["job"]
+    started = time.monotonic()
+    response = client.get(f"/api/jobs/{job['id']}?wait=30")
+    assert response.status_code == 200
+    done = response.get_json()["job"]
+    assert done["state"] == "done" and len(done["images"]) == 1  # one request, no polling loop
+    assert time.monotonic() - started < 30
+    # A finished job answers at once; a zero wait is a plain poll.
+    assert client.get(f"/api/jobs/{job['id']}?wait=0").get_json()["job"]["state"] == "done"
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "61", "nan"])
+def test_long_poll_wait_is_checked(client, wait):
+    job = client.post("/api/jobs", json=small_job()).get_json()["job"]
+    body = assert_error(client.get(f"/api/jobs/{job['id']}?wait={wait}"), 400, "wait")
+    assert wait in body["value"]

@@ -20,7 +20,7 @@ def create_app(test_config: dict | None = None):
     overrides them (``INSTANCE`` picks the instance folder)."""
     from flask import Flask
 
-    from . import api, auth, db, errors, gallery, sdapi
+    from . import api, auth, db, errors, gallery, sdapi, views
     from .settings import DEFAULTS, from_environ, public_limits
 
     test_config = dict(test_config or {})
@@ -36,18 +36,19 @@ def create_app(test_config: dict | None = None):
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
-    # 2. stores, queue and worker.
+    # 2. stores, queue and worker: in-process (SQLite) by default, or Redis with GPU worker processes.
     db.init_app(app)
-    from .jobs import SQLiteJobQueue, Worker
-
-    job_queue = SQLiteJobQueue(app.config["DATABASE"], max_queue=app.config["MAX_QUEUE"],
-                               max_per_client=app.config["MAX_QUEUED_PER_CLIENT"])
-    images = gallery.Gallery(Path(app.instance_path) / "images")
-    worker = Worker(job_queue, _engine_loader(app.config), images, preview_every=app.config["PREVIEW_EVERY"])
-    if app.config["REDIS_URL"]:  # GPU worker processes run the jobs (app/redis_web.py)
+    if app.config["REDIS_URL"]:
         from .redis_web import redis_backend
 
         job_queue, images, worker = redis_backend(app)
+    else:
+        from .jobs import SQLiteJobQueue, Worker
+
+        job_queue = SQLiteJobQueue(app.config["DATABASE"], max_queue=app.config["MAX_QUEUE"],
+                                   max_per_client=app.config["MAX_QUEUED_PER_CLIENT"])
+        images = gallery.Gallery(Path(app.instance_path) / "images")
+        worker = Worker(job_queue, _engine_loader(app.config), images, preview_every=app.config["PREVIEW_EVERY"])
     app.extensions["t2i"] = job_queue
     app.extensions["t2i_gallery"] = images
     app.extensions["t2i_worker"] = worker
@@ -58,7 +59,7 @@ def create_app(test_config: dict | None = None):
     app.register_blueprint(api.bp)
     app.register_blueprint(sdapi.bp)
     app.register_blueprint(gallery.bp)
-    _register_views(app)
+    app.register_blueprint(views.bp)
 
     @app.context_processor
     def page_context():
@@ -119,13 +120,3 @@ def _engine_loader(config):
         return Engine.load(options, limits=engine_limits(config))
 
     return load
-
-
-def _register_views(app) -> None:
-    """The HTML pages (app/views.py) come from the UI side of the project."""
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__name__}.views") is not None:
-        from . import views
-
-        app.register_blueprint(views.bp)

@@ -125,6 +125,14 @@ def shots(tmp_path):
     return folder
 
 
+def submit(page, prompt: str, **fields) -> None:
+    """Type a prompt and settings (form field ids) as a user would, then press Generate."""
+    page.fill("#prompt", prompt)
+    for name, value in fields.items():
+        page.fill(f"#{name}", str(value))
+    page.click("#generate")
+
+
 def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
     server = serve()
     page.goto(server.url + "/")
@@ -132,14 +140,8 @@ def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
     assert page.is_visible("#demo-notice")
     page.screenshot(path=str(shots / "form.png"), full_page=True)
 
-    page.fill("#prompt", "a lighthouse at dawn")
-    page.fill("#negative_prompt", "fog")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", str(STEPS))
-    page.fill("#seed", "4242")
     page.select_option("#scheduler", "Euler a")
-    page.click("#generate")
+    submit(page, "a lighthouse at dawn", negative_prompt="fog", width=64, height=64, steps=STEPS, seed=4242)
 
     page.wait_for_selector("#job[data-state=running]")
     page.wait_for_selector("#results img")
@@ -196,11 +198,7 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
     page.wait_for_selector("#model-status[data-state=ready]")
 
     # A long job, cancelled from the page while it runs.
-    page.fill("#prompt", "a slow painting")
-    page.fill("#width", "256")
-    page.fill("#height", "256")
-    page.fill("#steps", "100")
-    page.click("#generate")
+    submit(page, "a slow painting", width=256, height=256, steps=100)
     page.wait_for_function("Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
@@ -218,11 +216,7 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
     while page.request.get(f"{server.url}/api/jobs/{blocker_id}").json()["job"]["state"] != "running":
         assert time.monotonic() < deadline, "the other job never started"
         time.sleep(0.05)
-    page.fill("#prompt", "waiting my turn")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
-    page.click("#generate")
+    submit(page, "waiting my turn", width=64, height=64, steps=2)
     page.wait_for_selector("#job[data-state=queued]")
     assert page.text_content("#queue-position") == "Position in queue: 1"
     assert "waiting my turn" in page.text_content("#job-params")  # this job's settings, not the last one's
@@ -238,11 +232,7 @@ def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
     # Phones drop background tabs; coming back must not lose the job.
     server = serve()
     page.goto(server.url + "/")
-    page.fill("#prompt", "do not lose me")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", str(STEPS))
-    page.click("#generate")
+    submit(page, "do not lose me", width=64, height=64, steps=STEPS)
     page.wait_for_selector("#job[data-state=running]")
     page.reload()
     page.wait_for_selector("#job[data-state=done]")
@@ -253,9 +243,7 @@ def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
 def test_api_errors_show_next_to_the_form_with_the_field_marked(serve, page):
     server = serve()
     page.goto(server.url + "/")
-    page.fill("#prompt", "too many steps")
-    page.fill("#steps", "1000")
-    page.click("#generate")
+    submit(page, "too many steps", steps=1000)
     error = page.wait_for_selector("#form-error:visible")
     assert "steps" in error.text_content() and "1000" in error.text_content()
     assert page.get_attribute("#steps", "aria-invalid") == "true"
@@ -298,11 +286,7 @@ def test_login_when_a_password_is_set(serve, page):
     page.wait_for_selector("#prompt")
     # Logged in: the page's own API calls pass too.
     page.wait_for_selector("#model-status[data-state=ready]")
-    page.fill("#prompt", "behind a password")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.fill("#steps", "2")
-    page.click("#generate")
+    submit(page, "behind a password", width=64, height=64, steps=2)
     page.wait_for_function("document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0")
     page.click("#nav-logout")
@@ -317,10 +301,7 @@ def test_a_model_that_fails_to_load_is_reported_and_jobs_fail_with_the_reason(se
     page.wait_for_selector("#model-failed:visible")
     assert "no such file or folder" in page.text_content("#model-failed")
     assert page.get_attribute("#model-status", "data-state") == "failed"
-    page.fill("#prompt", "anything")
-    page.fill("#width", "64")
-    page.fill("#height", "64")
-    page.click("#generate")
+    submit(page, "anything", width=64, height=64)
     page.wait_for_selector("#job[data-state=failed]")
     assert page.text_content("#job-state").startswith("Failed: the model could not be loaded")
     assert page.is_enabled("#generate") and page.is_hidden("#cancel")

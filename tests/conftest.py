@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory):
     """The demo model saved as an ordinary diffusers folder."""
-    from app.demo import save_demo_model
+    from app.models.demo import save_demo_model
 
     return save_demo_model(tmp_path_factory.mktemp("models") / "demo")
 
@@ -22,7 +22,7 @@ def demo_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine():
     """A loaded demo engine shared by the tests that only generate."""
-    from app.engine import Engine, EngineOptions
+    from app.engine.engine import Engine, EngineOptions
 
     return Engine.load(EngineOptions(model="demo", device="cpu"))
 
@@ -30,7 +30,7 @@ def engine():
 @pytest.fixture
 def small_request():
     """A fast request: 64x64, 2 steps, fixed seed."""
-    from app.types import GenerationRequest
+    from app.engine.types import GenerationRequest
 
     def make(**overrides):
         params = dict(prompt="a red fox in the snow", width=64, height=64, steps=2, seed=1)

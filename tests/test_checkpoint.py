@@ -12,11 +12,11 @@ import shutil
 import pytest
 import torch
 
-from app.checkpoint import export_single_file, original_key_map, original_state_dict
+from app.models.checkpoint import export_single_file, original_key_map, original_state_dict
 from app.cli import main
-from app.devices import Placement
-from app.engine import Engine
-from app.loading import DEFAULT_MODEL_ID, ModelLoadError, load_pipeline
+from app.models.devices import Placement
+from app.engine.engine import Engine
+from app.models.loading import DEFAULT_MODEL_ID, ModelLoadError, load_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -42,7 +42,7 @@ def original():
     """Demo architecture with seed-1 weights, unlike the seed-0 weights in
     ``demo_model_dir``: a component that diffusers took from the config
     folder instead of the checkpoint would not match."""
-    from app.demo import build_demo_pipeline
+    from app.models.demo import build_demo_pipeline
 
     return build_demo_pipeline(seed=1)
 
@@ -294,8 +294,8 @@ def test_full_sd21_key_mapping_round_trips_through_diffusers():
 @pytest.mark.skipif(not os.environ.get("T2I_FULL_SD21"), reason="2.6 GB file, 6 GB RAM, 2 min: T2I_FULL_SD21=1 runs it")
 def test_full_sd21_export_and_load_bit_identical(tmp_path):
     """The real-size round trip (bf16 file, 2.6 GB), run on demand."""
-    from app.checkpoint import write_config_folder
-    from app.demo import SD21_SCHEDULER, build_tokenizer
+    from app.models.checkpoint import write_config_folder
+    from app.models.demo import SD21_SCHEDULER, build_tokenizer
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from app.server import ServerHandle
+from app.web.server import ServerHandle
 from web_helpers import make_app, small_job  # noqa: F401
 
 CLIENTS = 20

@@ -25,7 +25,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_lists_every_scheduler():
-    from app.schedulers import scheduler_names
+    from app.engine.schedulers import scheduler_names
 
     text = (ROOT / "README.md").read_text()
     missing = [name for name in scheduler_names() if name not in text]
@@ -39,7 +39,7 @@ def test_requirements_do_not_pin_torch():
 
 
 def test_readme_documents_every_web_setting():
-    from app.settings import SETTINGS
+    from app.web.settings import SETTINGS
 
     text = (ROOT / "README.md").read_text()
     table = text.split("### Settings", 1)[1].split("\n## ", 1)[0]

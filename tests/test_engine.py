@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from app.engine import GenerationCancelled, save_result
-from app.metadata import parse_infotext, read_parameters
-from app.schedulers import SCHEDULERS, scheduler_names
+from app.engine.engine import GenerationCancelled, save_result
+from app.engine.metadata import parse_infotext, read_parameters
+from app.engine.schedulers import SCHEDULERS, scheduler_names
 
 
 def pixels(image):

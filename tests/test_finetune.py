@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from app.captions import (BAD_ROW, EMPTY_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, DatasetError, image_to_tensor,
+from app.training.captions import (BAD_ROW, EMPTY_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, DatasetError, image_to_tensor,
                           load_caption_data, load_image)
 from app.cli import main
-from app.finetune import TrainConfig, Trainer, list_checkpoints, read_loss_csv
-from app.types import ValidationError
+from app.training.config import TrainConfig
+from app.training.losslog import read_loss_csv
+from app.training.trainer import Trainer, list_checkpoints
+from app.engine.types import ValidationError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
 
@@ -180,7 +182,7 @@ def trained(tmp_path_factory):
 def test_only_the_text_encoder_changes(trained):
     from diffusers import StableDiffusionPipeline
 
-    from app.demo import build_demo_pipeline
+    from app.models.demo import build_demo_pipeline
 
     cfg, result = trained
     base = build_demo_pipeline()
@@ -199,8 +201,8 @@ def test_only_the_text_encoder_changes(trained):
 
 
 def test_text_encoder_loads_from_the_output_folder(trained):
-    from app.devices import Placement
-    from app.loading import load_text_encoder
+    from app.models.devices import Placement
+    from app.models.loading import load_text_encoder
 
     cfg, result = trained
     loaded = dict(load_text_encoder(cfg.out, Placement("cpu", "float32")).named_parameters())
@@ -296,9 +298,9 @@ def test_lora_mode_trains_unet_adapters_only(data_dir, tmp_path):
     pytest.importorskip("peft")
     from diffusers import StableDiffusionPipeline
 
-    from app.demo import build_demo_pipeline
-    from app.engine import Engine, EngineOptions
-    from app.types import GenerationRequest
+    from app.models.demo import build_demo_pipeline
+    from app.engine.engine import Engine, EngineOptions
+    from app.engine.types import GenerationRequest
 
     cfg = config(data_dir, tmp_path / "out", mode="lora", steps=2, batch_size=1, checkpoint_every=0)
     Trainer(cfg).train(progress=False)

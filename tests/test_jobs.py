@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.jobs import QueueFull, SQLiteJobQueue, Worker
-from app.server import serve_config
+from app.cli.serve import serve_config
+from app.jobs.job import QueueFull
+from app.jobs.sqlite.store import SQLiteJobStore
+from app.jobs.sqlite.worker import Worker
 from web_helpers import make_app, small_job  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def store(tmp_path):
-    return SQLiteJobQueue(tmp_path / "jobs.sqlite", max_queue=4, max_per_client=3)
+    return SQLiteJobStore(tmp_path / "jobs.sqlite", max_queue=4, max_per_client=3)
 
 
 def test_fifo_claim_and_positions(store, small_request):
@@ -77,9 +79,9 @@ class ExplodingEngine:
 
 
 def test_worker_marks_failures_and_goes_on(store, small_request, tmp_path, engine):
-    from app.gallery import Gallery
+    from app.jobs.images import ImageStore
 
-    gallery = Gallery(tmp_path / "images")
+    gallery = ImageStore(tmp_path / "images")
     bad = Worker(store, lambda: ExplodingEngine(), gallery)
     first = store.submit(small_request(), "me")
     assert bad.run_once() is True
@@ -100,7 +102,7 @@ def test_stopping_the_worker_requeues_the_running_job(make_app):
     while client.get(f"/api/jobs/{job['id']}").get_json()["job"]["progress"]["step"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    app.extensions["t2i_worker"].stop()
+    app.extensions["t2i"].stop()
     after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert after["state"] == "queued" and after["position"] == 1
 
@@ -139,7 +141,7 @@ def test_serve_reports_a_busy_port(tmp_path):
     assert f"port: cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-class FlakyStore(SQLiteJobQueue):
+class FlakyStore(SQLiteJobStore):
     """Stands in for a full disk: the first ``fail`` raises (SQLite's own error)."""
 
     fail_errors = 1
@@ -153,24 +155,24 @@ class FlakyStore(SQLiteJobQueue):
         super().fail(job_id, reason)
 
 
-class FlakyGallery:
+class FlakyImageStore:
     """The first save raises as a full disk would."""
 
     def __init__(self, gallery):
         self.gallery, self.errors = gallery, 1
 
-    def save(self, job_id, result):
+    def write(self, job_id, pngs):
         if self.errors:
             self.errors -= 1
             raise OSError(28, "No space left on device")
-        return self.gallery.save(job_id, result)
+        return self.gallery.write(job_id, pngs)
 
 
 def test_the_worker_survives_errors_outside_a_job_and_runs_the_next(tmp_path, small_request, engine):
-    from app.gallery import Gallery
+    from app.jobs.images import ImageStore
 
     store = FlakyStore(tmp_path / "jobs.sqlite")
-    worker = Worker(store, lambda: engine, FlakyGallery(Gallery(tmp_path / "images")), preview_every=0,
+    worker = Worker(store, lambda: engine, FlakyImageStore(ImageStore(tmp_path / "images")), preview_every=0,
                     poll_seconds=0.05)
     first = store.submit(small_request(), "me")
     second = store.submit(small_request(), "you")
@@ -202,7 +204,7 @@ def test_a_cancel_right_after_the_claim_commits_is_not_lost(tmp_path, small_requ
     """Forces the interleaving: the cancel lands between claim()'s commit and
     anything claim() does after it."""
 
-    class Store(SQLiteJobQueue):
+    class Store(SQLiteJobStore):
         hook = None
 
         def _connect(self):
@@ -226,8 +228,8 @@ class StepEngine:
         self.during_step = during_step
 
     def generate(self, request, on_step=None, cancel=None):
-        from app.engine import GenerationCancelled
-        from app.types import StepInfo
+        from app.engine.engine import GenerationCancelled
+        from app.engine.types import StepInfo
 
         self.during_step()
         on_step(StepInfo(step=1, total=2, latents=None))
@@ -286,11 +288,11 @@ def test_live_previews_are_encoded_only_when_asked_for(tmp_path, small_request, 
     last step's preview, made once however often it is asked for."""
     from PIL import Image
 
-    from app.gallery import Gallery
+    from app.jobs.images import ImageStore
 
     counting = CountingPreviews(engine)
-    store = SQLiteJobQueue(tmp_path / "jobs.sqlite")
-    worker = Worker(store, lambda: counting, Gallery(tmp_path / "images"), preview_every=1, poll_seconds=0.05)
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    worker = Worker(store, lambda: counting, ImageStore(tmp_path / "images"), preview_every=1, poll_seconds=0.05)
     job = store.submit(small_request(steps=3), "me")
     worker.start()
     try:

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from app.devices import choose_placement
-from app.engine import Engine, EngineOptions
-from app.loading import ModelLoadError, display_name, load_pipeline, model_kind
+from app.models.devices import choose_placement
+from app.engine.engine import Engine, EngineOptions
+from app.models.loading import ModelLoadError, display_name, load_pipeline, model_kind
 
 
 def state_dicts_equal(a, b):
@@ -13,7 +13,7 @@ def state_dicts_equal(a, b):
 
 
 def test_saved_folder_loads_with_identical_weights(demo_model_dir):
-    from app.demo import build_demo_pipeline
+    from app.models.demo import build_demo_pipeline
 
     original = build_demo_pipeline()
     loaded = load_pipeline(str(demo_model_dir))

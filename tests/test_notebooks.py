@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.metadata import parse_infotext, read_parameters
+from app.engine.metadata import parse_infotext, read_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "text_to_image_generator.ipynb"

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import db
-from app.jobs import SQLiteJobQueue
+from app.jobs.sqlite.store import SQLiteJobStore, connect
 from web_helpers import small_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +76,7 @@ def test_sigkill_mid_queue_loses_no_job_and_no_image(tmp_path):
             proc.wait(10)
 
     # What the killed server left behind: one running job and three queued.
-    store = SQLiteJobQueue(instance / "jobs.sqlite")
+    store = SQLiteJobStore(instance / "jobs.sqlite")
     states = {job.id: job.state for job in store.list()}
     assert states[first["id"]] == "done"
     assert sorted(states[i] for i in queued) == ["queued", "queued", "queued", "running"]
@@ -108,12 +107,12 @@ def test_sigkill_mid_queue_loses_no_job_and_no_image(tmp_path):
 
 
 def test_queue_recover_puts_running_jobs_back_in_their_place(tmp_path, small_request):
-    store = SQLiteJobQueue(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     ids = [store.submit(small_request(seed=i), "c").id for i in range(3)]
     assert store.claim().id == ids[0]
     assert [store.get(i).state for i in ids] == ["running", "queued", "queued"]
     # A new process (a new queue object on the same file) recovers.
-    again = SQLiteJobQueue(tmp_path / "jobs.sqlite")
+    again = SQLiteJobStore(tmp_path / "jobs.sqlite")
     assert again.recover() == 1
     assert [again.get(i).position for i in ids] == [1, 2, 3]
     assert again.claim().id == ids[0]
@@ -122,17 +121,13 @@ def test_queue_recover_puts_running_jobs_back_in_their_place(tmp_path, small_req
 def test_init_image_survives_a_restart(tmp_path, small_request):
     from PIL import Image
 
-    store = SQLiteJobQueue(tmp_path / "jobs.sqlite")
-    import io
-
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     init = Image.new("RGB", (64, 64), (200, 10, 10))
-    buf = io.BytesIO()
-    init.save(buf, format="PNG")
-    job = store.submit(small_request(init_image=init, strength=0.5), "c", buf.getvalue())
-    again = SQLiteJobQueue(tmp_path / "jobs.sqlite")
+    job = store.submit(small_request(init_image=init, strength=0.5), "c")
+    again = SQLiteJobStore(tmp_path / "jobs.sqlite")
     request = again.request_for(again.claim())
     assert request.init_image.size == (64, 64) and request.init_image.getpixel((3, 3)) == (200, 10, 10)
     assert request.seed == job.params["seed"] and request.strength == 0.5
-    conn = db.connect(tmp_path / "jobs.sqlite")
+    conn = connect(tmp_path / "jobs.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()

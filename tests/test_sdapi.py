@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from app.metadata import parse_infotext, read_parameters
-from app.server import ServerHandle
+from app.engine.metadata import parse_infotext, read_parameters
+from app.web.server import ServerHandle
 from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
 
 webuiapi = pytest.importorskip("webuiapi")
@@ -142,10 +142,10 @@ def test_png_info_of_a_plain_image(client):
 
 def test_a_missing_image_file_is_a_clear_error(app, client):
     class EmptyFolder:  # the image folder lost the file (disk cleaned, another process)
-        def read(self, job_id, n):
+        def path(self, job_id, name):
             return None
 
-    app.extensions["t2i_gallery"] = EmptyFolder()
+    app.extensions["t2i"].images = EmptyFolder()
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 2})
     body = assert_error(response, 500, "job_id")
     assert "missing from the image folder" in body["error"]

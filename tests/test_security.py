@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from app.server import ServerHandle
+from app.web.server import ServerHandle
 from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
 
 
@@ -259,7 +259,7 @@ def test_health_is_no_password_oracle(make_app, tmp_path):
     """/api/health is open and shows model_error only to a client with the
     password: wrong passwords there count like anywhere else."""
     app = make_app(PASSWORD="pw", ENGINE=None, MODEL=str(tmp_path / "no-such-model"), START_WORKER=False)
-    app.extensions["t2i_worker"].ensure_engine()  # the load fails: there is a model_error to hide
+    app.extensions["t2i"].worker.ensure_engine()  # the load fails: there is a model_error to hide
     attacker = app.test_client()
     far = {"REMOTE_ADDR": "203.0.113.9"}
     for n in range(10):
@@ -278,7 +278,7 @@ def test_health_is_no_password_oracle(make_app, tmp_path):
 def test_the_failure_table_forgets_old_clients(locked, monkeypatch):
     import types
 
-    import app.auth as auth
+    import app.web.auth as auth
 
     clock = [1000.0]
     monkeypatch.setattr(auth, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
@@ -296,7 +296,7 @@ def test_images_are_cached_privately(locked):
     client = locked.test_client()
     auth = {"Authorization": "Bearer s3cret pass"}
     job = client.post("/api/jobs", json=small_job(), headers=auth).get_json()["job"]
-    assert locked.extensions["t2i_worker"].run_once()
+    assert locked.extensions["t2i"].worker.run_once()
     url = client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["job"]["images"][0]["url"]
     response = client.get(url, headers=auth)
     assert response.status_code == 200

@@ -17,8 +17,8 @@ import types
 import pytest
 
 import fake_ngrok
-from app import tunnel as tunnel_mod
-from app.tunnel import TunnelError, close_tunnel, open_tunnel
+import app.notebook.tunnel as tunnel_mod
+from app.notebook.tunnel import TunnelError, close_tunnel, open_tunnel
 
 TOKEN = "2abcSECRETtoken_0123456789abcdefghij"
 PORT = 5123

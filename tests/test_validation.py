@@ -2,7 +2,7 @@
 import pytest
 from PIL import Image
 
-from app.types import GenerationRequest, Limits, ValidationError
+from app.engine.types import GenerationRequest, Limits, ValidationError
 
 BAD = [
     ("prompt", "", "must not be empty"),

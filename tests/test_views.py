@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.schedulers import DEFAULT_SCHEDULER, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from web_helpers import client, make_app  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def run_job(app, client, **params) -> dict:
     response = client.post("/api/jobs", json=body)
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job"]["id"]
-    assert app.extensions["t2i_worker"].run_once()
+    assert app.extensions["t2i"].worker.run_once()
     return client.get(f"/api/jobs/{job_id}").get_json()["job"]
 
 
@@ -93,7 +93,7 @@ def test_form_page_for_sd21_shows_768_and_the_loading_state(make_app):
 
 
 def test_form_page_says_ready_once_the_model_is_loaded(app, client):
-    app.extensions["t2i_worker"].ensure_engine()
+    app.extensions["t2i"].worker.ensure_engine()
     page = Page(client.get("/").get_data(as_text=True))
     assert page.by_id["model-status"]["data-state"] == "ready"
     assert "hidden" in page.by_id["model-loading"]
@@ -141,7 +141,7 @@ def test_gallery_lists_done_jobs_with_download_and_reuse_links(app, client):
 
 
 def test_gallery_pages_to_older_jobs(app, client, monkeypatch):
-    from app import views
+    import app.web.pages as views
 
     monkeypatch.setattr(views, "GALLERY_PAGE_SIZE", 2)
     first, second, third = (run_job(app, client, prompt=f"picture number {n}") for n in (1, 2, 3))

@@ -5,8 +5,8 @@ import io
 
 from PIL import Image
 
-from app.metadata import read_parameters
-from app.widgets import GeneratorUI, Img2ImgUI, output_folder
+from app.engine.metadata import read_parameters
+from app.notebook.widgets import GeneratorUI, Img2ImgUI, output_folder
 
 
 def test_button_generates_shows_progress_and_saves(engine, tmp_path):

@@ -29,7 +29,7 @@ def make_app(engine, tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["t2i_worker"].stop()
+        app.extensions["t2i"].stop()
 
 
 @pytest.fixture

@@ -1,0 +1,5 @@
+import sys
+
+from app.cli.bench import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""``python -m app serve``: the web app in the foreground."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from app.cli.common import CLIError, add_model_options
+from app.engine.engine import EngineOptions
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="run the web app (UI, JSON API, A1111-compatible API)")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860, like A1111)")
+    p.add_argument("--password", help="require this password (browsers log in; API clients send it as a Bearer token)")
+    p.add_argument("--public", action="store_true",
+                   help="the app is reachable from outside (a tunnel): require auth, generating a password if none given")
+    p.add_argument("--trust-proxy", type=int, default=None, metavar="N",
+                   help="proxies in front (a tunnel) whose X-Forwarded-For names the client (default: 1 with --public)")
+    p.add_argument("--instance", help="folder for the job store and images (default: instance/ in the project folder)")
+    p.add_argument("--redis", metavar="URL",
+                   help="queue jobs in Redis for `python -m app worker` processes instead of running them here")
+    p.set_defaults(func=run)
+
+
+def serve_config(args: argparse.Namespace) -> dict:
+    """The web app settings the options stand for (model options by their EngineOptions names)."""
+    config = {f.name.upper(): getattr(args, f.name) for f in fields(EngineOptions)}
+    config["PUBLIC"] = args.public
+    config["TRUST_PROXY"] = args.trust_proxy if args.trust_proxy is not None else (1 if args.public else 0)
+    if args.password:
+        config["PASSWORD"] = args.password
+    if args.instance:
+        config["INSTANCE"] = args.instance
+    if args.redis:
+        config["REDIS_URL"] = args.redis
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.web import backend_of, create_app
+    from app.web.server import ServerHandle
+
+    app = create_app({**serve_config(args), "START_WORKER": False})
+    try:
+        handle = ServerHandle(app, args.host, args.port)
+    except OSError as exc:
+        raise CLIError(f"port: cannot listen on {args.host}:{args.port} ({exc})") from exc
+    backend_of(app).start()  # loads the model in the background; /api/health tells when ready
+    print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
+    if app.config["PASSWORD"] and not args.password:
+        print(f"Password: {app.config['PASSWORD']}", flush=True)
+    handle.start()
+    try:
+        handle.thread.join()
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        handle.stop()
+    return 0

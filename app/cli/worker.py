@@ -1,0 +1,56 @@
+"""``python -m app worker --redis URL``: one GPU worker of the Redis queue.
+
+Run one per GPU (on one machine or many); the web app, started with
+``REDIS_URL`` set to the same server, queues the jobs. RQ is imported only
+when a worker starts, so ``python -m app generate`` never needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from app.cli.common import CLIError, add_model_options, load_engine
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("worker", help="take jobs from a Redis queue on this GPU (web app with REDIS_URL)")
+    p.add_argument("--redis", default=os.environ.get("T2I_REDIS_URL"),
+                   help="Redis server of the queue, e.g. redis://10.0.0.5:6379/0 (default: $T2I_REDIS_URL)")
+    p.add_argument("--queue", default=os.environ.get("T2I_REDIS_QUEUE", "t2i"),
+                   help="queue name; the web app's REDIS_QUEUE (default: t2i)")
+    p.add_argument("--name", help="worker name, recorded on its jobs (default: <host>-<pid>)")
+    p.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between heartbeats; a job whose worker misses three is run again elsewhere (default: 10)")
+    p.add_argument("--preview-every", type=int, default=1, metavar="N",
+                   help="send a live preview every N steps, 0 for none (default: 1)")
+    p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument("--max-jobs", type=int, help="quit after this many jobs")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from app.jobs.redis.store import RedisJobStore
+    from app.jobs.redis.worker import GPUWorker
+
+    if not args.redis:
+        raise CLIError("redis: give the queue's server with --redis redis://HOST:PORT/DB (or set T2I_REDIS_URL)")
+    if args.heartbeat <= 0:
+        raise CLIError(f"heartbeat: must be more than 0 seconds, not {args.heartbeat}")
+    try:
+        connection = Redis.from_url(args.redis)
+        connection.ping()
+    except (RedisError, ValueError) as exc:
+        raise CLIError(f"redis: cannot reach {args.redis} ({exc})") from exc
+    engine = load_engine(args)  # once: the worker keeps it for every job
+    job_queue = RedisJobStore(connection, name=args.queue)
+    worker = GPUWorker([job_queue.rq], connection=connection, name=args.name or f"{socket.gethostname()}-{os.getpid()}",
+                       engine=engine, job_queue=job_queue, heartbeat=args.heartbeat, preview_every=args.preview_every)
+    print(f"worker {worker.name}: {engine.model_name} loaded; taking jobs from queue {args.queue!r} on {args.redis}",
+          flush=True)
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level="INFO")
+    return 0

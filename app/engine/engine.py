@@ -1,0 +1,200 @@
+"""The generation engine: a loaded pipeline that turns requests into images.
+
+It knows nothing of Flask; the CLI, the web app's worker and the notebooks
+all call ``Engine.generate(request, on_step, cancel)``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from app.models.demo import DEMO_MODEL_ID
+from app.models.devices import Placement, choose_placement
+from app.models.loading import DEFAULT_MODEL_ID, display_name, load_pipeline
+from app.engine.metadata import infotext, save_png
+from app.engine.previews import filmstrip, latents_to_rgb, save_gif
+from app.engine.schedulers import make_scheduler
+from app.engine.types import (DEFAULT_LIMITS, MAX_SEED, GenerationRequest, GenerationResult, Limits, StepInfo, check_size,
+                              floor_size)
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[StepInfo], None]
+
+
+class GenerationCancelled(Exception):
+    """Raised by ``Engine.generate`` when its cancel event is set mid-run."""
+
+    def __init__(self, step: int, total: int):
+        self.step, self.total = step, total
+        super().__init__(f"cancelled after step {step} of {total}")
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to load and run the model: the one declaration of the model
+    options. The CLI's flags (``--model``, ``--cpu-offload`` ...) and the web
+    app's settings (``MODEL``, ``CPU_OFFLOAD`` ...) are made from these fields.
+    Memory savers are off by default because on a GPU with room they only
+    cost speed."""
+
+    model: str = _option(DEFAULT_MODEL_ID, "Hub id, diffusers folder, .safetensors/.ckpt file, or 'demo'")
+    device: str = _option("auto", "auto, cuda, cuda:N, mps or cpu")
+    dtype: str = _option("auto", "auto, fp16, bf16 or fp32 (auto: fp16 on a GPU, fp32 on the CPU)")
+    config: str | None = _option(None, "diffusers folder or Hub id describing a single-file checkpoint")
+    text_encoder: str | None = _option(None, "folder with a fine-tuned text encoder to use instead of the model's")
+    attention_slicing: bool = _option(False, "save GPU memory at some speed cost")
+    cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
+
+
+class Engine:
+    def __init__(self, pipe, model: str, placement: Placement, limits: Limits = DEFAULT_LIMITS):
+        self.pipe = pipe
+        self.model = model
+        self.model_name = display_name(model)
+        self.placement = placement
+        self.limits = limits
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self._img2img = None
+        self._lock = threading.Lock()  # one generation at a time per pipeline
+
+    @classmethod
+    def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
+        options = options or EngineOptions()
+        placement = choose_placement(options.device, options.dtype)
+        pipe = load_pipeline(options.model, placement, config=options.config, text_encoder=options.text_encoder)
+        if options.attention_slicing:
+            pipe.enable_attention_slicing()
+        if options.cpu_offload and placement.device.startswith("cuda"):
+            pipe.enable_model_cpu_offload()
+        return cls(pipe, options.model, placement, limits)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model == DEMO_MODEL_ID
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """The model's native size: 768x768 for SD 2.1, 256x256 for the demo."""
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return side, side
+
+    def resolve_size(self, request: GenerationRequest) -> tuple[int, int]:
+        if request.width and request.height:
+            return request.width, request.height
+        if request.init_image is not None:
+            w, h = request.init_image.size
+            base = (floor_size(w), floor_size(h))
+        else:
+            base = self.default_size
+        return request.width or base[0], request.height or base[1]
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        """Run one request. ``on_step`` is called after every denoising step;
+        setting ``cancel`` stops the run, which then raises GenerationCancelled."""
+        request = request.validate(self.limits).with_seed()
+        width, height = self.resolve_size(request)
+        check_size(width, height, self.limits)  # a size taken from the model or init image too
+        assert request.seed is not None
+        seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
+        with self._lock:
+            return self._run(request, width, height, seeds, on_step, cancel)
+
+    # 1. pick the pipeline and scheduler, 2. denoise with a step callback, 3. describe the images.
+    def _run(self, request, width, height, seeds, on_step, cancel) -> GenerationResult:
+        import torch
+
+        started = time.perf_counter()
+        pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
+        pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+        # Tiling only matters above the VAE's own sample size (768 on SD 2.1).
+        if max(width, height) > self.pipe.vae.config.sample_size:
+            self.pipe.vae.enable_tiling()
+        else:
+            self.pipe.vae.disable_tiling()
+
+        step_frames: list[list] = [[] for _ in seeds]
+
+        def callback(p, index, timestep, tensors):
+            step, total = index + 1, p.num_timesteps
+            latents = tensors["latents"]
+            if request.save_steps and (step % request.save_steps == 0 or step == total):
+                for frames, preview in zip(step_frames, latents_to_rgb(latents)):
+                    frames.append(preview)
+            if on_step is not None:
+                on_step(StepInfo(step=step, total=total, latents=latents))
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(step, total)
+            return tensors
+
+        kwargs = dict(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            num_images_per_prompt=len(seeds),
+            # CPU generators give the same noise on every device (diffusers' advice for seeds).
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled(0, request.steps)
+        if request.init_image is not None:
+            init = request.init_image.convert("RGB").resize((width, height))
+            output = pipe(image=init, strength=request.strength, **kwargs)
+        else:
+            output = pipe(width=width, height=height, **kwargs)
+        images = output.images
+        denoise = request.strength if request.init_image is not None else None
+        texts = [
+            infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                     sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
+                     height=height, model=self.model_name, denoising_strength=denoise)
+            for s in seeds
+        ]
+        return GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
+                                width=width, height=height, seconds=time.perf_counter() - started,
+                                step_images=step_frames if request.save_steps else [])
+
+    def _img2img_pipe(self):
+        if self._img2img is None:
+            from diffusers import StableDiffusionImg2ImgPipeline
+
+            # Shares the loaded weights: no second copy in memory.
+            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    def preview(self, latents, max_side: int = 256) -> list:
+        """Approximate RGB previews of in-flight latents."""
+        side = max(latents.shape[-1], latents.shape[-2])
+        return latents_to_rgb(latents, scale=max(1, max_side // max(side, 1)))
+
+
+def save_result(result: GenerationResult, out: str | Path) -> list[Path]:
+    """Write the images as PNGs with their metadata. One image goes to
+    ``out``; several go to ``out-1.png``, ``out-2.png`` ... With step
+    previews, also ``<name>.steps.png`` (a strip) and ``<name>.steps.gif``."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        out = out.with_suffix(out.suffix + ".png") if out.suffix else out.with_suffix(".png")
+    paths = []
+    for i, (image, text) in enumerate(zip(result.images, result.infotexts)):
+        path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        save_png(image, path, text)
+        paths.append(path)
+        if result.step_images:
+            frames = result.step_images[i] + [image]
+            filmstrip(frames).save(path.with_suffix(".steps.png"))
+            save_gif(frames, path.with_suffix(".steps.gif"))
+    return paths

@@ -1,0 +1,140 @@
+"""The one interface the web layer talks to: ``Backend``.
+
+A backend is a job store (where jobs wait and their records live), an image
+store (the finished PNGs on disk) and whatever runs the jobs (a worker thread
+in this process, or GPU worker processes behind Redis). The web layer calls
+these methods and never asks which kind it has; ``tests/test_backend_contract.py``
+runs the same tests against every implementation.
+
+Implementations: ``app.jobs.sqlite.SQLiteBackend`` (the default: a SQLite
+file and one worker thread) and ``app.jobs.redis.RedisBackend`` (jobs in
+Redis, run by ``python -m app worker`` processes).
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine.types import GenerationRequest
+from app.jobs.images import ImageStore
+from app.jobs.job import Job
+
+LOADING, READY, FAILED_TO_LOAD = "loading", "ready", "failed"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """The model the backend runs jobs on, as the pages and /api/health show it."""
+
+    name: str  # short display name (metadata, header)
+    id: str  # what was asked for: Hub id, path or "demo"
+    is_demo: bool
+    state: str  # LOADING, READY or FAILED_TO_LOAD
+    error: str | None = None  # why it failed (may name paths: for the owner, not strangers)
+    native_size: tuple[int, int] | None = None  # known once loaded
+
+
+class JobStore(ABC):
+    """Where jobs wait and their records live, seen from the web app."""
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest, client: str) -> Job:
+        """Queue a validated request (a random seed is drawn now, once); raise
+        QueueFull over the limits."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job with its queue position and progress, or None."""
+
+    @abstractmethod
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
+        """Newest first; ``before`` pages on from a job id."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> Job | None:
+        """Queued: cancelled at once. Running: the worker stops after its current step."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """{"queued": n, "running": n}"""
+
+    @abstractmethod
+    def running(self) -> Job | None:
+        """The oldest running job, if any."""
+
+    @abstractmethod
+    def preview(self, job_id: str) -> bytes | None:
+        """The latest live preview PNG of a running (or just finished) job."""
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking early when a job may have changed."""
+        time.sleep(min(timeout, 0.2))
+
+    def wait(self, job_id: str, timeout: float) -> Job | None:
+        """Block until the job is finished or ``timeout`` seconds pass; the job as it is then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job is None or job.finished or time.monotonic() >= deadline:
+                return job
+            self.wait_for_change(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+class Backend(ABC):
+    """Jobs, their images and the model that runs them. The client-side calls
+    go to ``store`` and ``images``; each implementation says how jobs run."""
+
+    store: JobStore
+    images: ImageStore
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, client: str) -> Job:
+        return self.store.submit(request, client)
+
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
+        return self.store.list(limit=limit, before=before, states=states)
+
+    def cancel(self, job_id: str) -> Job | None:
+        return self.store.cancel(job_id)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def running(self) -> Job | None:
+        return self.store.running()
+
+    def wait(self, job_id: str, timeout: float) -> Job | None:
+        return self.store.wait(job_id, timeout)
+
+    def preview(self, job_id: str) -> bytes | None:
+        return self.store.preview(job_id)
+
+    # --- images ---------------------------------------------------------------------------
+
+    def image_path(self, job_id: str, name: str) -> Path | None:
+        """The file of ``/images/<job_id>/<name>``, or None (also for names that are not ours)."""
+        return self.images.path(job_id, name)
+
+    def read_image(self, job_id: str, n: int) -> bytes | None:
+        path = self.image_path(job_id, f"{n}.png")
+        return None if path is None else path.read_bytes()
+
+    # --- what runs the jobs ---------------------------------------------------------------
+
+    @abstractmethod
+    def status(self) -> ModelStatus:
+        """The model's state: loading, ready or failed."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start running jobs (load the model, or watch the workers)."""
+
+    @abstractmethod
+    def stop(self, timeout: float = 30) -> None:
+        """Stop; a running job goes back to the queue."""

@@ -1,0 +1,96 @@
+"""A job: one validated request in the queue, its state, progress and images.
+
+A job stores its request as one value, ``GenerationRequest.to_dict()`` (the
+init image apart, as PNG bytes), so the list of fields exists only in the
+request type.
+"""
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from app.engine.types import GenerationRequest, ValidationError
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+FINISHED = (DONE, FAILED, CANCELLED)
+
+
+class QueueFull(Exception):
+    """Too many jobs queued, in all (``per_client`` False) or for one client."""
+
+    def __init__(self, message: str, per_client: bool):
+        super().__init__(message)
+        self.per_client = per_client
+
+    @classmethod
+    def for_client(cls, unfinished: int, limit: int) -> "QueueFull":
+        return cls(f"you already have {unfinished} unfinished jobs; the limit is {limit}. "
+                   "Wait for one to finish or cancel one.", per_client=True)
+
+    @classmethod
+    def for_queue(cls, queued: int) -> "QueueFull":
+        return cls(f"the queue is full ({queued} jobs); try again later", per_client=False)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    total: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return round(self.step / self.total, 4) if self.total else 0.0
+
+
+@dataclass
+class Job:
+    id: str
+    state: str
+    client: str
+    params: dict  # GenerationRequest.to_dict(), then the size it ran at
+    images: list[dict] = field(default_factory=list)  # {"n", "seed", "infotext"}
+    error: str | None = None
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    position: int | None = None  # 1 = next to run; None unless queued
+    progress: Progress = field(default_factory=Progress)
+    has_preview: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode_init_image(request: GenerationRequest) -> bytes | None:
+    """The request's init image as PNG bytes, as a job store keeps it."""
+    if request.init_image is None:
+        return None
+    buf = io.BytesIO()
+    request.init_image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def request_of(job: Job, init_png: bytes | None) -> GenerationRequest:
+    """The job's request again, from its params and, for img2img, the init PNG
+    the store kept."""
+    init = None
+    if job.params.get("has_init_image"):
+        if init_png is None:
+            raise ValidationError("init_image", None, "is missing from the job store")
+        from PIL import Image
+
+        with Image.open(io.BytesIO(init_png)) as im:
+            init = im.convert("RGB")
+    return GenerationRequest.from_dict(job.params, init_image=init)

@@ -1,0 +1,174 @@
+"""The web app's side of the Redis queue, chosen by the ``REDIS_URL`` setting.
+
+With it, ``create_app`` starts no GPU worker of its own: ``python -m app
+worker --redis URL`` processes run the jobs. In place of the worker thread
+it keeps ``RedisUpkeep``, a thread that
+
+1. writes finished images, which arrive through Redis, into the instance
+   image folder (``RedisImageStore`` also does it on demand, so an image URL
+   works the moment its job is done);
+2. cleans RQ's StartedJobRegistry every second, so a job whose worker died
+   is retried or failed within seconds even while every other worker is busy;
+3. tells /api/health which model the connected workers serve.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from app.jobs.base import LOADING, READY, Backend, ModelStatus
+from app.jobs.images import ImageStore, is_image_name
+from app.jobs.redis.store import RedisJobStore
+from app.models.demo import DEMO_MODEL_ID
+from app.models.loading import display_name
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_LOCK_SECONDS = 10
+NO_WORKER = "no GPU worker is connected; start one with: python -m app worker --redis REDIS_URL --model MODEL"
+
+
+class RedisImageStore(ImageStore):
+    """The image folder, filled from Redis as jobs finish on the workers."""
+
+    def __init__(self, root: str | Path, store: RedisJobStore):
+        super().__init__(root)
+        self.store = store
+
+    def path(self, job_id: str, name: str) -> Path | None:
+        found = super().path(job_id, name)
+        if found is None and is_image_name(job_id, name) and self.collect(job_id):
+            found = super().path(job_id, name)
+        return found
+
+    def collect(self, job_id: str) -> int:
+        """Write the job's PNGs waiting in Redis to disk, then drop them from Redis."""
+        pngs = self.store.pending_images(job_id)
+        if not pngs:
+            return 0
+        self.write(job_id, pngs)
+        self.store.images_stored(job_id)
+        return len(pngs)
+
+
+class RedisBackend(Backend):
+    """Jobs in Redis, run by ``python -m app worker`` processes. ``model`` is
+    what the workers are expected to serve (shown until one connects)."""
+
+    def __init__(self, url: str, image_root: str | Path, *, model: str, name: str = "t2i", max_queue: int = 100,
+                 max_per_client: int = 5, retries: int = 2, job_timeout: int = 3600):
+        self.model = model
+        self.store = RedisJobStore(url, name=name, max_queue=max_queue, max_per_client=max_per_client,
+                                   retries=retries, job_timeout=job_timeout)
+        self.images = RedisImageStore(image_root, self.store)
+        self.upkeep = RedisUpkeep(self.store, self.images)
+
+    def status(self) -> ModelStatus:
+        workers = self.upkeep.workers()
+        if workers:
+            first = workers[0]
+            return ModelStatus(first["model_name"], first["model"], first["is_demo"], READY, None,
+                               tuple(first["default_size"]))
+        return ModelStatus(display_name(self.model), self.model, self.model == DEMO_MODEL_ID, LOADING, NO_WORKER)
+
+    def start(self) -> None:
+        if not self.upkeep.is_alive():
+            self.upkeep.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        self.upkeep.stop(timeout)
+
+
+class RedisUpkeep(threading.Thread):
+    """The web app's thread: stores finished images, retries or fails the jobs
+    of dead workers, and knows which workers are alive."""
+
+    def __init__(self, store: RedisJobStore, images: RedisImageStore, poll_seconds: float = 0.5):
+        super().__init__(name="t2i-redis", daemon=True)
+        self.queue = store
+        self.images = images
+        self.poll_seconds = poll_seconds
+        self._stop_event = threading.Event()
+        self._seen: tuple[float, list[dict]] = (0.0, [])
+
+    def workers(self) -> list[dict]:
+        """The live workers, as they describe themselves (cached for a second)."""
+        seen_at, workers = self._seen
+        if time.monotonic() - seen_at < 1.0:
+            return workers
+        redis = self.queue.redis
+        try:
+            beats = dict(redis.zrange(self.queue.key("workers"), 0, -1, withscores=True))
+            infos = redis.hgetall(self.queue.key("worker-info"))
+        except Exception:
+            logger.exception("cannot read the workers from Redis")
+            beats, infos = {}, {}
+        workers = []
+        for name, raw in sorted(infos.items()):
+            info = json.loads(raw)
+            # Three missed heartbeats: that worker is gone (killed, or its machine is).
+            if time.time() - beats.get(name, 0) <= 3 * info["heartbeat"] + 1:
+                workers.append({"name": name.decode(), **info})
+        self._seen = (time.monotonic(), workers)
+        return workers
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        next_cleanup = 0.0
+        while not self._stop_event.is_set():
+            due = time.monotonic() >= next_cleanup
+            try:
+                self.run_once(cleanup=due)
+            except Exception:  # Redis restarting, say: try again a little later
+                logger.exception("redis queue upkeep failed")
+                self._stop_event.wait(5)
+            if due:
+                next_cleanup = time.monotonic() + 1.0
+            self._stop_event.wait(self.poll_seconds)
+
+    def run_once(self, cleanup: bool = True) -> int:
+        """Store waiting images; find jobs of dead workers. Returns images stored."""
+        stored = sum(self.images.collect(job_id) for job_id in self.queue.unstored())
+        if cleanup:
+            self._clean_started_jobs()
+            self._forget_dead_workers()
+        return stored
+
+    def _clean_started_jobs(self) -> None:
+        """Retry or fail jobs whose worker's heartbeat expired (calling on_rq_failure),
+        under the lock RQ's workers take for the same cleanup: two cleanups at once
+        would both see a dead job and re-queue it twice. Ours expires in seconds,
+        not RQ's 15 minutes, should this process die holding it."""
+        from redis.exceptions import LockError
+        from rq.registry import StartedJobRegistry
+        from rq.timeouts import TimerDeathPenalty
+
+        lock = self.queue.redis.lock(self.queue.rq.registry_cleaning_key, timeout=CLEANUP_LOCK_SECONDS,
+                                     blocking=False)
+        if not lock.acquire():
+            return  # a GPU worker is cleaning right now
+        try:
+            # A thread cannot use RQ's default SIGALRM timeouts.
+            StartedJobRegistry(queue=self.queue.rq, death_penalty_class=TimerDeathPenalty).cleanup()
+        finally:
+            try:
+                lock.release()
+            except LockError:  # expired meanwhile (a very slow cleanup): nothing to release
+                pass
+
+    def _forget_dead_workers(self, after: float = 600) -> None:
+        """Drop workers silent for ``after`` seconds from /api/health's list for good."""
+        redis, workers = self.queue.redis, self.queue.key("workers")
+        dead = redis.zrangebyscore(workers, 0, time.time() - after)
+        if dead:
+            redis.zrem(workers, *dead)
+            redis.hdel(self.queue.key("worker-info"), *dead)
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)

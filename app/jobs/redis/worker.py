@@ -1,0 +1,173 @@
+"""A GPU worker for the Redis queue (``python -m app worker --redis URL``).
+
+``GPUWorker`` is RQ's ``SimpleWorker``: jobs run in the worker process
+itself, so the model is loaded once per process and stays on the GPU. (RQ's
+default worker forks a child per job, and CUDA cannot be used in a child
+forked after the parent initialised it: every job would load the model
+again.) What it adds to RQ:
+
+- the loaded engine, reached by ``run_job`` (the RQ task) through
+  ``GPUWorker.current``, since RQ imports tasks by name;
+- heartbeats from a thread every ``heartbeat`` seconds while a job runs,
+  with a registry TTL of three heartbeats: RQ's own TTLs add 60 s or more,
+  and a SimpleWorker's main thread is busy in the job and sends none, so a
+  killed worker would otherwise be noticed minutes late, not seconds;
+- its model (name, demo or not, native size) published in Redis for the web
+  app's /api/health and form defaults.
+
+This module imports RQ and the engine; the CLI imports it only to run a worker.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+
+from rq.worker import SimpleWorker, WorkerStatus
+
+from app.engine.engine import Engine
+from app.engine.types import StepInfo
+from app.jobs.job import CANCELLED, DONE, RUNNING
+from app.jobs.redis.store import RedisJobStore
+from app.jobs import runner
+from app.jobs.runner import free_memory, job_end, preview_png
+
+logger = logging.getLogger(__name__)
+
+
+class GPUWorker(SimpleWorker):
+    current: "GPUWorker | None" = None  # the worker of this process, for run_job
+
+    def __init__(self, queues, *, engine: Engine, job_queue: RedisJobStore, heartbeat: float = 10.0,
+                 preview_every: int = 1, **kwargs):
+        self.job_ttl = max(1, math.ceil(heartbeat * 3))  # three missed heartbeats: the worker is dead
+        # Idle workers wake from their blocking dequeue every few seconds to clean
+        # RQ's registries (that is what finds jobs abandoned by a dead worker).
+        kwargs.setdefault("maintenance_interval", max(5, self.job_ttl))
+        kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + 15)
+        super().__init__(queues, **kwargs)
+        self.engine = engine
+        self.job_queue = job_queue
+        self.heartbeat_seconds = heartbeat
+        self.preview_every = preview_every
+        self._beat_lock = threading.Lock()
+        self._beating: tuple | None = None  # (rq job, execution) while one runs
+        self._stop_beats = threading.Event()
+        GPUWorker.current = self
+
+    # --- RQ hooks -----------------------------------------------------------------------
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        """Seconds the StartedJobRegistry keeps a job after a heartbeat: three beats."""
+        return self.job_ttl
+
+    def execute_job(self, job, queue) -> None:
+        execution = self.prepare_execution(job)
+        with self._beat_lock:
+            self._beating = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            with self._beat_lock:
+                self._beating = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def bootstrap(self, *args, **kwargs) -> None:
+        super().bootstrap(*args, **kwargs)
+        threading.Thread(target=self._beat_forever, name="t2i-heartbeat", daemon=True).start()
+
+    def register_birth(self) -> None:
+        # A worker killed under this name leaves RQ's record for a minute or more. Once it
+        # has missed three heartbeats it is dead, so a restarted worker may take the name.
+        last = self.connection.zscore(self.job_queue.key("workers"), self.name)
+        info = self.connection.hget(self.job_queue.key("worker-info"), self.name)
+        if last is not None and info and time.time() - last > 3 * json.loads(info)["heartbeat"]:
+            logger.info("worker %s: taking over the name of a dead worker", self.name)
+            self.connection.delete(self.key)
+        super().register_birth()
+
+    def teardown(self) -> None:
+        self._stop_beats.set()
+        self._publish(alive=False)
+        super().teardown()
+
+    # --- heartbeats and the model it offers ---------------------------------------------
+
+    def _beat_forever(self) -> None:
+        while True:
+            try:
+                with self._beat_lock:
+                    if self._beating is not None:
+                        self.maintain_heartbeats(*self._beating)
+                self._publish(alive=True)
+            except Exception:  # Redis briefly away: RQ's main loop reconnects; beat again later
+                logger.exception("heartbeat failed")
+            if self._stop_beats.wait(self.heartbeat_seconds):
+                return
+
+    def _publish(self, alive: bool) -> None:
+        workers, info = self.job_queue.key("workers"), self.job_queue.key("worker-info")
+        with self.connection.pipeline() as pipe:
+            if alive:
+                engine = self.engine
+                pipe.zadd(workers, {self.name: time.time()})
+                pipe.hset(info, self.name, json.dumps({
+                    "model": engine.model, "model_name": engine.model_name, "is_demo": engine.is_demo,
+                    "default_size": list(engine.default_size), "heartbeat": self.heartbeat_seconds}))
+            else:
+                pipe.zrem(workers, self.name)
+                pipe.hdel(info, self.name)
+            pipe.execute()
+
+    # --- one job ------------------------------------------------------------------------
+
+    def run_t2i_job(self, job_id: str) -> str:
+        """Run one job of the queue; returns the state it ended in."""
+        queue = self.job_queue
+        attempt, before = queue.begin(job_id, self.name)
+        if not attempt:
+            logger.info("job %s is %s: skipped", job_id, before or "gone")
+            return before or "gone"
+        if before == RUNNING:
+            logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
+        cancel = threading.Event()
+        try:
+            job = queue.get(job_id)
+            if job is None:
+                return "gone"
+            output = runner.run_job(self.engine, queue.request_for(job),
+                             lambda info: self._on_step(job_id, attempt, info, cancel), cancel)
+            if not queue.complete(job_id, attempt, output.images, output.pngs, output.params_update):
+                logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
+                return "dropped"
+            logger.info("job %s done in %.1fs", job_id, output.seconds)
+            return DONE
+        except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
+            end = job_end(job_id, exc)
+            if end.state == CANCELLED:
+                queue.mark_cancelled(job_id, end.reason, attempt)
+            else:
+                queue.fail(job_id, end.reason, attempt)
+            if end.unexpected:
+                # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
+                # job refcounting has freed them, and gc.collect() costs about a second.
+                free_memory()
+            return end.state
+
+    def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event) -> None:
+        preview = preview_png(self.engine, info, self.preview_every)
+        answer = self.job_queue.progress(job_id, attempt, info.step, info.total, preview)
+        if answer == 2:
+            logger.warning("job %s is no longer this worker's; stopping it", job_id)
+        if answer:  # 1: cancel asked for
+            cancel.set()
+
+
+def run_job(job_id: str) -> str:
+    """The RQ task: run job ``job_id`` on this process's loaded engine."""
+    worker = GPUWorker.current
+    if worker is None:
+        raise RuntimeError("app.jobs.redis.worker.run_job runs inside a GPU worker: python -m app worker --redis URL")
+    return worker.run_t2i_job(job_id)

@@ -1,0 +1,150 @@
+"""Running one job on an engine: the part both workers share (the thread of
+the SQLite backend and the GPU worker processes of the Redis backend).
+
+``run_job`` turns the job's request into image records and PNG bytes;
+``job_end`` says how a job that raised ends. Failures are handled at this one
+boundary: the worker catches per job, logs, marks it failed with a reason a
+user can read, frees memory and goes on.
+"""
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from app.engine.engine import GenerationCancelled
+from app.engine.metadata import png_bytes
+from app.engine.types import GenerationRequest, StepInfo, ValidationError
+from app.jobs.job import CANCELLED, FAILED
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+EngineLoader = Callable[[], "Engine"]
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """A finished run: one record per image (``n``, ``seed``, ``infotext``),
+    the PNGs with their metadata, and the size it ran at."""
+
+    images: list[dict]
+    pngs: list[bytes]
+    width: int
+    height: int
+    seconds: float
+
+    @property
+    def params_update(self) -> dict:
+        """What the job's params learn from the run: the size (None meant "the model's")."""
+        return {"width": self.width, "height": self.height}
+
+
+def run_job(engine: "Engine", request: GenerationRequest, on_step: Callable[[StepInfo], None],
+            cancel: threading.Event) -> JobOutput:
+    """Generate the job's images; raises GenerationCancelled, ValidationError
+    or whatever the engine raised (see ``job_end``)."""
+    result = engine.generate(request, on_step=on_step, cancel=cancel)
+    images, pngs = [], []
+    for n, (image, seed, text) in enumerate(zip(result.images, result.seeds, result.infotexts)):
+        images.append({"n": n, "seed": seed, "infotext": text})
+        pngs.append(png_bytes(image, text))
+    return JobOutput(images, pngs, result.width, result.height, result.seconds)
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job that raised ends: ``state`` CANCELLED or FAILED, the reason
+    shown to the user, and whether the error was unexpected (logged with its
+    traceback; the worker frees memory after it)."""
+
+    state: str
+    reason: str
+    unexpected: bool
+
+
+def job_end(job_id: str, exc: BaseException) -> JobEnd:
+    if isinstance(exc, GenerationCancelled):
+        return JobEnd(CANCELLED, f"cancelled after step {exc.step} of {exc.total}", False)
+    if isinstance(exc, ValidationError):
+        return JobEnd(FAILED, str(exc), False)
+    logger.exception("job %s failed", job_id, exc_info=exc)  # out of memory, a timeout ...
+    return JobEnd(FAILED, failure_reason(exc), True)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line a user can act on, from any exception."""
+    name = type(exc).__name__
+    if "OutOfMemory" in name:
+        return f"out of GPU memory ({name}); try a smaller size or fewer images"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {text[:300]}" if text else name
+
+
+def free_memory() -> None:
+    """After a failed run: a traceback's frames can hold GPU tensors in cycles.
+    (After a good job refcounting has freed them, and gc.collect() costs about
+    a second, so only then.)"""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+# --- live previews ------------------------------------------------------------------------
+
+def preview_due(info: StepInfo, every: int) -> bool:
+    """A live preview every ``every`` steps and at the last one (0: never)."""
+    return bool(every) and (info.step % every == 0 or info.step == info.total)
+
+
+class LivePreview:
+    """The live preview of one step, encoded only when someone asks for it.
+
+    Encoding a PNG every step (2-11 ms, in the worker thread, holding the
+    interpreter lock) slowed every image by several percent, while a browser
+    looks at one preview every half second. So the worker keeps a copy of
+    the step's latents (a clone on their device: no copy to the host, no
+    sync) and ``png()`` makes the image on the first request, in the
+    requesting thread, and keeps it for later ones."""
+
+    def __init__(self, engine: "Engine", latents: Any):
+        self._engine = engine
+        self._latents = latents[:1].detach().clone()
+        self._png: bytes | None = None
+        self._lock = threading.Lock()
+
+    def png(self) -> bytes | None:
+        """PNG bytes, or None if the preview failed (never worth failing anything)."""
+        with self._lock:
+            if self._png is None and self._latents is not None:
+                try:
+                    buf = io.BytesIO()
+                    self._engine.preview(self._latents)[0].save(buf, format="PNG")
+                    self._png = buf.getvalue()
+                except Exception:
+                    logger.exception("preview failed")
+                self._latents = None  # encoded (or failed): the tensor is not needed any more
+            return self._png
+
+
+def live_preview(engine: "Engine", info: StepInfo, every: int) -> LivePreview | None:
+    """The step's preview, unencoded, when one is due (see ``preview_due``)."""
+    return LivePreview(engine, info.latents) if preview_due(info, every) else None
+
+
+def preview_png(engine: "Engine", info: StepInfo, every: int) -> bytes | None:
+    """The live preview of step ``info`` as PNG bytes, encoded now, when one is
+    due; None when it is not due or fails. For a worker in another process
+    (the Redis backend), which must ship bytes."""
+    preview = live_preview(engine, info, every)
+    return None if preview is None else preview.png()

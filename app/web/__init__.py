@@ -1,0 +1,147 @@
+"""The web app: pages, the native JSON API and the A1111-compatible API over
+one ``Backend`` (``app.jobs``). ``create_app`` only wires the settings, that
+backend and the blueprints; the views reach the backend through ``backend()``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+from app.engine.types import GenerationRequest, field_names
+from app.jobs.base import Backend
+from app.jobs.runner import EngineLoader
+from app.web.settings import DEFAULTS, engine_limits, engine_options, from_environ, public_limits
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
+
+
+def backend() -> Backend:
+    """The current app's backend."""
+    return current_app.extensions[EXTENSION]
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
+    overrides them (``INSTANCE`` picks the instance folder)."""
+    from app.web import api, auth, errors, pages, sdapi
+
+    test_config = dict(test_config or {})
+    instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
+    app = Flask("app", instance_path=str(Path(instance).resolve()) if instance else str(ROOT / "instance"),
+                instance_relative_config=True, template_folder=str(ROOT / "templates"),
+                static_folder=str(ROOT / "static"))
+    # 1. settings: defaults, instance/config.py, T2I_* environment, then the caller's.
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_mapping(from_environ())
+    app.config.from_mapping(test_config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    _derive_settings(app)
+
+    # 2. the one backend: in-process (SQLite) by default, or Redis with GPU worker processes.
+    app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path))
+
+    # 3. blueprints and error handling.
+    errors.init_app(app)
+    auth.init_app(app)
+    for blueprint in (api.bp, sdapi.bp, pages.bp):
+        app.register_blueprint(blueprint)
+    app.context_processor(page_context)
+    app.after_request(security_headers)
+
+    if app.config["START_WORKER"]:
+        backend_of(app).start()
+    return app
+
+
+def backend_of(app: Flask) -> Backend:
+    return app.extensions[EXTENSION]
+
+
+def make_backend(config: Any, instance: Path) -> Backend:
+    images = instance / "images"
+    common = dict(model=config["MODEL"], max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"])
+    if config["REDIS_URL"]:
+        from app.jobs.redis import RedisBackend
+
+        if config["ENGINE"] is not None:
+            logger.warning("REDIS_URL is set: ENGINE is not used; the GPU workers load their own model")
+        return RedisBackend(config["REDIS_URL"], images, name=config["REDIS_QUEUE"], retries=config["REDIS_RETRIES"],
+                            job_timeout=config["REDIS_JOB_TIMEOUT"], **common)
+    from app.jobs.sqlite import SQLiteBackend
+
+    return SQLiteBackend(config["DATABASE"], images, engine_loader(config), preview_every=config["PREVIEW_EVERY"], **common)
+
+
+def engine_loader(config: Any) -> EngineLoader:
+    """Loads the model as the settings say (once, in the worker thread)."""
+    def load():
+        if config["ENGINE"] is not None:
+            return config["ENGINE"]
+        from app.engine.engine import Engine
+
+        return Engine.load(engine_options(config), limits=engine_limits(config))
+
+    return load
+
+
+def form_defaults() -> dict[str, Any]:
+    """The form's starting values (the page, and /api/health for the page to
+    correct them): the request type's defaults, and the model's native size
+    once it is loaded (a guess before)."""
+    status = backend().status()
+    width, height = status.native_size or ((256, 256) if status.is_demo else (768, 768))
+    defaults = GenerationRequest.defaults()
+    defaults.pop("save_steps", None)  # a CLI and notebook option; the web keeps no step strips
+    return {**{k: v for k, v in defaults.items() if v is not None and k not in ("prompt", "negative_prompt", "seed")},
+            "width": width, "height": height}
+
+
+def page_context() -> dict[str, Any]:
+    from app.engine.schedulers import scheduler_names
+
+    status = backend().status()
+    return {
+        "model_name": status.name,
+        "is_demo": status.is_demo,
+        "schedulers": scheduler_names(),
+        "defaults": form_defaults(),
+        "fields": field_names(),
+        "limits": public_limits(current_app.config),
+        "auth_required": bool(current_app.config.get("PASSWORD")),
+    }
+
+
+def security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    return response
+
+
+def _derive_settings(app: Flask) -> None:
+    config = app.config
+    if config["DATABASE"] is None:  # only the SQLite backend creates it
+        config["DATABASE"] = os.path.join(app.instance_path, "jobs.sqlite")
+    if config["PUBLIC"] and not config["PASSWORD"]:
+        config["PASSWORD"] = secrets.token_urlsafe(9)
+        logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])
+    if not config["SECRET_KEY"]:
+        config["SECRET_KEY"] = secrets.token_hex(32)
+    # A base64 init image in JSON is 4/3 of its bytes, plus the other fields.
+    config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"] * 4 // 3 + 64 * 1024
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if config["TRUST_PROXY"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = int(config["TRUST_PROXY"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]

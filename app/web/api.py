@@ -1,0 +1,204 @@
+"""The native JSON API (``/api/...``). Views only translate: parse and check
+the input, call the job queue, shape the output. Errors use the one shape."""
+from __future__ import annotations
+
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
+from app.engine.types import GenerationRequest, ValidationError, field_names, floor_size
+from app.jobs.base import READY
+from app.jobs.job import STATES, Job, QueueFull
+from app.web import backend, form_defaults
+from app.web.auth import client_id, is_authenticated
+from app.web.errors import ApiError
+from app.web.settings import engine_limits, public_limits
+from app.web.uploads import decode_init_image
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+FIELDS = tuple(name for name in field_names() if name != "save_steps")  # step strips are a CLI/notebook option
+_TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in FIELDS}
+
+
+# --- shared with the A1111 blueprint -------------------------------------------------
+
+def build_request(values: dict, init_value=None) -> GenerationRequest:
+    """A validated GenerationRequest from already-named values (None: default)."""
+    config = current_app.config
+    values = {k: v for k, v in values.items() if v is not None}
+    if "prompt" not in values:
+        raise ValidationError("prompt", None, "is required")
+    init = None
+    if init_value is not None and init_value != "":
+        init = decode_init_image(init_value, config)
+        # img2img without a size: the init image's size, rounded down as the engine does.
+        values.setdefault("width", floor_size(init.width))
+        values.setdefault("height", floor_size(init.height))
+    gen = GenerationRequest(init_image=init, **values)
+    return gen.validate(engine_limits(config))
+
+
+def enqueue(gen: GenerationRequest) -> Job:
+    try:
+        return backend().submit(gen, client_id())
+    except QueueFull as exc:
+        raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
+                       headers={"Retry-After": "10"}) from exc
+
+
+def image_url(job_id: str, n: int) -> str:
+    return f"/images/{job_id}/{n}.png"
+
+
+def job_json(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "position": job.position,
+        "progress": {"step": job.progress.step, "total": job.progress.total, "fraction": job.progress.fraction},
+        "preview_url": f"/api/jobs/{job.id}/preview.png" if job.has_preview else None,
+        "params": job.params,
+        "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
+                   for im in job.images],
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def get_job_or_404(job_id: str) -> Job:
+    job = backend().get(job_id)
+    if job is None:
+        raise ApiError(404, "no such job", "id", job_id)
+    return job
+
+
+# --- input ---------------------------------------------------------------------------
+
+def _job_values() -> tuple[dict, object]:
+    """Fields from a JSON body or a multipart form; the init image apart."""
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        values = {k: _from_form(k, v) for k, v in request.form.items()}
+        upload = request.files.get("init_image")
+        if upload is not None and upload.filename:
+            values["init_image"] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
+    else:
+        values = request.get_json(silent=True)
+        if not isinstance(values, dict):
+            raise ApiError(400, "the body must be a JSON object (Content-Type: application/json) or a form")
+    for key in values:
+        if key not in FIELDS:
+            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
+    init = values.pop("init_image", None)
+    return values, init
+
+
+def _from_form(name: str, text: str):
+    """Form fields are text: numbers are converted as the request type
+    declares them; what does not convert is left as text for validation to name."""
+    text = text.strip()
+    if text == "":
+        return None
+    kind = str(_TYPES.get(name, ""))
+    try:
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        return text
+    return text
+
+
+# --- routes --------------------------------------------------------------------------
+
+@bp.post("/jobs")
+def submit_job():
+    values, init = _job_values()
+    job = enqueue(build_request(values, init))
+    return jsonify({"ok": True, "job": job_json(job)}), 202
+
+
+@bp.get("/jobs")
+def list_jobs():
+    try:
+        limit = int(request.args.get("limit", 50))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit"))
+    if not 1 <= limit <= 200:
+        raise ApiError(400, "limit: must be between 1 and 200", "limit", limit)
+    states = None
+    if request.args.get("state"):
+        states = tuple(s.strip() for s in request.args["state"].split(","))
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise ApiError(400, "state: must be one of " + ", ".join(STATES), "state", bad[0])
+    jobs = backend().list(limit=limit, before=request.args.get("before") or None, states=states)
+    return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
+
+
+MAX_WAIT = 60.0
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    """``?wait=S`` long-polls: the answer comes when the job finishes, or after
+    S seconds (at most 60). API clients then need no polling loop; the page
+    polls instead, since it wants progress too."""
+    job = get_job_or_404(job_id)
+    raw = request.args.get("wait")
+    if raw is not None:
+        try:
+            wait = float(raw)
+        except ValueError:
+            raise ApiError(400, "wait: must be a number of seconds", "wait", raw) from None
+        if not 0 <= wait <= MAX_WAIT:  # also refuses nan
+            raise ApiError(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", "wait", raw)
+        job = backend().wait(job_id, wait) or job
+    return jsonify({"ok": True, "job": job_json(job)})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = get_job_or_404(job_id)
+    if job.finished:
+        raise ApiError(409, f"the job is already {job.state}", "id", job_id)
+    return jsonify({"ok": True, "job": job_json(backend().cancel(job_id) or job)})
+
+
+@bp.get("/jobs/<job_id>/preview.png")
+def job_preview(job_id: str):
+    png = backend().preview(job_id)
+    if png is None:
+        get_job_or_404(job_id)  # 404 "no such job" first
+        raise ApiError(404, "no preview yet", "id", job_id)
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/schedulers")
+def schedulers():
+    return jsonify({"ok": True, "schedulers": scheduler_names(), "default": DEFAULT_SCHEDULER})
+
+
+@bp.get("/models")
+def models():
+    status = backend().status()
+    return jsonify({"ok": True, "models": [{"name": status.name, "id": status.id, "loaded": status.state == READY}]})
+
+
+@bp.get("/health")
+def health():
+    status = backend().status()
+    return jsonify({
+        "ok": True,
+        "model": status.name,
+        "model_state": status.state,
+        "model_error": status.error if is_authenticated() else None,  # may name paths: not for strangers
+        "is_demo": status.is_demo,
+        "queue": backend().counts(),
+        "limits": public_limits(current_app.config),
+        "defaults": form_defaults(),
+        "auth_required": bool(current_app.config.get("PASSWORD")),
+    })

@@ -1,0 +1,253 @@
+"""AUTOMATIC1111-compatible endpoints (``/sdapi/v1/...``) so existing clients
+(webuiapi, scripts, plugins) work unmodified.
+
+txt2img/img2img are synchronous for the caller, as in A1111, but run as
+ordinary jobs: they share the queue, the limits and the gallery. Unknown
+A1111 fields are ignored. ``interrupt`` cancels the caller's current job (its
+running job, else its oldest queued one); the waiting txt2img/img2img call
+then answers 200 with no images and ``"interrupted": true`` in ``info``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.engine.metadata import parse_infotext
+from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
+from app.engine.types import floor_size
+from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
+from app.web import backend
+from app.web.api import build_request, enqueue
+from app.web.auth import client_id
+from app.web.errors import ApiError
+from app.web.uploads import png_info
+
+bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
+
+# A1111's "schedulers" (noise schedules). Ours are built into the sampler names:
+# "automatic" keeps the sampler as named, "karras" picks its Karras variant.
+A1111_SCHEDULERS = ({"name": "automatic", "label": "Automatic"}, {"name": "karras", "label": "Karras"})
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _int(body: dict, name: str, default):
+    """A1111 (pydantic) accepts 20.0 for an int; so do we. Other types are left for validation to name."""
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _sampler(body: dict) -> str:
+    name = body.get("sampler_name") or body.get("sampler_index") or DEFAULT_SCHEDULER
+    if not isinstance(name, str):
+        raise ApiError(400, "sampler_name: must be a string", "sampler_name", name)
+    schedule = body.get("scheduler") or "automatic"
+    if not isinstance(schedule, str):
+        raise ApiError(400, "scheduler: must be a string", "scheduler", schedule)
+    spec = find_scheduler(name)
+    if spec is None:
+        raise ApiError(400, "sampler_name: unknown sampler; see /sdapi/v1/samplers", "sampler_name", name)
+    schedule = schedule.strip().lower()
+    if schedule in ("automatic", "") or spec.name.endswith("Karras"):
+        return spec.name
+    if schedule == "karras":
+        karras = find_scheduler(spec.name + " Karras")
+        if karras is None:
+            raise ApiError(400, f"scheduler: {spec.name} has no Karras variant", "scheduler", body.get("scheduler"))
+        return karras.name
+    raise ApiError(400, "scheduler: must be automatic or karras", "scheduler", body.get("scheduler"))
+
+
+def _size(body: dict, name: str):
+    value = _int(body, name, 512)
+    # A1111 floors sizes to a multiple of 8 itself; clients rely on it.
+    return floor_size(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else value
+
+
+def _generation_values(body: dict, img2img: bool) -> dict:
+    batch, n_iter = _int(body, "batch_size", 1), _int(body, "n_iter", 1)
+    for name, value in (("batch_size", batch), ("n_iter", n_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ApiError(400, f"{name}: must be a positive integer", name, value)
+    values = {
+        "prompt": body.get("prompt", ""),
+        "negative_prompt": body.get("negative_prompt") or "",
+        "seed": _int(body, "seed", -1),
+        "scheduler": _sampler(body),
+        "steps": _int(body, "steps", 50),
+        "guidance_scale": body.get("cfg_scale", 7.0),
+        "width": _size(body, "width"),
+        "height": _size(body, "height"),
+        "num_images": batch * n_iter,
+    }
+    if img2img:
+        values["strength"] = body.get("denoising_strength", 0.75)
+    return values
+
+
+def _init_image(body: dict):
+    images = body.get("init_images")
+    if not isinstance(images, list) or not images:
+        raise ApiError(400, "init_images: must be a list with at least one base64 image", "init_images",
+                       type(images).__name__)
+    return images[0]
+
+
+def _run(body: dict, img2img: bool):
+    values = _generation_values(body, img2img)
+    gen = build_request(values, _init_image(body) if img2img else None)
+    job = enqueue(gen)
+    job = backend().wait(job.id, current_app.config["SYNC_TIMEOUT"]) or job
+    if job.state in (QUEUED, RUNNING):
+        raise ApiError(504, f"the job is still {job.state} after {current_app.config['SYNC_TIMEOUT']}s; "
+                            f"follow it at /api/jobs/{job.id}", "job_id", job.id)
+    if job.state not in (DONE, CANCELLED):
+        raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
+    images = []
+    for im in job.images:
+        png = backend().read_image(job.id, im["n"])
+        if png is None:  # deleted from the image folder behind our back
+            raise ApiError(500, f"image {im['n']} of job {job.id} is missing from the image folder",
+                           "job_id", job.id)
+        images.append(base64.b64encode(png).decode("ascii"))
+    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    if body.get("include_init_images"):
+        parameters["init_images"] = body.get("init_images")
+    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(_info(job, img2img))})
+
+
+def _info(job: Job, img2img: bool) -> dict:
+    p = job.params
+    seeds = [im["seed"] for im in job.images] or [p["seed"] + i for i in range(p["num_images"])]
+    n = len(seeds)
+    return {
+        "prompt": p["prompt"], "all_prompts": [p["prompt"]] * n,
+        "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
+        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+        "width": p["width"], "height": p["height"], "sampler_name": p["scheduler"], "cfg_scale": p["guidance_scale"],
+        "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": backend().status().name, "sd_model_hash": None, "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1, "denoising_strength": p["strength"] if img2img else None, "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images], "styles": [],
+        "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
+        "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
+    }
+
+
+@bp.post("/txt2img")
+def txt2img():
+    return _run(_body(), img2img=False)
+
+
+@bp.post("/img2img")
+def img2img():
+    return _run(_body(), img2img=True)
+
+
+@bp.get("/progress")
+def progress():
+    job = backend().running()
+    counts = backend().counts()
+    fraction, eta, step, total, image = 0.0, 0.0, 0, 0, None
+    if job is not None:
+        job = backend().get(job.id) or job
+        step, total, fraction = job.progress.step, job.progress.total, job.progress.fraction
+        if step and job.started_at:
+            from datetime import datetime, timezone
+
+            elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job.started_at)).total_seconds()
+            eta = max(0.0, elapsed / fraction - elapsed) if fraction else 0.0
+        skip = request.args.get("skip_current_image", "false").lower() in ("1", "true", "yes")
+        png = None if skip else backend().preview(job.id)
+        image = base64.b64encode(png).decode("ascii") if png else None
+    return jsonify({
+        "progress": fraction,
+        "eta_relative": round(eta, 2) if math.isfinite(eta) else 0.0,
+        "state": {"skipped": False, "interrupted": False, "job": job.id if job else "",
+                  "job_count": counts["queued"] + counts["running"], "job_timestamp": "0", "job_no": 0,
+                  "sampling_step": step, "sampling_steps": total},
+        "current_image": image,
+        "textinfo": None,
+    })
+
+
+@bp.post("/interrupt")
+def interrupt():
+    me = client_id()
+    mine = [j for j in backend().list(limit=200, states=(RUNNING, QUEUED)) if j.client == me]
+    mine.sort(key=lambda j: (j.state != RUNNING, j.created_at))
+    if mine:
+        backend().cancel(mine[0].id)
+    return jsonify({"interrupted": mine[0].id if mine else None})
+
+
+@bp.get("/sd-models")
+def sd_models():
+    status = backend().status()
+    return jsonify([{"title": status.name, "model_name": status.name, "hash": None, "sha256": None,
+                     "filename": status.id, "config": None}])
+
+
+@bp.get("/samplers")
+def samplers():
+    return jsonify([{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SCHEDULERS])
+
+
+@bp.get("/schedulers")
+def schedulers():
+    return jsonify([{**s, "aliases": None, "default_rho": -1, "need_inner_model": False} for s in A1111_SCHEDULERS])
+
+
+@bp.get("/scripts")
+def scripts():
+    return jsonify({"txt2img": [], "img2img": []})
+
+
+@bp.get("/options")
+def get_options():
+    return jsonify({"sd_model_checkpoint": backend().status().name, "sd_checkpoint_hash": None, "samples_format": "png",
+                    "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0})
+
+
+@bp.post("/options")
+def set_options():
+    body = _body()
+    wanted = body.get("sd_model_checkpoint")
+    status = backend().status()
+    if wanted is not None and wanted not in (status.name, status.id):
+        raise ApiError(400, "sd_model_checkpoint: this server runs one model; switching is not supported",
+                       "sd_model_checkpoint", wanted)
+    return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
+
+
+@bp.post("/png-info")
+def png_info_route():
+    body = _body()
+    text, chunks = png_info(body.get("image"), current_app.config)
+    parameters = {}
+    if text:
+        parsed = parse_infotext(text)
+        parameters = {"Prompt": parsed.pop("prompt"), "Negative prompt": parsed.pop("negative_prompt"), **parsed}
+        if "x" in parameters.get("Size", ""):
+            parameters["Size-1"], parameters["Size-2"] = parameters["Size"].split("x", 1)
+    items = {k: v for k, v in chunks.items() if k != "parameters"}
+    return jsonify({"info": text or "", "items": items, "parameters": parameters})
+
+
+# Lists some clients read at start; this server has none of these add-ons.
+for _path, _empty in (("sd-vae", []), ("loras", []), ("hypernetworks", []), ("prompt-styles", []),
+                      ("upscalers", []), ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
+    bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda v=_empty: jsonify(v)), methods=["GET"])

@@ -1,0 +1,97 @@
+"""Every web app setting, declared once with its default and help text.
+
+``create_app`` loads these defaults, then ``instance/config.py`` if present,
+then ``T2I_<NAME>`` environment variables, then the ``test_config`` mapping
+(the ``serve`` command passes its options that way).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from app.engine.engine import EngineOptions
+from app.engine.types import SIZE_MULTIPLE, Limits
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+def engine_option_settings() -> tuple[Setting, ...]:
+    """MODEL, DEVICE, ... CPU_OFFLOAD: one setting per EngineOptions field."""
+    return tuple(Setting(f.name.upper(), f.default, f.metadata["help"]) for f in fields(EngineOptions))
+
+
+def engine_options(config: Any) -> EngineOptions:
+    """The EngineOptions the settings describe."""
+    return EngineOptions(**{f.name: config[f.name.upper()] for f in fields(EngineOptions)})
+
+
+SETTINGS: tuple[Setting, ...] = (
+    *engine_option_settings(),
+    Setting("ENGINE", None, "an already loaded app.engine.engine.Engine to use instead of loading MODEL (notebooks, tests)"),
+    Setting("PASSWORD", None, "password (or API token) every page and API call needs; None: no auth"),
+    Setting("PUBLIC", False, "the app is reachable from outside (tunnel): auth is required; a password is generated if none is set"),
+    Setting("TRUST_PROXY", 0, "number of proxies (the tunnel) whose X-Forwarded-For to trust for client identity"),
+    Setting("SECRET_KEY", None, "signs the login cookie; None: random per start"),
+    Setting("MAX_WIDTH", 1024, "largest image width in pixels"),
+    Setting("MAX_HEIGHT", 1024, "largest image height in pixels"),
+    Setting("MAX_STEPS", 100, "most denoising steps per job"),
+    Setting("MAX_IMAGES", 4, "most images per job"),
+    Setting("MAX_PROMPT_CHARS", 1000, "longest prompt and negative prompt, in characters"),
+    Setting("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, "largest init image file, in bytes"),
+    Setting("MAX_UPLOAD_PIXELS", 4096 * 4096, "largest init image, in pixels (checked before decoding)"),
+    Setting("MAX_QUEUED_PER_CLIENT", 5, "most unfinished (queued or running) jobs per client"),
+    Setting("MAX_QUEUE", 100, "most queued jobs in all"),
+    Setting("PREVIEW_EVERY", 1, "make a live preview every N steps (0: never)"),
+    Setting("START_WORKER", True, "start the GPU worker thread (tests may drive it by hand)"),
+    Setting("SYNC_TIMEOUT", 900, "seconds an A1111 /sdapi call waits for its job before answering 504"),
+    Setting("DATABASE", None, "SQLite file of the job store; None: <instance>/jobs.sqlite"),
+    Setting("REDIS_URL", None, "redis://host:port/db: queue jobs in Redis for `python -m app worker` processes; None: in-process worker"),
+    Setting("REDIS_QUEUE", "t2i", "queue name in Redis (the workers' --queue)"),
+    Setting("REDIS_RETRIES", 2, "times a job whose worker died is run again before it fails"),
+    Setting("REDIS_JOB_TIMEOUT", 3600, "seconds one job may run on a worker before it fails"),
+)
+
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+_TYPES = {s.name: type(s.default) for s in SETTINGS if s.default is not None}
+
+
+def from_environ(environ: os._Environ | dict | None = None) -> dict:
+    """``T2I_MAX_STEPS=50`` style overrides, converted to the default's type."""
+    environ = os.environ if environ is None else environ
+    found = {}
+    for name in DEFAULTS:
+        raw = environ.get("T2I_" + name)
+        if raw is None or name == "ENGINE":
+            continue
+        kind = _TYPES.get(name, str)
+        if kind is bool:
+            found[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif kind is int:
+            found[name] = int(raw)
+        else:
+            found[name] = raw
+    return found
+
+
+def engine_limits(config: Any) -> Limits:
+    """The engine's Limits for the web app's settings."""
+    return Limits(max_width=config["MAX_WIDTH"], max_height=config["MAX_HEIGHT"],
+                  max_pixels=config["MAX_WIDTH"] * config["MAX_HEIGHT"], max_steps=config["MAX_STEPS"],
+                  max_images=config["MAX_IMAGES"], max_prompt_chars=config["MAX_PROMPT_CHARS"])
+
+
+def public_limits(config: Any) -> dict:
+    """Limits as the UI and API show them."""
+    return {
+        "max_width": config["MAX_WIDTH"], "max_height": config["MAX_HEIGHT"], "min_size": Limits.min_size,
+        "multiple_of": SIZE_MULTIPLE,
+        "max_steps": config["MAX_STEPS"], "max_images": config["MAX_IMAGES"],
+        "max_prompt_chars": config["MAX_PROMPT_CHARS"], "max_upload_bytes": config["MAX_UPLOAD_BYTES"],
+        "max_upload_pixels": config["MAX_UPLOAD_PIXELS"], "max_queued_per_client": config["MAX_QUEUED_PER_CLIENT"],
+    }

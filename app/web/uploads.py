@@ -1,0 +1,81 @@
+"""Untrusted images from requests (init images, PNG Info): base64 or data
+URLs or raw bytes, checked for size before any pixel is decoded."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from app.web.errors import ApiError
+from app.engine.metadata import read_parameters
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_base64(text, field: str, max_bytes: int) -> bytes:
+    """Bytes of a base64 string or ``data:image/...;base64,`` URL."""
+    if not isinstance(text, str):
+        raise ApiError(400, f"{field}: must be a base64 string or a data URL", field, type(text).__name__)
+    body = _DATA_URL.sub("", text.strip(), count=1)
+    body = re.sub(r"\s+", "", body)
+    # 4 base64 characters carry 3 bytes: refuse before decoding a huge string.
+    if len(body) * 3 // 4 > max_bytes:
+        raise ApiError(413, f"{field}: the image is larger than the limit of {max_bytes} bytes", field,
+                       f"about {len(body) * 3 // 4} bytes")
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, f"{field}: not valid base64 ({exc})", field, text[:40]) from exc
+
+
+def open_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """An opened image whose header has been checked; pixels not decoded yet."""
+    if len(data) > max_bytes:
+        raise ApiError(413, f"{field}: the image is larger than the limit of {max_bytes} bytes", field,
+                       f"{len(data)} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size below
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"{field}: the image claims more than the limit of {max_pixels} pixels ({exc})",
+                       field, f"{len(data)} bytes") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ApiError(400, f"{field}: not a PNG, JPEG, WebP, BMP or GIF image", field, f"{len(data)} bytes") from exc
+    w, h = image.size
+    # Checked from the header, before .load(): a small file may claim a huge canvas.
+    if w * h > max_pixels or w < 1 or h < 1:
+        raise ApiError(413, f"{field}: the image is {w}x{h} pixels; the limit is {max_pixels} pixels", field, f"{w}x{h}")
+    return image
+
+
+def load_rgb(image: Image.Image, field: str, fit: tuple[int, int] | None = None) -> Image.Image:
+    """Decode pixels as RGB; shrink (keeping the aspect) to fit within ``fit``."""
+    try:
+        image.load()
+        rgb = image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ApiError(400, f"{field}: the image data is broken ({exc})", field, None) from exc
+    if fit and (rgb.width > fit[0] or rgb.height > fit[1]):
+        rgb.thumbnail(fit, Image.LANCZOS)
+    return rgb
+
+
+def decode_init_image(value, config, field: str = "init_image") -> Image.Image:
+    """A request's init image (base64/data URL string or raw bytes) as RGB within the size limits."""
+    data = value if isinstance(value, (bytes, bytearray)) else decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
+    image = open_image(bytes(data), field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    return load_rgb(image, field, fit=(config["MAX_WIDTH"], config["MAX_HEIGHT"]))
+
+
+def png_info(value, config, field: str = "image") -> tuple[str | None, dict]:
+    """The ``parameters`` text and the other text chunks of an uploaded image."""
+    data = decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
+    image = open_image(data, field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    info = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    return read_parameters(image), info

@@ -1,8 +1,10 @@
 """Shared fixtures. Everything runs offline on the CPU with the tiny demo
-model, built once per test session."""
+model, built once per test session; the helpers they share are in helpers.py."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 # The Hub cannot be reached from CI; fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,3 +40,63 @@ def small_request():
         return GenerationRequest(**params)
 
     return make
+
+
+@pytest.fixture
+def make_app(engine, tmp_path):
+    """create_app with the session's demo engine and a fresh instance folder;
+    every app's worker is stopped afterwards."""
+    from app import create_app
+
+    apps = []
+
+    def make(**config):
+        settings = {"ENGINE": engine, "MODEL": "demo", "INSTANCE": str(tmp_path / f"instance{len(apps)}")}
+        settings.update(config)
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["t2i"].stop()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port (no persistence), for the
+    session; skipped only where redis-server is not installed (CI installs it)."""
+    from helpers import free_port, wait_for
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from redis import Redis
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--logfile", str(log)])
+    client = Redis(port=port)
+
+    def up():
+        try:
+            return client.ping()
+        except Exception:
+            return False
+
+    try:
+        wait_for(up, 20, "redis-server to start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app.engine.metadata import parse_infotext, read_parameters
-from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
+from helpers import assert_error, gradient, png_b64, small_job, wait_job
 
 
 def test_submit_returns_job_at_once_then_done_with_image(client):

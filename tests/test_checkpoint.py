@@ -12,10 +12,10 @@ import shutil
 import pytest
 import torch
 
-from app.models.checkpoint import export_single_file, original_key_map, original_state_dict
 from app.cli import main
-from app.models.devices import Placement
 from app.engine.engine import Engine
+from app.models.checkpoint import export_single_file, original_key_map, original_state_dict
+from app.models.devices import Placement
 from app.models.loading import DEFAULT_MODEL_ID, ModelLoadError, load_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -294,9 +294,10 @@ def test_full_sd21_key_mapping_round_trips_through_diffusers():
 @pytest.mark.skipif(not os.environ.get("T2I_FULL_SD21"), reason="2.6 GB file, 6 GB RAM, 2 min: T2I_FULL_SD21=1 runs it")
 def test_full_sd21_export_and_load_bit_identical(tmp_path):
     """The real-size round trip (bf16 file, 2.6 GB), run on demand."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
     from app.models.checkpoint import write_config_folder
     from app.models.demo import SD21_SCHEDULER, build_tokenizer
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     torch.manual_seed(0)
     unet, vae, text_encoder = sd21_models("cpu")
@@ -310,7 +311,9 @@ def test_full_sd21_export_and_load_bit_identical(tmp_path):
     loaded = load_pipeline(str(path), placement, config=str(tmp_path / "config"))
     assert_same_weights(pipe, loaded)
     # The configs that shape the model came back too (drawing on top takes ~10 more minutes on 2 cores).
-    as_json = lambda d: json.loads(json.dumps(d))  # tuples -> lists, as config.json stores them
+    def as_json(d):  # tuples -> lists, as config.json stores them
+        return json.loads(json.dumps(d))
+
     assert as_json({k: loaded.unet.config[k] for k in SD21_UNET}) == as_json(SD21_UNET)
     assert as_json({k: loaded.vae.config[k] for k in SD21_VAE}) == as_json(SD21_VAE)
     assert {k: getattr(loaded.text_encoder.config, k) for k in SD21_TEXT} == SD21_TEXT

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from app.web.server import ServerHandle
-from web_helpers import make_app, small_job  # noqa: F401
+from helpers import small_job
 
 CLIENTS = 20
 JOBS_EACH = 2

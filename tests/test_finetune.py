@@ -11,13 +11,21 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from app.training.captions import (BAD_ROW, EMPTY_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, DatasetError, image_to_tensor,
-                          load_caption_data, load_image)
 from app.cli import main
+from app.engine.types import ValidationError
+from app.training.captions import (
+    BAD_ROW,
+    EMPTY_CAPTION,
+    MISSING_IMAGE,
+    UNREADABLE_IMAGE,
+    DatasetError,
+    image_to_tensor,
+    load_caption_data,
+    load_image,
+)
 from app.training.config import TrainConfig
 from app.training.losslog import read_loss_csv
 from app.training.trainer import Trainer, list_checkpoints
-from app.engine.types import ValidationError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
 
@@ -298,9 +306,9 @@ def test_lora_mode_trains_unet_adapters_only(data_dir, tmp_path):
     pytest.importorskip("peft")
     from diffusers import StableDiffusionPipeline
 
-    from app.models.demo import build_demo_pipeline
     from app.engine.engine import Engine, EngineOptions
     from app.engine.types import GenerationRequest
+    from app.models.demo import build_demo_pipeline
 
     cfg = config(data_dir, tmp_path / "out", mode="lora", steps=2, batch_size=1, checkpoint_every=0)
     Trainer(cfg).train(progress=False)

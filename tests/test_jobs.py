@@ -15,7 +15,7 @@ from app.cli.serve import serve_config
 from app.jobs.job import QueueFull
 from app.jobs.sqlite.store import SQLiteJobStore
 from app.jobs.sqlite.worker import Worker
-from web_helpers import make_app, small_job  # noqa: F401
+from helpers import small_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from app.models.devices import choose_placement
 from app.engine.engine import Engine, EngineOptions
+from app.models.devices import choose_placement
 from app.models.loading import ModelLoadError, display_name, load_pipeline, model_kind
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,10 @@ import pytest
 import requests
 
 from app.jobs.sqlite.store import SQLiteJobStore, connect
-from web_helpers import small_job
+from helpers import free_port, small_job
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(instance: Path, port: int, log: Path) -> subprocess.Popen:

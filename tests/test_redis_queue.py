@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import wait_for
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="redis-server is not installed (apt-get install redis-server)")]
@@ -28,44 +29,6 @@ pytestmark = [pytest.mark.slow,
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
 FINISHED = ("done", "failed", "cancelled")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("redis") / "redis.log"
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--logfile", str(log)])
-    from redis import Redis
-
-    client = Redis(port=port)
-
-    def up():
-        try:
-            return client.ping()
-        except Exception:
-            return False
-
-    _wait_for(up, 10, "redis-server to answer")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.kill()
-    proc.wait(10)
 
 
 class Workers:
@@ -102,7 +65,7 @@ class Workers:
             # A heartbeat from this process, not one left by a killed worker of that name.
             return all((info.zscore("t2i:t2i:workers", name) or 0) > self.started[name] for name in names)
 
-        _wait_for(ready, timeout, f"workers {names} to load the model", interval=0.2)
+        wait_for(ready, timeout, f"workers {names} to load the model", interval=0.2)
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
@@ -175,7 +138,7 @@ def _wait_finished(client, ids: list[str], timeout: float) -> dict[str, dict]:
         jobs = {job_id: _job(client, job_id) for job_id in ids}
         return jobs if all(job["state"] in FINISHED for job in jobs.values()) else None
 
-    return _wait_for(all_finished, timeout, f"{len(ids)} jobs to finish", interval=0.25)
+    return wait_for(all_finished, timeout, f"{len(ids)} jobs to finish", interval=0.25)
 
 
 def _png(client, url: str) -> Image.Image:
@@ -242,7 +205,7 @@ def test_a_killed_worker_loses_no_job(workers, make_redis_app):
     queue = app.extensions["t2i"].store
     # Long enough (a second or more each) that the kill lands mid-run.
     ids = [_submit(client, steps=40, seed=seed)["id"] for seed in (2000, 2001, 2002)]
-    victim_job, victim = _wait_for(lambda: _running_on(client, queue, ids), 60, "a job to be mid-run")
+    victim_job, victim = wait_for(lambda: _running_on(client, queue, ids), 60, "a job to be mid-run")
     workers.kill(victim)
     workers.start(f"{victim}-2")  # a replacement, loading while the survivor works
     jobs = _wait_finished(client, ids, timeout=120)
@@ -259,7 +222,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
     client = app.test_client()
     queue = app.extensions["t2i"].store
     job_id = _submit(client, steps=80, seed=3000)["id"]
-    _, victim = _wait_for(lambda: _running_on(client, queue, [job_id]), 60, "the job to be mid-run")
+    _, victim = wait_for(lambda: _running_on(client, queue, [job_id]), 60, "the job to be mid-run")
     workers.kill(victim)
     job = _wait_finished(client, [job_id], timeout=60)[job_id]
 
@@ -291,7 +254,7 @@ def test_cancel_queued_and_running_jobs(workers, make_redis_app):
     app = make_redis_app()
     client = app.test_client()
     job_id = _submit(client, steps=100, seed=4000)["id"]
-    _wait_for(lambda: _running_on(client, app.extensions["t2i"].store, [job_id], min_step=1), 60, "the job to start")
+    wait_for(lambda: _running_on(client, app.extensions["t2i"].store, [job_id], min_step=1), 60, "the job to start")
     assert _job(client, job_id)["preview_url"] == f"/api/jobs/{job_id}/preview.png"
     assert _png(client, f"/api/jobs/{job_id}/preview.png").size[0] > 0  # the live preview, sent by the worker
     assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
@@ -313,7 +276,7 @@ def test_a_restarted_web_app_lists_and_serves_everything(workers, make_redis_app
 
     second = make_redis_app("kept")
     client = second.test_client()
-    _wait_for(lambda: all((images_dir / job_id / "0.png").is_file() for job_id in ids), 10,
+    wait_for(lambda: all((images_dir / job_id / "0.png").is_file() for job_id in ids), 10,
               "the restarted app to store the images that waited in Redis")
     assert queue.unstored() == []
     listed = client.get("/api/jobs?limit=200").get_json()["jobs"]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.engine.metadata import parse_infotext, read_parameters
 from app.web.server import ServerHandle
-from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
+from helpers import assert_error, gradient, png_b64
 
 webuiapi = pytest.importorskip("webuiapi")
 

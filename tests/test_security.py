@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from app.web.server import ServerHandle
-from web_helpers import app, assert_error, client, gradient, make_app, png_b64, small_job, wait_job  # noqa: F401
+from helpers import assert_error, gradient, png_b64, small_job, wait_job
 
 
 def bomb_png(width: int = 40000, height: int = 40000) -> bytes:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
-from web_helpers import client, make_app  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"

@@ -12,14 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from app.models.demo import DEMO_MODEL_ID
-from app.models.devices import Placement, choose_placement
-from app.models.loading import DEFAULT_MODEL_ID, display_name, load_pipeline
 from app.engine.metadata import infotext, save_png
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
 from app.engine.schedulers import make_scheduler
-from app.engine.types import (DEFAULT_LIMITS, MAX_SEED, GenerationRequest, GenerationResult, Limits, StepInfo, check_size,
-                              floor_size)
+from app.engine.types import (
+    DEFAULT_LIMITS,
+    MAX_SEED,
+    GenerationRequest,
+    GenerationResult,
+    Limits,
+    StepInfo,
+    check_size,
+    floor_size,
+)
+from app.models.demo import DEMO_MODEL_ID
+from app.models.devices import Placement, choose_placement
+from app.models.loading import DEFAULT_MODEL_ID, display_name, load_pipeline
 
 logger = logging.getLogger(__name__)
 

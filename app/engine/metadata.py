@@ -73,7 +73,9 @@ def parse_infotext(text: str) -> dict:
     lines = text.strip().split("\n")
     settings_line = lines[-1] if len(lines) > 1 and "Steps:" in lines[-1] else ""
     body = lines[:-1] if settings_line else lines
-    prompt, negative, in_negative = [], [], False
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
     for line in body:
         if line.startswith("Negative prompt:"):
             in_negative = True

@@ -27,7 +27,7 @@ def latents_to_rgb(latents, scale: int = 1) -> list[Image.Image]:
     pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     images = [Image.fromarray(p, "RGB") for p in pixels]
     if scale > 1:
-        images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
+        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
     return images
 
 

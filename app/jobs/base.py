@@ -68,6 +68,13 @@ class JobStore(ABC):
     def preview(self, job_id: str) -> bytes | None:
         """The latest live preview PNG of a running (or just finished) job."""
 
+    def _must_get(self, job_id: str) -> Job:
+        """A job this store has just written."""
+        job = self.get(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} vanished from the store")
+        return job
+
     def wait_for_change(self, timeout: float) -> None:
         """Sleep up to ``timeout`` seconds, waking early when a job may have changed."""
         time.sleep(min(timeout, 0.2))

@@ -127,7 +127,7 @@ def vae_key_map(keys, num_blocks: int) -> dict[str, str]:
 def text_encoder_key_map(keys) -> dict[str, tuple[str, int | None]]:
     """diffusers CLIPTextModel key -> (OpenCLIP key without ``cond_stage_model.model.``,
     slot in the q/k/v concatenation or None)."""
-    mapping = {}
+    mapping: dict[str, tuple[str, int | None]] = {}
     for key in keys:
         # transformers < 5.6 nests the model under ``text_model.``; newer versions do not.
         rest = key[len("text_model."):] if key.startswith("text_model.") else key
@@ -148,7 +148,7 @@ def text_encoder_key_map(keys) -> dict[str, tuple[str, int | None]]:
 def original_key_map(unet, vae, text_encoder) -> dict[str, tuple[str, str, int | None]]:
     """``"<component>.<diffusers key>"`` -> (full original key, component, q/k/v slot).
     Works on models built on the meta device: only names are used."""
-    result = {}
+    result: dict[str, tuple[str, str, int | None]] = {}
     for key, new in unet_key_map(unet.state_dict().keys(), unet.config.layers_per_block).items():
         result[f"unet.{key}"] = (UNET_PREFIX + new, "unet", None)
     for key, new in vae_key_map(vae.state_dict().keys(), len(vae.config.up_block_types)).items():

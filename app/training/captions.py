@@ -228,9 +228,9 @@ def load_image(path: Path, size: int):
     """RGB image, shorter side resized to ``size`` then centre-cropped to ``size`` x ``size``."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))
-        im = im.convert("RGB")
+    with Image.open(path) as opened:
+        opened.draft("RGB", (size, size))
+        im = opened.convert("RGB")
     w, h = im.size
     scale = size / min(w, h)
     rw, rh = max(size, round(w * scale)), max(size, round(h * scale))

@@ -2,7 +2,6 @@
 the input, call the job queue, shape the output. Errors use the one shape."""
 from __future__ import annotations
 
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
@@ -85,9 +84,10 @@ def _job_values() -> tuple[dict, object]:
         if upload is not None and upload.filename:
             values["init_image"] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
     else:
-        values = request.get_json(silent=True)
-        if not isinstance(values, dict):
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object (Content-Type: application/json) or a form")
+        values = body
     for key in values:
         if key not in FIELDS:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
@@ -126,7 +126,7 @@ def list_jobs():
     try:
         limit = int(request.args.get("limit", 50))
     except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit"))
+        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit")) from None
     if not 1 <= limit <= 200:
         raise ApiError(400, "limit: must be between 1 and 200", "limit", limit)
     states = None

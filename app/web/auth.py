@@ -38,8 +38,9 @@ def client_id() -> str:
 
 def _token_tag(password: str) -> str:
     # The cookie holds a tag of the password, so changing it logs everyone out.
-    return hmac.new(current_app.secret_key.encode() if isinstance(current_app.secret_key, str)
-                    else current_app.secret_key, password.encode(), hashlib.sha256).hexdigest()
+    key = current_app.secret_key
+    key_bytes = key.encode() if isinstance(key, str) else bytes(key or b"")
+    return hmac.new(key_bytes, password.encode(), hashlib.sha256).hexdigest()
 
 
 def _matches(given: str | None, password: str) -> bool:

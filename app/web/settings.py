@@ -64,7 +64,7 @@ _TYPES = {s.name: type(s.default) for s in SETTINGS if s.default is not None}
 def from_environ(environ: os._Environ | dict | None = None) -> dict:
     """``T2I_MAX_STEPS=50`` style overrides, converted to the default's type."""
     environ = os.environ if environ is None else environ
-    found = {}
+    found: dict[str, Any] = {}
     for name in DEFAULTS:
         raw = environ.get("T2I_" + name)
         if raw is None or name == "ENGINE":

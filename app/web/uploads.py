@@ -10,8 +10,8 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from app.web.errors import ApiError
 from app.engine.metadata import read_parameters
+from app.web.errors import ApiError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -62,7 +62,7 @@ def load_rgb(image: Image.Image, field: str, fit: tuple[int, int] | None = None)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ApiError(400, f"{field}: the image data is broken ({exc})", field, None) from exc
     if fit and (rgb.width > fit[0] or rgb.height > fit[1]):
-        rgb.thumbnail(fit, Image.LANCZOS)
+        rgb.thumbnail(fit, Image.Resampling.LANCZOS)
     return rgb
 
 

@@ -28,6 +28,7 @@ No Flask here: the GPU workers import this module too.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 
@@ -36,8 +37,20 @@ from rq import Callback, Queue, Retry
 
 from app.engine.types import GenerationRequest
 from app.jobs.base import JobStore
-from app.jobs.job import (CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, Progress, QueueFull, encode_init_image,
-                          new_job_id, now, request_of)
+from app.jobs.job import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Job,
+    Progress,
+    QueueFull,
+    encode_init_image,
+    new_job_id,
+    now,
+    request_of,
+)
 from app.jobs.runner import failure_reason
 
 logger = logging.getLogger(__name__)
@@ -188,7 +201,7 @@ class RedisJobStore(JobStore):
         except Exception as exc:  # Redis went away between the two calls
             self.fail(job_id, f"could not be queued: {failure_reason(exc)}")
             raise
-        return self.get(job_id)
+        return self._must_get(job_id)
 
     def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str) or not job_id:
@@ -207,7 +220,7 @@ class RedisJobStore(JobStore):
                 return []
             top = f"({int(score)}"
         order = {job_id.decode(): i + 1 for i, job_id in enumerate(self.redis.lrange(self.rq.key, 0, -1))}
-        found: list[Job] = []
+        found: builtins.list[Job] = []
         page = max(int(limit), 50)
         offset = 0
         while len(found) < limit:
@@ -251,8 +264,8 @@ class RedisJobStore(JobStore):
         return {"queued": queued, "running": running}
 
     def running(self) -> Job | None:
-        jobs = [self.get(job_id.decode()) for job_id in self.redis.smembers(self.key("running"))]
-        jobs = [job for job in jobs if job is not None and job.state == RUNNING]
+        found = [self.get(job_id.decode()) for job_id in self.redis.smembers(self.key("running"))]
+        jobs = [job for job in found if job is not None and job.state == RUNNING]
         return min(jobs, key=lambda job: job.created_at) if jobs else None
 
     def preview(self, job_id: str) -> bytes | None:
@@ -270,7 +283,7 @@ class RedisJobStore(JobStore):
 
     # --- images waiting for the web app's disk ------------------------------------------
 
-    def unstored(self) -> list[str]:
+    def unstored(self) -> builtins.list[str]:
         return sorted(job_id.decode() for job_id in self.redis.smembers(self.key("unstored")))
 
     def pending_images(self, job_id: str) -> dict[int, bytes]:
@@ -304,7 +317,7 @@ class RedisJobStore(JobStore):
             keys=[self.job_key(job_id), self.key("cancel", job_id), self.key("preview", job_id)],
             args=[attempt, step, total, preview_png or b"", PREVIEW_TTL]))
 
-    def complete(self, job_id: str, attempt: int, images: list[dict], pngs: list[bytes],
+    def complete(self, job_id: str, attempt: int, images: builtins.list[dict], pngs: builtins.list[bytes],
                params_update: dict | None = None) -> bool:
         """Done: the image records, and the PNGs for the web app to store."""
         row = self.redis.hget(self.job_key(job_id), "params")

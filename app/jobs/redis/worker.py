@@ -29,9 +29,9 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
+from app.jobs import runner
 from app.jobs.job import CANCELLED, DONE, RUNNING
 from app.jobs.redis.store import RedisJobStore
-from app.jobs import runner
 from app.jobs.runner import free_memory, job_end, preview_png
 
 logger = logging.getLogger(__name__)

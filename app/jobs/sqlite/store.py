@@ -10,6 +10,7 @@ of "running".
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import sqlite3
@@ -18,8 +19,20 @@ from pathlib import Path
 
 from app.engine.types import GenerationRequest
 from app.jobs.base import JobStore
-from app.jobs.job import (CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, Progress, QueueFull, encode_init_image,
-                          new_job_id, now, request_of)
+from app.jobs.job import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Job,
+    Progress,
+    QueueFull,
+    encode_init_image,
+    new_job_id,
+    now,
+    request_of,
+)
 from app.jobs.runner import LivePreview
 
 logger = logging.getLogger(__name__)
@@ -112,7 +125,7 @@ class SQLiteJobStore(JobStore):
             if init_png is not None:
                 conn.execute("INSERT INTO inputs (job_id, init_image) VALUES (?, ?)", (job_id, init_png))
         self._notify()
-        return self.get(job_id)
+        return self._must_get(job_id)
 
     def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str):
@@ -128,7 +141,7 @@ class SQLiteJobStore(JobStore):
         return job
 
     def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1", []
+        sql, args = "SELECT * FROM jobs WHERE 1", builtins.list[object]()
         if before:
             sql += " AND seq < (SELECT seq FROM jobs WHERE id = ?)"
             args.append(before)
@@ -236,7 +249,7 @@ class SQLiteJobStore(JobStore):
         # synchronous API's ``wait``, each with a store query) at every step cost
         # the worker the interpreter lock once per waiter per step.
 
-    def finish(self, job_id: str, images: list[dict], params_update: dict | None = None) -> None:
+    def finish(self, job_id: str, images: builtins.list[dict], params_update: dict | None = None) -> None:
         with self._connect() as conn:
             row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
             params = {**json.loads(row["params"]), **(params_update or {})}

@@ -1,45 +1,16 @@
-"""Fixtures and helpers shared by the web backend tests (imported by them;
-kept out of conftest.py so the UI tests' fixtures stay separate)."""
+"""Helpers shared by the tests (the fixtures are in conftest.py): request
+bodies, the error-shape check, waiting, free ports and test images."""
 from __future__ import annotations
 
 import base64
 import io
+import socket
 import time
+from typing import Any, Callable
 
-import pytest
 from PIL import Image
 
 FINISHED = ("done", "failed", "cancelled")
-
-
-@pytest.fixture
-def make_app(engine, tmp_path):
-    """create_app with the session's demo engine and a fresh instance folder;
-    every app's worker is stopped afterwards."""
-    from app import create_app
-
-    apps = []
-
-    def make(**config):
-        settings = {"ENGINE": engine, "MODEL": "demo", "INSTANCE": str(tmp_path / f"instance{len(apps)}")}
-        settings.update(config)
-        app = create_app(settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["t2i"].stop()
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def small_job(**overrides) -> dict:
@@ -61,14 +32,32 @@ def assert_error(response, status: int, field: str | None = "any") -> dict:
     return body
 
 
-def wait_job(client, job_id: str, timeout: float = 60, headers=None) -> dict:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; return that. Fails naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_job(client, job_id: str, timeout: float = 60, headers=None) -> dict:
+    """The job once it is finished (Flask test client)."""
+    def finished():
         job = client.get(f"/api/jobs/{job_id}", headers=headers).get_json()["job"]
-        if job["state"] in FINISHED:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']} after {timeout}s"
-        time.sleep(0.05)
+        return job if job["state"] in FINISHED else None
+
+    return wait_for(finished, timeout, f"job {job_id} to finish")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png_b64(image: Image.Image, data_url: bool = False) -> str:

@@ -11,8 +11,6 @@
   var JOB_KEY = "t2i.currentJob";
   var ACTIVE = { queued: true, running: true };
   var STATE_LABEL = { loading: "loading…", ready: "ready", failed: "failed" };
-  var FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale",
-                "seed", "scheduler", "num_images", "strength", "init_image"];
 
   function $(id) { return document.getElementById(id); }
 
@@ -178,7 +176,8 @@
     }
     box.textContent = text;
     show(box, true);
-    var input = data.field && FIELDS.indexOf(data.field) >= 0 ? $(data.field) : null;
+    // The request's field names come from the server (the request type), with the page config.
+    var input = data.field && (this.config.fields || []).indexOf(data.field) >= 0 ? $(data.field) : null;
     if (input) {
       input.setAttribute("aria-invalid", "true");
       input.setAttribute("aria-errormessage", "form-error");
@@ -247,8 +246,9 @@
     if (!w || !h) return;
     var maxW = this.config.limits.max_width || 1024, maxH = this.config.limits.max_height || 1024;
     var scale = Math.min(1, maxW / w, maxH / h);
-    $("width").value = Math.max(64, Math.floor(w * scale / 8) * 8);
-    $("height").value = Math.max(64, Math.floor(h * scale / 8) * 8);
+    var step = this.config.limits.multiple_of || 8, least = this.config.limits.min_size || 64;
+    $("width").value = Math.max(least, Math.floor(w * scale / step) * step);
+    $("height").value = Math.max(least, Math.floor(h * scale / step) * step);
   };
 
   GeneratePage.prototype.clearInitImage = function () {

@@ -1,0 +1,125 @@
+"""The layers of ``app/`` and the tools that keep the code clean.
+
+Imports point down only: each subpackage may import the ones listed for it
+in ``ALLOWED`` and nothing above. Read from the source (every ``import``,
+including the ones inside functions), so a lazy import cannot hide a cycle.
+"""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app"
+
+# Lower layers first. A subpackage may import itself and what is listed.
+ALLOWED = {
+    "models": set(),
+    "engine": {"models"},
+    "jobs": {"engine", "models"},
+    "training": {"engine", "models"},
+    "web": {"jobs", "engine", "models"},
+    "notebook": {"web", "jobs", "engine", "models"},
+    "bench": {"web", "jobs", "engine", "models"},
+    "cli": {"bench", "notebook", "training", "web", "jobs", "engine", "models"},
+}
+# Third-party packages a layer must not touch: the engine and model loading know
+# nothing of the web, the queue or the command line.
+FORBIDDEN = {
+    "models": {"flask", "werkzeug", "redis", "rq", "argparse"},
+    "engine": {"flask", "werkzeug", "redis", "rq", "argparse"},
+}
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(APP).parts
+    return rel[0] if len(rel) > 1 else "(top)"
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; use app.<layer>... so the layer is visible")
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    """Layer -> the app layers it imports."""
+    edges: dict[str, set[str]] = {}
+    for path in sorted(APP.rglob("*.py")):
+        layer = layer_of(path)
+        targets = {name.split(".")[1] for name in imports(path) if name.startswith("app.")}
+        edges.setdefault(layer, set()).update(t for t in targets if t != layer)
+    return edges
+
+
+def test_imports_point_down_only():
+    edges = graph()
+    for layer, targets in edges.items():
+        if layer == "(top)":  # app/__init__.py (create_app re-export), __main__, old-path aliases
+            continue
+        assert layer in ALLOWED, f"app/{layer}/ is a new layer: add it to ALLOWED with what it may import"
+        assert targets <= ALLOWED[layer], f"app/{layer} imports {sorted(targets - ALLOWED[layer])}, above it"
+    print("\n" + "\n".join(f"{layer}: {', '.join(sorted(t)) or '-'}" for layer, t in sorted(edges.items())))
+
+
+def test_the_layers_have_no_import_circle():
+    edges = graph()
+    edges.pop("(top)", None)
+    seen: dict[str, str] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        if seen.get(node) == "done":
+            return
+        assert seen.get(node) != "open", "import circle: " + " -> ".join(stack + [node])
+        seen[node] = "open"
+        for target in edges.get(node, ()):
+            visit(target, stack + [node])
+        seen[node] = "done"
+
+    for node in edges:
+        visit(node, [])
+
+
+def test_engine_and_models_know_nothing_of_web_queue_or_cli():
+    for layer, banned in FORBIDDEN.items():
+        for path in (APP / layer).rglob("*.py"):
+            bad = {name for name in imports(path) if name.split(".")[0] in banned}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_only_the_cli_builds_argparse_parsers():
+    for path in APP.rglob("*.py"):
+        if layer_of(path) != "cli":
+            assert "argparse" not in {n.split(".")[0] for n in imports(path)}, path.relative_to(ROOT)
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", "app", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_mypy_is_clean():
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_pyproject_lists_the_requirements_colab_installs():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert project["dependencies"] == [line for line in lines if line]
+    assert project["scripts"]["t2i"] == "app.cli:main"

@@ -39,6 +39,8 @@ def serve_config(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from app.web import backend_of, create_app
     from app.web.server import ServerHandle
 
@@ -51,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:
         print(f"Password: {app.config['PASSWORD']}", flush=True)
+    # `docker stop` and systemd send SIGTERM: stop as on Ctrl-C (no new connections, finished
+    # images written). Python's default would die at once, and as a container's PID 1 it
+    # would ignore the signal until the engine's SIGKILL.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     handle.start()
     try:
         handle.thread.join()

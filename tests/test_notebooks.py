@@ -187,21 +187,50 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("path", [GENERATOR, APP], ids=lambda p: p.name)
-def test_install_cell_installs_only_what_is_missing_and_never_torch(path, tmp_path):
-    import ast
-
+def test_install_cell_clones_then_calls_the_shared_set_up(path):
     nb = json.loads(path.read_text())
-    source = next("".join(c["source"]) for c in nb["cells"]
-                  if c["cell_type"] == "code" and "def missing_requirements" in "".join(c["source"]))
-    module = ast.parse(source)
-    keep = [node for node in module.body if isinstance(node, (ast.Import, ast.ImportFrom))
-            or (isinstance(node, ast.FunctionDef) and node.name == "missing_requirements")]
-    namespace: dict = {}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), "install-cell", "exec"), namespace)
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and "git\", \"clone" in "".join(c["source"])]
+    assert len(cells) == 1
+    source = cells[0]
+    assert "from app.notebook.setup import prepare" in source and "prepare(REPO_DIR)" in source
+    assert source.index('"clone"') < source.index("from app.notebook.setup")  # app/ exists only after the clone
+    assert "\"pip\"" not in source and len(source.splitlines()) <= 15  # the install logic lives in setup.py
+
+
+def test_missing_requirements_skips_what_is_installed_and_never_torch(tmp_path):
+    from app.notebook.setup import missing_requirements
+
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\n"
                             "not-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n-r other.txt\n")
 
-    assert namespace["missing_requirements"](str(requirements)) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
+    assert missing_requirements(requirements) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
     # The project's own requirements are all met in the test environment: nothing to install.
-    assert namespace["missing_requirements"](str(ROOT / "requirements.txt")) == []
+    assert missing_requirements(ROOT / "requirements.txt") == []
+
+
+def test_prepare_moves_to_the_project_and_installs_with_torch_pinned(tmp_path, monkeypatch):
+    from importlib.metadata import version
+
+    from app.notebook.setup import prepare
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    (tmp_path / "requirements.txt").write_text("torch>=99\npillow>=10\nnot-a-real-package-xyz==1.0\n")
+    said, runs = [], []
+
+    setup = prepare(tmp_path, say=said.append, run=lambda cmd, **kw: runs.append((cmd, kw)))
+
+    assert Path.cwd() == tmp_path.resolve() and str(tmp_path.resolve()) in sys.path
+    assert setup.installed == ["not-a-real-package-xyz==1.0"] and setup.in_colab is False
+    assert said == ["Installing: not-a-real-package-xyz==1.0"]
+    [(command, options)] = runs
+    constraint = str(tmp_path / "keep-torch.txt")
+    assert command == [sys.executable, "-m", "pip", "install", "-q", "-c", constraint, "not-a-real-package-xyz==1.0"]
+    assert options == {"check": True}
+    assert (tmp_path / "keep-torch.txt").read_text() == f"torch=={version('torch')}\n"
+
+    said.clear()
+    assert prepare(ROOT, say=said.append, run=lambda *a, **kw: pytest.fail("nothing to install")).installed == []
+    assert said == ["All requirements are already installed."]

@@ -14,10 +14,11 @@ import signal
 import sys
 import time
 import types
+
 import pytest
 
-import fake_ngrok
 import app.notebook.tunnel as tunnel_mod
+import fake_ngrok
 from app.notebook.tunnel import TunnelError, close_tunnel, open_tunnel
 
 TOKEN = "2abcSECRETtoken_0123456789abcdefghij"

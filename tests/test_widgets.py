@@ -6,6 +6,7 @@ import io
 from PIL import Image
 
 from app.engine.metadata import read_parameters
+from app.engine.types import SIZE_MULTIPLE, GenerationRequest
 from app.notebook.widgets import GeneratorUI, Img2ImgUI, output_folder
 
 
@@ -49,7 +50,20 @@ def test_img2img_needs_a_picture_then_uses_the_last_result(engine, tmp_path):
 
     assert len(i2i.saved) == 1 and i2i.saved[0] != source.saved[0]
     with Image.open(i2i.saved[0]) as saved:
-        assert saved.size == (64, 64) and "Denoising strength: 0.6" in read_parameters(saved)
+        assert saved.size == (64, 64) and "Denoising strength: 0.75" in read_parameters(saved)
+
+
+def test_form_starts_at_the_request_defaults_and_floors_picture_sizes(engine, tmp_path):
+    defaults = GenerationRequest.defaults()
+    i2i = Img2ImgUI(engine, tmp_path)
+    assert (i2i.steps.value, i2i.guidance.value, i2i.scheduler.value, i2i.strength.value, i2i.save_steps.value) == (
+        defaults["steps"], defaults["guidance_scale"], defaults["scheduler"], defaults["strength"], defaults["save_steps"])
+    assert (i2i.width.value, i2i.height.value) == engine.default_size
+    assert i2i.width.step == i2i.height.step == SIZE_MULTIPLE
+    assert GeneratorUI(engine, tmp_path, steps=3, guidance=2.0).steps.value == 3
+
+    i2i.set_init_image(Image.new("RGB", (203, 150)))
+    assert (i2i.width.value, i2i.height.value) == (200, 144)
 
 
 def test_output_folder_prefers_mounted_drive(tmp_path, monkeypatch):

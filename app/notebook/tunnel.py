@@ -19,7 +19,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +301,7 @@ def tunnel_alive(tunnel: Tunnel | None = None) -> bool:
         return False
 
 
-def share_app(app, port: int, **tunnel_options) -> Tunnel:
+def share_app(app: Flask, port: int, **tunnel_options: Any) -> Tunnel:
     """Open a public link to a running Flask app, refusing when the app has
     no password: a public link without auth lets strangers use the GPU."""
     if not app.config.get("PASSWORD"):
@@ -308,7 +311,7 @@ def share_app(app, port: int, **tunnel_options) -> Tunnel:
 
 
 def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 60.0,
-               max_checks: int | None = None, say: Callable[[str], None] = print, **tunnel_options) -> int:
+               max_checks: int | None = None, say: Callable[[str], None] = print, **tunnel_options: Any) -> int:
     """Check the server and the link every ``interval`` seconds, reopening a
     dropped ngrok link and printing its (new) URL, until the server stops or
     the user interrupts the cell (KeyboardInterrupt is re-raised). Returns

@@ -12,11 +12,15 @@ import io
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from app.engine.engine import Engine, GenerationCancelled, save_result
 from app.engine.previews import filmstrip
-from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
-from app.engine.types import GenerationRequest, GenerationResult, StepInfo, ValidationError
+from app.engine.schedulers import scheduler_names
+from app.engine.types import SIZE_MULTIPLE, GenerationRequest, GenerationResult, StepInfo, ValidationError, floor_size
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 DRIVE_ROOT = Path("/content/drive/MyDrive")
 
@@ -44,7 +48,7 @@ def unique_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
     return path
 
 
-def _png(image) -> bytes:
+def _png(image: Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -52,14 +56,18 @@ def _png(image) -> bytes:
 
 class GeneratorUI:
     """Text-to-image form. ``widget`` is what to display; ``last_result`` and
-    ``saved`` hold the latest GenerationResult and the files written."""
+    ``saved`` hold the latest GenerationResult and the files written.
+
+    Settings left out (None) start at GenerationRequest's defaults, the same
+    as the CLI's and the web form's; width and height at the model's size."""
 
     mode = "txt2img"
 
-    def __init__(self, engine: Engine, output_dir: str | os.PathLike, *, steps: int = 25,
-                 width: int | None = None, height: int | None = None, guidance: float = 7.5):
+    def __init__(self, engine: Engine, output_dir: str | os.PathLike, *, steps: int | None = None,
+                 width: int | None = None, height: int | None = None, guidance: float | None = None):
         import ipywidgets as w
 
+        defaults = GenerationRequest.defaults()
         self.engine = engine
         self.output_dir = Path(output_dir)
         default_w, default_h = engine.default_size
@@ -67,18 +75,22 @@ class GeneratorUI:
         layout = w.Layout(width="95%")
         self.prompt = w.Textarea(description="Prompt", placeholder="a watercolor fox in a snowy forest",
                                  layout=layout)
-        self.negative = w.Textarea(description="Negative", placeholder="blurry, low quality", layout=layout)
-        self.steps = w.BoundedIntText(value=steps, min=1, max=limits.max_steps, description="Steps")
-        self.guidance = w.BoundedFloatText(value=guidance, min=0, max=limits.max_guidance, step=0.5,
-                                           description="Guidance")
-        self.seed = w.IntText(value=-1, description="Seed", tooltip="-1: random")
+        self.negative = w.Textarea(value=defaults["negative_prompt"], description="Negative",
+                                   placeholder="blurry, low quality", layout=layout)
+        self.steps = w.BoundedIntText(value=defaults["steps"] if steps is None else steps, min=1,
+                                      max=limits.max_steps, description="Steps")
+        self.guidance = w.BoundedFloatText(value=defaults["guidance_scale"] if guidance is None else guidance,
+                                           min=0, max=limits.max_guidance, step=0.5, description="Guidance")
+        # -1 stands for the request's None (a random seed): IntText cannot hold None.
+        self.seed = w.IntText(value=-1 if defaults["seed"] is None else defaults["seed"], description="Seed",
+                              tooltip="-1: random")
         self.width = w.BoundedIntText(value=width or default_w, min=limits.min_size, max=limits.max_width,
-                                      step=64, description="Width")
+                                      step=SIZE_MULTIPLE, description="Width")
         self.height = w.BoundedIntText(value=height or default_h, min=limits.min_size, max=limits.max_height,
-                                       step=64, description="Height")
-        self.scheduler = w.Dropdown(options=scheduler_names(), value=DEFAULT_SCHEDULER, description="Scheduler")
-        self.save_steps = w.BoundedIntText(value=0, min=0, max=limits.max_steps, description="Steps strip",
-                                           tooltip="keep a preview every N steps (0: off)")
+                                       step=SIZE_MULTIPLE, description="Height")
+        self.scheduler = w.Dropdown(options=scheduler_names(), value=defaults["scheduler"], description="Scheduler")
+        self.save_steps = w.BoundedIntText(value=defaults["save_steps"], min=0, max=limits.max_steps,
+                                           description="Steps strip", tooltip="keep a preview every N steps (0: off)")
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
         self.status = w.HTML()
@@ -95,7 +107,7 @@ class GeneratorUI:
             self.progress, self.status, self.image, self.strip,
         ])
 
-    def _extra_widgets(self) -> list:
+    def _extra_widgets(self) -> list[Any]:
         return []
 
     def request(self) -> GenerationRequest:
@@ -111,7 +123,7 @@ class GeneratorUI:
         # A cheap latent preview (about 1 ms), not a VAE decode.
         self.image.value = _png(self.engine.preview(info.latents, max_side=256)[0])
 
-    def _on_click(self, _button=None) -> None:
+    def _on_click(self, _button: Any = None) -> None:
         self.generate()
 
     def generate(self) -> list[Path]:
@@ -149,30 +161,32 @@ class Img2ImgUI(GeneratorUI):
     mode = "img2img"
 
     def __init__(self, engine: Engine, output_dir: str | os.PathLike, *, source: GeneratorUI | None = None,
-                 strength: float = 0.6, **kwargs):
+                 strength: float | None = None, **kwargs: Any):
         import ipywidgets as w
 
         self.source = source
         self.init_image = None  # PIL image; set by the upload, the button or code
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload")
         self.use_last = w.Button(description="Use last result", disabled=source is None)
+        if strength is None:
+            strength = GenerationRequest.defaults()["strength"]
         self.strength = w.FloatSlider(value=strength, min=0.05, max=1.0, step=0.05, description="Strength")
         self.init_preview = w.Image(format="png", layout=w.Layout(max_width="256px"))
         super().__init__(engine, output_dir, **kwargs)
         self.upload.observe(self._on_upload, names="value")
         self.use_last.on_click(lambda _b: self.take_last())
 
-    def _extra_widgets(self) -> list:
+    def _extra_widgets(self) -> list[Any]:
         import ipywidgets as w
 
         return [w.HBox([self.upload, self.use_last, self.strength]), self.init_preview]
 
-    def set_init_image(self, image) -> None:
+    def set_init_image(self, image: Image) -> None:
         self.init_image = image.convert("RGB")
         self.init_preview.value = _png(self.init_image)
-        # Keep the picture's size (rounded down to a multiple of 8) unless the user changes it.
-        self.width.value = max(self.width.min, image.width - image.width % 8)
-        self.height.value = max(self.height.min, image.height - image.height % 8)
+        # Keep the picture's size (rounded down to a multiple of SIZE_MULTIPLE) unless the user changes it.
+        self.width.value = max(self.width.min, floor_size(image.width))
+        self.height.value = max(self.height.min, floor_size(image.height))
 
     def take_last(self) -> None:
         if self.source is None or self.source.last_result is None:
@@ -180,7 +194,7 @@ class Img2ImgUI(GeneratorUI):
             return
         self.set_init_image(self.source.last_result.images[0])
 
-    def _on_upload(self, change) -> None:
+    def _on_upload(self, change: dict[str, Any]) -> None:
         from PIL import Image
 
         files = change["new"]

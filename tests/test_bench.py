@@ -11,6 +11,8 @@ import math
 import pytest
 
 import app.bench as bench
+import app.cli.bench as cli_bench
+from app.cli import main as app_main
 
 
 def _has_web_app() -> bool:
@@ -121,6 +123,19 @@ def test_gpu_options_are_skipped_with_a_reason_on_cpu(tmp_path):
     (["--size", "100"], "size"),
 ])
 def test_bad_arguments_name_the_option(argv, field, capsys):
-    assert bench.main(argv) == 2
+    assert cli_bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {field}:")
+
+
+def test_app_bench_subcommand_rebuilds_its_command_line(monkeypatch):
+    """``python -m app bench`` gets parsed options only; the report's command line comes from them."""
+    seen = {}
+
+    def stop(args, argv):
+        seen["argv"] = argv
+        raise ValueError("stop: before running")
+
+    monkeypatch.setattr(cli_bench, "config_from_args", stop)
+    assert app_main(["bench", "--short", "--threads", "1", "--options", "", "--no-long-poll", "--out", "a.md"]) == 2
+    assert seen["argv"] == ["--options", "", "--threads", "1", "--no-long-poll", "--short", "--out", "a.md"]

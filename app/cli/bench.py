@@ -47,11 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client", help=argparse.SUPPRESS)
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="speed and memory next to plain diffusers",
                               description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    p.set_defaults(func=lambda args: run(args, sys.argv[2:]))
+    # `python -m app bench` hands over only the parsed options; the report's command line is rebuilt from them.
+    p.set_defaults(func=lambda args: run(args, argv_of(p, args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
+
+
+def argv_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The ``python -m app.bench`` options that give ``args``: those not at their default, in the parser's order."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        option = action.option_strings[-1]
+        if action.nargs == 0:  # store_true, store_false
+            argv.append(option)
+        elif isinstance(value, list):  # append
+            for item in value[len(action.default or []):]:
+                argv += [option, str(item)]
+        else:
+            argv += [option, str(value)]
+    return argv
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
@@ -90,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Runs the benchmark (or, with ``--client``/``--child``, one of its subprocesses); ``argv``: its command line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.client:
         client_main(json.loads(args.client))

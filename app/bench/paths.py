@@ -1,0 +1,81 @@
+"""The paths under test: each loads the same model and makes one image per call.
+
+A runner returns ``(Sample, PIL image)``; the HTTP paths' runner lives in
+``app.bench.http``.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from app.bench.config import NEGATIVE, PROMPT, BenchConfig, ModelSource, Sample
+from app.models.devices import Placement
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
+Runner = Callable[[], tuple[Sample, Any]]
+
+
+def prepare_process(threads: int | None) -> None:
+    """Torch's CPU threads (when given), and no loading/saving progress bars in the benchmark's output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def load_plain(source: ModelSource, placement: Placement, on_cpu: bool = False) -> Any:
+    """A plain ``StableDiffusionPipeline``: nothing of ours but the tokenizer
+    files of the random-weight SD 2.1."""
+    device = "cpu" if on_cpu else placement.device
+    if source.kind == "sd21":
+        from app.models.sd21 import build_sd21_pipeline
+
+        return build_sd21_pipeline(device, placement.torch_dtype)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(source.folder, safety_checker=None, requires_safety_checker=False,
+                                                   dtype=placement.torch_dtype, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_engine(source: ModelSource, placement: Placement) -> Engine:
+    from app.engine.engine import Engine, EngineOptions
+
+    if source.kind == "sd21":
+        return Engine(load_plain(source, placement), "sd21", placement)
+    assert source.folder is not None  # kind "folder"
+    return Engine.load(EngineOptions(model=source.folder, device=placement.device, dtype=placement.dtype))
+
+
+def plain_runner(pipe: Any, cfg: BenchConfig, size: int) -> Runner:
+    import torch
+
+    def run():
+        cpu, started = time.process_time(), time.perf_counter()
+        image = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=cfg.steps,
+                     guidance_scale=cfg.guidance_scale, width=size, height=size,
+                     generator=torch.Generator("cpu").manual_seed(cfg.seed)).images[0]
+        return Sample(time.perf_counter() - started, time.process_time() - cpu), image
+
+    return run
+
+
+def engine_runner(engine: Engine, cfg: BenchConfig, size: int) -> Runner:
+    from app.engine.types import GenerationRequest
+
+    def run():
+        cpu, started = time.process_time(), time.perf_counter()
+        result = engine.generate(GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size,
+                                                   steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                                                   seed=cfg.seed))
+        return Sample(time.perf_counter() - started, time.process_time() - cpu), result.images[0]
+
+    return run

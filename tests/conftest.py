@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 # The Hub cannot be reached from CI; fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A fresh cache per session: the demo tokenizer is built from the bundled BPE file
+# every time, as on a clean machine (a warm ~/.cache once hid a missing file).
+os.environ.setdefault("T2I_CACHE", tempfile.mkdtemp(prefix="t2i-cache-"))
 
 import pytest
 

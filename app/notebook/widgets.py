@@ -165,7 +165,7 @@ class Img2ImgUI(GeneratorUI):
         import ipywidgets as w
 
         self.source = source
-        self.init_image = None  # PIL image; set by the upload, the button or code
+        self.init_image: Image | None = None  # set by the upload, the button or code
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload")
         self.use_last = w.Button(description="Use last result", disabled=source is None)
         if strength is None:

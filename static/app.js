@@ -204,6 +204,7 @@
       guidance_scale: numberOrNull("guidance_scale", Number),
       scheduler: $("scheduler").value,
       num_images: numberOrNull("num_images", Number),
+      tiling: $("tiling").checked,
     };
     var seed = numberOrNull("seed", Number);
     if (seed !== null) body.seed = seed;
@@ -504,6 +505,7 @@
     set("steps", p.steps);
     set("guidance_scale", p.guidance_scale);
     set("num_images", p.num_images);
+    $("tiling").checked = !!p.tiling;
     if (p.scheduler) {
       var options = $("scheduler").options;
       for (var i = 0; i < options.length; i++) if (options[i].value === p.scheduler) $("scheduler").value = p.scheduler;

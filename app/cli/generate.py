@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--init-image", help="image to start from (img2img)")
     p.add_argument("--strength", type=float, default=d["strength"],
                    help=f"img2img: how much to change the init image, 0-1 (default: {d['strength']})")
+    p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
     add_model_options(p)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
         steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        num_images=args.num_images, strength=args.strength, save_steps=args.save_steps,
+        num_images=args.num_images, strength=args.strength, save_steps=args.save_steps, tiling=args.tiling,
         init_image=_open_image(args.init_image) if args.init_image else None,
     )
     try:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from app.engine.metadata import infotext, save_png
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
@@ -157,17 +158,19 @@ class Engine:
         )
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
-        if request.init_image is not None:
-            init = request.init_image.convert("RGB").resize((width, height))
-            output = pipe(image=init, strength=request.strength, **kwargs)
-        else:
-            output = pipe(width=width, height=height, **kwargs)
+        with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
+            if request.init_image is not None:
+                init = request.init_image.convert("RGB").resize((width, height))
+                output = pipe(image=init, strength=request.strength, **kwargs)
+            else:
+                output = pipe(width=width, height=height, **kwargs)
         images = output.images
         denoise = request.strength if request.init_image is not None else None
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                      sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
-                     height=height, model=self.model_name, denoising_strength=denoise)
+                     height=height, model=self.model_name, denoising_strength=denoise,
+                     extra={"Tiling": "True"} if request.tiling else None)
             for s in seeds
         ]
         return GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
@@ -187,6 +190,26 @@ class Engine:
         """Approximate RGB previews of in-flight latents."""
         side = max(latents.shape[-1], latents.shape[-2])
         return latents_to_rgb(latents, scale=max(1, max_side // max(side, 1)))
+
+
+@contextmanager
+def circular_padding(models: list[Any], on: bool) -> Iterator[None]:
+    """Seamless tiling for one run: every convolution of ``models`` pads by
+    wrapping around (A1111's "Tiling"), then gets its own padding back."""
+    if not on:
+        yield
+        return
+    import torch
+
+    convs = [m for model in models for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    saved = [conv.padding_mode for conv in convs]
+    for conv in convs:
+        conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in zip(convs, saved):
+            conv.padding_mode = mode
 
 
 def save_result(result: GenerationResult, out: str | Path) -> list[Path]:

@@ -83,6 +83,7 @@ class GenerationRequest:
     init_image: Any = None  # PIL.Image.Image
     strength: float = 0.75
     save_steps: int = 0  # keep a preview every N steps (0: none)
+    tiling: bool = False  # seamless: the image wraps around left/right and top/bottom (A1111's "Tiling")
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -130,6 +131,8 @@ class GenerationRequest:
             if int(self.steps * self.strength) < 1:
                 raise ValidationError("strength", self.strength,
                                       f"with {self.steps} steps leaves no denoising step; raise steps or strength")
+        if not isinstance(self.tiling, bool):
+            raise ValidationError("tiling", self.tiling, "must be true or false")
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")

@@ -102,6 +102,8 @@ def _from_form(name: str, text: str):
     if text == "":
         return None
     kind = str(_TYPES.get(name, ""))
+    if kind.startswith("bool"):
+        return text.lower() in ("1", "true", "on", "yes")
     try:
         if kind.startswith("int"):
             return int(text)

@@ -91,6 +91,7 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "width": _size(body, "width"),
         "height": _size(body, "height"),
         "num_images": batch * n_iter,
+        "tiling": body.get("tiling") or False,  # A1111 clients send false or null by default
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)

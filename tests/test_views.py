@@ -173,3 +173,12 @@ def test_pages_load_only_local_files(client):
         assert not re.search(r"https?://|@import|//cdn", response.get_data(as_text=True)), name
     js = (ROOT / "static" / "app.js").read_text()
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
+
+
+def test_browsers_get_an_error_page_and_api_clients_the_error_shape(client):
+    page = client.get("/no-such-page", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert 'id="error-message"' in text and "Not found" in text
+    api = client.get("/api/no-such-thing", headers={"Accept": "text/html"})  # API paths: always JSON
+    assert api.status_code == 404 and api.get_json()["ok"] is False

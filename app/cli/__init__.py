@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from importlib import import_module
+from pathlib import Path
 
 from app.cli.common import CLIError, add_model_options, load_engine
 
@@ -29,7 +30,9 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    # Installed, the console script is ``t2i``; otherwise ``python -m app``.
+    prog = "t2i" if Path(sys.argv[0]).name == "t2i" else "python -m app"
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
     except CLIError as exc:

@@ -4,13 +4,13 @@ Flask, the job queue or the command line (they import it, never the reverse).
 """
 from app.engine.engine import Engine, EngineOptions, GenerationCancelled, StepCallback, save_result
 from app.engine.types import (
-                              DEFAULT_LIMITS,
-                              MAX_SEED,
-                              GenerationRequest,
-                              GenerationResult,
-                              Limits,
-                              StepInfo,
-                              ValidationError,
+    DEFAULT_LIMITS,
+    MAX_SEED,
+    GenerationRequest,
+    GenerationResult,
+    Limits,
+    StepInfo,
+    ValidationError,
 )
 
 __all__ = [

@@ -20,6 +20,8 @@ from pathlib import Path
 from app.engine.types import GenerationRequest
 from app.jobs.images import ImageStore
 from app.jobs.job import Job
+from app.models.demo import DEMO_MODEL_ID
+from app.models.loading import display_name
 
 LOADING, READY, FAILED_TO_LOAD = "loading", "ready", "failed"
 
@@ -34,6 +36,11 @@ class ModelStatus:
     state: str  # LOADING, READY or FAILED_TO_LOAD
     error: str | None = None  # why it failed (may name paths: for the owner, not strangers)
     native_size: tuple[int, int] | None = None  # known once loaded
+
+    @classmethod
+    def not_loaded(cls, model: str, state: str, error: str | None) -> "ModelStatus":
+        """What is known of ``model`` (a Hub id, path or "demo") before it is loaded."""
+        return cls(display_name(model), model, model == DEMO_MODEL_ID, state, error)
 
 
 class JobStore(ABC):

@@ -73,13 +73,16 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_init_image(request: GenerationRequest) -> bytes | None:
-    """The request's init image as PNG bytes, as a job store keeps it."""
+def job_record(request: GenerationRequest) -> tuple[dict, bytes | None]:
+    """What a job store keeps of a request: its ``to_dict()``, with a random
+    seed drawn now if it has none (so the job knows the seed it ran with), and
+    the init image as PNG bytes (None for txt2img)."""
+    request = request.with_seed()
     if request.init_image is None:
-        return None
+        return request.to_dict(), None
     buf = io.BytesIO()
     request.init_image.save(buf, format="PNG")
-    return buf.getvalue()
+    return request.to_dict(), buf.getvalue()
 
 
 def request_of(job: Job, init_png: bytes | None) -> GenerationRequest:

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
+# The request's fields as the web takes them: step strips are a CLI and notebook option.
+WEB_FIELDS = tuple(name for name in field_names() if name != "save_steps")
 
 
 def backend() -> Backend:
@@ -99,10 +101,10 @@ def form_defaults() -> dict[str, Any]:
     once it is loaded (a guess before)."""
     status = backend().status()
     width, height = status.native_size or ((256, 256) if status.is_demo else (768, 768))
-    defaults = GenerationRequest.defaults()
-    defaults.pop("save_steps", None)  # a CLI and notebook option; the web keeps no step strips
-    return {**{k: v for k, v in defaults.items() if v is not None and k not in ("prompt", "negative_prompt", "seed")},
-            "width": width, "height": height}
+    defaults = {k: v for k, v in GenerationRequest.defaults().items() if k in WEB_FIELDS and v is not None}
+    for free_text in ("negative_prompt", "seed"):  # the form starts them empty
+        defaults.pop(free_text, None)
+    return {**defaults, "width": width, "height": height}
 
 
 def page_context() -> dict[str, Any]:
@@ -114,7 +116,7 @@ def page_context() -> dict[str, Any]:
         "is_demo": status.is_demo,
         "schedulers": scheduler_names(),
         "defaults": form_defaults(),
-        "fields": field_names(),
+        "fields": WEB_FIELDS,
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
     }

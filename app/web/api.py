@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
-from app.engine.types import GenerationRequest, ValidationError, field_names, floor_size
+from app.engine.types import GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY
 from app.jobs.job import STATES, Job, QueueFull
-from app.web import backend, form_defaults
+from app.web import WEB_FIELDS, backend, form_defaults
 from app.web.auth import client_id, is_authenticated
 from app.web.errors import ApiError
 from app.web.settings import engine_limits, public_limits
@@ -16,7 +16,7 @@ from app.web.uploads import decode_init_image
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-FIELDS = tuple(name for name in field_names() if name != "save_steps")  # step strips are a CLI/notebook option
+FIELDS = WEB_FIELDS
 _TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in FIELDS}
 
 

@@ -22,8 +22,6 @@ from pathlib import Path
 from app.jobs.base import LOADING, READY, Backend, ModelStatus
 from app.jobs.images import ImageStore, is_image_name
 from app.jobs.redis.store import RedisJobStore
-from app.models.demo import DEMO_MODEL_ID
-from app.models.loading import display_name
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ class RedisBackend(Backend):
             first = workers[0]
             return ModelStatus(first["model_name"], first["model"], first["is_demo"], READY, None,
                                tuple(first["default_size"]))
-        return ModelStatus(display_name(self.model), self.model, self.model == DEMO_MODEL_ID, LOADING, NO_WORKER)
+        return ModelStatus.not_loaded(self.model, LOADING, NO_WORKER)
 
     def start(self) -> None:
         if not self.upkeep.is_alive():

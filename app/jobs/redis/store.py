@@ -46,7 +46,7 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
-    encode_init_image,
+    job_record,
     new_job_id,
     now,
     request_of,
@@ -180,9 +180,7 @@ class RedisJobStore(JobStore):
 
     def submit(self, request: GenerationRequest, client: str) -> Job:
         job_id = new_job_id()
-        request = request.with_seed()
-        params = request.to_dict()
-        init_png = encode_init_image(request)
+        params, init_png = job_record(request)
         seq, count = self._scripts["submit"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq"), self.key("queued"),
                   self.key("client", client), self.key("init", job_id)],

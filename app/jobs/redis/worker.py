@@ -138,7 +138,7 @@ class GPUWorker(SimpleWorker):
             if job is None:
                 return "gone"
             output = runner.run_job(self.engine, queue.request_for(job),
-                             lambda info: self._on_step(job_id, attempt, info, cancel), cancel)
+                                    lambda info: self._on_step(job_id, attempt, info, cancel), cancel)
             if not queue.complete(job_id, attempt, output.images, output.pngs, output.params_update):
                 logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
                 return "dropped"

@@ -9,8 +9,6 @@ from app.jobs.images import ImageStore
 from app.jobs.runner import EngineLoader
 from app.jobs.sqlite.store import SQLiteJobStore
 from app.jobs.sqlite.worker import Worker
-from app.models.demo import DEMO_MODEL_ID
-from app.models.loading import display_name
 
 
 class SQLiteBackend(Backend):
@@ -25,8 +23,7 @@ class SQLiteBackend(Backend):
         engine = self.worker.engine
         if engine is not None:
             return ModelStatus(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size)
-        return ModelStatus(display_name(self.model), self.model, self.model == DEMO_MODEL_ID, self.worker.model_state,
-                           self.worker.model_error)
+        return ModelStatus.not_loaded(self.model, self.worker.model_state, self.worker.model_error)
 
     def start(self) -> None:
         if not self.worker.is_alive():

@@ -28,7 +28,7 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
-    encode_init_image,
+    job_record,
     new_job_id,
     now,
     request_of,
@@ -108,9 +108,7 @@ class SQLiteJobStore(JobStore):
 
     def submit(self, request: GenerationRequest, client: str) -> Job:
         job_id = new_job_id()
-        request = request.with_seed()
-        params = request.to_dict()
-        init_png = encode_init_image(request)
+        params, init_png = job_record(request)
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # the limit checks and the insert as one step
             mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')",
@@ -141,7 +139,8 @@ class SQLiteJobStore(JobStore):
         return job
 
     def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1", builtins.list[object]()
+        sql = "SELECT * FROM jobs WHERE 1"
+        args: builtins.list[object] = []
         if before:
             sql += " AND seq < (SELECT seq FROM jobs WHERE id = ?)"
             args.append(before)

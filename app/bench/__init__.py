@@ -38,13 +38,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.bench.child import child_main
-from app.bench.config import GPU_OPTIONS, PATHS, BenchConfig, ModelSource, PathResult, Sample, log, prepare_model
+from app.bench.config import GPU_OPTIONS, MODES, PATHS, BenchConfig, ModelSource, PathResult, Sample, log, prepare_model
 from app.bench.http import HttpStack, client_main, http_unavailable_reason, poll_interval
-from app.bench.measure import measure_memory, measure_options, measure_speed
+from app.bench.measure import measure_memory, measure_modes, measure_options, measure_speed
 from app.bench.paths import prepare_process
 from app.bench.report import summarize, to_markdown, write_section
 
-__all__ = ["GPU_OPTIONS", "PATHS", "BenchConfig", "HttpStack", "ModelSource", "PathResult", "Sample", "child_main",
+__all__ = ["GPU_OPTIONS", "MODES", "PATHS", "BenchConfig", "HttpStack", "ModelSource", "PathResult", "Sample", "child_main",
            "client_main", "http_unavailable_reason", "measure_memory", "measure_options", "measure_speed",
            "poll_interval", "run", "to_markdown", "write_section"]
 
@@ -66,6 +66,10 @@ def run(cfg: BenchConfig, workdir: Path | None = None) -> dict:
         if cfg.memory:
             log("load time, first image and peak memory: one fresh process per path")
             measure_memory(cfg, source, workdir, results)
+        modes = None
+        if cfg.modes:
+            log(f"modes: {', '.join(cfg.modes)}" + (f"; also under VRAM caps {cfg.vram_limits_gb} GB" if cfg.vram_limits_gb else ""))
+            modes = measure_modes(cfg, source, workdir)
         options, options_skipped = None, None
         wanted = cfg.options if cfg.options is not None else (GPU_OPTIONS if placement.device.startswith("cuda") else ())
         if wanted:
@@ -76,4 +80,6 @@ def run(cfg: BenchConfig, workdir: Path | None = None) -> dict:
         else:
             options_skipped = ("skipped: no CUDA GPU here; run `python -m app.bench --model sd21 --device cuda "
                                "--size 768 --steps 25` on a GPU to measure them")
-        return summarize(cfg, source, placement, size, results, options, options_skipped)
+        report = summarize(cfg, source, placement, size, results, options, options_skipped)
+        report["modes"] = modes
+        return report

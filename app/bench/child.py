@@ -23,7 +23,8 @@ from app.models.speedups import apply_speedups, parse_option
 
 
 def run_child(cfg: BenchConfig, source: ModelSource, workdir: Path, task: dict) -> dict:
-    """Runs ``task`` (``{"path": name}`` or ``{"option": option}``) in a fresh process; returns its report."""
+    """Runs ``task`` (``{"path": name}``, ``{"option": option}`` or ``{"mode": mode, "vram_limit_gb": cap}``)
+    in a fresh process; returns its report."""
     spec = {"cfg": asdict(cfg), "source": asdict(source), "task": task, "workdir": str(workdir)}
     out = workdir / f"child-{abs(hash(json.dumps(task, sort_keys=True)))}.json"
     cmd = [sys.executable, "-m", "app.bench", "--child", json.dumps(spec), "--child-out", str(out)]
@@ -35,7 +36,7 @@ def run_child(cfg: BenchConfig, source: ModelSource, workdir: Path, task: dict) 
 
 def child_main(spec: dict, out: str) -> None:
     """In a fresh process: load one path, time its first image, record peak memory."""
-    cfg = BenchConfig(**{**spec["cfg"], "paths": tuple(spec["cfg"]["paths"])})
+    cfg = BenchConfig(**{**spec["cfg"], **{k: tuple(spec["cfg"][k]) for k in ("paths", "modes", "vram_limits_gb")}})
     source = ModelSource(**spec["source"])
     workdir = Path(spec["workdir"])
     task = spec["task"]
@@ -55,6 +56,9 @@ def child_main(spec: dict, out: str) -> None:
     if task.get("path") in ("http", "sdapi"):
         from app.web import create_app  # noqa: F401
     report: dict = {"import_s": time.perf_counter() - started, "rss_before_load_mb": rss_mb()}
+    if cuda and task.get("vram_limit_gb"):
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, task["vram_limit_gb"] * 2**30 / total))
     started = time.perf_counter()
     run: Runner
     if "option" in task:
@@ -63,6 +67,9 @@ def child_main(spec: dict, out: str) -> None:
         pipe = apply_speedups(pipe, names, placement.device)
         size = cfg.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
         run = plain_runner(pipe, cfg, size)
+    elif "mode" in task:
+        engine = load_engine(source, placement)
+        run = engine_runner(engine, cfg, cfg.size or engine.default_size[0], task["mode"])
     elif task["path"] == "plain":
         pipe = load_plain(source, placement)
         run = plain_runner(pipe, cfg, cfg.size or pipe.unet.config.sample_size * pipe.vae_scale_factor)
@@ -80,18 +87,27 @@ def child_main(spec: dict, out: str) -> None:
     report["load_s"] = time.perf_counter() - started
     report["rss_after_load_mb"] = rss_mb()
     if cuda:
+        report["vram_after_load_mb"] = torch.cuda.memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
-    sample, image = run()
+    try:
+        sample, image = run()
+    except torch.OutOfMemoryError as exc:  # a mode under a VRAM cap: out of memory is the answer
+        report.update(out_of_memory=str(exc).splitlines()[0][:200], peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20)
+        Path(out).write_text(json.dumps(report))
+        os._exit(0)
     report["first_image_s"] = sample.seconds
-    times = [run()[0].seconds for _ in range(max(1, cfg.option_runs) if "option" in task else 1)]
-    if "option" in task:
+    repeat = "option" in task or "mode" in task
+    times = [run()[0].seconds for _ in range(max(1, cfg.option_runs) if repeat else 1)]
+    if repeat:
         report["median_s"] = statistics.median(times)
         report["runs_s"] = times
-        path = workdir / f"option-{task['option'].replace('+', '_')}.png"
+        label = task["option"].replace("+", "_") if "option" in task else f"{task['mode']}-{task.get('vram_limit_gb')}"
+        path = workdir / f"option-{label}.png"
         image.save(path)
         report["image"] = str(path)
     report["peak_rss_mb"] = peak_rss_mb()
     report["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    report["peak_vram_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
     Path(out).write_text(json.dumps(report))
     os._exit(0)  # skip interpreter teardown (and the web app's worker thread)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 PATHS = ("plain", "engine", "http", "sdapi")
 GPU_OPTIONS = ("sdpa", "no_sdpa", "channels_last", "fused_qkv", "channels_last+fused_qkv", "compile",
                "channels_last+fused_qkv+compile", "vae_tiling", "attention_slicing", "cpu_offload")
+# What the engine can be asked to do; each mode's peak VRAM is its own row.
+MODES = ("txt2img", "img2img")
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 NEGATIVE = "blurry, low quality"
 # The folder holding the ``app`` package: the benchmark's subprocesses run ``python -m app.bench`` from there.
@@ -34,6 +36,8 @@ class BenchConfig:
     long_poll: bool = True  # HTTP client: GET /api/jobs/<id>?wait=60 (the API's long poll) instead of polling
     preview_every: int = 1  # the web app's PREVIEW_EVERY (its default: a live preview every step)
     memory: bool = True  # the fresh-subprocess measurements
+    modes: tuple[str, ...] = ()  # engine modes measured for peak VRAM, each in a fresh process (see MODES)
+    vram_limits_gb: tuple[float, ...] = ()  # also run the modes under these per-process VRAM caps (a T4: 15)
     short: bool = False
     command: str = ""
 

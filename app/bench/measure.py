@@ -131,3 +131,18 @@ def _image_diff(a: str, b: str) -> int:
 
     with Image.open(a) as ia, Image.open(b) as ib:
         return max_diff(ia.convert("RGB"), ib.convert("RGB"))
+
+
+def measure_modes(cfg: BenchConfig, source: ModelSource, workdir: Path) -> list[dict]:
+    """Each engine mode in a fresh process: time and peak VRAM, uncapped and under each VRAM cap.
+    A cap is ``torch.cuda.set_per_process_memory_fraction``: the allocator refuses beyond it as a
+    smaller card would (it says nothing of that card's speed)."""
+    rows: list[dict] = []
+    for limit in (None, *cfg.vram_limits_gb):
+        for mode in cfg.modes:
+            task = {"mode": mode, "vram_limit_gb": limit}
+            try:
+                rows.append({**task, **run_child(cfg, source, workdir, task)})
+            except RuntimeError as exc:
+                rows.append({**task, "failed": str(exc).splitlines()[-1][:300]})
+    return rows

@@ -68,14 +68,25 @@ def plain_runner(pipe: Any, cfg: BenchConfig, size: int) -> Runner:
     return run
 
 
-def engine_runner(engine: Engine, cfg: BenchConfig, size: int) -> Runner:
+def engine_runner(engine: Engine, cfg: BenchConfig, size: int, mode: str = "txt2img") -> Runner:
     from app.engine.types import GenerationRequest
+
+    init_image = None
+    if mode == "img2img":  # a smooth gradient: the VAE encodes it like any photo
+        import numpy as np
+        from PIL import Image
+
+        ramp = np.linspace(0, 255, size, dtype=np.uint8)
+        init_image = Image.fromarray(np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                                               np.full((size, size), 128, np.uint8)], axis=-1))
+    elif mode != "txt2img":
+        raise ValueError(f"mode: unknown mode {mode!r}")
 
     def run():
         cpu, started = time.process_time(), time.perf_counter()
         result = engine.generate(GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size,
                                                    steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                                                   seed=cfg.seed))
+                                                   seed=cfg.seed, init_image=init_image))
         return Sample(time.perf_counter() - started, time.process_time() - cpu), result.images[0]
 
     return run

@@ -176,6 +176,20 @@ def to_markdown(report: dict) -> str:
         lines.append("")
     elif report.get("options_skipped"):
         lines += [f"Speedup options: {report['options_skipped']}", ""]
+    if report.get("modes"):
+        lines += ["Modes (engine path, each in a fresh process; a VRAM cap is "
+                  "`torch.cuda.set_per_process_memory_fraction`, so the allocator refuses what a smaller card could not hold; "
+                  "it does not emulate that card's speed):", "",
+                  "| mode | VRAM cap GB | result | s/image median | first image s | VRAM after load MB | peak VRAM MB "
+                  "(allocated) | peak VRAM MB (reserved) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in report["modes"]:
+            cap = _fmt(row.get("vram_limit_gb"), 0) if row.get("vram_limit_gb") else "none"
+            result = (f"failed: {row['failed']}" if row.get("failed") else
+                      f"out of memory: {row['out_of_memory']}" if row.get("out_of_memory") else "ok")
+            lines.append(f"| {row['mode']} | {cap} | {result} | {_fmt(row.get('median_s'), 3)} | {_fmt(row.get('first_image_s'))} "
+                         f"| {_fmt(row.get('vram_after_load_mb'), 0)} | {_fmt(row.get('peak_vram_mb'), 0)} "
+                         f"| {_fmt(row.get('peak_vram_reserved_mb'), 0)} | {_fmt(row.get('peak_rss_mb'), 0)} |")
+        lines.append("")
     return "\n".join(lines)
 
 

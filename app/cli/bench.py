@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import app.bench as bench
-from app.bench import GPU_OPTIONS, PATHS, BenchConfig, child_main, client_main, to_markdown, write_section
+from app.bench import GPU_OPTIONS, MODES, PATHS, BenchConfig, child_main, client_main, to_markdown, write_section
 from app.models.speedups import SPEEDUPS, parse_option
 
 
@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="HTTP client polls GET /api/jobs/<id> (see --poll, --slow-poll) instead of long-polling with ?wait=")
     p.add_argument("--preview-every", type=int, default=1,
                    help="the web app's PREVIEW_EVERY for the http/sdapi paths (default: 1, the app's default; 0: none)")
+    p.add_argument("--modes", default="", help="comma list of engine modes to measure for time and peak VRAM, each in "
+                   "a fresh process: " + ", ".join(MODES) + " (default: none)")
+    p.add_argument("--vram-limit-gb", default="", help="comma list of VRAM caps in GB: the modes run again under each "
+                   "(15: a Colab T4), through torch.cuda.set_per_process_memory_fraction (CUDA only)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process load/first-image/peak-memory measurements")
     p.add_argument("--short", action="store_true", help="CI mode: demo model, 64x64, 2 steps, 2 runs")
@@ -96,12 +100,22 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     for name in ("steps", "runs", "option_runs"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}: must be at least 1 (got {getattr(args, name)})")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"modes: unknown mode {mode!r} (known: {', '.join(MODES)})")
+    try:
+        limits = tuple(float(v) for v in args.vram_limit_gb.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"vram-limit-gb: expected numbers in GB, comma separated (got {args.vram_limit_gb!r})") from None
+    if limits and not modes:
+        raise ValueError("vram-limit-gb: needs --modes (the caps apply to the mode runs)")
     if args.size is not None and (args.size < 64 or args.size % 8):
         raise ValueError(f"size: must be a multiple of 8, at least 64 (got {args.size})")
     return BenchConfig(model=args.model, steps=args.steps, size=args.size, runs=args.runs, warmup=args.warmup,
                        paths=paths, options=options, option_runs=args.option_runs, device=args.device,
                        dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, long_poll=args.long_poll,
-                       preview_every=args.preview_every, memory=args.memory,
+                       preview_every=args.preview_every, memory=args.memory, modes=modes, vram_limits_gb=limits,
                        short=args.short, command=" ".join(["python -m app.bench", *map(shlex.quote, argv)]))
 
 

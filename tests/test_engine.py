@@ -137,6 +137,18 @@ def test_img2img_is_reproducible(engine, small_request):
     assert a.tobytes() == b.tobytes()
 
 
+def test_img2img_keeps_the_model_in_its_dtype(small_request):
+    """diffusers' from_pipe casts the shared weights to fp32 unless told a dtype: on a GPU the first img2img
+    made every later job of the session run in fp32 at twice the VRAM (found by the GPU benchmark)."""
+    from app.engine.engine import Engine, EngineOptions
+
+    engine = Engine.load(EngineOptions(model="demo", device="cpu", dtype="bf16"))
+    before = engine.generate(small_request(seed=3)).images[0]
+    engine.generate(small_request(init_image=Image.new("RGB", (64, 64), (10, 120, 200)), strength=0.6, steps=4))
+    assert {m.dtype for m in (engine.pipe.unet, engine.pipe.vae, engine.pipe.text_encoder)} == {torch.bfloat16}
+    assert engine.generate(small_request(seed=3)).images[0].tobytes() == before.tobytes()
+
+
 def test_saved_steps_write_strip_and_gif(engine, small_request, tmp_path):
     result = engine.generate(small_request(steps=6, save_steps=2))
     assert len(result.step_images) == 1 and len(result.step_images[0]) == 3  # steps 2, 4, 6

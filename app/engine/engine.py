@@ -181,8 +181,9 @@ class Engine:
         if self._img2img is None:
             from diffusers import StableDiffusionImg2ImgPipeline
 
-            # Shares the loaded weights: no second copy in memory.
-            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe)
+            # Shares the loaded weights: no second copy in memory. from_pipe casts the shared modules to
+            # its dtype argument, fp32 when none is given: name ours, or the whole model turns fp32.
+            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 

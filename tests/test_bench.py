@@ -25,7 +25,7 @@ def report(tmp_path_factory):
     the fresh-process memory measurements. About a minute on 2 CPU cores."""
     paths = bench.PATHS if _has_web_app() else ("plain", "engine")
     cfg = bench.BenchConfig(short=True, paths=paths, threads=1, options=("sdpa", "channels_last+fused_qkv"),
-                            command="python -m app.bench --short")
+                            modes=("txt2img", "img2img"), command="python -m app.bench --short")
     return bench.run(cfg, workdir=tmp_path_factory.mktemp("bench"))
 
 
@@ -88,6 +88,16 @@ def test_speedup_options_run_in_their_own_process_against_sdpa(report):
 
 
 @pytest.mark.slow
+def test_each_mode_runs_in_its_own_process(report):
+    rows = {row["mode"]: row for row in report["modes"]}
+    assert set(rows) == {"txt2img", "img2img"}
+    for row in rows.values():
+        assert row["vram_limit_gb"] is None and "failed" not in row and "out_of_memory" not in row
+        assert _finite_positive(row["median_s"]) and _finite_positive(row["peak_rss_mb"])
+    assert "| img2img | none | ok |" in bench.to_markdown(report)
+
+
+@pytest.mark.slow
 def test_report_renders_as_markdown_and_json(report, tmp_path):
     text = bench.to_markdown(report)
     assert "| plain |" in text and "| engine |" in text
@@ -121,6 +131,9 @@ def test_gpu_options_are_skipped_with_a_reason_on_cpu(tmp_path):
     (["--options", "channels_last+warp_drive"], "options"),
     (["--steps", "0"], "steps"),
     (["--size", "100"], "size"),
+    (["--modes", "txt2img,outpaint-the-moon"], "modes"),
+    (["--modes", "txt2img", "--vram-limit-gb", "fifteen"], "vram-limit-gb"),
+    (["--vram-limit-gb", "15"], "vram-limit-gb"),
 ])
 def test_bad_arguments_name_the_option(argv, field, capsys):
     assert cli_bench.main(argv) == 2

@@ -4,6 +4,7 @@ result. Each test makes its own tiny dataset."""
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 
 import pytest
@@ -251,6 +252,33 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(trained, tmp_path)
     b = load_file(str(out / "checkpoints" / "step-6" / "trainable.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "loss.csv").read_text() == (result.out / "loss.csv").read_text()
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it creates ``path`` (as a hostile state.pt could run anything)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_does_not_run_code_from_a_shared_checkpoint(trained, tmp_path):
+    cfg, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(cfg.out + "/checkpoints/step-3", out / "checkpoints" / "step-3")
+    state = torch.load(out / "checkpoints" / "step-3" / "state.pt", weights_only=True)  # our own file loads safely
+    assert state["step"] == 3 and isinstance(state["rng_cpu"], torch.Tensor)
+    marker = tmp_path / "pwned"
+    state["losses"].append(_RunsCode(marker))
+    torch.save(state, out / "checkpoints" / "step-3" / "state.pt")
+    with pytest.raises(ValidationError, match="not a checkpoint this program wrote") as info:
+        Trainer(config(cfg.data, out, resume="latest"))
+    assert info.value.field == "resume"
+    assert not marker.exists()
+    torch.load(out / "checkpoints" / "step-3" / "state.pt", weights_only=False)  # the payload is real
+    assert marker.exists()
 
 
 def test_resume_must_use_the_same_batch_size(trained):

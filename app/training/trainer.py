@@ -377,7 +377,7 @@ class Trainer:
         """Before the model loads: the options that fix the data order and the noise must match."""
         import torch
 
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        state = load_state(folder / "state.pt")
         for key, saved in state["config"].items():
             ours = getattr(self.config, key)
             if saved != ours and not (key == "resolution" and ours is None):
@@ -391,7 +391,7 @@ class Trainer:
         import torch
         from safetensors.torch import load_file
 
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        state = load_state(folder / "state.pt")
         self.resolution = state["resolution"]  # the run's size, also when it came from the model's default
         if state["examples"] != len(self.data.examples):
             logger.warning("the checkpoint saw %d usable examples, this data has %d: the order will differ",
@@ -404,7 +404,7 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in weights.items():
                 named[name].copy_(tensor)
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
+        self.optimizer.load_state_dict(load_state(folder / "optimizer.pt", map_location=self.device))
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -482,6 +482,23 @@ def resolve_mixed_precision(choice: str, device: str):
     if choice == "fp16" and not cuda:
         raise ValidationError("mixed_precision", choice, f"fp16 needs a CUDA GPU (device is {device}); use bf16 or no")
     return torch.float16 if choice == "fp16" else torch.bfloat16
+
+
+def load_state(path: Path, map_location: Any = "cpu") -> dict:
+    """A checkpoint's ``state.pt`` or ``optimizer.pt``, read with
+    ``weights_only=True``: tensors, numbers, strings, lists and dicts only.
+    A checkpoint folder may come from someone else (a shared Drive folder),
+    and a full unpickle would run any code stored in it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValidationError("resume", str(path.parent), f"{path.name} is not a checkpoint this program wrote "
+                              f"or is damaged; it was not loaded ({reason[:160]})") from exc
 
 
 def _step_seed(seed: int, step: int, micro: int) -> int:

@@ -219,6 +219,26 @@ def test_text_encoder_loads_from_the_output_folder(trained):
     assert all(torch.equal(loaded[k], last[k]) for k in last)
 
 
+def test_text_encoder_is_saved_in_the_layout_transformers_4_and_5_load(trained):
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    cfg, result = trained
+    folder = result.out / "text_encoder"
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        saved = set(fh.keys())
+        assert fh.metadata()["format"] == "pt"  # transformers 4 refuses a file without it
+    # transformers 4 loads by exact name, and its CLIPTextModel names every tensor text_model.<...>;
+    # a key it does not know is dropped and a missing one stays random, silently.
+    fresh = CLIPTextModel(CLIPTextModel.config_class.from_pretrained(folder))
+    transformers4_names = {"text_model." + k for k in fresh.state_dict()}
+    assert saved == transformers4_names
+    # transformers 5 (installed here) loads the same file to the trained weights.
+    loaded = CLIPTextModel.from_pretrained(folder).state_dict()
+    last = load_file(str(result.checkpoints[-1] / "trainable.safetensors"))
+    assert all(torch.equal(loaded[k], last[k]) for k in last)
+
+
 def test_run_writes_log_plot_and_checkpoints(trained):
     cfg, result = trained
     out = result.out
@@ -330,7 +350,7 @@ def test_bf16_mixed_precision_trains_and_saves_fp32(data_dir, tmp_path):
     assert saved.dtype == torch.float32
 
 
-def test_lora_mode_trains_unet_adapters_only(data_dir, tmp_path):
+def test_lora_mode_trains_unet_adapters_only_and_keeps_alpha(data_dir, tmp_path):
     pytest.importorskip("peft")
     from diffusers import StableDiffusionPipeline
 
@@ -338,9 +358,10 @@ def test_lora_mode_trains_unet_adapters_only(data_dir, tmp_path):
     from app.engine.types import GenerationRequest
     from app.models.demo import build_demo_pipeline
 
-    cfg = config(data_dir, tmp_path / "out", mode="lora", steps=2, batch_size=1, checkpoint_every=0)
+    cfg = config(data_dir, tmp_path / "out", mode="lora", steps=2, batch_size=1, checkpoint_every=0,
+                 lora_rank=4, lora_alpha=8.0)
     Trainer(cfg).train(progress=False)
-    assert (tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    lora = load_file(str(tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors"))
     base = build_demo_pipeline()
     tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "out", local_files_only=True)
     assert same_weights(weights(tuned.text_encoder), weights(base.text_encoder))
@@ -349,6 +370,13 @@ def test_lora_mode_trains_unet_adapters_only(data_dir, tmp_path):
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in changed)
+    # alpha 8 on rank 4 is a scale of 2: the fused weight is W + 2 * up @ down, from the saved adapter file.
+    assert {f"unet.{k[:-len('.weight')]}.lora.down.weight" for k in changed} <= lora.keys()
+    for key in changed:
+        stem = f"unet.{key[:-len('.weight')]}.lora"
+        delta = lora[stem + ".up.weight"] @ lora[stem + ".down.weight"]
+        assert delta.abs().max() > 1e-5
+        torch.testing.assert_close(after[key], before[key] + 2 * delta, rtol=0, atol=1e-6)
     engine = Engine.load(EngineOptions(model=str(tmp_path / "out"), device="cpu"))
     image = engine.generate(GenerationRequest("a red square", width=64, height=64, steps=2, seed=1)).images[0]
     assert image.size == (64, 64)

@@ -30,6 +30,7 @@ from app.engine.types import ValidationError
 from app.training.captions import CaptionData, Example, image_to_tensor, load_caption_data, load_image
 from app.training.config import EVAL_EXAMPLES, LORA_TARGETS, RESUME_KEYS, TrainConfig
 from app.training.losslog import StepLog, append_loss_csv, plot_losses, write_loss_csv
+from app.training.saving import prefix_text_encoder_keys
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,6 @@ class Trainer:
 
     def _check_resume(self, folder: Path) -> None:
         """Before the model loads: the options that fix the data order and the noise must match."""
-        import torch
 
         state = load_state(folder / "state.pt")
         for key, saved in state["config"].items():
@@ -432,6 +432,7 @@ class Trainer:
             trained = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in self.trained.named_parameters()
                        if n in self.trainable_names}
             lora_state = self._lora_state() if self.config.mode == "lora" else None
+            lora_metadata = self.trained.peft_config["default"].to_dict() if self.config.mode == "lora" else None
             for name in ("pipe", "text_encoder", "unet", "vae", "optimizer", "params", "trained"):
                 setattr(self, name, None)
             gc.collect()
@@ -444,13 +445,17 @@ class Trainer:
                 from diffusers import StableDiffusionPipeline
 
                 lora_dir = self.out / "lora"
-                StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=lora_state)
+                # The adapter config rides along in the file's metadata: without it a loader
+                # assumes alpha = rank, and a custom --lora-alpha would be lost (scale 1).
+                StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=lora_state,
+                                                          unet_lora_adapter_metadata=lora_metadata)
                 pipe.load_lora_weights(str(lora_dir))
                 pipe.fuse_lora(components=["unet"])
                 pipe.unload_lora_weights()
         if self.config.save_dtype == "fp16":
             pipe.to(dtype=torch.float16)
         pipe.save_pretrained(str(self.out), safe_serialization=True)
+        prefix_text_encoder_keys(self.out / "text_encoder")  # loads in transformers 4 as well as 5
 
     def _lora_state(self) -> dict:
         from diffusers.utils import convert_state_dict_to_diffusers

@@ -171,6 +171,42 @@ def test_bad_options_name_the_field(tmp_path, field, value):
     assert info.value.field == field and info.value.value == value
 
 
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA GPU of a given compute capability. Faked at torch.cuda, the outermost
+    boundary: no GPU here. is_bf16_supported() says True as it does on a real T4 (7.5),
+    where bf16 is only emulated."""
+    def install(capability):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    return install
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16)])
+def test_auto_mixed_precision_picks_bf16_only_on_native_hardware(fake_gpu, capability, expected):
+    from app.training.trainer import resolve_mixed_precision
+
+    fake_gpu(capability)
+    assert resolve_mixed_precision("auto", "cuda") == expected
+    assert resolve_mixed_precision("auto", "cuda:1") == expected
+    assert resolve_mixed_precision("auto", "cpu") is None
+
+
+def test_engine_warns_when_bf16_is_asked_for_on_a_t4(fake_gpu, caplog):
+    from app.models.devices import choose_placement
+
+    fake_gpu((7, 5))
+    assert choose_placement("cuda", "auto").dtype == "float16"  # the engine's own choice stays fp16
+    assert choose_placement("cuda", "bf16").dtype == "bfloat16"  # asked for: given, with a warning
+    assert "compute capability 7.5" in caplog.text and "emulated" in caplog.text
+    caplog.clear()
+    fake_gpu((8, 6))
+    assert choose_placement("cuda", "bf16").dtype == "bfloat16"
+    assert "emulated" not in caplog.text
+
+
 def test_lora_without_peft_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(ValidationError, match="pip install peft"):

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
                    help=f"gradient clipping; 0 turns it off (default: {d.max_grad_norm:g})")
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=MIXED_PRECISION,
-                   help="auto: bf16 on GPUs that support it, fp16 on other CUDA GPUs, none on CPU")
+                   help="auto: bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 on older CUDA GPUs "
+                        "such as the T4, none on CPU")
     p.add_argument("--resolution", type=int, help="training image size, multiple of 8 (default: the model's, 768 on SD 2.1)")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the data order and the noise of every step")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="N",

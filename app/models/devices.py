@@ -1,7 +1,10 @@
 """Pick the device and dtype: CUDA fp16, Apple MPS fp16, else CPU fp32."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32"}
@@ -41,6 +44,27 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: must be auto, fp16, bf16 or fp32 (got {dtype!r})")
     dtype = DTYPES[dtype]
+    if kind == "cuda" and dtype == "bfloat16" and not has_native_bf16(device):
+        logger.warning("bf16 on this GPU (compute capability %s) is emulated and slow; fp16 is the fast choice",
+                       ".".join(map(str, _capability(device))))
     if kind == "cpu" and dtype == "float16":
         raise ValueError("dtype: fp16 is not supported on the CPU; use fp32 or bf16 (got 'fp16')")
     return Placement(device, dtype)
+
+
+def has_native_bf16(device: str = "cuda") -> bool:
+    """True on a CUDA GPU of compute capability 8.0 or newer (Ampere: A100,
+    RTX 30xx, L4, H100), which computes in bf16 natively. Not
+    ``torch.cuda.is_bf16_supported()``: that also says True on a T4 (7.5,
+    Colab's free GPU), where bf16 is emulated and several times slower than fp16."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return _capability(device)[0] >= 8
+
+
+def _capability(device: str) -> tuple[int, int]:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))  # type: ignore[return-value]

@@ -38,7 +38,7 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0  # 0: no clipping
-    mixed_precision: str = "auto"  # bf16 on GPUs that have it, else fp16 on CUDA; fp32 elsewhere
+    mixed_precision: str = "auto"  # bf16 on CUDA compute capability 8.0+, else fp16 on CUDA; fp32 elsewhere
     resolution: int | None = None  # default: the model's native size (768 for SD 2.1)
     seed: int = 0
     checkpoint_every: int = 500  # 0: only at the end

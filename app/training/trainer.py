@@ -473,15 +473,18 @@ def _cast(module, dtype) -> None:
 
 def resolve_mixed_precision(choice: str, device: str):
     """The autocast dtype, or None for plain fp32. ``auto`` picks bf16 on GPUs
-    that have it (no loss scaling needed), fp16 on older CUDA GPUs (Colab's T4),
-    and fp32 on the CPU and MPS."""
+    that compute it natively (compute capability 8.0+; no loss scaling
+    needed), fp16 on older CUDA GPUs (Colab's T4, 7.5, where bf16 is only
+    emulated), and fp32 on the CPU and MPS."""
     import torch
+
+    from app.models.devices import has_native_bf16
 
     cuda = device.startswith("cuda")
     if choice == "auto":
         if not cuda:
             return None
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        choice = "bf16" if has_native_bf16(device) else "fp16"
     if choice == "no":
         return None
     if choice == "fp16" and not cuda:

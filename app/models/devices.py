@@ -67,4 +67,4 @@ def has_native_bf16(device: str = "cuda") -> bool:
 def _capability(device: str) -> tuple[int, int]:
     import torch
 
-    return tuple(torch.cuda.get_device_capability(torch.device(device)))  # type: ignore[return-value]
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))

@@ -181,3 +181,71 @@ def test_preview_is_an_rgb_image(engine):
     latents = torch.zeros(1, 4, 8, 8)
     (preview,) = engine.preview(latents)
     assert preview.mode == "RGB" and preview.size[0] >= 8
+
+
+# -- small GPUs (Colab's T4) ----------------------------------------------------
+
+def test_several_images_are_decoded_one_at_a_time(engine, small_request):
+    batches = []
+    hook = engine.pipe.vae.decoder.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        together = engine.generate(small_request(seed=20, num_images=2)).images
+    finally:
+        hook.remove()
+    assert batches == [1, 1]  # VAE slicing: a batch of 768 px decodes at once does not fit a T4
+    alone = [engine.generate(small_request(seed=s)).images[0] for s in (20, 21)]
+    for a, b in zip(together, alone):  # the same images as one at a time (the UNet's batch rounds differently)
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+
+
+@pytest.fixture
+def pipeline_out_of_memory(monkeypatch):
+    """The pipeline call raises CUDA's out-of-memory error, faked at the outermost boundary
+    (the pipeline's __call__): there is no GPU here. It holds a tensor while it fails,
+    as a real run holds its latents; ``held`` has a weak reference to it."""
+    import weakref
+
+    from diffusers import StableDiffusionPipeline
+
+    held = []
+
+    def fail(self, *args, **kwargs):
+        latents = torch.zeros(4, 4, 8, 8)
+        held.append(weakref.ref(latents))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 14.75 GiB total)")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", fail)
+    return held
+
+
+def test_out_of_memory_frees_the_run_and_leaves_the_engine_usable(engine, small_request, pipeline_out_of_memory,
+                                                                  monkeypatch):
+    from app.engine.engine import GenerationOutOfMemory
+
+    with pytest.raises(GenerationOutOfMemory) as err:
+        engine.generate(small_request(num_images=2, width=64, height=96))
+    assert str(err.value).startswith("out of memory on cpu making 2 images at 64x96: try fewer images")
+    assert "Tried to allocate 20.00 GiB" in err.value.detail
+    assert err.value.__cause__ is None and err.value.__context__ is None  # no traceback keeps the run alive
+    (latents,) = pipeline_out_of_memory
+    assert latents() is None  # what the failed run held is freed
+    monkeypatch.undo()
+    assert engine.generate(small_request()).images[0].size == (64, 64)
+
+
+def test_cpu_offload_loads_on_the_cpu_and_offloads_to_the_chosen_gpu(monkeypatch):
+    """No GPU here: torch.cuda.is_available and diffusers' enable_model_cpu_offload (which
+    needs a GPU to install its hooks) are faked; the model must never be moved to the GPU."""
+    from diffusers import StableDiffusionPipeline
+
+    from app.engine.engine import Engine, EngineOptions
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(StableDiffusionPipeline, "enable_model_cpu_offload",
+                        lambda self, gpu_id=None, device=None: calls.append((gpu_id, device)))
+    engine = Engine.load(EngineOptions(model="demo", device="cuda:1", cpu_offload=True))
+    assert calls == [(None, "cuda:1")]
+    assert engine.pipe.unet.device.type == "cpu" and engine.pipe.unet.dtype == torch.float16
+    assert engine.placement.device == "cuda:1"

@@ -2,7 +2,14 @@
 which turns requests into images on a loaded pipeline. It knows nothing of
 Flask, the job queue or the command line (they import it, never the reverse).
 """
-from app.engine.engine import Engine, EngineOptions, GenerationCancelled, StepCallback, save_result
+from app.engine.engine import (
+    Engine,
+    EngineOptions,
+    GenerationCancelled,
+    GenerationOutOfMemory,
+    StepCallback,
+    save_result,
+)
 from app.engine.types import (
     DEFAULT_LIMITS,
     MAX_SEED,
@@ -19,6 +26,7 @@ __all__ = [
     "Engine",
     "EngineOptions",
     "GenerationCancelled",
+    "GenerationOutOfMemory",
     "GenerationRequest",
     "GenerationResult",
     "Limits",

@@ -27,7 +27,7 @@ from app.engine.types import (
     floor_size,
 )
 from app.models.demo import DEMO_MODEL_ID
-from app.models.devices import Placement, choose_placement
+from app.models.devices import Placement, choose_placement, free_memory
 from app.models.loading import DEFAULT_MODEL_ID, display_name, load_pipeline
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,17 @@ class GenerationCancelled(Exception):
     def __init__(self, step: int, total: int):
         self.step, self.total = step, total
         super().__init__(f"cancelled after step {step} of {total}")
+
+
+class GenerationOutOfMemory(RuntimeError):
+    """Raised by ``Engine.generate`` when the device ran out of memory. The
+    engine has freed what the failed run held and can take the next request."""
+
+    def __init__(self, width: int, height: int, num_images: int, device: str, detail: str = ""):
+        self.width, self.height, self.num_images, self.device, self.detail = width, height, num_images, device, detail
+        images = f"{num_images} image{'s' if num_images != 1 else ''}"
+        super().__init__(f"out of memory on {device} making {images} at {width}x{height}: "
+                         "try fewer images at once, a smaller size, attention slicing or CPU offload")
 
 
 def _option(default: Any, help: str) -> Any:
@@ -79,11 +90,18 @@ class Engine:
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
         options = options or EngineOptions()
         placement = choose_placement(options.device, options.dtype)
-        pipe = load_pipeline(options.model, placement, config=options.config, text_encoder=options.text_encoder)
+        offload = options.cpu_offload and placement.device.startswith("cuda")
+        # With offload the model stays in CPU memory and each part visits the GPU while it runs,
+        # so it is loaded on the CPU (not copied to the GPU and back).
+        where = Placement("cpu", placement.dtype) if offload else placement
+        pipe = load_pipeline(options.model, where, config=options.config, text_encoder=options.text_encoder)
         if options.attention_slicing:
             pipe.enable_attention_slicing()
-        if options.cpu_offload and placement.device.startswith("cuda"):
-            pipe.enable_model_cpu_offload()
+        if offload:
+            pipe.enable_model_cpu_offload(device=placement.device)  # cuda:N offloads to GPU N, not GPU 0
+        # Decode several images one at a time: a batch of 768 px decodes needs several GB at once
+        # (too much for a 15 GB T4 next to the UNet); one image at a time costs nothing.
+        pipe.vae.enable_slicing()
         return cls(pipe, options.model, placement, limits)
 
     @property
@@ -115,8 +133,17 @@ class Engine:
         check_size(width, height, self.limits)  # a size taken from the model or init image too
         assert request.seed is not None
         seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
+        import torch
+
         with self._lock:
-            return self._run(request, width, height, seeds, on_step, cancel)
+            detail = None
+            try:
+                return self._run(request, width, height, seeds, on_step, cancel)
+            except torch.OutOfMemoryError as exc:
+                detail = str(exc).strip().split("\n")[0][:200]
+            # Out of the except block: the failed run's frames, and the tensors they hold, are gone now.
+            free_memory(self.placement.device)
+            raise GenerationOutOfMemory(width, height, len(seeds), self.placement.device, detail)
 
     # 1. pick the pipeline and scheduler, 2. denoise with a step callback, 3. describe the images.
     def _run(self, request, width, height, seeds, on_step, cancel) -> GenerationResult:

@@ -68,3 +68,15 @@ def _capability(device: str) -> tuple[int, int]:
     import torch
 
     return tuple(torch.cuda.get_device_capability(torch.device(device)))
+
+
+def free_memory(device: str) -> None:
+    """Give memory that nothing holds any more back to the device (after an
+    out-of-memory error, or when a model is dropped)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

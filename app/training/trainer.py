@@ -418,11 +418,9 @@ class Trainer:
         """Save the full pipeline. When training cast the frozen parts to
         fp16/bf16, or added LoRA layers, it is rebuilt from a fresh copy of the
         base model so the untouched weights are written exactly as loaded."""
-        import gc
-
         import torch
 
-        from app.models.devices import Placement
+        from app.models.devices import Placement, free_memory
         from app.models.loading import load_pipeline
 
         if self.config.mode == "text-encoder" and not self._frozen_cast:
@@ -435,9 +433,7 @@ class Trainer:
             lora_metadata = self.trained.peft_config["default"].to_dict() if self.config.mode == "lora" else None
             for name in ("pipe", "text_encoder", "unet", "vae", "optimizer", "params", "trained"):
                 setattr(self, name, None)
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory(str(self.device))
             pipe = load_pipeline(self.config.model, Placement("cpu", "float32"), config=self.config.config)
             if self.config.mode == "text-encoder":
                 pipe.text_encoder.load_state_dict(trained, strict=False)  # parameters only; buffers are unchanged

@@ -56,6 +56,7 @@ def test_generate_options(tmp_path, capsys):
     (["--init-image", "/no/such.png"], "error: init_image: cannot read '/no/such.png'"),
     (["--dtype", "fp16", "--device", "cpu"], "error: dtype: fp16 is not supported on the CPU"),
     (["--model", "./missing-folder"], "error: model: no such file or folder: './missing-folder'"),
+    (["--strength", "0.5"], "error: strength: only applies to img2img; add --init-image (got 0.5)"),
 ])
 def test_bad_options_give_one_line_errors(tmp_path, capsys, args, message):
     code = main(["generate", "x", "--model", "demo", *args, "-o", str(tmp_path / "x.png")])
@@ -64,3 +65,99 @@ def test_bad_options_give_one_line_errors(tmp_path, capsys, args, message):
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_jpeg_and_webp_carry_the_settings_in_exif_as_a1111_writes_them(tmp_path):
+    """A subprocess, as a user runs it: also shows that the third-party noise
+    (transformers' torchvision fallback, diffusers' "kept in float32: []") is gone."""
+    from sd_parsers import ParserManager
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    proc = run_cli("generate", "a red fox", "--model", "demo", "--seed", "3", "--steps", "2", "--dtype", "bf16",
+                   "--width", "64", "--height", "64", "--num-images", "2", "-n", "fog", "-o",
+                   str(tmp_path / "fox.jpg"), cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert "torchvision" not in proc.stderr and "kept in float32" not in proc.stderr
+    assert "Demo model" in proc.stderr  # our own notices still show
+    for n, seed in ((1, "3"), (2, "4")):
+        image = Image.open(tmp_path / f"fox-{n}.jpg")
+        assert image.format == "JPEG" and image.size == (64, 64)
+        (sampler,) = ParserManager().parse(image).samplers
+        assert sampler.parameters["seed"] == seed and sampler.parameters["steps"] == "2"
+        assert [p.value for p in sampler.prompts] == ["a red fox"]
+        assert [p.value for p in sampler.negative_prompts] == ["fog"]
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("name", ["out.webp", "out.JPEG"])
+def test_webp_and_jpeg_suffixes_pick_the_format(tmp_path, capsys, name):
+    from sd_parsers import ParserManager
+
+    code = main(["generate", "a lake", "--model", "demo", "--device", "cpu", "--steps", "2", "--seed", "8",
+                 "--width", "64", "--height", "64", "-o", str(tmp_path / name)])
+    assert code == 0
+    assert f"{tmp_path / name}  (seed 8" in capsys.readouterr().out
+    image = Image.open(tmp_path / name)
+    assert image.format == ("WEBP" if name.endswith("webp") else "JPEG")
+    info = ParserManager().parse(image)
+    assert info.samplers[0].parameters["seed"] == "8" and info.metadata["Size"] == "64x64"
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out.jpg.txt", "out.tiff"])
+def test_other_suffixes_are_refused_before_loading(tmp_path, capsys, name):
+    code = main(["generate", "x", "--model", "demo", "-o", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: output: must end in .png, .jpg, .jpeg, .webp (got '{tmp_path / name}')" in err
+    assert "Demo model" not in err  # refused before the model loaded
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    """CUDA's out-of-memory error, raised by the pipeline call (faked there: no GPU here)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    def fail(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", fail)
+    code = main(["generate", "x", "--model", "demo", "--device", "cpu", "--width", "512", "--height", "768",
+                 "--num-images", "3", "--attention-slicing", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: out of memory on cpu making 3 images at 512x768: "
+                     "lower --num-images 1 or --width/--height, or add --cpu-offload"]
+    assert "Traceback" not in err and "OutOfMemoryError" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_third_party_noise_is_dropped_but_real_warnings_stay(capsys):
+    import logging
+
+    from app.cli.common import quiet_third_party_noise
+
+    quiet_third_party_noise()
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    diffusers = logging.getLogger("diffusers.models.modeling_utils")
+    transformers = logging.getLogger("transformers.utils.import_utils")
+    handler = Keep()
+    for logger in (diffusers, transformers):
+        logger.addHandler(handler)
+    try:
+        diffusers.warning("There are modules in UNet2DConditionModel that should be kept in float32: []. Casting ...")
+        diffusers.warning("There are modules in UNet2DConditionModel that should be kept in float32: ['conv_in'].")
+        transformers.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                             "`CLIPImageProcessorPil` for backward compatibility.")
+        transformers.warning("`Foo` requires the bar package")
+    finally:
+        for logger in (diffusers, transformers):
+            logger.removeHandler(handler)
+    assert seen == ["There are modules in UNet2DConditionModel that should be kept in float32: ['conv_in'].",
+                    "`Foo` requires the bar package"]

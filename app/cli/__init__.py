@@ -12,7 +12,7 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-from app.cli.common import CLIError, add_model_options, load_engine
+from app.cli.common import CLIError, add_model_options, load_engine, quiet_third_party_noise
 
 __all__ = ["CLIError", "add_model_options", "build_parser", "load_engine", "main"]
 
@@ -30,6 +30,7 @@ def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party_noise()
     # Installed, the console script is ``t2i``; otherwise ``python -m app``.
     prog = "t2i" if Path(sys.argv[0]).name == "t2i" else "python -m app"
     args = build_parser(prog).parse_args(argv)

@@ -3,6 +3,7 @@ from ``EngineOptions``, their one declaration) and loading the engine."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from dataclasses import fields
@@ -12,6 +13,37 @@ from app.engine.engine import Engine, EngineOptions
 
 class CLIError(Exception):
     """A one-line error for the user; the CLI prints it and exits 2."""
+
+
+# Third-party log lines that say nothing a user of this program can act on, by the logger that
+# writes them. Only these exact messages are dropped; everything else those loggers say still shows.
+NOISE: dict[str, tuple[str, ...]] = {
+    # transformers 5 without torchvision (we use no image processor at all).
+    "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+    # diffusers on every .to(dtype) of a UNet or VAE, even when the list of modules is empty.
+    "diffusers.models.modeling_utils": ("that should be kept in float32: []",),
+    # Fusing a UNet-only LoRA (finetune --mode lora): there are no text encoder keys by design.
+    "diffusers.loaders.lora_base": ("No LoRA keys associated to CLIPTextModel",),
+}
+
+
+class DropMessages(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def quiet_third_party_noise() -> None:
+    """Drop the NOISE lines (filters sit on the logger that writes each one,
+    so the libraries' own handlers never see them)."""
+    for name, fragments in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in logger.filters):
+            logger.addFilter(DropMessages(fragments))
 
 
 def add_model_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
     d = GenerationRequest.defaults()  # the defaults live in one place: the request type
     p = subparsers.add_parser("generate", help="make images from a prompt")
     p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="output.png", help="PNG path; several images get -1, -2 ... (default: output.png)")
+    p.add_argument("-o", "--output", default="output.png",
+                   help="image path ending in .png, .jpg, .jpeg or .webp (the settings go in the PNG text or the "
+                        "EXIF UserComment, as A1111 writes them); several images get -1, -2 ... (default: output.png)")
     p.add_argument("-n", "--negative-prompt", default=d["negative_prompt"])
     p.add_argument("--width", type=int, help="multiple of 8 (default: the model's size, 768 on SD 2.1)")
     p.add_argument("--height", type=int, help="multiple of 8 (default: the model's size, 768 on SD 2.1)")
@@ -23,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scheduler", default=d["scheduler"], help="one of: " + ", ".join(scheduler_names()))
     p.add_argument("--num-images", type=int, default=d["num_images"])
     p.add_argument("--init-image", help="image to start from (img2img)")
-    p.add_argument("--strength", type=float, default=d["strength"],
+    p.add_argument("--strength", type=float,
                    help=f"img2img: how much to change the init image, 0-1 (default: {d['strength']})")
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
@@ -35,19 +37,28 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from app.engine.engine import save_result
+    from app.engine.engine import GenerationOutOfMemory, output_path, save_result
 
+    # Checked before the model loads: bad input fails in a second, not a minute.
+    if args.strength is not None and not args.init_image:
+        raise CLIError(f"strength: only applies to img2img; add --init-image (got {args.strength:g})")
+    try:
+        output = output_path(args.output)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
         steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        num_images=args.num_images, strength=args.strength, save_steps=args.save_steps, tiling=args.tiling,
+        num_images=args.num_images, save_steps=args.save_steps, tiling=args.tiling,
         init_image=_open_image(args.init_image) if args.init_image else None,
+        **({"strength": args.strength} if args.strength is not None else {}),
     )
     try:
-        request.validate()  # before the model loads: bad input fails in a second, not a minute
+        request.validate()
     except ValidationError as exc:
         raise CLIError(str(exc)) from exc
     engine = load_engine(args)
+    out_of_memory = None
     with tqdm(total=None, desc="Generating", unit="step", file=sys.stderr) as bar:
         def on_step(info):
             bar.total = info.total
@@ -57,9 +68,25 @@ def run(args: argparse.Namespace) -> int:
             result = engine.generate(request, on_step=on_step)
         except ValidationError as exc:
             raise CLIError(str(exc)) from exc
-    for path, seed in zip(save_result(result, args.output), result.seeds):
+        except GenerationOutOfMemory as exc:
+            out_of_memory = exc
+    if out_of_memory is not None:
+        print(_out_of_memory_line(out_of_memory, args), file=sys.stderr)
+        return 1
+    for path, seed in zip(save_result(result, output), result.seeds):
         print(f"{path}  (seed {seed}, {result.width}x{result.height}, {request.steps} steps, {request.scheduler})")
     return 0
+
+
+def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
+    """One line, no traceback: what ran out and which options to lower or add."""
+    images = f"{exc.num_images} image{'s' if exc.num_images != 1 else ''}"
+    lower = ["--num-images 1"] if exc.num_images > 1 else []
+    lower.append("--width/--height")
+    add = [flag for flag, on in (("--attention-slicing", args.attention_slicing), ("--cpu-offload", args.cpu_offload))
+           if not on]
+    hint = "lower " + " or ".join(lower) + (", or add " + " ".join(add) if add else "")
+    return f"error: out of memory on {exc.device} making {images} at {exc.width}x{exc.height}: {hint}"
 
 
 def _open_image(path: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from app.engine.metadata import infotext, save_png
+from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
 from app.engine.schedulers import make_scheduler
 from app.engine.types import (
@@ -240,17 +240,27 @@ def circular_padding(models: list[Any], on: bool) -> Iterator[None]:
             conv.padding_mode = mode
 
 
+def output_path(out: str | Path) -> Path:
+    """The path images are written to: ``out`` as given when it ends in .png,
+    .jpg, .jpeg or .webp, with .png added when it has no suffix; ValueError
+    for any other suffix (``out.gif`` is not silently written as ``out.gif.png``)."""
+    out = Path(out)
+    if not out.suffix:
+        return out.with_suffix(".png")
+    image_format(out)
+    return out
+
+
 def save_result(result: GenerationResult, out: str | Path) -> list[Path]:
-    """Write the images as PNGs with their metadata. One image goes to
+    """Write the images with their metadata, in the format ``out``'s suffix
+    names (PNG when it has none; see ``output_path``). One image goes to
     ``out``; several go to ``out-1.png``, ``out-2.png`` ... With step
     previews, also ``<name>.steps.png`` (a strip) and ``<name>.steps.gif``."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        out = out.with_suffix(out.suffix + ".png") if out.suffix else out.with_suffix(".png")
+    out = output_path(out)
     paths = []
     for i, (image, text) in enumerate(zip(result.images, result.infotexts)):
         path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
-        save_png(image, path, text)
+        save_image(image, path, text)
         paths.append(path)
         if result.step_images:
             frames = result.step_images[i] + [image]

@@ -1,5 +1,6 @@
-"""PNG metadata in AUTOMATIC1111's ``parameters`` format, which sd-parsers,
-sd-prompt-reader, Civitai and A1111's own PNG Info read back."""
+"""Image metadata in AUTOMATIC1111's format, which sd-parsers,
+sd-prompt-reader, Civitai and A1111's own PNG Info read back: the
+``parameters`` text chunk in a PNG, the EXIF UserComment in a JPEG or WebP."""
 from __future__ import annotations
 
 import io
@@ -10,6 +11,12 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 PARAMETERS_KEY = "parameters"
+# The file types an image can be saved as, by suffix.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+LOSSY_QUALITY = 90  # JPEG and WebP
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+_UNICODE_PREFIX = b"UNICODE\0"  # EXIF's character code for UCS-2; A1111 (piexif) writes big-endian after it
 
 
 def _clean(value: object) -> str:
@@ -59,10 +66,40 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
     return path
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """PIL's format name for a path's suffix; ValueError naming the suffixes we write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"output: must end in {', '.join(IMAGE_FORMATS)} (got {str(path)!r})")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, parameters: str | None) -> Path:
+    """Write ``image`` in the format its suffix names (see IMAGE_FORMATS) with
+    the infotext where A1111 puts it: a PNG text chunk, or for JPEG and WebP
+    the EXIF UserComment."""
+    path = Path(path)
+    kind = image_format(path)
+    if kind == "PNG":
+        return save_png(image, path, parameters)
+    exif = Image.Exif()
+    if parameters:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + parameters.encode("utf-16-be")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert("RGB").save(path, format=kind, quality=LOSSY_QUALITY, exif=exif)
+    return path
+
+
 def read_parameters(image: Image.Image) -> str | None:
-    """The ``parameters`` text of an opened PNG, or None."""
+    """The infotext of an opened PNG (``parameters`` chunk), JPEG or WebP (EXIF UserComment), or None."""
     text = getattr(image, "text", None) or {}
-    return text.get(PARAMETERS_KEY) or image.info.get(PARAMETERS_KEY)
+    found = text.get(PARAMETERS_KEY) or image.info.get(PARAMETERS_KEY)
+    if found:
+        return found
+    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if isinstance(comment, bytes) and comment.startswith(_UNICODE_PREFIX):
+        return comment[len(_UNICODE_PREFIX):].decode("utf-16-be", errors="replace") or None
+    return None
 
 
 _SETTING = re.compile(r"\s*([^:,]+):\s*([^,]*)(?:,|$)")

@@ -45,3 +45,26 @@ def test_readme_documents_every_web_setting():
     table = text.split("### Settings", 1)[1].split("\n## ", 1)[0]
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in table]
     assert not missing
+
+
+def test_readme_limits_table_matches_the_code():
+    """One table for the CLI's Limits() and the web server's defaults; it must say what the code does."""
+    from app.engine.types import DEFAULT_LIMITS as cli
+    from app.web.settings import DEFAULTS as web
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### Limits (CLI and web server)", 1)[1].split("\n#", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert f"{cli.min_size} to {cli.max_width} px" in rows["width, height"] and cli.max_width == cli.max_height
+    assert f"{cli.min_size} to {web['MAX_WIDTH']} px" in rows["width, height"]
+    assert cli.max_pixels == cli.max_width * cli.max_height
+    assert f"| {cli.max_width} x {cli.max_height} |" in rows["pixels per image (also the init image)"]
+    assert f"1 to {cli.max_steps} | 1 to {web['MAX_STEPS']} (`MAX_STEPS`)" in rows["steps"]
+    assert f"1 to {cli.max_images} | 1 to {web['MAX_IMAGES']} (`MAX_IMAGES`)" in rows["images per request"]
+    assert f"{cli.max_prompt_chars} characters each | {web['MAX_PROMPT_CHARS']} characters" in rows["prompt, negative prompt"]
+    assert f"0 to {cli.max_guidance:g} | 0 to {cli.max_guidance:g}" in rows["guidance (CFG scale)"]
+    assert f"{web['MAX_UPLOAD_BYTES'] // 2**20} MB" in rows["init image upload"]
+    side = int(web["MAX_UPLOAD_PIXELS"] ** 0.5)
+    assert f"{side} x {side}" in rows["init image upload"] and side * side == web["MAX_UPLOAD_PIXELS"]
+    assert f"{web['MAX_QUEUED_PER_CLIENT']} (`MAX_QUEUED_PER_CLIENT`)" in rows["unfinished jobs per client"]
+    assert f"{web['MAX_QUEUE']} (`MAX_QUEUE`)" in rows["queued jobs in all"]

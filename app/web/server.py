@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 FD_RESERVE = 256
 # Connections the kernel queues while the poll loop gets round to accepting them.
 BACKLOG = 2048
+ACCEPT_BATCH = 256
 
 
 def raise_fd_limit() -> int:
@@ -65,6 +66,28 @@ def waitress_options(config: Any, fd_limit: int) -> dict[str, Any]:
     }
 
 
+def _waitress_server(app: Flask, sock: socket.socket, options: dict[str, Any]):
+    """waitress's server on ``sock``, accepting in batches.
+
+    waitress accepts one connection per trip round its poll loop, and each trip
+    looks at every open connection: with thousands open, a burst of new ones
+    (a health check among them) waited minutes, one accept per trip. Here each
+    trip accepts what is waiting, up to ACCEPT_BATCH."""
+    from waitress.adjustments import Adjustments
+    from waitress.server import TcpWSGIServer
+
+    class BatchAcceptServer(TcpWSGIServer):
+        def handle_accept(self) -> None:
+            for _ in range(ACCEPT_BATCH):
+                before = len(self._map)
+                super().handle_accept()
+                if len(self._map) == before or len(self._map) >= self.adj.connection_limit:
+                    break  # nothing more waiting (or a failed accept), or the limit is reached
+
+    sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+    return BatchAcceptServer(app, map={}, _sock=sock, adj=Adjustments(**options), sockinfo=sockinfo, bind_socket=False)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket; OSError when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -91,11 +114,9 @@ class ServerHandle:
             self.host, self.port = host, self._dev.server_port
             target = self._dev.serve_forever
         else:
-            from waitress.server import create_server
-
             options = waitress_options(app.config, raise_fd_limit())
             sock = _listen(host, port)
-            self._waitress = create_server(app, sockets=[sock], **options)
+            self._waitress = _waitress_server(app, sock, options)
             self.host, self.port = host, sock.getsockname()[1]
             target = self._waitress.run
         self.thread = threading.Thread(target=target, name="t2i-http", daemon=True)

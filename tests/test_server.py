@@ -231,3 +231,9 @@ def test_serve_debug_uses_werkzeug(tmp_path):
 def test_serve_debug_is_not_for_public(capsys):
     assert main(["serve", "--model", "demo", "--debug", "--public"]) == 2
     assert "--debug: the development server is not for the internet" in capsys.readouterr().err
+
+
+def test_serve_refuses_wait_slots_that_leave_no_thread(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("T2I_WAIT_SLOTS", "40")
+    assert main(["serve", "--model", "demo", "--port", "0", "--instance", str(tmp_path)]) == 2
+    assert "WAIT_SLOTS must be below SERVER_THREADS" in capsys.readouterr().err

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         handle = ServerHandle(app, args.host, args.port, debug=args.debug)
     except OSError as exc:
         raise CLIError(f"port: cannot listen on {args.host}:{args.port} ({exc})") from exc
+    except ValueError as exc:  # T2I_WAIT_SLOTS and T2I_SERVER_THREADS that do not fit
+        raise CLIError(str(exc)) from exc
     backend_of(app).start()  # loads the model in the background; /api/health tells when ready
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:

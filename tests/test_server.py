@@ -147,7 +147,7 @@ def test_half_sent_and_idle_connections_are_closed_after_the_read_timeout(make_a
 
 
 def test_two_hundred_long_polls_do_not_slow_the_jobs_or_starve_other_requests(make_app):
-    app = make_app(PREVIEW_EVERY=0, MAX_QUEUED_PER_CLIENT=20)
+    app = make_app(PREVIEW_EVERY=0, MAX_QUEUED_PER_CLIENT=30)
     clients, jobs = 200, 5
     with ServerHandle(app, port=0) as server:
         url = server.url
@@ -160,10 +160,13 @@ def test_two_hundred_long_polls_do_not_slow_the_jobs_or_starve_other_requests(ma
             for job_id in ids:
                 assert requests.get(f"{url}/api/jobs/{job_id}?wait=60", timeout=70).json()["job"]["state"] == "done"
 
-        wait_all(submit(100)[:1])  # warm up
-        started = time.monotonic()
-        wait_all(submit(200))
-        alone = time.monotonic() - started
+        def alone_time(seed: int) -> float:
+            started = time.monotonic()
+            wait_all(submit(seed))
+            return time.monotonic() - started
+
+        wait_all(submit(100))  # warm up
+        alone_before = alone_time(200)
 
         # The crowd runs in its own process, as real clients would: its threads do not
         # compete with the server's for this process's interpreter lock.
@@ -182,6 +185,8 @@ def test_two_hundred_long_polls_do_not_slow_the_jobs_or_starve_other_requests(ma
             latencies.append(time.monotonic() - asked)
             time.sleep(0.05)
         together = time.monotonic() - started  # submitted, run, and seen finished by all 200
+        # Alone, before and after: this machine's other work sways single runs.
+        alone = (alone_before + alone_time(400)) / 2
         report = json.loads(crowd.stdout.read())
         errors, early = report["errors"], report["early"]
         assert not errors, errors[:5]

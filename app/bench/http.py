@@ -25,7 +25,7 @@ def http_unavailable_reason() -> str | None:
 
 
 class HttpStack:
-    """The web app with an injected engine, served by werkzeug in a thread,
+    """The web app with an injected engine, served by waitress in a thread,
     and driven by a client in another process, as a browser or script would
     be: the client's own work (JSON, polling) then does not compete with the
     server for this process's interpreter lock, and ``process_time`` here
@@ -33,12 +33,10 @@ class HttpStack:
 
     def __init__(self, engine: Engine, workdir: Path, poll: float, slow_poll: float = 0.5, preview_every: int = 1,
                  long_poll: bool = True):
-        import logging
 
         from app.web import create_app
         from app.web.server import ServerHandle
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per poll
         side = max(engine.default_size[0], 1024)
         self.app = create_app({"ENGINE": engine, "INSTANCE": str(workdir / "instance"), "MAX_WIDTH": side,
                                "MAX_HEIGHT": side, "MAX_QUEUED_PER_CLIENT": 1000, "MAX_STEPS": 1000,

@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--instance", help="folder for the job store and images (default: instance/ in the project folder)")
     p.add_argument("--redis", metavar="URL",
                    help="queue jobs in Redis for `python -m app worker` processes instead of running them here")
+    p.add_argument("--debug", action="store_true",
+                   help="serve with werkzeug's development server instead of waitress (not with --public)")
     p.set_defaults(func=run)
 
 
@@ -44,11 +46,15 @@ def run(args: argparse.Namespace) -> int:
     from app.web import backend_of, create_app
     from app.web.server import ServerHandle
 
+    if args.debug and args.public:
+        raise CLIError("--debug: the development server is not for the internet; leave out --public or --debug")
     app = create_app({**serve_config(args), "START_WORKER": False})
     try:
-        handle = ServerHandle(app, args.host, args.port)
+        handle = ServerHandle(app, args.host, args.port, debug=args.debug)
     except OSError as exc:
         raise CLIError(f"port: cannot listen on {args.host}:{args.port} ({exc})") from exc
+    except ValueError as exc:  # T2I_WAIT_SLOTS and T2I_SERVER_THREADS that do not fit
+        raise CLIError(str(exc)) from exc
     backend_of(app).start()  # loads the model in the background; /api/health tells when ready
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:

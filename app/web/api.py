@@ -13,6 +13,7 @@ from app.web.auth import client_id, is_authenticated
 from app.web.errors import ApiError
 from app.web.settings import engine_limits, public_limits
 from app.web.uploads import decode_init_image
+from app.web.waiting import RETRY_AFTER, wait_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -148,9 +149,11 @@ MAX_WAIT = 60.0
 def get_job(job_id: str):
     """``?wait=S`` long-polls: the answer comes when the job finishes, or after
     S seconds (at most 60). API clients then need no polling loop; the page
-    polls instead, since it wants progress too."""
+    polls instead, since it wants progress too. When every wait slot is taken
+    the answer comes at once, unfinished, with ``Retry-After``: ask again."""
     job = get_job_or_404(job_id)
     raw = request.args.get("wait")
+    busy = False
     if raw is not None:
         try:
             wait = float(raw)
@@ -158,8 +161,14 @@ def get_job(job_id: str):
             raise ApiError(400, "wait: must be a number of seconds", "wait", raw) from None
         if not 0 <= wait <= MAX_WAIT:  # also refuses nan
             raise ApiError(400, f"wait: must be between 0 and {MAX_WAIT:g} seconds", "wait", raw)
-        job = backend().wait(job_id, wait) or job
-    return jsonify({"ok": True, "job": job_json(job)})
+        if not job.finished:
+            with wait_slot() as waiting:
+                busy = not waiting
+                job = (backend().wait(job_id, wait) if waiting else None) or job
+    response = jsonify({"ok": True, "job": job_json(job)})
+    if busy:
+        response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -24,6 +24,7 @@ from app.web.api import build_request, enqueue
 from app.web.auth import client_id
 from app.web.errors import ApiError
 from app.web.uploads import png_info
+from app.web.waiting import wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
@@ -109,8 +110,12 @@ def _init_image(body: dict):
 def _run(body: dict, img2img: bool):
     values = _generation_values(body, img2img)
     gen = build_request(values, _init_image(body) if img2img else None)
-    job = enqueue(gen)
-    job = backend().wait(job.id, current_app.config["SYNC_TIMEOUT"]) or job
+    with wait_slot() as waiting:
+        if not waiting:  # refused before queueing: no job runs that nobody waits for
+            raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
+                                "waiting for their images; try again shortly", headers={"Retry-After": "5"})
+        job = enqueue(gen)
+        job = backend().wait(job.id, current_app.config["SYNC_TIMEOUT"]) or job
     if job.state in (QUEUED, RUNNING):
         raise ApiError(504, f"the job is still {job.state} after {current_app.config['SYNC_TIMEOUT']}s; "
                             f"follow it at /api/jobs/{job.id}", "job_id", job.id)

@@ -50,6 +50,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PREVIEW_EVERY", 1, "make a live preview every N steps (0: never)"),
     Setting("START_WORKER", True, "start the GPU worker thread (tests may drive it by hand)"),
     Setting("SYNC_TIMEOUT", 900, "seconds an A1111 /sdapi call waits for its job before answering 504"),
+    Setting("SERVER_THREADS", 32, "HTTP worker threads (waitress): the most requests handled at once"),
+    Setting("WAIT_SLOTS", 24, "most requests that wait at once (?wait long-polls, synchronous /sdapi calls); "
+                              "below SERVER_THREADS so the other threads keep answering"),
+    Setting("CONNECTION_LIMIT", 16384, "most open connections (idle ones included); capped by the open-file limit"),
+    Setting("CHANNEL_TIMEOUT", 30, "seconds a connection may sit idle or half-sent before it is closed"),
     Setting("DATABASE", None, "SQLite file of the job store; None: <instance>/jobs.sqlite"),
     Setting("REDIS_URL", None, "redis://host:port/db: queue jobs in Redis for `python -m app worker` processes; None: in-process worker"),
     Setting("REDIS_QUEUE", "t2i", "queue name in Redis (the workers' --queue)"),

@@ -156,6 +156,17 @@ def test_forwarded_for_counts_only_through_a_local_proxy(make_app):
                              environ_base={"REMOTE_ADDR": "::1"}), 429)
 
 
+def test_proxy_addresses_names_where_the_proxy_connects_from(make_app):
+    # Docker: a proxy on the host reaches the container from the bridge's gateway.
+    client = make_app(TRUST_PROXY=1, PROXY_ADDRESSES=("172.16.0.0/12",), MAX_QUEUED_PER_CLIENT=1,
+                      START_WORKER=False).test_client()
+    for visitor in ("203.0.113.1", "203.0.113.2"):
+        submit(client, {"X-Forwarded-For": visitor}, REMOTE_ADDR="172.18.0.1")
+    # From loopback, no longer listed, the header is ignored: all such clients are one.
+    submit(client, {"X-Forwarded-For": "203.0.113.3"})
+    assert_error(client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "203.0.113.4"}), 429)
+
+
 def test_without_trust_proxy_forwarded_for_is_ignored(make_app):
     client = make_app(MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
     submit(client, {"X-Forwarded-For": "203.0.113.1"})

@@ -146,6 +146,7 @@ def _derive_settings(app: Flask) -> None:
     if config["GALLERY"] not in ("shared", "private"):
         raise ValueError(f"GALLERY must be 'shared' or 'private', not {config['GALLERY']!r}")
     if config["TRUST_PROXY"]:
-        from app.web.proxy import LocalProxyFix
+        from app.web.proxy import LocalProxyFix, networks
 
-        app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]))  # type: ignore[method-assign]
+        app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]),  # type: ignore[method-assign]
+                                     networks(config["PROXY_ADDRESSES"]))

@@ -124,6 +124,7 @@ def _give_browser_an_id() -> None:
             session.get("auth") or (not current_app.config.get("PASSWORD") and request.method == "GET"
                                     and not wants_json())):
         session["cid"] = secrets.token_urlsafe(16)
+        session.permanent = True  # its jobs stay its own after the browser restarts
 
 
 def require_auth():

@@ -192,3 +192,24 @@ def test_a_page_on_another_port_of_the_same_host_can_neither_start_nor_cancel(se
     assert "cross-site request refused" in text
     attack(page, "127.0.0.1", server.url + f"/api/jobs/{job.id}/cancel", {})
     assert [(j.id, j.state) for j in backend.list()] == [(job.id, "queued")]
+
+
+@pytest.mark.browser
+def test_the_page_lists_my_jobs_and_the_whole_queue_without_others_prompts(served, browser_page):
+    import requests
+
+    server = served(PASSWORD=PASSWORD)
+    requests.post(server.url + "/api/jobs", json=small_job(prompt="a secret of someone else"), headers=BEARER,
+                  timeout=10).raise_for_status()
+    page = browser_page
+    page.goto(server.url + "/login")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.fill("#prompt", "my own fox")
+    page.click("#generate")
+    page.wait_for_selector("#queue-list li.mine")
+    assert page.locator("#queue-list li").all_inner_texts() == ["queued #2 my own fox"]
+    page.check("#queue-all")
+    page.wait_for_selector("#queue-list li.other")
+    assert page.locator("#queue-list li").all_inner_texts() == ["queued #1 someone else's job", "queued #2 my own fox"]
+    assert "secret" not in page.content()

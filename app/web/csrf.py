@@ -37,10 +37,8 @@ def origin_of(url: str) -> str | None:
 
 
 def own_origins() -> set[str]:
-    own = {origin_of(request.host_url)}
-    own.update(origin_of(o) for o in current_app.config.get("ORIGINS") or ())
-    own.discard(None)
-    return own  # type: ignore[return-value]
+    urls = [request.host_url, *(current_app.config.get("ORIGINS") or ())]
+    return {origin for origin in map(origin_of, urls) if origin is not None}
 
 
 def check_same_origin() -> None:

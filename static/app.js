@@ -540,9 +540,47 @@
     try { saved = window.localStorage.getItem(JOB_KEY); } catch (e) { saved = null; }
     if (!saved) return;
     api("GET", "/api/jobs/" + encodeURIComponent(saved)).then(function (result) {
-      if (result.ok && result.data.job && !self.jobId) self.track(result.data.job);
+      if (result.ok && result.data.job && result.data.job.mine && !self.jobId) self.track(result.data.job);
       else if (result.status === 404) { try { window.localStorage.removeItem(JOB_KEY); } catch (e) { /* ignore */ } }
     }, function () { /* offline: nothing to restore */ });
+  };
+
+  // ------------------------------------------------------------------ queue
+  // The caller's unfinished jobs, or with "whole queue" everyone's: others'
+  // come without prompt or owner (the server leaves them out), only their place.
+  var QUEUE_MS = 3000;
+
+  function QueuePanel(list) {
+    this.list = list;
+    this.all = $("queue-all");
+    var self = this;
+    this.all.addEventListener("change", function () { self.refresh(); });
+  }
+
+  QueuePanel.prototype.refresh = function () {
+    var self = this;
+    window.clearTimeout(this.timer);
+    var url = "/api/jobs?state=queued,running&limit=100" + (this.all.checked ? "&all=1" : "");
+    api("GET", url).then(function (result) {
+      if (result.ok) self.render(result.data.jobs);
+      self.timer = window.setTimeout(function () { self.refresh(); }, QUEUE_MS);
+    }, function () {
+      self.timer = window.setTimeout(function () { self.refresh(); }, POLL_MAX_MS);
+    });
+  };
+
+  QueuePanel.prototype.render = function (jobs) {
+    jobs = jobs.slice().sort(function (a, b) {  // running first, then by place in the queue
+      return (a.position || 0) - (b.position || 0);
+    });
+    this.list.textContent = "";
+    jobs.forEach(function (job) {
+      var where = job.state === "running" ? "running" : "queued #" + job.position;
+      var what = job.mine ? (job.params ? job.params.prompt : "") : "someone else's job";
+      this.list.appendChild(el("li", { class: job.mine ? "mine" : "other", "data-state": job.state },
+                               el("span", { class: "where", text: where }), " ", el("span", { text: what })));
+    }, this);
+    show($("queue-empty"), jobs.length === 0);
   };
 
   // ------------------------------------------------------------------ start
@@ -555,6 +593,7 @@
       window.t2iPage = page; // handy from the browser console
       page.restore();
     }
+    if ($("queue-list")) new QueuePanel($("queue-list")).refresh();
     if ($("model-status")) pollHealth();
   });
 })();

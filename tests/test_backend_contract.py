@@ -71,6 +71,14 @@ class BackendContract:
         assert [job.id for job in backend.list(limit=3)] == ids[::-1]  # newest first
         assert backend.image_path(ids[0], "../../etc/passwd") is None
 
+    def test_jobs_remember_their_owner_and_list_by_owner(self, make_backend):
+        idle = make_backend(running=False)
+        a1, b1, a2 = idle.submit(request(), "key:a"), idle.submit(request(), "browser:b"), idle.submit(request(), "key:a")
+        assert idle.get(b1.id).client == "browser:b"
+        assert [j.id for j in idle.list(client="key:a")] == [a2.id, a1.id]
+        assert [(j.id, j.position) for j in idle.list(client="browser:b", states=("queued",))] == [(b1.id, 2)]
+        assert [j.id for j in idle.list()] == [a2.id, b1.id, a1.id]
+
     def test_cancel_a_queued_job(self, make_backend):
         idle = make_backend(running=False)
         first, second = idle.submit(request(), "me"), idle.submit(request(), "me")

@@ -217,7 +217,8 @@ def test_public_link_refused_for_an_app_without_password(agent):
         tunnel_mod.share_app(app, PORT, authtoken=TOKEN, **agent.options)
     assert agent.starts() == []
     app.config["PASSWORD"] = "pw"
-    assert tunnel_mod.share_app(app, PORT, authtoken=TOKEN, **agent.options).kind == "ngrok"
+    link = tunnel_mod.share_app(app, PORT, authtoken=TOKEN, **agent.options)
+    assert link.kind == "ngrok" and app.config["ORIGINS"] == (link.public_url,)  # its pages may post
 
 
 def test_keep_alive_reopens_a_dropped_link(agent):

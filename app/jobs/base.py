@@ -56,8 +56,9 @@ class JobStore(ABC):
         """The job with its queue position and progress, or None."""
 
     @abstractmethod
-    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
-        """Newest first; ``before`` pages on from a job id."""
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None,
+             client: str | None = None) -> list[Job]:
+        """Newest first; ``before`` pages on from a job id; ``client``: only that client's jobs."""
 
     @abstractmethod
     def cancel(self, job_id: str) -> Job | None:
@@ -111,8 +112,9 @@ class Backend(ABC):
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
-    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
-        return self.store.list(limit=limit, before=before, states=states)
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None,
+             client: str | None = None) -> list[Job]:
+        return self.store.list(limit=limit, before=before, states=states, client=client)
 
     def cancel(self, job_id: str) -> Job | None:
         return self.store.cancel(job_id)

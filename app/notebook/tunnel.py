@@ -307,7 +307,10 @@ def share_app(app: Flask, port: int, **tunnel_options: Any) -> Tunnel:
     if not app.config.get("PASSWORD"):
         raise TunnelError("Refusing to open a public link: the app has no PASSWORD. Start it with "
                           "PUBLIC=True (a password is generated) or set PASSWORD.")
-    return open_tunnel(port, **tunnel_options)
+    tunnel = open_tunnel(port, **tunnel_options)
+    # The link is the app's own origin even through a proxy that rewrites Host (app.web.csrf).
+    app.config["ORIGINS"] = (*app.config.get("ORIGINS", ()), tunnel.public_url)
+    return tunnel
 
 
 def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 60.0,

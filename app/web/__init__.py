@@ -33,7 +33,7 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, errors, pages, sdapi
+    from app.web import api, auth, csrf, errors, pages, sdapi
 
     test_config = dict(test_config or {})
     instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
@@ -53,6 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     # 3. blueprints and error handling.
     errors.init_app(app)
+    csrf.init_app(app)
     auth.init_app(app)
     for blueprint in (api.bp, sdapi.bp, pages.bp):
         app.register_blueprint(blueprint)
@@ -142,8 +143,10 @@ def _derive_settings(app: Flask) -> None:
     config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"] * 4 // 3 + 64 * 1024
     config["SESSION_COOKIE_HTTPONLY"] = True
     config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if config["GALLERY"] not in ("shared", "private"):
+        raise ValueError(f"GALLERY must be 'shared' or 'private', not {config['GALLERY']!r}")
     if config["TRUST_PROXY"]:
-        from werkzeug.middleware.proxy_fix import ProxyFix
+        from app.web.proxy import LocalProxyFix, networks
 
-        hops = int(config["TRUST_PROXY"])
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]),  # type: ignore[method-assign]
+                                     networks(config["PROXY_ADDRESSES"]))

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY
-from app.jobs.job import STATES, Job, QueueFull
+from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults
 from app.web.auth import client_id, is_authenticated
 from app.web.errors import ApiError
@@ -51,7 +51,28 @@ def image_url(job_id: str, n: int) -> str:
     return f"/images/{job_id}/{n}.png"
 
 
+def is_mine(job: Job) -> bool:
+    return job.client == client_id()
+
+
+def shows_contents(job: Job) -> bool:
+    """Whose prompt, settings and images a client may see: its own jobs', and
+    with ``GALLERY = "shared"`` everyone's finished ones (the gallery's)."""
+    return is_mine(job) or (job.state == DONE and current_app.config["GALLERY"] == "shared")
+
+
 def job_json(job: Job) -> dict:
+    """The job as the caller may see it: someone else's job shows only its
+    place in the queue (no prompt, preview or images) unless shows_contents.
+    Whose it is never shows, only whether it is the caller's."""
+    body = _job_fields(job)
+    body["mine"] = is_mine(job)
+    if not shows_contents(job):
+        body.update(params=None, images=[], preview_url=None, error=None)
+    return body
+
+
+def _job_fields(job: Job) -> dict:
     return {
         "id": job.id,
         "state": job.state,
@@ -138,7 +159,10 @@ def list_jobs():
         bad = [s for s in states if s not in STATES]
         if bad:
             raise ApiError(400, "state: must be one of " + ", ".join(STATES), "state", bad[0])
-    jobs = backend().list(limit=limit, before=request.args.get("before") or None, states=states)
+    # Own jobs by default; ?all=1: the whole queue, others' jobs as job_json shows them.
+    everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
+    jobs = backend().list(limit=limit, before=request.args.get("before") or None, states=states,
+                          client=None if everyone else client_id())
     return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
 
 
@@ -174,6 +198,8 @@ def get_job(job_id: str):
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     job = get_job_or_404(job_id)
+    if not is_mine(job):
+        raise ApiError(403, "this job is someone else's: only its owner can cancel it", "id", job_id)
     if job.finished:
         raise ApiError(409, f"the job is already {job.state}", "id", job_id)
     return jsonify({"ok": True, "job": job_json(backend().cancel(job_id) or job)})
@@ -181,9 +207,9 @@ def cancel_job(job_id: str):
 
 @bp.get("/jobs/<job_id>/preview.png")
 def job_preview(job_id: str):
-    png = backend().preview(job_id)
+    job = get_job_or_404(job_id)
+    png = backend().preview(job_id) if is_mine(job) else None  # others' work in progress is theirs
     if png is None:
-        get_job_or_404(job_id)  # 404 "no such job" first
         raise ApiError(404, "no preview yet", "id", job_id)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 

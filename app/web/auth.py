@@ -4,7 +4,11 @@ With a PASSWORD set (always when PUBLIC), everything except /login,
 /static and /api/health needs it: browsers log in once and get a signed
 session cookie; API clients send ``Authorization: Bearer <password>`` or
 HTTP Basic with any user name (webuiapi's ``set_auth``). Unauthenticated API
-calls get 401 in the error shape; pages redirect to /login.
+calls get 401 in the error shape; pages redirect to /login. Wrong passwords
+are throttled (app.web.throttle); the right one always gets in.
+
+Who a client is (``client_id``): its API credential, else its browser's
+random id (in the session cookie), else its address. Jobs belong to it.
 """
 from __future__ import annotations
 
@@ -12,28 +16,42 @@ import base64
 import binascii
 import hashlib
 import hmac
-import threading
-import time
+import math
+import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, has_request_context, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
 from app.web.errors import ApiError, wants_json
+from app.web.throttle import FailureThrottle
 
 bp = Blueprint("auth", __name__)
 
 OPEN_ENDPOINTS = {"auth.login", "auth.logout", "static", "api.health"}
-MAX_FAILURES = 10  # wrong passwords per client per window before 429
-FAILURE_WINDOW = 300.0
+THROTTLE = "t2i_auth_throttle"  # app.extensions key of the FailureThrottle
 
-_failures_lock = threading.Lock()
+
+def client_address() -> str:
+    """The TCP peer, or the tunnel's X-Forwarded-For when it is trusted (app.web.proxy)."""
+    return request.remote_addr or "unknown"
 
 
 def client_id() -> str:
-    """Per-client identity for queue limits: the user's remote address
-    (ProxyFix makes it the tunnel's X-Forwarded-For when TRUST_PROXY is set)."""
-    return request.remote_addr or "unknown"
+    """Who owns a job (and whose queue limit it counts against): an API
+    credential (a hash of the Authorization header's secret, the user name
+    included for Basic, so friends sharing one password under different user
+    names differ), else the browser's random id from its session cookie, else
+    the address (scripts on an app without a password)."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        basic = _basic(value) if scheme.lower() == "basic" else None
+        secret = f"basic\0{basic[0]}\0{basic[1]}" if basic else f"{scheme.lower()}\0{value.strip()}"
+        return "key:" + hashlib.sha256(secret.encode()).hexdigest()[:32]
+    if session.get("cid"):
+        return "browser:" + session["cid"]
+    return "addr:" + client_address()
 
 
 def _token_tag(password: str) -> str:
@@ -47,24 +65,49 @@ def _matches(given: str | None, password: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), password.encode())
 
 
+def _basic(value: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
 def _credentials() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer":
         return value.strip()
     if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        return decoded.partition(":")[2]
+        basic = _basic(value)
+        return basic[1] if basic else None
     return None
 
 
+def _throttle() -> FailureThrottle:
+    return current_app.extensions[THROTTLE]
+
+
+def check_password(given: str | None, password: str) -> bool:
+    """True for the right password, always (it is checked first, in constant
+    time, so no throttle locks it out); False for a wrong one; ApiError 429
+    with Retry-After for a wrong one inside the client's or the global backoff."""
+    who = client_address()
+    if _matches(given, password):
+        _throttle().succeeded(who)
+        return True
+    wait = _throttle().retry_after(who)
+    _throttle().failed(who)
+    if wait > 0:
+        raise ApiError(429, f"too many wrong passwords; wait {math.ceil(wait)} seconds",
+                       headers={"Retry-After": str(math.ceil(wait))})
+    return False
+
+
 def is_authenticated() -> bool:
-    """Logged in (session cookie) or sent the password. Credentials in a header
-    are throttled like the login form: each wrong one is recorded, and over the
-    limit the client gets 429 whatever it sends, so no endpoint is a free oracle."""
+    """Logged in (session cookie) or sent the password in the Authorization
+    header, which is throttled like the login form."""
     password = current_app.config.get("PASSWORD")
     if not password:
         return True
@@ -72,46 +115,22 @@ def is_authenticated() -> bool:
         return True
     if not request.headers.get("Authorization"):
         return False
-    who = client_id()
-    if _too_many_failures(who):
-        raise ApiError(429, "too many wrong passwords; wait a few minutes")
-    if _matches(_credentials(), password):
-        return True
-    _record_failure(who)
-    return False
+    return check_password(_credentials(), password)
 
 
-def _failures() -> dict[str, list[float]]:
-    return current_app.extensions.setdefault("t2i_auth_failures", {})
-
-
-def _too_many_failures(who: str) -> bool:
-    with _failures_lock:
-        failures = _failures()
-        recent = [t for t in failures.get(who, []) if time.monotonic() - t < FAILURE_WINDOW]
-        if recent:
-            failures[who] = recent
-        else:
-            failures.pop(who, None)
-        return len(recent) >= MAX_FAILURES
-
-
-def _record_failure(who: str) -> None:
-    with _failures_lock:
-        failures = _failures()
-        now = time.monotonic()
-        # Clients that stopped failing long ago are forgotten, so the table
-        # holds only the last window's clients however many come and go.
-        for other in [k for k, times in failures.items() if now - times[-1] >= FAILURE_WINDOW]:
-            del failures[other]
-        failures.setdefault(who, []).append(now)
+def _give_browser_an_id() -> None:
+    # Browsers get their id at login; without a password, on their first page.
+    if "cid" not in session and not request.headers.get("Authorization") and (
+            session.get("auth") or (not current_app.config.get("PASSWORD") and request.method == "GET"
+                                    and not wants_json())):
+        session["cid"] = secrets.token_urlsafe(16)
+        session.permanent = True  # its jobs stay its own after the browser restarts
 
 
 def require_auth():
     """before_request hook."""
-    if not current_app.config.get("PASSWORD") or request.endpoint in OPEN_ENDPOINTS:
-        return None
-    if is_authenticated():
+    if not current_app.config.get("PASSWORD") or request.endpoint in OPEN_ENDPOINTS or is_authenticated():
+        _give_browser_an_id()
         return None
     if wants_json():
         raise ApiError(401, "authentication required: send 'Authorization: Bearer <password>' or log in at /login",
@@ -133,24 +152,24 @@ def login():
     next_url = _safe_next(request.values.get("next"))
     if not password:
         return redirect(next_url)
-    error = None
-    status = 200
+    error, status, headers = None, 200, {}
     if request.method == "POST":
-        who = client_id()
-        if _too_many_failures(who):
-            error, status = "Too many wrong passwords. Wait a few minutes.", 429
-        elif _matches(request.form.get("password"), password):
-            session.clear()
-            session["auth"] = _token_tag(password)
-            session.permanent = True
-            return redirect(next_url)
+        try:
+            right = check_password(request.form.get("password"), password)
+        except ApiError as exc:
+            error, status, headers = f"Too many wrong passwords. Wait {exc.headers['Retry-After']} seconds.", 429, exc.headers
         else:
-            _record_failure(who)
+            if right:
+                session.clear()
+                session["auth"] = _token_tag(password)
+                session["cid"] = secrets.token_urlsafe(16)
+                session.permanent = True
+                return redirect(next_url)
             error, status = "Wrong password.", 401
-    return render_template("login.html", error=error, next=next_url), status
+    return render_template("login.html", error=error, next=next_url), status, headers
 
 
-@bp.route("/logout", methods=("GET", "POST"))
+@bp.post("/logout")  # POST only: a link or an image on another page must not log anyone out
 def logout():
     session.clear()
     return redirect(url_for("auth.login"))
@@ -168,5 +187,6 @@ class _HttpsAwareSessions(SecureCookieSessionInterface):
 
 def init_app(app) -> None:
     app.session_interface = _HttpsAwareSessions()
+    app.extensions[THROTTLE] = FailureThrottle()
     app.before_request(require_auth)
     app.register_blueprint(bp)

@@ -8,12 +8,13 @@ names, limits) comes from ``app.web.page_context``.
 """
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request, send_file
+from flask import Blueprint, current_app, render_template, request, send_file
 
 from app.jobs.job import DONE
 from app.models.demo import DEMO_NOTICE
 from app.web import backend
-from app.web.api import job_json
+from app.web.api import is_mine, job_json
+from app.web.auth import client_id
 from app.web.errors import ApiError
 
 bp = Blueprint("views", __name__)
@@ -35,9 +36,12 @@ def index() -> str:
 
 @bp.route("/gallery")
 def gallery() -> str:
-    """Finished jobs, newest first, a page at a time (``?before=<job id>``)."""
+    """Finished jobs, newest first, a page at a time (``?before=<job id>``):
+    everyone's, or with ``GALLERY = "private"`` the client's own."""
     before = request.args.get("before") or None
-    jobs = backend().list(limit=GALLERY_PAGE_SIZE, before=before, states=(DONE,))
+    private = current_app.config["GALLERY"] == "private"
+    jobs = backend().list(limit=GALLERY_PAGE_SIZE, before=before, states=(DONE,),
+                          client=client_id() if private else None)
     shown = [job_json(job) for job in jobs if job.images]
     older = jobs[-1].id if len(jobs) == GALLERY_PAGE_SIZE else None
     return render_template("gallery.html", jobs=shown, older=older, before=before, **_page())
@@ -46,6 +50,9 @@ def gallery() -> str:
 @bp.get("/images/<job_id>/<name>")
 def image(job_id: str, name: str):
     path = backend().image_path(job_id, name)
+    if path is not None and current_app.config["GALLERY"] == "private":
+        job = backend().get(job_id)
+        path = path if job is not None and is_mine(job) else None  # 404 as for no image: existence is private too
     if path is None:
         raise ApiError(404, "no such image", "path", f"{job_id}/{name}")
     download = request.args.get("download") in ("1", "true", "yes")

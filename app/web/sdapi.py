@@ -20,7 +20,7 @@ from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
 from app.engine.types import floor_size
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
-from app.web.api import build_request, enqueue
+from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.errors import ApiError
 from app.web.uploads import png_info
@@ -177,7 +177,7 @@ def progress():
             elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job.started_at)).total_seconds()
             eta = max(0.0, elapsed / fraction - elapsed) if fraction else 0.0
         skip = request.args.get("skip_current_image", "false").lower() in ("1", "true", "yes")
-        png = None if skip else backend().preview(job.id)
+        png = None if skip or not is_mine(job) else backend().preview(job.id)  # others' work is theirs
         image = base64.b64encode(png).decode("ascii") if png else None
     return jsonify({
         "progress": fraction,
@@ -192,8 +192,7 @@ def progress():
 
 @bp.post("/interrupt")
 def interrupt():
-    me = client_id()
-    mine = [j for j in backend().list(limit=200, states=(RUNNING, QUEUED)) if j.client == me]
+    mine = backend().list(limit=200, states=(RUNNING, QUEUED), client=client_id())
     mine.sort(key=lambda j: (j.state != RUNNING, j.created_at))
     if mine:
         backend().cancel(mine[0].id)

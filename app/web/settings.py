@@ -35,6 +35,10 @@ SETTINGS: tuple[Setting, ...] = (
     *engine_option_settings(),
     Setting("ENGINE", None, "an already loaded app.engine.engine.Engine to use instead of loading MODEL (notebooks, tests)"),
     Setting("PASSWORD", None, "password (or API token) every page and API call needs; None: no auth"),
+    Setting("GALLERY", "shared", "shared: every client sees all finished images; private: each client sees only its own"),
+    Setting("PROXY_ADDRESSES", ("127.0.0.0/8", "::1"), "where the TRUST_PROXY proxies connect from (IPs or "
+            "networks); X-Forwarded-* from any other peer is ignored"),
+    Setting("ORIGINS", (), "other origins (https://host[:port]) whose pages may post here, for a proxy that rewrites Host"),
     Setting("PUBLIC", False, "the app is reachable from outside (tunnel): auth is required; a password is generated if none is set"),
     Setting("TRUST_PROXY", 0, "number of proxies (the tunnel) whose X-Forwarded-For to trust for client identity"),
     Setting("SECRET_KEY", None, "signs the login cookie; None: random per start"),
@@ -79,6 +83,8 @@ def from_environ(environ: os._Environ | dict | None = None) -> dict:
             found[name] = raw.strip().lower() in ("1", "true", "yes", "on")
         elif kind is int:
             found[name] = int(raw)
+        elif kind is tuple:
+            found[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
         else:
             found[name] = raw
     return found

@@ -210,7 +210,8 @@ class RedisJobStore(JobStore):
             job.position = None if index is None else index + 1
         return job
 
-    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None,
+             client: str | None = None) -> list[Job]:
         top = "+inf"
         if before:
             score = self.redis.zscore(self.key("jobs"), before)
@@ -232,7 +233,7 @@ class RedisJobStore(JobStore):
                 rows = pipe.execute()
             for row in rows:
                 job = self._job(row)
-                if job is None or (states and job.state not in states):
+                if job is None or (states and job.state not in states) or (client is not None and job.client != client):
                     continue
                 job.position = order.get(job.id) if job.state == QUEUED else None
                 found.append(job)

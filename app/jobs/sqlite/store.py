@@ -138,7 +138,8 @@ class SQLiteJobStore(JobStore):
                                                 (row["seq"],)).fetchone()[0]
         return job
 
-    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None,
+             client: str | None = None) -> list[Job]:
         sql = "SELECT * FROM jobs WHERE 1"
         args: builtins.list[object] = []
         if before:
@@ -147,6 +148,9 @@ class SQLiteJobStore(JobStore):
         if states:
             sql += " AND state IN (%s)" % ",".join("?" * len(states))
             args.extend(states)
+        if client is not None:
+            sql += " AND client = ?"
+            args.append(client)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(int(limit))
         with self._connect() as conn:

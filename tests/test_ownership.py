@@ -1,0 +1,237 @@
+"""Who a client is and what it may see and do: jobs belong to the client that
+submitted them (an API credential, a browser's session, else an address);
+X-Forwarded-For names the client only through a trusted local proxy; wrong
+passwords back off while the right one always gets in."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from app.web.throttle import FailureThrottle
+from helpers import assert_error, small_job
+
+PASSWORD = "shared secret"
+
+
+def basic(user: str, password: str = PASSWORD) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+ALICE, BOB = basic("alice"), basic("bob")  # friends sharing one password under different names
+
+
+@pytest.fixture
+def locked(make_app):
+    return make_app(PASSWORD=PASSWORD, START_WORKER=False)
+
+
+def submit(client, headers, **environ) -> dict:
+    response = client.post("/api/jobs", json=small_job(), headers=headers, environ_base=environ)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["job"]
+
+
+# --- ownership ---------------------------------------------------------------------------
+
+def test_only_the_owner_cancels_a_job(locked):
+    client = locked.test_client()
+    job = submit(client, ALICE)
+    assert job["mine"] is True
+    body = assert_error(client.post(f"/api/jobs/{job['id']}/cancel", headers=BOB), 403, "id")
+    assert "someone else's" in body["error"]
+    bearer = {"Authorization": f"Bearer {PASSWORD}"}  # the same password as a token: another client again
+    assert_error(client.post(f"/api/jobs/{job['id']}/cancel", headers=bearer), 403)
+    assert client.get(f"/api/jobs/{job['id']}", headers=ALICE).get_json()["job"]["state"] == "queued"
+    response = client.post(f"/api/jobs/{job['id']}/cancel", headers=ALICE)
+    assert response.status_code == 200 and response.get_json()["job"]["state"] == "cancelled"
+
+
+def test_browsers_are_told_apart_by_their_login(make_app):
+    app = make_app(PASSWORD=PASSWORD, START_WORKER=False)
+    first, second = app.test_client(), app.test_client()  # two browsers on one machine (one address)
+    for browser in (first, second):
+        assert browser.post("/login", data={"password": PASSWORD}).status_code == 302
+    same_site = {"Origin": "http://localhost"}  # as the page's own fetch sends it
+    job = submit(first, same_site)
+    assert_error(second.post(f"/api/jobs/{job['id']}/cancel", headers=same_site), 403)
+    assert first.post(f"/api/jobs/{job['id']}/cancel", headers=same_site).status_code == 200
+
+
+def test_without_a_password_each_browser_still_owns_its_jobs(make_app):
+    app = make_app(START_WORKER=False)
+    first, second = app.test_client(), app.test_client()
+    for browser in (first, second):
+        assert browser.get("/", headers={"Accept": "text/html"}).status_code == 200  # the page gives an id
+    job = submit(first, {})
+    assert second.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is False
+    assert_error(second.post(f"/api/jobs/{job['id']}/cancel"), 403)
+
+
+def test_the_list_is_mine_and_the_whole_queue_is_anonymous(locked):
+    client = locked.test_client()
+    alices, bobs = submit(client, ALICE), submit(client, BOB)
+    listed = client.get("/api/jobs", headers=BOB).get_json()["jobs"]
+    assert [(j["id"], j["mine"]) for j in listed] == [(bobs["id"], True)]
+    assert listed[0]["params"]["prompt"] == small_job()["prompt"]
+    everyone = client.get("/api/jobs?all=1", headers=BOB).get_json()["jobs"]
+    assert [(j["id"], j["mine"], j["position"]) for j in everyone] == [(bobs["id"], True, 2),
+                                                                        (alices["id"], False, 1)]
+    other = everyone[1]
+    assert other["params"] is None and other["images"] == [] and other["preview_url"] is None
+    assert "client" not in other and "owner" not in other
+    assert client.get(f"/api/jobs/{alices['id']}", headers=BOB).get_json()["job"]["params"] is None
+    assert_error(client.get(f"/api/jobs/{alices['id']}/preview.png", headers=BOB), 404)
+
+
+def test_interrupt_stops_only_the_callers_job(locked):
+    client = locked.test_client()
+    alices, bobs = submit(client, ALICE), submit(client, BOB)
+    assert client.post("/sdapi/v1/interrupt", headers=BOB).get_json() == {"interrupted": bobs["id"]}
+    assert client.post("/sdapi/v1/interrupt", headers=BOB).get_json() == {"interrupted": None}
+    assert client.get(f"/api/jobs/{alices['id']}", headers=ALICE).get_json()["job"]["state"] == "queued"
+
+
+def test_the_queue_limit_counts_per_identity(make_app):
+    client = make_app(PASSWORD=PASSWORD, MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
+    submit(client, ALICE)
+    assert_error(client.post("/api/jobs", json=small_job(), headers=ALICE), 429)
+    submit(client, BOB)  # same address, another credential
+
+
+@pytest.fixture
+def finished(make_app):
+    """An app with GALLERY as given, and one finished job of Alice's."""
+    def make(gallery: str):
+        app = make_app(PASSWORD=PASSWORD, START_WORKER=False, GALLERY=gallery)
+        client = app.test_client()
+        job = submit(client, ALICE)
+        assert app.extensions["t2i"].worker.run_once()
+        return client, client.get(f"/api/jobs/{job['id']}", headers=ALICE).get_json()["job"]
+
+    return make
+
+
+def test_shared_gallery_shows_everyones_finished_images(finished):
+    client, job = finished("shared")
+    url = job["images"][0]["url"]
+    seen = client.get(f"/api/jobs/{job['id']}", headers=BOB).get_json()["job"]
+    assert seen["mine"] is False and seen["images"][0]["url"] == url and seen["params"]["prompt"]
+    assert client.get(url, headers=BOB).status_code == 200
+    assert url.encode() in client.get("/gallery", headers=BOB).data
+
+
+def test_private_gallery_shows_each_client_only_its_own(finished):
+    client, job = finished("private")
+    url = job["images"][0]["url"]
+    assert client.get(url, headers=ALICE).status_code == 200
+    assert url.encode() in client.get("/gallery", headers=ALICE).data
+    body = assert_error(client.get(url, headers=BOB), 404)  # 404, not 403: not even its existence shows
+    assert body["error"] == "no such image"
+    assert url.encode() not in client.get("/gallery", headers=BOB).data
+    seen = client.get(f"/api/jobs/{job['id']}", headers=BOB).get_json()["job"]
+    assert seen["images"] == [] and seen["params"] is None
+    assert client.get("/api/jobs", headers=BOB).get_json()["jobs"] == []
+
+
+def test_gallery_setting_is_checked(make_app):
+    with pytest.raises(ValueError, match="GALLERY"):
+        make_app(GALLERY="public")
+
+
+# --- X-Forwarded-For ----------------------------------------------------------------------
+
+def test_forwarded_for_counts_only_through_a_local_proxy(make_app):
+    client = make_app(TRUST_PROXY=1, MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
+    direct = "192.0.2.10"  # reached the port itself: its forged headers are ignored
+    submit(client, {"X-Forwarded-For": "203.0.113.1"}, REMOTE_ADDR=direct)
+    body = assert_error(client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "203.0.113.2"},
+                                    environ_base={"REMOTE_ADDR": direct}), 429)
+    assert "limit is 1" in body["error"]
+    # Through the tunnel (which connects from loopback) each visitor is itself.
+    for visitor in ("203.0.113.1", "203.0.113.2"):
+        submit(client, {"X-Forwarded-For": visitor}, REMOTE_ADDR="127.0.0.1")
+    # Only the configured hops count: the last address the tunnel saw, not one the visitor prepended.
+    assert_error(client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "10.9.9.9, 203.0.113.1"},
+                             environ_base={"REMOTE_ADDR": "::1"}), 429)
+
+
+def test_proxy_addresses_names_where_the_proxy_connects_from(make_app):
+    # Docker: a proxy on the host reaches the container from the bridge's gateway.
+    client = make_app(TRUST_PROXY=1, PROXY_ADDRESSES=("172.16.0.0/12",), MAX_QUEUED_PER_CLIENT=1,
+                      START_WORKER=False).test_client()
+    for visitor in ("203.0.113.1", "203.0.113.2"):
+        submit(client, {"X-Forwarded-For": visitor}, REMOTE_ADDR="172.18.0.1")
+    # From loopback, no longer listed, the header is ignored: all such clients are one.
+    submit(client, {"X-Forwarded-For": "203.0.113.3"})
+    assert_error(client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "203.0.113.4"}), 429)
+
+
+def test_without_trust_proxy_forwarded_for_is_ignored(make_app):
+    client = make_app(MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
+    submit(client, {"X-Forwarded-For": "203.0.113.1"})
+    assert_error(client.post("/api/jobs", json=small_job(), headers={"X-Forwarded-For": "203.0.113.2"}), 429)
+
+
+def test_a_forged_forwarded_for_does_not_escape_the_password_throttle(make_app):
+    client = make_app(PASSWORD=PASSWORD, TRUST_PROXY=1, START_WORKER=False).test_client()
+    far = {"REMOTE_ADDR": "192.0.2.7"}
+    for n in range(5):
+        response = client.get("/api/jobs", headers={"Authorization": "Bearer x", "X-Forwarded-For": f"10.0.0.{n}"},
+                              environ_base=far)
+        assert response.status_code == 401
+    assert_error(client.get("/api/jobs", headers={"Authorization": "Bearer x", "X-Forwarded-For": "10.0.0.99"},
+                            environ_base=far), 429)
+
+
+# --- password guessing --------------------------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_per_client_and_forgets():
+    clock = Clock()
+    throttle = FailureThrottle(free=3, global_free=1000, base=1.0, cap=8.0, window=60.0, clock=clock)
+    waits = []
+    for _ in range(7):
+        throttle.failed("a")
+        waits.append(throttle.retry_after("a"))
+    assert waits == [0, 0, 1, 2, 4, 8, 8]  # capped
+    assert throttle.retry_after("b") == 0  # others are not slowed
+    clock.now += 8
+    assert throttle.retry_after("a") == 0
+    clock.now += 60
+    throttle.failed("b")  # the table drops clients whose window is over
+    assert len(throttle) == 1
+    throttle.succeeded("b")
+    assert len(throttle) == 0
+
+
+def test_many_addresses_trip_the_global_backoff():
+    clock = Clock()
+    throttle = FailureThrottle(free=5, global_free=4, base=2.0, cap=60.0, window=60.0, clock=clock)
+    for n in range(5):
+        throttle.failed(f"10.0.0.{n}")
+    assert throttle.retry_after("192.0.2.1") == 4  # a newcomer's wrong guess waits too
+    clock.now += 61
+    assert throttle.retry_after("192.0.2.1") == 0
+
+
+def test_the_right_password_gets_in_during_a_global_throttle(locked):
+    client = locked.test_client()
+    for n in range(60):  # a crowd of guessers
+        client.get("/api/jobs", headers={"Authorization": f"Bearer guess{n}"},
+                   environ_base={"REMOTE_ADDR": f"198.51.100.{n}"})
+    newcomer = {"REMOTE_ADDR": "192.0.2.200"}
+    response = client.get("/api/jobs", headers={"Authorization": "Bearer typo"}, environ_base=newcomer)
+    assert_error(response, 429)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert client.get("/api/jobs", headers={"Authorization": f"Bearer {PASSWORD}"},
+                      environ_base=newcomer).status_code == 200
+    page = client.post("/login", data={"password": PASSWORD}, environ_base=newcomer)
+    assert page.status_code == 302

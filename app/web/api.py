@@ -170,6 +170,22 @@ def cancel_job(job_id: str):
     return jsonify({"ok": True, "job": job_json(backend().cancel(job_id) or job)})
 
 
+def check_owner(job: Job) -> None:
+    """Hook for job ownership (another branch adds owners): raise ApiError(403)
+    when the caller may not delete ``job``. Everyone may, until then."""
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """Delete a finished job and its images; a queued or running one: 409, cancel it first."""
+    job = get_job_or_404(job_id)
+    check_owner(job)
+    if not job.finished or not backend().delete(job_id):
+        state = (backend().get(job_id) or job).state
+        raise ApiError(409, f"the job is {state}: cancel it first, then delete it", "id", job_id)
+    return jsonify({"ok": True, "deleted": job_id})
+
+
 @bp.get("/jobs/<job_id>/preview.png")
 def job_preview(job_id: str):
     png = backend().preview(job_id)
@@ -203,4 +219,5 @@ def health():
         "limits": public_limits(current_app.config),
         "defaults": form_defaults(),
         "auth_required": bool(current_app.config.get("PASSWORD")),
+        "warnings": backend().warnings(),
     })

@@ -18,12 +18,14 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from app.engine.types import GenerationRequest
 from app.jobs.images import ImageStore
 from app.jobs.job import FINISHED, Job
+from app.jobs.retention import expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
 
@@ -210,11 +212,10 @@ class Backend(ABC):
         self.images.remove(job_id)
         return True
 
-    def prune(self, keep_images: int = 0, keep_days: float = 0) -> builtins.list[str]:
-        """Apply retention; returns the ids deleted (see ``app.jobs.retention``)."""
-        from app.jobs.retention import expired
-
-        deleted = [job.id for job in expired(self.store.finished_jobs(), keep_images, keep_days)
+    def prune(self, keep_images: int = 0, keep_days: float = 0, at: datetime | None = None) -> builtins.list[str]:
+        """Apply retention (as of ``at``, default now); returns the ids deleted
+        (see ``app.jobs.retention``)."""
+        deleted = [job.id for job in expired(self.store.finished_jobs(), keep_images, keep_days, at)
                    if self.delete(job.id)]
         if deleted:
             logger.info("retention: deleted %d old job(s) and their images", len(deleted))

@@ -122,10 +122,15 @@ class RedisBackend(Backend):
 
     def start(self) -> None:
         if not self.upkeep.is_alive():
+            self.upkeep.publish_disk()  # before the first job can be taken
             self.upkeep.start()
 
     def stop(self, timeout: float = 30) -> None:
         self.upkeep.stop(timeout)
+        try:
+            self.store.forget_disk()  # no stale figure for the workers once this app is gone
+        except StorageUnavailable:
+            pass
 
 
 class RedisUpkeep(threading.Thread):
@@ -187,11 +192,16 @@ class RedisUpkeep(threading.Thread):
         if cleanup:
             self._clean_started_jobs()
             self._forget_dead_workers()
-            self.queue.publish_disk(self.images.free_mb(), self.min_free_mb)
+            self.publish_disk()
         if self.retention is not None and (stored or time.monotonic() >= self._next_retention):
             self._next_retention = time.monotonic() + self.retention_every
             self.retention()
         return stored
+
+    def publish_disk(self) -> None:
+        """The image disk's free space and the need, for the workers' check before each job."""
+        if self.min_free_mb:
+            self.queue.publish_disk(self.images.free_mb(), self.min_free_mb)
 
     def _clean_started_jobs(self) -> None:
         """Retry or fail jobs whose worker's heartbeat expired (calling on_rq_failure),

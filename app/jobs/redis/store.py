@@ -328,6 +328,9 @@ class RedisJobStore(JobStore):
     def publish_disk(self, free_mb: int, need_mb: int, ttl: int = 30) -> None:
         self.redis.set(self.key("disk"), json.dumps({"free_mb": free_mb, "need_mb": need_mb}), ex=ttl)
 
+    def forget_disk(self) -> None:
+        self.redis.delete(self.key("disk"))
+
     def disk(self) -> tuple[int, int] | None:
         """(free MB, MB needed) on the web app's image disk, or None if no web app published it lately."""
         raw = self.redis.get(self.key("disk"))

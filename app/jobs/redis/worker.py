@@ -140,16 +140,19 @@ class GPUWorker(SimpleWorker):
         if no_room:
             self._retried(job_id, "failed", lambda: queue.fail(job_id, no_room, attempt))
             return FAILED
-        cancel = threading.Event()
+        cancel, lost = threading.Event(), threading.Event()
         try:
             job = self._retried(job_id, "reading it", lambda: queue.get(job_id))
             if job is None:
                 return "gone"
             request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
-            output = runner.run_job(self.engine, request, lambda info: self._on_step(job_id, attempt, info, cancel),
+            output = runner.run_job(self.engine, request, lambda info: self._on_step(job_id, attempt, info, cancel, lost),
                                     cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = job_end(job_id, exc)
+            if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
+                logger.warning("job %s is no longer this worker's; stopped", job_id)
+                return "dropped"
             if end.state == CANCELLED:
                 self._retried(job_id, "cancelled", lambda: queue.mark_cancelled(job_id, end.reason, attempt))
             else:
@@ -170,12 +173,13 @@ class GPUWorker(SimpleWorker):
     def _retried(self, job_id: str, what: str, call):
         return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")
 
-    def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event) -> None:
+    def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
+                 lost: threading.Event) -> None:
         preview = preview_png(self.engine, info, self.preview_every)
         answer = self._retried(job_id, "progress",
                                lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:
-            logger.warning("job %s is no longer this worker's; stopping it", job_id)
+            lost.set()
         if answer:  # 1: cancel asked for
             cancel.set()
 

@@ -173,7 +173,7 @@ def test_a_done_job_is_reported_only_once_its_image_is_on_the_web_apps_disk(make
 def test_redis_down_answers_503_and_a_restart_resumes_the_queue(make_app, own_redis, record_property):
     app = make_app(REDIS_URL=own_redis.url, REDIS_QUEUE="faults")
     client = app.test_client()
-    first = client.post("/api/jobs", json=small_job(steps=150)).get_json()["job"]["id"]
+    first = client.post("/api/jobs", json=small_job(steps=60)).get_json()["job"]["id"]
     wait_for(lambda: job_state(client, first) == "running", 120, "the long job to run")
     queued = [client.post("/api/jobs", json=small_job(seed=i)).get_json()["job"]["id"] for i in range(2)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import inspect
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -50,8 +51,6 @@ def translate_errors(is_outage: Callable[[BaseException], bool], what: str):
         def call(*args, **kwargs):
             try:
                 return method(*args, **kwargs)
-            except StorageUnavailable:
-                raise
             except Exception as exc:
                 if is_outage(exc):
                     raise StorageUnavailable(f"{what}: {exc}") from exc
@@ -60,7 +59,7 @@ def translate_errors(is_outage: Callable[[BaseException], bool], what: str):
 
     def decorate(cls):
         for name, value in list(vars(cls).items()):
-            if callable(value) and not name.startswith("_"):
+            if inspect.isfunction(value) and not name.startswith("_"):
                 setattr(cls, name, wrap(value))
         return cls
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
-from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, retry_store
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, StorageUnavailable, retry_store
 from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, Job
 from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
@@ -98,7 +98,7 @@ class Worker(threading.Thread):
         stays down, kept and written before the next job is claimed."""
         try:
             retry_store(write, self.retry_seconds, f"job {job.id}: {what}")
-        except Exception:
+        except StorageUnavailable:
             self._unrecorded.append(write)
             raise
 

@@ -148,10 +148,9 @@ def own_redis(tmp_path_factory):
         server.stop()
 
 
-pytestmark_redis = pytest.mark.slow
 
 
-@pytestmark_redis
+@pytest.mark.slow
 def test_a_done_job_is_reported_only_once_its_image_is_on_the_web_apps_disk(make_app, own_redis):
     # No upkeep thread (START_WORKER off): only the answer itself can have stored the image.
     app = make_app(REDIS_URL=own_redis.url, REDIS_QUEUE="faults", START_WORKER=False)
@@ -169,7 +168,7 @@ def test_a_done_job_is_reported_only_once_its_image_is_on_the_web_apps_disk(make
     assert client.get("/api/health").get_json()["warnings"] == []  # append-only file on: no warning
 
 
-@pytestmark_redis
+@pytest.mark.slow
 def test_redis_down_answers_503_and_a_restart_resumes_the_queue(make_app, own_redis, record_property):
     app = make_app(REDIS_URL=own_redis.url, REDIS_QUEUE="faults")
     client = app.test_client()

@@ -582,6 +582,31 @@
     }, this);
     show($("queue-empty"), jobs.length === 0);
   };
+  // --------------------------------------------------------------- gallery
+  // Delete buttons: DELETE /api/jobs/<id> removes the job and all its images,
+  // so every tile of that job goes. (No inline handlers: the page's CSP forbids them.)
+  function initGallery(root) {
+    root.addEventListener("click", function (event) {
+      var button = event.target.closest("[data-delete-job]");
+      if (!button) return;
+      var jobId = button.getAttribute("data-delete-job");
+      if (!window.confirm("Delete this job and all its images? This cannot be undone.")) return;
+      button.disabled = true;
+      api("DELETE", "/api/jobs/" + encodeURIComponent(jobId)).then(function (result) {
+        if (!result.ok) {
+          button.disabled = false;
+          window.alert(result.data.error || "Could not delete the job.");
+          return;
+        }
+        root.querySelectorAll("[data-job]").forEach(function (tile) {
+          if (tile.getAttribute("data-job") === jobId) tile.remove();
+        });
+      }, function () {
+        button.disabled = false;
+        window.alert("The server could not be reached; the job was not deleted.");
+      });
+    });
+  }
 
   // ------------------------------------------------------------------ start
   document.addEventListener("DOMContentLoaded", function () {
@@ -594,6 +619,7 @@
       page.restore();
     }
     if ($("queue-list")) new QueuePanel($("queue-list")).refresh();
+    if ($("gallery")) initGallery($("gallery"));
     if ($("model-status")) pollHealth();
   });
 })();

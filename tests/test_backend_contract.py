@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,54 @@ class BackendContract:
         assert [again.get(job_id).position for job_id in ids] == [1, 2]
         run()
         assert [again.wait(job_id, 120).state for job_id in ids] == ["done", "done"]
+
+    def _running_and_queued(self, backend):
+        """A long job running and one queued behind it."""
+        running = backend.submit(request(steps=150), "me")
+        wait_for(lambda: backend.get(running.id).state == "running", 120, "the long job to run")
+        return running, backend.submit(request(), "me")
+
+    def _cancel(self, backend, *jobs):
+        for job in jobs:
+            backend.cancel(job.id)
+        for job in jobs:
+            assert backend.wait(job.id, 60).state == "cancelled"
+
+    def test_delete_removes_a_finished_job_and_its_images_only(self, backend):
+        done = backend.wait(backend.submit(request(), "me").id, 120)
+        folder = backend.image_path(done.id, "0.png").parent
+        running, queued = self._running_and_queued(backend)
+        assert not backend.delete(running.id) and not backend.delete(queued.id)
+        assert backend.delete(done.id)
+        assert backend.get(done.id) is None and backend.image_path(done.id, "0.png") is None
+        assert not folder.exists() and done.id not in [job.id for job in backend.list()]
+        assert not backend.delete(done.id)
+        assert [backend.get(job.id).state for job in (running, queued)] == ["running", "queued"]
+        self._cancel(backend, queued, running)
+
+    def test_retention_deletes_the_oldest_finished_jobs_never_unfinished_ones(self, backend):
+        ids = [backend.submit(request(seed=i), "me").id for i in range(3)]
+        assert [backend.wait(job_id, 120).state for job_id in ids] == ["done"] * 3
+        running, queued = self._running_and_queued(backend)
+        deleted = backend.prune(keep_images=1)
+        assert ids[0] in deleted and ids[1] in deleted and ids[2] not in deleted
+        assert deleted.index(ids[0]) < deleted.index(ids[1])  # oldest first
+        assert [backend.get(job_id) for job_id in ids[:2]] == [None, None]
+        assert backend.image_path(ids[0], "0.png") is None and backend.image_path(ids[2], "0.png") is not None
+        # KEEP_DAYS, as of two days from now: the last one is too old as well.
+        assert ids[2] in backend.prune(keep_days=1, at=datetime.now(timezone.utc) + timedelta(days=2))
+        assert backend.get(ids[2]) is None and backend.image_path(ids[2], "0.png") is None
+        assert running.id not in deleted and queued.id not in deleted
+        assert [backend.get(job.id).state for job in (running, queued)] == ["running", "queued"]
+        self._cancel(backend, queued, running)
+
+    def test_a_job_fails_unrun_when_the_image_disk_is_nearly_full(self, make_backend):
+        backend = make_backend(min_free_mb=10**9)
+        wait_for(lambda: backend.status().state == READY, 120, "the model to be ready")
+        job = backend.wait(backend.submit(request(), "me").id, 120)
+        assert job.state == "failed" and job.error.startswith("disk nearly full: ")
+        assert job.error.endswith("free, need 1000000000 MB (delete old images, or set KEEP_IMAGES)")
+        assert backend.image_path(job.id, "0.png") is None and job.started_at is not None
 
 
 class TestSQLiteBackend(BackendContract):

@@ -366,3 +366,21 @@ def test_image_to_image_with_an_uploaded_init_image(serve, page, tmp_path):
     assert page.is_hidden("#init-preview") and page.is_disabled("#strength")
     page.click("#reuse")
     assert "init image is not kept" in page.text_content("#form-note")
+
+
+def test_delete_a_job_from_the_gallery(serve, page):
+    import requests
+
+    server = serve()
+    ids = [requests.post(server.url + "/api/jobs", json={"prompt": f"tile {i}", "width": 64, "height": 64,
+                                                          "steps": 2}).json()["job"]["id"] for i in range(2)]
+    for job_id in ids:
+        assert requests.get(f"{server.url}/api/jobs/{job_id}?wait=60").json()["job"]["state"] == "done"
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete this job and all its images?"
+    page.goto(server.url + "/gallery")
+    page.click(f"[data-delete-job='{ids[0]}']")
+    page.wait_for_selector(f"[data-job='{ids[0]}']", state="detached")
+    assert requests.get(f"{server.url}/api/jobs/{ids[0]}").status_code == 404
+    assert requests.get(f"{server.url}/images/{ids[0]}/0.png").status_code == 404
+    page.reload()
+    assert page.query_selector(f"[data-job='{ids[0]}']") is None and page.query_selector(f"[data-job='{ids[1]}']")

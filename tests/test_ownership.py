@@ -47,6 +47,18 @@ def test_only_the_owner_cancels_a_job(locked):
     assert response.status_code == 200 and response.get_json()["job"]["state"] == "cancelled"
 
 
+def test_only_the_owner_deletes_a_job(locked):
+    client = locked.test_client()
+    job = submit(client, ALICE)
+    assert client.post(f"/api/jobs/{job['id']}/cancel", headers=ALICE).status_code == 200
+    body = assert_error(client.delete(f"/api/jobs/{job['id']}", headers=BOB), 403, "id")
+    assert "someone else's" in body["error"]
+    assert client.get(f"/api/jobs/{job['id']}", headers=ALICE).status_code == 200  # still there
+    response = client.delete(f"/api/jobs/{job['id']}", headers=ALICE)
+    assert response.status_code == 200 and response.get_json() == {"ok": True, "deleted": job["id"]}
+    assert_error(client.get(f"/api/jobs/{job['id']}", headers=ALICE), 404)
+
+
 def test_browsers_are_told_apart_by_their_login(make_app):
     app = make_app(PASSWORD=PASSWORD, START_WORKER=False)
     first, second = app.test_client(), app.test_client()  # two browsers on one machine (one address)

@@ -12,18 +12,75 @@ Redis, run by ``python -m app worker`` processes).
 """
 from __future__ import annotations
 
+import builtins
+import functools
+import inspect
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from app.engine.types import GenerationRequest
 from app.jobs.images import ImageStore
-from app.jobs.job import Job
+from app.jobs.job import FINISHED, Job
+from app.jobs.retention import expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
 
+logger = logging.getLogger(__name__)
+
 LOADING, READY, FAILED_TO_LOAD = "loading", "ready", "failed"
+T = TypeVar("T")
+
+
+class StorageUnavailable(Exception):
+    """The job store cannot be reached right now (a locked SQLite file, Redis
+    down or restarting). Passing: the web layer answers 503 with Retry-After,
+    and the workers retry their writes (``retry_store``)."""
+
+
+def translate_errors(is_outage: Callable[[BaseException], bool], what: str):
+    """Class decorator: the public methods of a store raise StorageUnavailable
+    for what ``is_outage`` calls an outage, so no caller needs to know the
+    store's own exception types."""
+    def wrap(method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise StorageUnavailable(f"{what}: {exc}") from exc
+                raise
+        return call
+
+    def decorate(cls):
+        for name, value in list(vars(cls).items()):
+            if inspect.isfunction(value) and not name.startswith("_"):
+                setattr(cls, name, wrap(value))
+        return cls
+
+    return decorate
+
+
+def retry_store(call: Callable[[], T], seconds: float = 60, what: str = "store write") -> T:
+    """``call()``, tried again with backoff (0.2 s doubling to 5 s) while the
+    store is unavailable, for up to ``seconds``; then StorageUnavailable.
+    A worker uses it for the writes that must not be lost (claim, progress,
+    done, failed): a busy SQLite file or a Redis restart only delays them."""
+    deadline, pause = time.monotonic() + seconds, 0.2
+    while True:
+        try:
+            return call()
+        except StorageUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("%s: %s; trying again in %.1fs", what, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +132,22 @@ class JobStore(ABC):
     @abstractmethod
     def preview(self, job_id: str) -> bytes | None:
         """The latest live preview PNG of a running (or just finished) job."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's record; False (and nothing removed) if it is
+        queued, running or unknown."""
+
+    def finished_jobs(self) -> builtins.list[Job]:
+        """Every finished job, newest first (retention walks them)."""
+        found: builtins.list[Job] = []
+        before = None
+        while True:
+            page = self.list(limit=200, before=before, states=FINISHED)
+            found.extend(page)
+            if len(page) < 200:
+                return found
+            before = page[-1].id
 
     def _must_get(self, job_id: str) -> Job:
         """A job this store has just written."""
@@ -130,6 +203,36 @@ class Backend(ABC):
 
     def preview(self, job_id: str) -> bytes | None:
         return self.store.preview(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job and its images; False if it is not finished
+        (cancel it first) or unknown. The record goes first: a crash between
+        the two leaves unlinked files, never a gallery entry without its image."""
+        if not self.store.delete(job_id):
+            return False
+        self.images.remove(job_id)
+        return True
+
+    def prune(self, keep_images: int = 0, keep_days: float = 0, at: datetime | None = None) -> builtins.list[str]:
+        """Apply retention (as of ``at``, default now); returns the ids deleted
+        (see ``app.jobs.retention``)."""
+        deleted = [job.id for job in expired(self.store.finished_jobs(), keep_images, keep_days, at)
+                   if self.delete(job.id)]
+        if deleted:
+            logger.info("retention: deleted %d old job(s) and their images", len(deleted))
+        return deleted
+
+    keep_images: int = 0  # retention settings, applied by ``apply_retention``
+    keep_days: float = 0
+
+    def apply_retention(self) -> builtins.list[str]:
+        if not (self.keep_images or self.keep_days):
+            return []
+        return self.prune(self.keep_images, self.keep_days)
+
+    def warnings(self) -> builtins.list[str]:
+        """What an operator should know about this backend's setup (/api/health)."""
+        return []
 
     # --- images ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from app.engine.engine import GenerationCancelled
 from app.engine.metadata import png_bytes
 from app.engine.types import GenerationRequest, StepInfo, ValidationError
+from app.jobs.images import DiskFull
 from app.jobs.job import CANCELLED, FAILED
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ def job_end(job_id: str, exc: BaseException) -> JobEnd:
         return JobEnd(CANCELLED, f"cancelled after step {exc.step} of {exc.total}", False)
     if isinstance(exc, ValidationError):
         return JobEnd(FAILED, str(exc), False)
+    if isinstance(exc, DiskFull):
+        logger.error("job %s: %s", job_id, exc.strerror)
+        return JobEnd(FAILED, exc.strerror or "disk full", False)
     logger.exception("job %s failed", job_id, exc_info=exc)  # out of memory, a timeout ...
     return JobEnd(FAILED, failure_reason(exc), True)
 

@@ -60,6 +60,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.context_processor(page_context)
     app.after_request(security_headers)
 
+    for warning in backend_of(app).warnings():  # e.g. a Redis that loses everything on restart
+        logger.warning("%s", warning)
     if app.config["START_WORKER"]:
         backend_of(app).start()
     return app
@@ -71,7 +73,8 @@ def backend_of(app: Flask) -> Backend:
 
 def make_backend(config: Any, instance: Path) -> Backend:
     images = instance / "images"
-    common = dict(model=config["MODEL"], max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"])
+    common = dict(model=config["MODEL"], max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"],
+                  keep_images=config["KEEP_IMAGES"], keep_days=config["KEEP_DAYS"], min_free_mb=config["MIN_FREE_DISK_MB"])
     if config["REDIS_URL"]:
         from app.jobs.redis import RedisBackend
 
@@ -81,7 +84,8 @@ def make_backend(config: Any, instance: Path) -> Backend:
                             job_timeout=config["REDIS_JOB_TIMEOUT"], **common)
     from app.jobs.sqlite import SQLiteBackend
 
-    return SQLiteBackend(config["DATABASE"], images, engine_loader(config), preview_every=config["PREVIEW_EVERY"], **common)
+    return SQLiteBackend(config["DATABASE"], images, engine_loader(config), preview_every=config["PREVIEW_EVERY"],
+                         busy_timeout=config["DB_BUSY_TIMEOUT"], **common)
 
 
 def engine_loader(config: Any) -> EngineLoader:

@@ -205,6 +205,18 @@ def cancel_job(job_id: str):
     return jsonify({"ok": True, "job": job_json(backend().cancel(job_id) or job)})
 
 
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """Delete a finished job and its images; a queued or running one: 409, cancel it first."""
+    job = get_job_or_404(job_id)
+    if not is_mine(job):
+        raise ApiError(403, "this job is someone else's: only its owner can delete it", "id", job_id)
+    if not job.finished or not backend().delete(job_id):
+        state = (backend().get(job_id) or job).state
+        raise ApiError(409, f"the job is {state}: cancel it first, then delete it", "id", job_id)
+    return jsonify({"ok": True, "deleted": job_id})
+
+
 @bp.get("/jobs/<job_id>/preview.png")
 def job_preview(job_id: str):
     job = get_job_or_404(job_id)
@@ -238,4 +250,5 @@ def health():
         "limits": public_limits(current_app.config),
         "defaults": form_defaults(),
         "auth_required": bool(current_app.config.get("PASSWORD")),
+        "warnings": backend().warnings(),
     })

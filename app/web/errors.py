@@ -11,10 +11,12 @@ from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.engine.types import ValidationError, short_repr
+from app.jobs.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/sdapi/", "/images/")
+STORAGE_RETRY_AFTER = 5  # seconds
 
 
 class ApiError(Exception):
@@ -54,6 +56,10 @@ def _handle(exc: Exception):
         return error_response(exc.status, exc.message, exc.field, exc.value, exc.headers)
     if isinstance(exc, ValidationError):
         return error_response(400, f"{exc.field}: {exc.message}", exc.field, exc.value)
+    if isinstance(exc, StorageUnavailable):  # passing (a lock, a restart): no traceback, and "try again"
+        logger.warning("storage unavailable: %s", exc)
+        return error_response(503, f"storage unavailable, try again in a few seconds ({exc})",
+                              headers={"Retry-After": str(STORAGE_RETRY_AFTER)})
     if isinstance(exc, RequestEntityTooLarge):
         limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
         return error_response(413, f"request body is larger than the limit of {limit} bytes "

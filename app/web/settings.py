@@ -64,6 +64,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_QUEUE", "t2i", "queue name in Redis (the workers' --queue)"),
     Setting("REDIS_RETRIES", 2, "times a job whose worker died is run again before it fails"),
     Setting("REDIS_JOB_TIMEOUT", 3600, "seconds one job may run on a worker before it fails"),
+    Setting("KEEP_IMAGES", 0, "keep at most this many images; the oldest finished jobs are deleted (0: no limit)"),
+    Setting("KEEP_DAYS", 0, "delete finished jobs and their images after this many days (0: keep forever)"),
+    Setting("MIN_FREE_DISK_MB", 500, "a job fails without running when the image disk has less free space (MB; 0: no check)"),
+    Setting("DB_BUSY_TIMEOUT", 5, "seconds a SQLite call waits for a locked database before the API answers 503"),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

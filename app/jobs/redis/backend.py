@@ -9,18 +9,26 @@ it keeps ``RedisUpkeep``, a thread that
    works the moment its job is done);
 2. cleans RQ's StartedJobRegistry every second, so a job whose worker died
    is retried or failed within seconds even while every other worker is busy;
-3. tells /api/health which model the connected workers serve.
+3. tells /api/health which model the connected workers serve;
+4. publishes the image disk's free space for the workers' disk check, and
+   applies retention (the images live here) once a minute.
+
+A done job is shown only once its images are readable here: ``get``,
+``wait`` and ``list`` write a done job's waiting PNGs first.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-from app.jobs.base import LOADING, READY, Backend, ModelStatus
+from app.jobs.base import LOADING, READY, Backend, ModelStatus, StorageUnavailable
 from app.jobs.images import ImageStore, is_image_name
+from app.jobs.job import DONE, Job
 from app.jobs.redis.store import RedisJobStore
 
 logger = logging.getLogger(__name__)
@@ -47,22 +55,62 @@ class RedisImageStore(ImageStore):
         pngs = self.store.pending_images(job_id)
         if not pngs:
             return 0
-        self.write(job_id, pngs)
+        try:
+            self.write(job_id, pngs)
+        except OSError as exc:  # disk full here: the PNGs stay in Redis for a later try
+            raise StorageUnavailable(f"the images of job {job_id} cannot be saved on the web app's disk: {exc}") from exc
         self.store.images_stored(job_id)
         return len(pngs)
+
+    def ensure(self, job: Job | None) -> Job | None:
+        """``job``, once a done job's images are on this disk."""
+        if job is not None and job.state == DONE and self.store.is_unstored(job.id):
+            self.collect(job.id)
+        return job
 
 
 class RedisBackend(Backend):
     """Jobs in Redis, run by ``python -m app worker`` processes. ``model`` is
     what the workers are expected to serve (shown until one connects)."""
 
+    store: RedisJobStore
+    images: RedisImageStore
+
     def __init__(self, url: str, image_root: str | Path, *, model: str, name: str = "t2i", max_queue: int = 100,
-                 max_per_client: int = 5, retries: int = 2, job_timeout: int = 3600):
+                 max_per_client: int = 5, retries: int = 2, job_timeout: int = 3600, keep_images: int = 0,
+                 keep_days: float = 0, min_free_mb: int = 0):
         self.model = model
         self.store = RedisJobStore(url, name=name, max_queue=max_queue, max_per_client=max_per_client,
                                    retries=retries, job_timeout=job_timeout)
         self.images = RedisImageStore(image_root, self.store)
-        self.upkeep = RedisUpkeep(self.store, self.images)
+        self.keep_images, self.keep_days = keep_images, keep_days
+        self.upkeep = RedisUpkeep(self.store, self.images, min_free_mb=min_free_mb, retention=self.apply_retention)
+        self._persistence: tuple[float, str | None] = (-1e9, None)
+
+    def get(self, job_id: str) -> Job | None:
+        return self.images.ensure(self.store.get(job_id))
+
+    def wait(self, job_id: str, timeout: float) -> Job | None:
+        return self.images.ensure(self.store.wait(job_id, timeout))
+
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
+        jobs = self.store.list(limit=limit, before=before, states=states)
+        waiting = set(self.store.unstored())
+        for job in jobs:
+            if job.id in waiting:
+                self.images.ensure(job)
+        return jobs
+
+    def warnings(self) -> builtins.list[str]:
+        """The no-persistence warning, checked at most once a minute."""
+        checked_at, warning = self._persistence
+        if time.monotonic() - checked_at > 60:
+            try:
+                warning = self.store.persistence_warning()
+            except StorageUnavailable:
+                warning = None  # the outage itself answers 503 elsewhere
+            self._persistence = (time.monotonic(), warning)
+        return [warning] if warning else []
 
     def status(self) -> ModelStatus:
         workers = self.upkeep.workers()
@@ -74,21 +122,31 @@ class RedisBackend(Backend):
 
     def start(self) -> None:
         if not self.upkeep.is_alive():
+            self.upkeep.publish_disk()  # before the first job can be taken
             self.upkeep.start()
 
     def stop(self, timeout: float = 30) -> None:
         self.upkeep.stop(timeout)
+        try:
+            self.store.forget_disk()  # no stale figure for the workers once this app is gone
+        except StorageUnavailable:
+            pass
 
 
 class RedisUpkeep(threading.Thread):
     """The web app's thread: stores finished images, retries or fails the jobs
     of dead workers, and knows which workers are alive."""
 
-    def __init__(self, store: RedisJobStore, images: RedisImageStore, poll_seconds: float = 0.5):
+    def __init__(self, store: RedisJobStore, images: RedisImageStore, poll_seconds: float = 0.5, min_free_mb: int = 0,
+                 retention: Callable[[], object] | None = None, retention_every: float = 60):
         super().__init__(name="t2i-redis", daemon=True)
         self.queue = store
         self.images = images
         self.poll_seconds = poll_seconds
+        self.min_free_mb = min_free_mb
+        self.retention = retention
+        self.retention_every = retention_every
+        self._next_retention = 0.0
         self._stop_event = threading.Event()
         self._seen: tuple[float, list[dict]] = (0.0, [])
 
@@ -134,7 +192,16 @@ class RedisUpkeep(threading.Thread):
         if cleanup:
             self._clean_started_jobs()
             self._forget_dead_workers()
+            self.publish_disk()
+        if self.retention is not None and (stored or time.monotonic() >= self._next_retention):
+            self._next_retention = time.monotonic() + self.retention_every
+            self.retention()
         return stored
+
+    def publish_disk(self) -> None:
+        """The image disk's free space and the need, for the workers' check before each job."""
+        if self.min_free_mb:
+            self.queue.publish_disk(self.images.free_mb(), self.min_free_mb)
 
     def _clean_started_jobs(self) -> None:
         """Retry or fail jobs whose worker's heartbeat expired (calling on_rq_failure),

@@ -33,10 +33,15 @@ import json
 import logging
 
 from redis import Redis
+from redis.backoff import ConstantBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
 
 from app.engine.types import GenerationRequest
-from app.jobs.base import JobStore
+from app.jobs.base import JobStore, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -147,7 +152,29 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
+# A finished job and everything it left. KEYS: job, jobs, unstored, pngs, preview, init, cancel. ARGV: id.
+_DELETE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'done' and state ~= 'failed' and state ~= 'cancelled' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
 
+NO_PERSISTENCE = ("Redis has no persistence (appendonly no, save \"\"): a Redis restart loses every queued job "
+                  "and every record; set appendonly yes (or a save schedule) on the Redis server")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis down, restarting (BusyLoadingError is a ConnectionError), too slow,
+    or refusing writes because it cannot persist (MISCONF)."""
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+
+
+@translate_errors(is_outage, "the job queue (Redis) is unavailable")
 class RedisJobStore(JobStore):
     """Jobs in Redis, run by GPU worker processes through RQ.
 
@@ -156,8 +183,10 @@ class RedisJobStore(JobStore):
 
     def __init__(self, url_or_connection: str | Redis, name: str = "t2i", max_queue: int = 100,
                  max_per_client: int = 5, retries: int = 2, job_timeout: int = 3600):
-        self.redis = (Redis.from_url(url_or_connection) if isinstance(url_or_connection, str)
-                      else url_or_connection)
+        # One quick retry, not redis-py's default backoff of seconds: it reconnects after a
+        # Redis restart, and a web request answers 503 at once while Redis is down.
+        self.redis = (Redis.from_url(url_or_connection, retry=RedisRetry(ConstantBackoff(0.1), 1))
+                      if isinstance(url_or_connection, str) else url_or_connection)
         self.name = name
         self.prefix = f"t2i:{name}:"
         self.max_queue = max_queue
@@ -167,7 +196,7 @@ class RedisJobStore(JobStore):
         self.rq = Queue(name, connection=self.redis)
         self._scripts = {name: self.redis.register_script(text) for name, text in (
             ("submit", _SUBMIT), ("begin", _BEGIN), ("report", _REPORT), ("finish", _FINISH), ("end", _END),
-            ("requeue", _REQUEUE))}
+            ("requeue", _REQUEUE), ("delete", _DELETE))}
 
     # key names
     def key(self, *parts: str) -> str:
@@ -272,6 +301,45 @@ class RedisJobStore(JobStore):
             return None
         return self.redis.get(self.key("preview", job_id))
 
+    def delete(self, job_id: str) -> bool:
+        if not isinstance(job_id, str) or not job_id:
+            return False
+        gone = bool(self._scripts["delete"](
+            keys=[self.job_key(job_id), self.key("jobs"), self.key("unstored"), self.key("png", job_id),
+                  self.key("preview", job_id), self.key("init", job_id), self.key("cancel", job_id)], args=[job_id]))
+        if gone:  # RQ's own record of it (a finished one expires anyway)
+            rq_job = self.rq.fetch_job(job_id)
+            if rq_job is not None:
+                rq_job.delete()
+        return gone
+
+    def persistence_warning(self) -> str | None:
+        """NO_PERSISTENCE when Redis keeps nothing across a restart; None when it
+        does, or when CONFIG is not allowed (managed Redis: it cannot tell)."""
+        try:
+            config = {**self.redis.config_get("appendonly"), **self.redis.config_get("save")}
+        except ResponseError:
+            return None
+        text = {str(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else str(v))
+                for k, v in config.items()}
+        return NO_PERSISTENCE if text.get("appendonly") == "no" and not text.get("save") else None
+
+    # --- the image disk, published by the web app for the workers -----------------------
+
+    def publish_disk(self, free_mb: int, need_mb: int, ttl: int = 30) -> None:
+        self.redis.set(self.key("disk"), json.dumps({"free_mb": free_mb, "need_mb": need_mb}), ex=ttl)
+
+    def forget_disk(self) -> None:
+        self.redis.delete(self.key("disk"))
+
+    def disk(self) -> tuple[int, int] | None:
+        """(free MB, MB needed) on the web app's image disk, or None if no web app published it lately."""
+        raw = self.redis.get(self.key("disk"))
+        if raw is None:
+            return None
+        found = json.loads(raw)
+        return int(found["free_mb"]), int(found["need_mb"])
+
     def worker_of(self, job_id: str) -> str | None:
         """The name of the worker that ran (or runs) the job."""
         name = self.redis.hget(self.job_key(job_id), "worker")
@@ -284,6 +352,9 @@ class RedisJobStore(JobStore):
 
     def unstored(self) -> builtins.list[str]:
         return sorted(job_id.decode() for job_id in self.redis.smembers(self.key("unstored")))
+
+    def is_unstored(self, job_id: str) -> bool:
+        return bool(self.redis.sismember(self.key("unstored"), job_id))
 
     def pending_images(self, job_id: str) -> dict[int, bytes]:
         return {int(n): png for n, png in self.redis.hgetall(self.key("png", job_id)).items()}

@@ -30,7 +30,9 @@ from rq.worker import SimpleWorker, WorkerStatus
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
 from app.jobs import runner
-from app.jobs.job import CANCELLED, DONE, RUNNING
+from app.jobs.base import retry_store
+from app.jobs.images import disk_room_reason
+from app.jobs.job import CANCELLED, DONE, FAILED, RUNNING
 from app.jobs.redis.store import RedisJobStore
 from app.jobs.runner import free_memory, job_end, preview_png
 
@@ -41,7 +43,7 @@ class GPUWorker(SimpleWorker):
     current: "GPUWorker | None" = None  # the worker of this process, for run_job
 
     def __init__(self, queues, *, engine: Engine, job_queue: RedisJobStore, heartbeat: float = 10.0,
-                 preview_every: int = 1, **kwargs):
+                 preview_every: int = 1, retry_seconds: float = 60, **kwargs):
         self.job_ttl = max(1, math.ceil(heartbeat * 3))  # three missed heartbeats: the worker is dead
         # Idle workers wake from their blocking dequeue every few seconds to clean
         # RQ's registries (that is what finds jobs abandoned by a dead worker).
@@ -52,6 +54,7 @@ class GPUWorker(SimpleWorker):
         self.job_queue = job_queue
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
+        self.retry_seconds = retry_seconds  # how long a job's store writes are retried while Redis is away
         self._beat_lock = threading.Lock()
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
@@ -126,41 +129,57 @@ class GPUWorker(SimpleWorker):
     def run_t2i_job(self, job_id: str) -> str:
         """Run one job of the queue; returns the state it ended in."""
         queue = self.job_queue
-        attempt, before = queue.begin(job_id, self.name)
+        attempt, before = self._retried(job_id, "starting", lambda: queue.begin(job_id, self.name))
         if not attempt:
             logger.info("job %s is %s: skipped", job_id, before or "gone")
             return before or "gone"
         if before == RUNNING:
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
-        cancel = threading.Event()
+        disk = self._retried(job_id, "reading the disk space", queue.disk)
+        no_room = disk_room_reason(*disk) if disk else None  # None: no web app published it lately
+        if no_room:
+            self._retried(job_id, "failed", lambda: queue.fail(job_id, no_room, attempt))
+            return FAILED
+        cancel, lost = threading.Event(), threading.Event()
         try:
-            job = queue.get(job_id)
+            job = self._retried(job_id, "reading it", lambda: queue.get(job_id))
             if job is None:
                 return "gone"
-            output = runner.run_job(self.engine, queue.request_for(job),
-                                    lambda info: self._on_step(job_id, attempt, info, cancel), cancel)
-            if not queue.complete(job_id, attempt, output.images, output.pngs, output.params_update):
-                logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
-                return "dropped"
-            logger.info("job %s done in %.1fs", job_id, output.seconds)
-            return DONE
+            request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
+            output = runner.run_job(self.engine, request, lambda info: self._on_step(job_id, attempt, info, cancel, lost),
+                                    cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = job_end(job_id, exc)
+            if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
+                logger.warning("job %s is no longer this worker's; stopped", job_id)
+                return "dropped"
             if end.state == CANCELLED:
-                queue.mark_cancelled(job_id, end.reason, attempt)
+                self._retried(job_id, "cancelled", lambda: queue.mark_cancelled(job_id, end.reason, attempt))
             else:
-                queue.fail(job_id, end.reason, attempt)
+                self._retried(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
             if end.unexpected:
                 # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
                 # job refcounting has freed them, and gc.collect() costs about a second.
                 free_memory()
             return end.state
+        # Outside the try: a finished run is recorded done (with its images), never failed.
+        if not self._retried(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
+                                                                     output.params_update)):
+            logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
+            return "dropped"
+        logger.info("job %s done in %.1fs", job_id, output.seconds)
+        return DONE
 
-    def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event) -> None:
+    def _retried(self, job_id: str, what: str, call):
+        return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")
+
+    def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
+                 lost: threading.Event) -> None:
         preview = preview_png(self.engine, info, self.preview_every)
-        answer = self.job_queue.progress(job_id, attempt, info.step, info.total, preview)
+        answer = self._retried(job_id, "progress",
+                               lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:
-            logger.warning("job %s is no longer this worker's; stopping it", job_id)
+            lost.set()
         if answer:  # 1: cancel asked for
             cancel.set()
 

@@ -12,12 +12,19 @@ from app.jobs.sqlite.worker import Worker
 
 
 class SQLiteBackend(Backend):
+    """Retention (``keep_images``, ``keep_days``) runs after each finished job;
+    ``min_free_mb`` and ``busy_timeout``: see ``Worker`` and ``SQLiteJobStore``."""
+
     def __init__(self, database: str | Path, image_root: str | Path, load_engine: EngineLoader, *, model: str,
-                 max_queue: int = 100, max_per_client: int = 5, preview_every: int = 1):
+                 max_queue: int = 100, max_per_client: int = 5, preview_every: int = 1, keep_images: int = 0,
+                 keep_days: float = 0, min_free_mb: int = 0, busy_timeout: float = 5):
         self.model = model  # what will be loaded, for the status shown while it loads
-        self.store = SQLiteJobStore(database, max_queue=max_queue, max_per_client=max_per_client)
+        self.store = SQLiteJobStore(database, max_queue=max_queue, max_per_client=max_per_client,
+                                    busy_timeout=busy_timeout)
         self.images = ImageStore(image_root)
-        self.worker = Worker(self.store, load_engine, self.images, preview_every=preview_every)
+        self.keep_images, self.keep_days = keep_images, keep_days
+        self.worker = Worker(self.store, load_engine, self.images, preview_every=preview_every,
+                             min_free_mb=min_free_mb, after_job=self.apply_retention)
 
     def status(self) -> ModelStatus:
         engine = self.worker.engine

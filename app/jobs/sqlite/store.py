@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from app.engine.types import GenerationRequest
-from app.jobs.base import JobStore
+from app.jobs.base import JobStore, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -59,11 +59,12 @@ CREATE TABLE IF NOT EXISTS inputs (
 """
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
+def connect(path: str | Path, timeout: float = 30) -> sqlite3.Connection:
     """A new connection in WAL mode (the worker thread writes while request
-    threads read). Autocommit off: callers use ``with conn``."""
+    threads read). Autocommit off: callers use ``with conn``. ``timeout``:
+    seconds a call waits for another connection's lock."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
@@ -80,13 +81,26 @@ def init_db(path: str | Path) -> None:
         conn.close()
 
 
+OUTAGES = ("locked", "busy", "disk i/o", "unable to open", "disk is full", "readonly")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A locked, busy or failing database file, not a bug in our SQL."""
+    return isinstance(exc, sqlite3.OperationalError) and any(word in str(exc).lower() for word in OUTAGES)
+
+
+@translate_errors(is_outage, "the job database (SQLite) is unavailable")
 class SQLiteJobStore(JobStore):
-    def __init__(self, path: str | Path, max_queue: int = 100, max_per_client: int = 5):
+    """``busy_timeout``: seconds a call waits for a lock held by another
+    connection before giving up (the web app then answers 503, the worker
+    retries)."""
+
+    def __init__(self, path: str | Path, max_queue: int = 100, max_per_client: int = 5, busy_timeout: float = 5):
         self.path = str(path)
         self.max_queue = max_queue
         self.max_per_client = max_per_client
         init_db(self.path)
-        self._pool = _Pool(self.path)
+        self._pool = _Pool(self.path, timeout=busy_timeout)
         self._changed = threading.Condition()
         self._live_lock = threading.Lock()
         self._progress: dict[str, Progress] = {}
@@ -190,6 +204,15 @@ class SQLiteJobStore(JobStore):
         with self._live_lock:
             preview = self._previews.get(job_id)
         return preview.png() if isinstance(preview, LivePreview) else preview
+
+    def delete(self, job_id: str) -> bool:
+        with self._connect() as conn:
+            gone = conn.execute("DELETE FROM jobs WHERE id = ? AND state IN ('done', 'failed', 'cancelled')",
+                                (job_id,)).rowcount
+        if gone:
+            with self._live_lock:
+                self._previews.pop(job_id, None)
+        return bool(gone)
 
     def _job(self, row) -> Job:
         job = Job(id=row["id"], state=row["state"], client=row["client"], params=json.loads(row["params"]),
@@ -324,9 +347,10 @@ class _Pool:
     and every web request runs in a new thread, so per-thread connections
     would not be reused. A connection is used by one thread at a time."""
 
-    def __init__(self, path: str, keep: int = 4):
+    def __init__(self, path: str, keep: int = 4, timeout: float = 30):
         self.path = path
         self.keep = keep
+        self.timeout = timeout
         self._idle: list = []
         self._lock = threading.Lock()
 
@@ -334,7 +358,7 @@ class _Pool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return connect(self.path)
+        return connect(self.path, self.timeout)
 
     def give(self, conn) -> None:
         with self._lock:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
-from app.jobs.base import FAILED_TO_LOAD, LOADING, READY
-from app.jobs.images import ImageStore
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, StorageUnavailable, retry_store
+from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, Job
 from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
 from app.jobs.sqlite.store import SQLiteJobStore
@@ -18,8 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 class Worker(threading.Thread):
+    """``min_free_mb``: a job fails unrun when the image disk has less free;
+    ``retry_seconds``: how long a store write is retried while the database
+    is locked before it waits for the next loop; ``after_job``: called after
+    each finished job (retention)."""
+
     def __init__(self, store: SQLiteJobStore, load_engine: EngineLoader, images: ImageStore, preview_every: int = 1,
-                 poll_seconds: float = 0.5):
+                 poll_seconds: float = 0.5, min_free_mb: int = 0, retry_seconds: float = 60,
+                 after_job: Callable[[], object] | None = None):
         super().__init__(name="t2i-worker", daemon=True)
         self.store = store
         self._load_engine = load_engine
@@ -29,6 +36,10 @@ class Worker(threading.Thread):
         self.engine: Engine | None = None
         self.model_state = LOADING
         self.model_error: str | None = None
+        self.min_free_mb = min_free_mb
+        self.retry_seconds = retry_seconds
+        self.after_job = after_job
+        self._unrecorded: list[Callable[[], None]] = []  # end states not yet written (the store was down)
         self._stop_event = threading.Event()
 
     # 1. put back jobs a killed process left running, 2. load the model, 3. run jobs until stopped.
@@ -67,18 +78,39 @@ class Worker(threading.Thread):
 
     def run_once(self) -> bool:
         """Run the next queued job, if any. Returns whether there was one."""
+        while self._unrecorded:  # first the end of a job the store missed; raises while it is still down
+            self._unrecorded[0]()
+            self._unrecorded.pop(0)
         job = self.store.claim()
         if job is None:
             return False
         if not self._run_job(job):
             free_memory()  # a failed or stopped run may leave big tensors behind
+        if self.after_job is not None:
+            try:
+                self.after_job()
+            except Exception:
+                logger.exception("after-job upkeep (retention) failed")
         return True
+
+    def _record(self, job: Job, what: str, write: Callable[[], None]) -> None:
+        """A job's end state, retried while the store is unavailable; if it
+        stays down, kept and written before the next job is claimed."""
+        try:
+            retry_store(write, self.retry_seconds, f"job {job.id}: {what}")
+        except StorageUnavailable:
+            self._unrecorded.append(write)
+            raise
 
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
         engine = self.ensure_engine()
         if engine is None:
-            self.store.fail(job.id, f"the model could not be loaded: {self.model_error}")
+            self._record(job, "failed", lambda: self.store.fail(job.id, f"the model could not be loaded: {self.model_error}"))
+            return False
+        no_room = self.min_free_mb and disk_room_reason(self.images.free_mb(), self.min_free_mb)
+        if no_room:
+            self._record(job, "failed", lambda: self.store.fail(job.id, no_room))
             return False
         # The run stops when the user cancels (``asked``) or the server stops; kept apart
         # so that a user's cancel during shutdown stays a cancel and is not re-queued.
@@ -91,17 +123,19 @@ class Worker(threading.Thread):
                 stop.set()
 
         try:
-            output = run_job(engine, self.store.request_for(job), on_step, stop)
+            request = retry_store(lambda: self.store.request_for(job), self.retry_seconds, f"job {job.id}: reading it")
+            output = run_job(engine, request, on_step, stop)
             self.images.write(job.id, output.pngs)
-            self.store.finish(job.id, output.images, output.params_update)
-            logger.info("job %s done in %.1fs", job.id, output.seconds)
-            return True
         except Exception as exc:
             end = job_end(job.id, exc)
             if end.state == CANCELLED and not asked.is_set():
-                self.store.requeue(job.id)  # stopped by the server, not the user
+                self._record(job, "re-queued", lambda: self.store.requeue(job.id))  # stopped by the server
             elif end.state == CANCELLED:
-                self.store.mark_cancelled(job.id, end.reason)
+                self._record(job, "cancelled", lambda: self.store.mark_cancelled(job.id, end.reason))
             else:
-                self.store.fail(job.id, end.reason)
-        return False
+                self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
+            return False
+        # Outside the try: a job whose images are written is recorded done, never failed.
+        self._record(job, "done", lambda: self.store.finish(job.id, output.images, output.params_update))
+        logger.info("job %s done in %.1fs", job.id, output.seconds)
+        return True

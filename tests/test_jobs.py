@@ -94,6 +94,20 @@ def test_worker_marks_failures_and_goes_on(store, small_request, tmp_path, engin
     assert good.run_once() is False  # nothing left
 
 
+def test_an_engine_out_of_memory_fails_the_job_with_what_to_lower(store, small_request, tmp_path):
+    from app.engine.engine import GenerationOutOfMemory
+    from app.jobs.images import ImageStore
+
+    class TooBig:  # the engine's own error after a CUDA OOM, which cannot happen here
+        def generate(self, request, on_step=None, cancel=None):
+            raise GenerationOutOfMemory(1536, 1536, 4, "cuda")
+
+    job = store.submit(small_request(), "me")
+    assert Worker(store, lambda: TooBig(), ImageStore(tmp_path / "images")).run_once() is True
+    error = store.get(job.id).error
+    assert error.startswith("out of memory on cuda making 4 images at 1536x1536") and "smaller size" in error
+
+
 def test_stopping_the_worker_requeues_the_running_job(make_app):
     app = make_app()
     client = app.test_client()

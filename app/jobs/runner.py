@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from app.engine.engine import GenerationCancelled
+from app.engine.engine import GenerationCancelled, GenerationOutOfMemory
 from app.engine.metadata import png_bytes
 from app.engine.types import GenerationRequest, StepInfo, ValidationError
 from app.jobs.images import DiskFull
@@ -84,6 +84,8 @@ def job_end(job_id: str, exc: BaseException) -> JobEnd:
 def failure_reason(exc: BaseException) -> str:
     """One line a user can act on, from any exception."""
     name = type(exc).__name__
+    if isinstance(exc, GenerationOutOfMemory):  # its message names the size, the images and what to lower
+        return str(exc)
     if "OutOfMemory" in name:
         return f"out of GPU memory ({name}); try a smaller size or fewer images"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -46,10 +46,12 @@ RAW = [
     ("/api/jobs", '{"prompt": "a", "guidance_scale": Infinity}', "guidance_scale"),
     ("/api/jobs", '{"prompt": "a", "width": -Infinity}', "width"),
     ("/api/jobs", '{"prompt": "a", "steps": 1e400}', "steps"),
-    ("/sdapi/v1/txt2img", '{"prompt": "a", "cfg_scale": NaN}', "guidance_scale"),
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "cfg_scale": NaN}', "cfg_scale"),
     ("/sdapi/v1/txt2img", '{"prompt": "a", "seed": Infinity}', "seed"),
     ("/sdapi/v1/txt2img", '{"prompt": "a", "batch_size": Infinity}', "batch_size"),
     ("/sdapi/v1/txt2img", '{"prompt": "a", "width": 1e400}', "width"),
+    # Unknown A1111 fields are ignored, but echoed back in "parameters": NaN there would break our JSON.
+    ("/sdapi/v1/txt2img", '{"prompt": "a", "alwayson_scripts": {"x": {"args": [1, NaN]}}}', "alwayson_scripts"),
 ]
 
 # (path, JSON body, the field the error names)
@@ -141,6 +143,12 @@ def test_a_json_body_needs_the_json_content_type(client, path, content_type):
     body = assert_error(response, 400, "Content-Type")
     assert "application/json" in body["error"]
     _no_jobs(client)
+
+
+def test_nan_is_named_as_json_spells_it(client):
+    body = assert_error(client.post("/api/jobs", data='{"prompt": "a", "steps": -Infinity}',
+                                    content_type="application/json"), 400, "steps")
+    assert "-Infinity is not JSON" in body["error"]
 
 
 def test_bad_utf8_is_named(client):

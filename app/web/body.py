@@ -1,13 +1,15 @@
 """Request bodies: JSON parsed with every failure a 400 in the one error shape.
 
-Flask's ``get_json`` has two gaps for untrusted input: deeply nested JSON
-(``[[[[...]]]]`` 100000 deep) raises RecursionError, a 500, and a merely deep
-body (900 levels) parses but then breaks ``repr`` in the error message. So
-the body is parsed here, with the nesting checked before anything reads it.
+Flask's ``get_json`` has gaps for untrusted input: deeply nested JSON
+(``[[[[...]]]]`` 100000 deep) raises RecursionError, a 500; a merely deep
+body (900 levels) parses but then breaks ``repr`` in the error message; and
+NaN/Infinity parse. So the body is parsed here, and checked before anything
+reads it.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import request
@@ -38,19 +40,22 @@ def json_object(hint: str = "") -> dict:
     if not isinstance(value, dict):
         raise ApiError(400, "the body must be a JSON object (Content-Type: application/json)" + hint,
                        "body", type(value).__name__)
-    if depth(value) > MAX_DEPTH:
-        raise ApiError(400, f"the body is nested more than {MAX_DEPTH} levels deep", "body", None)
+    check_tree(value)
     return value
 
 
-def depth(value: Any) -> int:
-    """How deep lists and objects nest (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def check_tree(body: dict) -> None:
+    """Walk the body without recursion: refuse nesting past MAX_DEPTH, and
+    NaN/Infinity (Python's json reads them, JSON has no such numbers, and a
+    field echoed back would make our own answer invalid JSON), naming the
+    top-level field that holds them."""
+    stack: list[tuple[Any, int, str]] = [(child, 2, key) for key, child in body.items()]
     while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
+        item, level, field = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ApiError(400, f"{field}: must be a finite number; {json.dumps(item)} is not JSON", field, item)
+        if isinstance(item, (dict, list)):
+            if level > MAX_DEPTH:
+                raise ApiError(400, f"the body is nested more than {MAX_DEPTH} levels deep", "body", None)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1, field) for child in children)

@@ -101,7 +101,7 @@ def _init_image(body: dict):
     if not isinstance(first, str) or not first.strip():
         # build_request takes "" and None as "no init image": img2img must not turn into txt2img.
         raise ApiError(400, "init_images: the first image must be a base64 string or a data URL", "init_images",
-                       first if not isinstance(first, str) else "")
+                       first)
     return first
 
 

@@ -105,17 +105,38 @@ def serve(tmp_path, engine):
         server.stop()
 
 
+# Reports each Content-Security-Policy violation (the browser blocked something
+# the page tried to run, load or apply) to the test, across navigations.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__t2iCspViolation(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
+
+
+def watch_csp(context, page) -> list[str]:
+    """The CSP violations seen on ``page``: the DOM event, and Chromium's console message."""
+    violations: list[str] = []
+    context.expose_function("__t2iCspViolation", lambda text: violations.append(text))
+    context.add_init_script(CSP_LISTENER)
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    return violations
+
+
 @pytest.fixture
 def page(browser):
+    """A page that fails its test on a JavaScript error or a CSP violation."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     context.add_init_script(RECORDER)
     page = context.new_page()
+    violations = watch_csp(context, page)
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 @pytest.fixture
@@ -145,7 +166,7 @@ def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
 
     page.wait_for_selector("#job[data-state=running]")
     page.wait_for_selector("#results img")
-    page.wait_for_function("document.querySelector('#results img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#results img').naturalWidth > 0")
     assert page.get_attribute("#job", "data-state") == "done"
     assert page.text_content("#job-state").startswith("Done: 1 image")
     page.screenshot(path=str(shots / "result.png"), full_page=True)
@@ -179,7 +200,7 @@ def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
     page.click("a#nav-gallery")
     page.wait_for_url("**/gallery")
     gallery_image = page.wait_for_selector("#gallery img")
-    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#gallery img').naturalWidth > 0")
     assert gallery_image.get_attribute("src") == image[2].removeprefix(server.url)
     assert "a lighthouse at dawn" in page.text_content("#gallery")
     download = page.get_attribute("#gallery a[download]", "href")
@@ -188,7 +209,7 @@ def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
 
     # The gallery's reuse link fills the form page the same way.
     page.click("#gallery a:has-text('Reuse settings')")
-    page.wait_for_function("document.getElementById('seed').value === '4242'")
+    page.wait_for_function("() => document.getElementById('seed').value === '4242'")
     assert page.input_value("#prompt") == "a lighthouse at dawn"
 
 
@@ -199,7 +220,7 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
 
     # A long job, cancelled from the page while it runs.
     submit(page, "a slow painting", width=256, height=256, steps=100)
-    page.wait_for_function("Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
+    page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
     assert page.text_content("#job-state") == "Cancelled"
@@ -236,7 +257,7 @@ def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
     page.wait_for_selector("#job[data-state=running]")
     page.reload()
     page.wait_for_selector("#job[data-state=done]")
-    page.wait_for_function("document.querySelector('#results img').naturalWidth === 64")
+    page.wait_for_function("() => document.querySelector('#results img').naturalWidth === 64")
     assert "do not lose me" in page.text_content("#job-params")
 
 
@@ -287,7 +308,7 @@ def test_login_when_a_password_is_set(serve, page):
     # Logged in: the page's own API calls pass too.
     page.wait_for_selector("#model-status[data-state=ready]")
     submit(page, "behind a password", width=64, height=64, steps=2)
-    page.wait_for_function("document.querySelector('#results img') && "
+    page.wait_for_function("() => document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0")
     page.click("#nav-logout")
     assert page.url.startswith(server.url + "/login")
@@ -324,7 +345,7 @@ def test_phone_layout_fits_the_screen(serve, browser, shots):
         page.fill("#height", "64")
         page.fill("#steps", "2")
         page.tap("#generate")
-        page.wait_for_function("document.querySelector('#results img') && "
+        page.wait_for_function("() => document.querySelector('#results img') && "
                                "document.querySelector('#results img').naturalWidth > 0")
         assert page.evaluate(overflow) <= 0
         # The result panel was scrolled into view for the user.
@@ -351,12 +372,12 @@ def test_image_to_image_with_an_uploaded_init_image(serve, page, tmp_path):
     page.set_input_files("#init_image", str(init))
     page.wait_for_selector("#init-preview:visible")
     # The size follows the image, rounded down to multiples of 8.
-    page.wait_for_function("document.getElementById('width').value === '96'")
+    page.wait_for_function("() => document.getElementById('width').value === '96'")
     assert page.input_value("#height") == "64"
     assert page.is_enabled("#strength")
     page.fill("#strength", "0.5")
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#results img') && "
+    page.wait_for_function("() => document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0")
     size = page.eval_on_selector("#results img", "img => [img.naturalWidth, img.naturalHeight]")
     assert size == [96, 64]
@@ -372,8 +393,10 @@ def test_delete_a_job_from_the_gallery(serve, page):
     import requests
 
     server = serve()
-    ids = [requests.post(server.url + "/api/jobs", json={"prompt": f"tile {i}", "width": 64, "height": 64,
-                                                          "steps": 2}).json()["job"]["id"] for i in range(2)]
+    page.goto(server.url + "/")  # the browser's client id: the jobs below are its own, so it may delete them
+    ids = [page.request.post(server.url + "/api/jobs", data={"prompt": f"tile {i}", "width": 64, "height": 64,
+                                                             "steps": 2}, headers={"Origin": server.url})
+           .json()["job"]["id"] for i in range(2)]
     for job_id in ids:
         assert requests.get(f"{server.url}/api/jobs/{job_id}?wait=60").json()["job"]["state"] == "done"
     page.on("dialog", lambda dialog: dialog.accept())  # "Delete this job and all its images?"
@@ -384,3 +407,38 @@ def test_delete_a_job_from_the_gallery(serve, page):
     assert requests.get(f"{server.url}/images/{ids[0]}/0.png").status_code == 404
     page.reload()
     assert page.query_selector(f"[data-job='{ids[0]}']") is None and page.query_selector(f"[data-job='{ids[1]}']")
+
+
+def test_every_page_runs_under_the_content_security_policy(serve, browser):
+    """Login, form, gallery (with an image) and error pages all carry the CSP and
+    break none of it; the watcher itself sees a violation when there is one."""
+    server = serve(PASSWORD="open sesame")
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    violations = watch_csp(context, page)
+    try:
+        response = page.goto(server.url + "/login")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert page.evaluate("getComputedStyle(document.body).display") == "grid"  # its stylesheet applies
+        page.fill("#password", "open sesame")
+        page.click("#login")
+        page.wait_for_selector("#model-status[data-state=ready]")
+        submit(page, "a strict page", width=64, height=64, steps=2)
+        page.wait_for_function("() => document.querySelector('#results img') && "
+                               "document.querySelector('#results img').naturalWidth > 0")
+        page.goto(server.url + "/gallery")
+        assert page.evaluate("document.querySelector('.tile-image img').naturalWidth") > 0
+        response = page.goto(server.url + "/no-such-page")
+        assert response.status == 404 and "content-security-policy" in response.headers
+        assert page.text_content("body").strip()
+        assert violations == []
+        # The control: an inline script is refused, and the watcher reports it.
+        page.evaluate("""() => { const s = document.createElement("script");
+                                 s.textContent = "window.__ran = true"; document.body.appendChild(s); }""")
+        page.wait_for_timeout(200)
+        assert page.evaluate("window.__ran") is None
+        assert any("script-src" in v for v in violations), violations
+    finally:
+        context.close()

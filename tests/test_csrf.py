@@ -153,8 +153,7 @@ def served(make_app):
 
     yield start
     for handle in handles:
-        handle.server.shutdown()
-        handle.server.server_close()
+        handle.stop()
 
 
 def attack(page, host: str, target: str, fields: dict[str, str]) -> str:

@@ -83,3 +83,28 @@ def test_engine_validates_the_size_it_picks(engine):
     with pytest.raises(ValidationError) as err:
         engine.generate(request, on_step=lambda s: pytest.fail("no step may run"))
     assert err.value.field == "width" and err.value.value == 40
+
+
+TEXT_BAD = [
+    ("prompt", "a\x00fox", "control character (U+0000) at position 1"),
+    ("prompt", "a fox\x1b[31m", "control character (U+001B)"),
+    ("negative_prompt", "blur\x7f", "control character (U+007F)"),
+    ("prompt", "a\ud800fox", "lone surrogate (U+D800)"),
+    ("negative_prompt", "\udfff", "lone surrogate (U+DFFF)"),
+    ("prompt", "a fox\nNegative prompt: ugly", "must not contain 'Negative prompt:'"),
+    ("negative_prompt", "blur, Negative prompt: x", "must not contain 'Negative prompt:'"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", TEXT_BAD, ids=[f"{f}={v!r}"[:40] for f, v, _ in TEXT_BAD])
+def test_prompts_the_png_cannot_carry_are_refused(field, value, message):
+    request = GenerationRequest(prompt="a fox")
+    setattr(request, field, value)
+    with pytest.raises(ValidationError) as err:
+        request.validate()
+    assert err.value.field == field and message in err.value.message
+
+
+def test_tabs_newlines_and_other_scripts_are_fine():
+    request = GenerationRequest(prompt="a fox\tin snow\r\nby night, 狐, \u2603", negative_prompt="blur\nnegative prompt")
+    assert request.validate() is request

@@ -106,14 +106,19 @@ _SETTING = re.compile(r"\s*([^:,]+):\s*([^,]*)(?:,|$)")
 
 
 def parse_infotext(text: str) -> dict:
-    """Split an A1111 infotext back into prompt, negative prompt and settings."""
+    """Split an A1111 infotext back into prompt, negative prompt and settings,
+    as A1111's ``parse_generation_parameters`` does: the last line is the
+    settings if it holds at least three ``key: value`` pairs, each other line
+    is stripped, and a line starting ``Negative prompt:`` begins the negative
+    prompt. (Prompts holding that separator are refused at validation.)"""
     lines = text.strip().split("\n")
-    settings_line = lines[-1] if len(lines) > 1 and "Steps:" in lines[-1] else ""
+    settings_line = lines[-1] if len(_SETTING.findall(lines[-1])) >= 3 else ""
     body = lines[:-1] if settings_line else lines
     prompt: list[str] = []
     negative: list[str] = []
     in_negative = False
     for line in body:
+        line = line.strip()
         if line.startswith("Negative prompt:"):
             in_negative = True
             line = line[len("Negative prompt:"):].strip()

@@ -6,6 +6,7 @@ way.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
@@ -88,17 +89,10 @@ class GenerationRequest:
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
         Returns self with the scheduler name made canonical."""
-        if not isinstance(self.prompt, str):
-            raise ValidationError("prompt", self.prompt, "must be a string")
+        check_text("prompt", self.prompt, limits)
         if not self.prompt.strip():
             raise ValidationError("prompt", self.prompt, "must not be empty")
-        if len(self.prompt) > limits.max_prompt_chars:
-            raise ValidationError("prompt", self.prompt, f"is {len(self.prompt)} characters; the limit is {limits.max_prompt_chars}")
-        if not isinstance(self.negative_prompt, str):
-            raise ValidationError("negative_prompt", self.negative_prompt, "must be a string")
-        if len(self.negative_prompt) > limits.max_prompt_chars:
-            raise ValidationError("negative_prompt", self.negative_prompt,
-                                  f"is {len(self.negative_prompt)} characters; the limit is {limits.max_prompt_chars}")
+        check_text("negative_prompt", self.negative_prompt, limits)
         check_size(self.width, self.height, limits)
         _check_int("steps", self.steps)
         if not 1 <= self.steps <= limits.max_steps:
@@ -181,6 +175,33 @@ def check_size(width: int | None, height: int | None, limits: Limits = DEFAULT_L
         raise ValidationError("width", width, f"{width}x{height} is more than {limits.max_pixels} pixels")
 
 
+# C0 and C1 control characters but tab, newline and carriage return; and lone
+# surrogates (JSON can spell "\ud800"), which no encoder will write into a PNG.
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# The separator of A1111's infotext. Readers split on it (A1111 at a line start,
+# sd-parsers anywhere), so a prompt holding it would be read back as another
+# prompt and settings: it is refused rather than written ambiguously.
+INFOTEXT_NEGATIVE = "Negative prompt:"
+
+
+def check_text(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> None:
+    """A prompt or negative prompt: a string within the length limit that the
+    PNG's infotext can carry and give back unchanged."""
+    if not isinstance(value, str):
+        raise ValidationError(name, value, "must be a string")
+    if len(value) > limits.max_prompt_chars:
+        raise ValidationError(name, value, f"is {len(value)} characters; the limit is {limits.max_prompt_chars}")
+    bad = _BAD_CHAR.search(value)
+    if bad:
+        kind = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+        raise ValidationError(name, value, f"has {kind} (U+{ord(bad.group()):04X}) at position {bad.start()}; "
+                                           "only tab, newline and carriage return are allowed")
+    if INFOTEXT_NEGATIVE in value:
+        raise ValidationError(name, value, f"must not contain {INFOTEXT_NEGATIVE!r}: PNG readers (A1111's PNG Info, "
+                                           "sd-parsers) would read what follows it as the negative prompt; "
+                                           "use the negative_prompt field")
+
+
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(name, value, "must be an integer")
@@ -235,6 +256,7 @@ __all__ = [
     "MAX_SEED",
     "SIZE_MULTIPLE",
     "check_size",
+    "check_text",
     "draw_seed",
     "field_names",
     "floor_size",

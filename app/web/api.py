@@ -10,6 +10,7 @@ from app.jobs.base import READY
 from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults
 from app.web.auth import client_id, is_authenticated
+from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits, public_limits
 from app.web.uploads import decode_init_image
@@ -106,14 +107,15 @@ def _job_values() -> tuple[dict, object]:
         if upload is not None and upload.filename:
             values["init_image"] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
     else:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object (Content-Type: application/json) or a form")
-        values = body
+        values = json_object(" or a form")
     for key in values:
         if key not in FIELDS:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
     init = values.pop("init_image", None)
+    if isinstance(init, str) and not init.strip():
+        # null means "no init image", like null for any field; an empty string is a broken upload.
+        raise ApiError(400, "init_image: is empty; send a base64 string or a data URL, or leave it out",
+                       "init_image", init)
     return values, init
 
 

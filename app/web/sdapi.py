@@ -22,6 +22,7 @@ from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
+from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.uploads import png_info
 from app.web.waiting import wait_slot
@@ -31,13 +32,6 @@ bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 # A1111's "schedulers" (noise schedules). Ours are built into the sampler names:
 # "automatic" keeps the sampler as named, "karras" picks its Karras variant.
 A1111_SCHEDULERS = ({"name": "automatic", "label": "Automatic"}, {"name": "karras", "label": "Karras"})
-
-
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
-    return body
 
 
 def _int(body: dict, name: str, default):
@@ -104,7 +98,12 @@ def _init_image(body: dict):
     if not isinstance(images, list) or not images:
         raise ApiError(400, "init_images: must be a list with at least one base64 image", "init_images",
                        type(images).__name__)
-    return images[0]
+    first = images[0]
+    if not isinstance(first, str) or not first.strip():
+        # build_request takes "" and None as "no init image": img2img must not turn into txt2img.
+        raise ApiError(400, "init_images: the first image must be a base64 string or a data URL", "init_images",
+                       first)
+    return first
 
 
 def _run(body: dict, img2img: bool):
@@ -155,12 +154,12 @@ def _info(job: Job, img2img: bool) -> dict:
 
 @bp.post("/txt2img")
 def txt2img():
-    return _run(_body(), img2img=False)
+    return _run(json_object(), img2img=False)
 
 
 @bp.post("/img2img")
 def img2img():
-    return _run(_body(), img2img=True)
+    return _run(json_object(), img2img=True)
 
 
 @bp.get("/progress")
@@ -229,7 +228,7 @@ def get_options():
 
 @bp.post("/options")
 def set_options():
-    body = _body()
+    body = json_object()
     wanted = body.get("sd_model_checkpoint")
     status = backend().status()
     if wanted is not None and wanted not in (status.name, status.id):
@@ -240,7 +239,7 @@ def set_options():
 
 @bp.post("/png-info")
 def png_info_route():
-    body = _body()
+    body = json_object()
     text, chunks = png_info(body.get("image"), current_app.config)
     parameters = {}
     if text:

@@ -77,5 +77,10 @@ def png_info(value, config, field: str = "image") -> tuple[str | None, dict]:
     """The ``parameters`` text and the other text chunks of an uploaded image."""
     data = decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
     image = open_image(data, field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    try:
+        # PIL reads text chunks that follow the pixels only by decoding the whole file.
+        parameters = read_parameters(image)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ApiError(400, f"{field}: the image data is broken ({exc})", field, f"{len(data)} bytes") from exc
     info = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-    return read_parameters(image), info
+    return parameters, info

@@ -68,3 +68,19 @@ def test_readme_limits_table_matches_the_code():
     assert f"{side} x {side}" in rows["init image upload"] and side * side == web["MAX_UPLOAD_PIXELS"]
     assert f"{web['MAX_QUEUED_PER_CLIENT']} (`MAX_QUEUED_PER_CLIENT`)" in rows["unfinished jobs per client"]
     assert f"{web['MAX_QUEUE']} (`MAX_QUEUE`)" in rows["queued jobs in all"]
+
+
+def test_security_settings_table_matches_the_code():
+    from app.web.settings import DEFAULTS
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    table = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", table, re.M)
+    assert len(rows) >= 15
+
+    def shown(value) -> str:
+        if value is None or value == ():
+            return "none"
+        return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+    assert [(name, default.strip()) for name, default in rows] == [(name, shown(DEFAULTS[name])) for name, _ in rows]

@@ -197,19 +197,38 @@ def test_install_cell_clones_then_calls_the_shared_set_up(path):
     assert "\"pip\"" not in source and len(source.splitlines()) <= 15  # the install logic lives in setup.py
 
 
-def test_missing_requirements_skips_what_is_installed_and_never_torch(tmp_path):
-    from app.notebook.setup import missing_requirements
+def test_install_plan_never_touches_torch_or_colabs_front_end(tmp_path):
+    from importlib.metadata import version
+
+    from app.notebook.setup import plan_install
 
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\n"
-                            "not-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n-r other.txt\n")
+    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\nipykernel>=99\n"
+                            "pillow>=99\nnot-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n"
+                            "-r other.txt\n")
 
-    assert missing_requirements(requirements) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
+    plan = plan_install(requirements)
+    assert plan.install == ["not-a-real-package-xyz==1.0"]
+    assert plan.upgrade == [("pillow>=99", version("pillow"))]
+    assert plan.kept == [("ipywidgets>=99", version("ipywidgets")), ("ipykernel>=99", version("ipykernel"))]
+    assert plan.to_pip == ["not-a-real-package-xyz==1.0", "pillow>=99"]
+    lines = plan.lines()
+    assert lines[0] == "Installing: not-a-real-package-xyz==1.0"
+    assert lines[1] == f"Upgrading: pillow>=99 (was {version('pillow')})"
+    assert lines[2].startswith(f"Keeping Colab's ipywidgets {version('ipywidgets')} (the notebook's front end")
     # The project's own requirements are all met in the test environment: nothing to install.
-    assert missing_requirements(ROOT / "requirements.txt") == []
+    assert plan_install(ROOT / "requirements.txt").to_pip == []
 
 
-def test_prepare_moves_to_the_project_and_installs_with_torch_pinned(tmp_path, monkeypatch):
+def test_requirements_accept_colabs_ipywidgets():
+    from packaging.requirements import Requirement
+
+    [widgets] = [Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+                 if line.startswith("ipywidgets")]
+    assert widgets.specifier.contains("7.7.1") and widgets.specifier.contains("8.1.7")
+
+
+def test_prepare_moves_to_the_project_and_installs_with_torch_and_front_end_pinned(tmp_path, monkeypatch):
     from importlib.metadata import version
 
     from app.notebook.setup import prepare
@@ -229,7 +248,9 @@ def test_prepare_moves_to_the_project_and_installs_with_torch_pinned(tmp_path, m
     constraint = str(tmp_path / "keep-torch.txt")
     assert command == [sys.executable, "-m", "pip", "install", "-q", "-c", constraint, "not-a-real-package-xyz==1.0"]
     assert options == {"check": True}
-    assert (tmp_path / "keep-torch.txt").read_text() == f"torch=={version('torch')}\n"
+    pins = (tmp_path / "keep-torch.txt").read_text().splitlines()
+    assert f"torch=={version('torch')}" in pins and f"ipywidgets=={version('ipywidgets')}" in pins
+    assert f"ipykernel=={version('ipykernel')}" in pins
 
     said.clear()
     assert prepare(ROOT, say=said.append, run=lambda *a, **kw: pytest.fail("nothing to install")).installed == []

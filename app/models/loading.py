@@ -103,7 +103,7 @@ def load_pipeline(
 def from_hub(pipeline_class, model: str, placement: Placement, **kwargs):
     """``pipeline_class.from_pretrained(model)`` from the Hub. In fp16, the
     repo's fp16 weights (``variant="fp16"``) are asked for first: half the
-    download (about 2.6 GB instead of 5.2 GB for SD 2.1) and the same result,
+    download and the same result,
     since full weights are converted to fp16 anyway. A repo without them
     loads its full weights. The log says which were used."""
     if placement.dtype == "float16":

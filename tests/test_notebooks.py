@@ -87,10 +87,12 @@ def test_generator_form_offers_every_scheduler():
 def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     import papermill
 
-    out_dir = tmp_path / "images"
+    drive = tmp_path / "MyDrive"  # stands in for the mounted Google Drive (SAVE_TO_DRIVE is on by default)
+    drive.mkdir()
+    out_dir = drive / "text-to-image" / "outputs"
     executed = papermill.execute_notebook(
         str(GENERATOR), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(ROOT),
-        parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", OUTPUT_DIR=str(out_dir), STEPS=2,
+        parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", DRIVE_DIR=str(drive), STEPS=2,
                         WIDTH=64, HEIGHT=96, HEADLESS=True, EXAMPLE_PROMPT="a tiny red fox"),
         progress_bar=False,
     )

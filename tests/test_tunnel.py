@@ -59,6 +59,7 @@ def colab(monkeypatch):
     """Stand-in for the ``google.colab`` module that exists only inside Colab."""
     secrets: dict[str, str] = {}
     js_calls: list[str] = []
+    windows: list[tuple] = []
 
     class SecretNotFoundError(Exception):
         pass
@@ -74,9 +75,11 @@ def colab(monkeypatch):
 
     package = types.ModuleType("google.colab")
     package.userdata = types.SimpleNamespace(get=get)
-    package.output = types.SimpleNamespace(eval_js=eval_js)
+    package.output = types.SimpleNamespace(
+        eval_js=eval_js, serve_kernel_port_as_window=lambda port, path="/", anchor_text=None: windows.append(
+            (port, path, anchor_text)))
     monkeypatch.setitem(sys.modules, "google.colab", package)
-    yield types.SimpleNamespace(secrets=secrets, js_calls=js_calls)
+    yield types.SimpleNamespace(secrets=secrets, js_calls=js_calls, windows=windows)
     close_tunnel()
 
 
@@ -188,6 +191,40 @@ def test_colab_without_token_falls_back_to_the_colab_proxy(agent, colab):
     assert agent.starts() == []  # no ngrok agent was started
     assert open_tunnel(PORT, **agent.options).reused
 
+    tunnel_mod.open_colab_window(PORT)  # the notebook also offers the app in a tab of its own
+    assert colab.windows == [(PORT, "/", "Open the app in a new tab")]
+
+
+@pytest.mark.parametrize("forwarded_proto", ["https", None])
+def test_login_cookie_sticks_through_colabs_proxy(agent, colab, tmp_path, forwarded_proto):
+    """Colab's proxy serves the app at the root of its own https host and reaches
+    it from localhost. The login cookie must be host-only, for path /, HttpOnly,
+    SameSite=Lax (first-party in the new-tab link), and Secure exactly when the
+    request is known to be https (a Secure cookie on plain http would be dropped)."""
+    from app import create_app
+    from app.notebook.tunnel import share_app
+
+    web_app = create_app({"MODEL": "demo", "START_WORKER": False, "PUBLIC": True, "PASSWORD": "pw",
+                          "TRUST_PROXY": 1, "INSTANCE": str(tmp_path)})
+    link = share_app(web_app, PORT, **agent.options)
+    host = link.public_url.removeprefix("https://")
+    headers = {"Origin": link.public_url, "Host": f"localhost:{PORT}"}
+    if forwarded_proto:
+        headers.update({"X-Forwarded-Proto": forwarded_proto, "X-Forwarded-Host": host})
+    client = web_app.test_client()
+
+    response = client.post("/login", data={"password": "pw"}, headers=headers,
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
+
+    assert response.status_code == 302
+    [cookie] = response.headers.getlist("Set-Cookie")
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert "path=/" in cookie.lower() and "domain" not in flags
+    assert {"httponly", "samesite"} <= flags and "samesite=lax" in cookie.lower()
+    assert ("secure" in flags) == (forwarded_proto == "https")
+    page = client.get("/", headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert page.status_code == 200  # logged in: no redirect to /login
+
 
 def test_colab_falls_back_to_the_proxy_when_ngrok_fails(agent, colab, monkeypatch):
     colab.secrets["NGROK_AUTHTOKEN"] = TOKEN
@@ -254,3 +291,10 @@ def test_keep_alive_interrupt_is_reported_and_passed_on():
 def test_bad_port_is_named():
     with pytest.raises(TunnelError, match=r"port must be .* \(got 0\)"):
         open_tunnel(0)
+
+
+def test_keep_alive_ticks_between_checks_for_the_job_lines():
+    ticks = []
+    checks = tunnel_mod.keep_alive(lambda: True, PORT, interval=0.02, tick=0.01, max_checks=2,
+                                   say=lambda _line: None, on_tick=lambda: ticks.append(1))
+    assert checks == 2 and len(ticks) == 3  # twice between the two checks, once after the last

@@ -7,7 +7,7 @@ from PIL import Image
 
 from app.engine.metadata import read_parameters
 from app.engine.types import SIZE_MULTIPLE, GenerationRequest
-from app.notebook.widgets import GeneratorUI, Img2ImgUI, output_folder
+from app.notebook.widgets import GeneratorUI, Img2ImgUI, output_folder, uploaded_files
 
 
 def test_button_generates_shows_progress_and_saves(engine, tmp_path):
@@ -74,3 +74,16 @@ def test_output_folder_prefers_mounted_drive(tmp_path, monkeypatch):
     assert output_folder("", drive_root=drive) == drive / "text-to-image"
     assert output_folder(tmp_path / "mine", drive_root=drive) == tmp_path / "mine"
     assert (drive / "text-to-image").is_dir()
+
+
+def test_uploads_read_in_ipywidgets_7_and_8_shapes(engine, tmp_path):
+    png = io.BytesIO()
+    Image.new("RGB", (80, 72), "red").save(png, format="PNG")
+    v8 = ({"name": "a.png", "type": "image/png", "size": 3, "content": memoryview(png.getvalue())},)
+    v7 = {"a.png": {"metadata": {"name": "a.png", "type": "image/png"}, "content": png.getvalue()}}
+    assert uploaded_files(v8) == uploaded_files(v7) == [png.getvalue()]
+    assert uploaded_files(()) == uploaded_files({}) == []
+
+    i2i = Img2ImgUI(engine, tmp_path)
+    i2i._on_upload({"new": v7})  # what Colab's ipywidgets 7 sends
+    assert i2i.init_image is not None and (i2i.width.value, i2i.height.value) == (80, 72)

@@ -83,8 +83,10 @@ def load_pipeline(
             pipe = StableDiffusionPipeline.from_single_file(
                 model, config=config, local_files_only=Path(config).is_dir(), **common
             )
+        elif kind == "hub":
+            pipe = from_hub(StableDiffusionPipeline, model, placement, **common)
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=kind == "folder", **common)
+            pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **common)
     except ModelLoadError:
         raise
     except Exception as exc:  # the Hub, the disk and diffusers raise many kinds
@@ -95,6 +97,29 @@ def load_pipeline(
         pipe = pipe.to(dtype=placement.torch_dtype)
     pipe = pipe.to(placement.device)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def from_hub(pipeline_class, model: str, placement: Placement, **kwargs):
+    """``pipeline_class.from_pretrained(model)`` from the Hub. In fp16, the
+    repo's fp16 weights (``variant="fp16"``) are asked for first: half the
+    download and the same result,
+    since full weights are converted to fp16 anyway. A repo without them
+    loads its full weights. The log says which were used."""
+    if placement.dtype == "float16":
+        try:
+            pipe = pipeline_class.from_pretrained(model, variant="fp16", **kwargs)
+        except (ValueError, OSError) as exc:
+            # diffusers: "You are trying to load the model files of the `variant=fp16`, but no such modeling
+            # files are available."; some layouts raise OSError naming the missing *.fp16.* file.
+            if "fp16" not in str(exc):
+                raise
+            logger.info("%s has no fp16 weights: loading its full weights and converting them to fp16", model)
+        else:
+            logger.info("%s: loaded its fp16 weights (variant fp16)", model)
+            return pipe
+    pipe = pipeline_class.from_pretrained(model, **kwargs)
+    logger.info("%s: loaded its full (fp32) weights", model)
     return pipe
 
 

@@ -1,11 +1,21 @@
 """The notebooks' install step, run right after the cell that clones the
-project: go to the project folder and pip-install only the requirements
-that are missing.
+project: go to the project folder and pip-install only what the engine needs
+and the runtime lacks.
 
-torch is never installed or upgraded: Colab's preinstalled CUDA build
-satisfies ``requirements.txt``, and a pip resolve that pulled in another
-torch would download gigabytes and could lose CUDA. Other installs run with
-a constraint that pins the torch already there.
+Two kinds of packages are never installed or upgraded:
+
+- torch: Colab's preinstalled CUDA build satisfies ``requirements.txt``, and
+  a pip resolve that pulled in another torch would download gigabytes and
+  could lose CUDA.
+- Colab's front end (``FRONT_END``): ipywidgets, the notebook and Jupyter
+  packages, IPython, tornado. Colab renders widgets with its own frontend,
+  built for the ipywidgets it ships (7.7.1); an upgraded ipywidgets renders
+  nothing there. The project's code supports what is installed instead
+  (``requirements.txt`` asks only for ``ipywidgets>=7.7``).
+
+Every install runs with a constraint file that pins the installed versions
+of both kinds, so no dependency drags them up either. The cell says what was
+installed and what was upgraded, from which version.
 
 Runs before the requirements are installed, so it imports only the standard
 library and ``packaging`` (in Colab, and pip's own dependency everywhere).
@@ -13,6 +23,7 @@ library and ``packaging`` (in Colab, and pip's own dependency everywhere).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +37,119 @@ from packaging.requirements import Requirement
 from app.notebook.tunnel import in_colab
 
 KEEP = ("torch",)  # never installed by the notebooks: keep the runtime's build
+# What Colab's front end (widget rendering, the kernel, the notebook server) depends on.
+FRONT_END = ("ipywidgets", "widgetsnbextension", "jupyterlab-widgets", "ipykernel", "ipython", "jupyter-client",
+             "jupyter-core", "jupyter-server", "notebook", "jupyterlab", "nbformat", "traitlets", "tornado",
+             "pyzmq", "google-colab")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@dataclass
+class Plan:
+    """What the install step will do with each requirement."""
+
+    install: list[str] = field(default_factory=list)  # not installed yet
+    upgrade: list[tuple[str, str]] = field(default_factory=list)  # (requirement, version installed now)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # front-end packages left as they are
+
+    @property
+    def to_pip(self) -> list[str]:
+        return self.install + [requirement for requirement, _ in self.upgrade]
+
+    def lines(self) -> list[str]:
+        """What the cell prints."""
+        if not self.to_pip and not self.kept:
+            return ["All requirements are already installed."]
+        out = []
+        if self.install:
+            out.append("Installing: " + ", ".join(self.install))
+        if self.upgrade:
+            out.append("Upgrading: " + ", ".join(f"{req} (was {old})" for req, old in self.upgrade))
+        for req, old in self.kept:
+            out.append(f"Keeping Colab's {Requirement(req).name} {old} (the notebook's front end needs it; "
+                       f"the project asks for {req})")
+        return out
+
+
+def _requirements(path: str | os.PathLike) -> list[Requirement]:
+    reqs = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            line = line.split("#")[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            req = Requirement(line)
+            if req.marker and not req.marker.evaluate():
+                continue
+            reqs.append(req)
+    return reqs
+
+
+def plan_install(path: str | os.PathLike = "requirements.txt") -> Plan:
+    """Sort the requirements in ``path`` into: satisfied (left out), to
+    install, to upgrade, and front-end packages kept although they do not
+    satisfy it. torch is left out whatever its version. Options lines
+    (``-r``, ``-c``...) and requirements whose marker does not apply here
+    are skipped."""
+    plan = Plan()
+    front_end = {canonical(name) for name in FRONT_END}
+    for req in _requirements(path):
+        if req.name in KEEP:
+            continue
+        have = installed_version(req.name)
+        if have is not None and req.specifier.contains(have, prereleases=True):
+            continue
+        if have is None:
+            plan.install.append(str(req))
+        elif canonical(req.name) in front_end:
+            plan.kept.append((str(req), have))
+        else:
+            plan.upgrade.append((str(req), have))
+    return plan
+
+
+def missing_requirements(path: str | os.PathLike = "requirements.txt") -> list[str]:
+    """The requirements in ``path`` pip will be asked for (see plan_install)."""
+    return plan_install(path).to_pip
+
+
+def pinned() -> list[str]:
+    """``name==version`` for torch and every installed front-end package: the
+    constraint every install runs with."""
+    pins = []
+    for name in (*KEEP, *FRONT_END):
+        have = installed_version(name)
+        if have is not None:
+            pins.append(f"{name}=={have}")
+    return pins
+
+
+def install_missing(path: str | os.PathLike = "requirements.txt", *, say: Callable[[str], None] = print,
+                    run: Callable[..., object] = subprocess.run) -> list[str]:
+    """pip-install what ``plan_install`` finds, with torch and the front end
+    pinned so that nothing pulls in another build. Says what it does and
+    returns the requirements passed to pip (``run`` stands in for
+    ``subprocess.run`` in tests)."""
+    plan = plan_install(path)
+    for line in plan.lines():
+        say(line)
+    if not plan.to_pip:
+        return []
+    constraint = os.path.join(tempfile.gettempdir(), "keep-torch.txt")
+    with open(constraint, "w", encoding="utf-8") as f:
+        f.write("".join(pin + "\n" for pin in pinned()))
+    run([sys.executable, "-m", "pip", "install", "-q", "-c", constraint, *plan.to_pip], check=True)
+    return plan.to_pip
 
 
 @dataclass
@@ -35,46 +159,6 @@ class Setup:
     repo_dir: Path  # the project folder, now the working directory
     in_colab: bool
     installed: list[str] = field(default_factory=list)  # requirements pip was asked to install
-
-
-def missing_requirements(path: str | os.PathLike = "requirements.txt") -> list[str]:
-    """Requirements in ``path`` not already satisfied (torch excluded: keep
-    Colab's CUDA build). Options lines (``-r``, ``-c``...) and requirements
-    whose marker does not apply here are skipped."""
-    missing = []
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            line = line.split("#")[0].strip()
-            if not line or line.startswith("-"):
-                continue
-            req = Requirement(line)
-            if req.name in KEEP or (req.marker and not req.marker.evaluate()):
-                continue
-            try:
-                if req.specifier.contains(version(req.name), prereleases=True):
-                    continue
-            except PackageNotFoundError:
-                pass
-            missing.append(str(req))
-    return missing
-
-
-def install_missing(path: str | os.PathLike = "requirements.txt", *, say: Callable[[str], None] = print,
-                    run: Callable[..., object] = subprocess.run) -> list[str]:
-    """pip-install what ``missing_requirements`` finds, with the installed
-    torch pinned so that nothing pulls in another build. Returns what was
-    installed (``run`` stands in for ``subprocess.run`` in tests)."""
-    to_install = missing_requirements(path)
-    if not to_install:
-        say("All requirements are already installed.")
-        return []
-    say("Installing: " + ", ".join(to_install))
-    # The constraint pins the installed torch, so nothing pulls in another build.
-    constraint = os.path.join(tempfile.gettempdir(), "keep-torch.txt")
-    with open(constraint, "w", encoding="utf-8") as f:
-        f.write(f"torch=={version('torch')}\n")
-    run([sys.executable, "-m", "pip", "install", "-q", "-c", constraint, *to_install], check=True)
-    return to_install
 
 
 def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = print,
@@ -89,4 +173,5 @@ def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = p
     return Setup(folder, in_colab(), installed)
 
 
-__all__ = ["KEEP", "Setup", "install_missing", "missing_requirements", "prepare"]
+__all__ = ["FRONT_END", "KEEP", "Plan", "Setup", "install_missing", "missing_requirements", "pinned",
+           "plan_install", "prepare"]

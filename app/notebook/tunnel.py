@@ -206,6 +206,16 @@ def colab_proxy_url(port: int) -> str:
     return str(output.eval_js(f"google.colab.kernel.proxyPort({int(port)})"))
 
 
+def open_colab_window(port: int, anchor_text: str = "Open the app in a new tab") -> None:
+    """Show Colab's link that opens the local port in a new browser tab
+    (``serve_kernel_port_as_window``), next to the ``proxyPort`` URL. In a tab
+    of its own the app's login cookie is first-party; inside the notebook's
+    output frame a browser that blocks third-party cookies would drop it."""
+    from google.colab import output  # only exists inside Colab
+
+    output.serve_kernel_port_as_window(int(port), path="/", anchor_text=anchor_text)
+
+
 def open_tunnel(port: int, *, authtoken: str | None = None, region: str | None = None,
                 ngrok_path: str | None = None, config_path: str | None = None,
                 colab_fallback: bool = True) -> Tunnel:
@@ -314,11 +324,13 @@ def share_app(app: Flask, port: int, **tunnel_options: Any) -> Tunnel:
 
 
 def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 60.0,
-               max_checks: int | None = None, say: Callable[[str], None] = print, **tunnel_options: Any) -> int:
+               max_checks: int | None = None, say: Callable[[str], None] = print,
+               on_tick: Callable[[], None] | None = None, tick: float = 5.0, **tunnel_options: Any) -> int:
     """Check the server and the link every ``interval`` seconds, reopening a
     dropped ngrok link and printing its (new) URL, until the server stops or
-    the user interrupts the cell (KeyboardInterrupt is re-raised). Returns
-    the number of checks made."""
+    the user interrupts the cell (KeyboardInterrupt is re-raised). Between
+    checks, ``on_tick`` runs every ``tick`` seconds (the notebook prints its
+    finished jobs there). Returns the number of checks made."""
     checks = 0
     try:
         while max_checks is None or checks < max_checks:
@@ -334,8 +346,19 @@ def keep_alive(is_serving: Callable[[], bool], port: int, *, interval: float = 6
                 except TunnelError as exc:
                     say(str(exc))
             if max_checks is None or checks < max_checks:
-                time.sleep(interval)
+                _wait(interval, on_tick, tick)
+        if on_tick is not None:
+            on_tick()
     except KeyboardInterrupt:
         say("Stopped watching (the app keeps running until the stop cell).")
         raise  # so a notebook's "Run all" stops here instead of running the stop cell
     return checks
+
+
+def _wait(seconds: float, on_tick: Callable[[], None] | None, tick: float) -> None:
+    if on_tick is None:
+        time.sleep(seconds)
+        return
+    for _ in range(max(1, round(seconds / tick))):
+        time.sleep(min(seconds, tick))
+        on_tick()

@@ -25,6 +25,26 @@ if TYPE_CHECKING:
 DRIVE_ROOT = Path("/content/drive/MyDrive")
 
 
+def widgets_major() -> int:
+    """ipywidgets' major version: Colab ships 7.7.1 (and renders only 7), Jupyter has 8."""
+    import ipywidgets
+
+    return int(ipywidgets.__version__.split(".")[0])
+
+
+def tooltip(text: str) -> dict[str, str]:
+    """The hover text argument: ``tooltip`` in ipywidgets 8, ``description_tooltip`` in 7."""
+    return {"tooltip" if widgets_major() >= 8 else "description_tooltip": text}
+
+
+def uploaded_files(value: Any) -> list[bytes]:
+    """The contents of a FileUpload's ``value``: in ipywidgets 8 a tuple of
+    dicts with ``content`` (a memoryview), in 7 a dict of file name to
+    ``{"metadata": ..., "content": bytes}``."""
+    files = value.values() if isinstance(value, dict) else value
+    return [bytes(f["content"]) for f in files or ()]
+
+
 def output_folder(requested: str | os.PathLike | None = None, *, drive_root: Path = DRIVE_ROOT,
                   subfolder: str = "text-to-image") -> Path:
     """Where images go: ``requested`` if given, else Google Drive when it is
@@ -83,14 +103,14 @@ class GeneratorUI:
                                            min=0, max=limits.max_guidance, step=0.5, description="Guidance")
         # -1 stands for the request's None (a random seed): IntText cannot hold None.
         self.seed = w.IntText(value=-1 if defaults["seed"] is None else defaults["seed"], description="Seed",
-                              tooltip="-1: random")
+                              **tooltip("-1: random"))
         self.width = w.BoundedIntText(value=width or default_w, min=limits.min_size, max=limits.max_width,
                                       step=SIZE_MULTIPLE, description="Width")
         self.height = w.BoundedIntText(value=height or default_h, min=limits.min_size, max=limits.max_height,
                                        step=SIZE_MULTIPLE, description="Height")
         self.scheduler = w.Dropdown(options=scheduler_names(), value=defaults["scheduler"], description="Scheduler")
         self.save_steps = w.BoundedIntText(value=defaults["save_steps"], min=0, max=limits.max_steps,
-                                           description="Steps strip", tooltip="keep a preview every N steps (0: off)")
+                                           description="Steps strip", **tooltip("keep a preview every N steps (0: off)"))
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
         self.status = w.HTML()
@@ -197,9 +217,9 @@ class Img2ImgUI(GeneratorUI):
     def _on_upload(self, change: dict[str, Any]) -> None:
         from PIL import Image
 
-        files = change["new"]
+        files = uploaded_files(change["new"])
         if files:
-            self.set_init_image(Image.open(io.BytesIO(bytes(files[0]["content"]))))
+            self.set_init_image(Image.open(io.BytesIO(files[0])))
 
     def request(self) -> GenerationRequest:
         if self.init_image is None:

@@ -212,3 +212,25 @@ def test_the_page_lists_my_jobs_and_the_whole_queue_without_others_prompts(serve
     page.wait_for_selector("#queue-list li.other")
     assert page.locator("#queue-list li").all_inner_texts() == ["queued #1 someone else's job", "queued #2 my own fox"]
     assert "secret" not in page.content()
+
+
+def test_through_a_real_tunnel_hop_the_forwarded_headers_count(served):
+    """The server itself (waitress, not the test client) must hand X-Forwarded-* to the app:
+    a login through an https tunnel is same-origin, gets a Secure cookie, and each
+    forwarded address is its own client for the password backoff."""
+    import requests
+
+    server = served(PASSWORD="secret", TRUST_PROXY=1)
+    tunnel = {"Host": "abc.ngrok.app", "X-Forwarded-Proto": "https", "Origin": "https://abc.ngrok.app"}
+
+    def login(password: str, address: str):
+        return requests.post(server.url + "/login", data={"password": password}, allow_redirects=False,
+                             headers={**tunnel, "X-Forwarded-For": address}, timeout=30)
+
+    response = login("secret", "203.0.113.9")
+    assert response.status_code == 302, response.text
+    assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    for _ in range(6):
+        login("wrong", "203.0.113.66")
+    assert login("wrong", "203.0.113.66").status_code == 429  # the guesser backs off ...
+    assert login("typo", "198.51.100.7").status_code == 401  # ... a friend elsewhere does not

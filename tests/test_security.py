@@ -211,7 +211,8 @@ def test_login_form_sets_a_session(locked):
     assert client.get("/api/jobs").status_code == 401
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"])
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)",
+                                    "/\r\nSet-Cookie: x=1"])
 def test_login_never_redirects_off_site(locked, target):
     client = locked.test_client()
     response = client.post("/login", data={"password": "s3cret pass", "next": target})

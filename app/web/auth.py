@@ -140,7 +140,8 @@ def require_auth():
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths: no open redirect to another host."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 32 or ord(c) == 127 for c in target)):  # CR/LF would break the Location header
         return "/"
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else "/"

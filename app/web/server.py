@@ -59,6 +59,9 @@ def waitress_options(config: Any, fd_limit: int) -> dict[str, Any]:
         # How often idle connections are looked for: a connection lives at most timeout + this.
         "cleanup_interval": max(1, timeout // 4),
         "asyncore_use_poll": True,  # select() fails past descriptor 1023
+        # waitress deletes X-Forwarded-* from peers it was not told to trust; the app's own
+        # LocalProxyFix decides (TRUST_PROXY hops, from PROXY_ADDRESSES only), so let them through.
+        "clear_untrusted_proxy_headers": False,
         "backlog": BACKLOG,
         # waitress reads (and spools to disk) a whole body before the app sees it: refuse
         # absurd ones up front, but leave the app's own 413 (in the error shape) for the near misses.

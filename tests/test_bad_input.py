@@ -186,6 +186,31 @@ def test_a_truncated_png_is_a_400_everywhere(client, keep):
     _no_jobs(client)
 
 
+def _png_with_compressed_text(chunks: int, size: int) -> bytes:
+    """A small PNG whose zTXt chunks inflate to ``chunks`` x ``size`` bytes."""
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1")
+    for i in range(chunks):
+        meta.add_text(f"bomb{i}", "\xff" * size, zip=True)
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG", pnginfo=meta)
+    return out.getvalue()
+
+
+def test_a_png_whose_text_inflates_past_the_limit_is_refused(client):
+    from app.web.uploads import MAX_TEXT_BYTES
+
+    bomb = _png_with_compressed_text(4, 900_000)  # 3.6 MB of text in a file of a few KB
+    assert len(bomb) < 50_000 and 4 * 900_000 > MAX_TEXT_BYTES
+    body = assert_error(client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(bomb).decode()}), 413, "image")
+    assert "text chunks" in body["error"]
+    modest = _png_with_compressed_text(1, 100_000)  # a large ComfyUI workflow's worth still reads
+    info = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(modest).decode()}).get_json()
+    assert info["parameters"]["Prompt"] == "a fox" and len(info["items"]["bomb0"]) == 100_000
+
+
 def test_the_whole_png_still_reads(client):
     info = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(_png()).decode()}).get_json()
     assert info["parameters"]["Prompt"] == "a fox" and info["parameters"]["Seed"] == "1"

@@ -8,12 +8,18 @@ import io
 import re
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from app.engine.metadata import read_parameters
 from app.web.errors import ApiError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# A compressed text chunk (zTXt, iTXt) inflates about 1000x: Pillow's own ceiling (64 MB of text
+# per image) let an 87 KB upload cost a GB of memory and a 390 MB answer from png-info. An
+# A1111 infotext is a few KB and a ComfyUI workflow a few hundred; 2 MB in all is plenty.
+MAX_TEXT_BYTES = 2 << 20
+PngImagePlugin.MAX_TEXT_CHUNK = min(PngImagePlugin.MAX_TEXT_CHUNK, MAX_TEXT_BYTES)
+PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, MAX_TEXT_BYTES)
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -45,7 +51,11 @@ def open_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Imag
     except Image.DecompressionBombError as exc:
         raise ApiError(413, f"{field}: the image claims more than the limit of {max_pixels} pixels ({exc})",
                        field, f"{len(data)} bytes") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except ValueError as exc:
+        if "MAX_TEXT" in str(exc) or "text chunks" in str(exc):
+            raise _too_much_text(field, data) from exc
+        raise ApiError(400, f"{field}: not a PNG, JPEG, WebP, BMP or GIF image", field, f"{len(data)} bytes") from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise ApiError(400, f"{field}: not a PNG, JPEG, WebP, BMP or GIF image", field, f"{len(data)} bytes") from exc
     w, h = image.size
     # Checked from the header, before .load(): a small file may claim a huge canvas.
@@ -73,6 +83,11 @@ def decode_init_image(value, config, field: str = "init_image") -> Image.Image:
     return load_rgb(image, field, fit=(config["MAX_WIDTH"], config["MAX_HEIGHT"]))
 
 
+def _too_much_text(field: str, data: bytes) -> ApiError:
+    return ApiError(413, f"{field}: the image's text chunks hold more than {MAX_TEXT_BYTES >> 20} MB once inflated",
+                    field, f"{len(data)} bytes")
+
+
 def png_info(value, config, field: str = "image") -> tuple[str | None, dict]:
     """The ``parameters`` text and the other text chunks of an uploaded image."""
     data = decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
@@ -80,7 +95,11 @@ def png_info(value, config, field: str = "image") -> tuple[str | None, dict]:
     try:
         # PIL reads text chunks that follow the pixels only by decoding the whole file.
         parameters = read_parameters(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except ValueError as exc:
+        if "MAX_TEXT" in str(exc) or "text chunks" in str(exc):
+            raise _too_much_text(field, data) from exc
+        raise ApiError(400, f"{field}: the image data is broken ({exc})", field, f"{len(data)} bytes") from exc
+    except (OSError, SyntaxError, EOFError) as exc:
         raise ApiError(400, f"{field}: the image data is broken ({exc})", field, f"{len(data)} bytes") from exc
     info = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     return parameters, info

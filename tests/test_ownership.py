@@ -224,6 +224,18 @@ def test_backoff_doubles_per_client_and_forgets():
     assert len(throttle) == 0
 
 
+def test_the_table_of_guessers_stays_bounded_and_keeps_the_latest():
+    clock = Clock()
+    throttle = FailureThrottle(free=3, global_free=10**9, window=60.0, clock=clock)
+    throttle.MAX_CLIENTS = 100
+    for i in range(1000):  # many addresses, all within the window: only the newest 100 are kept
+        throttle.failed(f"addr{i}")
+    assert len(throttle) == 100
+    for _ in range(3):
+        throttle.failed("addr999")
+    assert throttle.retry_after("addr999") > 0 and throttle.retry_after("addr0") == 0
+
+
 def test_many_addresses_trip_the_global_backoff():
     clock = Clock()
     throttle = FailureThrottle(free=5, global_free=4, base=2.0, cap=60.0, window=60.0, clock=clock)

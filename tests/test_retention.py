@@ -29,10 +29,16 @@ def test_expired_takes_the_oldest_first_by_count_and_by_age():
     assert ids(expired(newest_first, keep_days=2, at=now)) == [1, 2]
     assert ids(expired(newest_first, keep_images=5, keep_days=7, at=now)) == [1]
     assert expired(newest_first, at=now) == []  # 0 and 0: keep everything
+    fresh = [finished_job(5, 3, 0.001, now), *newest_first]  # finished 90 s ago: inside the grace
+    assert ids(expired(fresh, keep_images=1, at=now)) == [1, 2, 3, 4]  # the fresh job stays, over the limit or not
+    assert ids(expired(fresh, keep_images=1, at=now, grace=timedelta(0))) == [1, 2, 3, 4, 5]
 
 
 def test_keep_images_deletes_the_oldest_jobs_and_their_files_after_each_job(make_app):
+    from app.web import backend_of
+
     app = make_app(KEEP_IMAGES=2)
+    backend_of(app).keep_grace = timedelta(0)  # the fresh-result grace would keep all three for 10 minutes
     client = app.test_client()
     images = Path(app.instance_path) / "images"
     ids = []
@@ -78,3 +84,15 @@ def test_the_gallery_offers_a_delete_button_per_job(make_app):
     assert f'data-delete-job="{job_id}"' in page and "onclick" not in page
     other = app.test_client().get("/gallery").get_data(as_text=True)  # another browser sees the image, not the button
     assert job_id in other and f'data-delete-job="{job_id}"' not in other
+
+
+def test_a_fresh_result_outlives_a_small_keep_images(make_app):
+    """A synchronous /sdapi call gets its images even when the job alone is over KEEP_IMAGES
+    (retention deleted it as it finished: the caller got 504 'still queued')."""
+    app = make_app(KEEP_IMAGES=1)
+    client = app.test_client()
+    for _ in range(2):
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "two foxes", "width": 64, "height": 64,
+                                                         "steps": 2, "batch_size": 2})
+        assert answer.status_code == 200, answer.get_json()
+        assert len(answer.get_json()["images"]) == 2

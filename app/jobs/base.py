@@ -19,14 +19,14 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from app.engine.types import GenerationRequest
 from app.jobs.images import ImageStore
 from app.jobs.job import FINISHED, Job
-from app.jobs.retention import expired
+from app.jobs.retention import GRACE, expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
 
@@ -213,10 +213,12 @@ class Backend(ABC):
         self.images.remove(job_id)
         return True
 
-    def prune(self, keep_images: int = 0, keep_days: float = 0, at: datetime | None = None) -> builtins.list[str]:
+    def prune(self, keep_images: int = 0, keep_days: float = 0, at: datetime | None = None,
+              grace: timedelta | None = None) -> builtins.list[str]:
         """Apply retention (as of ``at``, default now); returns the ids deleted
-        (see ``app.jobs.retention``)."""
-        deleted = [job.id for job in expired(self.store.finished_jobs(), keep_images, keep_days, at)
+        (see ``app.jobs.retention``; ``grace`` defaults to ``keep_grace``)."""
+        grace = self.keep_grace if grace is None else grace
+        deleted = [job.id for job in expired(self.store.finished_jobs(), keep_images, keep_days, at, grace)
                    if self.delete(job.id)]
         if deleted:
             logger.info("retention: deleted %d old job(s) and their images", len(deleted))
@@ -224,6 +226,7 @@ class Backend(ABC):
 
     keep_images: int = 0  # retention settings, applied by ``apply_retention``
     keep_days: float = 0
+    keep_grace: timedelta = GRACE  # how long a fresh result is safe from retention
 
     def apply_retention(self) -> builtins.list[str]:
         if not (self.keep_images or self.keep_days):

@@ -18,6 +18,7 @@ from flask import Blueprint, current_app, jsonify, request
 from app.engine.metadata import parse_infotext
 from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
 from app.engine.types import floor_size
+from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
 from app.web.api import build_request, enqueue, is_mine
@@ -113,12 +114,17 @@ def _run(body: dict, img2img: bool):
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
                                 "waiting for their images; try again shortly", headers={"Retry-After": "5"})
-        job = enqueue(gen)
-        job = backend().wait(job.id, current_app.config["SYNC_TIMEOUT"]) or job
+        queued = enqueue(gen)
+        job = backend().wait(queued.id, current_app.config["SYNC_TIMEOUT"]) or backend().get(queued.id)
+    if job is None:
+        raise ApiError(410, f"the job was deleted before its images were read; see /api/jobs/{queued.id}",
+                       "job_id", queued.id)
     if job.state in (QUEUED, RUNNING):
         raise ApiError(504, f"the job is still {job.state} after {current_app.config['SYNC_TIMEOUT']}s; "
                             f"follow it at /api/jobs/{job.id}", "job_id", job.id)
     if job.state not in (DONE, CANCELLED):
+        if failed_for_disk(job.error):  # the server's disk, not the request: try again later
+            raise ApiError(503, f"generation failed: {job.error}", "job_id", job.id, headers={"Retry-After": "60"})
         raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
     images = []
     for im in job.images:

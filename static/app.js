@@ -125,9 +125,11 @@
         self.clearFieldError(event.target);
       }
     });
-    $("prompt").addEventListener("keydown", function (event) {
-      // Ctrl/Cmd+Enter submits from the prompt box.
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.submit(); }
+    ["prompt", "negative_prompt"].forEach(function (id) {
+      $(id).addEventListener("keydown", function (event) {
+        // Ctrl/Cmd+Enter submits from either prompt box (Enter alone is a new line).
+        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.submit(); }
+      });
     });
     $("random-seed").addEventListener("click", function () { $("seed").value = ""; $("seed").focus(); });
     $("strength").addEventListener("input", function () { $("strength-value").textContent = $("strength").value; });
@@ -608,6 +610,20 @@
     });
   }
 
+  // ----------------------------------------------------------------- login
+  // The password box's Show/Hide button (hidden without JavaScript, where it could not work).
+  function initShowPassword(button) {
+    var input = $(button.getAttribute("aria-controls"));
+    show(button, true);
+    button.addEventListener("click", function () {
+      var showing = input.type === "password";
+      input.type = showing ? "text" : "password";
+      button.textContent = showing ? "Hide" : "Show";
+      button.setAttribute("aria-label", (showing ? "Hide" : "Show") + " password");
+      input.focus();
+    });
+  }
+
   // ------------------------------------------------------------------ start
   document.addEventListener("DOMContentLoaded", function () {
     var config = pageConfig();
@@ -620,6 +636,7 @@
     }
     if ($("queue-list")) new QueuePanel($("queue-list")).refresh();
     if ($("gallery")) initGallery($("gallery"));
+    if ($("show-password")) initShowPassword($("show-password"));
     if ($("model-status")) pollHealth();
   });
 })();

@@ -298,6 +298,15 @@ def test_login_when_a_password_is_set(serve, page):
     server = serve(PASSWORD="open sesame")
     page.goto(server.url + "/")
     assert page.url == server.url + "/login?next=/"
+    # The app's own title and look, and who to ask for the password.
+    assert "Stable Diffusion 2.1" in page.title() and page.is_visible(".brand")
+    assert "ask the person who shared the link" in page.text_content("#login-help")
+    page.fill("#password", "typed blind")
+    assert page.get_attribute("#password", "type") == "password"
+    page.click("#show-password")
+    assert page.get_attribute("#password", "type") == "text" and page.text_content("#show-password") == "Hide"
+    page.click("#show-password")
+    assert page.get_attribute("#password", "type") == "password"
     page.fill("#password", "wrong")
     page.click("#login")
     assert "Wrong password" in page.text_content("body")
@@ -421,7 +430,8 @@ def test_every_page_runs_under_the_content_security_policy(serve, browser):
         response = page.goto(server.url + "/login")
         assert "script-src 'self'" in response.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
-        assert page.evaluate("getComputedStyle(document.body).display") == "grid"  # its stylesheet applies
+        # The app's stylesheet applies (the login page has the app's look and colour schemes).
+        assert page.evaluate("getComputedStyle(document.querySelector('.topbar')).display") == "flex"
         page.fill("#password", "open sesame")
         page.click("#login")
         page.wait_for_selector("#model-status[data-state=ready]")

@@ -4,7 +4,7 @@ the dark colour scheme; keyboard-only use is driven with real key presses."""
 from __future__ import annotations
 
 import pytest
-from test_browser import CHROMIUM_ARGS, STEPS, TIMEOUT_MS, browser, serve, submit, watch_csp  # noqa: F401
+from test_browser import TIMEOUT_MS, browser, serve, shots, submit, watch_csp  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -14,8 +14,11 @@ AA_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a"
             "resultTypes": ["violations"]}
 
 
-def axe_problems(page, where: str) -> list[str]:
-    """Serious and critical axe violations on the page as it is now, one line each."""
+def axe_problems(page, where: str, shots=None) -> list[str]:  # noqa: F811
+    """Serious and critical axe violations on the page as it is now, one line each
+    (and a screenshot of what was checked, when ``shots`` is the folder)."""
+    if shots is not None:
+        page.screenshot(path=str(shots / f"desktop-{page.scheme}-{where.replace(' ', '-')}.png"), full_page=True)
     results = AXE.run(page, options=AA_RULES).response
     return [f"{where}: {v['id']} ({v['impact']}): {v['help']} at "
             + "; ".join(", ".join(n["target"]) + " " + (n.get("failureSummary") or "").replace("\n", " ")
@@ -38,32 +41,32 @@ def scheme_page(request, browser):  # noqa: F811
     assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
-def test_every_page_and_state_passes_axe(serve, scheme_page):  # noqa: F811
+def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F811
     page, problems = scheme_page, []
     server = serve()
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
-    problems += axe_problems(page, "form")
+    problems += axe_problems(page, "form", shots)
     # A form error, a finished job, a cancelled job, a failed job: each state's colours.
     submit(page, "too many steps", width=64, height=64, steps=1000)
     page.wait_for_selector("#form-error:visible")
-    problems += axe_problems(page, "form error")
+    problems += axe_problems(page, "form error", shots)
     submit(page, "a lighthouse", width=64, height=64, steps=2)
     page.wait_for_selector("#job[data-state=done]")
     page.wait_for_function("() => document.querySelector('#results img').naturalWidth > 0")
-    problems += axe_problems(page, "done")
+    problems += axe_problems(page, "done", shots)
     submit(page, "a slow one", width=256, height=256, steps=100)
     page.wait_for_selector("#job[data-state=running]")
-    problems += axe_problems(page, "running")
+    problems += axe_problems(page, "running", shots)
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
-    problems += axe_problems(page, "cancelled")
+    problems += axe_problems(page, "cancelled", shots)
     page.goto(server.url + "/gallery")
     page.wait_for_selector("#gallery img")
-    problems += axe_problems(page, "gallery")
+    problems += axe_problems(page, "gallery", shots)
     page.goto(server.url + "/no-such-page")
     page.wait_for_selector("#error-message")
-    problems += axe_problems(page, "error page")
+    problems += axe_problems(page, "error page", shots)
     assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
 
 
@@ -96,8 +99,9 @@ def test_keyboard_only_reaches_every_control_and_submits_with_ctrl_enter(serve, 
             return [e.id || e.textContent.trim(), s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2]; }""")
         reached.append(focused[0])
         rings[focused[0]] = focused[1]
-    controls = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler",
-                "num_images", "tiling", "seed", "random-seed", "init_image", "generate", "queue-all"]
+    controls = ["history-toggle", "prompt", "negative_prompt", "width", "height", "16:9", "swap-size", "steps",
+                "guidance_scale", "scheduler", "num_images", "tiling", "seed", "random-seed", "init_image",
+                "generate", "queue-all"]
     missing = [c for c in controls if c not in reached]
     assert not missing, f"not reachable with Tab: {missing} (reached {reached})"
     assert reached[0] == "Skip to content"

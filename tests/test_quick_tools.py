@@ -45,6 +45,14 @@ DROP = """async ([b64, name]) => {
 }"""
 
 
+PASTE = """async ([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type: "image/png"}));
+  document.body.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
 def test_a_png_dropped_on_the_form_fills_every_setting(serve, page, tmp_path):  # noqa: F811
     from PIL import Image
 
@@ -64,6 +72,12 @@ def test_a_png_dropped_on_the_form_fills_every_setting(serve, page, tmp_path):  
     assert page.input_value("#steps") == "17" and page.input_value("#guidance_scale") == "6.5"
     assert page.input_value("#scheduler") == "Euler a"
     assert "Settings read from made-here.png" in page.text_content("#form-note")
+
+    # Pasting works the same way, anywhere on the page.
+    page.fill("#prompt", "")
+    page.evaluate(PASTE, [base64.b64encode(png.read_bytes()).decode(), "pasted.png"])
+    page.wait_for_function("() => document.getElementById('prompt').value === 'a castle on a hill, oil'")
+    assert "Settings read from pasted.png" in page.text_content("#form-note")
 
     # A PNG without settings says so, and changes nothing.
     plain = tmp_path / "plain.png"

@@ -71,7 +71,7 @@
   }
 
   // ---------------------------------------------------------------- health
-  var health = { state: null, onReady: [] };
+  var health = { state: null, onReady: [], onState: [] };
 
   function renderHealth(data) {
     var state = data.model_state || "loading";
@@ -83,9 +83,9 @@
     var waiting = (queue.queued || 0) + (queue.running || 0);
     if ($("queue-size")) $("queue-size").textContent = waiting ? "· " + waiting + " in queue" : "";
     show($("model-loading"), state === "loading");
+    // The failure's details stay in the server log: the banner's text is for visitors.
     show($("model-failed"), state === "failed");
-    var message = data.model_error || data.error;
-    if ($("model-error")) $("model-error").textContent = state === "failed" && message ? ": " + message : "";
+    health.onState.forEach(function (fn) { fn(state); });
     if (state === "ready" && health.state !== "ready") {
       health.onReady.forEach(function (fn) { fn(data); });
     }
@@ -113,6 +113,9 @@
     this.lastPreview = null;
     this.lastJob = null;
     this.touched = {};           // fields the user edited (defaults may not overwrite them)
+    this.sending = false;        // a POST /api/jobs is on its way
+    this.modelFailed = this.config.model_state === "failed";
+    this.jobs = null;            // the JobsPanel, once there is one
     this.bind();
   }
 
@@ -125,9 +128,32 @@
         self.clearFieldError(event.target);
       }
     });
-    $("prompt").addEventListener("keydown", function (event) {
-      // Ctrl/Cmd+Enter submits from the prompt box.
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.submit(); }
+    ["prompt", "negative_prompt"].forEach(function (id) {
+      $(id).addEventListener("keydown", function (event) {
+        // Ctrl/Cmd+Enter submits from either prompt box (Enter alone is a new line).
+        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.submit(); }
+      });
+    });
+    this.form.querySelectorAll("[data-aspect]").forEach(function (button) {
+      button.addEventListener("click", function () { self.aspect(button.getAttribute("data-aspect")); });
+    });
+    $("swap-size").addEventListener("click", function () { self.swapSize(); });
+    this.history = new PromptHistory(this);
+    // A PNG dropped anywhere on the form, or pasted anywhere on the page, fills the form from its settings.
+    this.form.addEventListener("dragover", function (event) {
+      if (hasFile(event.dataTransfer)) { event.preventDefault(); self.form.classList.add("dropping"); }
+    });
+    this.form.addEventListener("dragleave", function () { self.form.classList.remove("dropping"); });
+    this.form.addEventListener("drop", function (event) {
+      self.form.classList.remove("dropping");
+      var file = firstImage(event.dataTransfer);
+      if (!file || event.target === $("init_image")) return;  // the init image box takes its own drops
+      event.preventDefault();
+      self.fillFromPng(file);
+    });
+    document.addEventListener("paste", function (event) {
+      var file = firstImage(event.clipboardData);
+      if (file) { event.preventDefault(); self.fillFromPng(file); }
     });
     $("random-seed").addEventListener("click", function () { $("seed").value = ""; $("seed").focus(); });
     $("strength").addEventListener("input", function () { $("strength-value").textContent = $("strength").value; });
@@ -138,10 +164,19 @@
       if (self.lastJob) self.reuse(self.lastJob, 0);
     });
     health.onReady.push(function (data) { self.applyDefaults(data.defaults || {}); });
+    health.onState.push(function (state) { self.modelState(state); });
+  };
+
+  // A model that failed to load cannot run anything: Generate says why it is off.
+  GeneratePage.prototype.modelState = function (state) {
+    this.modelFailed = state === "failed";
+    show($("generate-why"), this.modelFailed);
+    this.setSending(this.sending);
   };
 
   // The model's native size is only exact once it has loaded.
   GeneratePage.prototype.applyDefaults = function (defaults) {
+    this.config.defaults = Object.assign({}, this.config.defaults, defaults);  // the aspect presets' size
     ["width", "height"].forEach(function (name) {
       if (defaults[name] && !this.touched[name] && !this.jobId) $(name).value = defaults[name];
     }, this);
@@ -242,6 +277,48 @@
     reader.readAsDataURL(file);
   };
 
+  // The model's own pixel count (768x768 on SD 2.1) at another aspect ratio, in
+  // multiples of 8 and within the limits: 16:9 of 768x768 is 1024x576.
+  GeneratePage.prototype.aspect = function (ratio) {
+    var parts = ratio.split(":"), a = Number(parts[0]), b = Number(parts[1]);
+    var d = this.config.defaults || {}, limits = this.config.limits || {};
+    var pixels = (d.width || 768) * (d.height || 768), step = limits.multiple_of || 8;
+    var w = Math.sqrt(pixels * a / b), h = pixels / w;
+    var fit = Math.min(1, (limits.max_width || w) / w, (limits.max_height || h) / h);
+    this.setSize(Math.round(w * fit / step) * step, Math.round(h * fit / step) * step);
+  };
+
+  GeneratePage.prototype.swapSize = function () {
+    this.setSize($("height").value, $("width").value);
+  };
+
+  GeneratePage.prototype.setSize = function (w, h) {
+    $("width").value = w;
+    $("height").value = h;
+    this.touched.width = this.touched.height = true;
+    this.clearFieldError($("width"));
+    this.clearFieldError($("height"));
+    this.note("Size " + w + "×" + h + ".");
+  };
+
+  // Read a PNG's settings with the server's PNG Info (the A1111 endpoint) and fill the form.
+  GeneratePage.prototype.fillFromPng = function (file) {
+    var self = this, reader = new FileReader();
+    this.clearErrors();
+    reader.onload = function () {
+      api("POST", "/sdapi/v1/png-info", { image: reader.result }).then(function (result) {
+        var p = result.ok && result.data.parameters;
+        if (!p || !p.Prompt) {
+          self.showError(result.ok ? { error: file.name + " holds no generation settings." } : result.data);
+          return;
+        }
+        self.reuse({ params: paramsFromInfotext(p, self.config) }, 0);
+        self.note("Settings read from " + file.name + ".");
+      }, function () { self.showError({ error: "Could not reach the server to read " + file.name }); });
+    };
+    reader.readAsDataURL(file);
+  };
+
   // Keep the init image's aspect ratio within the limits, in multiples of 8.
   GeneratePage.prototype.sizeFromImage = function (w, h) {
     if (!w || !h) return;
@@ -260,9 +337,12 @@
     $("strength").disabled = true;
   };
 
-  GeneratePage.prototype.setBusy = function (busy) {
-    $("generate").disabled = busy;
-    $("generate").textContent = busy ? "Working…" : "Generate";
+  // Generate is off only while a request is on its way (no double submits) or
+  // when the model failed; a running job never blocks queueing the next one.
+  GeneratePage.prototype.setSending = function (sending) {
+    this.sending = !!sending;
+    $("generate").disabled = this.sending || !!this.modelFailed;
+    $("generate").textContent = this.sending ? "Queuing…" : "Generate";
   };
 
   GeneratePage.prototype.submit = function () {
@@ -282,22 +362,123 @@
       this.showError({ error: bad + ": must be a number", field: bad });
       return;
     }
-    this.setBusy(true);
+    this.setSending(true);
     api("POST", "/api/jobs", this.readForm()).then(function (result) {
+      self.setSending(false);
       if (!result.ok || !result.data.job) {
-        self.setBusy(false);
-        self.showError(result.data);
+        self.showError(result.data);  // a full queue says so here (the per-client limit's message)
         return;
       }
       self.track(result.data.job);
+      self.history.add(result.data.job.params.prompt, result.data.job.params.negative_prompt);
+      if (self.jobs) self.jobs.refresh();
       // On a phone the result panel sits under the form: bring it into view.
       if (window.matchMedia("(max-width: 899px)").matches) {
         $("job").scrollIntoView({ behavior: "smooth", block: "start" });
       }
     }, function () {
-      self.setBusy(false);
+      self.setSending(false);
       self.showError({ error: "Could not reach the server. Is it still running?" });
     });
+  };
+
+  function hasFile(transfer) {
+    return !!transfer && Array.prototype.indexOf.call(transfer.types || [], "Files") >= 0;
+  }
+
+  function firstImage(transfer) {
+    var files = (transfer && transfer.files) || [];
+    for (var i = 0; i < files.length; i++) if (/^image\//.test(files[i].type)) return files[i];
+    return null;
+  }
+
+  // PNG Info's A1111 names to the form's (the job params' names).
+  function paramsFromInfotext(p, config) {
+    var number = function (text) { var n = Number(text); return text === undefined || isNaN(n) ? null : n; };
+    var sampler = p.Sampler || null;
+    if (sampler && p["Schedule type"] === "Karras" && sampler.indexOf("Karras") < 0) sampler += " Karras";
+    return {
+      prompt: p.Prompt, negative_prompt: p["Negative prompt"] || "",
+      width: number(p["Size-1"]), height: number(p["Size-2"]), steps: number(p.Steps),
+      guidance_scale: number(p["CFG scale"]), scheduler: sampler, seed: number(p.Seed),
+      strength: null, num_images: null, tiling: p.Tiling === "True" || p.Tiling === "true" ? true : null,
+    };
+  }
+
+  // Copy text to the clipboard; the old way where the Clipboard API is missing (plain http).
+  function copyText(text, button) {
+    var done = function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      window.setTimeout(function () { button.textContent = label; }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { copyFallback(text) && done(); });
+    } else if (copyFallback(text)) done();
+  }
+
+  function copyFallback(text) {
+    var box = el("textarea", { class: "visually-hidden", "aria-hidden": "true", readonly: true });
+    box.value = text;
+    document.body.appendChild(box);
+    box.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    box.remove();
+    return ok;
+  }
+
+  // ---------------------------------------------------------------- history
+  // The last 50 prompts sent from this browser (localStorage), searchable;
+  // choosing one puts it, and its negative prompt, back into the form.
+  var HISTORY_KEY = "t2i.promptHistory";
+  var HISTORY_MAX = 50;
+
+  function PromptHistory(page) {
+    var self = this;
+    this.page = page;
+    $("history-toggle").addEventListener("click", function () { self.toggle(); });
+    $("history-search").addEventListener("input", function () { self.render(); });
+    $("history-search").addEventListener("keydown", function (event) {
+      if (event.key === "Escape") { self.toggle(false); $("history-toggle").focus(); }
+    });
+  }
+
+  PromptHistory.prototype.load = function () {
+    try { return JSON.parse(window.localStorage.getItem(HISTORY_KEY)) || []; } catch (e) { return []; }
+  };
+
+  PromptHistory.prototype.add = function (prompt, negative) {
+    if (!prompt.trim()) return;
+    var items = this.load().filter(function (item) { return item.prompt !== prompt; });
+    items.unshift({ prompt: prompt, negative_prompt: negative || "" });
+    try { window.localStorage.setItem(HISTORY_KEY, JSON.stringify(items.slice(0, HISTORY_MAX))); } catch (e) { /* full or private */ }
+    if (!$("history").hidden) this.render();
+  };
+
+  PromptHistory.prototype.toggle = function (open) {
+    open = open === undefined ? $("history").hidden : open;
+    show($("history"), open);
+    $("history-toggle").setAttribute("aria-expanded", String(open));
+    if (open) { this.render(); $("history-search").focus(); }
+  };
+
+  PromptHistory.prototype.render = function () {
+    var self = this, query = $("history-search").value.trim().toLowerCase();
+    var items = this.load().filter(function (item) {
+      return !query || (item.prompt + " " + item.negative_prompt).toLowerCase().indexOf(query) >= 0;
+    });
+    $("history-list").replaceChildren.apply($("history-list"), items.map(function (item) {
+      return el("li", null, el("button", { type: "button", class: "history-item", text: item.prompt,
+        onclick: function () {
+          $("prompt").value = item.prompt;
+          $("negative_prompt").value = item.negative_prompt;
+          self.toggle(false);
+          $("prompt").focus();
+        } }));
+    }));
+    $("history-empty").textContent = query ? "No earlier prompt matches." : "No earlier prompts yet.";
+    show($("history-empty"), items.length === 0);
   };
 
   // ------------------------------------------------------------------ jobs
@@ -345,7 +526,6 @@
   GeneratePage.prototype.forget = function (why) {
     try { window.localStorage.removeItem(JOB_KEY); } catch (e) { /* ignore */ }
     this.jobId = null;
-    this.setBusy(false);
     show($("cancel"), false);
     if (why) $("job-state").textContent = why;
   };
@@ -378,10 +558,31 @@
         var secs = seconds(job.started_at, job.finished_at);
         return "Done: " + n + " image" + (n === 1 ? "" : "s") + (secs !== null ? " in " + secs.toFixed(1) + " s" : "");
       }
-      case "failed": return "Failed: " + (job.error || "unknown error");
+      case "failed":
+        // The load failure's details are the server log's; the page says what a visitor can do.
+        if (/^the model could not be loaded/.test(job.error || "")) return "Failed: " + MODEL_FAILED;
+        return "Failed: " + (job.error || "unknown error");
       case "cancelled": return "Cancelled";
       default: return String(job.state);
     }
+  }
+
+  var MODEL_FAILED = "the model could not be loaded; the person running this app must restart it.";
+
+  function duration(secs) {
+    secs = Math.max(1, Math.round(secs));
+    return secs < 60 ? secs + " s" : Math.floor(secs / 60) + " min " + (secs % 60) + " s";
+  }
+
+  // Speed and time left, as the server measures them (app/web/timing.py).
+  function describeTiming(job) {
+    var parts = [];
+    if (job.state === "running" && job.its) parts.push(job.its.toFixed(1) + " it/s");
+    if (ACTIVE[job.state] && job.eta_seconds !== null && job.eta_seconds !== undefined) {
+      parts.push("about " + duration(job.eta_seconds) + " left");
+    }
+    if (job.state === "done" && job.its) parts.push(job.its.toFixed(1) + " it/s");
+    return parts.join(" · ");
   }
 
   function seconds(start, end) {
@@ -415,9 +616,10 @@
 
     this.renderPreview(job, active);
     this.renderParams(job);
+    $("job-timing").textContent = describeTiming(job);
     show($("cancel"), active);
     show($("reuse"), !!job.params);
-    this.setBusy(active);
+    if (this.jobs) this.jobs.markCurrent(job.id);
     if (!active) this.finish(job);
   };
 
@@ -444,7 +646,6 @@
 
   GeneratePage.prototype.finish = function (job) {
     window.clearTimeout(this.timer);
-    this.setBusy(false);
     if (job.state === "done" && this.renderedResults !== job.id) this.renderResults(job);
   };
 
@@ -461,7 +662,9 @@
           el("a", { class: "button secondary small", href: download, download: job.id + "-" + index + ".png",
                     text: "Download" }),
           el("button", { type: "button", class: "secondary small reuse-image", "data-index": index,
-                         text: "Use this seed", onclick: function () { self.reuse(job, index); } })));
+                         text: "Use this seed", onclick: function () { self.reuse(job, index); } }),
+          el("button", { type: "button", class: "secondary small copy-infotext", text: "Copy parameters",
+                         onclick: function (event) { copyText(image.infotext, event.currentTarget); } })));
     });
     $("results").replaceChildren.apply($("results"), figures);
     this.renderedResults = job.id;
@@ -546,47 +749,125 @@
   };
 
   // ------------------------------------------------------------------ queue
-  // The caller's unfinished jobs, or with "whole queue" everyone's: others'
-  // come without prompt or owner (the server leaves them out), only their place.
-  var QUEUE_MS = 3000;
+  // The caller's recent jobs (queued, running, done, ...) with their place,
+  // speed and time left, and a strip with how many jobs are ahead in all.
+  // "Whole queue" adds others' jobs: the server sends them without prompt or
+  // owner, only their place. Items are updated in place, never rebuilt, so a
+  // focused "Show" button keeps the keyboard focus while the list refreshes.
+  var QUEUE_BUSY_MS = 1000;  // while one of the caller's jobs is queued or running
+  var QUEUE_IDLE_MS = 5000;
+  var MY_JOBS = 10;
+  var RANK = { running: 0, queued: 1 };
 
-  function QueuePanel(list) {
+  function JobsPanel(list, page) {
     this.list = list;
+    this.page = page;
+    this.items = {};
+    this.current = null;
     this.all = $("queue-all");
     var self = this;
     this.all.addEventListener("change", function () { self.refresh(); });
   }
 
-  QueuePanel.prototype.refresh = function () {
+  JobsPanel.prototype.refresh = function () {
     var self = this;
     window.clearTimeout(this.timer);
-    var url = "/api/jobs?state=queued,running&limit=100" + (this.all.checked ? "&all=1" : "");
-    api("GET", url).then(function (result) {
-      if (result.ok) self.render(result.data.jobs);
-      self.timer = window.setTimeout(function () { self.refresh(); }, QUEUE_MS);
+    Promise.all([api("GET", "/api/jobs?limit=" + MY_JOBS),
+                 api("GET", "/api/jobs?state=queued,running&all=1&limit=100")]).then(function (answers) {
+      var mine = answers[0], queue = answers[1], busy = false;
+      if (mine.ok && queue.ok) {
+        self.render(mine.data.jobs, queue.data.jobs);
+        busy = mine.data.jobs.some(function (job) { return ACTIVE[job.state]; });
+      }
+      self.timer = window.setTimeout(function () { self.refresh(); }, busy ? QUEUE_BUSY_MS : QUEUE_IDLE_MS);
     }, function () {
       self.timer = window.setTimeout(function () { self.refresh(); }, POLL_MAX_MS);
     });
   };
 
-  QueuePanel.prototype.render = function (jobs) {
-    jobs = jobs.slice().sort(function (a, b) {  // running first, then by place in the queue
-      return (a.position || 0) - (b.position || 0);
-    });
-    this.list.textContent = "";
-    jobs.forEach(function (job) {
-      var where = job.state === "running" ? "running" : "queued #" + job.position;
-      var what = job.mine ? (job.params ? job.params.prompt : "") : "someone else's job";
-      this.list.appendChild(el("li", { class: job.mine ? "mine" : "other", "data-state": job.state },
-                               el("span", { class: "where", text: where }), " ", el("span", { text: what })));
+  function queueOrder(a, b) {  // running, then queued by place, then the newest finished first
+    var ra = a.state in RANK ? RANK[a.state] : 2, rb = b.state in RANK ? RANK[b.state] : 2;
+    if (ra !== rb) return ra - rb;
+    if (ra === 1) return (a.position || 0) - (b.position || 0);
+    var ta = a.finished_at || a.created_at || "", tb = b.finished_at || b.created_at || "";
+    return ta < tb ? 1 : ta > tb ? -1 : 0;
+  }
+
+  JobsPanel.prototype.render = function (mine, queue) {
+    var shown = mine.slice();
+    if (this.all.checked) queue.forEach(function (job) { if (!job.mine) shown.push(job); });
+    shown.sort(queueOrder);
+    var keep = {};
+    shown.forEach(function (job, index) {
+      var item = this.items[job.id] || (this.items[job.id] = this.create(job));
+      this.update(item, job);
+      if (this.list.children[index] !== item) this.list.insertBefore(item, this.list.children[index] || null);
+      keep[job.id] = true;
     }, this);
-    show($("queue-empty"), jobs.length === 0);
+    Object.keys(this.items).forEach(function (id) {
+      if (!keep[id]) { this.items[id].remove(); delete this.items[id]; }
+    }, this);
+    show($("queue-empty"), shown.length === 0);
+    this.renderStrip(mine, queue);
   };
+
+  JobsPanel.prototype.create = function (job) {
+    var self = this;
+    var item = el("li", { class: job.mine ? "mine" : "other", "data-job": job.id },
+                  el("span", { class: "where" }), " ", el("span", { class: "what" }), " ",
+                  el("span", { class: "timing" }));
+    if (job.mine) {
+      var prompt = (job.params && job.params.prompt) || "";
+      item.appendChild(el("button", {
+        type: "button", class: "secondary small show-job", text: "Show",
+        "aria-label": "Show " + (prompt.length > 60 ? prompt.slice(0, 60) + "…" : prompt),
+        onclick: function () { if (item.job) self.page.track(item.job); } }));
+    }
+    return item;
+  };
+
+  JobsPanel.prototype.update = function (item, job) {
+    item.job = job;
+    item.setAttribute("data-state", job.state);
+    var where = job.state === "queued" ? "queued #" + job.position
+      : job.state === "running" ? "running" : job.state;
+    var timing = describeTiming(job);
+    if (job.state === "running" && job.progress && job.progress.total) {
+      timing = "step " + job.progress.step + "/" + job.progress.total + (timing ? " · " + timing : "");
+    }
+    item.querySelector(".where").textContent = where;
+    item.querySelector(".what").textContent = job.mine ? (job.params ? job.params.prompt : "") : "someone else's job";
+    item.querySelector(".timing").textContent = timing;
+    item.classList.toggle("current", job.id === this.current);
+  };
+
+  JobsPanel.prototype.markCurrent = function (jobId) {
+    this.current = jobId;
+    Object.keys(this.items).forEach(function (id) {
+      this.items[id].classList.toggle("current", id === jobId);
+      if (id === jobId) this.items[id].setAttribute("aria-current", "true");
+      else this.items[id].removeAttribute("aria-current");
+    }, this);
+  };
+
+  // "Queue: 5 jobs queued or running · 3 ahead of your next one".
+  JobsPanel.prototype.renderStrip = function (mine, queue) {
+    var running = queue.filter(function (job) { return job.state === "running"; }).length;
+    var next = queue.filter(function (job) { return job.mine && job.state === "queued"; })
+      .sort(function (a, b) { return a.position - b.position; })[0];
+    var text = queue.length ? "Queue: " + queue.length + " job" + (queue.length === 1 ? "" : "s") +
+      " queued or running" : "Queue: empty";
+    if (next) text += " · " + (running + next.position - 1) + " ahead of your next one";
+    $("queue-strip").textContent = text;
+  };
+
   // --------------------------------------------------------------- gallery
   // Delete buttons: DELETE /api/jobs/<id> removes the job and all its images,
   // so every tile of that job goes. (No inline handlers: the page's CSP forbids them.)
   function initGallery(root) {
     root.addEventListener("click", function (event) {
+      var copy = event.target.closest("[data-copy]");
+      if (copy) { copyText($(copy.getAttribute("data-copy")).textContent, copy); return; }
       var button = event.target.closest("[data-delete-job]");
       if (!button) return;
       var jobId = button.getAttribute("data-delete-job");
@@ -608,18 +889,37 @@
     });
   }
 
+  // ----------------------------------------------------------------- login
+  // The password box's Show/Hide button (hidden without JavaScript, where it could not work).
+  function initShowPassword(button) {
+    var input = $(button.getAttribute("aria-controls"));
+    show(button, true);
+    button.addEventListener("click", function () {
+      var showing = input.type === "password";
+      input.type = showing ? "text" : "password";
+      button.textContent = showing ? "Hide" : "Show";
+      button.setAttribute("aria-label", (showing ? "Hide" : "Show") + " password");
+      input.focus();
+    });
+  }
+
   // ------------------------------------------------------------------ start
   document.addEventListener("DOMContentLoaded", function () {
     var config = pageConfig();
     if (config.model_state) health.state = config.model_state === "ready" ? "ready" : null;
-    var form = $("generate-form");
+    var form = $("generate-form"), page = null;
     if (form) {
-      var page = new GeneratePage(form);
+      page = new GeneratePage(form);
       window.t2iPage = page; // handy from the browser console
       page.restore();
     }
-    if ($("queue-list")) new QueuePanel($("queue-list")).refresh();
+    if ($("queue-list")) {
+      var jobs = new JobsPanel($("queue-list"), page || null);
+      if (page) { page.jobs = jobs; if (page.jobId) jobs.markCurrent(page.jobId); }
+      jobs.refresh();
+    }
     if ($("gallery")) initGallery($("gallery"));
+    if ($("show-password")) initShowPassword($("show-password"));
     if ($("model-status")) pollHealth();
   });
 })();

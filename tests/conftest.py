@@ -104,3 +104,11 @@ def redis_url(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say where the browser tests put their screenshots, for a person to look at."""
+    from helpers import SCREENSHOT_DIRS
+
+    for folder in sorted(config.stash.get(SCREENSHOT_DIRS, set())):
+        terminalreporter.write_line(f"screenshots of the pages: {folder}")

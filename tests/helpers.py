@@ -8,6 +8,7 @@ import socket
 import time
 from typing import Any, Callable
 
+import pytest
 from PIL import Image
 
 FINISHED = ("done", "failed", "cancelled")
@@ -71,3 +72,7 @@ def gradient(width: int = 96, height: int = 80) -> Image.Image:
     image = Image.new("RGB", (width, height))
     image.putdata([(x * 255 // width, y * 255 // height, 128) for y in range(height) for x in range(width)])
     return image
+
+
+# Folders the browser tests saved screenshots to; conftest prints them at the end.
+SCREENSHOT_DIRS: pytest.StashKey[set[str]] = pytest.StashKey()

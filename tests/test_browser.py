@@ -2,8 +2,9 @@
 Playwright) against a real server on 127.0.0.1 running the demo model.
 
 Nothing is faked: the page's script calls the JSON API, the worker thread
-generates with the demo engine, the browser loads the PNGs. Screenshots go
-to pytest's tmp folder (or ``$T2I_SCREENSHOTS`` when set), never the repo.
+generates with the demo engine, the browser loads the PNGs. Screenshots of
+the main states go to test-artifacts/screenshots (git-ignored; or
+``$T2I_SCREENSHOTS`` when set), and the run prints where, for a person to look.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from helpers import SCREENSHOT_DIRS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -139,10 +142,14 @@ def page(browser):
     assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+
+
 @pytest.fixture
-def shots(tmp_path):
-    folder = Path(os.environ.get("T2I_SCREENSHOTS") or tmp_path / "screenshots")
+def shots(request):
+    folder = Path(os.environ.get("T2I_SCREENSHOTS") or SCREENSHOTS)
     folder.mkdir(parents=True, exist_ok=True)
+    request.config.stash.setdefault(SCREENSHOT_DIRS, set()).add(str(folder))  # printed at the end (conftest)
     return folder
 
 
@@ -298,6 +305,15 @@ def test_login_when_a_password_is_set(serve, page):
     server = serve(PASSWORD="open sesame")
     page.goto(server.url + "/")
     assert page.url == server.url + "/login?next=/"
+    # The app's own title and look, and who to ask for the password.
+    assert "Stable Diffusion 2.1" in page.title() and page.is_visible(".brand")
+    assert "ask the person who shared the link" in page.text_content("#login-help")
+    page.fill("#password", "typed blind")
+    assert page.get_attribute("#password", "type") == "password"
+    page.click("#show-password")
+    assert page.get_attribute("#password", "type") == "text" and page.text_content("#show-password") == "Hide"
+    page.click("#show-password")
+    assert page.get_attribute("#password", "type") == "password"
     page.fill("#password", "wrong")
     page.click("#login")
     assert "Wrong password" in page.text_content("body")
@@ -320,41 +336,156 @@ def test_a_model_that_fails_to_load_is_reported_and_jobs_fail_with_the_reason(se
     server = serve(MODEL=str(tmp_path / "missing" / "model.safetensors"), ENGINE=None)
     page.goto(server.url + "/")
     page.wait_for_selector("#model-failed:visible")
-    assert "no such file or folder" in page.text_content("#model-failed")
+    # What a visitor can do about it; the details (paths, exceptions, CLI options) are only in the log.
+    banner = page.text_content("#model-failed").strip()
+    assert banner == "The model could not be loaded; the person running this app must restart it."
+    body = page.text_content("body")
+    assert "no such file" not in body and "--model" not in body and "Error" not in body
     assert page.get_attribute("#model-status", "data-state") == "failed"
-    submit(page, "anything", width=64, height=64)
-    page.wait_for_selector("#job[data-state=failed]")
-    assert page.text_content("#job-state").startswith("Failed: the model could not be loaded")
-    assert page.is_enabled("#generate") and page.is_hidden("#cancel")
+    # Generate is off, and says why (the button's description).
+    assert page.is_disabled("#generate")
+    assert page.is_visible("#generate-why") and "must restart it" in page.text_content("#generate-why")
+    assert page.get_attribute("#generate", "aria-describedby") == "generate-why"
+    page.fill("#prompt", "anything")
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")  # the shortcut does not get round it either
+    page.wait_for_timeout(300)
+    assert page.get_attribute("#job", "data-state") == "idle"
     assert page.locator("#results img").count() == 0
 
 
-def test_phone_layout_fits_the_screen(serve, browser, shots):
+def test_jobs_queued_from_a_failed_load_fail_without_the_details(serve, page, tmp_path):
+    # A job queued while the model was still loading fails when the load fails:
+    # the page says so in the visitor's words, not with the exception.
+    server = serve(MODEL=str(tmp_path / "missing" / "model.safetensors"), ENGINE=None, START_WORKER=False)
+    page.goto(server.url + "/")
+    submit(page, "anything", width=64, height=64, steps=2)
+    page.wait_for_selector("#job[data-state=queued]")
+    server.app.extensions["t2i"].start()  # the worker starts, tries to load, fails
+    page.wait_for_selector("#job[data-state=failed]")
+    assert page.text_content("#job-state") == ("Failed: the model could not be loaded; "
+                                               "the person running this app must restart it.")
+    assert "no such file" not in page.text_content("body")
+    page.wait_for_selector("#generate:disabled")
+
+
+# Watches the page's job list: every distinct text each item showed, in order.
+LIST_RECORDER = """() => {
+  window.__items = {};
+  const list = document.getElementById("queue-list");
+  const record = () => list.querySelectorAll("li[data-job]").forEach((li) => {
+    const seen = (window.__items[li.dataset.job] = window.__items[li.dataset.job] || []);
+    const text = li.querySelector(".where").textContent;
+    if (seen[seen.length - 1] !== text) seen.push(text);
+  });
+  new MutationObserver(record).observe(list, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_queue_three_prompts_while_one_runs_and_watch_them_finish_in_order(serve, page):
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.evaluate(LIST_RECORDER)
+    submit(page, "first, running", width=64, height=64, steps=STEPS)
+    page.wait_for_selector("#job[data-state=running]")
+    prompts = ["second", "third", "fourth"]
+    for prompt in prompts:
+        submit(page, prompt, width=64, height=64, steps=STEPS)  # Generate stays on: each press queues
+        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+    # The strip counts the whole queue, and what is ahead of this client's next job.
+    page.wait_for_function("() => document.getElementById('queue-strip').textContent.includes('4 jobs')")
+    assert "1 ahead of your next one" in page.text_content("#queue-strip")
+    # Four paced jobs one after another: minutes on a busy machine.
+    page.wait_for_function("() => document.querySelectorAll('#queue-list li[data-state=done]').length === 4",
+                           timeout=600_000)
+    ids = page.eval_on_selector_all("#queue-list li", "items => items.map(li => li.dataset.job)")
+    jobs = {job["id"]: job for job in page.request.get(server.url + "/api/jobs").json()["jobs"]}
+    by_prompt = {jobs[i]["params"]["prompt"]: jobs[i] for i in ids}
+    finished = [by_prompt[p]["finished_at"] for p in ["first, running", *prompts]]
+    assert finished == sorted(finished), "the jobs did not finish in the order they were queued"
+    seen = page.evaluate("window.__items")
+    # Positions counted down: the last one went 3, 2, 1, then ran, then was done.
+    assert seen[by_prompt["fourth"]["id"]] == ["queued #3", "queued #2", "queued #1", "running", "done"], seen
+    assert seen[by_prompt["second"]["id"]] == ["queued #1", "running", "done"], seen
+    # The finished jobs show their measured speed; the page shows the newest one's images.
+    assert "it/s" in page.text_content("#queue-list")
+    page.wait_for_selector("#job[data-state=done]")
+    assert page.text_content("#job-state").startswith("Done: 1 image")
+    assert "fourth" in page.text_content("#job-params")
+    # Any finished job's result can be brought back into the panel.
+    page.click(f"#queue-list li[data-job='{by_prompt['second']['id']}'] .show-job")
+    page.wait_for_function("() => document.getElementById('job-params').textContent.includes('second')")
+    page.wait_for_function("() => document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0")
+
+
+def test_the_per_client_limit_shows_its_message(serve, page):
+    server = serve(MAX_QUEUED_PER_CLIENT=2)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    for prompt in ("one", "two"):
+        submit(page, prompt, width=256, height=256, steps=100)
+        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+    submit(page, "three", width=64, height=64, steps=2)
+    error = page.wait_for_selector("#form-error:visible")
+    assert "the limit is 2" in error.text_content() and "Wait for one to finish or cancel one" in error.text_content()
+    assert page.is_enabled("#generate")
+    for job in page.request.get(server.url + "/api/jobs").json()["jobs"]:
+        page.request.post(f"{server.url}/api/jobs/{job['id']}/cancel")
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_phone_layout_fits_the_screen(serve, browser, shots, scheme):
     # Colab users send the link to phones: nothing may need sideways scrolling.
     server = serve()
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2,
+                                  color_scheme=scheme)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     overflow = "document.documentElement.scrollWidth - window.innerWidth"
+    button_box = "(() => { const r = document.getElementById('generate').getBoundingClientRect(); return [r.top, r.bottom]; })()"
     try:
         page.goto(server.url + "/")
+        page.wait_for_selector("#model-status[data-state=ready]")
         assert page.evaluate(overflow) <= 0
+        page.screenshot(path=str(shots / f"phone-{scheme}-form.png"))
+        # The Generate bar sticks to the bottom of the screen while the settings scroll past.
+        page.evaluate("window.scrollTo(0, 0)")
+        top, bottom = page.evaluate(button_box)
+        assert bottom <= PHONE["height"] and top > PHONE["height"] / 2, (top, bottom)
+        # A message does not push the button: its line is kept free.
+        page.evaluate("window.scrollTo(0, document.getElementById('generate-form').scrollHeight)")
+        before = page.evaluate("document.getElementById('generate').offsetTop")
+        page.tap("#generate")  # no prompt: the error shows
+        page.wait_for_selector("#form-error:visible")
+        assert page.evaluate("document.getElementById('generate').offsetTop") == before
+        page.screenshot(path=str(shots / f"phone-{scheme}-error.png"))
+
         page.fill("#prompt", "a long prompt " + "with many words " * 20 + "averyveryverylongwordwithoutanyspaces" * 3)
         page.fill("#width", "64")
         page.fill("#height", "64")
         page.fill("#steps", "2")
+        page.fill("#num_images", "2")
         page.tap("#generate")
-        page.wait_for_function("() => document.querySelector('#results img') && "
-                               "document.querySelector('#results img').naturalWidth > 0")
+        page.wait_for_function("() => document.querySelectorAll('#results img').length === 2 && "
+                               "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
         assert page.evaluate(overflow) <= 0
         # The result panel was scrolled into view for the user.
-        assert page.evaluate("document.getElementById('job').getBoundingClientRect().top") < 740
-        page.screenshot(path=str(shots / "phone-result.png"), full_page=True)
+        assert page.evaluate("document.getElementById('job').getBoundingClientRect().top") < PHONE["height"]
+        page.screenshot(path=str(shots / f"phone-{scheme}-result.png"), full_page=True)
         page.goto(server.url + "/gallery")
         page.wait_for_selector("#gallery img")
         assert page.evaluate(overflow) <= 0
-        page.screenshot(path=str(shots / "phone-gallery.png"), full_page=True)
+        # Two thumbnails side by side.
+        boxes = page.eval_on_selector_all(".tile", "t => t.slice(0, 2).map(e => e.getBoundingClientRect())"
+                                                   ".map(r => [r.left, r.top, r.width])")
+        assert boxes[0][1] == boxes[1][1] and boxes[0][0] < boxes[1][0], boxes
+        assert boxes[0][2] < PHONE["width"] / 2
+        page.screenshot(path=str(shots / f"phone-{scheme}-gallery.png"), full_page=True)
     finally:
         context.close()
 
@@ -421,7 +552,8 @@ def test_every_page_runs_under_the_content_security_policy(serve, browser):
         response = page.goto(server.url + "/login")
         assert "script-src 'self'" in response.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
-        assert page.evaluate("getComputedStyle(document.body).display") == "grid"  # its stylesheet applies
+        # The app's stylesheet applies (the login page has the app's look and colour schemes).
+        assert page.evaluate("getComputedStyle(document.querySelector('.topbar')).display") == "flex"
         page.fill("#password", "open sesame")
         page.click("#login")
         page.wait_for_selector("#model-status[data-state=ready]")

@@ -207,10 +207,14 @@ def test_the_page_lists_my_jobs_and_the_whole_queue_without_others_prompts(serve
     page.fill("#prompt", "my own fox")
     page.click("#generate")
     page.wait_for_selector("#queue-list li.mine")
-    assert page.locator("#queue-list li").all_inner_texts() == ["queued #2 my own fox"]
+    listed = "items => items.map(li => li.querySelector('.where').textContent + ' ' + li.querySelector('.what').textContent)"
+    assert page.eval_on_selector_all("#queue-list li", listed) == ["queued #2 my own fox"]
+    assert page.locator("#queue-list li.mine .show-job").count() == 1  # own jobs can be shown, others' cannot
     page.check("#queue-all")
     page.wait_for_selector("#queue-list li.other")
-    assert page.locator("#queue-list li").all_inner_texts() == ["queued #1 someone else's job", "queued #2 my own fox"]
+    assert page.eval_on_selector_all("#queue-list li", listed) == ["queued #1 someone else's job", "queued #2 my own fox"]
+    assert page.locator("#queue-list li.other .show-job").count() == 0
+    assert "Queue: 2 jobs queued or running" in page.text_content("#queue-strip")
     assert "secret" not in page.content()
 
 

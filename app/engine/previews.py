@@ -27,7 +27,9 @@ def latents_to_rgb(latents, scale: int = 1) -> list[Image.Image]:
     pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     images = [Image.fromarray(p, "RGB") for p in pixels]
     if scale > 1:
-        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+        # Bilinear: the latent grid is 1/8 of the image, and blocky nearest-neighbour
+        # squares read as noise; a smooth blow-up shows the forming shapes.
+        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.BILINEAR) for im in images]
     return images
 
 

@@ -13,6 +13,7 @@ from app.web.auth import client_id, is_authenticated
 from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits, public_limits
+from app.web.timing import timing
 from app.web.uploads import decode_init_image
 from app.web.waiting import RETRY_AFTER, wait_slot
 
@@ -68,6 +69,7 @@ def job_json(job: Job) -> dict:
     Whose it is never shows, only whether it is the caller's."""
     body = _job_fields(job)
     body["mine"] = is_mine(job)
+    body.update(timing(job))  # its, eta_seconds: the page's speed and time-left display
     if not shows_contents(job):
         body.update(params=None, images=[], preview_url=None, error=None)
     return body

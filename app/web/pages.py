@@ -8,9 +8,12 @@ names, limits) comes from ``app.web.page_context``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
+
 from flask import Blueprint, current_app, render_template, request, send_file
 
-from app.jobs.job import DONE
+from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend
 from app.web.api import is_mine, job_json
@@ -24,9 +27,15 @@ GALLERY_PAGE_SIZE = 24
 WEB_DEMO_NOTICE = DEMO_NOTICE.split(" Use --model")[0]
 
 
+# A failed load's details (paths, exceptions, CLI options) are for the log, which
+# the person running the app reads; the page says only what a visitor can do.
+MODEL_FAILED_MESSAGE = "The model could not be loaded; the person running this app must restart it."
+
+
 def _page(**extra) -> dict:
     """What the page templates need on top of the app's context processor."""
-    return {"model_state": backend().status().state, "demo_notice": WEB_DEMO_NOTICE, **extra}
+    return {"model_state": backend().status().state, "demo_notice": WEB_DEMO_NOTICE,
+            "model_failed_message": MODEL_FAILED_MESSAGE, **extra}
 
 
 @bp.route("/")
@@ -37,14 +46,76 @@ def index() -> str:
 @bp.route("/gallery")
 def gallery() -> str:
     """Finished jobs, newest first, a page at a time (``?before=<job id>``):
-    everyone's, or with ``GALLERY = "private"`` the client's own."""
+    everyone's, or with ``GALLERY = "private"`` the client's own; searched by
+    prompt text (``q``) and filtered by sampler and finishing date (``from``,
+    ``to``: YYYY-MM-DD), on the server, a page at a time like the plain list."""
     before = request.args.get("before") or None
+    search = GallerySearch.from_args(request.args)
     private = current_app.config["GALLERY"] == "private"
-    jobs = backend().list(limit=GALLERY_PAGE_SIZE, before=before, states=(DONE,),
-                          client=client_id() if private else None)
+    jobs, older = search.page(before, client_id() if private else None)
     shown = [job_json(job) for job in jobs if job.images]
-    older = jobs[-1].id if len(jobs) == GALLERY_PAGE_SIZE else None
-    return render_template("gallery.html", jobs=shown, older=older, before=before, **_page())
+    return render_template("gallery.html", jobs=shown, older=older, before=before, search=search,
+                           filters=search.args(), **_page())
+
+
+@dataclass(frozen=True)
+class GallerySearch:
+    text: str = ""
+    sampler: str = ""
+    since: str = ""  # YYYY-MM-DD, inclusive
+    until: str = ""
+
+    SCAN_MAX = 2000  # jobs looked at for one page: a rare match stops there, "Older" goes on
+    BATCH = 100
+
+    @classmethod
+    def from_args(cls, args) -> "GallerySearch":
+        dates = {}
+        for name in ("from", "to"):
+            value = (args.get(name) or "").strip()
+            if value:
+                try:
+                    date.fromisoformat(value)
+                except ValueError:
+                    raise ApiError(400, f"{name}: must be a date, YYYY-MM-DD", name, value) from None
+            dates[name] = value
+        return cls((args.get("q") or "").strip(), (args.get("sampler") or "").strip(), dates["from"], dates["to"])
+
+    def args(self) -> dict[str, str]:
+        """The query arguments that repeat this search (for the pager's links)."""
+        pairs = {"q": self.text, "sampler": self.sampler, "from": self.since, "to": self.until}
+        return {k: v for k, v in pairs.items() if v}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.args())
+
+    def matches(self, job: Job) -> bool:
+        p = job.params or {}
+        day = (job.finished_at or job.created_at or "")[:10]
+        words = f"{p.get('prompt', '')}\n{p.get('negative_prompt', '')}".lower()
+        return ((not self.text or self.text.lower() in words)
+                and (not self.sampler or p.get("scheduler") == self.sampler)
+                and (not self.since or day >= self.since) and (not self.until or day <= self.until))
+
+    def page(self, before: str | None, client: str | None) -> tuple[list[Job], str | None]:
+        """A page of matching finished jobs, and the cursor for the next one (None: no more)."""
+        if not self.active:
+            jobs = backend().list(limit=GALLERY_PAGE_SIZE, before=before, states=(DONE,), client=client)
+            return jobs, jobs[-1].id if len(jobs) == GALLERY_PAGE_SIZE else None
+        found: list[Job] = []
+        cursor, scanned = before, 0
+        while scanned < self.SCAN_MAX:
+            batch = backend().list(limit=self.BATCH, before=cursor, states=(DONE,), client=client)
+            for job in batch:
+                scanned, cursor = scanned + 1, job.id
+                if self.matches(job):
+                    found.append(job)
+                    if len(found) == GALLERY_PAGE_SIZE:
+                        return found, job.id
+            if len(batch) < self.BATCH:
+                return found, None
+        return found, cursor
 
 
 @bp.get("/images/<job_id>/<name>")

@@ -1,0 +1,131 @@
+"""WCAG 2.1 AA in a real browser: axe-core (the copy bundled with
+axe-playwright-python) checks every page and its main states in the light and
+the dark colour scheme; keyboard-only use is driven with real key presses."""
+from __future__ import annotations
+
+import pytest
+from test_browser import TIMEOUT_MS, browser, serve, shots, submit, watch_csp  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+axe_sync = pytest.importorskip("axe_playwright_python.sync_playwright", reason="pip install axe-playwright-python")
+AXE = axe_sync.Axe()
+AA_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]},
+            "resultTypes": ["violations"]}
+
+
+def axe_problems(page, where: str, shots=None) -> list[str]:  # noqa: F811
+    """Serious and critical axe violations on the page as it is now, one line each
+    (and a screenshot of what was checked, when ``shots`` is the folder)."""
+    if shots is not None:
+        page.screenshot(path=str(shots / f"desktop-{page.scheme}-{where.replace(' ', '-')}.png"), full_page=True)
+    results = AXE.run(page, options=AA_RULES).response
+    return [f"{where}: {v['id']} ({v['impact']}): {v['help']} at "
+            + "; ".join(", ".join(n["target"]) + " " + (n.get("failureSummary") or "").replace("\n", " ")
+                        for n in v["nodes"][:4])
+            for v in results["violations"] if v["impact"] in ("serious", "critical")]
+
+
+@pytest.fixture(params=["light", "dark"])
+def scheme_page(request, browser):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=request.param)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    violations = watch_csp(context, page)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.scheme = request.param
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
+
+
+def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F811
+    page, problems = scheme_page, []
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    problems += axe_problems(page, "form", shots)
+    # A form error, a finished job, a cancelled job, a failed job: each state's colours.
+    submit(page, "too many steps", width=64, height=64, steps=1000)
+    page.wait_for_selector("#form-error:visible")
+    problems += axe_problems(page, "form error", shots)
+    submit(page, "a lighthouse", width=64, height=64, steps=2)
+    page.wait_for_selector("#job[data-state=done]")
+    page.wait_for_function("() => document.querySelector('#results img').naturalWidth > 0")
+    problems += axe_problems(page, "done", shots)
+    submit(page, "a slow one", width=256, height=256, steps=100)
+    page.wait_for_selector("#job[data-state=running]")
+    problems += axe_problems(page, "running", shots)
+    page.click("#cancel")
+    page.wait_for_selector("#job[data-state=cancelled]")
+    problems += axe_problems(page, "cancelled", shots)
+    page.goto(server.url + "/gallery")
+    page.wait_for_selector("#gallery img")
+    problems += axe_problems(page, "gallery", shots)
+    page.goto(server.url + "/no-such-page")
+    page.wait_for_selector("#error-message")
+    problems += axe_problems(page, "error page", shots)
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
+def test_login_and_failed_model_pages_pass_axe(serve, scheme_page, tmp_path):  # noqa: F811
+    page, problems = scheme_page, []
+    server = serve(PASSWORD="open sesame")
+    page.goto(server.url + "/login")
+    problems += axe_problems(page, "login")
+    page.fill("#password", "wrong")
+    page.click("#login")
+    page.wait_for_selector("#login-error")
+    problems += axe_problems(page, "login error")
+    broken = serve(MODEL=str(tmp_path / "missing" / "model.safetensors"), ENGINE=None)
+    page.goto(broken.url + "/")
+    page.wait_for_selector("#model-failed:visible")
+    problems += axe_problems(page, "model failed")
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
+def test_keyboard_only_reaches_every_control_and_submits_with_ctrl_enter(serve, scheme_page):  # noqa: F811
+    page = scheme_page
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    # Tab from the top of the page: every control of the form gets the focus, with a visible ring.
+    reached, rings = [], {}
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("""() => { const e = document.activeElement; const s = getComputedStyle(e);
+            return [e.id || e.textContent.trim(), s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2]; }""")
+        reached.append(focused[0])
+        rings[focused[0]] = focused[1]
+    controls = ["history-toggle", "prompt", "negative_prompt", "width", "height", "16:9", "swap-size", "steps",
+                "guidance_scale", "scheduler", "num_images", "tiling", "seed", "random-seed", "init_image",
+                "generate", "queue-all"]
+    missing = [c for c in controls if c not in reached]
+    assert not missing, f"not reachable with Tab: {missing} (reached {reached})"
+    assert reached[0] == "Skip to content"
+    no_ring = [c for c in controls if not rings[c]]
+    assert not no_ring, f"no visible focus ring on {no_ring}"
+
+    # Typed and submitted from the negative prompt box with Ctrl+Enter, never touching the mouse.
+    page.focus("#prompt")
+    page.keyboard.type("a keyboard painting")
+    for field, value in (("#width", "64"), ("#height", "64"), ("#steps", "2")):
+        page.focus(field)
+        page.keyboard.press("Control+A")
+        page.keyboard.type(value)
+    page.focus("#negative_prompt")
+    page.keyboard.type("mice")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#job[data-state=done]")
+    assert page.input_value("#negative_prompt") == "mice"  # Ctrl+Enter added no line break
+    # The state change reached the live region a screen reader reads out.
+    assert page.get_attribute("#job-announce", "aria-live") == "polite"
+    assert page.text_content("#job-announce").startswith("Done: 1 image")
+    # And from the prompt box too.
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("() => document.getElementById('job-announce').textContent.startsWith('Queued') "
+                           "|| document.getElementById('job').dataset.state !== 'done'")
+    page.wait_for_selector("#job[data-state=done]")

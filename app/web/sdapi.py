@@ -2,8 +2,9 @@
 (webuiapi, scripts, plugins) work unmodified.
 
 txt2img/img2img are synchronous for the caller, as in A1111, but run as
-ordinary jobs: they share the queue, the limits and the gallery. Unknown
-A1111 fields are ignored. ``interrupt`` cancels the caller's current job (its
+ordinary jobs: they share the queue, the limits and the gallery. Fields
+A1111 does not know are ignored, as A1111 ignores them; A1111 fields set to a
+value this server cannot honour are refused (``a1111_fields``). ``interrupt`` cancels the caller's current job (its
 running job, else its oldest queued one); the waiting txt2img/img2img call
 then answers 200 with no images and ``"interrupted": true`` in ``info``.
 """
@@ -20,6 +21,7 @@ from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
 from app.engine.types import floor_size
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
+from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import json_object
@@ -107,6 +109,8 @@ def _init_image(body: dict):
 
 
 def _run(body: dict, img2img: bool):
+    status = backend().status()
+    refuse_unsupported(body, img2img, (status.name, status.id))
     values = _generation_values(body, img2img)
     gen = build_request(values, _init_image(body) if img2img else None)
     with wait_slot() as waiting:

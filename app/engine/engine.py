@@ -23,6 +23,7 @@ from app.engine.types import (
     GenerationResult,
     Limits,
     StepInfo,
+    check_hires_size,
     check_size,
     floor_size,
 )
@@ -84,6 +85,7 @@ class Engine:
         self.limits = limits
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._img2img = None
+        self._inpaint = None
         self._lock = threading.Lock()  # one generation at a time per pipeline
 
     @classmethod
@@ -131,6 +133,8 @@ class Engine:
         request = request.validate(self.limits).with_seed()
         width, height = self.resolve_size(request)
         check_size(width, height, self.limits)  # a size taken from the model or init image too
+        if request.enable_hr:
+            check_hires_size(request, width, height, self.limits)
         assert request.seed is not None
         seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
         import torch
@@ -150,18 +154,32 @@ class Engine:
         import torch
 
         started = time.perf_counter()
-        pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
+
+        def generators():
+            # CPU generators give the same noise on every device (diffusers' advice for seeds).
+            return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+        if request.mask is not None:  # issue #12 hook: inpainting (app/engine/inpaint.py)
+            pipe = self._inpaint_pipe()
+        else:
+            pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
         pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+        out_w, out_h = (width, height)
+        if request.enable_hr:  # issue #12 hook: the hires pass's size decides VAE tiling
+            from app.engine.hires import target_size
+
+            out_w, out_h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
         # Tiling only matters above the VAE's own sample size (768 on SD 2.1).
-        if max(width, height) > self.pipe.vae.config.sample_size:
+        if max(out_w, out_h) > self.pipe.vae.config.sample_size:
             self.pipe.vae.enable_tiling()
         else:
             self.pipe.vae.disable_tiling()
 
         step_frames: list[list] = [[] for _ in seeds]
+        phase = {"offset": 0, "total": 0}  # set by runs of several passes (hires fix)
 
         def callback(p, index, timestep, tensors):
-            step, total = index + 1, p.num_timesteps
+            step, total = phase["offset"] + index + 1, phase["total"] or p.num_timesteps
             latents = tensors["latents"]
             if request.save_steps and (step % request.save_steps == 0 or step == total):
                 for frames, preview in zip(step_frames, latents_to_rgb(latents)):
@@ -178,26 +196,37 @@ class Engine:
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=len(seeds),
-            # CPU generators give the same noise on every device (diffusers' advice for seeds).
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            generator=generators(),
             callback_on_step_end=callback,
             callback_on_step_end_tensor_inputs=["latents"],
         )
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
+        extra: dict = {"Tiling": "True"} if request.tiling else {}
         with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
-            if request.init_image is not None:
+            if request.mask is not None:  # issue #12 hook: inpainting
+                from app.engine.inpaint import run as run_inpaint
+
+                output, extra_inpaint = run_inpaint(pipe, request, width, height, seeds, kwargs)
+                extra.update(extra_inpaint)
+            elif request.enable_hr:  # issue #12 hook: hires fix
+                from app.engine.hires import run as run_hires
+
+                second = self._img2img_pipe()
+                second.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+                output, extra_hires = run_hires(pipe, second, request, width, height, kwargs, phase, generators)
+                extra.update(extra_hires)
+            elif request.init_image is not None:
                 init = request.init_image.convert("RGB").resize((width, height))
                 output = pipe(image=init, strength=request.strength, **kwargs)
             else:
                 output = pipe(width=width, height=height, **kwargs)
         images = output.images
-        denoise = request.strength if request.init_image is not None else None
+        denoise = request.strength if request.init_image is not None or request.enable_hr else None
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                      sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
-                     height=height, model=self.model_name, denoising_strength=denoise,
-                     extra={"Tiling": "True"} if request.tiling else None)
+                     height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None)
             for s in seeds
         ]
         return GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
@@ -213,6 +242,16 @@ class Engine:
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+    def _inpaint_pipe(self):
+        if self._inpaint is None:
+            from diffusers import StableDiffusionInpaintPipeline
+
+            # The same components (a 4-channel UNet is blended per step, a 9-channel one used natively);
+            # dtype named for the reason given in _img2img_pipe.
+            self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
 
     def preview(self, latents, max_side: int = 256) -> list:
         """Approximate RGB previews of in-flight latents."""

@@ -85,6 +85,20 @@ class GenerationRequest:
     strength: float = 0.75
     save_steps: int = 0  # keep a preview every N steps (0: none)
     tiling: bool = False  # seamless: the image wraps around left/right and top/bottom (A1111's "Tiling")
+    # --- inpainting (issue #12; app/engine/inpaint.py): needs init_image; white in the mask repaints ---
+    mask: Any = None  # PIL.Image.Image
+    mask_blur: int = 4  # pixels
+    inpainting_fill: int = 1  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "only masked": the masked region alone at full size, pasted back
+    inpaint_full_res_padding: int = 32  # pixels around the masked region, only masked
+    inpainting_mask_invert: bool = False  # repaint the black area instead
+    # --- hires fix (issue #12; app/engine/hires.py): txt2img, then upscale and img2img at ``strength`` ---
+    enable_hr: bool = False
+    hr_scale: float = 2.0  # used when hr_resize_x and hr_resize_y are 0
+    hr_resize_x: int = 0  # target width (0: from hr_scale, or keep the aspect)
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
+    hr_second_pass_steps: int = 0  # 0: the first pass's steps
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -127,10 +141,69 @@ class GenerationRequest:
                                       f"with {self.steps} steps leaves no denoising step; raise steps or strength")
         if not isinstance(self.tiling, bool):
             raise ValidationError("tiling", self.tiling, "must be true or false")
+        self._validate_inpaint(limits)
+        self._validate_hires(limits)
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")
         return self
+
+    def _validate_inpaint(self, limits: Limits) -> None:
+        _check_int("mask_blur", self.mask_blur)
+        if not 0 <= self.mask_blur <= 64:
+            raise ValidationError("mask_blur", self.mask_blur, "must be between 0 and 64 pixels")
+        _check_int("inpainting_fill", self.inpainting_fill)
+        if self.inpainting_fill not in (0, 1, 2, 3):
+            raise ValidationError("inpainting_fill", self.inpainting_fill,
+                                  "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
+        _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding)
+        if not 0 <= self.inpaint_full_res_padding <= 256:
+            raise ValidationError("inpaint_full_res_padding", self.inpaint_full_res_padding,
+                                  "must be between 0 and 256 pixels")
+        for name in ("inpaint_full_res", "inpainting_mask_invert"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(name, getattr(self, name), "must be true or false")
+        if self.mask is None:
+            return
+        if not (hasattr(self.mask, "size") and hasattr(self.mask, "convert")):
+            raise ValidationError("mask", type(self.mask).__name__, "must be an image")
+        if self.init_image is None:
+            raise ValidationError("mask", "mask", "needs an init image to inpaint")
+        w, h = self.mask.size
+        if w * h > limits.max_pixels:
+            raise ValidationError("mask", f"{w}x{h}", f"is more than {limits.max_pixels} pixels")
+
+    def _validate_hires(self, limits: Limits) -> None:
+        from app.engine.hires import HR_UPSCALERS, find_upscaler, second_pass_steps
+
+        if not isinstance(self.enable_hr, bool):
+            raise ValidationError("enable_hr", self.enable_hr, "must be true or false")
+        _check_number("hr_scale", self.hr_scale)
+        if not 1 <= self.hr_scale <= 4:
+            raise ValidationError("hr_scale", self.hr_scale, "must be between 1 and 4")
+        for name in ("hr_resize_x", "hr_resize_y"):
+            _check_int(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ValidationError(name, getattr(self, name), "must be 0 (from hr_scale) or a size in pixels")
+        _check_int("hr_second_pass_steps", self.hr_second_pass_steps)
+        if not 0 <= self.hr_second_pass_steps <= limits.max_steps:
+            raise ValidationError("hr_second_pass_steps", self.hr_second_pass_steps,
+                                  f"must be between 0 (the first pass's) and {limits.max_steps}")
+        name = find_upscaler(self.hr_upscaler) if isinstance(self.hr_upscaler, str) else None
+        if name is None:
+            raise ValidationError("hr_upscaler", self.hr_upscaler, "must be one of " + ", ".join(HR_UPSCALERS))
+        self.hr_upscaler = name
+        if not self.enable_hr:
+            return
+        if self.init_image is not None:
+            raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
+        if self.save_steps:
+            raise ValidationError("save_steps", self.save_steps, "step previews are not kept with hires fix")
+        if second_pass_steps(self) < 1:
+            raise ValidationError("strength", self.strength, "leaves the hires pass no denoising step; raise "
+                                                             "hr_second_pass_steps or strength")
+        if self.width and self.height:
+            check_hires_size(self, self.width, self.height, limits)
 
     def with_seed(self) -> "GenerationRequest":
         """This request with a random seed drawn if it has none, so that a job,
@@ -138,27 +211,44 @@ class GenerationRequest:
         return self if self.seed is not None and self.seed != -1 else replace(self, seed=draw_seed())
 
     def to_dict(self) -> dict:
-        """Every field but the init image (stored apart, as PNG bytes), as JSON
-        values, plus ``has_init_image``. ``from_dict`` reads it back."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "init_image"}
+        """Every field but the init image and mask (stored apart, as PNG bytes),
+        as JSON values, plus ``has_init_image`` and ``has_mask``. ``from_dict`` reads it back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in IMAGE_FIELDS}
         data["has_init_image"] = self.init_image is not None
+        data["has_mask"] = self.mask is not None
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, init_image: Any = None) -> "GenerationRequest":
+    def from_dict(cls, data: dict, init_image: Any = None, mask: Any = None) -> "GenerationRequest":
         """The request ``to_dict`` described. Keys that are not fields (such as
         ``has_init_image``) are skipped; missing ones take their defaults."""
-        return cls(init_image=init_image, **{name: data[name] for name in field_names() if name in data})
+        return cls(init_image=init_image, mask=mask,
+                   **{name: data[name] for name in field_names() if name in data and name not in IMAGE_FIELDS})
 
     @classmethod
     def defaults(cls) -> dict:
         """Each field's default (the form's, the CLI's and the widgets' starting values)."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING and f.name != "init_image"}
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING and f.name not in IMAGE_FIELDS}
+
+
+IMAGE_FIELDS = ("init_image", "mask")  # images: stored apart from the JSON params
 
 
 def field_names() -> tuple[str, ...]:
     """The request's fields, in order: the API's and the form's field list."""
     return tuple(f.name for f in fields(GenerationRequest))
+
+
+def check_hires_size(request: GenerationRequest, width: int, height: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The hires fix's final size against the limits, naming the field that set it."""
+    from app.engine.hires import target_size
+
+    w, h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+    field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+    value = getattr(request, field)
+    if min(w, h) < limits.min_size or w > limits.max_width or h > limits.max_height or w * h > limits.max_pixels:
+        raise ValidationError(field, value, f"makes a {w}x{h} image; the limits are {limits.max_width}x"
+                                            f"{limits.max_height} and {limits.max_pixels} pixels")
 
 
 def check_size(width: int | None, height: int | None, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -249,6 +339,7 @@ class GenerationResult:
 __all__ = [
     "GenerationRequest",
     "GenerationResult",
+    "IMAGE_FIELDS",
     "Limits",
     "DEFAULT_LIMITS",
     "StepInfo",
@@ -256,6 +347,7 @@ __all__ = [
     "MAX_SEED",
     "SIZE_MULTIPLE",
     "check_size",
+    "check_hires_size",
     "check_text",
     "draw_seed",
     "field_names",

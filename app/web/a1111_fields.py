@@ -34,7 +34,6 @@ _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
     "firstphase_width": ((0,), "deprecated; use hr_scale or hr_resize_x/y"),
     "firstphase_height": ((0,), "deprecated; use hr_scale or hr_resize_x/y"),
     # Not implemented yet (issue #12): refused rather than ignored.
-    "enable_hr": ((False,), "hires fix is not supported yet"),
     "subseed_strength": ((0,), "variation seeds are not supported yet"),
     "seed_resize_from_w": ((0, -1), "variation seeds are not supported yet"),
     "seed_resize_from_h": ((0, -1), "variation seeds are not supported yet"),
@@ -43,7 +42,6 @@ _IMG2IMG: dict[str, tuple[tuple[Any, ...], str]] = {
     "resize_mode": ((0,), "only resize mode 0 (just resize) is supported"),
     "initial_noise_multiplier": ((1,), "only the default noise multiplier 1 is supported"),
     "latent_mask": (("",), "a separate latent mask is not supported"),
-    "mask": (("",), "inpainting is not supported yet"),
 }
 # Settings that may be "overridden" to what this server does anyway.
 _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {

@@ -92,7 +92,36 @@ def _generation_values(body: dict, img2img: bool) -> dict:
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
+        values.update(_inpaint_values(body))
+    elif body.get("enable_hr"):  # A1111 ignores the hr_* fields without it; so do we
+        values.update(_hires_values(body))
     return values
+
+
+def _hires_values(body: dict) -> dict:
+    """The hires fix fields, with A1111's API defaults."""
+    return {
+        "enable_hr": body.get("enable_hr"),
+        "hr_scale": body.get("hr_scale", 2.0),
+        "hr_resize_x": _int(body, "hr_resize_x", 0),
+        "hr_resize_y": _int(body, "hr_resize_y", 0),
+        "hr_upscaler": body.get("hr_upscaler") or "Latent",
+        "hr_second_pass_steps": _int(body, "hr_second_pass_steps", 0),
+        "strength": body.get("denoising_strength", 0.7),
+    }
+
+
+def _inpaint_values(body: dict) -> dict:
+    """The inpainting fields, with A1111's API defaults (which differ from its UI's and ours)."""
+    invert = _int(body, "inpainting_mask_invert", 0)
+    full_res = body.get("inpaint_full_res", True)
+    return {
+        "mask_blur": _int(body, "mask_blur", 4),
+        "inpainting_fill": _int(body, "inpainting_fill", 0),
+        "inpaint_full_res": bool(full_res) if isinstance(full_res, int) else full_res,  # A1111 sends 0/1 or bools
+        "inpaint_full_res_padding": _int(body, "inpaint_full_res_padding", 0),
+        "inpainting_mask_invert": bool(invert) if isinstance(invert, int) and invert in (0, 1) else invert,
+    }
 
 
 def _init_image(body: dict):
@@ -112,7 +141,7 @@ def _run(body: dict, img2img: bool):
     status = backend().status()
     refuse_unsupported(body, img2img, (status.name, status.id))
     values = _generation_values(body, img2img)
-    gen = build_request(values, _init_image(body) if img2img else None)
+    gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     with wait_slot() as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
@@ -148,7 +177,8 @@ def _info(job: Job, img2img: bool) -> dict:
         "width": p["width"], "height": p["height"], "sampler_name": p["scheduler"], "cfg_scale": p["guidance_scale"],
         "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": backend().status().name, "sd_model_hash": None, "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1, "denoising_strength": p["strength"] if img2img else None, "extra_generation_params": {},
+        "seed_resize_from_h": -1, "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
+        "extra_generation_params": {"Mask blur": p["mask_blur"]} if p.get("has_mask") else {},
         "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images], "styles": [],
         "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",

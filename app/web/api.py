@@ -236,6 +236,27 @@ def job_preview(job_id: str):
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
+@bp.post("/upscale")
+def upscale_image():
+    """A Lanczos resize of any image (issue #12): quick, so synchronous; the answer is the PNG."""
+    from app.engine.metadata import png_bytes
+    from app.engine.upscale import upscale
+
+    body = json_object()
+    for key in body:
+        if key not in UPSCALE_FIELDS:
+            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(UPSCALE_FIELDS), key, body[key])
+    if body.get("image") in (None, ""):
+        raise ApiError(400, "image: is required (a base64 string or a data URL)", "image", body.get("image"))
+    image = decode_init_image(body["image"], current_app.config, field="image")
+    out = upscale(image, body.get("scale"), body.get("width"), body.get("height"), crop=body.get("crop", True) is True,
+                  upscaler=body.get("upscaler") or "Lanczos", limits=engine_limits(current_app.config))
+    return Response(png_bytes(out, None), mimetype="image/png")
+
+
+UPSCALE_FIELDS = ("image", "scale", "width", "height", "crop", "upscaler")
+
+
 @bp.get("/schedulers")
 def schedulers():
     return jsonify({"ok": True, "schedulers": scheduler_names(), "default": DEFAULT_SCHEDULER})

@@ -26,7 +26,8 @@ from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import json_object
 from app.web.errors import ApiError
-from app.web.uploads import png_info
+from app.web.settings import engine_limits
+from app.web.uploads import decode_init_image, png_info
 from app.web.waiting import wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
@@ -196,6 +197,33 @@ def img2img():
     return _run(json_object(), img2img=True)
 
 
+@bp.post("/extra-single-image")
+def extra_single_image():
+    """A1111's Extras, single image: Lanczos (or "None") resize only; other upscalers and face restoration: 400."""
+    from app.engine.metadata import png_bytes
+    from app.engine.upscale import upscale
+
+    body = json_object()
+    for name in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility"):
+        if body.get(name) not in (None, 0):
+            raise ApiError(400, f"{name}: face restoration and a second upscaler are not available on this server",
+                           name, body.get(name))
+    for name in ("upscaler_1", "upscaler_2"):
+        if body.get(name) not in (None, "", "None", "Lanczos"):
+            raise ApiError(400, f"{name}: only Lanczos and None are available on this server (see "
+                                "/sdapi/v1/upscalers)", name, body.get(name))
+    image = decode_init_image(body.get("image"), current_app.config, field="image")
+    mode = _int(body, "resize_mode", 0)
+    if mode == 0:
+        out = upscale(image, scale=body.get("upscaling_resize", 2), limits=engine_limits(current_app.config))
+    elif mode == 1:
+        out = upscale(image, width=_int(body, "upscaling_resize_w", 512), height=_int(body, "upscaling_resize_h", 512),
+                      crop=body.get("upscaling_crop", True) is not False, limits=engine_limits(current_app.config))
+    else:
+        raise ApiError(400, "resize_mode: must be 0 (scale by) or 1 (scale to)", "resize_mode", mode)
+    return jsonify({"html_info": "", "image": base64.b64encode(png_bytes(out, None)).decode("ascii")})
+
+
 @bp.get("/progress")
 def progress():
     job = backend().running()
@@ -271,6 +299,19 @@ def set_options():
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
 
 
+@bp.get("/upscalers")
+def upscalers():
+    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                    for name in ("None", "Lanczos")])
+
+
+@bp.get("/latent-upscale-modes")
+def latent_upscale_modes():
+    from app.engine.hires import LATENT_UPSCALERS
+
+    return jsonify([{"name": name} for name in LATENT_UPSCALERS])
+
+
 @bp.post("/png-info")
 def png_info_route():
     body = json_object()
@@ -287,5 +328,5 @@ def png_info_route():
 
 # Lists some clients read at start; this server has none of these add-ons.
 for _path, _empty in (("sd-vae", []), ("loras", []), ("hypernetworks", []), ("prompt-styles", []),
-                      ("upscalers", []), ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
+                      ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda v=_empty: jsonify(v)), methods=["GET"])

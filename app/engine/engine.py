@@ -203,6 +203,12 @@ class Engine:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
         extra: dict = {"Tiling": "True"} if request.tiling else {}
+        from app.engine import noise  # issue #12 hook: variation seeds
+
+        if noise.uses_variation(request):
+            kwargs["latents"] = noise.initial_latents(request, seeds, width, height, self.pipe.unet.config.in_channels,
+                                                      self.pipe.unet.dtype)
+            extra.update(noise.infotext_entries(request))
         with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
             if request.mask is not None:  # issue #12 hook: inpainting
                 from app.engine.inpaint import run as run_inpaint

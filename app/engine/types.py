@@ -99,6 +99,11 @@ class GenerationRequest:
     hr_resize_y: int = 0
     hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
     hr_second_pass_steps: int = 0  # 0: the first pass's steps
+    # --- variation seeds (issue #12; app/engine/noise.py): txt2img ---
+    subseed: int | None = None  # None or -1: random, drawn with the seed
+    subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
+    seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
+    seed_resize_from_h: int = 0
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -143,6 +148,7 @@ class GenerationRequest:
             raise ValidationError("tiling", self.tiling, "must be true or false")
         self._validate_inpaint(limits)
         self._validate_hires(limits)
+        self._validate_variation(limits)
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")
@@ -205,10 +211,39 @@ class GenerationRequest:
         if self.width and self.height:
             check_hires_size(self, self.width, self.height, limits)
 
+    def _validate_variation(self, limits: Limits) -> None:
+        if self.subseed is not None:
+            _check_int("subseed", self.subseed)
+            if self.subseed == -1:
+                self.subseed = None
+            elif not 0 <= self.subseed <= MAX_SEED:
+                raise ValidationError("subseed", self.subseed, f"must be between 0 and {MAX_SEED}, or -1 for random")
+        _check_number("subseed_strength", self.subseed_strength)
+        if not 0 <= self.subseed_strength <= 1:
+            raise ValidationError("subseed_strength", self.subseed_strength, "must be between 0 and 1")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            _check_int(name, value)
+            if value == -1:  # A1111's "off"
+                setattr(self, name, 0)
+            elif value < 0 or value > max(limits.max_width, limits.max_height):
+                raise ValidationError(name, value, "must be 0 (off) or a size in pixels within the limits")
+        resize = self.seed_resize_from_w or self.seed_resize_from_h
+        if resize and not (self.seed_resize_from_w and self.seed_resize_from_h):
+            raise ValidationError("seed_resize_from_w" if not self.seed_resize_from_w else "seed_resize_from_h", 0,
+                                  "seed resize needs both seed_resize_from_w and seed_resize_from_h")
+        if (self.subseed_strength > 0 or resize) and self.init_image is not None:
+            raise ValidationError("subseed_strength" if self.subseed_strength > 0 else "seed_resize_from_w",
+                                  self.subseed_strength or self.seed_resize_from_w,
+                                  "variation seeds are for txt2img on this server; leave out the init image")
+
     def with_seed(self) -> "GenerationRequest":
         """This request with a random seed drawn if it has none, so that a job,
         its images and "reuse settings" all know the seed it ran with."""
-        return self if self.seed is not None and self.seed != -1 else replace(self, seed=draw_seed())
+        request = self if self.seed is not None and self.seed != -1 else replace(self, seed=draw_seed())
+        if request.subseed_strength > 0 and (request.subseed is None or request.subseed == -1):
+            request = replace(request, subseed=draw_seed())
+        return request
 
     def to_dict(self) -> dict:
         """Every field but the init image and mask (stored apart, as PNG bytes),

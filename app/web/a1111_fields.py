@@ -33,10 +33,6 @@ _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
     "hr_negative_prompt": (("",), "the hires pass uses the first pass's negative prompt"),
     "firstphase_width": ((0,), "deprecated; use hr_scale or hr_resize_x/y"),
     "firstphase_height": ((0,), "deprecated; use hr_scale or hr_resize_x/y"),
-    # Not implemented yet (issue #12): refused rather than ignored.
-    "subseed_strength": ((0,), "variation seeds are not supported yet"),
-    "seed_resize_from_w": ((0, -1), "variation seeds are not supported yet"),
-    "seed_resize_from_h": ((0, -1), "variation seeds are not supported yet"),
 }
 _IMG2IMG: dict[str, tuple[tuple[Any, ...], str]] = {
     "resize_mode": ((0,), "only resize mode 0 (just resize) is supported"),

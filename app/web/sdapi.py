@@ -18,7 +18,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.engine.metadata import parse_infotext
 from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
-from app.engine.types import floor_size
+from app.engine.types import MAX_SEED, floor_size
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
 from app.web.a1111_fields import refuse_unsupported
@@ -90,6 +90,10 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "height": _size(body, "height"),
         "num_images": batch * n_iter,
         "tiling": body.get("tiling") or False,  # A1111 clients send false or null by default
+        "subseed": _int(body, "subseed", -1),
+        "subseed_strength": body.get("subseed_strength", 0.0),
+        "seed_resize_from_w": _int(body, "seed_resize_from_w", 0),
+        "seed_resize_from_h": _int(body, "seed_resize_from_h", 0),
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
@@ -174,17 +178,24 @@ def _info(job: Job, img2img: bool) -> dict:
     return {
         "prompt": p["prompt"], "all_prompts": [p["prompt"]] * n,
         "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
-        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+        "seed": seeds[0], "all_seeds": seeds, "subseed": _subseed(p), "all_subseeds": [_subseed(p, i) for i in range(n)],
+        "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"], "height": p["height"], "sampler_name": p["scheduler"], "cfg_scale": p["guidance_scale"],
         "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": backend().status().name, "sd_model_hash": None, "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1, "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
+        "sd_model_name": backend().status().name, "sd_model_hash": None,
+        "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
+        "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
         "extra_generation_params": {"Mask blur": p["mask_blur"]} if p.get("has_mask") else {},
         "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images], "styles": [],
         "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
         "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
     }
+
+
+def _subseed(params: dict, i: int = 0) -> int:
+    subseed = params.get("subseed")
+    return -1 if subseed is None else (subseed + i) % (MAX_SEED + 1)
 
 
 @bp.post("/txt2img")

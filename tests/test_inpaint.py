@@ -138,3 +138,28 @@ def test_cli_mask_needs_an_init_image(tmp_path, capsys):
     square_mask().save(tmp_path / "mask.png")
     assert main(["generate", "x", "--model", "demo", "--mask", str(tmp_path / "mask.png")]) != 0
     assert "mask" in capsys.readouterr().err
+
+
+def test_outpainting_extends_the_canvas_and_keeps_the_original(engine, small_request):
+    init = gradient(64, 48)
+    result = engine.generate(small_request(width=None, height=None, steps=4, init_image=init, outpaint=16,
+                                           outpaint_directions="left,down", mask_blur=0, inpainting_fill=0,
+                                           strength=0.9))
+    image = result.images[0]
+    assert image.size == (80, 64)  # 16 px on the left and at the bottom
+    assert image.crop((16, 0, 80, 48)).tobytes() == init.tobytes()  # the original, untouched
+    assert image.crop((0, 0, 16, 64)).tobytes() != Image.new("RGB", (16, 64)).tobytes()
+    assert parse_infotext(result.infotexts[0])["Outpaint"] == "16px left down"
+
+
+def test_outpainting_rounds_to_8_and_is_refused_without_an_init_image(engine, small_request, client):
+    from app.engine.inpaint import outpaint_canvas
+
+    canvas, mask = outpaint_canvas(gradient(60, 60), 10, ("right",))
+    assert canvas.size == (72, 64)  # 60+10 -> 72 wide, 60 -> 64 high: the rounding goes to the new area too
+    assert [mask.getpixel(xy) for xy in ((10, 10), (59, 59), (65, 10), (10, 62))] == [0, 0, 255, 255]
+    assert_error(client.post("/api/jobs", json=small_job(outpaint=32)), 400, "outpaint")
+    assert_error(client.post("/api/jobs", json=small_job(init_image=png_b64(gradient(64, 64)), outpaint=32,
+                                                         outpaint_directions="sideways")), 400, "outpaint_directions")
+    assert_error(client.post("/api/jobs", json=small_job(init_image=png_b64(gradient(64, 64)), width=None,
+                                                         height=None, outpaint=512)), 400, "outpaint")

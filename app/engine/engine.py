@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -131,6 +131,11 @@ class Engine:
         """Run one request. ``on_step`` is called after every denoising step;
         setting ``cancel`` stops the run, which then raises GenerationCancelled."""
         request = request.validate(self.limits).with_seed()
+        if request.outpaint:  # issue #12 hook: outpainting is inpainting on a larger canvas
+            from app.engine.inpaint import outpaint_canvas
+
+            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, request.outpaint_sides())
+            request = replace(request, init_image=canvas, mask=mask, width=None, height=None)
         width, height = self.resolve_size(request)
         check_size(width, height, self.limits)  # a size taken from the model or init image too
         if request.enable_hr:

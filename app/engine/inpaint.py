@@ -188,7 +188,32 @@ def run(pipe, request: Any, width: int, height: int, seeds: list[int], kwargs: d
     if request.inpainting_mask_invert:
         extra["Mask mode"] = "Inpaint not masked"
     extra["Masked content"] = FILL_MODES[fill]
+    if request.outpaint:
+        extra["Outpaint"] = f"{request.outpaint}px {' '.join(request.outpaint_sides())}"
     if request.inpaint_full_res:
         extra["Inpaint area"] = "Only masked"
         extra["Masked area padding"] = request.inpaint_full_res_padding
     return output, extra
+
+
+OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def outpaint_canvas(init: Image.Image, pixels: int, directions: tuple[str, ...]) -> tuple[Image.Image, Image.Image]:
+    """The init image on a canvas grown by ``pixels`` on each named side (more where needed to keep
+    the size a multiple of 8), and the mask of the new area. The new area starts as the edge
+    pixels stretched outwards, a neutral start that masked content "fill" then smooths."""
+    init = init.convert("RGB")
+    w, h = init.size
+    grow = {d: (pixels if d in directions else 0) for d in OUTPAINT_DIRECTIONS}
+    for first, second, size in (("left", "right", w), ("up", "down", h)):
+        short = -(size + grow[first] + grow[second]) % 8
+        side = second if grow[second] or not grow[first] else first
+        grow[side] += short
+    left, top = grow["left"], grow["up"]
+    canvas_size = (w + left + grow["right"], h + top + grow["down"])
+    canvas = init.resize(canvas_size, Image.Resampling.NEAREST)  # a rough start beyond the old edges
+    canvas.paste(init, (left, top))
+    mask = Image.new("L", canvas_size, 255)
+    mask.paste(0, (left, top, left + w, top + h))
+    return canvas, mask

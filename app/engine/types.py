@@ -92,6 +92,8 @@ class GenerationRequest:
     inpaint_full_res: bool = False  # "only masked": the masked region alone at full size, pasted back
     inpaint_full_res_padding: int = 32  # pixels around the masked region, only masked
     inpainting_mask_invert: bool = False  # repaint the black area instead
+    outpaint: int = 0  # pixels to extend the init image by, then inpaint the new area (needs no mask)
+    outpaint_directions: str = "left,right,up,down"  # comma-separated sides to extend
     # --- hires fix (issue #12; app/engine/hires.py): txt2img, then upscale and img2img at ``strength`` ---
     enable_hr: bool = False
     hr_scale: float = 2.0  # used when hr_resize_x and hr_resize_y are 0
@@ -169,6 +171,11 @@ class GenerationRequest:
         for name in ("inpaint_full_res", "inpainting_mask_invert"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(name, getattr(self, name), "must be true or false")
+        _check_int("outpaint", self.outpaint)
+        if not 0 <= self.outpaint <= 512:
+            raise ValidationError("outpaint", self.outpaint, "must be between 0 (off) and 512 pixels")
+        if self.outpaint:
+            self._validate_outpaint(limits)
         if self.mask is None:
             return
         if not (hasattr(self.mask, "size") and hasattr(self.mask, "convert")):
@@ -178,6 +185,32 @@ class GenerationRequest:
         w, h = self.mask.size
         if w * h > limits.max_pixels:
             raise ValidationError("mask", f"{w}x{h}", f"is more than {limits.max_pixels} pixels")
+
+    def _validate_outpaint(self, limits: Limits) -> None:
+        from app.engine.inpaint import OUTPAINT_DIRECTIONS
+
+        sides = self.outpaint_sides() if isinstance(self.outpaint_directions, str) else ()
+        if not sides or any(side not in OUTPAINT_DIRECTIONS for side in sides):
+            raise ValidationError("outpaint_directions", self.outpaint_directions,
+                                  "must name one or more of " + ", ".join(OUTPAINT_DIRECTIONS) + ", comma-separated")
+        if self.init_image is None:
+            raise ValidationError("outpaint", self.outpaint, "needs an init image to extend")
+        if self.mask is not None:
+            raise ValidationError("mask", "mask", "outpainting makes its own mask; send one or the other")
+        w, h = self.init_image.size
+        if self.width not in (None, floor_size(w)) or self.height not in (None, floor_size(h)):
+            raise ValidationError("width", self.width, "outpainting keeps the init image's size and adds to it; "
+                                                       "leave out width and height")
+        grow_w = self.outpaint * sum(side in sides for side in ("left", "right"))
+        grow_h = self.outpaint * sum(side in sides for side in ("up", "down"))
+        new_w, new_h = w + grow_w + 8, h + grow_h + 8  # the most rounding to 8 can add
+        if new_w > limits.max_width or new_h > limits.max_height or new_w * new_h > limits.max_pixels:
+            raise ValidationError("outpaint", self.outpaint, f"makes a canvas of about {new_w}x{new_h}; the "
+                                                             f"limits are {limits.max_width}x{limits.max_height} "
+                                                             f"and {limits.max_pixels} pixels")
+
+    def outpaint_sides(self) -> tuple[str, ...]:
+        return tuple(side.strip().lower() for side in self.outpaint_directions.split(",") if side.strip())
 
     def _validate_hires(self, limits: Limits) -> None:
         from app.engine.hires import HR_UPSCALERS, find_upscaler, second_pass_steps

@@ -36,6 +36,10 @@ def add_parser(subparsers) -> None:
                    help="inpaint the masked region alone at --width x --height and paste it back")
     p.add_argument("--only-masked-padding", type=int, default=d["inpaint_full_res_padding"],
                    help=f"pixels around the region with --only-masked (default: {d['inpaint_full_res_padding']})")
+    p.add_argument("--outpaint", type=int, default=d["outpaint"], metavar="PX",
+                   help="extend --init-image by PX pixels and paint the new area (see --outpaint-directions)")
+    p.add_argument("--outpaint-directions", default=d["outpaint_directions"],
+                   help=f"sides to extend, comma-separated (default: {d['outpaint_directions']})")
     p.add_argument("--invert-mask", action="store_true", help="repaint the black area instead")
     p.add_argument("--hires", action="store_true", dest="enable_hr",
                    help="hires fix: generate at --width x --height, upscale, then refine at the larger size "
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         mask=_open_image(args.mask, "mask", keep_alpha=True) if args.mask else None, mask_blur=args.mask_blur,
         enable_hr=args.enable_hr, hr_scale=args.hires_scale, hr_resize_x=args.hires_width,
         hr_resize_y=args.hires_height, hr_upscaler=args.hires_upscaler, hr_second_pass_steps=args.hires_steps,
+        outpaint=args.outpaint, outpaint_directions=args.outpaint_directions,
         inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res,
         inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
         **({"strength": args.strength} if args.strength is not None else {}),

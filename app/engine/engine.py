@@ -39,8 +39,11 @@ StepCallback = Callable[[StepInfo], None]
 class GenerationCancelled(Exception):
     """Raised by ``Engine.generate`` when its cancel event is set mid-run."""
 
-    def __init__(self, step: int, total: int):
+    def __init__(self, step: int, total: int, partial: "GenerationResult | None" = None):
         self.step, self.total = step, total
+        # The images the last step's latents decode to (A1111 keeps an interrupted image too);
+        # None when the run stopped before its first step.
+        self.partial = partial
         super().__init__(f"cancelled after step {step} of {total}")
 
 
@@ -181,7 +184,7 @@ class Engine:
             self.pipe.vae.disable_tiling()
 
         step_frames: list[list] = [[] for _ in seeds]
-        phase = {"offset": 0, "total": 0}  # set by runs of several passes (hires fix)
+        phase: dict = {"offset": 0, "total": 0}  # set by runs of several passes (hires fix); "stopped" on cancel
 
         def callback(p, index, timestep, tensors):
             step, total = phase["offset"] + index + 1, phase["total"] or p.num_timesteps
@@ -191,8 +194,10 @@ class Engine:
                     frames.append(preview)
             if on_step is not None:
                 on_step(StepInfo(step=step, total=total, latents=latents))
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled(step, total)
+            if cancel is not None and cancel.is_set() and not phase.get("stopped"):
+                # diffusers skips the remaining steps and decodes these latents: the partial image
+                p._interrupt = True
+                phase["stopped"] = (step, total)
             return tensors
 
         kwargs = dict(
@@ -240,9 +245,12 @@ class Engine:
                      height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None)
             for s in seeds
         ]
-        return GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
-                                width=width, height=height, seconds=time.perf_counter() - started,
-                                step_images=step_frames if request.save_steps else [])
+        result = GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
+                                  width=width, height=height, seconds=time.perf_counter() - started,
+                                  step_images=step_frames if request.save_steps else [])
+        if phase.get("stopped"):
+            raise GenerationCancelled(*phase["stopped"], partial=result)
+        return result
 
     def _img2img_pipe(self):
         if self._img2img is None:

@@ -99,6 +99,14 @@ def run(pipe, img2img, request: Any, width: int, height: int, kwargs: dict, phas
     latent = request.hr_upscaler in LATENT_UPSCALERS
     phase.update(offset=0, total=request.steps + second_pass_steps(request))
     first = pipe(width=width, height=height, output_type="latent" if latent else "pil", **kwargs)
+    if phase.get("stopped"):  # cancelled in the first pass: its partial images, at the first pass's size
+        if latent:
+            import torch
+
+            with torch.no_grad():
+                decoded = pipe.vae.decode(first.images / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            first.images = pipe.image_processor.postprocess(decoded)
+        return first, {}
     if latent:
         image: Any = upscale_latents(first.images, size, cover, request.hr_upscaler)
     else:

@@ -271,6 +271,14 @@ def interrupt():
     return jsonify({"interrupted": mine[0].id if mine else None})
 
 
+@bp.post("/skip")
+def skip():
+    # A1111 skips to the next image of a batch; here a batch is one denoising pass, so there is no
+    # "next image" to skip to. Said plainly rather than answered 200 and ignored.
+    raise ApiError(501, "skip: this server makes a batch in one pass and cannot skip one image of it; "
+                        "use /sdapi/v1/interrupt to stop the job")
+
+
 @bp.get("/sd-models")
 def sd_models():
     status = backend().status()

@@ -249,7 +249,8 @@ class Engine:
                                   width=width, height=height, seconds=time.perf_counter() - started,
                                   step_images=step_frames if request.save_steps else [])
         if phase.get("stopped"):
-            raise GenerationCancelled(*phase["stopped"], partial=result)
+            step, total = phase["stopped"]
+            raise GenerationCancelled(step, total, partial=result)
         return result
 
     def _img2img_pipe(self):

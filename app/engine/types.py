@@ -228,10 +228,10 @@ class GenerationRequest:
         if not 0 <= self.hr_second_pass_steps <= limits.max_steps:
             raise ValidationError("hr_second_pass_steps", self.hr_second_pass_steps,
                                   f"must be between 0 (the first pass's) and {limits.max_steps}")
-        name = find_upscaler(self.hr_upscaler) if isinstance(self.hr_upscaler, str) else None
-        if name is None:
+        upscaler = find_upscaler(self.hr_upscaler) if isinstance(self.hr_upscaler, str) else None
+        if upscaler is None:
             raise ValidationError("hr_upscaler", self.hr_upscaler, "must be one of " + ", ".join(HR_UPSCALERS))
-        self.hr_upscaler = name
+        self.hr_upscaler = upscaler
         if not self.enable_hr:
             return
         if self.init_image is not None:

@@ -93,8 +93,9 @@ class RedisBackend(Backend):
     def wait(self, job_id: str, timeout: float) -> Job | None:
         return self.images.ensure(self.store.wait(job_id, timeout))
 
-    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None) -> list[Job]:
-        jobs = self.store.list(limit=limit, before=before, states=states)
+    def list(self, limit: int = 50, before: str | None = None, states: tuple[str, ...] | None = None,
+             client: str | None = None) -> list[Job]:
+        jobs = self.store.list(limit=limit, before=before, states=states, client=client)
         waiting = set(self.store.unstored())
         for job in jobs:
             if job.id in waiting:

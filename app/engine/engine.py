@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +23,7 @@ from app.engine.types import (
     GenerationResult,
     Limits,
     StepInfo,
+    check_hires_size,
     check_size,
     floor_size,
 )
@@ -38,8 +39,11 @@ StepCallback = Callable[[StepInfo], None]
 class GenerationCancelled(Exception):
     """Raised by ``Engine.generate`` when its cancel event is set mid-run."""
 
-    def __init__(self, step: int, total: int):
+    def __init__(self, step: int, total: int, partial: "GenerationResult | None" = None):
         self.step, self.total = step, total
+        # The images the last step's latents decode to (A1111 keeps an interrupted image too);
+        # None when the run stopped before its first step.
+        self.partial = partial
         super().__init__(f"cancelled after step {step} of {total}")
 
 
@@ -84,6 +88,7 @@ class Engine:
         self.limits = limits
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._img2img = None
+        self._inpaint = None
         self._lock = threading.Lock()  # one generation at a time per pipeline
 
     @classmethod
@@ -129,8 +134,15 @@ class Engine:
         """Run one request. ``on_step`` is called after every denoising step;
         setting ``cancel`` stops the run, which then raises GenerationCancelled."""
         request = request.validate(self.limits).with_seed()
+        if request.outpaint:  # issue #12 hook: outpainting is inpainting on a larger canvas
+            from app.engine.inpaint import outpaint_canvas
+
+            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, request.outpaint_sides())
+            request = replace(request, init_image=canvas, mask=mask, width=None, height=None)
         width, height = self.resolve_size(request)
         check_size(width, height, self.limits)  # a size taken from the model or init image too
+        if request.enable_hr:
+            check_hires_size(request, width, height, self.limits)
         assert request.seed is not None
         seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
         import torch
@@ -150,26 +162,42 @@ class Engine:
         import torch
 
         started = time.perf_counter()
-        pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
+
+        def generators():
+            # CPU generators give the same noise on every device (diffusers' advice for seeds).
+            return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+        if request.mask is not None:  # issue #12 hook: inpainting (app/engine/inpaint.py)
+            pipe = self._inpaint_pipe()
+        else:
+            pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
         pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+        out_w, out_h = (width, height)
+        if request.enable_hr:  # issue #12 hook: the hires pass's size decides VAE tiling
+            from app.engine.hires import target_size
+
+            out_w, out_h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
         # Tiling only matters above the VAE's own sample size (768 on SD 2.1).
-        if max(width, height) > self.pipe.vae.config.sample_size:
+        if max(out_w, out_h) > self.pipe.vae.config.sample_size:
             self.pipe.vae.enable_tiling()
         else:
             self.pipe.vae.disable_tiling()
 
         step_frames: list[list] = [[] for _ in seeds]
+        phase: dict = {"offset": 0, "total": 0}  # set by runs of several passes (hires fix); "stopped" on cancel
 
         def callback(p, index, timestep, tensors):
-            step, total = index + 1, p.num_timesteps
+            step, total = phase["offset"] + index + 1, phase["total"] or p.num_timesteps
             latents = tensors["latents"]
             if request.save_steps and (step % request.save_steps == 0 or step == total):
                 for frames, preview in zip(step_frames, latents_to_rgb(latents)):
                     frames.append(preview)
             if on_step is not None:
                 on_step(StepInfo(step=step, total=total, latents=latents))
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled(step, total)
+            if cancel is not None and cancel.is_set() and not phase.get("stopped"):
+                # diffusers skips the remaining steps and decodes these latents: the partial image
+                p._interrupt = True
+                phase["stopped"] = (step, total)
             return tensors
 
         kwargs = dict(
@@ -178,31 +206,52 @@ class Engine:
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=len(seeds),
-            # CPU generators give the same noise on every device (diffusers' advice for seeds).
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            generator=generators(),
             callback_on_step_end=callback,
             callback_on_step_end_tensor_inputs=["latents"],
         )
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
+        extra: dict = {"Tiling": "True"} if request.tiling else {}
+        from app.engine import noise  # issue #12 hook: variation seeds
+
+        if noise.uses_variation(request):
+            kwargs["latents"] = noise.initial_latents(request, seeds, width, height, self.pipe.unet.config.in_channels,
+                                                      self.pipe.unet.dtype)
+            extra.update(noise.infotext_entries(request))
         with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
-            if request.init_image is not None:
+            if request.mask is not None:  # issue #12 hook: inpainting
+                from app.engine.inpaint import run as run_inpaint
+
+                output, extra_inpaint = run_inpaint(pipe, request, width, height, seeds, kwargs)
+                extra.update(extra_inpaint)
+            elif request.enable_hr:  # issue #12 hook: hires fix
+                from app.engine.hires import run as run_hires
+
+                second = self._img2img_pipe()
+                second.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+                output, extra_hires = run_hires(pipe, second, request, width, height, kwargs, phase, generators)
+                extra.update(extra_hires)
+            elif request.init_image is not None:
                 init = request.init_image.convert("RGB").resize((width, height))
                 output = pipe(image=init, strength=request.strength, **kwargs)
             else:
                 output = pipe(width=width, height=height, **kwargs)
         images = output.images
-        denoise = request.strength if request.init_image is not None else None
+        denoise = request.strength if request.init_image is not None or request.enable_hr else None
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                      sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
-                     height=height, model=self.model_name, denoising_strength=denoise,
-                     extra={"Tiling": "True"} if request.tiling else None)
+                     height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None)
             for s in seeds
         ]
-        return GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
-                                width=width, height=height, seconds=time.perf_counter() - started,
-                                step_images=step_frames if request.save_steps else [])
+        result = GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
+                                  width=width, height=height, seconds=time.perf_counter() - started,
+                                  step_images=step_frames if request.save_steps else [])
+        if phase.get("stopped"):
+            step, total = phase["stopped"]
+            raise GenerationCancelled(step, total, partial=result)
+        return result
 
     def _img2img_pipe(self):
         if self._img2img is None:
@@ -213,6 +262,16 @@ class Engine:
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+    def _inpaint_pipe(self):
+        if self._inpaint is None:
+            from diffusers import StableDiffusionInpaintPipeline
+
+            # The same components (a 4-channel UNet is blended per step, a 9-channel one used natively);
+            # dtype named for the reason given in _img2img_pipe.
+            self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
 
     def preview(self, latents, max_side: int = 256) -> list:
         """Approximate RGB previews of in-flight latents."""

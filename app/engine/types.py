@@ -85,6 +85,27 @@ class GenerationRequest:
     strength: float = 0.75
     save_steps: int = 0  # keep a preview every N steps (0: none)
     tiling: bool = False  # seamless: the image wraps around left/right and top/bottom (A1111's "Tiling")
+    # --- inpainting (issue #12; app/engine/inpaint.py): needs init_image; white in the mask repaints ---
+    mask: Any = None  # PIL.Image.Image
+    mask_blur: int = 4  # pixels
+    inpainting_fill: int = 1  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "only masked": the masked region alone at full size, pasted back
+    inpaint_full_res_padding: int = 32  # pixels around the masked region, only masked
+    inpainting_mask_invert: bool = False  # repaint the black area instead
+    outpaint: int = 0  # pixels to extend the init image by, then inpaint the new area (needs no mask)
+    outpaint_directions: str = "left,right,up,down"  # comma-separated sides to extend
+    # --- hires fix (issue #12; app/engine/hires.py): txt2img, then upscale and img2img at ``strength`` ---
+    enable_hr: bool = False
+    hr_scale: float = 2.0  # used when hr_resize_x and hr_resize_y are 0
+    hr_resize_x: int = 0  # target width (0: from hr_scale, or keep the aspect)
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
+    hr_second_pass_steps: int = 0  # 0: the first pass's steps
+    # --- variation seeds (issue #12; app/engine/noise.py): txt2img ---
+    subseed: int | None = None  # None or -1: random, drawn with the seed
+    subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
+    seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
+    seed_resize_from_h: int = 0
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -127,38 +148,175 @@ class GenerationRequest:
                                       f"with {self.steps} steps leaves no denoising step; raise steps or strength")
         if not isinstance(self.tiling, bool):
             raise ValidationError("tiling", self.tiling, "must be true or false")
+        self._validate_inpaint(limits)
+        self._validate_hires(limits)
+        self._validate_variation(limits)
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")
         return self
 
+    def _validate_inpaint(self, limits: Limits) -> None:
+        _check_int("mask_blur", self.mask_blur)
+        if not 0 <= self.mask_blur <= 64:
+            raise ValidationError("mask_blur", self.mask_blur, "must be between 0 and 64 pixels")
+        _check_int("inpainting_fill", self.inpainting_fill)
+        if self.inpainting_fill not in (0, 1, 2, 3):
+            raise ValidationError("inpainting_fill", self.inpainting_fill,
+                                  "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
+        _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding)
+        if not 0 <= self.inpaint_full_res_padding <= 256:
+            raise ValidationError("inpaint_full_res_padding", self.inpaint_full_res_padding,
+                                  "must be between 0 and 256 pixels")
+        for name in ("inpaint_full_res", "inpainting_mask_invert"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(name, getattr(self, name), "must be true or false")
+        _check_int("outpaint", self.outpaint)
+        if not 0 <= self.outpaint <= 512:
+            raise ValidationError("outpaint", self.outpaint, "must be between 0 (off) and 512 pixels")
+        if self.outpaint:
+            self._validate_outpaint(limits)
+        if self.mask is None:
+            return
+        if not (hasattr(self.mask, "size") and hasattr(self.mask, "convert")):
+            raise ValidationError("mask", type(self.mask).__name__, "must be an image")
+        if self.init_image is None:
+            raise ValidationError("mask", "mask", "needs an init image to inpaint")
+        w, h = self.mask.size
+        if w * h > limits.max_pixels:
+            raise ValidationError("mask", f"{w}x{h}", f"is more than {limits.max_pixels} pixels")
+
+    def _validate_outpaint(self, limits: Limits) -> None:
+        from app.engine.inpaint import OUTPAINT_DIRECTIONS
+
+        sides = self.outpaint_sides() if isinstance(self.outpaint_directions, str) else ()
+        if not sides or any(side not in OUTPAINT_DIRECTIONS for side in sides):
+            raise ValidationError("outpaint_directions", self.outpaint_directions,
+                                  "must name one or more of " + ", ".join(OUTPAINT_DIRECTIONS) + ", comma-separated")
+        if self.init_image is None:
+            raise ValidationError("outpaint", self.outpaint, "needs an init image to extend")
+        if self.mask is not None:
+            raise ValidationError("mask", "mask", "outpainting makes its own mask; send one or the other")
+        w, h = self.init_image.size
+        if self.width not in (None, floor_size(w)) or self.height not in (None, floor_size(h)):
+            raise ValidationError("width", self.width, "outpainting keeps the init image's size and adds to it; "
+                                                       "leave out width and height")
+        grow_w = self.outpaint * sum(side in sides for side in ("left", "right"))
+        grow_h = self.outpaint * sum(side in sides for side in ("up", "down"))
+        new_w, new_h = w + grow_w + 8, h + grow_h + 8  # the most rounding to 8 can add
+        if new_w > limits.max_width or new_h > limits.max_height or new_w * new_h > limits.max_pixels:
+            raise ValidationError("outpaint", self.outpaint, f"makes a canvas of about {new_w}x{new_h}; the "
+                                                             f"limits are {limits.max_width}x{limits.max_height} "
+                                                             f"and {limits.max_pixels} pixels")
+
+    def outpaint_sides(self) -> tuple[str, ...]:
+        return tuple(side.strip().lower() for side in self.outpaint_directions.split(",") if side.strip())
+
+    def _validate_hires(self, limits: Limits) -> None:
+        from app.engine.hires import HR_UPSCALERS, find_upscaler, second_pass_steps
+
+        if not isinstance(self.enable_hr, bool):
+            raise ValidationError("enable_hr", self.enable_hr, "must be true or false")
+        _check_number("hr_scale", self.hr_scale)
+        if not 1 <= self.hr_scale <= 4:
+            raise ValidationError("hr_scale", self.hr_scale, "must be between 1 and 4")
+        for name in ("hr_resize_x", "hr_resize_y"):
+            _check_int(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ValidationError(name, getattr(self, name), "must be 0 (from hr_scale) or a size in pixels")
+        _check_int("hr_second_pass_steps", self.hr_second_pass_steps)
+        if not 0 <= self.hr_second_pass_steps <= limits.max_steps:
+            raise ValidationError("hr_second_pass_steps", self.hr_second_pass_steps,
+                                  f"must be between 0 (the first pass's) and {limits.max_steps}")
+        upscaler = find_upscaler(self.hr_upscaler) if isinstance(self.hr_upscaler, str) else None
+        if upscaler is None:
+            raise ValidationError("hr_upscaler", self.hr_upscaler, "must be one of " + ", ".join(HR_UPSCALERS))
+        self.hr_upscaler = upscaler
+        if not self.enable_hr:
+            return
+        if self.init_image is not None:
+            raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
+        if self.save_steps:
+            raise ValidationError("save_steps", self.save_steps, "step previews are not kept with hires fix")
+        if second_pass_steps(self) < 1:
+            raise ValidationError("strength", self.strength, "leaves the hires pass no denoising step; raise "
+                                                             "hr_second_pass_steps or strength")
+        if self.width and self.height:
+            check_hires_size(self, self.width, self.height, limits)
+
+    def _validate_variation(self, limits: Limits) -> None:
+        if self.subseed is not None:
+            _check_int("subseed", self.subseed)
+            if self.subseed == -1:
+                self.subseed = None
+            elif not 0 <= self.subseed <= MAX_SEED:
+                raise ValidationError("subseed", self.subseed, f"must be between 0 and {MAX_SEED}, or -1 for random")
+        _check_number("subseed_strength", self.subseed_strength)
+        if not 0 <= self.subseed_strength <= 1:
+            raise ValidationError("subseed_strength", self.subseed_strength, "must be between 0 and 1")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            _check_int(name, value)
+            if value == -1:  # A1111's "off"
+                setattr(self, name, 0)
+            elif value < 0 or value > max(limits.max_width, limits.max_height):
+                raise ValidationError(name, value, "must be 0 (off) or a size in pixels within the limits")
+        resize = self.seed_resize_from_w or self.seed_resize_from_h
+        if resize and not (self.seed_resize_from_w and self.seed_resize_from_h):
+            raise ValidationError("seed_resize_from_w" if not self.seed_resize_from_w else "seed_resize_from_h", 0,
+                                  "seed resize needs both seed_resize_from_w and seed_resize_from_h")
+        if (self.subseed_strength > 0 or resize) and self.init_image is not None:
+            raise ValidationError("subseed_strength" if self.subseed_strength > 0 else "seed_resize_from_w",
+                                  self.subseed_strength or self.seed_resize_from_w,
+                                  "variation seeds are for txt2img on this server; leave out the init image")
+
     def with_seed(self) -> "GenerationRequest":
         """This request with a random seed drawn if it has none, so that a job,
         its images and "reuse settings" all know the seed it ran with."""
-        return self if self.seed is not None and self.seed != -1 else replace(self, seed=draw_seed())
+        request = self if self.seed is not None and self.seed != -1 else replace(self, seed=draw_seed())
+        if request.subseed_strength > 0 and (request.subseed is None or request.subseed == -1):
+            request = replace(request, subseed=draw_seed())
+        return request
 
     def to_dict(self) -> dict:
-        """Every field but the init image (stored apart, as PNG bytes), as JSON
-        values, plus ``has_init_image``. ``from_dict`` reads it back."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "init_image"}
+        """Every field but the init image and mask (stored apart, as PNG bytes),
+        as JSON values, plus ``has_init_image`` and ``has_mask``. ``from_dict`` reads it back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in IMAGE_FIELDS}
         data["has_init_image"] = self.init_image is not None
+        data["has_mask"] = self.mask is not None
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, init_image: Any = None) -> "GenerationRequest":
+    def from_dict(cls, data: dict, init_image: Any = None, mask: Any = None) -> "GenerationRequest":
         """The request ``to_dict`` described. Keys that are not fields (such as
         ``has_init_image``) are skipped; missing ones take their defaults."""
-        return cls(init_image=init_image, **{name: data[name] for name in field_names() if name in data})
+        return cls(init_image=init_image, mask=mask,
+                   **{name: data[name] for name in field_names() if name in data and name not in IMAGE_FIELDS})
 
     @classmethod
     def defaults(cls) -> dict:
         """Each field's default (the form's, the CLI's and the widgets' starting values)."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING and f.name != "init_image"}
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING and f.name not in IMAGE_FIELDS}
+
+
+IMAGE_FIELDS = ("init_image", "mask")  # images: stored apart from the JSON params
 
 
 def field_names() -> tuple[str, ...]:
     """The request's fields, in order: the API's and the form's field list."""
     return tuple(f.name for f in fields(GenerationRequest))
+
+
+def check_hires_size(request: GenerationRequest, width: int, height: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The hires fix's final size against the limits, naming the field that set it."""
+    from app.engine.hires import target_size
+
+    w, h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+    field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+    value = getattr(request, field)
+    if min(w, h) < limits.min_size or w > limits.max_width or h > limits.max_height or w * h > limits.max_pixels:
+        raise ValidationError(field, value, f"makes a {w}x{h} image; the limits are {limits.max_width}x"
+                                            f"{limits.max_height} and {limits.max_pixels} pixels")
 
 
 def check_size(width: int | None, height: int | None, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -249,6 +407,7 @@ class GenerationResult:
 __all__ = [
     "GenerationRequest",
     "GenerationResult",
+    "IMAGE_FIELDS",
     "Limits",
     "DEFAULT_LIMITS",
     "StepInfo",
@@ -256,6 +415,7 @@ __all__ = [
     "MAX_SEED",
     "SIZE_MULTIPLE",
     "check_size",
+    "check_hires_size",
     "check_text",
     "draw_seed",
     "field_names",

@@ -76,19 +76,27 @@ def new_job_id() -> str:
 def job_record(request: GenerationRequest) -> tuple[dict, bytes | None]:
     """What a job store keeps of a request: its ``to_dict()``, with a random
     seed drawn now if it has none (so the job knows the seed it ran with), and
-    the init image as PNG bytes (None for txt2img)."""
+    the init image as PNG bytes (None for txt2img). An inpainting mask rides
+    in the same PNG as its alpha channel (resized to the init image), so the
+    stores keep one image per job."""
     request = request.with_seed()
     if request.init_image is None:
         return request.to_dict(), None
+    image = request.init_image
+    if request.mask is not None:
+        from app.engine.inpaint import binary_mask
+
+        image = image.convert("RGB").copy()
+        image.putalpha(binary_mask(request.mask, image.size))
     buf = io.BytesIO()
-    request.init_image.save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return request.to_dict(), buf.getvalue()
 
 
 def request_of(job: Job, init_png: bytes | None) -> GenerationRequest:
     """The job's request again, from its params and, for img2img, the init PNG
     the store kept."""
-    init = None
+    init = mask = None
     if job.params.get("has_init_image"):
         if init_png is None:
             raise ValidationError("init_image", None, "is missing from the job store")
@@ -96,4 +104,8 @@ def request_of(job: Job, init_png: bytes | None) -> GenerationRequest:
 
         with Image.open(io.BytesIO(init_png)) as im:
             init = im.convert("RGB")
-    return GenerationRequest.from_dict(job.params, init_image=init)
+            if job.params.get("has_mask"):
+                mask = im.getchannel("A") if "A" in im.getbands() else None
+                if mask is None:
+                    raise ValidationError("mask", None, "is missing from the job store")
+    return GenerationRequest.from_dict(job.params, init_image=init, mask=mask)

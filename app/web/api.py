@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
-from app.engine.types import GenerationRequest, ValidationError, floor_size
+from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY
 from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults
@@ -14,7 +14,7 @@ from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits, public_limits
 from app.web.timing import timing
-from app.web.uploads import decode_init_image
+from app.web.uploads import decode_init_image, decode_mask
 from app.web.waiting import RETRY_AFTER, wait_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -25,8 +25,9 @@ _TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in FIELDS}
 
 # --- shared with the A1111 blueprint -------------------------------------------------
 
-def build_request(values: dict, init_value=None) -> GenerationRequest:
-    """A validated GenerationRequest from already-named values (None: default)."""
+def build_request(values: dict, init_value=None, mask_value=None) -> GenerationRequest:
+    """A validated GenerationRequest from already-named values (None: default);
+    the init image and the inpainting mask as uploaded (base64, data URL or bytes)."""
     config = current_app.config
     values = {k: v for k, v in values.items() if v is not None}
     if "prompt" not in values:
@@ -37,7 +38,12 @@ def build_request(values: dict, init_value=None) -> GenerationRequest:
         # img2img without a size: the init image's size, rounded down as the engine does.
         values.setdefault("width", floor_size(init.width))
         values.setdefault("height", floor_size(init.height))
-    gen = GenerationRequest(init_image=init, **values)
+    mask = None
+    if mask_value is not None and mask_value != "":
+        if init is None:
+            raise ValidationError("mask", "mask", "needs an init image to inpaint")
+        mask = decode_mask(mask_value, config)
+    gen = GenerationRequest(init_image=init, mask=mask, **values)
     return gen.validate(engine_limits(config))
 
 
@@ -101,24 +107,26 @@ def get_job_or_404(job_id: str) -> Job:
 
 # --- input ---------------------------------------------------------------------------
 
-def _job_values() -> tuple[dict, object]:
-    """Fields from a JSON body or a multipart form; the init image apart."""
+def _job_values() -> tuple[dict, object, object]:
+    """Fields from a JSON body or a multipart form; the init image and mask apart."""
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         values = {k: _from_form(k, v) for k, v in request.form.items()}
-        upload = request.files.get("init_image")
-        if upload is not None and upload.filename:
-            values["init_image"] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
+        for name in IMAGE_FIELDS:
+            upload = request.files.get(name)
+            if upload is not None and upload.filename:
+                values[name] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
     else:
         values = json_object(" or a form")
     for key in values:
         if key not in FIELDS:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
-    init = values.pop("init_image", None)
-    if isinstance(init, str) and not init.strip():
-        # null means "no init image", like null for any field; an empty string is a broken upload.
-        raise ApiError(400, "init_image: is empty; send a base64 string or a data URL, or leave it out",
-                       "init_image", init)
-    return values, init
+    init, mask = values.pop("init_image", None), values.pop("mask", None)
+    for name, value in (("init_image", init), ("mask", mask)):
+        if isinstance(value, str) and not value.strip():
+            # null means "no image", like null for any field; an empty string is a broken upload.
+            raise ApiError(400, f"{name}: is empty; send a base64 string or a data URL, or leave it out",
+                           name, value)
+    return values, init, mask
 
 
 def _from_form(name: str, text: str):
@@ -144,8 +152,8 @@ def _from_form(name: str, text: str):
 
 @bp.post("/jobs")
 def submit_job():
-    values, init = _job_values()
-    job = enqueue(build_request(values, init))
+    values, init, mask = _job_values()
+    job = enqueue(build_request(values, init, mask))
     return jsonify({"ok": True, "job": job_json(job)}), 202
 
 
@@ -228,6 +236,27 @@ def job_preview(job_id: str):
     if png is None:
         raise ApiError(404, "no preview yet", "id", job_id)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/upscale")
+def upscale_image():
+    """A Lanczos resize of any image (issue #12): quick, so synchronous; the answer is the PNG."""
+    from app.engine.metadata import png_bytes
+    from app.engine.upscale import upscale
+
+    body = json_object()
+    for key in body:
+        if key not in UPSCALE_FIELDS:
+            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(UPSCALE_FIELDS), key, body[key])
+    if body.get("image") in (None, ""):
+        raise ApiError(400, "image: is required (a base64 string or a data URL)", "image", body.get("image"))
+    image = decode_init_image(body["image"], current_app.config, field="image")
+    out = upscale(image, body.get("scale"), body.get("width"), body.get("height"), crop=body.get("crop", True) is True,
+                  upscaler=body.get("upscaler") or "Lanczos", limits=engine_limits(current_app.config))
+    return Response(png_bytes(out, None), mimetype="image/png")
+
+
+UPSCALE_FIELDS = ("image", "scale", "width", "height", "crop", "upscaler")
 
 
 @bp.get("/schedulers")

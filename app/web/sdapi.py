@@ -2,8 +2,9 @@
 (webuiapi, scripts, plugins) work unmodified.
 
 txt2img/img2img are synchronous for the caller, as in A1111, but run as
-ordinary jobs: they share the queue, the limits and the gallery. Unknown
-A1111 fields are ignored. ``interrupt`` cancels the caller's current job (its
+ordinary jobs: they share the queue, the limits and the gallery. Fields
+A1111 does not know are ignored, as A1111 ignores them; A1111 fields set to a
+value this server cannot honour are refused (``a1111_fields``). ``interrupt`` cancels the caller's current job (its
 running job, else its oldest queued one); the waiting txt2img/img2img call
 then answers 200 with no images and ``"interrupted": true`` in ``info``.
 """
@@ -17,15 +18,17 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.engine.metadata import parse_infotext
 from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
-from app.engine.types import floor_size
+from app.engine.types import MAX_SEED, floor_size
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.web import backend
+from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import json_object
 from app.web.errors import ApiError
-from app.web.uploads import png_info
+from app.web.settings import engine_limits
+from app.web.uploads import decode_init_image, png_info
 from app.web.waiting import wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
@@ -88,10 +91,43 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "height": _size(body, "height"),
         "num_images": batch * n_iter,
         "tiling": body.get("tiling") or False,  # A1111 clients send false or null by default
+        "subseed": _int(body, "subseed", -1),
+        "subseed_strength": body.get("subseed_strength", 0.0),
+        "seed_resize_from_w": _int(body, "seed_resize_from_w", 0),
+        "seed_resize_from_h": _int(body, "seed_resize_from_h", 0),
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
+        values.update(_inpaint_values(body))
+    elif body.get("enable_hr"):  # A1111 ignores the hr_* fields without it; so do we
+        values.update(_hires_values(body))
     return values
+
+
+def _hires_values(body: dict) -> dict:
+    """The hires fix fields, with A1111's API defaults."""
+    return {
+        "enable_hr": body.get("enable_hr"),
+        "hr_scale": body.get("hr_scale", 2.0),
+        "hr_resize_x": _int(body, "hr_resize_x", 0),
+        "hr_resize_y": _int(body, "hr_resize_y", 0),
+        "hr_upscaler": body.get("hr_upscaler") or "Latent",
+        "hr_second_pass_steps": _int(body, "hr_second_pass_steps", 0),
+        "strength": body.get("denoising_strength", 0.7),
+    }
+
+
+def _inpaint_values(body: dict) -> dict:
+    """The inpainting fields, with A1111's API defaults (which differ from its UI's and ours)."""
+    invert = _int(body, "inpainting_mask_invert", 0)
+    full_res = body.get("inpaint_full_res", True)
+    return {
+        "mask_blur": _int(body, "mask_blur", 4),
+        "inpainting_fill": _int(body, "inpainting_fill", 0),
+        "inpaint_full_res": bool(full_res) if isinstance(full_res, int) else full_res,  # A1111 sends 0/1 or bools
+        "inpaint_full_res_padding": _int(body, "inpaint_full_res_padding", 0),
+        "inpainting_mask_invert": bool(invert) if isinstance(invert, int) and invert in (0, 1) else invert,
+    }
 
 
 def _init_image(body: dict):
@@ -108,8 +144,10 @@ def _init_image(body: dict):
 
 
 def _run(body: dict, img2img: bool):
+    status = backend().status()
+    refuse_unsupported(body, img2img, (status.name, status.id))
     values = _generation_values(body, img2img)
-    gen = build_request(values, _init_image(body) if img2img else None)
+    gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     with wait_slot() as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
@@ -146,16 +184,24 @@ def _info(job: Job, img2img: bool) -> dict:
     return {
         "prompt": p["prompt"], "all_prompts": [p["prompt"]] * n,
         "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
-        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+        "seed": seeds[0], "all_seeds": seeds, "subseed": _subseed(p), "all_subseeds": [_subseed(p, i) for i in range(n)],
+        "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"], "height": p["height"], "sampler_name": p["scheduler"], "cfg_scale": p["guidance_scale"],
         "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": backend().status().name, "sd_model_hash": None, "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1, "denoising_strength": p["strength"] if img2img else None, "extra_generation_params": {},
+        "sd_model_name": backend().status().name, "sd_model_hash": None,
+        "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
+        "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
+        "extra_generation_params": {"Mask blur": p["mask_blur"]} if p.get("has_mask") else {},
         "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images], "styles": [],
         "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
         "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
     }
+
+
+def _subseed(params: dict, i: int = 0) -> int:
+    subseed = params.get("subseed")
+    return -1 if subseed is None else (subseed + i) % (MAX_SEED + 1)
 
 
 @bp.post("/txt2img")
@@ -166,6 +212,33 @@ def txt2img():
 @bp.post("/img2img")
 def img2img():
     return _run(json_object(), img2img=True)
+
+
+@bp.post("/extra-single-image")
+def extra_single_image():
+    """A1111's Extras, single image: Lanczos (or "None") resize only; other upscalers and face restoration: 400."""
+    from app.engine.metadata import png_bytes
+    from app.engine.upscale import upscale
+
+    body = json_object()
+    for name in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility"):
+        if body.get(name) not in (None, 0):
+            raise ApiError(400, f"{name}: face restoration and a second upscaler are not available on this server",
+                           name, body.get(name))
+    for name in ("upscaler_1", "upscaler_2"):
+        if body.get(name) not in (None, "", "None", "Lanczos"):
+            raise ApiError(400, f"{name}: only Lanczos and None are available on this server (see "
+                                "/sdapi/v1/upscalers)", name, body.get(name))
+    image = decode_init_image(body.get("image"), current_app.config, field="image")
+    mode = _int(body, "resize_mode", 0)
+    if mode == 0:
+        out = upscale(image, scale=body.get("upscaling_resize", 2), limits=engine_limits(current_app.config))
+    elif mode == 1:
+        out = upscale(image, width=_int(body, "upscaling_resize_w", 512), height=_int(body, "upscaling_resize_h", 512),
+                      crop=body.get("upscaling_crop", True) is not False, limits=engine_limits(current_app.config))
+    else:
+        raise ApiError(400, "resize_mode: must be 0 (scale by) or 1 (scale to)", "resize_mode", mode)
+    return jsonify({"html_info": "", "image": base64.b64encode(png_bytes(out, None)).decode("ascii")})
 
 
 @bp.get("/progress")
@@ -202,6 +275,14 @@ def interrupt():
     if mine:
         backend().cancel(mine[0].id)
     return jsonify({"interrupted": mine[0].id if mine else None})
+
+
+@bp.post("/skip")
+def skip():
+    # A1111 skips to the next image of a batch; here a batch is one denoising pass, so there is no
+    # "next image" to skip to. Said plainly rather than answered 200 and ignored.
+    raise ApiError(501, "skip: this server makes a batch in one pass and cannot skip one image of it; "
+                        "use /sdapi/v1/interrupt to stop the job")
 
 
 @bp.get("/sd-models")
@@ -243,6 +324,19 @@ def set_options():
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
 
 
+@bp.get("/upscalers")
+def upscalers():
+    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                    for name in ("None", "Lanczos")])
+
+
+@bp.get("/latent-upscale-modes")
+def latent_upscale_modes():
+    from app.engine.hires import LATENT_UPSCALERS
+
+    return jsonify([{"name": name} for name in LATENT_UPSCALERS])
+
+
 @bp.post("/png-info")
 def png_info_route():
     body = json_object()
@@ -259,5 +353,5 @@ def png_info_route():
 
 # Lists some clients read at start; this server has none of these add-ons.
 for _path, _empty in (("sd-vae", []), ("loras", []), ("hypernetworks", []), ("prompt-styles", []),
-                      ("upscalers", []), ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
+                      ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda v=_empty: jsonify(v)), methods=["GET"])

@@ -88,6 +88,18 @@ def _too_much_text(field: str, data: bytes) -> ApiError:
                     field, f"{len(data)} bytes")
 
 
+def decode_mask(value, config, field: str = "mask") -> Image.Image:
+    """An inpainting mask (base64/data URL string or raw bytes), pixels decoded, its mode kept
+    (the engine reads its alpha if it has transparency, else its grey level)."""
+    data = value if isinstance(value, (bytes, bytearray)) else decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
+    image = open_image(bytes(data), field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    try:
+        image.load()
+        return image.convert("RGBA") if image.mode in ("RGBA", "LA", "PA", "P") else image.convert("L")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ApiError(400, f"{field}: the image data is broken ({exc})", field, None) from exc
+
+
 def png_info(value, config, field: str = "image") -> tuple[str | None, dict]:
     """The ``parameters`` text and the other text chunks of an uploaded image."""
     data = decode_base64(value, field, config["MAX_UPLOAD_BYTES"])

@@ -1,0 +1,219 @@
+"""Inpainting with A1111's semantics (``modules/processing.py``,
+``modules/masking.py``), on the loaded components.
+
+1. The mask: white repaints. A mask with transparency uses its alpha, else
+   its grey level thresholded at 128; ``invert`` swaps the areas; ``blur``
+   softens the edge (Gaussian, radius in pixels).
+2. Masked content (``inpainting_fill``): 0 fills the masked area with the
+   blurred colours around it, 1 keeps the original, 2 replaces its latents
+   with noise, 3 with zeros; then img2img at the request's strength.
+3. "Only masked" (``full_res``): only the mask's bounding box plus
+   ``padding`` pixels, widened to the requested aspect, is generated at the
+   requested size, then scaled back and pasted into the whole image.
+4. Denoising runs diffusers' StableDiffusionInpaintPipeline: a 4-channel
+   UNet (SD 2.1) gets the original latents blended back outside the mask
+   after every step; a 9-channel inpainting UNet is used natively.
+5. The composite after decoding: the result shows only through the (blurred)
+   mask, so pixels outside it are the init image's exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageFilter, ImageOps
+
+FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+
+
+def binary_mask(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> Image.Image:
+    """The mask as black/white "L" at ``size``: alpha if it has transparency, else grey > 128."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = mask.convert("RGBA").getchannel("A")
+        grey = alpha if alpha.getextrema() != (255, 255) else mask.convert("L")
+    else:
+        grey = mask.convert("L")
+    if grey.size != size:
+        grey = grey.resize(size, Image.Resampling.BILINEAR)
+    out = grey.point(lambda v: 255 if v > 128 else 0)
+    return ImageOps.invert(out) if invert else out
+
+
+def blur_mask(mask: Image.Image, blur: int) -> Image.Image:
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """Masked content "fill": the masked area painted with ever less blurred
+    copies of the unmasked surroundings (A1111's ``masking.fill``)."""
+    keep = ImageOps.invert(mask.convert("L"))
+    masked = Image.new("RGBa", image.size)
+    masked.paste(image.convert("RGBA").convert("RGBa"), mask=keep)
+    out = Image.new("RGBA", image.size)
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = masked.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            out.alpha_composite(blurred)
+    return out.convert("RGB")
+
+
+def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """The box around the mask's white pixels grown by ``padding`` (clamped to the image); None if all black."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    w, h = mask.size
+    return max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, w), min(y2 + padding, h)
+
+
+def expand_to_aspect(box: tuple[int, int, int, int], width: int, height: int,
+                     image_w: int, image_h: int) -> tuple[int, int, int, int]:
+    """``box`` widened (or heightened) about its centre to the aspect of width x height, within the image."""
+    x1, y1, x2, y2 = box
+    ratio_crop, ratio_target = (x2 - x1) / (y2 - y1), width / height
+    if ratio_crop > ratio_target:  # too wide: grow the height
+        want = (x2 - x1) / ratio_target
+        grow = int(want - (y2 - y1))
+        y1 -= grow // 2
+        y2 += grow - grow // 2
+        if y2 >= image_h:
+            y1, y2 = y1 - (y2 - image_h), image_h
+        if y1 < 0:
+            y2, y1 = min(y2 - y1, image_h), 0
+    else:
+        want = (y2 - y1) * ratio_target
+        grow = int(want - (x2 - x1))
+        x1 -= grow // 2
+        x2 += grow - grow // 2
+        if x2 >= image_w:
+            x1, x2 = x1 - (x2 - image_w), image_w
+        if x1 < 0:
+            x2, x1 = min(x2 - x1, image_w), 0
+    return x1, y1, x2, y2
+
+
+@dataclass
+class InpaintPlan:
+    """What to denoise (``image``/``mask`` at the working size) and how to put
+    the result back (``original`` with ``overlay_mask``, into ``paste_box``)."""
+
+    image: Image.Image  # RGB at the working size, masked content applied for fill 0
+    mask: Image.Image  # L at the working size, blurred
+    original: Image.Image  # what the result is composited onto: the output's size
+    overlay_mask: Image.Image  # L, original's size: where the result shows
+    paste_box: tuple[int, int, int, int] | None  # only-masked: the region the result goes back into
+
+
+def plan(init: Image.Image, mask: Image.Image, width: int, height: int, *, blur: int, invert: bool,
+         fill: int, full_res: bool, padding: int) -> InpaintPlan:
+    init = init.convert("RGB")
+    box = None
+    if full_res:
+        sharp = binary_mask(mask, init.size, invert)
+        overlay = blur_mask(sharp, blur)
+        region = crop_region(overlay, padding)
+        if region is not None:
+            box = expand_to_aspect(region, width, height, *init.size)
+        original = init
+        if box is not None:
+            image = init.crop(box).resize((width, height), Image.Resampling.LANCZOS)
+            work_mask = overlay.crop(box).resize((width, height), Image.Resampling.LANCZOS)
+        else:  # nothing masked: the whole image, which the composite then keeps as it was
+            image = init.resize((width, height), Image.Resampling.LANCZOS)
+            work_mask = overlay.resize((width, height), Image.Resampling.LANCZOS)
+    else:
+        original = init if init.size == (width, height) else init.resize((width, height), Image.Resampling.LANCZOS)
+        overlay = blur_mask(binary_mask(mask, (width, height), invert), blur)
+        image, work_mask = original, overlay
+    if fill == 0:
+        image = fill_masked(image, work_mask)
+    return InpaintPlan(image=image, mask=work_mask, original=original, overlay_mask=overlay, paste_box=box)
+
+
+def composite(generated: Image.Image, p: InpaintPlan) -> Image.Image:
+    """The output: the original with the result showing through the mask only."""
+    if p.paste_box is not None:
+        x1, y1, x2, y2 = p.paste_box
+        layer = p.original.copy()
+        layer.paste(generated.convert("RGB").resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    else:
+        layer = generated.convert("RGB")
+        if layer.size != p.original.size:  # nothing was masked in only-masked mode
+            layer = layer.resize(p.original.size, Image.Resampling.LANCZOS)
+    return Image.composite(layer, p.original, p.overlay_mask)
+
+
+def latent_fill(pipe, p: InpaintPlan, fill: int, seeds: list[int], dtype: Any) -> Any:
+    """Masked content 2 (latent noise) and 3 (latent nothing): the init
+    latents with the masked area replaced, one per image (each its seed's noise)."""
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(p.image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    vae = pipe.vae
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+    h, w = latents.shape[-2:]
+    small = torch.from_numpy(np.asarray(p.mask.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0)
+    masked = small.round()[None, None].to(latents.device, latents.dtype)
+    out = []
+    for seed in seeds:
+        if fill == 2:
+            g = torch.Generator("cpu").manual_seed(seed)
+            noise = torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)[None]
+            replacement = noise.to(latents.device, latents.dtype)
+        else:
+            replacement = torch.zeros_like(latents)
+        out.append(latents * (1 - masked) + replacement * masked)
+    return torch.cat(out).to(dtype)
+
+
+def run(pipe, request: Any, width: int, height: int, seeds: list[int], kwargs: dict) -> tuple[Any, dict]:
+    """Denoise the request's masked area with ``pipe`` (a StableDiffusionInpaintPipeline)
+    and composite; returns the pipeline output with its images replaced, and infotext entries."""
+    fill = request.inpainting_fill
+    p = plan(request.init_image, request.mask, width, height, blur=request.mask_blur,
+             invert=request.inpainting_mask_invert, fill=fill, full_res=request.inpaint_full_res,
+             padding=request.inpaint_full_res_padding)
+    image: Any = p.image
+    inputs: dict = {}
+    if fill in (2, 3):
+        image = latent_fill(pipe, p, fill, seeds, pipe.unet.dtype)
+        inputs["masked_image_latents"] = image
+    output = pipe(image=image, mask_image=p.mask, width=width, height=height, strength=request.strength,
+                  **inputs, **kwargs)
+    output.images = [composite(im, p) for im in output.images]
+    extra: dict = {"Mask blur": request.mask_blur}
+    if request.inpainting_mask_invert:
+        extra["Mask mode"] = "Inpaint not masked"
+    extra["Masked content"] = FILL_MODES[fill]
+    if request.outpaint:
+        extra["Outpaint"] = f"{request.outpaint}px {' '.join(request.outpaint_sides())}"
+    if request.inpaint_full_res:
+        extra["Inpaint area"] = "Only masked"
+        extra["Masked area padding"] = request.inpaint_full_res_padding
+    return output, extra
+
+
+OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def outpaint_canvas(init: Image.Image, pixels: int, directions: tuple[str, ...]) -> tuple[Image.Image, Image.Image]:
+    """The init image on a canvas grown by ``pixels`` on each named side (more where needed to keep
+    the size a multiple of 8), and the mask of the new area. The new area starts as the edge
+    pixels stretched outwards, a neutral start that masked content "fill" then smooths."""
+    init = init.convert("RGB")
+    w, h = init.size
+    grow = {d: (pixels if d in directions else 0) for d in OUTPAINT_DIRECTIONS}
+    for first, second, size in (("left", "right", w), ("up", "down", h)):
+        short = -(size + grow[first] + grow[second]) % 8
+        side = second if grow[second] or not grow[first] else first
+        grow[side] += short
+    left, top = grow["left"], grow["up"]
+    canvas_size = (w + left + grow["right"], h + top + grow["down"])
+    canvas = init.resize(canvas_size, Image.Resampling.NEAREST)  # a rough start beyond the old edges
+    canvas.paste(init, (left, top))
+    mask = Image.new("L", canvas_size, 255)
+    mask.paste(0, (left, top, left + w, top + h))
+    return canvas, mask

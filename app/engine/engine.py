@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
+from app.engine.prompts import prompt_inputs
 from app.engine.schedulers import make_scheduler
 from app.engine.types import (
     DEFAULT_LIMITS,
@@ -173,8 +174,8 @@ class Engine:
             return tensors
 
         kwargs = dict(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            # A1111 prompt syntax (weights, BREAK, long prompts): text or embeddings, see app/engine/prompts.py.
+            **prompt_inputs(pipe, request.prompt, request.negative_prompt),
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=len(seeds),

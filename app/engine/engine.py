@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from app.engine.embeddings import EmbeddingInfo
+from app.engine.embeddings import install as install_embeddings
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
 from app.engine.prompts import prompt_inputs
@@ -74,6 +76,8 @@ class EngineOptions:
     text_encoder: str | None = _option(None, "folder with a fine-tuned text encoder to use instead of the model's")
     attention_slicing: bool = _option(False, "save GPU memory at some speed cost")
     cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
+    embeddings: str | None = _option(None, "folder of A1111 textual-inversion embeddings (.pt, .safetensors), "
+                                           "used in prompts by file name")
 
 
 class Engine:
@@ -86,6 +90,7 @@ class Engine:
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._img2img = None
         self._lock = threading.Lock()  # one generation at a time per pipeline
+        self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -96,6 +101,7 @@ class Engine:
         # so it is loaded on the CPU (not copied to the GPU and back).
         where = Placement("cpu", placement.dtype) if offload else placement
         pipe = load_pipeline(options.model, where, config=options.config, text_encoder=options.text_encoder)
+        embeddings = install_embeddings(pipe, options.embeddings)  # before offload hooks: see app/engine/embeddings.py
         if options.attention_slicing:
             pipe.enable_attention_slicing()
         if offload:
@@ -103,7 +109,9 @@ class Engine:
         # Decode several images one at a time: a batch of 768 px decodes needs several GB at once
         # (too much for a 15 GB T4 next to the UNet); one image at a time costs nothing.
         pipe.vae.enable_slicing()
-        return cls(pipe, options.model, placement, limits)
+        engine = cls(pipe, options.model, placement, limits)
+        engine.embeddings = embeddings
+        return engine
 
     @property
     def is_demo(self) -> bool:

@@ -264,12 +264,21 @@ def chunk_count(tokenizer, fragments: list[Fragment]) -> int:
     return len(tokenize_chunks(tokenizer, fragments))
 
 
+def _with_embeddings(pipe, fragments: list[Fragment]) -> list[Fragment]:
+    """Multi-vector textual-inversion names written out as their tokens (``name name_1 ...``), as diffusers does."""
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    if convert is None or len(pipe.tokenizer.added_tokens_encoder) <= 2:  # BOS and EOS only: no embeddings
+        return fragments
+    return [f if f.is_break else Fragment(convert(f.text, pipe.tokenizer), f.weight) for f in fragments]
+
+
 def prompt_inputs(pipe, prompt: str, negative_prompt: str) -> dict:
     """The pipeline's prompt arguments: ``prompt``/``negative_prompt`` text
     when neither needs A1111's encoding (the images are then exactly
     diffusers' own), else ``prompt_embeds``/``negative_prompt_embeds`` of the
     same length."""
-    positive, negative = parse_prompt_attention(prompt), parse_prompt_attention(negative_prompt)
+    positive, negative = _with_embeddings(pipe, parse_prompt_attention(prompt)), \
+        _with_embeddings(pipe, parse_prompt_attention(negative_prompt))
     texts = [plain_text(positive), plain_text(negative)]
     if all(t is not None and len(pipe.tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) <= CHUNK_LENGTH
            for t in texts):

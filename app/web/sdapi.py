@@ -16,6 +16,8 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
+from app.engine.embeddings import a1111_listing
+from app.engine.embeddings import scan as scan_embeddings
 from app.engine.metadata import parse_infotext
 from app.engine.schedulers import (
     DEFAULT_SCHEDULER,
@@ -286,11 +288,19 @@ def png_info_route():
 
 
 # Lists some clients read at start; this server has none of these add-ons.
+@bp.get("/embeddings")
+def embeddings():
+    engine = current_app.config.get("ENGINE")
+    infos = getattr(engine, "embeddings", None)
+    if infos is None:  # the model runs in worker processes: read the folder (no width check here)
+        infos = scan_embeddings(current_app.config.get("EMBEDDINGS"))
+    return jsonify(a1111_listing(infos))
+
+
 @bp.get("/prompt-styles")
 def prompt_styles():
     return jsonify([style.to_dict() for style in _styles().values()])
 
 
-for _path, _empty in (("sd-vae", []), ("loras", []), ("hypernetworks", []),
-                      ("upscalers", []), ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
-    bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda v=_empty: jsonify(v)), methods=["GET"])
+for _path in ("sd-vae", "loras", "hypernetworks", "upscalers", "face-restorers"):
+    bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])

@@ -265,11 +265,18 @@ def chunk_count(tokenizer, fragments: list[Fragment]) -> int:
 
 
 def _with_embeddings(pipe, fragments: list[Fragment]) -> list[Fragment]:
-    """Multi-vector textual-inversion names written out as their tokens (``name name_1 ...``), as diffusers does."""
+    """Multi-vector textual-inversion names written out as their tokens (``name name_1 ...``), as diffusers
+    does. Once only: converting twice would turn ``name_1`` into ``name name_1_1``."""
     convert = getattr(pipe, "maybe_convert_prompt", None)
-    if convert is None or len(pipe.tokenizer.added_tokens_encoder) <= 2:  # BOS and EOS only: no embeddings
+    if convert is None:
         return fragments
     return [f if f.is_break else Fragment(convert(f.text, pipe.tokenizer), f.weight) for f in fragments]
+
+
+def _token_count(pipe, text: str) -> int:
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    text = convert(text, pipe.tokenizer) if convert is not None else text
+    return len(pipe.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def prompt_inputs(pipe, prompt: str, negative_prompt: str) -> dict:
@@ -277,12 +284,12 @@ def prompt_inputs(pipe, prompt: str, negative_prompt: str) -> dict:
     when neither needs A1111's encoding (the images are then exactly
     diffusers' own), else ``prompt_embeds``/``negative_prompt_embeds`` of the
     same length."""
-    positive, negative = _with_embeddings(pipe, parse_prompt_attention(prompt)), \
-        _with_embeddings(pipe, parse_prompt_attention(negative_prompt))
+    positive, negative = parse_prompt_attention(prompt), parse_prompt_attention(negative_prompt)
     texts = [plain_text(positive), plain_text(negative)]
-    if all(t is not None and len(pipe.tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) <= CHUNK_LENGTH
-           for t in texts):
+    if all(t is not None and _token_count(pipe, t) <= CHUNK_LENGTH for t in texts):
+        # diffusers writes out multi-vector embedding names itself: give it the text unconverted.
         return {"prompt": texts[0], "negative_prompt": texts[1] or None}
+    positive, negative = _with_embeddings(pipe, positive), _with_embeddings(pipe, negative)
     count = max(chunk_count(pipe.tokenizer, positive), chunk_count(pipe.tokenizer, negative))
     return {"prompt_embeds": encode_weighted(pipe, positive, count),
             "negative_prompt_embeds": encode_weighted(pipe, negative, count)}

@@ -28,7 +28,7 @@ def test_generate_twice_gives_identical_png_that_parsers_read(tmp_path):
     info = ParserManager().parse(Image.open(tmp_path / "a.png"))
     (sampler,) = info.samplers
     assert sampler.name == "DPM++ 2M"
-    assert sampler.parameters == {"cfg_scale": "7.5", "seed": "1", "steps": "4"}
+    assert sampler.parameters == {"cfg_scale": "7.5", "seed": "1", "steps": "4", "scheduler": "Automatic"}
     assert [p.value for p in sampler.prompts] == ["a red fox"]
     assert info.metadata["Size"] == "256x256"
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.engine.engine import GenerationCancelled, save_result
 from app.engine.metadata import parse_infotext, read_parameters
-from app.engine.schedulers import SCHEDULERS, scheduler_names
+from app.engine.schedulers import find_scheduler, from_infotext, scheduler_names
 
 
 def pixels(image):
@@ -63,8 +63,11 @@ def test_every_scheduler_runs_and_keeps_v_prediction(engine, small_request, name
     steps = []
     result = engine.generate(small_request(scheduler=name, steps=3), on_step=lambda s: steps.append((s.step, s.total)))
     assert result.images[0].size == (64, 64)
-    assert parse_infotext(result.infotexts[0])["Sampler"] == name
-    assert engine.pipe.scheduler.__class__.__name__ == next(s.class_name for s in SCHEDULERS if s.name == name)
+    parsed = parse_infotext(result.infotexts[0])  # A1111 1.9+: "Sampler: DPM++ 2M, Schedule type: Karras"
+    assert from_infotext(parsed["Sampler"], parsed["Schedule type"]) == name
+    choice = find_scheduler(name)
+    assert engine.pipe.scheduler.__class__.__name__ == choice.sampler.class_name
+    assert all(engine.pipe.scheduler.config[k] == v for k, v in choice.schedule.options.items())
     assert engine.pipe.scheduler.config.prediction_type == "v_prediction"
     # Every step was reported, and the last one finished the run (Heun counts 2 per step).
     assert len(steps) >= 3 and steps[-1][0] == steps[-1][1]

@@ -48,7 +48,9 @@ def test_webuiapi_img2img_with_karras_scheduler(api):
     result = api.img2img(images=[gradient(64, 64)], prompt="an oil painting", seed=9, steps=4, width=64, height=64,
                          denoising_strength=0.5, sampler_name="DPM++ 2M", scheduler="Karras")
     assert len(result.images) == 1 and result.images[0].size == (64, 64)
-    assert result.info["sampler_name"] == "DPM++ 2M Karras" and result.info["denoising_strength"] == 0.5
+    assert (result.info["sampler_name"], result.info["scheduler"]) == ("DPM++ 2M", "Karras")  # as A1111 1.9+
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in result.info["infotexts"][0]
+    assert result.info["denoising_strength"] == 0.5
     assert "Denoising strength: 0.5" in result.info["infotexts"][0]
 
 
@@ -113,7 +115,8 @@ def test_unknown_fields_are_ignored_and_sizes_floored(client):
 @pytest.mark.parametrize("body,field", [
     ({"prompt": "x", "steps": "many"}, "steps"),
     ({"prompt": "x", "sampler_name": "No Such Sampler"}, "sampler_name"),
-    ({"prompt": "x", "scheduler": "exponential"}, "scheduler"),
+    ({"prompt": "x", "scheduler": "polyexponential"}, "scheduler"),
+    ({"prompt": "x", "sampler_name": "Euler a", "scheduler": "karras"}, "scheduler"),
     ({"prompt": "x", "batch_size": 0}, "batch_size"),
     ({"prompt": "x", "cfg_scale": "high"}, "guidance_scale"),
     ({"prompt": 5}, "prompt"),

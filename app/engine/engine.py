@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from app.engine.embeddings import EmbeddingInfo
+from app.engine.embeddings import install as install_embeddings
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, save_gif
+from app.engine.prompts import prompt_inputs
 from app.engine.schedulers import make_scheduler
 from app.engine.types import (
     DEFAULT_LIMITS,
@@ -77,6 +80,8 @@ class EngineOptions:
     text_encoder: str | None = _option(None, "folder with a fine-tuned text encoder to use instead of the model's")
     attention_slicing: bool = _option(False, "save GPU memory at some speed cost")
     cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
+    embeddings: str | None = _option(None, "folder of A1111 textual-inversion embeddings (.pt, .safetensors), "
+                                           "used in prompts by file name")
 
 
 class Engine:
@@ -90,6 +95,7 @@ class Engine:
         self._img2img = None
         self._inpaint = None
         self._lock = threading.Lock()  # one generation at a time per pipeline
+        self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -100,6 +106,7 @@ class Engine:
         # so it is loaded on the CPU (not copied to the GPU and back).
         where = Placement("cpu", placement.dtype) if offload else placement
         pipe = load_pipeline(options.model, where, config=options.config, text_encoder=options.text_encoder)
+        embeddings = install_embeddings(pipe, options.embeddings)  # before offload hooks: see app/engine/embeddings.py
         if options.attention_slicing:
             pipe.enable_attention_slicing()
         if offload:
@@ -107,7 +114,9 @@ class Engine:
         # Decode several images one at a time: a batch of 768 px decodes needs several GB at once
         # (too much for a 15 GB T4 next to the UNet); one image at a time costs nothing.
         pipe.vae.enable_slicing()
-        return cls(pipe, options.model, placement, limits)
+        engine = cls(pipe, options.model, placement, limits)
+        engine.embeddings = embeddings
+        return engine
 
     @property
     def is_demo(self) -> bool:
@@ -201,8 +210,8 @@ class Engine:
             return tensors
 
         kwargs = dict(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            # A1111 prompt syntax (weights, BREAK, long prompts): text or embeddings, see app/engine/prompts.py.
+            **prompt_inputs(pipe, request.prompt, request.negative_prompt),
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=len(seeds),

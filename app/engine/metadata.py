@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from app.engine.schedulers import from_infotext, split_name
+
 PARAMETERS_KEY = "parameters"
 # The file types an image can be saved as, by suffix.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -28,9 +30,11 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg
              seed: int, width: int, height: int, model: str,
              denoising_strength: float | None = None, extra: dict | None = None) -> str:
     """The three-part A1111 text: prompt, ``Negative prompt:`` line, settings line."""
+    sampler_name, schedule_type = split_name(sampler)  # A1111 1.9+: "DPM++ 2M" and "Karras"
     settings = {
         "Steps": steps,
-        "Sampler": sampler,
+        "Sampler": sampler_name,
+        "Schedule type": schedule_type,
         "CFG scale": f"{cfg_scale:g}",
         "Seed": seed,
         "Size": f"{width}x{height}",
@@ -125,4 +129,10 @@ def parse_infotext(text: str) -> dict:
         (negative if in_negative else prompt).append(line)
     result = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
     result.update({k.strip(): v.strip() for k, v in _SETTING.findall(settings_line)})
+    if "Sampler" in result and "Schedule type" not in result:
+        # Old infotexts name the schedule in the sampler ("DPM++ 2M Karras"); read them as 1.9+ writes them.
+        # ``from_infotext(Sampler, Schedule type)`` gives the request's scheduler value back.
+        known = from_infotext(result["Sampler"])
+        if known:
+            result["Sampler"], result["Schedule type"] = split_name(known)
     return result

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.prompts import prompt_syntax_problem
 from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, scheduler_names
 
 MAX_SEED = 2**32 - 1
@@ -114,6 +115,11 @@ class GenerationRequest:
         if not self.prompt.strip():
             raise ValidationError("prompt", self.prompt, "must not be empty")
         check_text("negative_prompt", self.negative_prompt, limits)
+        # A1111 prompt syntax the engine does not run (prompt editing, alternation): app/engine/prompts.py.
+        for name in ("prompt", "negative_prompt"):
+            problem = prompt_syntax_problem(getattr(self, name))
+            if problem:
+                raise ValidationError(name, getattr(self, name), problem)
         check_size(self.width, self.height, limits)
         _check_int("steps", self.steps)
         if not 1 <= self.steps <= limits.max_steps:

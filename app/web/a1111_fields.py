@@ -2,7 +2,8 @@
 field that changes the output).
 
 A1111 clients send every field of the request model, most at their defaults
-(webuiapi sends ``restore_faces: false``, ``styles: []``, ``eta: 1.0``...).
+(webuiapi sends ``restore_faces: false``, ``eta: 1.0``...). ``styles`` is honoured
+(``app.engine.styles``; an unknown name is refused where it is applied).
 Those stay accepted; a value that would change the image and that we cannot
 honour is refused with 400 naming the field, never silently dropped.
 Fields that do not change pixels (``send_images``, ``save_images``,
@@ -18,7 +19,6 @@ from app.web.errors import ApiError
 _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
     "restore_faces": ((False,), "face restoration is not available on this server"),
     "script_name": (("",), "scripts are not available on this server (see /sdapi/v1/scripts)"),
-    "styles": (([],), "this server has no prompt styles (see /sdapi/v1/prompt-styles)"),
     "eta": ((1.0,), "only the samplers' own eta is supported"),
     "s_churn": ((0,), "sampler noise settings are not supported"),
     "s_tmax": ((0,), "sampler noise settings are not supported"),

@@ -13,11 +13,24 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 
 from flask import Blueprint, current_app, jsonify, request
 
+from app.engine.embeddings import a1111_listing
+from app.engine.embeddings import scan as scan_embeddings
 from app.engine.metadata import parse_infotext
-from app.engine.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, find_scheduler
+from app.engine.schedulers import (
+    DEFAULT_SCHEDULER,
+    SCHEDULE_TYPES,
+    SCHEDULERS,
+    a1111_automatic,
+    find_schedule_type,
+    find_scheduler,
+    split_name,
+    with_schedule,
+)
+from app.engine.styles import UnknownStyle, apply_styles, load_styles
 from app.engine.types import MAX_SEED, floor_size
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
@@ -33,11 +46,6 @@ from app.web.waiting import wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
-# A1111's "schedulers" (noise schedules). Ours are built into the sampler names:
-# "automatic" keeps the sampler as named, "karras" picks its Karras variant.
-A1111_SCHEDULERS = ({"name": "automatic", "label": "Automatic"}, {"name": "karras", "label": "Karras"})
-
-
 def _int(body: dict, name: str, default):
     """A1111 (pydantic) accepts 20.0 for an int; so do we. Other types are left for validation to name."""
     value = body.get(name, default)
@@ -49,24 +57,30 @@ def _int(body: dict, name: str, default):
 
 
 def _sampler(body: dict) -> str:
+    """The request's scheduler value for A1111's ``sampler_name`` (or old
+    ``sampler_index``) and 1.9's ``scheduler``: "Automatic" or none means
+    A1111's default schedule for that sampler; an old combined name such as
+    "DPM++ 2M Karras" keeps its schedule."""
     name = body.get("sampler_name") or body.get("sampler_index") or DEFAULT_SCHEDULER
     if not isinstance(name, str):
         raise ApiError(400, "sampler_name: must be a string", "sampler_name", name)
-    schedule = body.get("scheduler") or "automatic"
-    if not isinstance(schedule, str):
-        raise ApiError(400, "scheduler: must be a string", "scheduler", schedule)
-    spec = find_scheduler(name)
-    if spec is None:
+    schedule_value = body.get("scheduler") or "automatic"
+    if not isinstance(schedule_value, str):
+        raise ApiError(400, "scheduler: must be a string", "scheduler", schedule_value)
+    choice = find_scheduler(name)
+    if choice is None:
         raise ApiError(400, "sampler_name: unknown sampler; see /sdapi/v1/samplers", "sampler_name", name)
-    schedule = schedule.strip().lower()
-    if schedule in ("automatic", "") or spec.name.endswith("Karras"):
-        return spec.name
-    if schedule == "karras":
-        karras = find_scheduler(spec.name + " Karras")
-        if karras is None:
-            raise ApiError(400, f"scheduler: {spec.name} has no Karras variant", "scheduler", body.get("scheduler"))
-        return karras.name
-    raise ApiError(400, "scheduler: must be automatic or karras", "scheduler", body.get("scheduler"))
+    schedule = find_schedule_type(schedule_value or "automatic")
+    if schedule is None:
+        raise ApiError(400, "scheduler: unknown schedule type; one of " + ", ".join(t.label for t in SCHEDULE_TYPES),
+                       "scheduler", schedule_value)
+    if schedule.name == "automatic":
+        return choice.name if choice.schedule.name != "automatic" else a1111_automatic(choice.sampler).name
+    chosen = with_schedule(choice.sampler.name, schedule)
+    if chosen is None:
+        raise ApiError(400, f"scheduler: {choice.sampler.name} does not take the {schedule.label} schedule",
+                       "scheduler", schedule_value)
+    return chosen.name
 
 
 def _size(body: dict, name: str):
@@ -80,9 +94,10 @@ def _generation_values(body: dict, img2img: bool) -> dict:
     for name, value in (("batch_size", batch), ("n_iter", n_iter)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ApiError(400, f"{name}: must be a positive integer", name, value)
+    prompt, negative = _styled(body, body.get("prompt", ""), body.get("negative_prompt") or "")
     values = {
-        "prompt": body.get("prompt", ""),
-        "negative_prompt": body.get("negative_prompt") or "",
+        "prompt": prompt,
+        "negative_prompt": negative,
         "seed": _int(body, "seed", -1),
         "scheduler": _sampler(body),
         "steps": _int(body, "steps", 50),
@@ -128,6 +143,24 @@ def _inpaint_values(body: dict) -> dict:
         "inpaint_full_res_padding": _int(body, "inpaint_full_res_padding", 0),
         "inpainting_mask_invert": bool(invert) if isinstance(invert, int) and invert in (0, 1) else invert,
     }
+
+
+def _styles() -> dict:
+    path = current_app.config.get("STYLES") or os.path.join(current_app.instance_path, "styles.csv")
+    return load_styles(path)
+
+
+def _styled(body: dict, prompt, negative):
+    """The prompts with A1111's ``styles`` applied (the images' infotext shows the result, as A1111's does)."""
+    names = body.get("styles") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "styles: must be a list of style names", "styles", names)
+    if not names or not isinstance(prompt, str) or not isinstance(negative, str):
+        return prompt, negative  # wrong types are named by validation
+    try:
+        return apply_styles(prompt, negative, names, _styles())
+    except UnknownStyle as exc:
+        raise ApiError(400, f"styles: {exc}; see /sdapi/v1/prompt-styles", "styles", exc.name) from None
 
 
 def _init_image(body: dict):
@@ -186,7 +219,8 @@ def _info(job: Job, img2img: bool) -> dict:
         "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
         "seed": seeds[0], "all_seeds": seeds, "subseed": _subseed(p), "all_subseeds": [_subseed(p, i) for i in range(n)],
         "subseed_strength": p.get("subseed_strength", 0),
-        "width": p["width"], "height": p["height"], "sampler_name": p["scheduler"], "cfg_scale": p["guidance_scale"],
+        "width": p["width"], "height": p["height"], "sampler_name": split_name(p["scheduler"])[0],
+        "scheduler": split_name(p["scheduler"])[1], "cfg_scale": p["guidance_scale"],
         "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": backend().status().name, "sd_model_hash": None,
         "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
@@ -294,12 +328,14 @@ def sd_models():
 
 @bp.get("/samplers")
 def samplers():
-    return jsonify([{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SCHEDULERS])
+    return jsonify([{"name": s.name, "aliases": list(s.aliases), "options": {"scheduler": s.a1111_default}
+                     if s.a1111_default != "automatic" else {}} for s in SCHEDULERS])
 
 
 @bp.get("/schedulers")
 def schedulers():
-    return jsonify([{**s, "aliases": None, "default_rho": -1, "need_inner_model": False} for s in A1111_SCHEDULERS])
+    return jsonify([{"name": t.name, "label": t.label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                    for t in SCHEDULE_TYPES])
 
 
 @bp.get("/scripts")
@@ -352,6 +388,19 @@ def png_info_route():
 
 
 # Lists some clients read at start; this server has none of these add-ons.
-for _path, _empty in (("sd-vae", []), ("loras", []), ("hypernetworks", []), ("prompt-styles", []),
-                      ("face-restorers", []), ("embeddings", {"loaded": {}, "skipped": {}})):
-    bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda v=_empty: jsonify(v)), methods=["GET"])
+@bp.get("/embeddings")
+def embeddings():
+    engine = current_app.config.get("ENGINE")
+    infos = getattr(engine, "embeddings", None)
+    if infos is None:  # the model runs in worker processes: read the folder (no width check here)
+        infos = scan_embeddings(current_app.config.get("EMBEDDINGS"))
+    return jsonify(a1111_listing(infos))
+
+
+@bp.get("/prompt-styles")
+def prompt_styles():
+    return jsonify([style.to_dict() for style in _styles().values()])
+
+
+for _path in ("sd-vae", "loras", "hypernetworks", "face-restorers"):
+    bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])

@@ -1,0 +1,75 @@
+"""Textual-inversion embeddings in A1111's file formats, used by name."""
+from __future__ import annotations
+
+import pytest
+
+
+class NotATensor:  # a pickled object: weights_only loading must refuse it
+    pass
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("embeddings")
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"string_to_param": {"*": torch.randn(2, 32, generator=gen) * 3}, "name": "sparkle", "step": 100},
+               root / "sparkle.pt")
+    save_file({"emb_params": torch.randn(1, 32, generator=gen) * 3}, str(root / "glowy.safetensors"))
+    torch.save({"string_to_param": {"*": torch.randn(1, 1024, generator=gen)}}, root / "wide.pt")
+    torch.save(NotATensor(), root / "pickled.pt")
+    (root / "notes.txt").write_text("not an embedding")
+    return root
+
+
+@pytest.fixture(scope="module")
+def emb_engine(folder):
+    from app.engine.engine import Engine, EngineOptions
+
+    return Engine.load(EngineOptions(model="demo", device="cpu", embeddings=str(folder)))
+
+
+def test_embeddings_change_the_image_and_nothing_else(engine, emb_engine, small_request):
+    def pixels(eng, prompt):
+        return eng.generate(small_request(prompt=prompt)).images[0].tobytes()
+
+    plain = pixels(emb_engine, "a photo")
+    assert plain == pixels(engine, "a photo")  # other prompts are untouched by loading embeddings
+    with_sparkle = pixels(emb_engine, "a photo sparkle")
+    assert with_sparkle != pixels(engine, "a photo sparkle")  # the word means the learned vectors
+    assert with_sparkle != pixels(emb_engine, "a photo glowy")
+    assert pixels(emb_engine, "a photo (sparkle:1.3)") != with_sparkle  # weights apply to embeddings too
+
+
+def test_long_and_weighted_prompts_encode_embeddings_as_diffusers_does(emb_engine):
+    from app.engine.prompts import Fragment, encode_weighted, prompt_inputs
+
+    pipe = emb_engine.pipe
+    theirs = pipe.encode_prompt("a photo sparkle", "cpu", 1, False)[0]
+    # Forced through our encoder (a BREAK-free weight-1 prompt is otherwise left to diffusers).
+    ours = encode_weighted(pipe, [Fragment(pipe.maybe_convert_prompt("a photo sparkle", pipe.tokenizer))])
+    assert ours.equal(theirs)
+    # Through prompt_inputs: BREAK sends it to our encoder, whose first chunk is that same text.
+    split = prompt_inputs(pipe, "a photo sparkle BREAK red fox", "")["prompt_embeds"]
+    assert split.shape[1] == 2 * 77 and split[:, :77].equal(theirs)
+    ids = pipe.tokenizer(pipe.maybe_convert_prompt("sparkle", pipe.tokenizer), add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2  # two vectors, each its own token, once
+
+
+def test_the_listing_says_what_was_loaded_and_skipped(emb_engine, make_app):
+    client = make_app(ENGINE=emb_engine).test_client()
+    body = client.get("/sdapi/v1/embeddings").get_json()
+    assert body["loaded"] == {"glowy": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                        "shape": 32, "vectors": 1},
+                              "sparkle": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                          "shape": 32, "vectors": 2}}
+    assert set(body["skipped"]) == {"wide", "pickled"}
+    reasons = {i.name: i.error for i in emb_engine.embeddings}
+    assert "1024 wide" in reasons["wide"] and "32" in reasons["wide"]
+    assert reasons["pickled"].startswith("unreadable")
+
+
+def test_without_a_folder_the_listing_is_empty(client):
+    assert client.get("/sdapi/v1/embeddings").get_json() == {"loaded": {}, "skipped": {}}

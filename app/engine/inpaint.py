@@ -67,29 +67,27 @@ def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | 
     return max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, w), min(y2 + padding, h)
 
 
+def _grow(lo: int, hi: int, want: float, limit: int) -> tuple[int, int]:
+    """``lo..hi`` grown about its centre to ``want`` long, shifted back inside ``0..limit``."""
+    grow = int(want - (hi - lo))
+    lo -= grow // 2
+    hi += grow - grow // 2
+    if hi >= limit:
+        lo, hi = lo - (hi - limit), limit
+    if lo < 0:
+        hi, lo = min(hi - lo, limit), 0
+    return lo, hi
+
+
 def expand_to_aspect(box: tuple[int, int, int, int], width: int, height: int,
                      image_w: int, image_h: int) -> tuple[int, int, int, int]:
     """``box`` widened (or heightened) about its centre to the aspect of width x height, within the image."""
     x1, y1, x2, y2 = box
-    ratio_crop, ratio_target = (x2 - x1) / (y2 - y1), width / height
-    if ratio_crop > ratio_target:  # too wide: grow the height
-        want = (x2 - x1) / ratio_target
-        grow = int(want - (y2 - y1))
-        y1 -= grow // 2
-        y2 += grow - grow // 2
-        if y2 >= image_h:
-            y1, y2 = y1 - (y2 - image_h), image_h
-        if y1 < 0:
-            y2, y1 = min(y2 - y1, image_h), 0
+    ratio = width / height
+    if (x2 - x1) / (y2 - y1) > ratio:  # too wide: grow the height
+        y1, y2 = _grow(y1, y2, (x2 - x1) / ratio, image_h)
     else:
-        want = (y2 - y1) * ratio_target
-        grow = int(want - (x2 - x1))
-        x1 -= grow // 2
-        x2 += grow - grow // 2
-        if x2 >= image_w:
-            x1, x2 = x1 - (x2 - image_w), image_w
-        if x1 < 0:
-            x2, x1 = min(x2 - x1, image_w), 0
+        x1, x2 = _grow(x1, x2, (y2 - y1) * ratio, image_w)
     return x1, y1, x2, y2
 
 

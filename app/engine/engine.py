@@ -143,7 +143,7 @@ class Engine:
         """Run one request. ``on_step`` is called after every denoising step;
         setting ``cancel`` stops the run, which then raises GenerationCancelled."""
         request = request.validate(self.limits).with_seed()
-        if request.outpaint:  # issue #12 hook: outpainting is inpainting on a larger canvas
+        if request.outpaint:  # outpainting is inpainting on a larger canvas
             from app.engine.inpaint import outpaint_canvas
 
             canvas, mask = outpaint_canvas(request.init_image, request.outpaint, request.outpaint_sides())
@@ -176,13 +176,13 @@ class Engine:
             # CPU generators give the same noise on every device (diffusers' advice for seeds).
             return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
-        if request.mask is not None:  # issue #12 hook: inpainting (app/engine/inpaint.py)
+        if request.mask is not None:  # inpainting (app/engine/inpaint.py)
             pipe = self._inpaint_pipe()
         else:
             pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
         pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
         out_w, out_h = (width, height)
-        if request.enable_hr:  # issue #12 hook: the hires pass's size decides VAE tiling
+        if request.enable_hr:  # the hires pass's size decides VAE tiling
             from app.engine.hires import target_size
 
             out_w, out_h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
@@ -222,19 +222,19 @@ class Engine:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
         extra: dict = {"Tiling": "True"} if request.tiling else {}
-        from app.engine import noise  # issue #12 hook: variation seeds
+        from app.engine import noise  # variation seeds
 
         if noise.uses_variation(request):
             kwargs["latents"] = noise.initial_latents(request, seeds, width, height, self.pipe.unet.config.in_channels,
                                                       self.pipe.unet.dtype)
             extra.update(noise.infotext_entries(request))
         with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
-            if request.mask is not None:  # issue #12 hook: inpainting
+            if request.mask is not None:  # inpainting
                 from app.engine.inpaint import run as run_inpaint
 
                 output, extra_inpaint = run_inpaint(pipe, request, width, height, seeds, kwargs)
                 extra.update(extra_inpaint)
-            elif request.enable_hr:  # issue #12 hook: hires fix
+            elif request.enable_hr:  # hires fix
                 from app.engine.hires import run as run_hires
 
                 second = self._img2img_pipe()

@@ -129,3 +129,40 @@ def test_keyboard_only_reaches_every_control_and_submits_with_ctrl_enter(serve, 
     page.wait_for_function("() => document.getElementById('job-announce').textContent.startsWith('Queued') "
                            "|| document.getElementById('job').dataset.state !== 'done'")
     page.wait_for_selector("#job[data-state=done]")
+
+
+def test_keyboard_only_from_the_login_page_to_a_finished_image(serve, browser):  # noqa: F811
+    """Only key presses: Tab to the password, type it, Enter; Tab to the prompt, type, Tab on
+    to the size and steps and to Generate, Enter; the finished image is announced."""
+    server = serve(PASSWORD="open sesame")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+
+    def tab_to(element_id: str, limit: int = 40) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.id") == element_id:
+                return
+        raise AssertionError(f"Tab never reached #{element_id}")
+
+    try:
+        page.goto(server.url + "/")  # sent to the login page
+        assert "/login" in page.url
+        tab_to("password")
+        page.keyboard.type("open sesame")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#model-status[data-state=ready]")
+        tab_to("prompt")
+        page.keyboard.type("a painting made without a mouse")
+        for field, value in (("width", "64"), ("height", "64"), ("steps", "2")):
+            tab_to(field)
+            page.keyboard.press("Control+A")
+            page.keyboard.type(value)
+        tab_to("generate")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#job[data-state=done]")
+        assert page.text_content("#job-announce").startswith("Done: 1 image")
+        assert page.evaluate("document.querySelector('#results img').naturalWidth") == 64
+    finally:
+        context.close()

@@ -81,14 +81,27 @@ class ModelSource:
     name: str
 
 
+# The A1111 route's "DPM++ 2M" with schedule "Uniform" (A1111's uniform timesteps) is diffusers'
+# linspace spacing; SD 2.1's own scheduler config says "leading". The benchmark's models (demo, sd21)
+# use linspace so that all four paths, plain diffusers included, run the same schedule and give the
+# same image.
+BENCH_TIMESTEP_SPACING = "linspace"
+
+
 def prepare_model(model: str, workdir: Path) -> ModelSource:
     """Saves the demo model to a folder so every path loads the same files."""
+    import json
+
     from app.models.sd21 import SD21_RANDOM_ID
 
     if model == "demo":
         from app.models.demo import save_demo_model
 
-        return ModelSource("folder", str(save_demo_model(workdir / "demo")), "demo")
+        folder = save_demo_model(workdir / "demo")
+        config_file = Path(folder) / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**config, "timestep_spacing": BENCH_TIMESTEP_SPACING}))
+        return ModelSource("folder", str(folder), "demo")
     if model == SD21_RANDOM_ID:
         return ModelSource("sd21", None, "sd21 (random weights)")
     if not (Path(model) / "model_index.json").is_file():

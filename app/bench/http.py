@@ -68,7 +68,8 @@ class HttpStack:
                         guidance_scale=cfg.guidance_scale, seed=cfg.seed)
         else:
             body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
-                        cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M")
+                        cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M",
+                        scheduler="Uniform")  # A1111's default, "Automatic", is Karras for DPM++ 2M
 
         def run():
             cpu = time.process_time()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from app.bench.config import NEGATIVE, PROMPT, BenchConfig, ModelSource, Sample
+from app.bench.config import BENCH_TIMESTEP_SPACING, NEGATIVE, PROMPT, BenchConfig, ModelSource, Sample
 from app.models.devices import Placement
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ def load_plain(source: ModelSource, placement: Placement, on_cpu: bool = False) 
     if source.kind == "sd21":
         from app.models.sd21 import build_sd21_pipeline
 
-        return build_sd21_pipeline(device, placement.torch_dtype)
+        pipe = build_sd21_pipeline(device, placement.torch_dtype)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=BENCH_TIMESTEP_SPACING)
+        return pipe
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(source.folder, safety_checker=None, requires_safety_checker=False,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 from app.engine.embeddings import EmbeddingInfo
 from app.engine.embeddings import install as install_embeddings
 from app.engine.metadata import image_format, infotext, save_image
-from app.engine.previews import filmstrip, latents_to_rgb, save_gif
+from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
 from app.engine.prompts import prompt_inputs
 from app.engine.schedulers import make_scheduler
 from app.engine.types import (
@@ -82,6 +82,9 @@ class EngineOptions:
     cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
     embeddings: str | None = _option(None, "folder of A1111 textual-inversion embeddings (.pt, .safetensors), "
                                            "used in prompts by file name")
+    preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
+                                                "download of madebyollin/taesd) for sharper live previews; "
+                                                "none: the cheap linear preview")
 
 
 class Engine:
@@ -96,6 +99,7 @@ class Engine:
         self._inpaint = None
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
+        self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -116,6 +120,8 @@ class Engine:
         pipe.vae.enable_slicing()
         engine = cls(pipe, options.model, placement, limits)
         engine.embeddings = embeddings
+        if options.preview_decoder:
+            engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
         return engine
 
     @property
@@ -283,7 +289,9 @@ class Engine:
         return self._inpaint
 
     def preview(self, latents, max_side: int = 256) -> list:
-        """Approximate RGB previews of in-flight latents."""
+        """Approximate RGB previews of in-flight latents: TAESD's when one is loaded, else the linear one."""
+        if self.preview_decoder is not None:
+            return taesd_previews(self.preview_decoder, latents, max_side)
         side = max(latents.shape[-1], latents.shape[-2])
         return latents_to_rgb(latents, scale=max(1, max_side // max(side, 1)))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -30,6 +31,32 @@ def latents_to_rgb(latents, scale: int = 1) -> list[Image.Image]:
         # Bilinear: the latent grid is 1/8 of the image, and blocky nearest-neighbour
         # squares read as noise; a smooth blow-up shows the forming shapes.
         images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.BILINEAR) for im in images]
+    return images
+
+
+def load_preview_decoder(folder: str, placement) -> Any:
+    """A TAESD tiny autoencoder (diffusers ``AutoencoderTiny``) from a local folder: a full decode
+    of the in-flight latents at a few ms, sharper than the linear preview. Its weights are the
+    user's to download (the app never fetches them)."""
+    from diffusers import AutoencoderTiny
+
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"preview_decoder: expected a folder with an AutoencoderTiny's config.json (got {folder!r})")
+    decoder = AutoencoderTiny.from_pretrained(folder, torch_dtype=placement.torch_dtype, local_files_only=True)
+    return decoder.to(placement.device).eval()
+
+
+def taesd_previews(decoder: Any, latents, max_side: int = 256) -> list[Image.Image]:
+    """One preview per batch item: the pipeline's (scaled) latents through TAESD, shrunk to ``max_side``."""
+    import torch
+
+    with torch.no_grad():
+        # TAESD takes the pipeline's latents as they are (its scaling_factor is 1).
+        pixels = decoder.decode(latents.to(decoder.device, decoder.dtype) / decoder.config.scaling_factor).sample
+    pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(p, "RGB") for p in pixels]
+    for image in images:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return images
 
 

@@ -150,10 +150,12 @@ class ServerHandle:
         if self.thread.is_alive():
             # Close every socket from inside the poll loop (not under its feet); the loop
             # ends once its map is empty.
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            try:
+                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            except OSError:  # the trigger is closed already: the loop is on its way out (seen once in CI)
+                pass
             self.thread.join(timeout)
-        else:
-            wasyncore.close_all(server._map)
+        wasyncore.close_all(server._map)  # whatever is left (nothing, when the loop closed it all)
         # A long-poll may hold a worker thread up to a minute: its connection is closed
         # already, and the threads are daemons, so do not wait for it long.
         server.task_dispatcher.shutdown(timeout=min(timeout, 5))

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from app.engine.embeddings import EmbeddingInfo
 from app.engine.embeddings import install as install_embeddings
+from app.engine.loras import LoraSet, split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
 from app.engine.prompts import prompt_inputs
@@ -82,6 +83,9 @@ class EngineOptions:
     cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
     embeddings: str | None = _option(None, "folder of A1111 textual-inversion embeddings (.pt, .safetensors), "
                                            "used in prompts by file name")
+    lora_dir: str | None = _option(None, "folder of LoRA files (.safetensors; .pt/.ckpt holding only tensors), used "
+                                         "in prompts as <lora:file-name:weight>; web app default: "
+                                         "<instance>/models/loras")
     preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
                                                 "download of madebyollin/taesd) for sharper live previews; "
                                                 "none: the cheap linear preview")
@@ -100,6 +104,8 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
         self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
+        self.lora_dir: str | None = None  # where <lora:name> tags find their files (app/engine/loras.py)
+        self._loras: LoraSet | None = None
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -120,9 +126,23 @@ class Engine:
         pipe.vae.enable_slicing()
         engine = cls(pipe, options.model, placement, limits)
         engine.embeddings = embeddings
+        engine.lora_dir = options.lora_dir
         if options.preview_decoder:
             engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
         return engine
+
+    @property
+    def loras(self) -> LoraSet:
+        """The LoRAs loaded into the pipeline (made on first use: it reads the model's layer shapes)."""
+        if self._loras is None:
+            self._loras = LoraSet(self.pipe, self.lora_dir)
+        self._loras.folder = self.lora_dir
+        return self._loras
+
+    @property
+    def lora_shapes(self) -> dict:
+        """The model's layer shapes a LoRA must fit (``app.engine.loras.scan``)."""
+        return self.loras.shapes
 
     @property
     def is_demo(self) -> bool:
@@ -215,9 +235,13 @@ class Engine:
                 phase["stopped"] = (step, total)
             return tensors
 
+        # <lora:name:weight> tags: out of the prompt text, their adapters on (and every other one off)
+        # before the prompt is encoded, since a LoRA may change the text encoder too.
+        prompt, tags = split_lora_tags(request.prompt)
+        lora_entries = self.loras.activate(tags) if tags or self._loras is not None else {}
         kwargs = dict(
             # A1111 prompt syntax (weights, BREAK, long prompts): text or embeddings, see app/engine/prompts.py.
-            **prompt_inputs(pipe, request.prompt, request.negative_prompt),
+            **prompt_inputs(pipe, prompt, request.negative_prompt),
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=len(seeds),
@@ -228,6 +252,7 @@ class Engine:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(0, request.steps)
         extra: dict = {"Tiling": "True"} if request.tiling else {}
+        extra.update(lora_entries)
         from app.engine import noise  # variation seeds
 
         if noise.uses_variation(request):

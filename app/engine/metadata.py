@@ -4,6 +4,7 @@ sd-prompt-reader, Civitai and A1111's own PNG Info read back: the
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,17 @@ def _clean(value: object) -> str:
     return re.sub(r"[,:\n\r]", "", str(value)).strip()
 
 
+class Quoted(str):
+    """A settings value that may hold ',' or ':' (``Lora hashes: "a: 0123456789ab, b: ..."``):
+    written in JSON quotes when it does, as A1111's ``infotext_utils.quote``, instead of cleaned."""
+
+
+def quote(text: str) -> str:
+    if not any(ch in text for ch in ",:\n"):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg_scale: float,
              seed: int, width: int, height: int, model: str,
              denoising_strength: float | None = None, extra: dict | None = None) -> str:
@@ -43,7 +55,7 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg
     if denoising_strength is not None:
         settings["Denoising strength"] = f"{denoising_strength:g}"
     for key, value in (extra or {}).items():
-        settings[key] = _clean(value)
+        settings[key] = quote(value.replace("\n", " ")) if isinstance(value, Quoted) else _clean(value)
     lines = [prompt.strip()]
     if negative_prompt.strip():
         lines.append("Negative prompt: " + negative_prompt.strip())
@@ -106,7 +118,8 @@ def read_parameters(image: Image.Image) -> str | None:
     return None
 
 
-_SETTING = re.compile(r"\s*([^:,]+):\s*([^,]*)(?:,|$)")
+# A value is plain text up to the next comma, or a JSON string (A1111's ``quote``; see Quoted).
+_SETTING = re.compile(r'\s*([^:,]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def parse_infotext(text: str) -> dict:
@@ -128,7 +141,7 @@ def parse_infotext(text: str) -> dict:
             line = line[len("Negative prompt:"):].strip()
         (negative if in_negative else prompt).append(line)
     result = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
-    result.update({k.strip(): v.strip() for k, v in _SETTING.findall(settings_line)})
+    result.update({k.strip(): _unquote(v.strip()) for k, v in _SETTING.findall(settings_line)})
     if "Sampler" in result and "Schedule type" not in result:
         # Old infotexts name the schedule in the sampler ("DPM++ 2M Karras"); read them as 1.9+ writes them.
         # ``from_infotext(Sampler, Schedule type)`` gives the request's scheduler value back.
@@ -136,3 +149,12 @@ def parse_infotext(text: str) -> dict:
         if known:
             result["Sampler"], result["Schedule type"] = split_name(known)
     return result
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return str(json.loads(value))
+        except ValueError:
+            return value
+    return value

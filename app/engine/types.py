@@ -11,6 +11,7 @@ import secrets
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.loras import has_extra_networks, split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
 from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, scheduler_names
 
@@ -115,9 +116,18 @@ class GenerationRequest:
         if not self.prompt.strip():
             raise ValidationError("prompt", self.prompt, "must not be empty")
         check_text("negative_prompt", self.negative_prompt, limits)
+        # <lora:name:weight> tags (app/engine/loras.py): the prompt's are checked here and taken out
+        # before the syntax check; the negative prompt's are refused (A1111 reads them from the prompt only).
+        try:
+            prompt_text = split_lora_tags(self.prompt)[0]
+        except ValueError as exc:
+            raise ValidationError("prompt", self.prompt, str(exc)) from None
+        if has_extra_networks(self.negative_prompt):
+            raise ValidationError("negative_prompt", self.negative_prompt,
+                                  "<lora:...> tags work only in the prompt; move them there")
         # A1111 prompt syntax the engine does not run (prompt editing, alternation): app/engine/prompts.py.
-        for name in ("prompt", "negative_prompt"):
-            problem = prompt_syntax_problem(getattr(self, name))
+        for name, text in (("prompt", prompt_text), ("negative_prompt", self.negative_prompt)):
+            problem = prompt_syntax_problem(text)
             if problem:
                 raise ValidationError(name, getattr(self, name), problem)
         check_size(self.width, self.height, limits)

@@ -150,10 +150,25 @@ def security_headers(response):
     return response
 
 
+def _derive_lora_dir(app: Flask) -> None:
+    """LORA_DIR defaults to <instance>/models/loras. An ENGINE handed in (notebooks, tests) and the
+    web app must look in one folder: the engine's when only it names one, else LORA_DIR."""
+    config = app.config
+    engine = config["ENGINE"]
+    engine_dir = getattr(engine, "lora_dir", None) if engine is not None else None
+    if config["LORA_DIR"] is None:
+        config["LORA_DIR"] = engine_dir or os.path.join(app.instance_path, "models", "loras")
+    if engine is not None and hasattr(engine, "lora_dir") and engine_dir != config["LORA_DIR"]:
+        if engine_dir is not None:
+            logger.warning("LORA_DIR %s replaces the engine's LoRA folder %s", config["LORA_DIR"], engine_dir)
+        engine.lora_dir = config["LORA_DIR"]
+
+
 def _derive_settings(app: Flask) -> None:
     config = app.config
     if config["DATABASE"] is None:  # only the SQLite backend creates it
         config["DATABASE"] = os.path.join(app.instance_path, "jobs.sqlite")
+    _derive_lora_dir(app)
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])

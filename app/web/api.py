@@ -12,6 +12,7 @@ from app.web import WEB_FIELDS, backend, form_defaults
 from app.web.auth import client_id, is_authenticated
 from app.web.body import json_object
 from app.web.errors import ApiError
+from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
 from app.web.timing import timing
 from app.web.uploads import decode_init_image, decode_mask
@@ -43,8 +44,9 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
         if init is None:
             raise ValidationError("mask", "mask", "needs an init image to inpaint")
         mask = decode_mask(mask_value, config)
-    gen = GenerationRequest(init_image=init, mask=mask, **values)
-    return gen.validate(engine_limits(config))
+    gen = GenerationRequest(init_image=init, mask=mask, **values).validate(engine_limits(config))
+    check_loras(gen)  # every <lora:name> names a usable file, before anything is queued
+    return gen
 
 
 def enqueue(gen: GenerationRequest) -> Job:
@@ -285,3 +287,13 @@ def health():
         "auth_required": bool(current_app.config.get("PASSWORD")),
         "warnings": backend().warnings(),
     })
+
+
+# --- LoRAs (app/engine/loras.py) ---------------------------------------------------------
+
+@bp.get("/loras")
+def loras():
+    """The LoRA folder for the page's picker: usable LoRAs with their hash, skipped files with the reason."""
+    infos = lora_infos()
+    return jsonify({"ok": True, "loras": [i.to_dict() for i in infos if not i.error],
+                    "skipped": [i.to_dict() for i in infos if i.error]})

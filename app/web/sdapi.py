@@ -402,5 +402,23 @@ def prompt_styles():
     return jsonify([style.to_dict() for style in _styles().values()])
 
 
-for _path in ("sd-vae", "loras", "hypernetworks", "face-restorers"):
+for _path in ("sd-vae", "hypernetworks", "face-restorers"):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])
+
+
+# --- LoRAs (app/engine/loras.py) ---------------------------------------------------------
+
+@bp.get("/loras")
+def loras():
+    """A1111's list: name, alias, path (here: inside the LoRA folder, not the server's file system), metadata."""
+    from app.engine.loras import a1111_listing
+    from app.web.loras import lora_infos
+
+    return jsonify(a1111_listing(lora_infos()))
+
+
+@bp.post("/refresh-loras")
+def refresh_loras():
+    # The folder is read on every request (unchanged files from a cache), so there is nothing to
+    # refresh; answered as A1111 answers, null.
+    return jsonify(None)

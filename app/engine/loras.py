@@ -336,7 +336,7 @@ def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] |
     root = Path(folder).resolve() if folder else None
     for path in lora_files(folder):
         assert root is not None
-        rel = str(path.resolve().relative_to(root)) if path.is_symlink() else str(path.relative_to(root))
+        rel = path.relative_to(root).as_posix()
         info = LoraInfo(path.stem, str(path), rel)
         try:
             layers, info.metadata, info.hash = _facts(path)

@@ -112,7 +112,7 @@ def _number(name: str, value: Any) -> None:
 
 
 def require_peft():
-    """peft is only needed for LoRA, so it is an optional dependency."""
+    """peft is in the requirements (LoRA at generation time needs it too); a clear error where it is missing."""
     try:
         import peft
     except ImportError as exc:

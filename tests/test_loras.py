@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from test_browser import browser, serve  # noqa: F401
 
 from helpers import assert_error, small_job, wait_job
 
@@ -335,37 +336,44 @@ def test_webuiapi_get_loras_against_a_running_server(lora_app):
 
 # -- the page ---------------------------------------------------------------------
 
+@pytest.fixture(params=["light", "dark"])
+def scheme(request):
+    return request.param
+
+
 @pytest.mark.browser
-def test_the_picker_inserts_a_tag_at_the_cursor_by_keyboard(lora_engine, lora_dir, tmp_path):
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
+def test_the_picker_inserts_a_tag_at_the_cursor_by_keyboard_and_passes_axe(  # noqa: F811
+        lora_engine, lora_dir, scheme, browser, serve):  # noqa: F811
+    from test_accessibility import axe_problems
+    from test_browser import TIMEOUT_MS, submit, watch_csp
 
-    from app import create_app
-    from app.web.server import ServerHandle
-
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    app = create_app({"INSTANCE": str(tmp_path / "inst"), "MODEL": "demo", "ENGINE": lora_engine,
-                      "LORA_DIR": str(lora_dir[0]), "SECRET_KEY": "t"})
-    with ServerHandle(app, host="127.0.0.1", port=0) as server, playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
-        page.goto(f"http://127.0.0.1:{server.port}/")
-        page.wait_for_selector("#lora-select:not([disabled])")
-        options = page.eval_on_selector_all("#lora-select option", "els => els.map(e => e.value)")
-        assert {"kohya", "other", "kohya-pt"} <= set(options) and "sd1" not in options
-        assert "cannot be used" in page.inner_text("#lora-status")
-        page.fill("#prompt", "a fox in the snow")
-        page.focus("#prompt")
-        page.evaluate("document.getElementById('prompt').setSelectionRange(5, 5)")  # after "a fox"
-        page.focus("#lora-select")
-        page.select_option("#lora-select", "other")
-        page.keyboard.press("Tab")
-        assert page.evaluate("document.activeElement.id") == "lora-insert"
-        page.keyboard.press("Enter")
-        assert page.input_value("#prompt") == "a fox <lora:other:1> in the snow"
-        assert page.evaluate("document.activeElement.id") == "prompt"
-        browser.close()
-    app.extensions["t2i"].stop()
-    assert not errors, errors
+    server = serve(ENGINE=lora_engine, LORA_DIR=str(lora_dir[0]))
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    violations = watch_csp(context, page)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#lora-select:not([disabled])")
+    options = page.eval_on_selector_all("#lora-select option", "els => els.map(e => e.value)")
+    assert {"kohya", "other", "kohya-pt"} <= set(options) and "sd1" not in options
+    assert "cannot be used" in page.inner_text("#lora-status")
+    page.click("#lora-skipped summary")
+    assert "sd1.safetensors: made for SD 1.x" in page.inner_text("#lora-skipped-list")
+    page.fill("#prompt", "a fox in the snow")
+    page.evaluate("document.getElementById('prompt').setSelectionRange(5, 5)")  # after "a fox"
+    page.focus("#lora-select")
+    page.select_option("#lora-select", "other")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "lora-insert"
+    page.keyboard.press("Enter")
+    assert page.input_value("#prompt") == "a fox <lora:other:1> in the snow"
+    assert page.evaluate("document.activeElement.id") == "prompt"  # typing goes on after the tag
+    page.scheme = scheme
+    problems = axe_problems(page, "lora picker")
+    submit(page, page.input_value("#prompt"), width=64, height=64, steps=2)
+    page.wait_for_selector("#job[data-state=done]")
+    context.close()
+    assert not problems, problems
+    assert not errors and not violations, (errors, violations)

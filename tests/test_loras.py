@@ -250,6 +250,18 @@ def test_a_lora_file_that_vanished_fails_the_job_clearly(lora_engine, lora_dir):
         pixels(lora_engine, f"{PROMPT} <lora:brief>")
 
 
+def test_cli_generate_with_a_lora(lora_dir, tmp_path, capsys):
+    from app.cli import main
+    from app.engine.metadata import read_parameters
+
+    common = ["--model", "demo", "--device", "cpu", "--width", "64", "--height", "64", "--steps", "2", "--seed", "1",
+              "--lora-dir", str(lora_dir[0])]
+    assert main(["generate", "a fox <lora:other:0.5>", "-o", str(tmp_path / "a.png")] + common) == 0
+    assert 'Lora hashes: "other: ' in read_parameters(Image.open(tmp_path / "a.png"))
+    assert main(["generate", "a fox <lora:sdxl>", "-o", str(tmp_path / "b.png")] + common) != 0
+    assert "SDXL" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+
+
 # -- the web app -----------------------------------------------------------------
 
 @pytest.fixture

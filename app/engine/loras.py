@@ -170,8 +170,10 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError and friends: it asked for code
-        raise LoraFileError(f"{path.name} is refused: it is a pickle that needs more than tensors to load "
-                            f"(only weights_only files are read, never code): {str(exc).splitlines()[0][:120]}"
+        wanted = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        raise LoraFileError(f"{path.name} is refused: it is a pickle that needs more than tensors to load"
+                            + (f" ({wanted.group(1)})" if wanted else "")
+                            + "; only tensors are read from .pt/.ckpt files, never code: convert it to .safetensors"
                             ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -305,19 +307,24 @@ def fit_problem(layers: dict[tuple[str, str], dict[str, tuple]], shapes: dict[st
     return None
 
 
-_FACTS: dict[tuple[str, int, int], tuple[dict, dict, str] | str] = {}  # (path, size, mtime) -> facts or error
+# Cached while a file is unchanged: (path, size, mtime) -> its layers and metadata, or why it is no LoRA;
+# and its hash, computed only when asked for (a folder of large files is not read through to list it).
+_FACTS: dict[tuple[str, int, int], tuple[dict, dict] | str] = {}
+_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _facts(path: Path) -> tuple[dict, dict, str]:
-    """The file's LoRA layers, metadata and hash, cached while the file is unchanged."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int]:
+    stat = os.stat(path)
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def _facts(path: Path) -> tuple[dict, dict]:
+    """The file's LoRA layers and metadata."""
+    key = _file_key(path)
     if key not in _FACTS:
         try:
             shapes, metadata = _shapes(path)
-            layers = lora_layers(shapes)
-            digest = str(metadata.get("sshs_model_hash") or "") or file_hash(path)  # A1111 prefers the trainer's
-            _FACTS[key] = (layers, metadata, digest)
+            _FACTS[key] = (lora_layers(shapes), metadata)
         except LoraFileError as exc:
             _FACTS[key] = str(exc)
         except Exception as exc:  # a broken file is reported, not fatal
@@ -328,9 +335,21 @@ def _facts(path: Path) -> tuple[dict, dict, str]:
     return facts
 
 
-def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] | None = None) -> list[LoraInfo]:
+def lora_hash(info: LoraInfo) -> str:
+    """The LoRA's hash (see LoraInfo.hash), read once per file version; A1111 prefers the trainer's own."""
+    if not info.hash:
+        key = _file_key(info.path)
+        if key not in _HASHES:
+            _HASHES[key] = str(info.metadata.get("sshs_model_hash") or "") or file_hash(info.path)
+        info.hash = _HASHES[key]
+    return info.hash
+
+
+def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] | None = None,
+         hashes: bool = False) -> list[LoraInfo]:
     """Every LoRA file of the folder, or why it cannot be used. ``shapes`` (``model_shapes`` of the
-    loaded model) also checks that the layers fit; without it only the files themselves are checked."""
+    loaded model) also checks that the layers fit; without it only the files themselves are checked.
+    ``hashes``: with each usable file's hash (which reads the whole file once)."""
     infos: list[LoraInfo] = []
     seen: dict[str, str] = {}
     root = Path(folder).resolve() if folder else None
@@ -339,10 +358,12 @@ def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] |
         rel = path.relative_to(root).as_posix()
         info = LoraInfo(path.stem, str(path), rel)
         try:
-            layers, info.metadata, info.hash = _facts(path)
+            layers, info.metadata = _facts(path)
             problem = fit_problem(layers, shapes) if shapes is not None else None
             if problem:
                 info.error = problem
+            elif hashes:
+                lora_hash(info)
         except LoraFileError as exc:
             info.error = str(exc)
         if info.name in seen:
@@ -379,8 +400,8 @@ def a1111_listing(infos: list[LoraInfo]) -> list[dict]:
 def hashes_entry(tags: list[LoraTag], infos: dict[str, LoraInfo]) -> str:
     """The infotext's ``Lora hashes`` value, A1111's way: ``name: shorthash`` joined by ", ",
     the names without ':' or ','."""
-    return ", ".join(f"{t.name.replace(':', '').replace(',', '')}: {infos[t.name].shorthash}" for t in tags
-                     if infos[t.name].shorthash)
+    return ", ".join(f"{t.name.replace(':', '').replace(',', '')}: {lora_hash(infos[t.name])[:SHORT_HASH]}"
+                     for t in tags)
 
 
 # --- run time ----------------------------------------------------------------

@@ -294,6 +294,6 @@ def health():
 @bp.get("/loras")
 def loras():
     """The LoRA folder for the page's picker: usable LoRAs with their hash, skipped files with the reason."""
-    infos = lora_infos()
+    infos = lora_infos(hashes=True)
     return jsonify({"ok": True, "loras": [i.to_dict() for i in infos if not i.error],
                     "skipped": [i.to_dict() for i in infos if i.error]})

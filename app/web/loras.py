@@ -10,12 +10,13 @@ from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
 
 
-def lora_infos() -> list[LoraInfo]:
-    """The LORA_DIR listing. With the engine in this process its layer shapes are checked too;
-    with Redis workers only the files are (a LoRA for another model then fails its job)."""
+def lora_infos(hashes: bool = False) -> list[LoraInfo]:
+    """The LORA_DIR listing (``hashes``: with each file's hash). With the engine in this process its
+    layer shapes are checked too; with Redis workers only the files are (a LoRA for another model
+    then fails its job, with the reason)."""
     engine = current_app.config.get("ENGINE")
     shapes = getattr(engine, "lora_shapes", None) if engine is not None else None
-    return scan(current_app.config.get("LORA_DIR"), shapes)
+    return scan(current_app.config.get("LORA_DIR"), shapes, hashes=hashes)
 
 
 def check_loras(gen: GenerationRequest) -> None:

@@ -177,13 +177,16 @@ def test_two_loras_at_once_and_separate_text_encoder_and_unet_weights(lora_engin
     assert pixels(lora_engine, f"{PROMPT} <lora:kohya:te=0:unet=1>") == unet_only
 
 
-def test_img2img_uses_the_lora_and_then_drops_it(lora_engine):
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+def test_img2img_and_inpaint_use_the_lora_and_then_drop_it(lora_engine, mode):
     init = Image.new("RGB", (64, 64), (200, 80, 40))
-    plain = pixels(lora_engine, PROMPT, init_image=init, strength=0.6, steps=4, width=None, height=None)
-    tagged = pixels(lora_engine, f"{PROMPT} <lora:kohya>", init_image=init, strength=0.6, steps=4,
-                    width=None, height=None)
-    assert tagged != plain
-    assert pixels(lora_engine, PROMPT, init_image=init, strength=0.6, steps=4, width=None, height=None) == plain
+    params = dict(init_image=init, strength=0.6, steps=4, width=None, height=None)
+    if mode == "inpaint":
+        params["mask"] = Image.new("L", (64, 64), 0)
+        params["mask"].paste(255, (16, 16, 48, 48))
+    plain = pixels(lora_engine, PROMPT, **params)
+    assert pixels(lora_engine, f"{PROMPT} <lora:kohya>", **params) != plain  # the from_pipe pipelines share it
+    assert pixels(lora_engine, PROMPT, **params) == plain
 
 
 @pytest.mark.parametrize("prompt, field, words", [

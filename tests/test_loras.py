@@ -336,6 +336,23 @@ def test_lora_dir_defaults_to_the_instance_folder(make_app, tmp_path):
         app.extensions["t2i"].stop()
 
 
+def test_without_the_engine_in_process_the_files_are_still_checked(lora_dir, tmp_path):
+    """Redis workers load the model elsewhere: the web layer checks names and file formats (the
+    worker checks the layer shapes when the job runs)."""
+    from app import create_app
+
+    app = create_app({"MODEL": "demo", "START_WORKER": False, "INSTANCE": str(tmp_path / "inst"),
+                      "LORA_DIR": str(lora_dir[0])})
+    try:
+        client = app.test_client()
+        for name, words in (("nope", "unknown LoRA"), ("sdxl", "SDXL"), ("evil", "refused")):
+            body = assert_error(client.post("/api/jobs", json=small_job(prompt=f"a <lora:{name}>")), 400, "prompt")
+            assert words in body["error"]
+        assert client.post("/api/jobs", json=small_job(prompt="a <lora:kohya:0.5>")).status_code == 202
+    finally:
+        app.extensions["t2i"].stop()
+
+
 def test_webuiapi_get_loras_against_a_running_server(lora_app):
     webuiapi = pytest.importorskip("webuiapi")
     from app.web.server import ServerHandle

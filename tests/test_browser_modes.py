@@ -55,7 +55,8 @@ def test_paint_a_mask_with_the_mouse_and_inpaint_only_there(serve, page, tmp_pat
     page.click("#mask-section > summary")
     # A horizontal stroke across the middle (image rows 27..37), as a user drags the mouse; the
     # painter shows the 64 px image larger, and the brush size is in screen pixels.
-    box = page.locator("#mask-canvas").bounding_box()
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = page.locator("#mask-canvas").bounding_box()  # where it is in the viewport, as the mouse sees it
     scale = box["width"] / 64
     assert scale >= 1 and abs(box["height"] - box["width"]) < 1, box
     page.eval_on_selector("#mask-brush", "(b, px) => { b.value = px; b.dispatchEvent(new Event('input')); }",
@@ -97,6 +98,19 @@ def test_paint_a_mask_with_the_mouse_and_inpaint_only_there(serve, page, tmp_pat
     assert painted_pixels(page) == 0 and page.text_content("#mask-state").startswith("No mask")
     page.click("#mask-all")
     assert painted_pixels(page) == 64 * 64
+
+    # Outpainting 16 px to the left (it replaces the mask): a wider image with the init image on its right.
+    page.click("#outpaint-section > summary")
+    page.fill("#outpaint", "16")
+    for side in ("right", "up", "down"):
+        page.uncheck(f"#outpaint-{side}")
+    page.click("#generate")
+    page.wait_for_function("() => t2iPage.lastJob.params.outpaint === 16 && t2iPage.lastJob.state === 'done'")
+    params = page.evaluate("t2iPage.lastJob.params")
+    assert params["outpaint_directions"] == "left" and not params["has_mask"]
+    page.wait_for_function(RESULT_LOADED, arg=1)
+    out = png_at(page, server.url + page.get_attribute("#results img", "src"))
+    assert out.size == (80, 64)
 
 
 PHONE = {"width": 390, "height": 844}
@@ -244,11 +258,16 @@ def test_hires_fix_and_variation_seed_fields_reach_the_job(serve, page):  # noqa
 
 
 def test_a_cancelled_job_shows_its_partial_image(serve, page):  # noqa: F811
-    """Needs the partial-image contract (a cancelled job with ``partial: true`` and images);
-    skipped on a server that does not keep them."""
+    """The partial-image contract: a cancelled job's JSON with ``partial: true`` has
+    ``images`` shaped as a done job's, and the page shows them labelled as partial.
+    A server that keeps no partial image shows none; the page's side of the
+    contract is then checked with that job's JSON plus a real image's entry."""
     server = serve()
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
+    submit(page, "quick", width=64, height=64, steps=2)
+    page.wait_for_function(RESULT_LOADED, arg=1)
+    done_images = page.evaluate("t2iPage.lastJob.images")
     submit(page, "slow", width=64, height=64, steps=60)
     page.wait_for_function("() => t2iPage.lastJob && t2iPage.lastJob.state === 'running' && "
                            "t2iPage.lastJob.progress.step >= 2")
@@ -257,8 +276,10 @@ def test_a_cancelled_job_shows_its_partial_image(serve, page):  # noqa: F811
     job = page.request.get(f"{server.url}/api/jobs/{page.evaluate('t2iPage.lastJob.id')}?wait=30").json()["job"]
     if not job.get("partial"):
         assert page.query_selector("#results img") is None
-        pytest.skip("this server keeps no partial image for a cancelled job (the h-partial branch adds it)")
+        job = dict(job, partial=True, images=done_images)
+        page.evaluate("(job) => { t2iPage.renderedResults = null; t2iPage.render(job); }", job)
     page.wait_for_function(RESULT_LOADED, arg=len(job["images"]))
     label = page.text_content("#results .partial-label")
     assert f"cancelled at step {job['progress']['step']} of {job['progress']['total']}" in label
     assert page.text_content("#job-state").startswith("Cancelled: partial")
+    assert page.get_attribute("#results img", "alt").startswith("Partial image 1")

@@ -871,7 +871,8 @@
     this.reuseTools(p, set);
     this.clearErrors();
     this.note(p.has_init_image
-      ? "Settings restored. The init image is not kept: choose it again for the same result."
+      ? "Settings restored. The init image" + (p.has_mask ? " and the mask are" : " is") +
+        " not kept: choose it again for the same result."
       : "Settings restored" + (seed !== null && seed !== undefined ? " with seed " + seed : "") + ".");
     $("prompt").focus();
     this.form.scrollIntoView({ behavior: "smooth", block: "start" });

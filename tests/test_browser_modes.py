@@ -247,7 +247,8 @@ def test_hires_fix_and_variation_seed_fields_reach_the_job(serve, page):  # noqa
 
     # The PNG read back (PNG Info) fills the new fields too, from A1111's infotext names.
     page.uncheck("#enable_hr")
-    for field in ("#hr_scale", "#hr_second_pass_steps", "#subseed", "#subseed_strength"):
+    page.select_option("#hr_upscaler", "Latent")
+    for field in ("#hr_scale", "#hr_second_pass_steps", "#hr_strength", "#subseed", "#subseed_strength", "#width"):
         page.fill(field, "")
     page.evaluate("""async (url) => { const blob = await (await fetch(url)).blob();
         t2iPage.fillFromPng(new File([blob], 'x.png', {type: 'image/png'})); }""", job["images"][0]["url"])
@@ -255,19 +256,25 @@ def test_hires_fix_and_variation_seed_fields_reach_the_job(serve, page):  # noqa
     assert page.is_checked("#enable_hr")
     assert [page.input_value(f) for f in ("#hr_scale", "#hr_upscaler", "#hr_second_pass_steps", "#hr_strength",
                                           "#subseed", "#subseed_strength")] == ["2", "Lanczos", "2", "0.6", "123", "0.5"]
+    assert page.input_value("#width") == "64"  # the first pass's size, as A1111 writes it
 
 
 def test_a_cancelled_job_shows_its_partial_image(serve, page):  # noqa: F811
     """The partial-image contract: a cancelled job's JSON with ``partial: true`` has
     ``images`` shaped as a done job's, and the page shows them labelled as partial.
     A server that keeps no partial image shows none; the page's side of the
-    contract is then checked with that job's JSON plus a real image's entry."""
-    server = serve()
+    contract is then checked with that job's JSON plus a real image's entry.
+    (The same server's width limit shows an Upscale that fails, with the server's reason.)"""
+    server = serve(MAX_WIDTH=96)
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
     submit(page, "quick", width=64, height=64, steps=2)
     page.wait_for_function(RESULT_LOADED, arg=1)
     done_images = page.evaluate("t2iPage.lastJob.images")
+    page.click("#results button.upscale")
+    page.wait_for_function("() => document.querySelector('#results .upscale-status.bad')")
+    assert "makes a 128x128 image" in page.text_content("#results .upscale-status")
+    assert page.is_enabled("#results button.upscale") and page.query_selector("#results .upscaled img") is None
     submit(page, "slow", width=64, height=64, steps=60)
     page.wait_for_function("() => t2iPage.lastJob && t2iPage.lastJob.state === 'running' && "
                            "t2iPage.lastJob.progress.step >= 2")

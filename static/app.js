@@ -952,7 +952,7 @@
     var self = this;
     this.canvas = canvas;
     this.image = image;
-    this.ctx = canvas.getContext("2d");
+    this.ctx = canvas.getContext("2d", { willReadFrequently: true });  // coverage() reads it back
     this.erasing = false;
     this.last = null;       // the last point of the stroke being drawn
     this.pointer = null;    // the pointer drawing it

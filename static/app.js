@@ -158,6 +158,9 @@
     $("random-seed").addEventListener("click", function () { $("seed").value = ""; $("seed").focus(); });
     $("strength").addEventListener("input", function () { $("strength-value").textContent = $("strength").value; });
     $("init_image").addEventListener("change", function () { self.initImageChosen(); });
+    $("random-subseed").addEventListener("click", function () { $("subseed").value = ""; $("subseed").focus(); });
+    this.mask = new MaskPainter($("mask-canvas"), $("mask-image"));
+    this.lightbox = new Lightbox();
     $("clear-init").addEventListener("click", function () { self.clearInitImage(); });
     $("cancel").addEventListener("click", function () { self.cancel(); });
     $("reuse").addEventListener("click", function () {
@@ -212,7 +215,10 @@
     box.textContent = text;
     show(box, true);
     // The request's field names come from the server (the request type), with the page config.
-    var input = data.field && (this.config.fields || []).indexOf(data.field) >= 0 ? $(data.field) : null;
+    var id = data.field;
+    // The hires pass's denoising strength is the request's strength, in its own box when hires is on.
+    if (id === "strength" && !this.initImage && $("enable_hr").checked) id = "hr_strength";
+    var input = id && (this.config.fields || []).indexOf(data.field) >= 0 ? $(id) : null;
     if (input) {
       input.setAttribute("aria-invalid", "true");
       input.setAttribute("aria-errormessage", "form-error");
@@ -247,8 +253,59 @@
     if (this.initImage) {
       body.init_image = this.initImage;
       body.strength = Number($("strength").value);
+      this.readInitTools(body);
+    } else {
+      this.readTxt2imgTools(body);
     }
     return body;
+  };
+
+  // Inpainting and outpainting: only with an init image; a mask only when something is painted.
+  GeneratePage.prototype.readInitTools = function (body) {
+    var outpaint = numberOrNull("outpaint", Number);
+    if (outpaint) {
+      // Outpainting keeps the init image's size and adds to it: the server sizes the canvas.
+      body.outpaint = outpaint;
+      body.outpaint_directions = Array.prototype.map.call(
+        this.form.querySelectorAll("[data-outpaint-side]:checked"),
+        function (box) { return box.getAttribute("data-outpaint-side"); }).join(",");
+      delete body.width;
+      delete body.height;
+    } else {
+      var mask = this.mask.toDataURL();
+      if (mask) body.mask = mask;
+    }
+    if (body.mask || body.outpaint) {
+      ["mask_blur", "inpainting_fill", "inpaint_full_res_padding"].forEach(function (id) {
+        var value = numberOrNull(id, Number);
+        if (value !== null) body[id] = value;
+      });
+      body.inpaint_full_res = $("inpaint_full_res").checked;
+      body.inpainting_mask_invert = $("inpainting_mask_invert").checked;
+    }
+  };
+
+  // Hires fix and variation seeds: txt2img only (the server refuses them with an init image).
+  GeneratePage.prototype.readTxt2imgTools = function (body) {
+    var number = function (id) { return numberOrNull(id, Number); };
+    var strength = number("subseed_strength"), fromW = number("seed_resize_from_w"), fromH = number("seed_resize_from_h");
+    if (strength || fromW || fromH) {
+      var subseed = number("subseed");
+      if (subseed !== null) body.subseed = subseed;
+      if (strength !== null) body.subseed_strength = strength;
+      if (fromW !== null) body.seed_resize_from_w = fromW;
+      if (fromH !== null) body.seed_resize_from_h = fromH;
+    }
+    if ($("enable_hr").checked) {
+      body.enable_hr = true;
+      ["hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps"].forEach(function (id) {
+        var value = number(id);
+        if (value !== null) body[id] = value;
+      });
+      body.hr_upscaler = $("hr_upscaler").value;
+      var denoise = number("hr_strength");
+      if (denoise !== null) body.strength = denoise;  // A1111's denoising strength is the request's strength
+    }
   };
 
   GeneratePage.prototype.initImageChosen = function () {
@@ -265,16 +322,48 @@
       return;
     }
     var reader = new FileReader();
-    reader.onload = function () {
-      self.initImage = reader.result;
-      var thumb = $("init-thumb");
-      thumb.onload = function () { self.sizeFromImage(thumb.naturalWidth, thumb.naturalHeight); };
-      thumb.src = reader.result;
-      show($("init-preview"), true);
-      $("strength").disabled = false;
-    };
+    reader.onload = function () { self.setInitImage(reader.result); };
     reader.onerror = function () { self.showError({ error: "Could not read " + file.name, field: "init_image" }); };
     reader.readAsDataURL(file);
+  };
+
+  // The init image as a data URL (a chosen file, or a result sent here): preview,
+  // size and the mask painter follow it.
+  GeneratePage.prototype.setInitImage = function (dataUrl) {
+    var self = this, thumb = $("init-thumb");
+    this.initImage = dataUrl;
+    thumb.onload = function () {
+      self.sizeFromImage(thumb.naturalWidth, thumb.naturalHeight);
+      self.mask.reset(dataUrl, thumb.naturalWidth, thumb.naturalHeight);
+    };
+    thumb.src = dataUrl;
+    show($("init-preview"), true);
+    show($("init-tools"), true);
+    $("strength").disabled = false;
+  };
+
+  // "Send to img2img": an image of this server (a result, a gallery image) becomes the init image.
+  GeneratePage.prototype.sendToImg2img = function (url) {
+    var self = this;
+    this.clearErrors();
+    return fetch(url, { credentials: "same-origin" }).then(function (response) {
+      if (!response.ok) throw new Error("the server answered " + response.status);
+      return response.blob();
+    }).then(function (blob) {
+      try {  // the file box shows the image's name too, where the browser lets a script set it
+        var transfer = new DataTransfer();
+        transfer.items.add(new File([blob], url.split("/").slice(-2).join("-"), { type: blob.type || "image/png" }));
+        $("init_image").files = transfer.files;
+      } catch (e) { /* older browsers: the preview alone shows it */ }
+      return blobToDataURL(blob);
+    }).then(function (dataUrl) {
+      self.setInitImage(dataUrl);
+      self.note("The image is the init image now: set the strength and press Generate.");
+      $("init-preview").closest("fieldset").scrollIntoView({ behavior: "smooth", block: "start" });
+      $("strength").focus();
+    }).catch(function (error) {
+      self.showError({ error: "Could not load " + url + " as the init image: " + error.message, field: "init_image" });
+    });
   };
 
   // The model's own pixel count (768x768 on SD 2.1) at another aspect ratio, in
@@ -334,6 +423,8 @@
     $("init_image").value = "";
     $("init-thumb").removeAttribute("src");
     show($("init-preview"), false);
+    show($("init-tools"), false);
+    this.mask.reset(null);
     $("strength").disabled = true;
   };
 
@@ -401,8 +492,34 @@
       prompt: p.Prompt, negative_prompt: p["Negative prompt"] || "",
       width: number(p["Size-1"]), height: number(p["Size-2"]), steps: number(p.Steps),
       guidance_scale: number(p["CFG scale"]), scheduler: sampler, seed: number(p.Seed),
-      strength: null, num_images: null, tiling: p.Tiling === "True" || p.Tiling === "true" ? true : null,
+      strength: number(p["Denoising strength"]), num_images: null,
+      tiling: p.Tiling === "True" || p.Tiling === "true" ? true : null,
+      // Inpainting (app/engine/inpaint.py writes these names)
+      mask_blur: number(p["Mask blur"]),
+      inpainting_fill: p["Masked content"] ? fillMode(p["Masked content"]) : null,
+      inpaint_full_res: p["Inpaint area"] ? p["Inpaint area"] === "Only masked" : null,
+      inpaint_full_res_padding: number(p["Masked area padding"]),
+      inpainting_mask_invert: p["Mask mode"] ? p["Mask mode"] === "Inpaint not masked" : null,
+      // Hires fix (app/engine/hires.py): "Hires upscale: 2" or "Hires resize: 1024x768"
+      enable_hr: p["Hires upscaler"] || p["Hires upscale"] || p["Hires resize"] ? true : null,
+      hr_scale: number(p["Hires upscale"]), hr_resize_x: pair(p["Hires resize"])[0],
+      hr_resize_y: pair(p["Hires resize"])[1], hr_upscaler: p["Hires upscaler"] || null,
+      hr_second_pass_steps: number(p["Hires steps"]),
+      // Variation seeds (app/engine/noise.py)
+      subseed: number(p["Variation seed"]), subseed_strength: number(p["Variation seed strength"]),
+      seed_resize_from_w: pair(p["Seed resize from"])[0], seed_resize_from_h: pair(p["Seed resize from"])[1],
     };
+    function pair(text) {  // "512x768" -> [512, 768]
+      var parts = String(text || "").split("x");
+      return parts.length === 2 ? [number(parts[0]), number(parts[1])] : [null, null];
+    }
+  }
+
+  // "latent noise" -> 2, from the page's own select (the engine's FILL_MODES).
+  function fillMode(name) {
+    var options = $("inpainting_fill") ? $("inpainting_fill").options : [];
+    for (var i = 0; i < options.length; i++) if (options[i].textContent.trim() === name) return Number(options[i].value);
+    return null;
   }
 
   // Copy text to the clipboard; the old way where the Clipboard API is missing (plain http).
@@ -562,9 +679,21 @@
         // The load failure's details are the server log's; the page says what a visitor can do.
         if (/^the model could not be loaded/.test(job.error || "")) return "Failed: " + MODEL_FAILED;
         return "Failed: " + (job.error || "unknown error");
-      case "cancelled": return "Cancelled";
+      case "cancelled": return hasResults(job) ? "Cancelled: " + partialLabel(job) : "Cancelled";
       default: return String(job.state);
     }
+  }
+
+  // A cancelled job may keep the image of its last step (``partial: true``, images as a done job's).
+  function hasResults(job) {
+    return (job.state === "done" || (job.state === "cancelled" && job.partial === true)) &&
+      !!(job.images && job.images.length);
+  }
+
+  function partialLabel(job) {
+    var progress = job.progress || {};
+    return progress.total ? "partial, cancelled at step " + progress.step + " of " + progress.total
+                          : "partial, cancelled before the end";
   }
 
   var MODEL_FAILED = "the model could not be loaded; the person running this app must restart it.";
@@ -646,25 +775,41 @@
 
   GeneratePage.prototype.finish = function (job) {
     window.clearTimeout(this.timer);
-    if (job.state === "done" && this.renderedResults !== job.id) this.renderResults(job);
+    if (hasResults(job) && this.renderedResults !== job.id) this.renderResults(job);
   };
 
   GeneratePage.prototype.renderResults = function (job) {
-    var self = this, p = job.params || {};
+    var self = this, p = job.params || {}, partial = job.state === "cancelled";
+    var items = (job.images || []).map(function (image, index) {
+      return { url: image.url, infotext: image.infotext,
+               alt: (partial ? "Partial image " : "Generated image ") + (index + 1) + ", seed " + image.seed };
+    });
     var figures = (job.images || []).map(function (image, index) {
       var download = image.url + (image.url.indexOf("?") < 0 ? "?" : "&") + "download=1";
-      return el("figure", { class: "result" },
-        el("a", { href: image.url, target: "_blank", rel: "noopener" },
-          el("img", { src: image.url, alt: "Generated image " + (index + 1) + ", seed " + image.seed,
-                      width: p.width, height: p.height })),
+      var figure = el("figure", { class: "result" + (partial ? " partial" : "") },
+        el("a", { href: image.url, target: "_blank", rel: "noopener", class: "open-lightbox",
+                  "aria-label": "Open " + items[index].alt + " full size",
+                  onclick: function (event) {
+                    if (event.ctrlKey || event.metaKey || event.shiftKey || event.button) return;  // a new tab
+                    event.preventDefault();
+                    self.lightbox.open(items, index, event.currentTarget);
+                  } },
+          el("img", { src: image.url, alt: items[index].alt })),
         el("figcaption", null,
+          partial ? el("span", { class: "partial-label", text: partialLabel(job) }) : null,
           el("span", { class: "meta", text: "Seed " + image.seed }),
           el("a", { class: "button secondary small", href: download, download: job.id + "-" + index + ".png",
                     text: "Download" }),
           el("button", { type: "button", class: "secondary small reuse-image", "data-index": index,
                          text: "Use this seed", onclick: function () { self.reuse(job, index); } }),
           el("button", { type: "button", class: "secondary small copy-infotext", text: "Copy parameters",
-                         onclick: function (event) { copyText(image.infotext, event.currentTarget); } })));
+                         onclick: function (event) { copyText(image.infotext, event.currentTarget); } }),
+          el("button", { type: "button", class: "secondary small send-img2img", text: "Send to img2img",
+                         onclick: function () { self.sendToImg2img(image.url); } }),
+          el("button", { type: "button", class: "secondary small upscale",
+                         text: "Upscale ×" + UPSCALE_FACTOR,
+                         onclick: function (event) { upscaleInto(figure, image.url, event.currentTarget); } })));
+      return figure;
     });
     $("results").replaceChildren.apply($("results"), figures);
     this.renderedResults = job.id;
@@ -683,6 +828,12 @@
       ["Seed", (job.images && job.images.length) ? job.images.map(function (i) { return i.seed; }).join(", ")
                                                  : (p.seed === null || p.seed === undefined ? "random" : p.seed)],
       ["Init image", p.has_init_image ? "yes, strength " + p.strength : null],
+      ["Inpaint", p.has_mask ? "mask blur " + p.mask_blur + (p.inpaint_full_res ? ", only masked" : "") : null],
+      ["Outpaint", p.outpaint ? p.outpaint + " px " + p.outpaint_directions : null],
+      ["Hires fix", p.enable_hr ? (p.hr_resize_x || p.hr_resize_y ? "to " + p.hr_resize_x + "×" + p.hr_resize_y
+                                                                  : "×" + p.hr_scale) +
+                                  ", " + p.hr_upscaler + ", denoising " + p.strength : null],
+      ["Variation", p.subseed_strength ? "seed " + p.subseed + ", strength " + p.subseed_strength : null],
     ];
     var nodes = [];
     rows.forEach(function (row) {
@@ -717,20 +868,53 @@
     var seed = image ? image.seed : p.seed;
     $("seed").value = seed === null || seed === undefined ? "" : seed;
     if (p.strength) { $("strength").value = p.strength; $("strength-value").textContent = p.strength; }
+    this.reuseTools(p, set);
     this.clearErrors();
     this.note(p.has_init_image
-      ? "Settings restored. The init image is not kept: choose it again for the same result."
+      ? "Settings restored. The init image" + (p.has_mask ? " and the mask are" : " is") +
+        " not kept: choose it again for the same result."
       : "Settings restored" + (seed !== null && seed !== undefined ? " with seed " + seed : "") + ".");
     $("prompt").focus();
     this.form.scrollIntoView({ behavior: "smooth", block: "start" });
   };
 
+  // The inpaint, outpaint, hires and variation fields; what the params lack keeps its default.
+  GeneratePage.prototype.reuseTools = function (p, set) {
+    var d = this.config.defaults || {};
+    var pick = function (name) { return p[name] === null || p[name] === undefined ? d[name] : p[name]; };
+    ["mask_blur", "inpainting_fill", "inpaint_full_res_padding", "outpaint", "hr_scale", "hr_resize_x",
+     "hr_resize_y", "hr_second_pass_steps", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
+      .forEach(function (name) { set(name, pick(name)); });
+    ["inpaint_full_res", "inpainting_mask_invert", "enable_hr"].forEach(function (name) {
+      $(name).checked = !!pick(name);
+    });
+    var sides = String(pick("outpaint_directions") || "").split(",");
+    this.form.querySelectorAll("[data-outpaint-side]").forEach(function (box) {
+      box.checked = sides.indexOf(box.getAttribute("data-outpaint-side")) >= 0;
+    });
+    var upscaler = pick("hr_upscaler");
+    Array.prototype.forEach.call($("hr_upscaler").options, function (option) {
+      if (option.value === upscaler) $("hr_upscaler").value = upscaler;
+    });
+    $("subseed").value = p.subseed === null || p.subseed === undefined ? "" : p.subseed;
+    if (p.enable_hr && p.strength) set("hr_strength", p.strength);
+    $("hires-section").open = !!p.enable_hr || $("hires-section").open;
+    $("variation-section").open = !!(p.subseed_strength || p.seed_resize_from_w) || $("variation-section").open;
+  };
+
   // After a reload (phones drop tabs), pick the last job up again; a gallery
-  // "Reuse settings" link arrives as /?reuse=<job id>&image=<n>.
+  // "Reuse settings" link arrives as /?reuse=<job id>&image=<n>, its "Send to
+  // img2img" link as /?init=/images/<job id>/<n>.png.
   GeneratePage.prototype.restore = function () {
     var self = this;
     var params = new URLSearchParams(window.location.search);
-    var reuseId = params.get("reuse");
+    var reuseId = params.get("reuse"), init = params.get("init");
+    if (init) {
+      window.history.replaceState(null, "", window.location.pathname);
+      // Only this server's own images: the link must not make the page fetch anything else.
+      if (/^\/images\/[^/?#]+\/[^/?#]+$/.test(init)) this.sendToImg2img(init);
+      else this.showError({ error: "init: not an image of this server", field: "init_image", value: init });
+    }
     if (reuseId) {
       window.history.replaceState(null, "", window.location.pathname);
       api("GET", "/api/jobs/" + encodeURIComponent(reuseId)).then(function (result) {
@@ -747,6 +931,269 @@
       else if (result.status === 404) { try { window.localStorage.removeItem(JOB_KEY); } catch (e) { /* ignore */ } }
     }, function () { /* offline: nothing to restore */ });
   };
+
+  function blobToDataURL(blob) {
+    return new Promise(function (resolve, reject) {
+      var reader = new FileReader();
+      reader.onload = function () { resolve(reader.result); };
+      reader.onerror = function () { reject(new Error("could not read the image")); };
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  // ------------------------------------------------------------ mask painter
+  // A canvas over the init image, at the image's own pixel size: strokes are
+  // drawn in a see-through colour, and the PNG sent with the request is white
+  // where something is painted, black elsewhere (white = repaint). Pointer
+  // events, so mouse, pen and touch all paint (the canvas has touch-action: none).
+  var MASK_COLOUR = "rgb(255, 64, 160)";
+
+  function MaskPainter(canvas, image) {
+    var self = this;
+    this.canvas = canvas;
+    this.image = image;
+    this.ctx = canvas.getContext("2d", { willReadFrequently: true });  // coverage() reads it back
+    this.erasing = false;
+    this.last = null;       // the last point of the stroke being drawn
+    this.pointer = null;    // the pointer drawing it
+    this.painted = false;   // anything painted since the last clear
+    canvas.addEventListener("pointerdown", function (event) { self.down(event); });
+    canvas.addEventListener("pointermove", function (event) { self.move(event); });
+    ["pointerup", "pointercancel", "lostpointercapture"].forEach(function (type) {
+      canvas.addEventListener(type, function (event) { if (event.pointerId === self.pointer) self.up(); });
+    });
+    $("mask-brush").addEventListener("input", function () { $("mask-brush-value").textContent = $("mask-brush").value; });
+    $("mask-eraser").addEventListener("click", function () {
+      self.erasing = !self.erasing;
+      $("mask-eraser").setAttribute("aria-pressed", String(self.erasing));
+    });
+    $("mask-clear").addEventListener("click", function () { self.clear(); });
+    $("mask-all").addEventListener("click", function () { self.fillAll(); });
+    $("mask-invert").addEventListener("click", function () { self.invert(); });
+  }
+
+  MaskPainter.prototype.reset = function (url, width, height) {
+    this.canvas.width = width || 0;
+    this.canvas.height = height || 0;
+    if (url) this.image.src = url; else this.image.removeAttribute("src");
+    this.clear();
+  };
+
+  // Brush diameter in screen pixels, whatever the image's size on the screen.
+  MaskPainter.prototype.point = function (event) {
+    var box = this.canvas.getBoundingClientRect();
+    var scale = box.width ? this.canvas.width / box.width : 1;
+    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale,
+             width: Number($("mask-brush").value) * scale };
+  };
+
+  MaskPainter.prototype.down = function (event) {
+    if (event.button > 0 || this.pointer !== null) return;  // one stroke at a time; no right-button painting
+    event.preventDefault();
+    this.pointer = event.pointerId;
+    try { this.canvas.setPointerCapture(event.pointerId); } catch (e) { /* synthetic events */ }
+    this.last = this.point(event);
+    this.stroke(this.last, this.last);
+  };
+
+  MaskPainter.prototype.move = function (event) {
+    if (event.pointerId !== this.pointer || !this.last) return;
+    event.preventDefault();
+    var next = this.point(event);
+    this.stroke(this.last, next);
+    this.last = next;
+  };
+
+  MaskPainter.prototype.up = function () {
+    this.pointer = null;
+    this.last = null;
+    this.changed();
+  };
+
+  MaskPainter.prototype.stroke = function (from, to) {
+    var ctx = this.ctx;
+    ctx.save();
+    ctx.globalCompositeOperation = this.erasing ? "destination-out" : "source-over";
+    ctx.strokeStyle = MASK_COLOUR;
+    ctx.lineWidth = to.width;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x + (from === to ? 0.01 : 0), to.y);  // a tap paints a dot
+    ctx.stroke();
+    ctx.restore();
+    if (!this.erasing) this.painted = true;
+  };
+
+  MaskPainter.prototype.clear = function () {
+    this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    this.painted = false;
+    this.changed();
+  };
+
+  MaskPainter.prototype.fillAll = function () {
+    this.ctx.fillStyle = MASK_COLOUR;
+    this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    this.painted = true;
+    this.changed();
+  };
+
+  MaskPainter.prototype.invert = function () {
+    var copy = el("canvas", { width: this.canvas.width, height: this.canvas.height });
+    copy.getContext("2d").drawImage(this.canvas, 0, 0);
+    this.ctx.save();
+    this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    this.ctx.fillStyle = MASK_COLOUR;
+    this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    this.ctx.globalCompositeOperation = "destination-out";
+    this.ctx.drawImage(copy, 0, 0);
+    this.ctx.restore();
+    this.painted = true;
+    this.changed();
+  };
+
+  // The share of the image painted, 0..1 (a pixel counts when it is more than half covered).
+  MaskPainter.prototype.coverage = function () {
+    if (!this.painted || !this.canvas.width || !this.canvas.height) return 0;
+    var data = this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height).data, count = 0;
+    for (var i = 3; i < data.length; i += 4) if (data[i] > 127) count++;
+    return count / (data.length / 4);
+  };
+
+  MaskPainter.prototype.changed = function () {
+    var share = this.coverage();
+    $("mask-state").textContent = share === 0 ? "No mask: the whole image changes."
+      : "Mask: " + Math.max(1, Math.round(share * 100)) + "% of the image is repainted.";
+  };
+
+  // The mask PNG (white = repaint) as a data URL; null when nothing is painted.
+  MaskPainter.prototype.toDataURL = function () {
+    if (this.coverage() === 0) return null;
+    var out = el("canvas", { width: this.canvas.width, height: this.canvas.height }), ctx = out.getContext("2d");
+    ctx.drawImage(this.canvas, 0, 0);
+    ctx.globalCompositeOperation = "source-in";  // the painted shape, in white
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.globalCompositeOperation = "destination-over";  // on black
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, out.width, out.height);
+    return out.toDataURL("image/png");
+  };
+
+  // --------------------------------------------------------------- lightbox
+  // An image full size in a modal <dialog> with its settings; Esc or Close shuts
+  // it and the focus goes back to what opened it; the arrow keys step through
+  // the batch (the result's images, or the gallery page's).
+  function Lightbox() {
+    var self = this;
+    this.items = [];
+    this.index = 0;
+    this.opener = null;
+    this.image = el("img", { id: "lightbox-image", alt: "" });
+    this.title = el("h2", { id: "lightbox-title" });
+    this.info = el("pre", { class: "infotext", id: "lightbox-info" });
+    this.prev = el("button", { type: "button", class: "secondary small", id: "lightbox-prev", text: "← Previous",
+                               onclick: function () { self.step(-1); } });
+    this.next = el("button", { type: "button", class: "secondary small", id: "lightbox-next", text: "Next →",
+                               onclick: function () { self.step(1); } });
+    this.download = el("a", { class: "button secondary small", id: "lightbox-download", text: "Download" });
+    this.dialog = el("dialog", { class: "lightbox", id: "lightbox", "aria-labelledby": "lightbox-title" },
+      el("div", { class: "lightbox-head" }, this.title,
+         el("button", { type: "button", class: "secondary small", id: "lightbox-close", text: "Close",
+                        onclick: function () { self.dialog.close(); } })),
+      el("div", { class: "lightbox-body" }, this.image),
+      el("div", { class: "actions" }, this.prev, this.next, this.download),
+      el("details", { class: "lightbox-info", open: true }, el("summary", { text: "Settings" }), this.info));
+    document.body.appendChild(this.dialog);
+    this.dialog.addEventListener("keydown", function (event) {
+      if (event.key === "ArrowRight") { event.preventDefault(); self.step(1); }
+      else if (event.key === "ArrowLeft") { event.preventDefault(); self.step(-1); }
+    });
+    this.dialog.addEventListener("close", function () {
+      if (self.opener && self.opener.isConnected) self.opener.focus();
+      self.opener = null;
+    });
+  }
+
+  // items: [{url, alt, infotext}]
+  Lightbox.prototype.open = function (items, index, opener) {
+    this.items = items;
+    this.opener = opener || document.activeElement;
+    this.show(index);
+    if (!this.dialog.open) this.dialog.showModal();
+    $("lightbox-close").focus();
+  };
+
+  Lightbox.prototype.step = function (delta) {
+    if (this.items.length > 1) this.show((this.index + delta + this.items.length) % this.items.length);
+  };
+
+  Lightbox.prototype.show = function (index) {
+    var item = this.items[index];
+    this.index = index;
+    this.image.src = item.url;
+    this.image.alt = item.alt || "";
+    this.title.textContent = (item.alt || "Image") + (this.items.length > 1 ? " (" + (index + 1) + " of " +
+                                                      this.items.length + ")" : "");
+    this.info.textContent = item.infotext || "No settings stored with this image.";
+    this.download.href = item.url + (item.url.indexOf("?") < 0 ? "?" : "&") + "download=1";
+    this.download.setAttribute("download", item.url.split("/").slice(-2).join("-"));
+    show(this.prev, this.items.length > 1);
+    show(this.next, this.items.length > 1);
+  };
+
+  // ---------------------------------------------------------------- upscale
+  // POST /api/upscale with the image, synchronous: the answer is the bigger PNG,
+  // shown under the image with its own status line and a download link.
+  var UPSCALE_FACTOR = 2;
+
+  function upscaleInto(container, url, button) {
+    var box = container.querySelector(".upscaled");
+    if (!box) {
+      box = el("div", { class: "upscaled" }, el("p", { class: "upscale-status", role: "status" }));
+      container.appendChild(box);
+    }
+    var status = box.querySelector(".upscale-status");
+    button.disabled = true;
+    status.classList.remove("bad");
+    status.textContent = "Upscaling ×" + UPSCALE_FACTOR + "…";
+    fetch(url, { credentials: "same-origin" }).then(function (response) {
+      if (!response.ok) throw new Error("could not load the image (" + response.status + ")");
+      return response.blob();
+    }).then(blobToDataURL).then(function (dataUrl) {
+      return fetch("/api/upscale", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "image/png, application/json",
+                   "ngrok-skip-browser-warning": "1" },
+        body: JSON.stringify({ image: dataUrl, scale: UPSCALE_FACTOR }) });
+    }).then(function (response) {
+      if (response.status === 401) goToLogin();
+      var type = response.headers.get("Content-Type") || "";
+      if (response.ok && type.indexOf("image/png") === 0) return response.blob();
+      return response.text().then(function (text) {
+        var data = null;
+        try { data = JSON.parse(text); } catch (e) { data = null; }
+        throw new Error((data && data.error) || "the server answered " + response.status);
+      });
+    }).then(function (blob) {
+      var old = box.querySelector("img");
+      if (old) URL.revokeObjectURL(old.src);
+      var src = URL.createObjectURL(blob);
+      var image = el("img", { src: src, alt: "Upscaled ×" + UPSCALE_FACTOR + " copy", class: "upscaled-image" });
+      image.onload = function () {
+        status.textContent = "Upscaled to " + image.naturalWidth + "×" + image.naturalHeight + ".";
+      };
+      box.replaceChildren(status, image,
+        el("a", { class: "button secondary small", href: src, text: "Download upscaled",
+                  download: url.split("/").slice(-2).join("-").replace(/\.png$/, "") + "-x" + UPSCALE_FACTOR + ".png" }));
+      button.disabled = false;
+    }).catch(function (error) {
+      status.textContent = "Upscale failed: " + error.message;
+      status.classList.add("bad");
+      button.disabled = false;
+    });
+  }
 
   // ------------------------------------------------------------------ queue
   // The caller's recent jobs (queued, running, done, ...) with their place,
@@ -865,9 +1312,25 @@
   // Delete buttons: DELETE /api/jobs/<id> removes the job and all its images,
   // so every tile of that job goes. (No inline handlers: the page's CSP forbids them.)
   function initGallery(root) {
+    var lightbox = null;
     root.addEventListener("click", function (event) {
       var copy = event.target.closest("[data-copy]");
       if (copy) { copyText($(copy.getAttribute("data-copy")).textContent, copy); return; }
+      var upscale = event.target.closest("[data-upscale]");
+      if (upscale) { upscaleInto(upscale.closest(".tile-body"), upscale.getAttribute("data-upscale"), upscale); return; }
+      var open = event.target.closest("a.tile-image");
+      if (open && !(event.ctrlKey || event.metaKey || event.shiftKey || event.button)) {
+        event.preventDefault();
+        var links = Array.prototype.slice.call(root.querySelectorAll("a.tile-image"));
+        var items = links.map(function (link) {
+          var info = $(link.getAttribute("data-info"));
+          return { url: link.getAttribute("href"), alt: link.querySelector("img").getAttribute("alt"),
+                   infotext: info ? info.textContent : "" };
+        });
+        lightbox = lightbox || new Lightbox();
+        lightbox.open(items, links.indexOf(open), open);
+        return;
+      }
       var button = event.target.closest("[data-delete-job]");
       if (!button) return;
       var jobId = button.getAttribute("data-delete-job");

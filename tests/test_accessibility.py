@@ -70,6 +70,40 @@ def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F8
     assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
 
 
+def test_inpaint_hires_and_lightbox_states_pass_axe(serve, scheme_page, shots, tmp_path):  # noqa: F811
+    """Issue #12's states: the mask painter and outpaint box open over an init image,
+    hires fix and variation seed open, an upscaled result, the lightbox open."""
+    from PIL import Image
+
+    page, problems = scheme_page, []
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(tmp_path / "init.png")
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.set_input_files("#init_image", str(tmp_path / "init.png"))
+    page.wait_for_function("() => document.getElementById('mask-canvas').width > 0")
+    page.click("#mask-section > summary")
+    page.click("#outpaint-section > summary")
+    page.click("#mask-all")
+    page.click("#mask-eraser")  # pressed: its colours too
+    problems += axe_problems(page, "mask painter", shots)
+    page.click("#clear-init")
+    page.click("#hires-section > summary")
+    page.click("#variation-section > summary")
+    page.check("#enable_hr")
+    problems += axe_problems(page, "hires open", shots)
+    page.uncheck("#enable_hr")
+    submit(page, "two tiles", width=64, height=64, steps=2, num_images=2)
+    page.wait_for_function("() => document.querySelectorAll('#results img').length === 2")
+    page.click("#results figure button.upscale")
+    page.wait_for_selector("#results .upscaled img")
+    page.click("#results figure a.open-lightbox")
+    page.wait_for_selector("#lightbox[open]")
+    problems += axe_problems(page, "lightbox", shots)
+    page.keyboard.press("Escape")
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
 def test_login_and_failed_model_pages_pass_axe(serve, scheme_page, tmp_path):  # noqa: F811
     page, problems = scheme_page, []
     server = serve(PASSWORD="open sesame")

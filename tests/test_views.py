@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.engine.hires import HR_UPSCALERS
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,16 +16,22 @@ XSS = "<script>alert(1)</script>"
 
 
 class Page(HTMLParser):
-    """Elements of an HTML page by id, plus every tag's attributes."""
+    """Elements of an HTML page by id, plus every tag's attributes (an option's
+    ``_select``: the id of the select it is in)."""
 
     def __init__(self, html: str):
         super().__init__()
         self.by_id: dict[str, dict] = {}
         self.tags: list[tuple[str, dict]] = []
+        self.select: str | None = None
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if tag == "select":
+            self.select = attrs.get("id")
+        elif tag == "option":
+            attrs["_select"] = self.select
         self.tags.append((tag, attrs))
         if "id" in attrs:
             self.by_id[attrs["id"]] = {"tag": tag, **attrs}
@@ -64,10 +71,13 @@ def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client)
     assert page.by_id["height"]["value"] == "256"
     assert page.by_id["steps"]["value"] == "25"
     assert page.by_id["guidance_scale"]["value"] == "7.5"
-    options = [a["value"] for a in page.all("option")]
+    options = [a["value"] for a in page.all("option", _select="scheduler")]
     assert options == scheduler_names()
     assert "selected" in page.all("option", value=DEFAULT_SCHEDULER)[0]
-    assert [a["value"] for a in page.all("option") if "selected" in a] == [DEFAULT_SCHEDULER]
+    assert [a["value"] for a in page.all("option", _select="scheduler") if "selected" in a] == [DEFAULT_SCHEDULER]
+    # The hires upscalers are the engine's list, the request's default chosen.
+    assert [a["value"] for a in page.all("option", _select="hr_upscaler")] == list(HR_UPSCALERS)
+    assert [a["value"] for a in page.all("option", _select="hr_upscaler") if "selected" in a] == ["Latent"]
     assert page.by_id["num_images"]["max"] == "4"  # MAX_IMAGES
     assert page.by_id["steps"]["max"] == "100"  # MAX_STEPS
     for element in ("generate", "progress", "preview", "results", "cancel", "reuse", "nav-gallery"):

@@ -13,6 +13,8 @@ from datetime import date
 
 from flask import Blueprint, current_app, render_template, request, send_file
 
+from app.engine.hires import HR_UPSCALERS
+from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend
@@ -40,7 +42,9 @@ def _page(**extra) -> dict:
 
 @bp.route("/")
 def index() -> str:
-    return render_template("index.html", **_page())
+    # The engine's lists, so the page's choices are the ones validation accepts.
+    return render_template("index.html", hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES,
+                           outpaint_directions=OUTPAINT_DIRECTIONS, **_page())
 
 
 @bp.route("/gallery")

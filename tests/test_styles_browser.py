@@ -74,7 +74,7 @@ def test_pick_a_style_generate_and_manage_styles(serve, page, styles_file):  # n
 
 
 def test_styles_box_and_editor_pass_axe(serve, scheme_page, styles_file):  # noqa: F811
-    page = scheme_page
+    page = scheme_page  # noqa: F811
     server = serve(STYLES=str(styles_file))
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")

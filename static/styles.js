@@ -47,6 +47,14 @@
     $("styles-editor").addEventListener("keydown", function (event) {
       if (event.key === "Escape") { self.toggleEditor(false); $("styles-manage").focus(); }
     });
+    // "Reuse settings" puts a job's prompt back as it ran, styles already applied: picking them
+    // again would apply them twice, so the picks are cleared.
+    document.addEventListener("click", function (event) {
+      if (event.target.closest && event.target.closest("#reuse, .reuse-image") && self.picked.length) {
+        self.picked = [];
+        self.render();
+      }
+    });
     this.load();
   }
 

@@ -29,7 +29,7 @@ def test_pick_a_style_generate_and_manage_styles(serve, page, styles_file):  # n
     server = serve(STYLES=str(styles_file))
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
-    page.get_by_label("cinematic").check()
+    page.get_by_role("checkbox", name="cinematic").check()
     page.fill("#prompt", "a fox")
     assert "cinematic still of a fox, film grain" in page.inner_text("#styles-picked")
     submit(page, "a fox", width=64, height=64, steps=2)
@@ -37,6 +37,11 @@ def test_pick_a_style_generate_and_manage_styles(serve, page, styles_file):  # n
     params = _my_jobs(page)[0]["params"]
     assert (params["prompt"], params["negative_prompt"], params["styles"]) == (
         "cinematic still of a fox, film grain", "cartoon", ["cinematic"])
+    # Reusing the job brings back the styled prompt that ran, and unpicks the style (or it would apply twice).
+    page.click("#reuse")
+    assert page.input_value("#prompt") == "cinematic still of a fox, film grain"
+    assert not page.get_by_role("checkbox", name="cinematic").is_checked()
+    page.fill("#prompt", "a fox")
 
     # The editor, by keyboard: open it, write a new style, see the preview, save it.
     page.focus("#styles-manage")
@@ -51,7 +56,7 @@ def test_pick_a_style_generate_and_manage_styles(serve, page, styles_file):  # n
     page.focus("#style-save")
     page.keyboard.press("Enter")
     page.wait_for_selector("#style-note:has-text('Added watercolor.')")
-    assert page.get_by_label("watercolor").is_visible()
+    assert page.get_by_role("checkbox", name="watercolor").is_visible()
     with open(styles_file, newline="", encoding="utf-8") as fh:
         assert list(csv.DictReader(fh))[-1] == {"name": "watercolor", "prompt": "watercolor painting",
                                                 "negative_prompt": ""}
@@ -68,7 +73,7 @@ def test_pick_a_style_generate_and_manage_styles(serve, page, styles_file):  # n
     page.wait_for_selector("#style-note:has-text('Saved watercolor.')")
     page.click("#style-delete")
     page.wait_for_selector("#style-note:has-text('Deleted watercolor.')")
-    assert page.get_by_label("watercolor").count() == 0
+    assert page.get_by_role("checkbox", name="watercolor").count() == 0
     names = [s["name"] for s in page.evaluate("() => fetch('/sdapi/v1/prompt-styles').then(r => r.json())")]
     assert names == ["cinematic"]
 
@@ -78,7 +83,7 @@ def test_styles_box_and_editor_pass_axe(serve, scheme_page, styles_file):  # noq
     server = serve(STYLES=str(styles_file))
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
-    page.get_by_label("cinematic").check()
+    page.get_by_role("checkbox", name="cinematic").check()
     page.fill("#prompt", "a fox")
     page.click("#styles-manage")
     page.select_option("#style-pick", "cinematic")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 from urllib.parse import quote
 
 import pytest
@@ -57,6 +58,7 @@ def test_native_jobs_apply_styles_as_the_a1111_api_does(styled):
     body = {"prompt": "a fox", "negative_prompt": "ugly", "styles": names, "width": 64, "height": 64,
             "steps": 2, "seed": 1}
     data = styled.post("/sdapi/v1/txt2img", json=body).get_json()
+    assert json.loads(data["info"])["styles"] == names
     parsed = parse_infotext(read_parameters(Image.open(io.BytesIO(base64.b64decode(data["images"][0])))))
     assert (parsed["prompt"], parsed["negative_prompt"]) == (job["params"]["prompt"], job["params"]["negative_prompt"])
     native = Image.open(io.BytesIO(styled.get(job["images"][0]["url"]).data))
@@ -168,3 +170,11 @@ def test_editing_from_another_site_is_refused(styled, styles_file):
     response = styled.delete("/api/styles/sharp", headers={"Origin": "https://evil.example"})
     assert_error(response, 403)
     assert styles_file.read_text(encoding="utf-8") == CSV
+
+
+def test_styles_need_the_password_when_one_is_set(make_app, styles_file):
+    client = make_app(STYLES=str(styles_file), PASSWORD="open sesame").test_client()
+    assert_error(client.get("/api/styles"), 401)
+    assert_error(client.put("/api/styles/x", json={"prompt": "y"}), 401)
+    auth = {"Authorization": "Bearer open sesame"}
+    assert client.put("/api/styles/x", json={"prompt": "y"}, headers=auth).status_code == 201

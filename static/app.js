@@ -249,6 +249,8 @@
     };
     var seed = numberOrNull("seed", Number);
     if (seed !== null) body.seed = seed;
+    var styles = $("styles") ? JSON.parse($("styles").value || "[]") : [];  // picked by static/styles.js
+    if (styles.length) body.styles = styles;
     Object.keys(body).forEach(function (key) { if (body[key] === null) delete body[key]; });
     if (this.initImage) {
       body.init_image = this.initImage;

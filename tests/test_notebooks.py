@@ -340,3 +340,13 @@ def test_install_cell_says_what_to_set_when_the_clone_fails(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"Could not clone {missing}: set REPO_URL in Settings to this project's GitHub URL.")
     assert not (tmp_path / "text-to-image").exists()
+
+
+def test_the_install_cell_adds_torchsde_where_colab_lacks_it(monkeypatch):
+    # Colab preinstalls torch but not torchsde (DPM++ SDE): the plan installs it, and never torch.
+    import app.notebook.setup as setup
+
+    have = setup.installed_version
+    monkeypatch.setattr(setup, "installed_version", lambda name: None if name == "torchsde" else have(name))
+    plan = setup.plan_install(ROOT / "requirements.txt")
+    assert [r for r in plan.to_pip if r.startswith("torch")] == ["torchsde>=0.2.6"]

@@ -206,7 +206,7 @@ class Engine:
             pipe = self._inpaint_pipe()
         else:
             pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
-        pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+        pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config, seeds)
         out_w, out_h = (width, height)
         if request.enable_hr:  # the hires pass's size decides VAE tiling
             from app.engine.hires import target_size
@@ -269,7 +269,7 @@ class Engine:
                 from app.engine.hires import run as run_hires
 
                 second = self._img2img_pipe()
-                second.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config)
+                second.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config, seeds)
                 output, extra_hires = run_hires(pipe, second, request, width, height, kwargs, phase, generators)
                 extra.update(extra_hires)
             elif request.init_image is not None:

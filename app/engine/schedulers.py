@@ -13,8 +13,13 @@ form keep working, and ``split_name`` gives the two parts for the infotext
 schedule means A1111's per-sampler default (Karras for DPM++ 2M, Exponential
 for the SDE ones), see ``a1111_automatic``.
 
-Not offered: "DPM++ SDE" (diffusers' DPMSolverSDEScheduler needs the extra
-``torchsde`` package), "DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart"
+"DPM++ SDE" is diffusers' DPMSolverSDEScheduler (k-diffusion's
+``sample_dpmpp_sde``, second order: two model calls a step, as in A1111). Its
+noise comes from a Brownian tree (the ``torchsde`` package); A1111 seeds one
+tree per image from that image's seed, and so does ``make_scheduler`` when
+given the seeds, so a seed gives the same image run to run.
+
+Not offered: "DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart"
 (no diffusers equivalent); schedule types "Polyexponential", "KL Optimal",
 "Align Your Steps", "Simple", "Normal", "DDIM" (no diffusers option).
 """
@@ -58,6 +63,7 @@ _DPM = "DPMSolverMultistepScheduler"
 SCHEDULERS: tuple[SchedulerSpec, ...] = (
     SchedulerSpec("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2},
                   ("dpmpp_2m", "k_dpmpp_2m", "dpm++", "dpmsolver++"), "karras"),
+    SchedulerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("dpmpp_sde", "k_dpmpp_sde"), "karras"),
     SchedulerSpec("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
                   ("dpmpp_2m_sde", "k_dpmpp_2m_sde"), "exponential"),
     SchedulerSpec("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
@@ -77,6 +83,7 @@ SAMPLERS = SCHEDULERS
 # Old one-word names: pre-1.9 A1111 aliases and ours.
 _LEGACY = {"dpmpp_2m_karras": "DPM++ 2M Karras", "k_dpmpp_2m_ka": "DPM++ 2M Karras",
            "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras", "k_dpmpp_2m_sde_ka": "DPM++ 2M SDE Karras",
+           "dpmpp_sde_karras": "DPM++ SDE Karras", "k_dpmpp_sde_ka": "DPM++ SDE Karras",
            "k_lms_ka": "LMS Karras", "k_dpm_2_ka": "DPM2 Karras", "k_dpm_2_a_ka": "DPM2 a Karras"}
 
 _SAMPLER_KEYS = {key.lower(): s for s in SCHEDULERS for key in (s.name, *s.aliases)}
@@ -169,9 +176,11 @@ def scheduler_names() -> list[str]:
     return [s.name for s in SCHEDULERS] + [f"{s.name} Karras" for s in SCHEDULERS if karras in supported_schedules(s)]
 
 
-def make_scheduler(name: str, base_config: dict):
+def make_scheduler(name: str, base_config: dict, seeds: list[int] | None = None):
     """A fresh scheduler of the named kind that keeps the model's training
-    settings (betas, prediction type: v-prediction on SD 2.1 768)."""
+    settings (betas, prediction type: v-prediction on SD 2.1 768). ``seeds``
+    (one per image of the batch) seed a Brownian-tree sampler's noise, as
+    A1111 seeds DPM++ SDE's; without them that noise is random."""
     import diffusers
 
     choice = find_scheduler(name)
@@ -182,4 +191,6 @@ def make_scheduler(name: str, base_config: dict):
     params = inspect.signature(cls.__init__).parameters
     flags = {k: False for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if k in params}
     options = {**flags, **choice.sampler.options, **choice.schedule.options}
+    if "noise_sampler_seed" in params:
+        options["noise_sampler_seed"] = list(seeds) if seeds else None
     return cls.from_config(base_config, **options)

@@ -2,15 +2,32 @@
 ``styles.csv`` (columns ``name,prompt,negative_prompt``), applied as A1111
 applies them: a style text holding ``{prompt}`` has it replaced by the
 prompt; otherwise the style text is appended after ``", "``. Several styles
-apply in order, each to the result of the one before."""
+apply in order, each to the result of the one before.
+
+``save_style`` and ``delete_style`` edit the file as A1111 would read it:
+every other row and column kept, the whole file written to a temporary
+file beside it and renamed over it, so a reader never sees half a file.
+``check_style`` bounds what an editor (maybe a stranger on a public link)
+can put there."""
 from __future__ import annotations
 
 import csv
 import os
+import re
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.engine.types import DEFAULT_LIMITS, Limits, ValidationError, check_text
+
 PROMPT_PLACEHOLDER = "{prompt}"
+COLUMNS = ("name", "prompt", "negative_prompt")  # A1111's header
+MAX_STYLES = 500  # styles in the file (an edit that would add one more is refused)
+MAX_NAME_CHARS = 64
+# Letters, digits and plain punctuation: a name is a URL path segment (/api/styles/<name>), a CSV cell
+# and an <option>; no slashes, quotes, angle brackets or control characters, no space at either end.
+_NAME = re.compile(r"[\w()\[\]&+!#:;@.,'-](?:[\w ()\[\]&+!#:;@.,'-]*[\w()\[\]&+!#:;@.,'-])?")
 
 
 @dataclass(frozen=True)
@@ -64,3 +81,88 @@ def apply_styles(prompt: str, negative_prompt: str, names: list[str],
         prompt = merge_prompt(style.prompt, prompt)
         negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
     return prompt, negative_prompt
+
+
+def check_style(style: Style, limits: Limits = DEFAULT_LIMITS) -> Style:
+    """The style, or ValidationError naming the bad field: a name of at most
+    MAX_NAME_CHARS letters, digits, spaces and plain punctuation; texts as a
+    prompt's (check_text: length, control characters)."""
+    name = style.name
+    if not isinstance(name, str) or not name:
+        raise ValidationError("name", name, "must be a non-empty string")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationError("name", name, f"is {len(name)} characters; the limit is {MAX_NAME_CHARS}")
+    if not _NAME.fullmatch(name):
+        raise ValidationError("name", name, "may hold letters, digits, spaces (not at either end) and "
+                                            "( ) [ ] & + ! # : ; @ . , ' - only")
+    check_text("prompt", style.prompt, limits)
+    check_text("negative_prompt", style.negative_prompt, limits)
+    return style
+
+
+class TooManyStyles(ValueError):
+    pass
+
+
+_lock = threading.Lock()  # one read-modify-write of the file at a time (the web app's threads)
+
+
+def save_style(path: str | os.PathLike, style: Style) -> bool:
+    """Add the style to the file, or replace the prompt and negative prompt of
+    the one with its name (its other columns kept). True if it is new;
+    TooManyStyles when the file already holds MAX_STYLES."""
+    with _lock:
+        header, rows = _read_rows(path)
+        found = [row for row in rows if _row_name(row) == style.name]
+        if not found and sum(1 for row in rows if _row_name(row)) >= MAX_STYLES:
+            raise TooManyStyles(f"there are already {MAX_STYLES} styles; delete one first")
+        if found:
+            found[0].update(prompt=style.prompt, negative_prompt=style.negative_prompt)
+            rows = [row for row in rows if row is found[0] or _row_name(row) != style.name]  # duplicates go
+        else:
+            rows.append({**dict.fromkeys(header, ""), **style.to_dict()})
+        _write_rows(path, header, rows)
+        return not found
+
+
+def delete_style(path: str | os.PathLike, name: str) -> bool:
+    """Remove the named style's rows; False if there was none."""
+    with _lock:
+        header, rows = _read_rows(path)
+        kept = [row for row in rows if _row_name(row) != name]
+        if len(kept) == len(rows):
+            return False
+        _write_rows(path, header, kept)
+        return True
+
+
+def _row_name(row: dict) -> str:
+    return (row.get("name") or "").strip()
+
+
+def _read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
+    """The header (A1111's columns first if missing) and every row as read, blank-named ones included."""
+    if not Path(path).is_file():
+        return list(COLUMNS), []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]  # cells past the header: dropped
+        header = [name for name in (reader.fieldnames or []) if name]
+    return [*header, *(c for c in COLUMNS if c not in header)], rows
+
+
+def _write_rows(path: str | os.PathLike, header: list[str], rows: list[dict]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".styles-", suffix=".csv", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

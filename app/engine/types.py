@@ -108,6 +108,10 @@ class GenerationRequest:
     subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
     seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
     seed_resize_from_h: int = 0
+    # --- prompt styles (issue #15; app/engine/styles.py) ---
+    # The names of the styles already applied to prompt and negative_prompt (by the web API, from styles.csv):
+    # a record of how the prompt was made, as A1111's infotext keeps the styled prompt. Nothing here applies them.
+    styles: list[str] = field(default_factory=list)
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -167,6 +171,9 @@ class GenerationRequest:
         self._validate_inpaint(limits)
         self._validate_hires(limits)
         self._validate_variation(limits)
+        if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
+            raise ValidationError("styles", self.styles, "must be a list of style names")
+        self.styles = list(self.styles)
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")

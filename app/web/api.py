@@ -14,6 +14,7 @@ from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
+from app.web.styles import styled_values
 from app.web.timing import timing
 from app.web.uploads import decode_init_image, decode_mask
 from app.web.waiting import RETRY_AFTER, wait_slot
@@ -33,6 +34,7 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
     values = {k: v for k, v in values.items() if v is not None}
     if "prompt" not in values:
         raise ValidationError("prompt", None, "is required")
+    values = styled_values(values)  # before validation: the styled prompt is what runs and what is checked
     init = None
     if init_value is not None and init_value != "":
         init = decode_init_image(init_value, config)
@@ -113,6 +115,8 @@ def _job_values() -> tuple[dict, object, object]:
     """Fields from a JSON body or a multipart form; the init image and mask apart."""
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         values = {k: _from_form(k, v) for k, v in request.form.items()}
+        if "styles" in request.form:  # a list: one form field per style, as a multi-select sends them
+            values["styles"] = [name.strip() for name in request.form.getlist("styles") if name.strip()]
         for name in IMAGE_FIELDS:
             upload = request.files.get(name)
             if upload is not None and upload.filename:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -30,7 +29,6 @@ from app.engine.schedulers import (
     split_name,
     with_schedule,
 )
-from app.engine.styles import UnknownStyle, apply_styles, load_styles
 from app.engine.types import MAX_SEED, floor_size
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
@@ -41,6 +39,7 @@ from app.web.auth import client_id
 from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
+from app.web.styles import current_styles
 from app.web.uploads import decode_init_image, png_info
 from app.web.waiting import wait_slot
 
@@ -94,10 +93,10 @@ def _generation_values(body: dict, img2img: bool) -> dict:
     for name, value in (("batch_size", batch), ("n_iter", n_iter)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ApiError(400, f"{name}: must be a positive integer", name, value)
-    prompt, negative = _styled(body, body.get("prompt", ""), body.get("negative_prompt") or "")
     values = {
-        "prompt": prompt,
-        "negative_prompt": negative,
+        "prompt": body.get("prompt", ""),
+        "negative_prompt": body.get("negative_prompt") or "",
+        "styles": body.get("styles") or [],  # applied by build_request (app.web.styles), as on /api/jobs
         "seed": _int(body, "seed", -1),
         "scheduler": _sampler(body),
         "steps": _int(body, "steps", 50),
@@ -143,24 +142,6 @@ def _inpaint_values(body: dict) -> dict:
         "inpaint_full_res_padding": _int(body, "inpaint_full_res_padding", 0),
         "inpainting_mask_invert": bool(invert) if isinstance(invert, int) and invert in (0, 1) else invert,
     }
-
-
-def _styles() -> dict:
-    path = current_app.config.get("STYLES") or os.path.join(current_app.instance_path, "styles.csv")
-    return load_styles(path)
-
-
-def _styled(body: dict, prompt, negative):
-    """The prompts with A1111's ``styles`` applied (the images' infotext shows the result, as A1111's does)."""
-    names = body.get("styles") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ApiError(400, "styles: must be a list of style names", "styles", names)
-    if not names or not isinstance(prompt, str) or not isinstance(negative, str):
-        return prompt, negative  # wrong types are named by validation
-    try:
-        return apply_styles(prompt, negative, names, _styles())
-    except UnknownStyle as exc:
-        raise ApiError(400, f"styles: {exc}; see /sdapi/v1/prompt-styles", "styles", exc.name) from None
 
 
 def _init_image(body: dict):
@@ -226,7 +207,8 @@ def _info(job: Job, img2img: bool) -> dict:
         "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
         "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
         "extra_generation_params": {"Mask blur": p["mask_blur"]} if p.get("has_mask") else {},
-        "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images], "styles": [],
+        "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images],
+        "styles": job.params.get("styles", []),
         "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
         "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
@@ -399,7 +381,7 @@ def embeddings():
 
 @bp.get("/prompt-styles")
 def prompt_styles():
-    return jsonify([style.to_dict() for style in _styles().values()])
+    return jsonify([style.to_dict() for style in current_styles().values()])
 
 
 for _path in ("sd-vae", "hypernetworks", "face-restorers"):

@@ -47,7 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_STEPS", 100, "most denoising steps per job"),
     Setting("MAX_IMAGES", 4, "most images per job"),
     Setting("MAX_PROMPT_CHARS", 1000, "longest prompt and negative prompt, in characters"),
-    Setting("STYLES", None, "AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) for /sdapi's styles; "
+    Setting("STYLES", None, "AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) for the APIs' styles, edited by /api/styles; "
             "None: <instance>/styles.csv"),
     Setting("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, "largest init image file, in bytes"),
     Setting("MAX_UPLOAD_PIXELS", 4096 * 4096, "largest init image, in pixels (checked before decoding)"),

@@ -119,6 +119,7 @@ def test_stopping_the_worker_requeues_the_running_job(make_app):
     app.extensions["t2i"].stop()
     after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert after["state"] == "queued" and after["position"] == 1
+    assert after["images"] == [] and after["partial"] is False  # a server stop keeps no partial image
 
 
 def test_trusted_proxy_header_names_the_client(make_app):

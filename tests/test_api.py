@@ -85,9 +85,20 @@ def test_cancel_running_job_stops_within_steps(client):
     client.post(f"/api/jobs/{job['id']}/cancel")
     done = wait_job(client, job["id"])
     assert done["state"] == "cancelled"
-    assert "cancelled after step" in done["error"] and done["images"] == []
+    # The interrupted image is kept (as A1111 keeps it), shaped like a done job's, marked partial.
+    assert "cancelled after step" in done["error"] and done["partial"] is True
+    (image,) = done["images"]
+    assert set(image) == {"url", "seed", "infotext"} and image["seed"] == 1
+    response = client.get(image["url"])
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    with Image.open(io.BytesIO(response.data)) as im:
+        assert read_parameters(im) == image["infotext"] and "Steps: 100" in image["infotext"]
     # and the worker goes on
-    assert wait_job(client, client.post("/api/jobs", json=small_job()).get_json()["job"]["id"])["state"] == "done"
+    after = wait_job(client, client.post("/api/jobs", json=small_job()).get_json()["job"]["id"])
+    assert after["state"] == "done" and after["partial"] is False
+    # The gallery shows finished work: the done job, not the cancelled one's partial image.
+    gallery = client.get("/gallery").get_data(as_text=True)
+    assert after["id"] in gallery and job["id"] not in gallery
 
 
 def test_live_preview_while_running(client):

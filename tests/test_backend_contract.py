@@ -83,7 +83,8 @@ class BackendContract:
     def test_cancel_a_queued_job(self, make_backend):
         idle = make_backend(running=False)
         first, second = idle.submit(request(), "me"), idle.submit(request(), "me")
-        assert idle.cancel(first.id).state == "cancelled"
+        cancelled = idle.cancel(first.id)
+        assert cancelled.state == "cancelled" and cancelled.images == [] and not cancelled.partial
         assert idle.get(second.id).position == 1
         assert idle.counts() == {"queued": 1, "running": 0}
 
@@ -97,6 +98,46 @@ class BackendContract:
         assert ended.state == "cancelled" and "cancelled after step" in ended.error
         after = backend.submit(request(), "me")  # the worker goes on
         assert backend.wait(after.id, 60).state == "done"
+
+    def _stopped_early(self, backend, stop, **overrides):
+        """A long job of two images, stopped (cancel or skip) once it has made a step."""
+        job = backend.submit(request(steps=150, num_images=2, **overrides), "me")
+        wait_for(lambda: backend.get(job.id).progress.step >= 1, 120, "the job to run")
+        stop(job.id)
+        return backend.wait(job.id, 60)
+
+    def _assert_partial_images(self, backend, job, seed: int):
+        """``job`` holds two images like a done job's: records, PNGs with their infotext."""
+        assert job.partial and [im["n"] for im in job.images] == [0, 1]
+        assert [im["seed"] for im in job.images] == [seed, seed + 1]
+        for im in job.images:
+            with Image.open(backend.image_path(job.id, f"{im['n']}.png")) as image:
+                assert image.size == (64, 64) and read_parameters(image) == im["infotext"]
+                assert f"Seed: {im['seed']}" in im["infotext"] and "Steps: 150" in im["infotext"]
+
+    def test_a_cancelled_running_job_keeps_its_partial_images(self, backend):
+        ended = self._stopped_early(backend, backend.cancel, seed=21)
+        assert ended.state == "cancelled" and ended.error.startswith("cancelled after step ")
+        self._assert_partial_images(backend, ended, 21)
+        assert ended.id in [job.id for job in backend.list(states=("cancelled",))]
+        assert backend.delete(ended.id) and backend.image_path(ended.id, "0.png") is None
+
+    def test_a_skipped_job_ends_done_with_the_images_so_far(self, backend):
+        assert backend.skip("f" * 32) is None  # unknown: nothing happens
+        behind = []
+
+        def skip(job_id):
+            behind.append(backend.submit(request(steps=150), "me"))
+            assert backend.skip(behind[0].id).state == "queued"  # only the running job is skipped
+            backend.skip(job_id)
+
+        ended = self._stopped_early(backend, skip, seed=31)
+        assert ended.state == "done" and ended.error is None
+        self._assert_partial_images(backend, ended, 31)
+        # The job behind it runs, unskipped, until it is cancelled.
+        wait_for(lambda: backend.get(behind[0].id).progress.step >= 2, 60, "the next job to run")
+        backend.cancel(behind[0].id)
+        assert backend.wait(behind[0].id, 60).state == "cancelled"
 
     def test_a_failed_job_says_why_and_the_next_runs(self, backend):
         # Not validated on the way in (the web layer validates with its own, tighter limits):

@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+from PIL import Image
 
 import app.bench as bench
 import app.cli.bench as cli_bench
@@ -25,7 +26,7 @@ def report(tmp_path_factory):
     the fresh-process memory measurements. About a minute on 2 CPU cores."""
     paths = bench.PATHS if _has_web_app() else ("plain", "engine")
     cfg = bench.BenchConfig(short=True, paths=paths, threads=1, options=("sdpa", "channels_last+fused_qkv"),
-                            modes=("txt2img", "img2img"), command="python -m app.bench --short")
+                            modes=bench.MODES, command="python -m app.bench --short")
     return bench.run(cfg, workdir=tmp_path_factory.mktemp("bench"))
 
 
@@ -90,11 +91,22 @@ def test_speedup_options_run_in_their_own_process_against_sdpa(report):
 @pytest.mark.slow
 def test_each_mode_runs_in_its_own_process(report):
     rows = {row["mode"]: row for row in report["modes"]}
-    assert set(rows) == {"txt2img", "img2img"}
+    assert set(rows) == {"txt2img", "img2img", "inpaint", "hires", "upscale"}
     for row in rows.values():
         assert row["vram_limit_gb"] is None and "failed" not in row and "out_of_memory" not in row
         assert _finite_positive(row["median_s"]) and _finite_positive(row["peak_rss_mb"])
-    assert "| img2img | none | ok |" in bench.to_markdown(report)
+    # Each mode made its own kind of image: the hires fix and the upscale at twice the size (64 -> 128).
+    sizes = {mode: Image.open(row["image"]).size for mode, row in rows.items()}
+    assert sizes == {"txt2img": (64, 64), "img2img": (64, 64), "inpaint": (64, 64), "hires": (128, 128),
+                     "upscale": (128, 128)}
+    from app.bench.paths import gradient_image
+
+    with Image.open(rows["inpaint"]["image"]) as inpainted:  # the mask is the middle: the corners are kept
+        inpainted = inpainted.convert("RGB")
+    init = gradient_image(64)
+    assert inpainted.getpixel((2, 2)) == init.getpixel((2, 2)) and inpainted.getpixel((32, 32)) != init.getpixel((32, 32))
+    for mode in ("img2img", "inpaint", "hires", "upscale"):
+        assert f"| {mode} | none | ok |" in bench.to_markdown(report)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from app.engine.engine import GenerationCancelled
-from helpers import assert_error
 
 
 def cancel_at(step: int):
@@ -45,6 +44,3 @@ def test_cancel_before_the_first_step_has_no_partial_image(engine, small_request
         engine.generate(small_request(), cancel=cancel)
     assert err.value.partial is None
 
-
-def test_sdapi_skip_is_refused_plainly(client):
-    assert_error(client.post("/sdapi/v1/skip"), 501)

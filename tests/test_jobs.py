@@ -119,6 +119,7 @@ def test_stopping_the_worker_requeues_the_running_job(make_app):
     app.extensions["t2i"].stop()
     after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert after["state"] == "queued" and after["position"] == 1
+    assert after["images"] == [] and after["partial"] is False  # a server stop keeps no partial image
 
 
 def test_trusted_proxy_header_names_the_client(make_app):
@@ -320,3 +321,22 @@ def test_live_previews_are_encoded_only_when_asked_for(tmp_path, small_request, 
         assert im.format == "PNG" and im.width > 0
     assert store.preview(job.id) == png
     assert counting.previews == 1
+
+
+def test_a_job_database_from_before_partial_images_opens_and_keeps_its_jobs(tmp_path, small_request):
+    """A jobs.sqlite made before the ``partial`` column: opened, the column is added, old jobs read as not partial."""
+    import json
+    import sqlite3
+
+    from app.jobs.sqlite import store as sqlite_store
+
+    old_schema = sqlite_store.SCHEMA.replace(
+        "    partial INTEGER NOT NULL DEFAULT 0,     -- 1: the images of a run stopped early\n", "")
+    assert "partial" not in old_schema
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO jobs (id, client, state, params, images, created_at) VALUES (?, 'me', 'done', ?, ?, 'x')",
+                     ("a" * 32, json.dumps(small_request().to_dict()), json.dumps([{"n": 0, "seed": 1, "infotext": "t"}])))
+    job = SQLiteJobStore(path).get("a" * 32)
+    assert job.state == "done" and job.images[0]["seed"] == 1 and job.partial is False

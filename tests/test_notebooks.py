@@ -100,11 +100,14 @@ def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     pngs = sorted(p for p in out_dir.glob("*.png") if not p.name.endswith(".steps.png"))
     txt2img = [p for p in pngs if "-txt2img-" in p.name]
     img2img = [p for p in pngs if "-img2img-" in p.name]
-    assert len(txt2img) == 1 and len(img2img) == 1, [p.name for p in out_dir.iterdir()]
+    inpaint = [p for p in pngs if "-inpaint-" in p.name]
+    assert len(txt2img) == 1 and len(img2img) == 1 and len(inpaint) == 1, [p.name for p in out_dir.iterdir()]
     first = _check_png(txt2img[0], (64, 96), "a tiny red fox")
     assert first["Seed"] == "1" and first["Steps"] == "2"
     second = _check_png(img2img[0], (64, 96), "a tiny red fox, at night")
     assert second["Seed"] == "2" and "Denoising strength" in second
+    third = _check_png(inpaint[0], (64, 96), "a tiny red fox, a red door")
+    assert third["Seed"] == "3" and third["Mask blur"] == "4"
     # The steps filmstrip: one frame per step plus the final image, side by side.
     with Image.open(txt2img[0].with_suffix(".steps.png")) as strip:
         assert strip.size == (3 * round(64 * 128 / 96), 128)  # 2 steps + the final image
@@ -112,7 +115,7 @@ def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     # Real widgets were created and shown.
     views = [o for c in executed.cells for o in c.get("outputs", [])
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(views) == 2
+    assert len(views) == 3
     text = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "Demo model" in text and str(out_dir) in text
 

@@ -51,3 +51,35 @@ def test_a_preview_decoder_folder_without_a_model_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="preview_decoder"):
         Engine.load(EngineOptions(model="demo", device="cpu", preview_decoder=str(tmp_path)))
+
+
+def test_the_live_preview_shows_every_image_of_the_batch(engine, small_request):
+    """Three images at 256x64: one PNG of three tiles side by side, each tile
+    that image's own preview (for the SQLite worker's LivePreview and the
+    Redis worker's PNG bytes alike)."""
+    import io
+
+    from PIL import Image
+
+    from app.engine.previews import PREVIEW_GRID_SIDE, preview_grid
+    from app.engine.types import StepInfo
+    from app.jobs.runner import LivePreview, preview_png
+
+    seen = []
+    engine.generate(small_request(width=256, height=64, num_images=3, steps=2, seed=4),
+                    on_step=lambda info: seen.append(info.latents.clone()))
+    latents = seen[-1]
+    singles = engine.preview(latents)
+    assert len(singles) == 3 and len({im.tobytes() for im in singles}) == 3  # three different images
+    for png in (LivePreview(engine, latents).png(), preview_png(engine, StepInfo(2, 2, latents), every=1)):
+        with Image.open(io.BytesIO(png)) as grid:
+            grid = grid.convert("RGB")
+        tile_w = grid.width // 3
+        assert grid.height * 4 == tile_w and grid.width == 3 * tile_w  # three 4:1 tiles in a row
+        assert max(grid.size) <= PREVIEW_GRID_SIDE
+        for i, single in enumerate(singles):
+            tile = grid.crop((i * tile_w, 0, (i + 1) * tile_w, grid.height))
+            assert tile.tobytes() == single.resize(tile.size, Image.Resampling.BILINEAR).tobytes()
+    # Many images stay bounded: nine in a 3x3 grid no larger than the limit.
+    nine = preview_grid([Image.new("RGB", (768, 768), (i, 0, 0)) for i in range(9)])
+    assert nine.size == (PREVIEW_GRID_SIDE, PREVIEW_GRID_SIDE) and nine.getpixel((PREVIEW_GRID_SIDE - 1, 0))[0] == 2

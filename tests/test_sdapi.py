@@ -92,8 +92,30 @@ def test_progress_and_interrupt_during_a_sync_call(api, server):
     api.interrupt()
     thread.join(30)
     result = results["r"]
-    assert result.images == [] and result.info["interrupted"] is True
+    # As A1111: 200 with the image the interrupted run had reached.
+    assert result.info["interrupted"] is True and len(result.images) == 1
+    assert "Steps: 100" in result.info["infotexts"][0] and result.images[0].size == (64, 64)
     assert api.get_progress()["state"]["job_count"] == 0
+
+
+def test_skip_during_a_sync_call_answers_the_images_so_far(api, server):
+    assert api.skip() == {"skipped": None}  # nothing running: nothing skipped, and it says so
+    results = {}
+    thread = threading.Thread(target=lambda: results.update(
+        r=api.txt2img(prompt="long one", seed=3, steps=100, width=64, height=64, n_iter=2)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while api.get_progress()["state"]["sampling_step"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    job_id = api.get_progress()["state"]["job"]
+    assert api.skip() == {"skipped": job_id}
+    thread.join(30)
+    result = results["r"]
+    assert result.info["interrupted"] is False and result.info["all_seeds"] == [3, 4]
+    assert [im.size for im in result.images] == [(64, 64), (64, 64)]
+    job = requests.get(f"{server.url}/api/jobs/{job_id}").json()["job"]
+    assert job["state"] == "done" and job["partial"] is True
 
 
 def test_sdapi_jobs_share_the_queue_and_gallery(api, server):

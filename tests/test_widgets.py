@@ -7,7 +7,7 @@ from PIL import Image
 
 from app.engine.metadata import read_parameters
 from app.engine.types import SIZE_MULTIPLE, GenerationRequest
-from app.notebook.widgets import GeneratorUI, Img2ImgUI, output_folder, uploaded_files
+from app.notebook.widgets import GeneratorUI, Img2ImgUI, InpaintUI, output_folder, uploaded_files
 
 
 def test_button_generates_shows_progress_and_saves(engine, tmp_path):
@@ -87,3 +87,88 @@ def test_uploads_read_in_ipywidgets_7_and_8_shapes(engine, tmp_path):
     i2i = Img2ImgUI(engine, tmp_path)
     i2i._on_upload({"new": v7})  # what Colab's ipywidgets 7 sends
     assert i2i.init_image is not None and (i2i.width.value, i2i.height.value) == (80, 72)
+
+
+def _png_upload(image: Image.Image) -> tuple[dict, ...]:
+    """What an ipywidgets 8 FileUpload holds after one upload (7's shape: see the test above)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return ({"name": "x.png", "type": "image/png", "size": len(buf.getvalue()), "content": memoryview(buf.getvalue())},)
+
+
+def test_hires_fix_options_make_a_bigger_image_with_its_settings(engine, tmp_path):
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    defaults = GenerationRequest.defaults()
+    assert (ui.enable_hr.value, ui.hr_scale.value, ui.hr_upscaler.value, ui.hr_steps.value) == (
+        defaults["enable_hr"], defaults["hr_scale"], defaults["hr_upscaler"], defaults["hr_second_pass_steps"])
+    ui.prompt.value, ui.seed.value = "a lighthouse", 3
+    ui.enable_hr.value, ui.hr_scale.value, ui.hr_upscaler.value = True, 1.5, "Lanczos"
+    ui.hr_steps.value, ui.hr_strength.value = 3, 0.5
+    ui.button.click()
+    assert len(ui.saved) == 1, ui.status.value
+    with Image.open(ui.saved[0]) as saved:
+        text = read_parameters(saved)
+        assert saved.size == (96, 96)
+    for part in ("Hires upscale: 1.5", "Hires steps: 3", "Hires upscaler: Lanczos", "Denoising strength: 0.5"):
+        assert part in text
+    assert ui.enable_hr in _shown(ui.widget)
+    # The image-to-image form shows no hires fix (as A1111's img2img tab) and its requests have none.
+    i2i = Img2ImgUI(engine, tmp_path)
+    i2i.enable_hr.value = True
+    i2i.set_init_image(Image.new("RGB", (64, 64)))
+    i2i.prompt.value = "x"
+    assert i2i.enable_hr not in _shown(i2i.widget) and i2i.request().enable_hr is False
+
+
+def _shown(widget) -> list:
+    """Every widget inside ``widget``."""
+    found = [widget]
+    for child in getattr(widget, "children", ()):
+        found.extend(_shown(child))
+    return found
+
+
+def test_upscale_saves_the_last_result_bigger_with_its_settings(engine, tmp_path):
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    ui.upscale_button.click()
+    assert ui.upscaled == [] and "Generate an image first" in ui.status.value
+    ui.prompt.value, ui.seed.value = "a lighthouse", 5
+    ui.button.click()
+    ui.upscale_by.value = 3
+    ui.upscale_button.click()
+    (path,) = ui.upscaled
+    assert path.parent == tmp_path and path != ui.saved[0]
+    with Image.open(path) as big, Image.open(ui.saved[0]) as small:
+        assert big.size == (192, 192)
+        text = read_parameters(big)
+        assert text.startswith(read_parameters(small))
+    assert text.endswith("Postprocess upscale by: 3, Postprocess upscaler: Lanczos")
+    assert Image.open(io.BytesIO(ui.image.value)).size == (192, 192)
+
+
+def test_inpaint_form_needs_a_mask_and_repaints_only_the_masked_area(engine, tmp_path):
+    inp = InpaintUI(engine, tmp_path, steps=3)
+    defaults = GenerationRequest.defaults()
+    assert (inp.mask_blur.value, inp.fill.value, inp.only_masked.value, inp.padding.value, inp.invert.value) == (
+        defaults["mask_blur"], defaults["inpainting_fill"], defaults["inpaint_full_res"],
+        defaults["inpaint_full_res_padding"], defaults["inpainting_mask_invert"])
+    assert dict(inp.fill.options) == {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
+    init = Image.new("RGB", (64, 64), (20, 120, 220))
+    inp._on_upload({"new": _png_upload(init)})
+    inp.prompt.value, inp.seed.value = "a red door", 4
+    inp.button.click()
+    assert inp.saved == [] and "mask: upload a mask" in inp.status.value
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half
+    inp._on_mask_upload({"new": _png_upload(mask)})
+    inp.mask_blur.value, inp.fill.value, inp.invert.value = 0, 2, True  # invert: the right half is repainted
+    inp.button.click()
+    assert len(inp.saved) == 1, inp.status.value
+    with Image.open(inp.saved[0]) as saved:
+        out = saved.convert("RGB")
+        text = read_parameters(saved)
+    assert "Mask blur: 0" in text and "Masked content: latent noise" in text and "Mask mode: Inpaint not masked" in text
+    assert out.getpixel((8, 32)) == (20, 120, 220)  # kept: the (inverted) mask's black half
+    assert out.getpixel((56, 32)) != (20, 120, 220)  # repainted
+    assert "-inpaint-" in inp.saved[0].name

@@ -8,8 +8,11 @@ from pathlib import Path
 PATHS = ("plain", "engine", "http", "sdapi")
 GPU_OPTIONS = ("sdpa", "no_sdpa", "channels_last", "fused_qkv", "channels_last+fused_qkv", "compile",
                "channels_last+fused_qkv+compile", "vae_tiling", "attention_slicing", "cpu_offload")
-# What the engine can be asked to do; each mode's peak VRAM is its own row.
-MODES = ("txt2img", "img2img")
+# What the engine can be asked to do; each mode's peak VRAM is its own row. "inpaint": a
+# centred square mask on the img2img gradient; "hires": the hires fix at 2x (1536 px from 768,
+# latent upscaler); "upscale": txt2img, then the Lanczos upscale (CPU) to 2x.
+MODES = ("txt2img", "img2img", "inpaint", "hires", "upscale")
+HIRES_SCALE = 2.0
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 NEGATIVE = "blurry, low quality"
 # The folder holding the ``app`` package: the benchmark's subprocesses run ``python -m app.bench`` from there.

@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
 # The session's GPU check, as one command on a CUDA machine, from the project root:
 #   bash app/bench/gpu_check.sh [OUT_DIR]
-# Full SD 2.1 768-v architecture (random weights), fp16, 768x768, 25 steps:
-#   1. our paths (engine, http, sdapi) next to plain diffusers, load time and peak memory per path;
-#      peak VRAM per mode (txt2img, img2img), also under a 15 GB cap (a Colab T4's memory);
-#   2. the speedup options, each in its own process.
-# Each part writes its section of docs/benchmarks.md and is copied to OUT_DIR at once, so a part
-# cut off by a time limit leaves the ones before it. BENCH_ARGS overrides the model settings
+# Full SD 2.1 768-v architecture (random weights), fp16, 768x768, 25 steps, in three parts:
+#   paths:   our paths (engine, http, sdapi) next to plain diffusers, load time and peak memory per path;
+#   modes:   peak VRAM per engine mode (txt2img, img2img, inpaint, hires fix to 1536, upscale), also
+#            under a 15 GB cap (a Colab T4's memory), each mode in a fresh process;
+#   options: the speedup options, each in its own process.
+# PARTS picks and orders them (default "paths modes options"; all three take about 12-14 minutes, so
+# under a 10-minute limit per command run them as two commands, e.g. PARTS="paths modes" then
+# PARTS=options). Each part writes its section of docs/benchmarks.md and is copied to OUT_DIR at once,
+# so a part cut off by a time limit leaves the ones before it. BENCH_ARGS overrides the model settings
 # (CPU dry run: BENCH_ARGS="--model demo --size 64 --steps 2 --device cpu").
 set -uo pipefail
 out=${1:-${OUT:-/tmp/gpu-check}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 read -r -a base <<< "${BENCH_ARGS:---model sd21 --device cuda --size 768 --steps 25}"
-p1=${PART1_SECONDS:-300} p2=${PART2_SECONDS:-270}
+read -r -a parts <<< "${PARTS:-paths modes options}"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) > "$out/gpu.txt" 2>&1
 python -c 'import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)' \
     >> "$out/gpu.txt" 2>&1
 cp docs/benchmarks.md "$out/benchmarks.md"
-timeout "$p1" python -m app.bench "${base[@]}" --runs "${RUNS:-5}" --options '' \
-    --modes txt2img,img2img --vram-limit-gb 15 --out docs/benchmarks.md --out "$out/paths.json" 2>&1 | tee "$out/paths.log"
-cp docs/benchmarks.md "$out/benchmarks.md"
-timeout "$p2" python -m app.bench "${base[@]}" --runs 1 --paths plain --no-memory \
-    --options "${OPTIONS:-sdpa,no_sdpa,channels_last,fused_qkv,channels_last+fused_qkv,compile,vae_tiling,attention_slicing,cpu_offload}" \
-    --out docs/benchmarks.md --section cuda-sd21-options --out "$out/options.json" 2>&1 | tee "$out/options.log"
-cp docs/benchmarks.md "$out/benchmarks.md"
+for part in "${parts[@]}"; do
+    case "$part" in
+    paths)
+        timeout "${PATHS_SECONDS:-300}" python -m app.bench "${base[@]}" --runs "${RUNS:-5}" --options '' \
+            --out docs/benchmarks.md --out "$out/paths.json" 2>&1 | tee "$out/paths.log" ;;
+    modes)
+        timeout "${MODES_SECONDS:-300}" python -m app.bench "${base[@]}" --runs 1 --paths engine --no-memory \
+            --options '' --option-runs "${MODE_RUNS:-2}" --modes "${MODES:-txt2img,img2img,inpaint,hires,upscale}" \
+            --vram-limit-gb 15 --out docs/benchmarks.md --section "${MODES_SECTION:-cuda-sd21-modes}" \
+            --out "$out/modes.json" 2>&1 | tee "$out/modes.log" ;;
+    options)
+        timeout "${OPTIONS_SECONDS:-270}" python -m app.bench "${base[@]}" --runs 1 --paths plain --no-memory \
+            --options "${OPTIONS:-sdpa,no_sdpa,channels_last,fused_qkv,channels_last+fused_qkv,compile,vae_tiling,attention_slicing,cpu_offload}" \
+            --out docs/benchmarks.md --section cuda-sd21-options --out "$out/options.json" 2>&1 | tee "$out/options.log" ;;
+    *) echo "gpu_check: unknown part $part (paths, modes, options)" >&2; exit 2 ;;
+    esac
+    cp docs/benchmarks.md "$out/benchmarks.md"
+done

@@ -71,24 +71,42 @@ def plain_runner(pipe: Any, cfg: BenchConfig, size: int) -> Runner:
 
 
 def engine_runner(engine: Engine, cfg: BenchConfig, size: int, mode: str = "txt2img") -> Runner:
+    """One image of ``mode`` (see ``MODES``) per call on the engine."""
+    from app.bench.config import HIRES_SCALE, MODES
     from app.engine.types import GenerationRequest
+    from app.engine.upscale import upscale
 
-    init_image = None
-    if mode == "img2img":  # a smooth gradient: the VAE encodes it like any photo
-        import numpy as np
-        from PIL import Image
+    if mode not in MODES:
+        raise ValueError(f"mode: unknown mode {mode!r}; one of {', '.join(MODES)}")
+    extra: dict = {}
+    if mode in ("img2img", "inpaint"):  # a smooth gradient: the VAE encodes it like any photo
+        extra["init_image"] = gradient_image(size)
+    if mode == "inpaint":  # the middle half of each side repainted
+        from PIL import Image, ImageDraw
 
-        ramp = np.linspace(0, 255, size, dtype=np.uint8)
-        init_image = Image.fromarray(np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
-                                               np.full((size, size), 128, np.uint8)], axis=-1))
-    elif mode != "txt2img":
-        raise ValueError(f"mode: unknown mode {mode!r}")
+        mask = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(mask).rectangle((size // 4, size // 4, 3 * size // 4 - 1, 3 * size // 4 - 1), fill=255)
+        extra["mask"] = mask
+    if mode == "hires":
+        extra.update(enable_hr=True, hr_scale=HIRES_SCALE, strength=0.7)
+    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
+                                guidance_scale=cfg.guidance_scale, seed=cfg.seed, **extra)
 
     def run():
         cpu, started = time.process_time(), time.perf_counter()
-        result = engine.generate(GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size,
-                                                   steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                                                   seed=cfg.seed, init_image=init_image))
-        return Sample(time.perf_counter() - started, time.process_time() - cpu), result.images[0]
+        image = engine.generate(request).images[0]
+        if mode == "upscale":
+            image = upscale(image, scale=HIRES_SCALE, limits=engine.limits)
+        return Sample(time.perf_counter() - started, time.process_time() - cpu), image
 
     return run
+
+
+def gradient_image(size: int) -> Any:
+    """A smooth size x size RGB gradient (the benchmark's init image)."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    return Image.fromarray(np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                                     np.full((size, size), 128, np.uint8)], axis=-1))

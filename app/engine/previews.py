@@ -60,6 +60,34 @@ def taesd_previews(decoder: Any, latents, max_side: int = 256) -> list[Image.Ima
     return images
 
 
+PREVIEW_GRID_SIDE = 768  # the live preview of a whole batch is at most this wide and tall
+
+
+def preview_grid(images: list[Image.Image], max_side: int = PREVIEW_GRID_SIDE) -> Image.Image:
+    """Every image of a batch in one picture: one row of up to four, then a
+    near-square grid (columns = ceil(sqrt(n))), each tile shrunk so the grid
+    fits ``max_side``; empty cells stay black."""
+    import math
+
+    if not images:
+        raise ValueError("images: need at least one image")
+    n = len(images)
+    cols = n if n <= 4 else math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    tile_w, tile_h = max(im.width for im in images), max(im.height for im in images)
+    shrink = min(1.0, max_side / (cols * tile_w), max_side / (rows * tile_h))
+    tile_w, tile_h = max(1, int(tile_w * shrink)), max(1, int(tile_h * shrink))
+    if n == 1 and shrink == 1.0:
+        return images[0]
+    grid = Image.new("RGB", (cols * tile_w, rows * tile_h))
+    for i, image in enumerate(images):
+        tile = image.convert("RGB")
+        if tile.size != (tile_w, tile_h):
+            tile = tile.resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+        grid.paste(tile, ((i % cols) * tile_w, (i // cols) * tile_h))
+    return grid
+
+
 def filmstrip(frames: list[Image.Image], height: int = 128) -> Image.Image:
     """Frames side by side, each scaled to ``height``."""
     if not frames:

@@ -119,7 +119,15 @@ class JobStore(ABC):
 
     @abstractmethod
     def cancel(self, job_id: str) -> Job | None:
-        """Queued: cancelled at once. Running: the worker stops after its current step."""
+        """Queued: cancelled at once, with no images. Running: the worker stops
+        after its current step and the job ends cancelled with the images that
+        step decodes to (``partial``; none if it stopped before its first step)."""
+
+    @abstractmethod
+    def skip(self, job_id: str) -> Job | None:
+        """Running: the worker stops the run after its current step, like a
+        cancel, but the job ends done with the images so far (``partial``).
+        Anything else: nothing changes. A later cancel overrides a skip."""
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
@@ -191,6 +199,9 @@ class Backend(ABC):
 
     def cancel(self, job_id: str) -> Job | None:
         return self.store.cancel(job_id)
+
+    def skip(self, job_id: str) -> Job | None:
+        return self.store.skip(job_id)
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()

@@ -59,6 +59,7 @@ class Job:
     position: int | None = None  # 1 = next to run; None unless queued
     progress: Progress = field(default_factory=Progress)
     has_preview: bool = False
+    partial: bool = False  # its images are those of a run stopped early (cancelled, interrupted or skipped)
 
     @property
     def finished(self) -> bool:

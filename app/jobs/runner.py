@@ -2,7 +2,9 @@
 the SQLite backend and the GPU worker processes of the Redis backend).
 
 ``run_job`` turns the job's request into image records and PNG bytes;
-``job_end`` says how a job that raised ends. Failures are handled at this one
+``job_end`` says how a job that raised ends, with the images of a run that
+was stopped early (a user's cancel keeps them, as A1111 keeps an interrupted
+image; a skip ends the job done with them). Failures are handled at this one
 boundary: the worker catches per job, logs, marks it failed with a reason a
 user can read, frees memory and goes on.
 """
@@ -17,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from app.engine.engine import GenerationCancelled, GenerationOutOfMemory
 from app.engine.metadata import png_bytes
+from app.engine.previews import preview_grid
 from app.engine.types import GenerationRequest, StepInfo, ValidationError
 from app.jobs.images import DiskFull
-from app.jobs.job import CANCELLED, FAILED
+from app.jobs.job import CANCELLED, DONE, FAILED
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
+    from app.engine.types import GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,11 @@ def run_job(engine: "Engine", request: GenerationRequest, on_step: Callable[[Ste
             cancel: threading.Event) -> JobOutput:
     """Generate the job's images; raises GenerationCancelled, ValidationError
     or whatever the engine raised (see ``job_end``)."""
-    result = engine.generate(request, on_step=on_step, cancel=cancel)
+    return job_output(engine.generate(request, on_step=on_step, cancel=cancel))
+
+
+def job_output(result: "GenerationResult") -> JobOutput:
+    """The records and PNGs (with their infotext) of a run's result, finished or partial."""
     images, pngs = [], []
     for n, (image, seed, text) in enumerate(zip(result.images, result.seeds, result.infotexts)):
         images.append({"n": n, "seed": seed, "infotext": text})
@@ -60,18 +68,27 @@ def run_job(engine: "Engine", request: GenerationRequest, on_step: Callable[[Ste
 
 @dataclass(frozen=True)
 class JobEnd:
-    """How a job that raised ends: ``state`` CANCELLED or FAILED, the reason
-    shown to the user, and whether the error was unexpected (logged with its
-    traceback; the worker frees memory after it)."""
+    """How a job that raised ends: ``state`` CANCELLED, FAILED or (a skipped
+    run with images) DONE, the reason shown to the user, whether the error
+    was unexpected (logged with its traceback; the worker frees memory after
+    it), and ``output``: the images of a run stopped early, to be written and
+    recorded like a done job's (None when it stopped before its first step,
+    or failed)."""
 
     state: str
     reason: str
     unexpected: bool
+    output: JobOutput | None = None
 
 
-def job_end(job_id: str, exc: BaseException) -> JobEnd:
+def job_end(job_id: str, exc: BaseException, skipped: bool = False) -> JobEnd:
+    """``skipped``: the stop was a skip (``/sdapi/v1/skip``), not a cancel."""
     if isinstance(exc, GenerationCancelled):
-        return JobEnd(CANCELLED, f"cancelled after step {exc.step} of {exc.total}", False)
+        output = None if exc.partial is None else job_output(exc.partial)
+        if skipped and output is not None:
+            return JobEnd(DONE, f"skipped after step {exc.step} of {exc.total}", False, output)
+        verb = "skipped" if skipped else "cancelled"
+        return JobEnd(CANCELLED, f"{verb} after step {exc.step} of {exc.total}", False, output)
     if isinstance(exc, ValidationError):
         return JobEnd(FAILED, str(exc), False)
     if isinstance(exc, DiskFull):
@@ -114,7 +131,8 @@ def preview_due(info: StepInfo, every: int) -> bool:
 
 
 class LivePreview:
-    """The live preview of one step, encoded only when someone asks for it.
+    """The live preview of one step, encoded only when someone asks for it:
+    one PNG showing every image of the batch (``preview_grid``).
 
     Encoding a PNG every step (2-11 ms, in the worker thread, holding the
     interpreter lock) slowed every image by several percent, while a browser
@@ -125,7 +143,7 @@ class LivePreview:
 
     def __init__(self, engine: "Engine", latents: Any):
         self._engine = engine
-        self._latents = latents[:1].detach().clone()
+        self._latents = latents.detach().clone()
         self._png: bytes | None = None
         self._lock = threading.Lock()
 
@@ -135,7 +153,7 @@ class LivePreview:
             if self._png is None and self._latents is not None:
                 try:
                     buf = io.BytesIO()
-                    self._engine.preview(self._latents)[0].save(buf, format="PNG")
+                    preview_grid(self._engine.preview(self._latents)).save(buf, format="PNG")
                     self._png = buf.getvalue()
                 except Exception:
                     logger.exception("preview failed")

@@ -1,6 +1,8 @@
 """ipywidgets front end for the notebooks: a form, a Generate button, a
-progress bar fed by the engine's step callback, the image, and a strip of
-intermediate steps. Generation runs in the button's click handler, so a
+progress bar fed by the engine's step callback, the image, a strip of
+intermediate steps and an Upscale button for the last result. The
+text-to-image form has the hires fix; the inpainting form takes its mask
+as an upload (ipywidgets has no drawing canvas). Generation runs in the button's click handler, so a
 headless run can press the button with ``button.click()`` and get real files.
 
 The engine does the work; this module only converts widget values to a
@@ -15,9 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.engine.engine import Engine, GenerationCancelled, save_result
+from app.engine.hires import HR_UPSCALERS
+from app.engine.inpaint import FILL_MODES
+from app.engine.metadata import save_image
 from app.engine.previews import filmstrip
 from app.engine.schedulers import scheduler_names
 from app.engine.types import SIZE_MULTIPLE, GenerationRequest, GenerationResult, StepInfo, ValidationError, floor_size
+from app.engine.upscale import MAX_FACTOR, upscale
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -76,12 +82,14 @@ def _png(image: Image) -> bytes:
 
 class GeneratorUI:
     """Text-to-image form. ``widget`` is what to display; ``last_result`` and
-    ``saved`` hold the latest GenerationResult and the files written.
+    ``saved`` hold the latest GenerationResult and the files written,
+    ``upscaled`` the files the Upscale button wrote.
 
     Settings left out (None) start at GenerationRequest's defaults, the same
     as the CLI's and the web form's; width and height at the model's size."""
 
     mode = "txt2img"
+    offers_hires = True  # A1111 has the hires fix on its txt2img tab only
 
     def __init__(self, engine: Engine, output_dir: str | os.PathLike, *, steps: int | None = None,
                  width: int | None = None, height: int | None = None, guidance: float | None = None):
@@ -112,6 +120,20 @@ class GeneratorUI:
         self.save_steps = w.BoundedIntText(value=defaults["save_steps"], min=0, max=limits.max_steps,
                                            description="Steps strip", **tooltip("keep a preview every N steps (0: off)"))
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
+        # The hires fix: a second img2img pass at a larger size (strength is its denoising strength).
+        self.enable_hr = w.Checkbox(value=defaults["enable_hr"], description="Hires fix", indent=False)
+        self.hr_scale = w.BoundedFloatText(value=defaults["hr_scale"], min=1.0, max=4.0, step=0.25,
+                                           description="Upscale by")
+        self.hr_upscaler = w.Dropdown(options=list(HR_UPSCALERS), value=defaults["hr_upscaler"],
+                                      description="Upscaler")
+        self.hr_steps = w.BoundedIntText(value=defaults["hr_second_pass_steps"], min=0, max=limits.max_steps,
+                                         description="Hires steps", **tooltip("0: as many as Steps"))
+        self.hr_strength = w.FloatSlider(value=defaults["strength"], min=0.05, max=1.0, step=0.05,
+                                         description="Denoising")
+        self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
+                                             **tooltip("Lanczos resize of the last result, saved next to it"))
+        self.upscale_button = w.Button(description="Upscale last result", icon="expand")
+        self.upscaled: list[Path] = []
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
         self.status = w.HTML()
         self.image = w.Image(format="png", layout=w.Layout(max_width="768px"))
@@ -119,23 +141,56 @@ class GeneratorUI:
         self.last_result: GenerationResult | None = None
         self.saved: list[Path] = []
         self.button.on_click(self._on_click)
+        self.upscale_button.on_click(lambda _b: self.upscale_last())
+        hires = ([w.HBox([self.enable_hr, self.hr_scale, self.hr_upscaler]), w.HBox([self.hr_steps, self.hr_strength])]
+                 if self.offers_hires else [])
         self.widget = w.VBox([
             self.prompt, self.negative, *self._extra_widgets(),
             w.HBox([self.steps, self.guidance, self.seed]),
             w.HBox([self.width, self.height, self.scheduler]),
+            *hires,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
+            w.HBox([self.upscale_by, self.upscale_button]),
         ])
 
     def _extra_widgets(self) -> list[Any]:
         return []
 
     def request(self) -> GenerationRequest:
-        return GenerationRequest(
+        request = GenerationRequest(
             prompt=self.prompt.value, negative_prompt=self.negative.value, steps=self.steps.value,
             guidance_scale=self.guidance.value, seed=self.seed.value, width=self.width.value,
             height=self.height.value, scheduler=self.scheduler.value, save_steps=self.save_steps.value,
         )
+        if self.offers_hires and self.enable_hr.value:
+            request.enable_hr, request.hr_scale = True, self.hr_scale.value
+            request.hr_upscaler, request.hr_second_pass_steps = self.hr_upscaler.value, self.hr_steps.value
+            request.strength = self.hr_strength.value
+        return request
+
+    def upscale_last(self) -> list[Path]:
+        """Every image of the last result, Lanczos-upscaled by ``upscale_by`` and
+        saved next to it with its settings (and the upscale's) inside."""
+        result = self.last_result
+        if result is None:
+            self.status.value = "Generate an image first."
+            return []
+        factor = self.upscale_by.value
+        try:
+            bigger = [upscale(image, scale=factor, limits=self.engine.limits) for image in result.images]
+        except ValidationError as exc:
+            self.status.value = f"<b style='color:#b00'>{_escape(str(exc))}</b>"
+            return []
+        paths = []
+        for image, seed, text in zip(bigger, result.seeds, result.infotexts):
+            path = unique_path(self.output_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-upscale-{seed}")
+            paths.append(save_image(image, path, f"{text}, Postprocess upscale by: {factor:g}, "
+                                                 "Postprocess upscaler: Lanczos"))
+        self.upscaled = paths
+        self.image.value = _png(bigger[0])
+        self.status.value = f"Upscaled to {bigger[0].width}x{bigger[0].height}. Saved {_escape(str(paths[0]))}"
+        return paths
 
     def _on_step(self, info: StepInfo) -> None:
         self.progress.max, self.progress.value = info.total, info.step
@@ -179,6 +234,7 @@ class Img2ImgUI(GeneratorUI):
     button that takes the text-to-image tab's last picture."""
 
     mode = "img2img"
+    offers_hires = False
 
     def __init__(self, engine: Engine, output_dir: str | os.PathLike, *, source: GeneratorUI | None = None,
                  strength: float | None = None, **kwargs: Any):
@@ -226,6 +282,60 @@ class Img2ImgUI(GeneratorUI):
             raise ValidationError("init_image", None, "upload a picture or press 'Use last result' first")
         request = super().request()
         request.init_image, request.strength = self.init_image, self.strength.value
+        return request
+
+
+class InpaintUI(Img2ImgUI):
+    """Inpainting: the image-to-image form plus a mask upload (white repaints,
+    black keeps; ipywidgets has no drawing canvas, so the mask is a picture
+    made elsewhere), mask blur, masked content, only masked (with its
+    padding) and invert."""
+
+    mode = "inpaint"
+
+    def __init__(self, engine: Engine, output_dir: str | os.PathLike, **kwargs: Any):
+        import ipywidgets as w
+
+        defaults = GenerationRequest.defaults()
+        self.mask: Image | None = None  # set by the upload or code
+        self.mask_upload = w.FileUpload(accept="image/*", multiple=False, description="Mask")
+        self.mask_preview = w.Image(format="png", layout=w.Layout(max_width="256px"))
+        self.mask_blur = w.IntSlider(value=defaults["mask_blur"], min=0, max=64, description="Mask blur")
+        self.fill = w.Dropdown(options=[(label, value) for value, label in FILL_MODES.items()],
+                               value=defaults["inpainting_fill"], description="Masked content")
+        self.only_masked = w.Checkbox(value=defaults["inpaint_full_res"], description="Only masked", indent=False,
+                                      **tooltip("repaint the masked area alone at full size, then paste it back"))
+        self.padding = w.BoundedIntText(value=defaults["inpaint_full_res_padding"], min=0, max=256,
+                                        description="Padding")
+        self.invert = w.Checkbox(value=defaults["inpainting_mask_invert"], description="Invert mask", indent=False,
+                                 **tooltip("repaint the black area instead"))
+        super().__init__(engine, output_dir, **kwargs)
+        self.mask_upload.observe(self._on_mask_upload, names="value")
+
+    def _extra_widgets(self) -> list[Any]:
+        import ipywidgets as w
+
+        return [*super()._extra_widgets(), w.HBox([self.mask_upload, self.mask_blur, self.fill]),
+                w.HBox([self.only_masked, self.padding, self.invert]), self.mask_preview]
+
+    def set_mask(self, image: Image) -> None:
+        self.mask = image.convert("L")
+        self.mask_preview.value = _png(self.mask)
+
+    def _on_mask_upload(self, change: dict[str, Any]) -> None:
+        from PIL import Image
+
+        files = uploaded_files(change["new"])
+        if files:
+            self.set_mask(Image.open(io.BytesIO(files[0])))
+
+    def request(self) -> GenerationRequest:
+        request = super().request()
+        if self.mask is None:
+            raise ValidationError("mask", None, "upload a mask: white repaints, black keeps")
+        request.mask, request.mask_blur, request.inpainting_fill = self.mask, self.mask_blur.value, self.fill.value
+        request.inpaint_full_res, request.inpaint_full_res_padding = self.only_masked.value, self.padding.value
+        request.inpainting_mask_invert = self.invert.value
         return request
 
 

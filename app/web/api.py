@@ -95,6 +95,7 @@ def _job_fields(job: Job) -> dict:
         "params": job.params,
         "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
                    for im in job.images],
+        "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
         "error": job.error,
         "created_at": job.created_at,
         "started_at": job.started_at,

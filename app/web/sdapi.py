@@ -6,7 +6,10 @@ ordinary jobs: they share the queue, the limits and the gallery. Fields
 A1111 does not know are ignored, as A1111 ignores them; A1111 fields set to a
 value this server cannot honour are refused (``a1111_fields``). ``interrupt`` cancels the caller's current job (its
 running job, else its oldest queued one); the waiting txt2img/img2img call
-then answers 200 with no images and ``"interrupted": true`` in ``info``.
+then answers 200 with ``"interrupted": true`` in ``info`` and, as A1111 does,
+the images the interrupted run had reached (none if it was still queued or
+had not finished a step). ``skip`` stops the caller's running job's pass and
+ends it done with the images so far (see ``skip``).
 """
 from __future__ import annotations
 
@@ -295,10 +298,21 @@ def interrupt():
 
 @bp.post("/skip")
 def skip():
-    # A1111 skips to the next image of a batch; here a batch is one denoising pass, so there is no
-    # "next image" to skip to. Said plainly rather than answered 200 and ignored.
-    raise ApiError(501, "skip: this server makes a batch in one pass and cannot skip one image of it; "
-                        "use /sdapi/v1/interrupt to stop the job")
+    """A1111's skip ends the sampling of the current batch iteration early; that
+    iteration's images are still decoded and saved, and generation goes on
+    with the next iteration (``n_iter``). Here all ``n_iter`` x ``batch_size``
+    images are made in one pass (``_generation_values``), so the current
+    iteration is the whole job: skip stops the caller's running job after its
+    current step and the job ends done with the images so far (``partial``
+    in /api/jobs); the waiting txt2img/img2img call answers them like a
+    finished job's. A queued job is not skipped (A1111's skip touches only the
+    running one); ``skipped`` names the job, or is null when the caller had
+    none running."""
+    mine = backend().list(limit=200, states=(RUNNING,), client=client_id())
+    mine.sort(key=lambda j: j.created_at)
+    if mine:
+        backend().skip(mine[0].id)
+    return jsonify({"skipped": mine[0].id if mine else None})
 
 
 @bp.get("/sd-models")

@@ -13,8 +13,9 @@ it keeps ``RedisUpkeep``, a thread that
 4. publishes the image disk's free space for the workers' disk check, and
    applies retention (the images live here) once a minute.
 
-A done job is shown only once its images are readable here: ``get``,
-``wait`` and ``list`` write a done job's waiting PNGs first.
+A job with images (done, or cancelled with its partial ones) is shown only
+once they are readable here: ``get``, ``wait`` and ``list`` write its
+waiting PNGs first.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Callable
 
 from app.jobs.base import LOADING, READY, Backend, ModelStatus, StorageUnavailable
 from app.jobs.images import ImageStore, is_image_name
-from app.jobs.job import DONE, Job
+from app.jobs.job import Job
 from app.jobs.redis.store import RedisJobStore
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ class RedisImageStore(ImageStore):
         return len(pngs)
 
     def ensure(self, job: Job | None) -> Job | None:
-        """``job``, once a done job's images are on this disk."""
-        if job is not None and job.state == DONE and self.store.is_unstored(job.id):
+        """``job``, once its images (a done job's, or a cancelled one's partial ones) are on this disk."""
+        if job is not None and job.images and self.store.is_unstored(job.id):
             self.collect(job.id)
         return job
 

@@ -96,7 +96,7 @@ return {attempt, state}
 """
 
 # KEYS: job, cancel flag, preview. ARGV: attempt, step, total, preview png or "", preview ttl.
-# Returns 0: go on, 1: cancel asked for, 2: the job is no longer this attempt's.
+# Returns 0: go on, 1: cancel asked for, 2: the job is no longer this attempt's, 3: skip asked for.
 _REPORT = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then
   return 2
@@ -106,18 +106,22 @@ if ARGV[4] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
   redis.call('HSET', KEYS[1], 'has_preview', 1)
 end
-return redis.call('EXISTS', KEYS[2])
+local flag = redis.call('GET', KEYS[2])
+if not flag then return 0 end
+if flag == 'skip' then return 3 end
+return 1
 """
 
 # KEYS: job, running, unstored, pngs, init, cancel. ARGV: id, attempt, images, params,
-# finished_at, key prefix, then one PNG per image.
+# finished_at, key prefix, partial (0/1), then one PNG per image.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
   return 0
 end
 redis.call('DEL', KEYS[4])
-for i = 7, #ARGV do redis.call('HSET', KEYS[4], i - 7, ARGV[i]) end
-redis.call('HSET', KEYS[1], 'state', 'done', 'images', ARGV[3], 'params', ARGV[4], 'finished_at', ARGV[5], 'error', '')
+for i = 8, #ARGV do redis.call('HSET', KEYS[4], i - 8, ARGV[i]) end
+redis.call('HSET', KEYS[1], 'state', 'done', 'images', ARGV[3], 'params', ARGV[4], 'finished_at', ARGV[5], 'error', '',
+           'partial', ARGV[7])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SREM', ARGV[6] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[1])
@@ -125,14 +129,21 @@ redis.call('DEL', KEYS[5], KEYS[6])
 return 1
 """
 
-# failed / cancelled. KEYS: job, queued, running, init, cancel. ARGV: id, state, reason,
-# finished_at, key prefix, attempt ('' any), only from this state ('' queued or running).
+# failed / cancelled. KEYS: job, queued, running, init, cancel, unstored, pngs. ARGV: id, state,
+# reason, finished_at, key prefix, attempt ('' any), only from this state ('' queued or running),
+# then for a run stopped early its images (JSON), params (JSON) and one PNG per image.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'running' then return 0 end
 if ARGV[7] ~= '' and state ~= ARGV[7] then return 0 end
 if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[6] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'error', ARGV[3], 'finished_at', ARGV[4])
+if #ARGV > 9 then  -- the partial images, kept for the web app like a done job's
+  redis.call('DEL', KEYS[7])
+  for i = 10, #ARGV do redis.call('HSET', KEYS[7], i - 10, ARGV[i]) end
+  redis.call('HSET', KEYS[1], 'images', ARGV[8], 'params', ARGV[9], 'partial', 1)
+  redis.call('SADD', KEYS[6], ARGV[1])
+end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SREM', ARGV[5] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[1])
@@ -284,6 +295,12 @@ class RedisJobStore(JobStore):
             self.redis.set(self.key("cancel", job_id), 1, ex=CANCEL_TTL)
         return self.get(job_id)
 
+    def skip(self, job_id: str) -> Job | None:
+        if isinstance(job_id, str) and self.redis.hget(self.job_key(job_id), "state") == RUNNING.encode():
+            # The same flag as a cancel, set only if none is there: a cancel asked for first stays a cancel.
+            self.redis.set(self.key("cancel", job_id), "skip", ex=CANCEL_TTL, nx=True)
+        return self.get(job_id)
+
     def counts(self) -> dict:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.scard(self.key("queued"))
@@ -388,31 +405,42 @@ class RedisJobStore(JobStore):
             args=[attempt, step, total, preview_png or b"", PREVIEW_TTL]))
 
     def complete(self, job_id: str, attempt: int, images: builtins.list[dict], pngs: builtins.list[bytes],
-               params_update: dict | None = None) -> bool:
-        """Done: the image records, and the PNGs for the web app to store."""
-        row = self.redis.hget(self.job_key(job_id), "params")
-        params = {**json.loads(row or b"{}"), **(params_update or {})}
+                 params_update: dict | None = None, partial: bool = False) -> bool:
+        """Done: the image records, and the PNGs for the web app to store
+        (``partial``: a skipped run's)."""
         return bool(self._scripts["finish"](
             keys=[self.job_key(job_id), self.key("running"), self.key("unstored"), self.key("png", job_id),
                   self.key("init", job_id), self.key("cancel", job_id)],
-            args=[job_id, attempt, json.dumps(images), json.dumps(params), now(), self.prefix, *pngs]))
+            args=[job_id, attempt, json.dumps(images), json.dumps(self._params(job_id, params_update)), now(),
+                  self.prefix, int(partial), *pngs]))
+
+    def _params(self, job_id: str, update: dict | None) -> dict:
+        row = self.redis.hget(self.job_key(job_id), "params")
+        return {**json.loads(row or b"{}"), **(update or {})}
 
     def fail(self, job_id: str, reason: str, attempt: int | None = None) -> bool:
         return self._end(job_id, FAILED, reason, attempt=attempt)
 
-    def mark_cancelled(self, job_id: str, reason: str = "cancelled", attempt: int | None = None) -> bool:
-        return self._end(job_id, CANCELLED, reason, attempt=attempt)
+    def mark_cancelled(self, job_id: str, reason: str = "cancelled", attempt: int | None = None,
+                       images: builtins.list[dict] | None = None, pngs: builtins.list[bytes] | None = None,
+                       params_update: dict | None = None) -> bool:
+        """Cancelled; with ``images`` and ``pngs``, the partial images of the interrupted run,
+        stored by the web app like a done job's."""
+        kept = [json.dumps(images), json.dumps(self._params(job_id, params_update)), *pngs] if images and pngs else []
+        return self._end(job_id, CANCELLED, reason, attempt=attempt, kept=kept)
 
     def requeue(self, job_id: str, note: str = "") -> bool:
         """Back to queued (RQ is re-enqueueing the job after its worker died)."""
         return bool(self._scripts["requeue"](
             keys=[self.job_key(job_id), self.key("queued"), self.key("running")], args=[job_id, note]))
 
-    def _end(self, job_id: str, state: str, reason: str, attempt: int | None = None, only_from: str = "") -> bool:
+    def _end(self, job_id: str, state: str, reason: str, attempt: int | None = None, only_from: str = "",
+             kept: builtins.list | None = None) -> bool:
         return bool(self._scripts["end"](
             keys=[self.job_key(job_id), self.key("queued"), self.key("running"), self.key("init", job_id),
-                  self.key("cancel", job_id)],
-            args=[job_id, state, reason, now(), self.prefix, "" if attempt is None else attempt, only_from]))
+                  self.key("cancel", job_id), self.key("unstored"), self.key("png", job_id)],
+            args=[job_id, state, reason, now(), self.prefix, "" if attempt is None else attempt, only_from,
+                  *(kept or [])]))
 
     def _job(self, row: dict) -> Job | None:
         if not row:
@@ -423,7 +451,8 @@ class RedisJobStore(JobStore):
         job = Job(id=text["id"], state=text["state"], client=text["client"], params=params,
                   images=json.loads(row["images"]), error=text.get("error") or None,
                   created_at=text["created_at"], started_at=text.get("started_at") or None,
-                  finished_at=text.get("finished_at") or None, has_preview=text.get("has_preview") == "1")
+                  finished_at=text.get("finished_at") or None, has_preview=text.get("has_preview") == "1",
+                  partial=text.get("partial") == "1")
         if job.state == DONE:
             job.progress = Progress(params["steps"], params["steps"])
         else:

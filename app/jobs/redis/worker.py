@@ -140,28 +140,34 @@ class GPUWorker(SimpleWorker):
         if no_room:
             self._retried(job_id, "failed", lambda: queue.fail(job_id, no_room, attempt))
             return FAILED
-        cancel, lost = threading.Event(), threading.Event()
+        cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
         try:
             job = self._retried(job_id, "reading it", lambda: queue.get(job_id))
             if job is None:
                 return "gone"
             request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
-            output = runner.run_job(self.engine, request, lambda info: self._on_step(job_id, attempt, info, cancel, lost),
-                                    cancel)
+            output = runner.run_job(self.engine, request,
+                                    lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip), cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
-            end = job_end(job_id, exc)
+            end = job_end(job_id, exc, skipped=skip.is_set())
             if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
                 logger.warning("job %s is no longer this worker's; stopped", job_id)
                 return "dropped"
-            if end.state == CANCELLED:
-                self._retried(job_id, "cancelled", lambda: queue.mark_cancelled(job_id, end.reason, attempt))
+            kept = end.output
+            if end.state == DONE and kept is not None:  # skipped: done with the images so far
+                self._retried(job_id, "done (skipped)", lambda: queue.complete(
+                    job_id, attempt, kept.images, kept.pngs, kept.params_update, partial=True))
+            elif end.state in (DONE, CANCELLED):  # with the interrupted run's images, if it made any
+                self._retried(job_id, "cancelled", lambda: queue.mark_cancelled(
+                    job_id, end.reason, attempt, kept.images if kept else None, kept.pngs if kept else None,
+                    kept.params_update if kept else None))
             else:
                 self._retried(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
             if end.unexpected:
                 # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
                 # job refcounting has freed them, and gc.collect() costs about a second.
                 free_memory()
-            return end.state
+            return CANCELLED if end.state == DONE and kept is None else end.state
         # Outside the try: a finished run is recorded done (with its images), never failed.
         if not self._retried(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
                                                                      output.params_update)):
@@ -174,12 +180,14 @@ class GPUWorker(SimpleWorker):
         return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")
 
     def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
-                 lost: threading.Event) -> None:
+                 lost: threading.Event, skip: threading.Event) -> None:
         preview = preview_png(self.engine, info, self.preview_every)
         answer = self._retried(job_id, "progress",
                                lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:
             lost.set()
+        if answer == 3:  # a skip: the run stops like a cancel, and the job ends done with its images
+            skip.set()
         if answer:  # 1: cancel asked for
             cancel.set()
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     params TEXT NOT NULL,                   -- JSON of GenerationRequest.to_dict() (no init image)
     images TEXT NOT NULL DEFAULT '[]',      -- JSON list of {"n", "seed", "infotext"}
+    partial INTEGER NOT NULL DEFAULT 0,     -- 1: the images of a run stopped early
     error TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
@@ -76,6 +77,9 @@ def init_db(path: str | Path) -> None:
     conn = connect(path)
     try:
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "partial" not in columns:  # a database made before partial images were kept
+            conn.execute("ALTER TABLE jobs ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
         conn.commit()
     finally:
         conn.close()
@@ -106,6 +110,7 @@ class SQLiteJobStore(JobStore):
         self._progress: dict[str, Progress] = {}
         self._previews: dict[str, bytes | LivePreview] = {}
         self._cancel: dict[str, threading.Event] = {}
+        self._skips: set[str] = set()  # running jobs asked to skip (a cancel overrides it)
 
     def _connect(self) -> "_Connection":
         return _Connection(self._pool)
@@ -184,9 +189,18 @@ class SQLiteJobStore(JobStore):
                          " WHERE id = ? AND state = 'queued'", (now(), job_id))
         with self._live_lock:
             event = self._cancel.get(job_id)
+            self._skips.discard(job_id)
         if event is not None:  # running here: the worker stops after the current step
             event.set()
         self._notify()
+        return self.get(job_id)
+
+    def skip(self, job_id: str) -> Job | None:
+        with self._live_lock:
+            event = self._cancel.get(job_id)
+            if event is not None and not event.is_set():  # running, and not already cancelled
+                self._skips.add(job_id)
+                event.set()
         return self.get(job_id)
 
     def counts(self) -> dict:
@@ -217,7 +231,7 @@ class SQLiteJobStore(JobStore):
     def _job(self, row) -> Job:
         job = Job(id=row["id"], state=row["state"], client=row["client"], params=json.loads(row["params"]),
                   images=json.loads(row["images"]), error=row["error"], created_at=row["created_at"],
-                  started_at=row["started_at"], finished_at=row["finished_at"])
+                  started_at=row["started_at"], finished_at=row["finished_at"], partial=bool(row["partial"]))
         with self._live_lock:
             live = self._progress.get(job.id)
             job.has_preview = job.id in self._previews
@@ -266,6 +280,11 @@ class SQLiteJobStore(JobStore):
         with self._live_lock:
             return self._cancel.setdefault(job_id, threading.Event())
 
+    def skipped(self, job_id: str) -> bool:
+        """Whether the running job's stop was asked for by ``skip`` (not ``cancel``)."""
+        with self._live_lock:
+            return job_id in self._skips
+
     def report(self, job_id: str, step: int, total: int, preview: bytes | LivePreview | None = None) -> None:
         with self._live_lock:
             self._progress[job_id] = Progress(step, total)
@@ -275,20 +294,25 @@ class SQLiteJobStore(JobStore):
         # synchronous API's ``wait``, each with a store query) at every step cost
         # the worker the interpreter lock once per waiter per step.
 
-    def finish(self, job_id: str, images: builtins.list[dict], params_update: dict | None = None) -> None:
+    def finish(self, job_id: str, images: builtins.list[dict], params_update: dict | None = None,
+               partial: bool = False) -> None:
+        """Done, with its images (``partial``: a skipped run's)."""
         with self._connect() as conn:
             row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
             params = {**json.loads(row["params"]), **(params_update or {})}
-            conn.execute("UPDATE jobs SET state = 'done', images = ?, params = ?, finished_at = ?, error = NULL"
-                         " WHERE id = ?", (json.dumps(images), json.dumps(params), now(), job_id))
+            conn.execute("UPDATE jobs SET state = 'done', images = ?, params = ?, finished_at = ?, error = NULL,"
+                         " partial = ? WHERE id = ?", (json.dumps(images), json.dumps(params), now(), int(partial),
+                                                       job_id))
             conn.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
         self._forget(job_id, keep_preview=True)
 
     def fail(self, job_id: str, reason: str) -> None:
         self._end(job_id, FAILED, reason)
 
-    def mark_cancelled(self, job_id: str, reason: str = "cancelled") -> None:
-        self._end(job_id, CANCELLED, reason)
+    def mark_cancelled(self, job_id: str, reason: str = "cancelled", images: builtins.list[dict] | None = None,
+                       params_update: dict | None = None) -> None:
+        """Cancelled; with ``images``, the partial images of the interrupted run (already on disk)."""
+        self._end(job_id, CANCELLED, reason, images, params_update)
 
     def requeue(self, job_id: str) -> None:
         """Put a running job back (the server is stopping)."""
@@ -297,17 +321,24 @@ class SQLiteJobStore(JobStore):
                          (job_id,))
         self._forget(job_id)
 
-    def _end(self, job_id: str, state: str, reason: str) -> None:
+    def _end(self, job_id: str, state: str, reason: str, images: builtins.list[dict] | None = None,
+             params_update: dict | None = None) -> None:
         with self._connect() as conn:
             conn.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
                          (state, reason, now(), job_id))
+            if images:  # in the same transaction: no reader sees the end without its images
+                row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                params = {**json.loads(row["params"]), **(params_update or {})}
+                conn.execute("UPDATE jobs SET images = ?, params = ?, partial = 1 WHERE id = ?",
+                             (json.dumps(images), json.dumps(params), job_id))
             conn.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
-        self._forget(job_id)
+        self._forget(job_id, keep_preview=bool(images))
 
     def _forget(self, job_id: str, keep_preview: bool = False) -> None:
         with self._live_lock:
             self._progress.pop(job_id, None)
             self._cancel.pop(job_id, None)
+            self._skips.discard(job_id)
             if not keep_preview:
                 self._previews.pop(job_id, None)
             # Keep a few finished previews for pollers that arrive late; drop the rest.

@@ -11,8 +11,8 @@ from app.engine.engine import Engine
 from app.engine.types import StepInfo
 from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, StorageUnavailable, retry_store
 from app.jobs.images import ImageStore, disk_room_reason
-from app.jobs.job import CANCELLED, Job
-from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
+from app.jobs.job import CANCELLED, DONE, FAILED, Job
+from app.jobs.runner import EngineLoader, JobOutput, free_memory, job_end, live_preview, run_job
 from app.jobs.sqlite.store import SQLiteJobStore
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,16 @@ class Worker(threading.Thread):
             self._unrecorded.append(write)
             raise
 
+    def _write_partial(self, job: Job, output: JobOutput) -> bool:
+        """The images of a run stopped early, written like a done job's (all or
+        nothing); False (and the job ends without them) when they cannot be."""
+        try:
+            self.images.write(job.id, output.pngs)
+            return True
+        except OSError as exc:
+            logger.error("job %s: its partial images could not be saved: %s", job.id, exc)
+            return False
+
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
         engine = self.ensure_engine()
@@ -127,11 +137,18 @@ class Worker(threading.Thread):
             output = run_job(engine, request, on_step, stop)
             self.images.write(job.id, output.pngs)
         except Exception as exc:
-            end = job_end(job.id, exc)
-            if end.state == CANCELLED and not asked.is_set():
+            end = job_end(job.id, exc, skipped=self.store.skipped(job.id))
+            if end.state != FAILED and not asked.is_set():
                 self._record(job, "re-queued", lambda: self.store.requeue(job.id))  # stopped by the server
-            elif end.state == CANCELLED:
-                self._record(job, "cancelled", lambda: self.store.mark_cancelled(job.id, end.reason))
+                return False
+            kept = end.output if end.output is not None and self._write_partial(job, end.output) else None
+            if end.state == DONE and kept is not None:  # skipped: done with the images so far
+                self._record(job, "done (skipped)", lambda: self.store.finish(
+                    job.id, kept.images, kept.params_update, partial=True))
+                return True
+            elif end.state in (DONE, CANCELLED):
+                self._record(job, "cancelled", lambda: self.store.mark_cancelled(
+                    job.id, end.reason, kept.images if kept else None, kept.params_update if kept else None))
             else:
                 self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
             return False

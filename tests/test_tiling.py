@@ -10,8 +10,7 @@ from helpers import small_job, wait_job
 
 
 def test_tiling_changes_the_run_only_for_its_job_and_is_written_to_the_infotext(engine, small_request):
-    # Seamlessness itself needs a trained model (the demo's random weights give noise either
-    # way); here: the padding really changes, for the tiling job only.
+    # Here: the padding changes the run, for the tiling job only (seams: tests/test_tiling_seamless.py).
     plain = engine.generate(small_request(width=128, height=128, steps=4))
     tiled = engine.generate(small_request(width=128, height=128, steps=4, tiling=True))
     assert "Tiling: True" in tiled.infotexts[0] and "Tiling" not in plain.infotexts[0]

@@ -8,6 +8,18 @@ class NotATensor:  # a pickled object: weights_only loading must refuse it
     pass
 
 
+class Payload:
+    """Unpickling this calls ``Path.touch``: code a downloaded .pt could carry."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     import torch
@@ -20,6 +32,7 @@ def folder(tmp_path_factory):
     save_file({"emb_params": torch.randn(1, 32, generator=gen) * 3}, str(root / "glowy.safetensors"))
     torch.save({"string_to_param": {"*": torch.randn(1, 1024, generator=gen)}}, root / "wide.pt")
     torch.save(NotATensor(), root / "pickled.pt")
+    torch.save({"string_to_param": {"*": Payload(root.parent / f"{root.name}-ran")}}, root / "payload.pt")
     (root / "notes.txt").write_text("not an embedding")
     return root
 
@@ -65,7 +78,7 @@ def test_the_listing_says_what_was_loaded_and_skipped(emb_engine, make_app):
                                         "shape": 32, "vectors": 1},
                               "sparkle": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                           "shape": 32, "vectors": 2}}
-    assert set(body["skipped"]) == {"wide", "pickled"}
+    assert set(body["skipped"]) == {"wide", "pickled", "payload"}
     reasons = {i.name: i.error for i in emb_engine.embeddings}
     assert "1024 wide" in reasons["wide"] and "32" in reasons["wide"]
     assert reasons["pickled"].startswith("unreadable")
@@ -73,3 +86,21 @@ def test_the_listing_says_what_was_loaded_and_skipped(emb_engine, make_app):
 
 def test_without_a_folder_the_listing_is_empty(client):
     assert client.get("/sdapi/v1/embeddings").get_json() == {"loaded": {}, "skipped": {}}
+
+
+def test_a_pt_file_carrying_code_is_refused_and_the_code_never_runs(emb_engine, folder):
+    reasons = {i.name: i.error for i in emb_engine.embeddings}
+    assert reasons["payload"].startswith("unreadable")
+    assert not (folder.parent / f"{folder.name}-ran").exists()
+
+
+def test_webuiapi_get_embeddings_against_a_running_server(emb_engine, make_app):
+    webuiapi = pytest.importorskip("webuiapi")
+    from app.web.server import ServerHandle
+
+    with ServerHandle(make_app(ENGINE=emb_engine), port=0) as server:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+        listing = api.get_embeddings()
+        assert set(listing["loaded"]) == {"glowy", "sparkle"} and "payload" in listing["skipped"]
+        info = api.txt2img(prompt="a sparkle fox", width=64, height=64, steps=2, seed=3).info
+        assert info["prompt"] == "a sparkle fox"

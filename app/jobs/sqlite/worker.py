@@ -1,6 +1,11 @@
-"""The worker thread of the SQLite backend: it owns the engine, loads it once
+"""The worker thread of the SQLite backend: it owns the engine, loads it
 (lazily, in the thread, so the app starts fast), then runs queued jobs one by
-one in order of arrival."""
+one in order of arrival.
+
+Model switching: each job carries the model selected when it was submitted
+(``ModelChoice``); before a job the worker loads that model if another is
+loaded, freeing the old engine first (one model in memory at a time), and
+when idle it loads a newly selected model at once."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +14,12 @@ from typing import Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
-from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, StorageUnavailable, retry_store
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice, StorageUnavailable, retry_store
 from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, Job
 from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
+
+ModelLoader = Callable[[ModelChoice], Engine]
 from app.jobs.sqlite.store import SQLiteJobStore
 
 logger = logging.getLogger(__name__)
@@ -22,11 +29,14 @@ class Worker(threading.Thread):
     """``min_free_mb``: a job fails unrun when the image disk has less free;
     ``retry_seconds``: how long a store write is retried while the database
     is locked before it waits for the next loop; ``after_job``: called after
-    each finished job (retention)."""
+    each finished job (retention); ``load_model``: loads another model than
+    the startup one (``startup``, loaded by ``load_engine``) for a switch
+    (None: jobs that ask for another model fail)."""
 
     def __init__(self, store: SQLiteJobStore, load_engine: EngineLoader, images: ImageStore, preview_every: int = 1,
                  poll_seconds: float = 0.5, min_free_mb: int = 0, retry_seconds: float = 60,
-                 after_job: Callable[[], object] | None = None):
+                 after_job: Callable[[], object] | None = None, load_model: ModelLoader | None = None,
+                 startup: ModelChoice | None = None):
         super().__init__(name="t2i-worker", daemon=True)
         self.store = store
         self._load_engine = load_engine
@@ -36,6 +46,13 @@ class Worker(threading.Thread):
         self.engine: Engine | None = None
         self.model_state = LOADING
         self.model_error: str | None = None
+        self._load_model = load_model
+        self.startup = startup
+        self.loaded: ModelChoice | None = None  # the choice self.engine was loaded for (None: the startup model)
+        self.loading: ModelChoice | None = None  # set while a model loads
+        self._failed: dict[ModelChoice | None, str] = {}  # models that failed to load, and why
+        self._seen_selection: ModelChoice | None = None
+        self.failed_choice: ModelChoice | None = None  # the model that failed to load last
         self.min_free_mb = min_free_mb
         self.retry_seconds = retry_seconds
         self.after_job = after_job
@@ -57,6 +74,7 @@ class Worker(threading.Thread):
                 self._stop_event.wait(max(self.poll_seconds, 1.0))
                 continue
             if not busy:
+                self.follow_selection()
                 self.store.wait_for_change(self.poll_seconds)
 
     def stop(self, timeout: float = 30) -> None:
@@ -66,15 +84,60 @@ class Worker(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-    def ensure_engine(self) -> Engine | None:
-        if self.engine is None and self.model_state != FAILED_TO_LOAD:
-            try:
-                self.engine = self._load_engine()
-                self.model_state = READY
-            except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
-                logger.exception("the model could not be loaded")
-                self.model_state, self.model_error = FAILED_TO_LOAD, str(exc) or type(exc).__name__
-        return self.engine
+    def _key(self, choice: ModelChoice | None) -> ModelChoice | None:
+        """None for the startup model, however it is named."""
+        return None if choice is None or choice == self.startup else choice
+
+    def ensure_engine(self, choice: ModelChoice | None = None) -> Engine | None:
+        """The engine of ``choice`` (None: the startup model), loaded first if
+        another is loaded; None if it failed to load (``model_error`` says why)."""
+        key = self._key(choice)
+        if self.engine is not None and self.loaded == key:
+            return self.engine
+        if key in self._failed:
+            self.model_state, self.model_error = FAILED_TO_LOAD, self._failed[key]
+            return None
+        self.unload()
+        self.loading, self.model_state, self.model_error = key or self.startup, LOADING, None
+        try:
+            if key is None:
+                engine = self._load_engine()
+            elif self._load_model is None:
+                raise RuntimeError(f"this worker runs one model and cannot load {key.model!r}")
+            else:
+                engine = self._load_model(key)
+        except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
+            logger.exception("the model could not be loaded")
+            self._failed[key] = str(exc) or type(exc).__name__
+            self.failed_choice = key or self.startup
+            self.model_state, self.model_error = FAILED_TO_LOAD, self._failed[key]
+            return None
+        finally:
+            self.loading = None
+        self.engine, self.loaded, self.model_state = engine, key, READY
+        return engine
+
+    def unload(self) -> None:
+        """Free the loaded engine (before another is loaded: one model in memory at a time)."""
+        if self.engine is None:
+            return
+        logger.info("unloading %s", self.engine.model_name)
+        self.engine = None
+        self.store.drop_previews()  # live previews hold their engine
+        free_memory()
+
+    def follow_selection(self) -> None:
+        """When idle: load the model selected now, if it is not loaded. A model
+        selected again is tried again even if it failed before."""
+        try:
+            selected = self._key(self.store.selection())
+        except StorageUnavailable:
+            return
+        if selected != self._seen_selection:
+            self._seen_selection = selected
+            self._failed.pop(selected, None)
+        if self.loaded != selected or self.engine is None:
+            self.ensure_engine(selected)
 
     def run_once(self) -> bool:
         """Run the next queued job, if any. Returns whether there was one."""
@@ -104,7 +167,7 @@ class Worker(threading.Thread):
 
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
-        engine = self.ensure_engine()
+        engine = self.ensure_engine(ModelChoice.of_params(job.params))
         if engine is None:
             self._record(job, "failed", lambda: self.store.fail(job.id, f"the model could not be loaded: {self.model_error}"))
             return False

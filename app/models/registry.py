@@ -195,6 +195,8 @@ class Catalogue:
         root = self.checkpoint_dir
         for path in (_walk(root, _is_checkpoint) if root else []):
             assert root is not None
+            if path.is_dir() and any(path.with_name(path.name + s).is_file() for s in SINGLE_FILE_SUFFIXES):
+                continue  # the config folder of the file beside it (``export --config-folder``), not a model
             found.append(self._entry(path, path.relative_to(root).as_posix()))
         for hub_id in self.hub_models:
             found.append(self._entry(None, hub_id))

@@ -95,15 +95,22 @@ class ModelChoice:
 
     model: str
     vae: str | None = None
+    # The files' short hashes (A1111's "Model hash", "VAE hash"), known to the web app's
+    # catalogue, which caches them: a worker need not read a 5 GB file to name it.
+    model_hash: str | None = None
+    vae_hash: str | None = None
 
     def to_params(self) -> dict:
-        return {"sd_model": self.model, "sd_vae": self.vae}
+        return {"sd_model": self.model, "sd_vae": self.vae, "sd_model_hash": self.model_hash,
+                "sd_vae_hash": self.vae_hash}
 
     @classmethod
     def of_params(cls, params: dict) -> "ModelChoice | None":
         """The choice a job's params carry; None for a job queued with no selection (the worker's own model)."""
         model = params.get("sd_model")
-        return cls(model, params.get("sd_vae")) if isinstance(model, str) and model else None
+        if not isinstance(model, str) or not model:
+            return None
+        return cls(model, params.get("sd_vae"), params.get("sd_model_hash"), params.get("sd_vae_hash"))
 
 
 @dataclass(frozen=True)
@@ -231,7 +238,8 @@ class Backend(ABC):
 
     def select(self, choice: ModelChoice) -> None:
         """Switch: jobs submitted from now on run on ``choice``; queued and running ones keep theirs."""
-        self.store.select(None if choice == ModelChoice(self.model, self.vae) else choice)
+        startup = ModelChoice(self.model, self.vae)
+        self.store.select(None if (choice.model, choice.vae) == (startup.model, startup.vae) else choice)
 
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)

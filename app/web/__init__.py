@@ -90,7 +90,7 @@ def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = No
 
     return SQLiteBackend(config["DATABASE"], images, engine_loader(config, catalogue),
                          preview_every=config["PREVIEW_EVERY"], busy_timeout=config["DB_BUSY_TIMEOUT"],
-                         load_model=model_loader(config, catalogue), vae=config["VAE"], **common)
+                         load_model=model_loader(config), vae=config["VAE"], **common)
 
 
 def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLoader:
@@ -106,20 +106,12 @@ def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLo
     return load
 
 
-def model_loader(config: Any, catalogue: "Catalogue | None" = None):
-    """Loads a switched-to model (``ModelChoice``) with the settings' other options."""
+def model_loader(config: Any):
+    """Loads a switched-to model (a ``ModelChoice``) with the settings' other options."""
     def load(choice):
-        from dataclasses import replace
+        from app.jobs.engines import load_choice
 
-        from app.engine.engine import Engine
-        from app.models.loading import find_single_file_config
-
-        options = engine_options(config)
-        single_file_config = find_single_file_config(choice.model) if os.path.isfile(choice.model) else None
-        # A single file's config: the diffusers folder beside it, else the one the settings name.
-        options = replace(options, model=choice.model, vae=choice.vae, config=single_file_config or options.config)
-        engine = Engine.load(options, limits=engine_limits(config))
-        return _with_hashes(engine, catalogue)
+        return load_choice(engine_options(config), choice, engine_limits(config))
 
     return load
 

@@ -81,7 +81,7 @@ def job_json(job: Job) -> dict:
     return body
 
 
-MODEL_PARAMS = ("sd_model", "sd_vae")
+MODEL_PARAMS = ("sd_model", "sd_vae", "sd_model_hash", "sd_vae_hash")
 
 
 def _job_fields(job: Job) -> dict:

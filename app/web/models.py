@@ -82,9 +82,11 @@ def find_vae(value: Any, field: str) -> str | None:
 def choice_for(model: Any, vae: Any, field: str, vae_field: str, current: ModelChoice) -> ModelChoice:
     """The choice that ``model`` and ``vae`` (either None: keep ``current``'s) name, checked;
     403 when it differs from ``current`` and switching is not allowed."""
-    chosen = ModelChoice(find_checkpoint(model, field).source if model is not None else current.model,
-                         find_vae(vae, vae_field) if vae is not None else current.vae)
-    if chosen != current:
+    checkpoint = find_checkpoint(model, field) if model is not None else entry(current)
+    vae_path = find_vae(vae, vae_field) if vae is not None else current.vae
+    found_vae = vae_entry(vae_path)
+    chosen = ModelChoice(checkpoint.source, vae_path, checkpoint.hash, found_vae.hash if found_vae else None)
+    if (chosen.model, chosen.vae) != (current.model, current.vae):
         why = refusal()
         if why is not None:
             raise ApiError(403, f"{field if chosen.model != current.model else vae_field}: {why}",
@@ -96,8 +98,9 @@ def choice_for(model: Any, vae: Any, field: str, vae_field: str, current: ModelC
 def select(model: Any = None, vae: Any = None, field: str = "sd_model_checkpoint",
            vae_field: str = "sd_vae") -> ModelChoice:
     """Switch the model new jobs run on (checked as ``choice_for``); returns the selection."""
-    chosen = choice_for(model, vae, field, vae_field, backend().selection())
-    if chosen != backend().selection():
+    current = backend().selection()
+    chosen = choice_for(model, vae, field, vae_field, current)
+    if (chosen.model, chosen.vae) != (current.model, current.vae):
         backend().select(chosen)
     return chosen
 
@@ -108,7 +111,7 @@ def job_choice(model: Any, vae: Any = None, field: str = "override_settings.sd_m
         return None
     current = backend().selection()
     chosen = choice_for(model, vae, field, "override_settings.sd_vae", current)
-    return None if chosen == current else chosen
+    return None if (chosen.model, chosen.vae) == (current.model, current.vae) else chosen
 
 
 def entry(choice: ModelChoice) -> Checkpoint:

@@ -32,9 +32,9 @@ from app.engine.schedulers import (
 )
 from app.engine.styles import UnknownStyle, apply_styles, load_styles
 from app.engine.types import MAX_SEED, floor_size
+from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
-from app.jobs.base import ModelChoice
 from app.web import backend, models
 from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine

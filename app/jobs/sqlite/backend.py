@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.jobs.base import LOADING, Backend, ModelChoice, ModelStatus
+from app.jobs.base import Backend, ModelChoice, ModelStatus
+from app.jobs.engines import ModelLoader
 from app.jobs.images import ImageStore
 from app.jobs.runner import EngineLoader
 from app.jobs.sqlite.store import SQLiteJobStore
-from app.jobs.sqlite.worker import ModelLoader, Worker
+from app.jobs.sqlite.worker import Worker
 
 
 class SQLiteBackend(Backend):
@@ -31,14 +32,7 @@ class SQLiteBackend(Backend):
         self.store.select(None)
 
     def status(self) -> ModelStatus:
-        worker = self.worker
-        loading, engine = worker.loading, worker.engine
-        if loading is not None:
-            return ModelStatus.not_loaded(loading.model, LOADING, None, loading.vae)
-        if engine is not None:
-            return ModelStatus.of_engine(engine)
-        failed = worker.failed_choice or ModelChoice(self.model, self.vae)
-        return ModelStatus.not_loaded(failed.model, worker.model_state, worker.model_error, failed.vae)
+        return self.worker.slot.status(ModelChoice(self.model, self.vae))
 
     def start(self) -> None:
         if not self.worker.is_alive():

@@ -14,12 +14,11 @@ from typing import Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
-from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice, StorageUnavailable, retry_store
+from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
+from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, Job
 from app.jobs.runner import EngineLoader, free_memory, job_end, live_preview, run_job
-
-ModelLoader = Callable[[ModelChoice], Engine]
 from app.jobs.sqlite.store import SQLiteJobStore
 
 logger = logging.getLogger(__name__)
@@ -39,20 +38,11 @@ class Worker(threading.Thread):
                  startup: ModelChoice | None = None):
         super().__init__(name="t2i-worker", daemon=True)
         self.store = store
-        self._load_engine = load_engine
         self.images = images
         self.preview_every = preview_every
         self.poll_seconds = poll_seconds
-        self.engine: Engine | None = None
-        self.model_state = LOADING
-        self.model_error: str | None = None
-        self._load_model = load_model
-        self.startup = startup
-        self.loaded: ModelChoice | None = None  # the choice self.engine was loaded for (None: the startup model)
-        self.loading: ModelChoice | None = None  # set while a model loads
-        self._failed: dict[ModelChoice | None, str] = {}  # models that failed to load, and why
-        self._seen_selection: ModelChoice | None = None
-        self.failed_choice: ModelChoice | None = None  # the model that failed to load last
+        # Live previews hold the engine that made them: a switch drops them with it.
+        self.slot = EngineSlot(load_engine, startup, load_model, on_unload=lambda: store.drop_previews())
         self.min_free_mb = min_free_mb
         self.retry_seconds = retry_seconds
         self.after_job = after_job
@@ -84,60 +74,28 @@ class Worker(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-    def _key(self, choice: ModelChoice | None) -> ModelChoice | None:
-        """None for the startup model, however it is named."""
-        return None if choice is None or choice == self.startup else choice
+    # The model: see app/jobs/engines.py.
+    @property
+    def engine(self) -> Engine | None:
+        return self.slot.engine
+
+    @property
+    def model_state(self) -> str:
+        return self.slot.state
+
+    @property
+    def model_error(self) -> str | None:
+        return self.slot.error
 
     def ensure_engine(self, choice: ModelChoice | None = None) -> Engine | None:
-        """The engine of ``choice`` (None: the startup model), loaded first if
-        another is loaded; None if it failed to load (``model_error`` says why)."""
-        key = self._key(choice)
-        if self.engine is not None and self.loaded == key:
-            return self.engine
-        if key in self._failed:
-            self.model_state, self.model_error = FAILED_TO_LOAD, self._failed[key]
-            return None
-        self.unload()
-        self.loading, self.model_state, self.model_error = key or self.startup, LOADING, None
-        try:
-            if key is None:
-                engine = self._load_engine()
-            elif self._load_model is None:
-                raise RuntimeError(f"this worker runs one model and cannot load {key.model!r}")
-            else:
-                engine = self._load_model(key)
-        except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
-            logger.exception("the model could not be loaded")
-            self._failed[key] = str(exc) or type(exc).__name__
-            self.failed_choice = key or self.startup
-            self.model_state, self.model_error = FAILED_TO_LOAD, self._failed[key]
-            return None
-        finally:
-            self.loading = None
-        self.engine, self.loaded, self.model_state = engine, key, READY
-        return engine
-
-    def unload(self) -> None:
-        """Free the loaded engine (before another is loaded: one model in memory at a time)."""
-        if self.engine is None:
-            return
-        logger.info("unloading %s", self.engine.model_name)
-        self.engine = None
-        self.store.drop_previews()  # live previews hold their engine
-        free_memory()
+        return self.slot.ensure(choice)
 
     def follow_selection(self) -> None:
-        """When idle: load the model selected now, if it is not loaded. A model
-        selected again is tried again even if it failed before."""
         try:
-            selected = self._key(self.store.selection())
+            selected = self.store.selection()
         except StorageUnavailable:
             return
-        if selected != self._seen_selection:
-            self._seen_selection = selected
-            self._failed.pop(selected, None)
-        if self.loaded != selected or self.engine is None:
-            self.ensure_engine(selected)
+        self.slot.follow(selected)
 
     def run_once(self) -> bool:
         """Run the next queued job, if any. Returns whether there was one."""

@@ -19,6 +19,7 @@ from PIL import Image
 from app.engine.metadata import read_parameters
 from app.jobs.base import READY
 from helpers import assert_error, wait_for, wait_job
+from test_browser import browser, serve  # noqa: F401  (fixtures of the browser test below)
 
 TXT2IMG = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 7, "sampler_name": "Euler"}
 
@@ -236,3 +237,44 @@ def test_a_pickled_callable_is_refused_and_never_runs(switch_app, model_dirs):
     info, _ = txt2img(client)
     assert info["sd_model_name"] == "demo"
     assert client.get("/api/health").get_json()["model_state"] == READY
+
+
+# --- the page's model picker, in a real browser ---------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser, model_dirs):
+    from test_accessibility import axe_problems
+    from test_browser import CHROMIUM, TIMEOUT_MS, watch_csp
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium")
+    server = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]), PREVIEW_EVERY=0)
+    refusing = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), ALLOW_MODEL_SWITCH=False)
+    problems: list[str] = []
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        violations, errors = watch_csp(context, page), []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.scheme = scheme
+        page.goto(server.url)
+        model = page.locator("#sd-model")
+        assert model.input_value() == ("demo" if scheme == "light" else "sd-a") and not model.is_disabled()
+        assert "sd-c.safetensors [" in " ".join(model.locator("option").all_inner_texts())
+        if scheme == "light":  # switch with the keyboard: focus the select, pick, the change is sent
+            model.focus()
+            model.select_option("sd-a")
+            page.wait_for_function("document.getElementById('model-switch-note').textContent.includes('sd-a')")
+            page.locator("#model-switch-note", has_text="Ready: sd-a.").wait_for()
+            page.locator("#model-name", has_text="sd-a").wait_for()  # the header follows /api/health
+            assert server.app.extensions["t2i"].status().name == "sd-a"
+        problems += axe_problems(page, f"model picker {scheme}")
+        page.goto(refusing.url)
+        assert page.locator("#sd-model").is_disabled() and page.locator("#sd-vae").is_disabled()
+        assert "ALLOW_MODEL_SWITCH" in page.locator("#model-switch-note").inner_text()
+        problems += axe_problems(page, f"model picker refused {scheme}")
+        context.close()
+        assert not errors and not violations, (errors, violations)
+    assert not problems, "\n".join(problems)

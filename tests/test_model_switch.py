@@ -68,8 +68,9 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture
 def switch_app(make_app, model_dirs):
     def make(**config):
-        return make_app(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]),
-                        PREVIEW_EVERY=0, **config)
+        settings = {"CHECKPOINT_DIR": str(model_dirs["checkpoints"]), "VAE_DIR": str(model_dirs["vae"]),
+                    "PREVIEW_EVERY": 0, **config}
+        return make_app(**settings)
 
     return make
 
@@ -278,3 +279,27 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
         context.close()
         assert not errors and not violations, (errors, violations)
     assert not problems, "\n".join(problems)
+
+
+def test_webuiapi_lists_refreshes_and_switches_models(switch_app, model_dirs, tmp_path):
+    import shutil
+
+    import webuiapi
+
+    from app.web.server import ServerHandle
+
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(model_dirs["checkpoints"] / "sd-a", folder / "sd-a")
+    app = switch_app(CHECKPOINT_DIR=str(folder))
+    with ServerHandle(app, port=0) as server:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+        assert sorted(m["model_name"] for m in api.get_sd_models()) == ["demo", "sd-a"]
+        shutil.copytree(model_dirs["checkpoints"] / "sd-b", folder / "sd-b")
+        api.refresh_checkpoints()
+        assert "sd-b" in api.util_get_model_names()
+        api.util_set_model("sd-b")
+        api.util_wait_for_ready(check_interval=0.2)
+        assert app.extensions["t2i"].status().name == "sd-b"  # ready means loaded
+        assert api.util_get_current_model() == "sd-b"
+        result = api.txt2img(prompt="a lighthouse", width=64, height=64, seed=3)
+        assert result.info["sd_model_name"] == "sd-b"

@@ -15,11 +15,11 @@ import weakref
 import pytest
 import torch
 from PIL import Image
+from test_browser import browser, serve  # noqa: F401  (fixtures of the browser test below)
 
 from app.engine.metadata import read_parameters
 from app.jobs.base import READY
 from helpers import assert_error, wait_for, wait_job
-from test_browser import browser, serve  # noqa: F401  (fixtures of the browser test below)
 
 TXT2IMG = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 7, "sampler_name": "Euler"}
 
@@ -244,7 +244,7 @@ def test_a_pickled_callable_is_refused_and_never_runs(switch_app, model_dirs):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser, model_dirs):
+def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser, model_dirs):  # noqa: F811
     from test_accessibility import axe_problems
     from test_browser import CHROMIUM, TIMEOUT_MS, watch_csp
 
@@ -258,7 +258,7 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
         violations, errors = watch_csp(context, page), []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
         page.scheme = scheme
         page.goto(server.url)
         model = page.locator("#sd-model")
@@ -303,3 +303,60 @@ def test_webuiapi_lists_refreshes_and_switches_models(switch_app, model_dirs, tm
         assert api.util_get_current_model() == "sd-b"
         result = api.txt2img(prompt="a lighthouse", width=64, height=64, seed=3)
         assert result.info["sd_model_name"] == "sd-b"
+
+
+# --- memory: one model at a time --------------------------------------------------------------
+
+RSS_SCRIPT = r"""
+import gc, json, sys
+from app.engine.engine import Engine, EngineOptions
+from app.jobs.base import ModelChoice
+from app.jobs.engines import EngineSlot, load_choice
+
+def rss():
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+a, b = sys.argv[1], sys.argv[2]
+options = EngineOptions(model=a, device="cpu")
+slot = EngineSlot(lambda: Engine.load(options), ModelChoice(a), lambda choice: load_choice(options, choice))
+slot.ensure()
+one = rss()
+slot.ensure(ModelChoice(b))
+switched = rss()
+slot.ensure(None)
+back = rss()
+both = Engine.load(EngineOptions(model=b, device="cpu"))  # the control: a second model kept beside the first
+two = rss()
+print(json.dumps({"one": one, "switched": switched, "back": back, "two": two}))
+"""
+
+
+@pytest.mark.slow
+def test_a_switch_keeps_one_model_in_memory(tmp_path):
+    """In a fresh process, with the demo architecture scaled up (a UNet of about 350 MB in fp32)
+    so that a model outweighs the allocator's noise: after a switch (and back) the resident
+    memory stays within 10% of one model loaded; keeping both, as a control, does not."""
+    import os
+    import subprocess
+    import sys
+
+    from app.models.demo import DEMO_TEXT_ENCODER, DEMO_UNET, DEMO_VAE, SD21_SCHEDULER
+    from app.models.random_weights import build_components, build_pipeline
+
+    big_unet = dict(DEMO_UNET, block_out_channels=(256, 512))
+    for seed, name in ((1, "big-a"), (2, "big-b")):  # fp16 on disk (half the bytes), fp32 when loaded
+        pipe = build_pipeline(build_components(big_unet, DEMO_VAE, DEMO_TEXT_ENCODER, SD21_SCHEDULER,
+                                               dtype=torch.float16, seed=seed))
+        pipe.save_pretrained(tmp_path / name)
+        del pipe
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "big-a"), str(tmp_path / "big-b")],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    mb = {k: round(v / 2**20) for k, v in rss.items()}
+    assert rss["two"] > 1.1 * rss["one"], mb  # the check can tell one model from two
+    assert rss["switched"] <= 1.1 * rss["one"] and rss["back"] <= 1.1 * rss["one"], mb

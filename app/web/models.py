@@ -14,6 +14,7 @@ job, so webuiapi's ``util_set_model`` + ``util_wait_for_ready`` wait for it.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,14 @@ EXTENSION = "t2i-models"
 
 def init_app(app: Flask) -> None:
     config, instance = app.config, Path(app.instance_path)
-    app.extensions[EXTENSION] = Catalogue(
+    catalogue = app.extensions[EXTENSION] = Catalogue(
         config["CHECKPOINT_DIR"] or instance / "models" / "checkpoints", config["MODEL"],
         hub_models=tuple(config["MODELS"] or ()), vae_dir=config["VAE_DIR"] or instance / "models" / "vae",
         cache_file=instance / "cache.json")
+    # Hash new files now, in the background: the first page or /sdapi/v1/sd-models need not wait
+    # for them (a 5 GB file takes seconds; once hashed it is cached in cache.json).
+    threading.Thread(target=lambda: (catalogue.checkpoints(), catalogue.vaes()), name="t2i-catalogue",
+                     daemon=True).start()
 
 
 def catalogue() -> Catalogue:

@@ -90,7 +90,7 @@ def load_pipeline(
     except ModelLoadError:
         raise
     except Exception as exc:  # the Hub, the disk and diffusers raise many kinds
-        if _is_unpickling_error(exc):  # diffusers reads .ckpt with torch.load(weights_only=True)
+        if refused_global(exc):  # diffusers reads .ckpt with torch.load(weights_only=True)
             raise UnsafeCheckpoint(unsafe_message(model, exc)) from exc
         raise ModelLoadError(_load_error_message(model, kind, exc)) from exc
     if text_encoder:
@@ -100,16 +100,6 @@ def load_pipeline(
     pipe = pipe.to(placement.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _is_unpickling_error(exc: BaseException | None) -> bool:
-    import pickle
-
-    while exc is not None:
-        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def from_hub(pipeline_class, model: str, placement: Placement, **kwargs):
@@ -166,7 +156,10 @@ def read_weights(path: str | os.PathLike) -> dict:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpoint(unsafe_message(path, exc)) from exc
+        if refused_global(exc):
+            raise UnsafeCheckpoint(unsafe_message(path, exc)) from exc
+        raise ModelLoadError(f"{path.name}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") \
+            from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -174,10 +167,22 @@ def read_weights(path: str | os.PathLike) -> dict:
     return data
 
 
+def refused_global(exc: BaseException | None) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused to call (e.g. "io.open") when a
+    pickle names a callable that is not a tensor rebuilder; None for other errors."""
+    import re
+
+    while exc is not None:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            return found.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def unsafe_message(path: str | os.PathLike, exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return (f"refused {Path(path).name!r}: it holds pickled code, not just weights, and is never run "
-            f"(only tensors are read from .ckpt/.pt files; convert it to .safetensors). Detail: {first}")
+    return (f"refused {Path(path).name!r}: it holds pickled code (it would call {refused_global(exc)}), not just "
+            "weights; nothing in it was run (only tensors are read from .ckpt/.pt files: use .safetensors)")
 
 
 def load_vae(source: str, placement: Placement, config: dict):

@@ -360,3 +360,35 @@ def test_a_switch_keeps_one_model_in_memory(tmp_path):
     mb = {k: round(v / 2**20) for k, v in rss.items()}
     assert rss["two"] > 1.1 * rss["one"], mb  # the check can tell one model from two
     assert rss["switched"] <= 1.1 * rss["one"] and rss["back"] <= 1.1 * rss["one"], mb
+
+
+def test_while_a_switched_to_model_loads_every_status_names_it(switch_app):
+    import threading
+
+    from app.engine.engine import EngineOptions
+    from app.jobs.engines import load_choice
+
+    app = switch_app()
+    client = app.test_client()
+    slot = app.extensions["t2i"].worker.slot
+    wait_for(lambda: slot.engine is not None, 60, "the startup model")
+    gate, loads = threading.Event(), []
+
+    def slow_load(choice):
+        loads.append(choice)
+        gate.wait(60)
+        return load_choice(EngineOptions(device="cpu"), choice)
+
+    slot._load_model = slow_load
+    assert client.post("/api/model", json={"model": "sd-b"}).status_code == 200
+    wait_for(lambda: loads, 30, "the load to start")
+    try:
+        health = client.get("/api/health").get_json()
+        assert (health["model"], health["model_state"]) == ("sd-b", "loading")
+        progress = client.get("/sdapi/v1/progress").get_json()
+        assert progress["textinfo"] == "Loading sd-b" and progress["state"]["job_count"] == 1
+        assert client.get("/api/models").get_json()["loading"] == "sd-b"
+        assert "Loading sd-b" in client.get("/").get_data(as_text=True)
+    finally:
+        gate.set()
+    assert settled(client)["loaded"] == "sd-b"

@@ -236,6 +236,14 @@ class Backend(ABC):
         """The model new jobs run on: the last one selected, else the startup model."""
         return self.store.selection() or ModelChoice(self.model, self.vae)
 
+    def pending_switch(self, status: ModelStatus) -> ModelChoice | None:
+        """The model selected by a switch while another is loaded (the switch is under
+        way), else None: also when none was selected, or when the selected one failed."""
+        chosen = self.store.selection()
+        if chosen is None or status.state == FAILED_TO_LOAD or (status.id, status.vae) == (chosen.model, chosen.vae):
+            return None
+        return chosen
+
     def select(self, choice: ModelChoice) -> None:
         """Switch: jobs submitted from now on run on ``choice``; queued and running ones keep theirs."""
         startup = ModelChoice(self.model, self.vae)

@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from app.jobs.base import FAILED_TO_LOAD, ModelChoice
+from app.jobs.base import FAILED_TO_LOAD, LOADING, ModelChoice
 from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
 from app.web import backend
 from app.web.errors import ApiError
@@ -136,12 +136,10 @@ def vae_name(path: str | None) -> str:
 def loading() -> str | None:
     """The model being loaded (or about to be: selected, not yet loaded), else None."""
     status = backend().status()
-    selected = backend().selection()
-    if status.state == "loading":
+    if status.state == LOADING:
         return status.name
-    if status.state != FAILED_TO_LOAD and (status.id, status.vae) != (selected.model, selected.vae):
-        return entry(selected).model_name
-    return None
+    pending = backend().pending_switch(status)
+    return entry(pending).model_name if pending is not None else None
 
 
 def state() -> dict:

@@ -392,3 +392,30 @@ def test_while_a_switched_to_model_loads_every_status_names_it(switch_app):
     finally:
         gate.set()
     assert settled(client)["loaded"] == "sd-b"
+
+
+def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, monkeypatch):
+    import os
+
+    from app.models import registry
+
+    folder, cache = tmp_path / "checkpoints", tmp_path / "cache.json"
+    folder.mkdir()
+    model = folder / "m.safetensors"
+    model.write_bytes(b"weights" * 1000)
+    first = registry.Catalogue(folder, "demo", hub_models=("owner/sd-x",), cache_file=cache)
+    titles = [c.title for c in first.checkpoints()]
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert titles == ["demo", f"m.safetensors [{digest[:10]}]", "owner/sd-x"]
+    hub = first.find("sd-x")
+    assert hub is not None and (hub.hash, hub.sha256, hub.source) == (None, None, "owner/sd-x")
+    assert first.find(digest) is first.find(digest[:10]) is not None  # sha256 and short hash both select it
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(registry, "file_sha256", no_reading)
+    assert registry.Catalogue(folder, "demo", cache_file=cache).find("m").hash == digest[:10]  # from cache.json
+    os.utime(model, (1, 1))  # another mtime: the cached hash no longer counts
+    with pytest.raises(AssertionError, match="hashed again"):
+        registry.Catalogue(folder, "demo", cache_file=cache).checkpoints()

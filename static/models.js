@@ -50,7 +50,8 @@
       return true;
     }
     if (state.state === "failed") {
-      say("The model failed to load: " + (state.error || "see the server log") + ". Choose another.", "failed");
+      // The reason may name the server's paths: the page says only what a visitor can act on.
+      say("The model could not be loaded. Choose another.", "failed");
       return false;
     }
     say("Ready: " + state.loaded + ".", "ready");

@@ -220,15 +220,46 @@ class BackendContract:
         assert backend.image_path(job.id, "0.png") is None and job.started_at is not None
 
 
+    def test_a_switch_runs_later_jobs_on_the_new_model_and_earlier_ones_on_theirs(self, backend, second_model):
+        from app.jobs.base import ModelChoice
+
+        before = backend.submit(request(), "me")
+        backend.select(ModelChoice(str(second_model)))
+        after = backend.submit(request(), "me")
+        first, second = backend.wait(before.id, 120), backend.wait(after.id, 120)
+        assert first.state == second.state == "done", (first.error, second.error)
+        assert "Model: demo" in first.images[0]["infotext"]
+        assert "Model: second" in second.images[0]["infotext"]
+        backend.select(ModelChoice("demo"))  # back: an idle worker loads it at once, before any job
+        wait_for(lambda: backend.status().name == "demo" and backend.status().state == READY, 60,
+                 "the worker to load the startup model again")
+        backend.select(ModelChoice(str(second_model.parent / "missing")))
+        failed = backend.wait(backend.submit(request(), "me").id, 120)
+        assert failed.state == "failed" and "missing" in failed.error  # fails that job; the worker lives on
+        backend.select(ModelChoice("demo"))
+        assert backend.wait(backend.submit(request(), "me").id, 120).state == "done"
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory):
+    """A demo model with other weights, saved as a diffusers folder named "second"."""
+    from app.models.demo import save_demo_model
+
+    return save_demo_model(tmp_path_factory.mktemp("switch") / "second", seed=1)
+
+
 class TestSQLiteBackend(BackendContract):
     @pytest.fixture
     def make_backend(self, engine, tmp_path):
+        from app.engine.engine import EngineOptions
+        from app.jobs.engines import load_choice
         from app.jobs.sqlite import SQLiteBackend
 
         made = []
 
         def make(running: bool = True, **limits):
             backend = SQLiteBackend(tmp_path / "jobs.sqlite", tmp_path / "images", lambda: engine, model="demo",
+                                    load_model=lambda choice: load_choice(EngineOptions(device="cpu"), choice),
                                     **limits)
             if running:
                 backend.start()

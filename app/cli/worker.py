@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from pathlib import Path
 
-from app.cli.common import CLIError, add_model_options, load_engine
+from app.cli.common import CLIError, add_model_options, engine_options, load_engine
 
 
 def add_parser(subparsers) -> None:
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from redis import Redis
     from redis.exceptions import RedisError
 
+    from app.jobs.base import ModelChoice
+    from app.jobs.engines import load_choice
     from app.jobs.redis.store import RedisJobStore
     from app.jobs.redis.worker import GPUWorker
 
@@ -46,10 +49,17 @@ def run(args: argparse.Namespace) -> int:
         connection.ping()
     except (RedisError, ValueError) as exc:
         raise CLIError(f"redis: cannot reach {args.redis} ({exc})") from exc
-    engine = load_engine(args)  # once: the worker keeps it for every job
+    engine = load_engine(args)  # kept for every job until a switch asks for another model
+    if os.path.isfile(engine.model):  # A1111's "Model hash" (switched-to models bring theirs from the web app)
+        from app.models.registry import file_sha256
+
+        engine.model_hash = file_sha256(Path(engine.model))[:10]
+    options = engine_options(args)
     job_queue = RedisJobStore(connection, name=args.queue)
     worker = GPUWorker([job_queue.rq], connection=connection, name=args.name or f"{socket.gethostname()}-{os.getpid()}",
-                       engine=engine, job_queue=job_queue, heartbeat=args.heartbeat, preview_every=args.preview_every)
+                       engine=engine, job_queue=job_queue, heartbeat=args.heartbeat, preview_every=args.preview_every,
+                       load_model=lambda choice: load_choice(options, choice),
+                       startup=ModelChoice(options.model, options.vae))
     print(f"worker {worker.name}: {engine.model_name} loaded; taking jobs from queue {args.queue!r} on {args.redis}",
           flush=True)
     worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level="INFO")

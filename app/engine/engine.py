@@ -81,6 +81,8 @@ class EngineOptions:
     text_encoder: str | None = _option(None, "folder with a fine-tuned text encoder to use instead of the model's")
     attention_slicing: bool = _option(False, "save GPU memory at some speed cost")
     cpu_offload: bool = _option(False, "keep idle parts of the model in CPU memory (CUDA only)")
+    vae: str | None = _option(None, "a VAE to use instead of the model's: a .safetensors/.pt file (original "
+                                    "layout, as A1111's) or a diffusers AutoencoderKL folder")
     embeddings: str | None = _option(None, "folder of A1111 textual-inversion embeddings (.pt, .safetensors), "
                                            "used in prompts by file name")
     lora_dir: str | None = _option(None, "folder of LoRA files (.safetensors; .pt/.ckpt holding only tensors), used "
@@ -106,6 +108,11 @@ class Engine:
         self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
         self.lora_dir: str | None = None  # where <lora:name> tags find their files (app/engine/loras.py)
         self._loras: LoraSet | None = None
+        self.vae: str | None = None  # the VAE file or folder loaded instead of the model's own
+        # For the infotext (A1111's "Model hash", "VAE hash", "VAE"): set by whoever knows
+        # the files' hashes (the model catalogue caches them).
+        self.model_hash: str | None = None
+        self.vae_hash: str | None = None
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -116,6 +123,10 @@ class Engine:
         # so it is loaded on the CPU (not copied to the GPU and back).
         where = Placement("cpu", placement.dtype) if offload else placement
         pipe = load_pipeline(options.model, where, config=options.config, text_encoder=options.text_encoder)
+        if options.vae:
+            from app.models.loading import load_vae
+
+            pipe.vae = load_vae(options.vae, where, dict(pipe.vae.config))
         embeddings = install_embeddings(pipe, options.embeddings)  # before offload hooks: see app/engine/embeddings.py
         if options.attention_slicing:
             pipe.enable_attention_slicing()
@@ -127,6 +138,7 @@ class Engine:
         engine = cls(pipe, options.model, placement, limits)
         engine.embeddings = embeddings
         engine.lora_dir = options.lora_dir
+        engine.vae = options.vae
         if options.preview_decoder:
             engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
         return engine
@@ -143,6 +155,11 @@ class Engine:
     def lora_shapes(self) -> dict:
         """The model's layer shapes a LoRA must fit (``app.engine.loras.scan``)."""
         return self.loras.shapes
+
+    @property
+    def vae_name(self) -> str | None:
+        """A1111's "VAE" infotext entry: the VAE file's name without its suffix."""
+        return display_name(self.vae) if self.vae else None
 
     @property
     def is_demo(self) -> bool:
@@ -282,7 +299,8 @@ class Engine:
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                      sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
-                     height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None)
+                     height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None,
+                     model_hash=self.model_hash, vae=self.vae_name, vae_hash=self.vae_hash)
             for s in seeds
         ]
         result = GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,

@@ -40,8 +40,11 @@ def quote(text: str) -> str:
 
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg_scale: float,
              seed: int, width: int, height: int, model: str,
-             denoising_strength: float | None = None, extra: dict | None = None) -> str:
-    """The three-part A1111 text: prompt, ``Negative prompt:`` line, settings line."""
+             denoising_strength: float | None = None, extra: dict | None = None, model_hash: str | None = None,
+             vae: str | None = None, vae_hash: str | None = None) -> str:
+    """The three-part A1111 text: prompt, ``Negative prompt:`` line, settings line.
+    ``model_hash`` and ``vae_hash``: A1111's short hashes (10 hex digits of the
+    file's SHA-256), written before the name as A1111 writes them."""
     sampler_name, schedule_type = split_name(sampler)  # A1111 1.9+: "DPM++ 2M" and "Karras"
     settings = {
         "Steps": steps,
@@ -50,8 +53,14 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg
         "CFG scale": f"{cfg_scale:g}",
         "Seed": seed,
         "Size": f"{width}x{height}",
-        "Model": _clean(model),
     }
+    if model_hash:
+        settings["Model hash"] = model_hash
+    settings["Model"] = _clean(model)
+    if vae_hash:
+        settings["VAE hash"] = vae_hash
+    if vae:
+        settings["VAE"] = _clean(vae)
     if denoising_strength is not None:
         settings["Denoising strength"] = f"{denoising_strength:g}"
     for key, value in (extra or {}).items():

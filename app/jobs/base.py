@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from app.engine.types import GenerationRequest
 from app.jobs.images import ImageStore
@@ -29,6 +29,9 @@ from app.jobs.job import FINISHED, Job
 from app.jobs.retention import GRACE, expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,33 @@ def retry_store(call: Callable[[], T], seconds: float = 60, what: str = "store w
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """The model (and VAE) a job runs on, as the loader takes them: a path,
+    Hub id or "demo", and a VAE file or folder (None: the model's own).
+    A job carries the choice made when it was submitted, so a switch never
+    changes the model under a queued or running job."""
+
+    model: str
+    vae: str | None = None
+    # The files' short hashes (A1111's "Model hash", "VAE hash"), known to the web app's
+    # catalogue, which caches them: a worker need not read a 5 GB file to name it.
+    model_hash: str | None = None
+    vae_hash: str | None = None
+
+    def to_params(self) -> dict:
+        return {"sd_model": self.model, "sd_vae": self.vae, "sd_model_hash": self.model_hash,
+                "sd_vae_hash": self.vae_hash}
+
+    @classmethod
+    def of_params(cls, params: dict) -> "ModelChoice | None":
+        """The choice a job's params carry; None for a job queued with no selection (the worker's own model)."""
+        model = params.get("sd_model")
+        if not isinstance(model, str) or not model:
+            return None
+        return cls(model, params.get("sd_vae"), params.get("sd_model_hash"), params.get("sd_vae_hash"))
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """The model the backend runs jobs on, as the pages and /api/health show it."""
 
@@ -93,20 +123,34 @@ class ModelStatus:
     state: str  # LOADING, READY or FAILED_TO_LOAD
     error: str | None = None  # why it failed (may name paths: for the owner, not strangers)
     native_size: tuple[int, int] | None = None  # known once loaded
+    vae: str | None = None  # the VAE file or folder in use (None: the model's own)
 
     @classmethod
-    def not_loaded(cls, model: str, state: str, error: str | None) -> "ModelStatus":
+    def not_loaded(cls, model: str, state: str, error: str | None, vae: str | None = None) -> "ModelStatus":
         """What is known of ``model`` (a Hub id, path or "demo") before it is loaded."""
-        return cls(display_name(model), model, model == DEMO_MODEL_ID, state, error)
+        return cls(display_name(model), model, model == DEMO_MODEL_ID, state, error, vae=vae)
+
+    @classmethod
+    def of_engine(cls, engine: "Engine") -> "ModelStatus":
+        return cls(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size,
+                   vae=getattr(engine, "vae", None))
 
 
 class JobStore(ABC):
     """Where jobs wait and their records live, seen from the web app."""
 
     @abstractmethod
-    def submit(self, request: GenerationRequest, client: str) -> Job:
-        """Queue a validated request (a random seed is drawn now, once); raise
-        QueueFull over the limits."""
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+        """Queue a validated request (a random seed is drawn now, once) to run
+        on ``model`` (None: the worker's own); raise QueueFull over the limits."""
+
+    @abstractmethod
+    def selection(self) -> ModelChoice | None:
+        """The model new jobs run on, shared by every web app and worker; None: none chosen (the startup model)."""
+
+    @abstractmethod
+    def select(self, choice: ModelChoice | None) -> None:
+        """Choose the model for jobs submitted from now on (idle workers load it at once)."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:
@@ -187,8 +231,31 @@ class Backend(ABC):
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, client: str) -> Job:
-        return self.store.submit(request, client)
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+        """Queue ``request`` on ``model`` (a per-job override), else on the model selected now."""
+        return self.store.submit(request, client, model or self.store.selection())
+
+    # --- the model ------------------------------------------------------------------------
+
+    model: str  # the startup model (a path, Hub id or "demo")
+    vae: str | None = None  # the startup VAE
+
+    def selection(self) -> ModelChoice:
+        """The model new jobs run on: the last one selected, else the startup model."""
+        return self.store.selection() or ModelChoice(self.model, self.vae)
+
+    def pending_switch(self, status: ModelStatus) -> ModelChoice | None:
+        """The model selected by a switch while another is loaded (the switch is under
+        way), else None: also when none was selected, or when the selected one failed."""
+        chosen = self.store.selection()
+        if chosen is None or status.state == FAILED_TO_LOAD or (status.id, status.vae) == (chosen.model, chosen.vae):
+            return None
+        return chosen
+
+    def select(self, choice: ModelChoice) -> None:
+        """Switch: jobs submitted from now on run on ``choice``; queued and running ones keep theirs."""
+        startup = ModelChoice(self.model, self.vae)
+        self.store.select(None if (choice.model, choice.vae) == (startup.model, startup.vae) else choice)
 
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)

@@ -90,6 +90,8 @@ def load_pipeline(
     except ModelLoadError:
         raise
     except Exception as exc:  # the Hub, the disk and diffusers raise many kinds
+        if refused_global(exc):  # diffusers reads .ckpt with torch.load(weights_only=True)
+            raise UnsafeCheckpoint(unsafe_message(model, exc)) from exc
         raise ModelLoadError(_load_error_message(model, kind, exc)) from exc
     if text_encoder:
         pipe.text_encoder = load_text_encoder(text_encoder, placement)
@@ -132,6 +134,83 @@ def load_text_encoder(folder: str, placement: Placement):
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"text_encoder: no text encoder (config.json) in {folder!r}")
     return CLIPTextModel.from_pretrained(str(path), dtype=placement.torch_dtype, local_files_only=True)
+
+
+class UnsafeCheckpoint(ModelLoadError):
+    """A checkpoint that holds pickled code, not just weights: refused unread."""
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """The tensors of a .safetensors, .ckpt or .pt file. Pickle files are read
+    with ``torch.load(weights_only=True)``: a file that would run code while
+    loading (a pickled callable) is refused and nothing in it runs."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if refused_global(exc):
+            raise UnsafeCheckpoint(unsafe_message(path, exc)) from exc
+        raise ModelLoadError(f"{path.name}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") \
+            from exc
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name}: holds a {type(data).__name__}, not a dict of weights")
+    return data
+
+
+def refused_global(exc: BaseException | None) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused to call (e.g. "io.open") when a
+    pickle names a callable that is not a tensor rebuilder; None for other errors."""
+    import re
+
+    while exc is not None:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            return found.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def unsafe_message(path: str | os.PathLike, exc: BaseException) -> str:
+    return (f"refused {Path(path).name!r}: it holds pickled code (it would call {refused_global(exc)}), not just "
+            "weights; nothing in it was run (only tensors are read from .ckpt/.pt files: use .safetensors)")
+
+
+def load_vae(source: str, placement: Placement, config: dict):
+    """An AutoencoderKL from a diffusers folder, or from a single .safetensors/.pt/.ckpt
+    VAE file in the original (LDM) layout, shaped by ``config`` (the model's own VAE config)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        elif path.is_file():
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            weights = read_weights(path)
+            vae = AutoencoderKL.from_config(config)
+            missing, unexpected = vae.load_state_dict(convert_ldm_vae_checkpoint(weights, vae.config), strict=False)
+            if missing:
+                raise ModelLoadError(f"vae: {path.name} does not fit this model ({len(missing)} weights missing, "
+                                     f"e.g. {missing[0]!r})")
+        else:
+            raise ModelLoadError(f"vae: no such file or folder: {source!r}")
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"vae: could not load {source!r} ({type(exc).__name__}: {reason})") from exc
+    return vae.to(device=placement.device, dtype=placement.torch_dtype)
 
 
 def _load_error_message(model: str, kind: str, exc: Exception) -> str:

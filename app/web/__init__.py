@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
@@ -16,6 +16,9 @@ from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
 from app.web.settings import DEFAULTS, engine_limits, engine_options, from_environ, public_limits
+
+if TYPE_CHECKING:
+    from app.models.registry import Catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, csrf, errors, pages, sdapi, styles
+    from app.web import api, auth, csrf, errors, models, pages, sdapi, styles
 
     test_config = dict(test_config or {})
     instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
@@ -48,8 +51,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
-    # 2. the one backend: in-process (SQLite) by default, or Redis with GPU worker processes.
-    app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path))
+    # 2. the model catalogue, and the one backend: in-process (SQLite) by default, or Redis with GPU workers.
+    models.init_app(app)
+    app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path), models.catalogue_of(app))
 
     # 3. blueprints and error handling.
     errors.init_app(app)
@@ -71,7 +75,7 @@ def backend_of(app: Flask) -> Backend:
     return app.extensions[EXTENSION]
 
 
-def make_backend(config: Any, instance: Path) -> Backend:
+def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = None) -> Backend:
     images = instance / "images"
     common = dict(model=config["MODEL"], max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"],
                   keep_images=config["KEEP_IMAGES"], keep_days=config["KEEP_DAYS"], min_free_mb=config["MIN_FREE_DISK_MB"])
@@ -84,18 +88,30 @@ def make_backend(config: Any, instance: Path) -> Backend:
                             job_timeout=config["REDIS_JOB_TIMEOUT"], **common)
     from app.jobs.sqlite import SQLiteBackend
 
-    return SQLiteBackend(config["DATABASE"], images, engine_loader(config), preview_every=config["PREVIEW_EVERY"],
-                         busy_timeout=config["DB_BUSY_TIMEOUT"], **common)
+    return SQLiteBackend(config["DATABASE"], images, engine_loader(config, catalogue),
+                         preview_every=config["PREVIEW_EVERY"], busy_timeout=config["DB_BUSY_TIMEOUT"],
+                         load_model=model_loader(config), vae=config["VAE"], **common)
 
 
-def engine_loader(config: Any) -> EngineLoader:
-    """Loads the model as the settings say (once, in the worker thread)."""
+def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLoader:
+    """Loads the model as the settings say (in the worker thread)."""
     def load():
         if config["ENGINE"] is not None:
             return config["ENGINE"]
         from app.engine.engine import Engine
 
-        return Engine.load(engine_options(config), limits=engine_limits(config))
+        engine = Engine.load(engine_options(config), limits=engine_limits(config))
+        return _with_hashes(engine, catalogue)
+
+    return load
+
+
+def model_loader(config: Any):
+    """Loads a switched-to model (a ``ModelChoice``) with the settings' other options."""
+    def load(choice):
+        from app.jobs.engines import load_choice
+
+        return load_choice(engine_options(config), choice, engine_limits(config))
 
     return load
 
@@ -114,6 +130,7 @@ def form_defaults() -> dict[str, Any]:
 
 def page_context() -> dict[str, Any]:
     from app.engine.schedulers import scheduler_names
+    from app.web import models
 
     status = backend().status()
     return {
@@ -124,6 +141,7 @@ def page_context() -> dict[str, Any]:
         "fields": WEB_FIELDS,
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
+        "picker": models.state(),  # templates/_model.html
     }
 
 
@@ -185,3 +203,10 @@ def _derive_settings(app: Flask) -> None:
 
         app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]),  # type: ignore[method-assign]
                                      networks(config["PROXY_ADDRESSES"]))
+
+
+def _with_hashes(engine, catalogue):
+    """The engine, told its files' short hashes by the catalogue (for the infotext)."""
+    from app.web.models import engine_hashes
+
+    return engine_hashes(engine, catalogue) if catalogue is not None else engine

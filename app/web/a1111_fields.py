@@ -44,11 +44,10 @@ _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "CLIP_stop_at_last_layers": (1,),
     "eta_noise_seed_delta": (0,),
     "samples_format": ("png",),
-    "sd_vae": ("Automatic", "None", ""),
 }
 
 
-def refuse_unsupported(body: dict, img2img: bool, model_names: tuple[str, ...]) -> None:
+def refuse_unsupported(body: dict, img2img: bool) -> None:
     """ApiError 400 for the first field set to a value this server would have to ignore."""
     table = {**_COMMON, **(_IMG2IMG if img2img else {})}
     for name, (accepted, why) in table.items():
@@ -56,7 +55,7 @@ def refuse_unsupported(body: dict, img2img: bool, model_names: tuple[str, ...]) 
         if value is not None and not any(_same(value, ok) for ok in accepted):
             raise ApiError(400, f"{name}: {why}", name, value)
     _check_scripts(body.get("alwayson_scripts"))
-    _check_overrides(body.get("override_settings"), model_names)
+    _check_overrides(body.get("override_settings"))
 
 
 def _same(value: Any, accepted: Any) -> bool:
@@ -81,16 +80,15 @@ def _check_scripts(scripts: Any) -> None:
                        "alwayson_scripts", name)
 
 
-def _check_overrides(overrides: Any, model_names: tuple[str, ...]) -> None:
+def _check_overrides(overrides: Any) -> None:
+    """The overrides this server cannot honour; the model and VAE are checked
+    (and honoured per job) by app/web/models.py."""
     if overrides is None or overrides == {}:
         return
     if not isinstance(overrides, dict):
         raise ApiError(400, "override_settings: must be an object", "override_settings", overrides)
     for key, value in overrides.items():
-        if key == "sd_model_checkpoint":
-            if value not in model_names:
-                raise ApiError(400, "override_settings: this server runs one model; switching is not supported",
-                               f"override_settings.{key}", value)
+        if key in ("sd_model_checkpoint", "sd_vae"):
             continue
         accepted = _SETTINGS_DEFAULTS.get(key)
         if accepted is None or not any(_same(value, ok) for ok in accepted):

@@ -6,9 +6,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
-from app.jobs.base import READY
+from app.jobs.base import READY, ModelChoice
 from app.jobs.job import DONE, STATES, Job, QueueFull
-from app.web import WEB_FIELDS, backend, form_defaults
+from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.auth import client_id, is_authenticated
 from app.web.body import json_object
 from app.web.errors import ApiError
@@ -51,9 +51,9 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
     return gen
 
 
-def enqueue(gen: GenerationRequest) -> Job:
+def enqueue(gen: GenerationRequest, model: ModelChoice | None = None) -> Job:
     try:
-        return backend().submit(gen, client_id())
+        return backend().submit(gen, client_id(), model)
     except QueueFull as exc:
         raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
                        headers={"Retry-After": "10"}) from exc
@@ -85,6 +85,9 @@ def job_json(job: Job) -> dict:
     return body
 
 
+MODEL_PARAMS = ("sd_model", "sd_vae", "sd_model_hash", "sd_vae_hash")
+
+
 def _job_fields(job: Job) -> dict:
     return {
         "id": job.id,
@@ -92,7 +95,7 @@ def _job_fields(job: Job) -> dict:
         "position": job.position,
         "progress": {"step": job.progress.step, "total": job.progress.total, "fraction": job.progress.fraction},
         "preview_url": f"/api/jobs/{job.id}/preview.png" if job.has_preview else None,
-        "params": job.params,
+        "params": {k: v for k, v in job.params.items() if k not in MODEL_PARAMS},  # local paths: the owner's
         "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
                    for im in job.images],
         "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
@@ -272,9 +275,22 @@ def schedulers():
 
 
 @bp.get("/models")
-def models():
-    status = backend().status()
-    return jsonify({"ok": True, "models": [{"name": status.name, "id": status.id, "loaded": status.state == READY}]})
+def list_models():
+    """The catalogue, the selection, what is loaded (or loading) and whether switching is allowed."""
+    state = models.state()
+    loaded = backend().status()
+    listing = [{"name": m["model_name"], "id": m["title"], "hash": m["hash"], "selected": m["title"] == state["selected"],
+                "loaded": m["filename"] == loaded.id and loaded.state == READY} for m in state.pop("models")]
+    return jsonify({"ok": True, "models": listing, **state})
+
+
+@bp.post("/model")
+def switch_model():
+    """Switch: ``{"model": title/name/hash, "vae": name}`` (either may be left out); answers
+    once the switch is queued, with the state as GET /api/models gives it."""
+    body = json_object()
+    models.select(body.get("model"), body.get("vae"), field="model", vae_field="vae")
+    return list_models()
 
 
 @bp.get("/health")

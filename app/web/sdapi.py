@@ -33,9 +33,10 @@ from app.engine.schedulers import (
     with_schedule,
 )
 from app.engine.types import MAX_SEED, floor_size
+from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
-from app.web import backend
+from app.web import backend, models
 from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
@@ -161,15 +162,16 @@ def _init_image(body: dict):
 
 
 def _run(body: dict, img2img: bool):
-    status = backend().status()
-    refuse_unsupported(body, img2img, (status.name, status.id))
+    refuse_unsupported(body, img2img)
+    overrides = body.get("override_settings") or {}
+    choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     with wait_slot() as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
                                 "waiting for their images; try again shortly", headers={"Retry-After": "5"})
-        queued = enqueue(gen)
+        queued = enqueue(gen, choice)
         job = backend().wait(queued.id, current_app.config["SYNC_TIMEOUT"]) or backend().get(queued.id)
     if job is None:
         raise ApiError(410, f"the job was deleted before its images were read; see /api/jobs/{queued.id}",
@@ -206,7 +208,7 @@ def _info(job: Job, img2img: bool) -> dict:
         "width": p["width"], "height": p["height"], "sampler_name": split_name(p["scheduler"])[0],
         "scheduler": split_name(p["scheduler"])[1], "cfg_scale": p["guidance_scale"],
         "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": backend().status().name, "sd_model_hash": None,
+        **_model_info(job),
         "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
         "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
         "extra_generation_params": {"Mask blur": p["mask_blur"]} if p.get("has_mask") else {},
@@ -216,6 +218,14 @@ def _info(job: Job, img2img: bool) -> dict:
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
         "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
     }
+
+
+def _model_info(job: Job) -> dict:
+    """A1111's sd_model_name, sd_model_hash (and VAE's) of the model the job ran on."""
+    choice = ModelChoice.of_params(job.params) or ModelChoice(backend().model, backend().vae)
+    checkpoint, vae = models.entry(choice), models.vae_entry(choice.vae)
+    return {"sd_model_name": checkpoint.model_name, "sd_model_hash": checkpoint.hash,
+            "sd_vae_name": vae.name if vae else None, "sd_vae_hash": vae.hash if vae else None}
 
 
 def _subseed(params: dict, i: int = 0) -> int:
@@ -264,6 +274,7 @@ def extra_single_image():
 def progress():
     job = backend().running()
     counts = backend().counts()
+    loading = models.loading()  # a switched-to model not loaded yet: util_wait_for_ready waits for it
     fraction, eta, step, total, image = 0.0, 0.0, 0, 0, None
     if job is not None:
         job = backend().get(job.id) or job
@@ -280,10 +291,10 @@ def progress():
         "progress": fraction,
         "eta_relative": round(eta, 2) if math.isfinite(eta) else 0.0,
         "state": {"skipped": False, "interrupted": False, "job": job.id if job else "",
-                  "job_count": counts["queued"] + counts["running"], "job_timestamp": "0", "job_no": 0,
-                  "sampling_step": step, "sampling_steps": total},
+                  "job_count": counts["queued"] + counts["running"] + (1 if loading else 0), "job_timestamp": "0",
+                  "job_no": 0, "sampling_step": step, "sampling_steps": total},
         "current_image": image,
-        "textinfo": None,
+        "textinfo": f"Loading {loading}" if loading else None,
     })
 
 
@@ -317,9 +328,24 @@ def skip():
 
 @bp.get("/sd-models")
 def sd_models():
-    status = backend().status()
-    return jsonify([{"title": status.name, "model_name": status.name, "hash": None, "sha256": None,
-                     "filename": status.id, "config": None}])
+    return jsonify([c.a1111() for c in models.catalogue().checkpoints()])
+
+
+@bp.post("/refresh-checkpoints")
+def refresh_checkpoints():
+    models.catalogue().refresh()
+    return jsonify(None)
+
+
+@bp.get("/sd-vae")
+def sd_vae():
+    return jsonify([v.a1111() for v in models.catalogue().vaes()])
+
+
+@bp.post("/refresh-vae")
+def refresh_vae():
+    models.catalogue().refresh()
+    return jsonify(None)
 
 
 @bp.get("/samplers")
@@ -341,18 +367,21 @@ def scripts():
 
 @bp.get("/options")
 def get_options():
-    return jsonify({"sd_model_checkpoint": backend().status().name, "sd_checkpoint_hash": None, "samples_format": "png",
+    selected = backend().selection()
+    current = models.entry(selected)
+    return jsonify({"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256,
+                    "sd_vae": models.vae_name(selected.vae), "samples_format": "png",
                     "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0})
 
 
 @bp.post("/options")
 def set_options():
+    """Switch the model and/or VAE; answers once the switch is queued (see app/web/models.py):
+    /sdapi/v1/progress counts the load until it is done."""
     body = json_object()
-    wanted = body.get("sd_model_checkpoint")
-    status = backend().status()
-    if wanted is not None and wanted not in (status.name, status.id):
-        raise ApiError(400, "sd_model_checkpoint: this server runs one model; switching is not supported",
-                       "sd_model_checkpoint", wanted)
+    wanted, vae = body.get("sd_model_checkpoint"), body.get("sd_vae")
+    if wanted is not None or vae is not None:
+        models.select(wanted, vae)
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
 
 
@@ -398,7 +427,7 @@ def prompt_styles():
     return jsonify([style.to_dict() for style in current_styles().values()])
 
 
-for _path in ("sd-vae", "hypernetworks", "face-restorers"):
+for _path in ("hypernetworks", "face-restorers"):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])
 
 

@@ -49,6 +49,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_PROMPT_CHARS", 1000, "longest prompt and negative prompt, in characters"),
     Setting("STYLES", None, "AUTOMATIC1111 styles.csv (name,prompt,negative_prompt) for the APIs' styles, edited by /api/styles; "
             "None: <instance>/styles.csv"),
+    Setting("CHECKPOINT_DIR", None, "folder of checkpoints to switch between (.safetensors, .ckpt, diffusers folders); "
+            "None: <instance>/models/checkpoints"),
+    Setting("VAE_DIR", None, "folder of VAEs for sd_vae (.safetensors, .pt, diffusers AutoencoderKL folders); "
+            "None: <instance>/models/vae"),
+    Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
+    Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
+            "no when PUBLIC; true/false to decide"),
     Setting("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, "largest init image file, in bytes"),
     Setting("MAX_UPLOAD_PIXELS", 4096 * 4096, "largest init image, in pixels (checked before decoding)"),
     Setting("MAX_QUEUED_PER_CLIENT", 5, "most unfinished (queued or running) jobs per client"),
@@ -85,6 +92,8 @@ def from_environ(environ: os._Environ | dict | None = None) -> dict:
         if raw is None or name == "ENGINE":
             continue
         kind = _TYPES.get(name, str)
+        if name == "ALLOW_MODEL_SWITCH":  # None by default, a bool when set
+            kind = bool
         if kind is bool:
             found[name] = raw.strip().lower() in ("1", "true", "yes", "on")
         elif kind is int:

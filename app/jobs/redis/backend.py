@@ -118,8 +118,9 @@ class RedisBackend(Backend):
         workers = self.upkeep.workers()
         if workers:
             first = workers[0]
-            return ModelStatus(first["model_name"], first["model"], first["is_demo"], READY, None,
-                               tuple(first["default_size"]))
+            size = first.get("default_size")
+            return ModelStatus(first["model_name"], first["model"], first["is_demo"], first.get("state", READY),
+                               first.get("error"), tuple(size) if size else None, vae=first.get("vae"))
         return ModelStatus.not_loaded(self.model, LOADING, NO_WORKER)
 
     def start(self) -> None:

@@ -41,7 +41,7 @@ from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
 
 from app.engine.types import GenerationRequest
-from app.jobs.base import JobStore, translate_errors
+from app.jobs.base import JobStore, ModelChoice, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -218,9 +218,11 @@ class RedisJobStore(JobStore):
 
     # --- client side (the web app) ------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, client: str) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
         job_id = new_job_id()
         params, init_png = job_record(request)
+        if model is not None:
+            params.update(model.to_params())
         seq, count = self._scripts["submit"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq"), self.key("queued"),
                   self.key("client", client), self.key("init", job_id)],
@@ -240,6 +242,17 @@ class RedisJobStore(JobStore):
             self.fail(job_id, f"could not be queued: {failure_reason(exc)}")
             raise
         return self._must_get(job_id)
+
+    def selection(self) -> ModelChoice | None:
+        raw = self.redis.get(self.key("selection"))
+        return ModelChoice.of_params(json.loads(raw)) if raw else None
+
+    def select(self, choice: ModelChoice | None) -> None:
+        """Shared by every web app and worker of this queue; idle workers load it within a second."""
+        if choice is None:
+            self.redis.delete(self.key("selection"))
+        else:
+            self.redis.set(self.key("selection"), json.dumps(choice.to_params()))
 
     def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str) or not job_id:

@@ -12,8 +12,11 @@ again.) What it adds to RQ:
   with a registry TTL of three heartbeats: RQ's own TTLs add 60 s or more,
   and a SimpleWorker's main thread is busy in the job and sends none, so a
   killed worker would otherwise be noticed minutes late, not seconds;
-- its model (name, demo or not, native size) published in Redis for the web
-  app's /api/health and form defaults.
+- its model (name, demo or not, native size, loading or failed) published in
+  Redis for the web app's /api/health and form defaults;
+- model switching: a job runs on the model it was submitted with, loaded
+  first if another is loaded (``app.jobs.engines.EngineSlot``), and a
+  thread loads a newly selected model while the worker is idle.
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -30,7 +33,8 @@ from rq.worker import SimpleWorker, WorkerStatus
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
 from app.jobs import runner
-from app.jobs.base import retry_store
+from app.jobs.base import ModelChoice, retry_store
+from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.images import disk_room_reason
 from app.jobs.job import CANCELLED, DONE, FAILED, RUNNING
 from app.jobs.redis.store import RedisJobStore
@@ -43,14 +47,16 @@ class GPUWorker(SimpleWorker):
     current: "GPUWorker | None" = None  # the worker of this process, for run_job
 
     def __init__(self, queues, *, engine: Engine, job_queue: RedisJobStore, heartbeat: float = 10.0,
-                 preview_every: int = 1, retry_seconds: float = 60, **kwargs):
+                 preview_every: int = 1, retry_seconds: float = 60, load_model: ModelLoader | None = None,
+                 startup: ModelChoice | None = None, **kwargs):
         self.job_ttl = max(1, math.ceil(heartbeat * 3))  # three missed heartbeats: the worker is dead
         # Idle workers wake from their blocking dequeue every few seconds to clean
         # RQ's registries (that is what finds jobs abandoned by a dead worker).
         kwargs.setdefault("maintenance_interval", max(5, self.job_ttl))
         kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + 15)
         super().__init__(queues, **kwargs)
-        self.engine = engine
+        self.slot = EngineSlot(lambda: engine, startup or ModelChoice(engine.model, engine.vae), load_model)
+        self.slot.ensure()  # the startup engine, loaded by the caller
         self.job_queue = job_queue
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
@@ -77,9 +83,14 @@ class GPUWorker(SimpleWorker):
                 self._beating = None
         self.set_state(WorkerStatus.IDLE)
 
+    @property
+    def engine(self) -> Engine | None:
+        return self.slot.engine
+
     def bootstrap(self, *args, **kwargs) -> None:
         super().bootstrap(*args, **kwargs)
         threading.Thread(target=self._beat_forever, name="t2i-heartbeat", daemon=True).start()
+        threading.Thread(target=self._follow_forever, name="t2i-model", daemon=True).start()
 
     def register_birth(self) -> None:
         # A worker killed under this name leaves RQ's record for a minute or more. Once it
@@ -110,15 +121,27 @@ class GPUWorker(SimpleWorker):
             if self._stop_beats.wait(self.heartbeat_seconds):
                 return
 
+    def _follow_forever(self) -> None:
+        """While idle, load the model selected now (checked every second, or every heartbeat if shorter)."""
+        while not self._stop_beats.wait(min(1.0, self.heartbeat_seconds)):
+            try:
+                if self._beating is None:
+                    self.slot.follow(self.job_queue.selection())
+                    self._publish(alive=True)
+            except Exception:  # Redis away: try again later
+                logger.exception("following the model selection failed")
+
     def _publish(self, alive: bool) -> None:
         workers, info = self.job_queue.key("workers"), self.job_queue.key("worker-info")
         with self.connection.pipeline() as pipe:
             if alive:
-                engine = self.engine
+                status = self.slot.status(self.slot.startup or ModelChoice("demo"))
                 pipe.zadd(workers, {self.name: time.time()})
                 pipe.hset(info, self.name, json.dumps({
-                    "model": engine.model, "model_name": engine.model_name, "is_demo": engine.is_demo,
-                    "default_size": list(engine.default_size), "heartbeat": self.heartbeat_seconds}))
+                    "model": status.id, "model_name": status.name, "is_demo": status.is_demo,
+                    "default_size": list(status.native_size) if status.native_size else None,
+                    "state": status.state, "error": status.error, "vae": status.vae,
+                    "heartbeat": self.heartbeat_seconds}))
             else:
                 pipe.zrem(workers, self.name)
                 pipe.hdel(info, self.name)
@@ -146,7 +169,12 @@ class GPUWorker(SimpleWorker):
             if job is None:
                 return "gone"
             request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
-            output = runner.run_job(self.engine, request,
+            engine = self.slot.ensure(ModelChoice.of_params(job.params))
+            if engine is None:  # fails the jobs that asked for it; the worker goes on
+                reason = f"the model could not be loaded: {self.slot.error}"
+                self._retried(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
+                return FAILED
+            output = runner.run_job(engine, request,
                                     lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip), cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = job_end(job_id, exc, skipped=skip.is_set())
@@ -181,7 +209,8 @@ class GPUWorker(SimpleWorker):
 
     def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
                  lost: threading.Event, skip: threading.Event) -> None:
-        preview = preview_png(self.engine, info, self.preview_every)
+        engine = self.slot.engine
+        preview = preview_png(engine, info, self.preview_every) if engine is not None else None
         answer = self._retried(job_id, "progress",
                                lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:

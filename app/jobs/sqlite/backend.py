@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.jobs.base import READY, Backend, ModelStatus
+from app.jobs.base import Backend, ModelChoice, ModelStatus
+from app.jobs.engines import ModelLoader
 from app.jobs.images import ImageStore
 from app.jobs.runner import EngineLoader
 from app.jobs.sqlite.store import SQLiteJobStore
@@ -17,20 +18,21 @@ class SQLiteBackend(Backend):
 
     def __init__(self, database: str | Path, image_root: str | Path, load_engine: EngineLoader, *, model: str,
                  max_queue: int = 100, max_per_client: int = 5, preview_every: int = 1, keep_images: int = 0,
-                 keep_days: float = 0, min_free_mb: int = 0, busy_timeout: float = 5):
-        self.model = model  # what will be loaded, for the status shown while it loads
+                 keep_days: float = 0, min_free_mb: int = 0, busy_timeout: float = 5,
+                 load_model: ModelLoader | None = None, vae: str | None = None):
+        self.model, self.vae = model, vae  # the startup model, for the status shown while it loads
         self.store = SQLiteJobStore(database, max_queue=max_queue, max_per_client=max_per_client,
                                     busy_timeout=busy_timeout)
         self.images = ImageStore(image_root)
         self.keep_images, self.keep_days = keep_images, keep_days
         self.worker = Worker(self.store, load_engine, self.images, preview_every=preview_every,
-                             min_free_mb=min_free_mb, after_job=self.apply_retention)
+                             min_free_mb=min_free_mb, after_job=self.apply_retention, load_model=load_model,
+                             startup=ModelChoice(model, vae))
+        # A (re)started server runs its startup model until told otherwise; jobs still queued keep theirs.
+        self.store.select(None)
 
     def status(self) -> ModelStatus:
-        engine = self.worker.engine
-        if engine is not None:
-            return ModelStatus(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size)
-        return ModelStatus.not_loaded(self.model, self.worker.model_state, self.worker.model_error)
+        return self.worker.slot.status(ModelChoice(self.model, self.vae))
 
     def start(self) -> None:
         if not self.worker.is_alive():

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from app.engine.types import GenerationRequest
-from app.jobs.base import JobStore, translate_errors
+from app.jobs.base import JobStore, ModelChoice, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -56,6 +56,10 @@ CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client, state);
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
     init_image BLOB NOT NULL                -- PNG, already checked and size-limited
+);
+CREATE TABLE IF NOT EXISTS state (          -- shared settings: the selected model ("model")
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -125,9 +129,11 @@ class SQLiteJobStore(JobStore):
 
     # client side
 
-    def submit(self, request: GenerationRequest, client: str) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
         job_id = new_job_id()
         params, init_png = job_record(request)
+        if model is not None:
+            params.update(model.to_params())
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # the limit checks and the insert as one step
             mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')",
@@ -143,6 +149,20 @@ class SQLiteJobStore(JobStore):
                 conn.execute("INSERT INTO inputs (job_id, init_image) VALUES (?, ?)", (job_id, init_png))
         self._notify()
         return self._must_get(job_id)
+
+    def selection(self) -> ModelChoice | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = 'model'").fetchone()
+        return ModelChoice.of_params(json.loads(row[0])) if row else None
+
+    def select(self, choice: ModelChoice | None) -> None:
+        with self._connect() as conn:
+            if choice is None:
+                conn.execute("DELETE FROM state WHERE key = 'model'")
+            else:
+                conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('model', ?)",
+                             (json.dumps(choice.to_params()),))
+        self._notify()  # an idle worker loads it now
 
     def get(self, job_id: str) -> Job | None:
         if not isinstance(job_id, str):
@@ -284,6 +304,11 @@ class SQLiteJobStore(JobStore):
         """Whether the running job's stop was asked for by ``skip`` (not ``cancel``)."""
         with self._live_lock:
             return job_id in self._skips
+
+    def drop_previews(self) -> None:
+        """Forget the kept live previews (they hold the engine that made them: a switch frees it)."""
+        with self._live_lock:
+            self._previews.clear()
 
     def report(self, job_id: str, step: int, total: int, preview: bytes | LivePreview | None = None) -> None:
         with self._live_lock:

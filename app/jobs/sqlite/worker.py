@@ -1,6 +1,11 @@
-"""The worker thread of the SQLite backend: it owns the engine, loads it once
+"""The worker thread of the SQLite backend: it owns the engine, loads it
 (lazily, in the thread, so the app starts fast), then runs queued jobs one by
-one in order of arrival."""
+one in order of arrival.
+
+Model switching: each job carries the model selected when it was submitted
+(``ModelChoice``); before a job the worker loads that model if another is
+loaded, freeing the old engine first (one model in memory at a time), and
+when idle it loads a newly selected model at once."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +14,8 @@ from typing import Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
-from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, StorageUnavailable, retry_store
+from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
+from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, DONE, FAILED, Job
 from app.jobs.runner import EngineLoader, JobOutput, free_memory, job_end, live_preview, run_job
@@ -22,20 +28,21 @@ class Worker(threading.Thread):
     """``min_free_mb``: a job fails unrun when the image disk has less free;
     ``retry_seconds``: how long a store write is retried while the database
     is locked before it waits for the next loop; ``after_job``: called after
-    each finished job (retention)."""
+    each finished job (retention); ``load_model``: loads another model than
+    the startup one (``startup``, loaded by ``load_engine``) for a switch
+    (None: jobs that ask for another model fail)."""
 
     def __init__(self, store: SQLiteJobStore, load_engine: EngineLoader, images: ImageStore, preview_every: int = 1,
                  poll_seconds: float = 0.5, min_free_mb: int = 0, retry_seconds: float = 60,
-                 after_job: Callable[[], object] | None = None):
+                 after_job: Callable[[], object] | None = None, load_model: ModelLoader | None = None,
+                 startup: ModelChoice | None = None):
         super().__init__(name="t2i-worker", daemon=True)
         self.store = store
-        self._load_engine = load_engine
         self.images = images
         self.preview_every = preview_every
         self.poll_seconds = poll_seconds
-        self.engine: Engine | None = None
-        self.model_state = LOADING
-        self.model_error: str | None = None
+        # Live previews hold the engine that made them: a switch drops them with it.
+        self.slot = EngineSlot(load_engine, startup, load_model, on_unload=lambda: store.drop_previews())
         self.min_free_mb = min_free_mb
         self.retry_seconds = retry_seconds
         self.after_job = after_job
@@ -57,6 +64,7 @@ class Worker(threading.Thread):
                 self._stop_event.wait(max(self.poll_seconds, 1.0))
                 continue
             if not busy:
+                self.follow_selection()
                 self.store.wait_for_change(self.poll_seconds)
 
     def stop(self, timeout: float = 30) -> None:
@@ -66,15 +74,28 @@ class Worker(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-    def ensure_engine(self) -> Engine | None:
-        if self.engine is None and self.model_state != FAILED_TO_LOAD:
-            try:
-                self.engine = self._load_engine()
-                self.model_state = READY
-            except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
-                logger.exception("the model could not be loaded")
-                self.model_state, self.model_error = FAILED_TO_LOAD, str(exc) or type(exc).__name__
-        return self.engine
+    # The model: see app/jobs/engines.py.
+    @property
+    def engine(self) -> Engine | None:
+        return self.slot.engine
+
+    @property
+    def model_state(self) -> str:
+        return self.slot.state
+
+    @property
+    def model_error(self) -> str | None:
+        return self.slot.error
+
+    def ensure_engine(self, choice: ModelChoice | None = None) -> Engine | None:
+        return self.slot.ensure(choice)
+
+    def follow_selection(self) -> None:
+        try:
+            selected = self.store.selection()
+        except StorageUnavailable:
+            return
+        self.slot.follow(selected)
 
     def run_once(self) -> bool:
         """Run the next queued job, if any. Returns whether there was one."""
@@ -114,7 +135,7 @@ class Worker(threading.Thread):
 
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
-        engine = self.ensure_engine()
+        engine = self.ensure_engine(ModelChoice.of_params(job.params))
         if engine is None:
             self._record(job, "failed", lambda: self.store.fail(job.id, f"the model could not be loaded: {self.model_error}"))
             return False

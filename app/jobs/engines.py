@@ -1,0 +1,133 @@
+"""The one loaded model of a worker, and switching it: the part both workers
+share (the SQLite backend's thread and the Redis backend's GPU processes).
+
+Each job carries the model selected when it was submitted (``ModelChoice``,
+None for the worker's startup model). Before a job the worker asks
+``EngineSlot.ensure`` for that model: if another is loaded, it is freed
+first (references dropped, ``gc``, ``torch.cuda.empty_cache``), so one model
+is in memory at a time. When idle, ``follow`` loads the model selected now.
+A model that fails to load fails the jobs that asked for it with the reason
+and is not tried again for each of them, until it is selected again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice, ModelStatus
+from app.jobs.runner import free_memory
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine, EngineOptions
+    from app.engine.types import Limits
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[ModelChoice], "Engine"]
+
+
+class EngineSlot:
+    """``load_startup()`` loads the startup model ``startup``; ``load_model(choice)``
+    any other (None: this worker runs one model only); ``on_unload``: called
+    after the engine is dropped (to drop what else holds it, e.g. live previews)."""
+
+    def __init__(self, load_startup: Callable[[], "Engine"], startup: ModelChoice | None = None,
+                 load_model: ModelLoader | None = None, on_unload: Callable[[], None] | None = None):
+        self._load_startup = load_startup
+        self._load_model = load_model
+        self._on_unload = on_unload
+        self.startup = startup
+        self.engine: "Engine | None" = None
+        self.loaded: ModelChoice | None = None  # what ``engine`` was loaded for (None: the startup model)
+        self.loading: ModelChoice | None = None  # set while a model loads
+        self.state: str = LOADING
+        self.error: str | None = None
+        self.failed_choice: ModelChoice | None = None  # the model that failed to load last
+        self._failed: dict[ModelChoice | None, str] = {}
+        self._seen_selection: ModelChoice | None = None
+        self._lock = threading.RLock()  # one load at a time (a Redis worker follows from its heartbeat thread)
+
+    def key(self, choice: ModelChoice | None) -> ModelChoice | None:
+        """None for the startup model, however it is named."""
+        if choice is None or (self.startup and (choice.model, choice.vae) == (self.startup.model, self.startup.vae)):
+            return None
+        return choice
+
+    def ensure(self, choice: ModelChoice | None = None) -> "Engine | None":
+        """The engine of ``choice`` (None: the startup model), loaded first if another
+        is loaded; None if it failed to load (``error`` says why)."""
+        key = self.key(choice)
+        with self._lock:
+            if self.engine is not None and self.loaded == key:
+                return self.engine
+            if key in self._failed:
+                self.state, self.error = FAILED_TO_LOAD, self._failed[key]
+                return None
+            self.unload()
+            self.loading, self.state, self.error = key or self.startup, LOADING, None
+            try:
+                if key is None:
+                    engine = self._load_startup()
+                elif self._load_model is None:
+                    raise RuntimeError(f"this worker runs one model and cannot load {key.model!r}")
+                else:
+                    engine = self._load_model(key)
+            except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
+                logger.exception("the model could not be loaded")
+                self._failed[key] = str(exc) or type(exc).__name__
+                self.failed_choice = key or self.startup
+                self.state, self.error = FAILED_TO_LOAD, self._failed[key]
+                return None
+            finally:
+                self.loading = None
+            self.engine, self.loaded, self.state = engine, key, READY
+            return engine
+
+    def unload(self) -> None:
+        """Drop the loaded engine and free its memory (before another is loaded)."""
+        with self._lock:
+            if self.engine is None:
+                return
+            logger.info("unloading %s", self.engine.model_name)
+            self.engine = None
+            if self._on_unload is not None:
+                self._on_unload()
+            free_memory()
+
+    def follow(self, selected: ModelChoice | None) -> None:
+        """When idle: load ``selected`` (the selection now) if it is not loaded. A model
+        selected again is tried again, even if it failed before."""
+        key = self.key(selected)
+        with self._lock:
+            if key != self._seen_selection:
+                self._seen_selection = key
+                self._failed.pop(key, None)
+            if self.loaded != key or self.engine is None:
+                self.ensure(key)
+
+    def status(self, fallback: ModelChoice) -> ModelStatus:
+        """Loading which model, ready on which, or failed on which (``fallback``: the startup model)."""
+        loading, engine = self.loading, self.engine
+        if loading is not None:
+            return ModelStatus.not_loaded(loading.model, LOADING, None, loading.vae)
+        if engine is not None:
+            return ModelStatus.of_engine(engine)
+        failed = self.failed_choice or self.startup or fallback
+        return ModelStatus.not_loaded(failed.model, self.state, self.error, failed.vae)
+
+
+def load_choice(options: "EngineOptions", choice: ModelChoice, limits: "Limits | None" = None) -> "Engine":
+    """Load a switched-to model with the other ``options`` of the startup one. A single
+    file's config is the diffusers folder beside it, else the one ``options`` names."""
+    from app.engine.engine import Engine
+    from app.engine.types import DEFAULT_LIMITS
+    from app.models.loading import find_single_file_config
+
+    beside = find_single_file_config(choice.model) if os.path.isfile(choice.model) else None
+    engine = Engine.load(replace(options, model=choice.model, vae=choice.vae, config=beside or options.config),
+                         limits=limits or DEFAULT_LIMITS)
+    engine.model_hash, engine.vae_hash = choice.model_hash, choice.vae_hash
+    return engine

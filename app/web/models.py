@@ -1,0 +1,166 @@
+"""The model catalogue and switching, as both APIs and the page use them.
+
+One source for the rules: which names select a checkpoint or a VAE (A1111's:
+title, name, short hash ...), who may switch (``ALLOW_MODEL_SWITCH``), and
+what the current selection looks like. The views in ``api``, ``sdapi`` and
+``pages`` only translate.
+
+A switch is queued, not waited for: ``select`` records the new selection in
+the job store (shared by every web app and worker) and returns; jobs
+submitted from then on carry it, jobs already queued keep theirs, and an idle
+worker loads it at once. ``/sdapi/v1/progress`` counts the pending load as a
+job, so webuiapi's ``util_set_model`` + ``util_wait_for_ready`` wait for it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+from app.jobs.base import FAILED_TO_LOAD, LOADING, ModelChoice
+from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
+from app.web import backend
+from app.web.errors import ApiError
+
+EXTENSION = "t2i-models"
+
+
+def init_app(app: Flask) -> None:
+    config, instance = app.config, Path(app.instance_path)
+    catalogue = app.extensions[EXTENSION] = Catalogue(
+        config["CHECKPOINT_DIR"] or instance / "models" / "checkpoints", config["MODEL"],
+        hub_models=tuple(config["MODELS"] or ()), vae_dir=config["VAE_DIR"] or instance / "models" / "vae",
+        cache_file=instance / "cache.json")
+    # Hash new files now, in the background: the first page or /sdapi/v1/sd-models need not wait
+    # for them (a 5 GB file takes seconds; once hashed it is cached in cache.json).
+    threading.Thread(target=lambda: (catalogue.checkpoints(), catalogue.vaes()), name="t2i-catalogue",
+                     daemon=True).start()
+
+
+def catalogue() -> Catalogue:
+    return catalogue_of(current_app)
+
+
+def catalogue_of(app: Flask) -> Catalogue:
+    return app.extensions[EXTENSION]
+
+
+def switch_allowed(config: Any) -> bool:
+    """ALLOW_MODEL_SWITCH: None (the default) allows it on a local server and refuses it when PUBLIC."""
+    value = config.get("ALLOW_MODEL_SWITCH")
+    if value is None:
+        return not config.get("PUBLIC")
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def refusal() -> str | None:
+    """Why this server does not switch models, or None when it does."""
+    if switch_allowed(current_app.config):
+        return None
+    return "model switching is off on this public server (the owner can allow it with ALLOW_MODEL_SWITCH)"
+
+
+def find_checkpoint(value: Any, field: str) -> Checkpoint:
+    """The checkpoint ``value`` names; ApiError 400 naming it when unknown."""
+    found = catalogue().find(value) if isinstance(value, str) else None
+    if found is None:
+        raise ApiError(400, f"{field}: unknown model {value!r}; see /sdapi/v1/sd-models "
+                            "(POST /sdapi/v1/refresh-checkpoints after adding files)", field, value)
+    return found
+
+
+def find_vae(value: Any, field: str) -> str | None:
+    """The VAE path ``value`` names; None for "Automatic"/"None" (the model's own); 400 when unknown."""
+    if value in (None, "", AUTOMATIC, NO_VAE):
+        return None
+    found = catalogue().find_vae(value) if isinstance(value, str) else None
+    if found is None:
+        raise ApiError(400, f"{field}: unknown VAE {value!r}; see /sdapi/v1/sd-vae", field, value)
+    return found.filename
+
+
+def choice_for(model: Any, vae: Any, field: str, vae_field: str, current: ModelChoice) -> ModelChoice:
+    """The choice that ``model`` and ``vae`` (either None: keep ``current``'s) name, checked;
+    403 when it differs from ``current`` and switching is not allowed."""
+    checkpoint = find_checkpoint(model, field) if model is not None else entry(current)
+    vae_path = find_vae(vae, vae_field) if vae is not None else current.vae
+    found_vae = vae_entry(vae_path)
+    chosen = ModelChoice(checkpoint.source, vae_path, checkpoint.hash, found_vae.hash if found_vae else None)
+    if (chosen.model, chosen.vae) != (current.model, current.vae):
+        why = refusal()
+        if why is not None:
+            raise ApiError(403, f"{field if chosen.model != current.model else vae_field}: {why}",
+                           field if chosen.model != current.model else vae_field,
+                           model if chosen.model != current.model else vae)
+    return chosen
+
+
+def select(model: Any = None, vae: Any = None, field: str = "sd_model_checkpoint",
+           vae_field: str = "sd_vae") -> ModelChoice:
+    """Switch the model new jobs run on (checked as ``choice_for``); returns the selection."""
+    current = backend().selection()
+    chosen = choice_for(model, vae, field, vae_field, current)
+    if (chosen.model, chosen.vae) != (current.model, current.vae):
+        backend().select(chosen)
+    return chosen
+
+
+def job_choice(model: Any, vae: Any = None, field: str = "override_settings.sd_model_checkpoint") -> ModelChoice | None:
+    """A per-job model (A1111's ``override_settings``); None: the selection."""
+    if model is None and vae is None:
+        return None
+    current = backend().selection()
+    chosen = choice_for(model, vae, field, "override_settings.sd_vae", current)
+    return None if (chosen.model, chosen.vae) == (current.model, current.vae) else chosen
+
+
+def entry(choice: ModelChoice) -> Checkpoint:
+    return catalogue().by_source(choice.model)
+
+
+def vae_entry(path: str | None) -> Vae | None:
+    return catalogue().vae_by_path(path)
+
+
+def vae_name(path: str | None) -> str:
+    """``sd_vae`` as A1111 shows it: the VAE's name, or "Automatic"."""
+    found = vae_entry(path)
+    return found.name if found is not None else AUTOMATIC
+
+
+def loading() -> str | None:
+    """The model being loaded (or about to be: selected, not yet loaded), else None."""
+    status = backend().status()
+    if status.state == LOADING:
+        return status.name
+    pending = backend().pending_switch(status)
+    return entry(pending).model_name if pending is not None else None
+
+
+def state() -> dict:
+    """The native API's view: the catalogue, the selection, what is loaded, and whether switching is open."""
+    status = backend().status()
+    selected = backend().selection()
+    current = entry(selected)
+    return {
+        "models": [{**c.a1111(), "name": c.name} for c in catalogue().checkpoints()],
+        "vaes": [AUTOMATIC, NO_VAE] + [v.name for v in catalogue().vaes()],
+        "selected": current.title, "selected_vae": vae_name(selected.vae),
+        "loaded": status.name, "state": status.state, "loading": loading(),
+        "error": status.error if status.state == FAILED_TO_LOAD else None,
+        "switch_allowed": refusal() is None, "switch_refused": refusal(),
+    }
+
+
+def engine_hashes(engine: Any, cat: Catalogue) -> Any:
+    """Give a loaded engine the short hashes of its files (infotext "Model hash", "VAE hash")."""
+    if engine.model and os.path.isfile(engine.model):
+        engine.model_hash = cat.by_source(engine.model).hash
+    vae = cat.vae_by_path(engine.vae)
+    engine.vae_hash = vae.hash if vae is not None else None
+    return engine

@@ -81,7 +81,7 @@ def test_the_listing_says_what_was_loaded_and_skipped(emb_engine, make_app):
     assert set(body["skipped"]) == {"wide", "pickled", "payload"}
     reasons = {i.name: i.error for i in emb_engine.embeddings}
     assert "1024 wide" in reasons["wide"] and "32" in reasons["wide"]
-    assert reasons["pickled"].startswith("unreadable")
+    assert reasons["pickled"].startswith("refused 'pickled.pt'") and "NotATensor" in reasons["pickled"]
 
 
 def test_without_a_folder_the_listing_is_empty(client):
@@ -90,7 +90,7 @@ def test_without_a_folder_the_listing_is_empty(client):
 
 def test_a_pt_file_carrying_code_is_refused_and_the_code_never_runs(emb_engine, folder):
     reasons = {i.name: i.error for i in emb_engine.embeddings}
-    assert reasons["payload"].startswith("unreadable")
+    assert reasons["payload"].startswith("refused 'payload.pt': it holds pickled code")
     assert not (folder.parent / f"{folder.name}-ran").exists()
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"redis: cannot reach {args.redis} ({exc})") from exc
     engine = load_engine(args)  # kept for every job until a switch asks for another model
     if os.path.isfile(engine.model):  # A1111's "Model hash" (switched-to models bring theirs from the web app)
-        from app.models.registry import file_sha256
+        from app.models.files import file_sha256
 
         engine.model_hash = file_sha256(Path(engine.model))[:10]
     options = engine_options(args)

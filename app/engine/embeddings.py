@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.models.files import walk
+from app.models.loading import UnsafeCheckpoint, load_pickle
+
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".pt", ".bin", ".safetensors")
@@ -47,7 +50,7 @@ def read_embedding(path: str | os.PathLike) -> Any:
 
         data: Any = load_file(str(path))
     else:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = load_pickle(path)  # weights_only: a file that would run code is refused unread
     if isinstance(data, dict) and isinstance(data.get("string_to_param"), dict) and "*" in data["string_to_param"]:
         tensor = data["string_to_param"]["*"]
     elif isinstance(data, dict) and "emb_params" in data:
@@ -62,9 +65,11 @@ def read_embedding(path: str | os.PathLike) -> Any:
 
 
 def embedding_files(folder: str | os.PathLike | None) -> list[Path]:
-    if not folder or not Path(folder).is_dir():
+    """The embedding files under ``folder`` (subfolders too, as A1111), sorted; never a
+    file reached by a symlink out of the folder (``app.models.files.walk``)."""
+    if not folder:
         return []
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+    return walk(Path(folder), lambda path: path.is_file() and path.suffix.lower() in SUFFIXES)
 
 
 def scan(folder: str | os.PathLike | None, width: int | None = None) -> list[EmbeddingInfo]:
@@ -77,6 +82,8 @@ def scan(folder: str | os.PathLike | None, width: int | None = None) -> list[Emb
             info.vectors, info.width = int(tensor.shape[0]), int(tensor.shape[1])
             if width is not None and info.width != width:
                 info.error = f"vectors are {info.width} wide; this model's text encoder takes {width}"
+        except UnsafeCheckpoint as exc:  # pickled code: refused, never run
+            info.error = str(exc)[:300]
         except Exception as exc:  # a broken file is reported, not fatal
             info.error = f"unreadable: {exc}"[:200]
         found.append(info)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.metadata import Quoted
+from app.models.files import walk
 
 logger = logging.getLogger(__name__)
 
@@ -139,23 +140,11 @@ class LoraFileError(ValueError):
 
 
 def lora_files(folder: str | os.PathLike | None) -> list[Path]:
-    """The LoRA files under ``folder`` (subfolders too, as A1111), sorted. Symlinks are
-    followed only when they stay inside the folder; symlinked folders are not entered."""
-    if not folder or not Path(folder).is_dir():
+    """The LoRA files under ``folder`` (subfolders too, as A1111), sorted; never a
+    file reached by a symlink out of the folder (``app.models.files.walk``)."""
+    if not folder:
         return []
-    root = Path(folder).resolve()
-    found = []
-    for dirpath, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            path = Path(dirpath) / name
-            if path.suffix.lower() not in SUFFIXES:
-                continue
-            target = path.resolve()
-            if root not in target.parents or not target.is_file():
-                logger.warning("LoRA %s skipped: it links outside the LoRA folder", path)
-                continue
-            found.append(path)
-    return sorted(found)
+    return walk(Path(folder), lambda path: path.is_file() and path.suffix.lower() in SUFFIXES)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
@@ -167,14 +156,12 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
         from safetensors.torch import load_file
 
         return load_file(str(path)), _safetensors_metadata(path)
+    from app.models.loading import ModelLoadError, load_pickle
+
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError and friends: it asked for code
-        wanted = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        raise LoraFileError(f"{path.name} is refused: it is a pickle that needs more than tensors to load"
-                            + (f" ({wanted.group(1)})" if wanted else "")
-                            + "; only tensors are read from .pt/.ckpt files, never code: convert it to .safetensors"
-                            ) from None
+        data = load_pickle(path)  # weights_only: a file that would run code is refused unread
+    except ModelLoadError as exc:
+        raise LoraFileError(str(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from app.models.demo import DEMO_MODEL_ID, build_demo_pipeline
 from app.models.devices import Placement
@@ -90,7 +91,7 @@ def load_pipeline(
     except ModelLoadError:
         raise
     except Exception as exc:  # the Hub, the disk and diffusers raise many kinds
-        if refused_global(exc):  # diffusers reads .ckpt with torch.load(weights_only=True)
+        if pickle_refused(exc, model):  # diffusers reads .ckpt with torch.load(weights_only=True)
             raise UnsafeCheckpoint(unsafe_message(model, exc)) from exc
         raise ModelLoadError(_load_error_message(model, kind, exc)) from exc
     if text_encoder:
@@ -141,30 +142,39 @@ class UnsafeCheckpoint(ModelLoadError):
 
 
 def read_weights(path: str | os.PathLike) -> dict:
-    """The tensors of a .safetensors, .ckpt or .pt file. Pickle files are read
-    with ``torch.load(weights_only=True)``: a file that would run code while
-    loading (a pickled callable) is refused and nothing in it runs."""
-    import pickle
-
-    import torch
-
+    """The tensors of a .safetensors, .ckpt or .pt file by name (see ``load_pickle``)."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if refused_global(exc):
-            raise UnsafeCheckpoint(unsafe_message(path, exc)) from exc
-        raise ModelLoadError(f"{path.name}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") \
-            from exc
+    data = load_pickle(path)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path.name}: holds a {type(data).__name__}, not a dict of weights")
     return data
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """A .ckpt/.pt file (checkpoint, VAE, LoRA or embedding: any of them may come
+    from the internet), read with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings, lists and dicts only. A file that would run code while
+    loading (a pickled callable) is refused with UnsafeCheckpoint naming it and
+    what it would call, and nothing in it runs; an unreadable one is a
+    ModelLoadError. The one place user files are unpickled."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        if pickle_refused(exc, path):
+            raise UnsafeCheckpoint(unsafe_message(path, exc)) from exc
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path.name}: not a readable checkpoint ({reason})") from exc
 
 
 def refused_global(exc: BaseException | None) -> str | None:
@@ -180,8 +190,28 @@ def refused_global(exc: BaseException | None) -> str | None:
     return None
 
 
+def pickle_refused(exc: BaseException | None, path: str | os.PathLike) -> bool:
+    """Whether torch's weights-only unpickler refused the file's content (a callable it
+    would call, or a pickle instruction it does not run) rather than failed to read a
+    file that is no pickle at all (garbage also gives "Unsupported operand")."""
+    if refused_global(exc):
+        return True
+    while exc is not None:
+        if "WeightsUnpickler error" in str(exc):
+            try:
+                with open(path, "rb") as fh:
+                    start = fh.read(2)
+            except OSError:
+                return False
+            return start[:1] == b"\x80" or start == b"PK"  # a pickle, or torch.save's zip of one
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def unsafe_message(path: str | os.PathLike, exc: BaseException) -> str:
-    return (f"refused {Path(path).name!r}: it holds pickled code (it would call {refused_global(exc)}), not just "
+    called = refused_global(exc)
+    what = f"it would call {called}" if called else "instructions that only code objects need"
+    return (f"refused {Path(path).name!r}: it holds pickled code ({what}), not just "
             "weights; nothing in it was run (only tensors are read from .ckpt/.pt files: use .safetensors)")
 
 

@@ -14,7 +14,6 @@ symlink out of its folder. No Flask here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from app.models.demo import DEMO_MODEL_ID
+from app.models.files import file_sha256, walk
 from app.models.loading import SINGLE_FILE_SUFFIXES, display_name, find_single_file_config
 
 logger = logging.getLogger(__name__)
@@ -106,49 +106,6 @@ class HashCache:
         return digest
 
 
-def file_sha256(file: Path, block: int = 1024 * 1024) -> str:
-    """The SHA-256 of a whole file, read in 1 MB blocks (A1111's ``calculate_sha256``)."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` (symlinks resolved) stays inside ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except (ValueError, OSError):
-        return False
-    return True
-
-
-def _walk(root: Path, is_entry) -> list[Path]:
-    """The entries under ``root`` (files, or folders for which ``is_entry`` holds),
-    sorted, without entering an entry folder and never leaving ``root`` by a symlink."""
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            path = here / d
-            if not _inside(path, root):
-                continue
-            if is_entry(path):
-                found.append(path)
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        for f in sorted(filenames):
-            path = here / f
-            if _inside(path, root) and is_entry(path):
-                found.append(path)
-    return sorted(found)
-
-
 def _is_checkpoint(path: Path) -> bool:
     if path.is_dir():
         return (path / "model_index.json").is_file()
@@ -193,7 +150,7 @@ class Catalogue:
     def _read_checkpoints(self) -> list[Checkpoint]:
         found: list[Checkpoint] = []
         root = self.checkpoint_dir
-        for path in (_walk(root, _is_checkpoint) if root else []):
+        for path in (walk(root, _is_checkpoint) if root else []):
             assert root is not None
             if path.is_dir() and any(path.with_name(path.name + s).is_file() for s in SINGLE_FILE_SUFFIXES):
                 continue  # the config folder of the file beside it (``export --config-folder``), not a model
@@ -253,7 +210,7 @@ class Catalogue:
         if root is None:
             return []
         vaes = []
-        for path in _walk(root, _is_vae):
+        for path in walk(root, _is_vae):
             name = path.relative_to(root).as_posix()
             vaes.append(Vae(name, str(path), self.hashes.sha256(path)[:10] if path.is_file() else None))
         return vaes

@@ -10,6 +10,7 @@ import pytest
 
 from app.engine.hires import HR_UPSCALERS
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
+from app.engine.types import FIELD_RANGES
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"
@@ -78,6 +79,8 @@ def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client)
     # The hires upscalers are the engine's list, the request's default chosen.
     assert [a["value"] for a in page.all("option", _select="hr_upscaler")] == list(HR_UPSCALERS)
     assert [a["value"] for a in page.all("option", _select="hr_upscaler") if "selected" in a] == ["Latent"]
+    for name, (low, high) in FIELD_RANGES.items():  # the bounds validation applies
+        assert (float(page.by_id[name]["min"]), float(page.by_id[name]["max"])) == (low, high), name
     assert page.by_id["num_images"]["max"] == "4"  # MAX_IMAGES
     assert page.by_id["steps"]["max"] == "100"  # MAX_STEPS
     for element in ("generate", "progress", "preview", "results", "cancel", "reuse", "nav-gallery"):

@@ -64,6 +64,20 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+# Fixed bounds of request fields (the limits above are the settings' part): the one table
+# validation, the page's inputs and the notebook's widgets read.
+FIELD_RANGES: dict[str, tuple[float, float]] = {
+    "mask_blur": (0, 64),  # pixels
+    "inpaint_full_res_padding": (0, 256),  # pixels
+    "outpaint": (0, 512),  # pixels
+    "hr_scale": (1, 4),
+    "subseed_strength": (0, 1),
+}
+
+
+def field_range(name: str) -> tuple[float, float]:
+    return FIELD_RANGES[name]
+
 
 @dataclass
 class GenerationRequest:
@@ -181,22 +195,25 @@ class GenerationRequest:
 
     def _validate_inpaint(self, limits: Limits) -> None:
         _check_int("mask_blur", self.mask_blur)
-        if not 0 <= self.mask_blur <= 64:
-            raise ValidationError("mask_blur", self.mask_blur, "must be between 0 and 64 pixels")
+        low, high = field_range("mask_blur")
+        if not low <= self.mask_blur <= high:
+            raise ValidationError("mask_blur", self.mask_blur, f"must be between {low} and {high} pixels")
         _check_int("inpainting_fill", self.inpainting_fill)
         if self.inpainting_fill not in (0, 1, 2, 3):
             raise ValidationError("inpainting_fill", self.inpainting_fill,
                                   "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
         _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding)
-        if not 0 <= self.inpaint_full_res_padding <= 256:
+        low, high = field_range("inpaint_full_res_padding")
+        if not low <= self.inpaint_full_res_padding <= high:
             raise ValidationError("inpaint_full_res_padding", self.inpaint_full_res_padding,
-                                  "must be between 0 and 256 pixels")
+                                  f"must be between {low} and {high} pixels")
         for name in ("inpaint_full_res", "inpainting_mask_invert"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(name, getattr(self, name), "must be true or false")
         _check_int("outpaint", self.outpaint)
-        if not 0 <= self.outpaint <= 512:
-            raise ValidationError("outpaint", self.outpaint, "must be between 0 (off) and 512 pixels")
+        low, high = field_range("outpaint")
+        if not low <= self.outpaint <= high:
+            raise ValidationError("outpaint", self.outpaint, f"must be between {low} (off) and {high} pixels")
         if self.outpaint:
             self._validate_outpaint(limits)
         if self.mask is None:
@@ -241,8 +258,9 @@ class GenerationRequest:
         if not isinstance(self.enable_hr, bool):
             raise ValidationError("enable_hr", self.enable_hr, "must be true or false")
         _check_number("hr_scale", self.hr_scale)
-        if not 1 <= self.hr_scale <= 4:
-            raise ValidationError("hr_scale", self.hr_scale, "must be between 1 and 4")
+        low, high = field_range("hr_scale")
+        if not low <= self.hr_scale <= high:
+            raise ValidationError("hr_scale", self.hr_scale, f"must be between {low} and {high}")
         for name in ("hr_resize_x", "hr_resize_y"):
             _check_int(name, getattr(self, name))
             if getattr(self, name) < 0:
@@ -275,8 +293,9 @@ class GenerationRequest:
             elif not 0 <= self.subseed <= MAX_SEED:
                 raise ValidationError("subseed", self.subseed, f"must be between 0 and {MAX_SEED}, or -1 for random")
         _check_number("subseed_strength", self.subseed_strength)
-        if not 0 <= self.subseed_strength <= 1:
-            raise ValidationError("subseed_strength", self.subseed_strength, "must be between 0 and 1")
+        low, high = field_range("subseed_strength")
+        if not low <= self.subseed_strength <= high:
+            raise ValidationError("subseed_strength", self.subseed_strength, f"must be between {low} and {high}")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)
             _check_int(name, value)

@@ -22,7 +22,15 @@ from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
 from app.engine.previews import filmstrip
 from app.engine.schedulers import scheduler_names
-from app.engine.types import SIZE_MULTIPLE, GenerationRequest, GenerationResult, StepInfo, ValidationError, floor_size
+from app.engine.types import (
+    SIZE_MULTIPLE,
+    GenerationRequest,
+    GenerationResult,
+    StepInfo,
+    ValidationError,
+    field_range,
+    floor_size,
+)
 from app.engine.upscale import MAX_FACTOR, upscale
 
 if TYPE_CHECKING:
@@ -36,6 +44,12 @@ def widgets_major() -> int:
     import ipywidgets
 
     return int(ipywidgets.__version__.split(".")[0])
+
+
+def bounds(field: str) -> dict[str, float]:
+    """A widget's min and max: the request field's range (app.engine.types.FIELD_RANGES)."""
+    low, high = field_range(field)
+    return {"min": low, "max": high}
 
 
 def tooltip(text: str) -> dict[str, str]:
@@ -122,7 +136,7 @@ class GeneratorUI:
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
         # The hires fix: a second img2img pass at a larger size (strength is its denoising strength).
         self.enable_hr = w.Checkbox(value=defaults["enable_hr"], description="Hires fix", indent=False)
-        self.hr_scale = w.BoundedFloatText(value=defaults["hr_scale"], min=1.0, max=4.0, step=0.25,
+        self.hr_scale = w.BoundedFloatText(value=defaults["hr_scale"], **bounds("hr_scale"), step=0.25,
                                            description="Upscale by")
         self.hr_upscaler = w.Dropdown(options=list(HR_UPSCALERS), value=defaults["hr_upscaler"],
                                       description="Upscaler")
@@ -300,13 +314,14 @@ class InpaintUI(Img2ImgUI):
         self.mask: Image | None = None  # set by the upload or code
         self.mask_upload = w.FileUpload(accept="image/*", multiple=False, description="Mask")
         self.mask_preview = w.Image(format="png", layout=w.Layout(max_width="256px"))
-        self.mask_blur = w.IntSlider(value=defaults["mask_blur"], min=0, max=64, description="Mask blur")
+        self.mask_blur = w.IntSlider(value=defaults["mask_blur"], **bounds("mask_blur"),
+                                     description="Mask blur")
         self.fill = w.Dropdown(options=[(label, value) for value, label in FILL_MODES.items()],
                                value=defaults["inpainting_fill"], description="Masked content")
         self.only_masked = w.Checkbox(value=defaults["inpaint_full_res"], description="Only masked", indent=False,
                                       **tooltip("repaint the masked area alone at full size, then paste it back"))
-        self.padding = w.BoundedIntText(value=defaults["inpaint_full_res_padding"], min=0, max=256,
-                                        description="Padding")
+        self.padding = w.BoundedIntText(value=defaults["inpaint_full_res_padding"],
+                                        **bounds("inpaint_full_res_padding"), description="Padding")
         self.invert = w.Checkbox(value=defaults["inpainting_mask_invert"], description="Invert mask", indent=False,
                                  **tooltip("repaint the black area instead"))
         super().__init__(engine, output_dir, **kwargs)

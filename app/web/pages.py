@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, render_template, request, send_file
 
 from app.engine.hires import HR_UPSCALERS
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
+from app.engine.types import FIELD_RANGES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend
@@ -43,7 +44,7 @@ def _page(**extra) -> dict:
 @bp.route("/")
 def index() -> str:
     # The engine's lists, so the page's choices are the ones validation accepts.
-    return render_template("index.html", hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES,
+    return render_template("index.html", hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES, ranges=FIELD_RANGES,
                            outpaint_directions=OUTPAINT_DIRECTIONS, **_page())
 
 

@@ -18,8 +18,6 @@ from test_browser import browser, serve  # noqa: F401
 
 from helpers import assert_error, small_job, wait_job
 
-pytest.importorskip("peft")
-
 RANK = 4
 
 
@@ -251,6 +249,19 @@ def test_a_lora_file_that_vanished_fails_the_job_clearly(lora_engine, lora_dir):
     path.unlink()
     with pytest.raises(ValidationError, match="unknown LoRA 'brief'"):
         pixels(lora_engine, f"{PROMPT} <lora:brief>")
+
+
+def test_a_job_may_use_more_loras_than_are_kept_between_jobs(lora_engine, monkeypatch):
+    """MAX_TAGS (10) tags are allowed and MAX_LOADED (8) adapters kept: making room for a job's
+    second LoRA must not unload its first."""
+    from app.engine import loras
+
+    both = f"{PROMPT} <lora:kohya:1> <lora:other:0.5>"
+    expected = pixels(lora_engine, both)
+    monkeypatch.setattr(loras, "MAX_LOADED", 1)
+    pixels(lora_engine, f"{PROMPT} <lora:kohya-pt>")  # now only kohya-pt's adapter is kept
+    assert pixels(lora_engine, both) == expected
+    assert pixels(lora_engine, f"{PROMPT} <lora:other:0.5>") != expected
 
 
 def test_cli_generate_with_a_lora(lora_dir, tmp_path, capsys):

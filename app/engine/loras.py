@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
 MAX_TAGS = 10  # LoRAs in one prompt
 MAX_WEIGHT = 10.0  # |weight|; A1111 sets no bound, but far beyond this the image is noise or NaN
-MAX_LOADED = 8  # adapters kept in the pipeline; the least recently used one goes first
+MAX_LOADED = 8  # adapters kept between jobs; the least recently used go first (a job's own stay)
 SHORT_HASH = 12  # hex digits in the infotext, as A1111's shorthash
 
 # A1111's extra-network syntax (modules/extra_networks.py, re_extra_net): <kind:args>.
@@ -424,14 +424,18 @@ class LoraSet:
             problem = lora_problem(tag.name, infos)
             if problem:
                 raise ValidationError("prompt", tag.name, problem)
-        adapters = [self._load(infos[t.name]) for t in tags]
+        job = {infos[t.name].path for t in tags}
+        adapters = [self._load(infos[t.name], keep=job) for t in tags]
         self.pipe.enable_lora()
         self.pipe.set_adapters(adapters, [{"unet": t.unet_weight, "text_encoder": t.te_weight}
                                           for t in tags])
         entry = hashes_entry(tags, infos)
         return {"Lora hashes": Quoted(entry)} if entry else {}
 
-    def _load(self, info: LoraInfo) -> str:
+    def _load(self, info: LoraInfo, keep: set[str]) -> str:
+        """The adapter of ``info``'s file, loaded unless it is already. To make room the least
+        recently used adapters go, never one of ``keep`` (the paths of the job's other LoRAs):
+        a job may use more LoRAs (MAX_TAGS) than are kept between jobs (MAX_LOADED)."""
         stat = os.stat(info.path)
         key = (info.path, stat.st_size, stat.st_mtime_ns)
         loaded = self._loaded.get(info.path)
@@ -440,8 +444,9 @@ class LoraSet:
             return loaded.adapter
         if loaded is not None:  # the file changed: load it again
             self._drop(info.path)
-        while len(self._loaded) >= MAX_LOADED:
-            self._drop(next(iter(self._loaded)))
+        spare = [path for path in self._loaded if path not in keep]  # least recently used first
+        for path in spare[:max(0, len(self._loaded) + 1 - MAX_LOADED)]:
+            self._drop(path)
         self._count += 1
         adapter = f"lora{self._count}"
         source: Any = info.path

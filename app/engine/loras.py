@@ -403,7 +403,7 @@ class LoraSet:
     """The LoRAs loaded into one pipeline (its UNet and text encoder, shared with the img2img and
     inpaint pipelines ``from_pipe`` makes), and which of them the current job uses."""
 
-    def __init__(self, pipe, folder: str | os.PathLike | None = None):
+    def __init__(self, pipe, folder: str | None = None):
         self.pipe = pipe
         self.folder = folder
         self.shapes = model_shapes(pipe)  # before any adapter wraps a layer
@@ -419,7 +419,11 @@ class LoraSet:
             if self._loaded:
                 self.pipe.disable_lora()  # the base layers alone: the plain model, bit for bit
             return {}
+        if not self.folder:  # e.g. a Redis worker started without --lora-dir while the web lists its LORA_DIR
+            raise ValidationError("prompt", tags[0].name, f"cannot use the LoRA {tags[0].name!r}: this model was "
+                                  "loaded without a LoRA folder (--lora-dir; LORA_DIR in the web app)")
         infos = by_name(scan(self.folder, self.shapes))
+
         for tag in tags:
             problem = lora_problem(tag.name, infos)
             if problem:

@@ -1,6 +1,9 @@
 """The LoRA folder as the web layer sees it: its listing, and the check that
 every ``<lora:name>`` of a request names a usable file, before the job is
-queued (the engine checks again when the job runs, app/engine/loras.py)."""
+queued. Only the files are checked here (their format, SDXL's layers): the
+web layer does not know which model runs the job (a switch, Redis workers),
+so the engine checks that the layers fit that model when the job runs
+(app/engine/loras.py), failing the job with the reason."""
 from __future__ import annotations
 
 from flask import current_app
@@ -11,12 +14,8 @@ from app.web.errors import ApiError
 
 
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:
-    """The LORA_DIR listing (``hashes``: with each file's hash). With the engine in this process its
-    layer shapes are checked too; with Redis workers only the files are (a LoRA for another model
-    then fails its job, with the reason)."""
-    engine = current_app.config.get("ENGINE")
-    shapes = getattr(engine, "lora_shapes", None) if engine is not None else None
-    return scan(current_app.config.get("LORA_DIR"), shapes, hashes=hashes)
+    """The LORA_DIR listing (``hashes``: with each file's hash)."""
+    return scan(current_app.config["LORA_DIR"], hashes=hashes)
 
 
 def check_loras(gen: GenerationRequest) -> None:
@@ -24,6 +23,9 @@ def check_loras(gen: GenerationRequest) -> None:
     tags = split_lora_tags(gen.prompt)[1]  # validated already
     if not tags:
         return
+    if not current_app.config["LORA_DIR"]:
+        raise ApiError(400, f"prompt: cannot use the LoRA {tags[0].name!r}: this server has no LoRA folder "
+                       "(LORA_DIR)", "prompt", tags[0].name)
     infos = by_name(lora_infos())
     for tag in tags:
         problem = lora_problem(tag.name, infos)

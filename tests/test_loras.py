@@ -307,6 +307,28 @@ def test_api_loras_lists_names_hashes_and_skipped_files(lora_app, lora_dir):
     assert loras["sd1"]["error"] is None
 
 
+def test_lora_hashes_are_kept_in_the_instance_folder(make_app, lora_engine, lora_dir, tmp_path, monkeypatch):
+    """A restarted server does not read every LoRA file through again to list them."""
+    import json
+
+    from app.engine import loras
+
+    read: list[str] = []
+    real = loras.file_hash
+    monkeypatch.setattr(loras, "file_hash", lambda path: read.append(str(path)) or real(path))
+    settings = dict(ENGINE=lora_engine, LORA_DIR=str(lora_dir[0]), INSTANCE=str(tmp_path / "inst"))
+    monkeypatch.setattr(loras, "_HASHES", {})  # a fresh process
+    first = make_app(**settings).test_client().get("/api/loras").get_json()["loras"]
+    assert any(path.endswith("kohya.safetensors") for path in read)
+    cached = json.loads((tmp_path / "inst" / "cache-lora.json").read_text())["sha256"]
+    assert cached[str((lora_dir[0] / "kohya.safetensors").resolve())]["sha256"] == addnet_hash(
+        lora_dir[0] / "kohya.safetensors")
+    read.clear()
+    monkeypatch.setattr(loras, "_HASHES", {})  # restarted
+    assert make_app(**settings).test_client().get("/api/loras").get_json()["loras"] == first
+    assert read == []
+
+
 def test_sdapi_loras_has_a1111s_shape_and_refresh_answers(lora_app):
     client = lora_app.test_client()
     items = {item["name"]: item for item in client.get("/sdapi/v1/loras").get_json()}

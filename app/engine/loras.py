@@ -36,6 +36,7 @@ from typing import Any
 
 from app.engine.metadata import Quoted
 from app.models.files import walk
+from app.models.registry import HashCache
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,34 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class AddnetHashCache(HashCache):
+    """``file_hash`` of files, kept as the model catalogue's HashCache keeps SHA-256s (a JSON file, by
+    path, size and mtime), so a LoRA folder is read through once, not on every listing after a restart.
+    Its own file: HashCache holds one kind of hash and rewrites its whole file with it."""
+
+    def sha256(self, file: Path) -> str:
+        """The addnet hash (``file_hash``), not the whole file's SHA-256."""
+        stat = file.stat()
+        key = str(file.resolve())
+        with self._lock:
+            entry = self._load().get(key)
+            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                return entry["sha256"]
+        digest = file_hash(file)
+        with self._lock:
+            entries = self._load()
+            entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
+            if self.path is not None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"sha256": entries}, indent=1))
+                    os.replace(tmp, self.path)
+                except OSError as exc:
+                    logger.warning("cannot write the LoRA hash cache %s: %s", self.path, exc)
+        return digest
+
+
 # Keys of the formats read here, by the module they change and the part (down/up).
 _KOHYA = re.compile(r"^lora_(unet|te|te1|te2)_(.+)\.(lora_down|lora_up)\.weight$")
 _DIFFUSERS = re.compile(r"^(?:(unet|text_encoder|text_encoder_2|base_model\.model)\.)?(.+?)\."
@@ -322,21 +351,23 @@ def _facts(path: Path) -> tuple[dict, dict]:
     return facts
 
 
-def lora_hash(info: LoraInfo) -> str:
-    """The LoRA's hash (see LoraInfo.hash), read once per file version; A1111 prefers the trainer's own."""
+def lora_hash(info: LoraInfo, cache: AddnetHashCache | None = None) -> str:
+    """The LoRA's hash (see LoraInfo.hash), read once per file version (``cache``: once per file
+    version for as long as the cache file lasts); A1111 prefers the trainer's own."""
     if not info.hash:
         key = _file_key(info.path)
         if key not in _HASHES:
-            _HASHES[key] = str(info.metadata.get("sshs_model_hash") or "") or file_hash(info.path)
+            own = str(info.metadata.get("sshs_model_hash") or "")
+            _HASHES[key] = own or (cache.sha256(Path(info.path)) if cache is not None else file_hash(info.path))
         info.hash = _HASHES[key]
     return info.hash
 
 
 def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] | None = None,
-         hashes: bool = False) -> list[LoraInfo]:
+         hashes: bool = False, cache: AddnetHashCache | None = None) -> list[LoraInfo]:
     """Every LoRA file of the folder, or why it cannot be used. ``shapes`` (``model_shapes`` of the
     loaded model) also checks that the layers fit; without it only the files themselves are checked.
-    ``hashes``: with each usable file's hash (which reads the whole file once)."""
+    ``hashes``: with each usable file's hash (which reads the whole file once; ``cache`` keeps it)."""
     infos: list[LoraInfo] = []
     seen: dict[str, str] = {}
     root = Path(folder).resolve() if folder else None
@@ -350,7 +381,7 @@ def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] |
             if problem:
                 info.error = problem
             elif hashes:
-                lora_hash(info)
+                lora_hash(info, cache)
         except LoraFileError as exc:
             info.error = str(exc)
         if info.name in seen:
@@ -423,7 +454,6 @@ class LoraSet:
             raise ValidationError("prompt", tags[0].name, f"cannot use the LoRA {tags[0].name!r}: this model was "
                                   "loaded without a LoRA folder (--lora-dir; LORA_DIR in the web app)")
         infos = by_name(scan(self.folder, self.shapes))
-
         for tag in tags:
             problem = lora_problem(tag.name, infos)
             if problem:

@@ -6,16 +6,25 @@ so the engine checks that the layers fit that model when the job runs
 (app/engine/loras.py), failing the job with the reason."""
 from __future__ import annotations
 
-from flask import current_app
+from pathlib import Path
 
-from app.engine.loras import LoraInfo, by_name, lora_problem, scan, split_lora_tags
+from flask import Flask, current_app
+
+from app.engine.loras import AddnetHashCache, LoraInfo, by_name, lora_problem, scan, split_lora_tags
 from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
 
+EXTENSION = "t2i.lora_hashes"
+CACHE_FILE = "cache-lora.json"  # in the instance folder, next to the catalogue's cache.json
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = AddnetHashCache(Path(app.instance_path) / CACHE_FILE)
+
 
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:
-    """The LORA_DIR listing (``hashes``: with each file's hash)."""
-    return scan(current_app.config["LORA_DIR"], hashes=hashes)
+    """The LORA_DIR listing (``hashes``: with each file's hash, kept in the instance folder)."""
+    return scan(current_app.config["LORA_DIR"], hashes=hashes, cache=current_app.extensions[EXTENSION])
 
 
 def check_loras(gen: GenerationRequest) -> None:

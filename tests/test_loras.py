@@ -18,8 +18,6 @@ from test_browser import browser, serve  # noqa: F401
 
 from helpers import assert_error, small_job, wait_job
 
-pytest.importorskip("peft")
-
 RANK = 4
 
 
@@ -217,7 +215,7 @@ def test_bad_files_are_skipped_with_reasons_and_no_pickled_code_runs(lora_engine
     from app.engine.loras import scan
 
     folder, marker = lora_dir
-    infos = {i.relpath: i for i in scan(folder, lora_engine.lora_shapes)}
+    infos = {i.relpath: i for i in scan(folder, lora_engine.loras.shapes)}
     assert "linked-out.safetensors" not in infos  # the link out of the folder is not listed
     assert not any("secret" in path for path in infos)
     assert infos["sub/inside-link.safetensors"].error is None  # a link that stays inside is followed
@@ -253,6 +251,30 @@ def test_a_lora_file_that_vanished_fails_the_job_clearly(lora_engine, lora_dir):
         pixels(lora_engine, f"{PROMPT} <lora:brief>")
 
 
+def test_a_job_may_use_more_loras_than_are_kept_between_jobs(lora_engine, monkeypatch):
+    """MAX_TAGS (10) tags are allowed and MAX_LOADED (8) adapters kept: making room for a job's
+    second LoRA must not unload its first."""
+    from app.engine import loras
+
+    both = f"{PROMPT} <lora:kohya:1> <lora:other:0.5>"
+    expected = pixels(lora_engine, both)
+    monkeypatch.setattr(loras, "MAX_LOADED", 1)
+    pixels(lora_engine, f"{PROMPT} <lora:kohya-pt>")  # now only kohya-pt's adapter is kept
+    assert pixels(lora_engine, both) == expected
+    assert pixels(lora_engine, f"{PROMPT} <lora:other:0.5>") != expected
+
+
+def test_an_engine_without_a_lora_folder_says_so(engine):
+    """A Redis worker started without --lora-dir, while the web lists its own LORA_DIR."""
+    from app.engine.types import ValidationError
+
+    assert engine.lora_dir is None
+    with pytest.raises(ValidationError) as info:
+        pixels(engine, f"{PROMPT} <lora:kohya:1>")
+    assert info.value.field == "prompt" and info.value.value == "kohya"
+    assert "without a LoRA folder (--lora-dir" in info.value.message
+
+
 def test_cli_generate_with_a_lora(lora_dir, tmp_path, capsys):
     from app.cli import main
     from app.engine.metadata import read_parameters
@@ -279,8 +301,32 @@ def test_api_loras_lists_names_hashes_and_skipped_files(lora_app, lora_dir):
     assert loras["kohya"] == {"name": "kohya", "path": "kohya.safetensors", "error": None,
                               "hash": addnet_hash(lora_dir[0] / "kohya.safetensors")[:12]}
     skipped = {item["path"]: item["error"] for item in body["skipped"]}
-    assert {"not-a-lora.safetensors", "sd1.safetensors", "sdxl.safetensors", "evil.pt"} <= skipped.keys()
+    assert {"not-a-lora.safetensors", "sdxl.safetensors", "evil.pt"} <= skipped.keys()
     assert "linked-out.safetensors" not in skipped and "linked-out" not in loras
+    # Only the files are checked here: whether sd1's layers fit is the engine's to say, when a job runs.
+    assert loras["sd1"]["error"] is None
+
+
+def test_lora_hashes_are_kept_in_the_instance_folder(make_app, lora_engine, lora_dir, tmp_path, monkeypatch):
+    """A restarted server does not read every LoRA file through again to list them."""
+    import json
+
+    from app.engine import loras
+
+    read: list[str] = []
+    real = loras.file_hash
+    monkeypatch.setattr(loras, "file_hash", lambda path: read.append(str(path)) or real(path))
+    settings = dict(ENGINE=lora_engine, LORA_DIR=str(lora_dir[0]), INSTANCE=str(tmp_path / "inst"))
+    monkeypatch.setattr(loras, "_HASHES", {})  # a fresh process
+    first = make_app(**settings).test_client().get("/api/loras").get_json()["loras"]
+    assert any(path.endswith("kohya.safetensors") for path in read)
+    cached = json.loads((tmp_path / "inst" / "cache-lora.json").read_text())["sha256"]
+    assert cached[str((lora_dir[0] / "kohya.safetensors").resolve())]["sha256"] == addnet_hash(
+        lora_dir[0] / "kohya.safetensors")
+    read.clear()
+    monkeypatch.setattr(loras, "_HASHES", {})  # restarted
+    assert make_app(**settings).test_client().get("/api/loras").get_json()["loras"] == first
+    assert read == []
 
 
 def test_sdapi_loras_has_a1111s_shape_and_refresh_answers(lora_app):
@@ -288,12 +334,12 @@ def test_sdapi_loras_has_a1111s_shape_and_refresh_answers(lora_app):
     items = {item["name"]: item for item in client.get("/sdapi/v1/loras").get_json()}
     assert items["kohya"] == {"name": "kohya", "alias": "kohya-style", "path": "kohya.safetensors",
                               "metadata": {"ss_output_name": "kohya-style"}}
-    assert "sd1" not in items
+    assert "sdxl" not in items and "not-a-lora" not in items
     response = client.post("/sdapi/v1/refresh-loras")
     assert response.status_code == 200 and response.get_json() is None
 
 
-@pytest.mark.parametrize("name, words", [("nope", "unknown LoRA 'nope'"), ("sd1", "SD 1.x"), ("evil", "refused")])
+@pytest.mark.parametrize("name, words", [("nope", "unknown LoRA 'nope'"), ("sdxl", "SDXL"), ("evil", "refused")])
 def test_unusable_loras_are_400_before_queueing(lora_app, name, words):
     client = lora_app.test_client()
     body = assert_error(client.post("/api/jobs", json=small_job(prompt=f"a fox <lora:{name}:0.8>")), 400, "prompt")
@@ -302,6 +348,33 @@ def test_unusable_loras_are_400_before_queueing(lora_app, name, words):
                                                                 "width": 64, "height": 64}), 400, "prompt")
     assert words in body["error"]
     assert client.get("/api/jobs").get_json()["jobs"] == []  # nothing was queued
+
+
+def test_a_lora_for_another_model_fails_its_job_with_the_reason(lora_app):
+    """The web layer cannot know which model runs the job (a switch, Redis workers): the engine
+    that runs it checks the layers, and the job fails naming the LoRA and why."""
+    client = lora_app.test_client()
+    response = client.post("/api/jobs", json=small_job(prompt="a fox <lora:sd1:0.8>"))
+    assert response.status_code == 202
+    job = wait_job(client, response.get_json()["job"]["id"])
+    assert job["state"] == "failed" and "SD 1.x" in job["error"] and "sd1" in job["error"]
+
+
+def test_a_handed_in_engine_keeps_its_lora_folder(make_app, engine, lora_engine, lora_dir, tmp_path):
+    """create_app reads an ENGINE's LoRA folder and never changes it (it may be shared, as the
+    tests' session engine is)."""
+    app = make_app()  # the session engine, loaded without a LoRA folder
+    assert engine.lora_dir is None and app.config["LORA_DIR"] is None
+    client = app.test_client()
+    assert client.get("/api/loras").get_json() == {"ok": True, "loras": [], "skipped": []}
+    body = assert_error(client.post("/api/jobs", json=small_job(prompt="a fox <lora:kohya>")), 400, "prompt")
+    assert "no LoRA folder (LORA_DIR)" in body["error"]
+    assert make_app(ENGINE=lora_engine).config["LORA_DIR"] == str(lora_dir[0])
+    with pytest.raises(ValueError, match="LORA_DIR .* is not the LoRA folder of the ENGINE"):
+        make_app(ENGINE=lora_engine, LORA_DIR=str(tmp_path))
+    with pytest.raises(ValueError, match="LORA_DIR"):
+        make_app(LORA_DIR=str(lora_dir[0]))
+    assert lora_engine.lora_dir == str(lora_dir[0]) and engine.lora_dir is None
 
 
 def test_malformed_weight_is_400_on_both_apis(lora_app):
@@ -360,7 +433,7 @@ def test_webuiapi_get_loras_against_a_running_server(lora_app):
     with ServerHandle(lora_app, port=0) as server:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2)
         names = {item["name"] for item in api.get_loras()}
-        assert {"kohya", "other", "kohya-pt"} <= names and "sd1" not in names
+        assert {"kohya", "other", "kohya-pt"} <= names and "sdxl" not in names
         assert api.session.post(f"{api.baseurl}/refresh-loras").json() is None  # webuiapi has no helper for it
         result = api.txt2img(prompt="a fox <lora:other:0.5>", width=64, height=64, seed=3)
         assert 'Lora hashes: "other: ' in result.info["infotexts"][0]
@@ -389,10 +462,10 @@ def test_the_picker_inserts_a_tag_at_the_cursor_by_keyboard_and_passes_axe(  # n
     page.goto(server.url + "/")
     page.wait_for_selector("#lora-select:not([disabled])")
     options = page.eval_on_selector_all("#lora-select option", "els => els.map(e => e.value)")
-    assert {"kohya", "other", "kohya-pt"} <= set(options) and "sd1" not in options
+    assert {"kohya", "other", "kohya-pt"} <= set(options) and "sdxl" not in options
     assert "cannot be used" in page.inner_text("#lora-status")
     page.click("#lora-skipped summary")
-    assert "sd1.safetensors: made for SD 1.x" in page.inner_text("#lora-skipped-list")
+    assert "sdxl.safetensors: made for SDXL" in page.inner_text("#lora-skipped-list")
     page.fill("#prompt", "a fox in the snow")
     page.evaluate("document.getElementById('prompt').setSelectionRange(5, 5)")  # after "a fox"
     page.focus("#lora-select")

@@ -106,8 +106,9 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
         self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
-        self.lora_dir: str | None = None  # where <lora:name> tags find their files (app/engine/loras.py)
-        self._loras: LoraSet | None = None
+        # The LoRAs loaded into the pipeline (app/engine/loras.py). Made here, once, before any thread
+        # can use the engine: its layer shapes are read before an adapter wraps a layer.
+        self.loras = LoraSet(pipe)
         self.vae: str | None = None  # the VAE file or folder loaded instead of the model's own
         # For the infotext (A1111's "Model hash", "VAE hash", "VAE"): set by whoever knows
         # the files' hashes (the model catalogue caches them).
@@ -144,17 +145,13 @@ class Engine:
         return engine
 
     @property
-    def loras(self) -> LoraSet:
-        """The LoRAs loaded into the pipeline (made on first use: it reads the model's layer shapes)."""
-        if self._loras is None:
-            self._loras = LoraSet(self.pipe, self.lora_dir)
-        self._loras.folder = self.lora_dir
-        return self._loras
+    def lora_dir(self) -> str | None:
+        """Where <lora:name> tags find their files; None: no LoRA folder."""
+        return self.loras.folder
 
-    @property
-    def lora_shapes(self) -> dict:
-        """The model's layer shapes a LoRA must fit (``app.engine.loras.scan``)."""
-        return self.loras.shapes
+    @lora_dir.setter
+    def lora_dir(self, folder: str | None) -> None:
+        self.loras.folder = folder
 
     @property
     def vae_name(self) -> str | None:
@@ -255,7 +252,7 @@ class Engine:
         # <lora:name:weight> tags: out of the prompt text, their adapters on (and every other one off)
         # before the prompt is encoded, since a LoRA may change the text encoder too.
         prompt, tags = split_lora_tags(request.prompt)
-        lora_entries = self.loras.activate(tags) if tags or self._loras is not None else {}
+        lora_entries = self.loras.activate(tags)
         kwargs = dict(
             # A1111 prompt syntax (weights, BREAK, long prompts): text or embeddings, see app/engine/prompts.py.
             **prompt_inputs(pipe, prompt, request.negative_prompt),

@@ -36,13 +36,14 @@ from typing import Any
 
 from app.engine.metadata import Quoted
 from app.models.files import walk
+from app.models.registry import HashCache
 
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
 MAX_TAGS = 10  # LoRAs in one prompt
 MAX_WEIGHT = 10.0  # |weight|; A1111 sets no bound, but far beyond this the image is noise or NaN
-MAX_LOADED = 8  # adapters kept in the pipeline; the least recently used one goes first
+MAX_LOADED = 8  # adapters kept between jobs; the least recently used go first (a job's own stay)
 SHORT_HASH = 12  # hex digits in the infotext, as A1111's shorthash
 
 # A1111's extra-network syntax (modules/extra_networks.py, re_extra_net): <kind:args>.
@@ -212,6 +213,34 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class AddnetHashCache(HashCache):
+    """``file_hash`` of files, kept as the model catalogue's HashCache keeps SHA-256s (a JSON file, by
+    path, size and mtime), so a LoRA folder is read through once, not on every listing after a restart.
+    Its own file: HashCache holds one kind of hash and rewrites its whole file with it."""
+
+    def sha256(self, file: Path) -> str:
+        """The addnet hash (``file_hash``), not the whole file's SHA-256."""
+        stat = file.stat()
+        key = str(file.resolve())
+        with self._lock:
+            entry = self._load().get(key)
+            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                return entry["sha256"]
+        digest = file_hash(file)
+        with self._lock:
+            entries = self._load()
+            entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
+            if self.path is not None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"sha256": entries}, indent=1))
+                    os.replace(tmp, self.path)
+                except OSError as exc:
+                    logger.warning("cannot write the LoRA hash cache %s: %s", self.path, exc)
+        return digest
+
+
 # Keys of the formats read here, by the module they change and the part (down/up).
 _KOHYA = re.compile(r"^lora_(unet|te|te1|te2)_(.+)\.(lora_down|lora_up)\.weight$")
 _DIFFUSERS = re.compile(r"^(?:(unet|text_encoder|text_encoder_2|base_model\.model)\.)?(.+?)\."
@@ -322,21 +351,23 @@ def _facts(path: Path) -> tuple[dict, dict]:
     return facts
 
 
-def lora_hash(info: LoraInfo) -> str:
-    """The LoRA's hash (see LoraInfo.hash), read once per file version; A1111 prefers the trainer's own."""
+def lora_hash(info: LoraInfo, cache: AddnetHashCache | None = None) -> str:
+    """The LoRA's hash (see LoraInfo.hash), read once per file version (``cache``: once per file
+    version for as long as the cache file lasts); A1111 prefers the trainer's own."""
     if not info.hash:
         key = _file_key(info.path)
         if key not in _HASHES:
-            _HASHES[key] = str(info.metadata.get("sshs_model_hash") or "") or file_hash(info.path)
+            own = str(info.metadata.get("sshs_model_hash") or "")
+            _HASHES[key] = own or (cache.sha256(Path(info.path)) if cache is not None else file_hash(info.path))
         info.hash = _HASHES[key]
     return info.hash
 
 
 def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] | None = None,
-         hashes: bool = False) -> list[LoraInfo]:
+         hashes: bool = False, cache: AddnetHashCache | None = None) -> list[LoraInfo]:
     """Every LoRA file of the folder, or why it cannot be used. ``shapes`` (``model_shapes`` of the
     loaded model) also checks that the layers fit; without it only the files themselves are checked.
-    ``hashes``: with each usable file's hash (which reads the whole file once)."""
+    ``hashes``: with each usable file's hash (which reads the whole file once; ``cache`` keeps it)."""
     infos: list[LoraInfo] = []
     seen: dict[str, str] = {}
     root = Path(folder).resolve() if folder else None
@@ -350,7 +381,7 @@ def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] |
             if problem:
                 info.error = problem
             elif hashes:
-                lora_hash(info)
+                lora_hash(info, cache)
         except LoraFileError as exc:
             info.error = str(exc)
         if info.name in seen:
@@ -403,7 +434,7 @@ class LoraSet:
     """The LoRAs loaded into one pipeline (its UNet and text encoder, shared with the img2img and
     inpaint pipelines ``from_pipe`` makes), and which of them the current job uses."""
 
-    def __init__(self, pipe, folder: str | os.PathLike | None = None):
+    def __init__(self, pipe, folder: str | None = None):
         self.pipe = pipe
         self.folder = folder
         self.shapes = model_shapes(pipe)  # before any adapter wraps a layer
@@ -419,19 +450,26 @@ class LoraSet:
             if self._loaded:
                 self.pipe.disable_lora()  # the base layers alone: the plain model, bit for bit
             return {}
+        if not self.folder:  # e.g. a Redis worker started without --lora-dir while the web lists its LORA_DIR
+            raise ValidationError("prompt", tags[0].name, f"cannot use the LoRA {tags[0].name!r}: this model was "
+                                  "loaded without a LoRA folder (--lora-dir; LORA_DIR in the web app)")
         infos = by_name(scan(self.folder, self.shapes))
         for tag in tags:
             problem = lora_problem(tag.name, infos)
             if problem:
                 raise ValidationError("prompt", tag.name, problem)
-        adapters = [self._load(infos[t.name]) for t in tags]
+        job = {infos[t.name].path for t in tags}
+        adapters = [self._load(infos[t.name], keep=job) for t in tags]
         self.pipe.enable_lora()
         self.pipe.set_adapters(adapters, [{"unet": t.unet_weight, "text_encoder": t.te_weight}
                                           for t in tags])
         entry = hashes_entry(tags, infos)
         return {"Lora hashes": Quoted(entry)} if entry else {}
 
-    def _load(self, info: LoraInfo) -> str:
+    def _load(self, info: LoraInfo, keep: set[str]) -> str:
+        """The adapter of ``info``'s file, loaded unless it is already. To make room the least
+        recently used adapters go, never one of ``keep`` (the paths of the job's other LoRAs):
+        a job may use more LoRAs (MAX_TAGS) than are kept between jobs (MAX_LOADED)."""
         stat = os.stat(info.path)
         key = (info.path, stat.st_size, stat.st_mtime_ns)
         loaded = self._loaded.get(info.path)
@@ -440,8 +478,9 @@ class LoraSet:
             return loaded.adapter
         if loaded is not None:  # the file changed: load it again
             self._drop(info.path)
-        while len(self._loaded) >= MAX_LOADED:
-            self._drop(next(iter(self._loaded)))
+        spare = [path for path in self._loaded if path not in keep]  # least recently used first
+        for path in spare[:max(0, len(self._loaded) + 1 - MAX_LOADED)]:
+            self._drop(path)
         self._count += 1
         adapter = f"lora{self._count}"
         source: Any = info.path

@@ -10,8 +10,8 @@ form keep working, and ``split_name`` gives the two parts for the infotext
 
 "Automatic" here is the diffusers scheduler's own spacing for the model
 (what this app always ran). On the A1111 API a missing or "Automatic"
-schedule means A1111's per-sampler default (Karras for DPM++ 2M, Exponential
-for the SDE ones), see ``a1111_automatic``.
+schedule means A1111's per-sampler default (Karras for DPM++ 2M and DPM++ SDE,
+Exponential for DPM++ 2M SDE and DPM++ 3M SDE), see ``a1111_automatic``.
 
 "DPM++ SDE" is diffusers' DPMSolverSDEScheduler (k-diffusion's
 ``sample_dpmpp_sde``, second order: two model calls a step, as in A1111). Its

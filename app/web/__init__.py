@@ -36,7 +36,7 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, csrf, errors, models, pages, sdapi, styles
+    from app.web import api, auth, csrf, errors, loras, models, pages, sdapi, styles
 
     test_config = dict(test_config or {})
     instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
@@ -53,6 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     # 2. the model catalogue, and the one backend: in-process (SQLite) by default, or Redis with GPU workers.
     models.init_app(app)
+    loras.init_app(app)
     app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path), models.catalogue_of(app))
 
     # 3. blueprints and error handling.
@@ -169,17 +170,22 @@ def security_headers(response):
 
 
 def _derive_lora_dir(app: Flask) -> None:
-    """LORA_DIR defaults to <instance>/models/loras. An ENGINE handed in (notebooks, tests) and the
-    web app must look in one folder: the engine's when only it names one, else LORA_DIR."""
+    """LORA_DIR, the folder the web app lists and checks ``<lora:name>`` tags against, and the engine it
+    loads looks in (``engine_options``): by default <instance>/models/loras. An ENGINE handed in
+    (notebooks, tests) brings its own folder (``EngineOptions.lora_dir``) and is left as it is: LORA_DIR
+    is its folder, and a different one is refused (the page would offer files the engine cannot find)."""
     config = app.config
-    engine = config["ENGINE"]
-    engine_dir = getattr(engine, "lora_dir", None) if engine is not None else None
+    engine = None if config["REDIS_URL"] else config["ENGINE"]  # with Redis the workers load their own
+    if engine is None:
+        if config["LORA_DIR"] is None:
+            config["LORA_DIR"] = os.path.join(app.instance_path, "models", "loras")
+        return
     if config["LORA_DIR"] is None:
-        config["LORA_DIR"] = engine_dir or os.path.join(app.instance_path, "models", "loras")
-    if engine is not None and hasattr(engine, "lora_dir") and engine_dir != config["LORA_DIR"]:
-        if engine_dir is not None:
-            logger.warning("LORA_DIR %s replaces the engine's LoRA folder %s", config["LORA_DIR"], engine_dir)
-        engine.lora_dir = config["LORA_DIR"]
+        config["LORA_DIR"] = engine.lora_dir
+    elif engine.lora_dir is None or os.path.realpath(config["LORA_DIR"]) != os.path.realpath(engine.lora_dir):
+        raise ValueError(f"LORA_DIR {config['LORA_DIR']!r} is not the LoRA folder of the ENGINE handed in "
+                         f"({engine.lora_dir!r}): load the engine with EngineOptions(lora_dir=...), and leave "
+                         "LORA_DIR unset or the same")
 
 
 def _derive_settings(app: Flask) -> None:

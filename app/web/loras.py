@@ -1,22 +1,30 @@
 """The LoRA folder as the web layer sees it: its listing, and the check that
 every ``<lora:name>`` of a request names a usable file, before the job is
-queued (the engine checks again when the job runs, app/engine/loras.py)."""
+queued. Only the files are checked here (their format, SDXL's layers): the
+web layer does not know which model runs the job (a switch, Redis workers),
+so the engine checks that the layers fit that model when the job runs
+(app/engine/loras.py), failing the job with the reason."""
 from __future__ import annotations
 
-from flask import current_app
+from pathlib import Path
 
-from app.engine.loras import LoraInfo, by_name, lora_problem, scan, split_lora_tags
+from flask import Flask, current_app
+
+from app.engine.loras import AddnetHashCache, LoraInfo, by_name, lora_problem, scan, split_lora_tags
 from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
 
+EXTENSION = "t2i.lora_hashes"
+CACHE_FILE = "cache-lora.json"  # in the instance folder, next to the catalogue's cache.json
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = AddnetHashCache(Path(app.instance_path) / CACHE_FILE)
+
 
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:
-    """The LORA_DIR listing (``hashes``: with each file's hash). With the engine in this process its
-    layer shapes are checked too; with Redis workers only the files are (a LoRA for another model
-    then fails its job, with the reason)."""
-    engine = current_app.config.get("ENGINE")
-    shapes = getattr(engine, "lora_shapes", None) if engine is not None else None
-    return scan(current_app.config.get("LORA_DIR"), shapes, hashes=hashes)
+    """The LORA_DIR listing (``hashes``: with each file's hash, kept in the instance folder)."""
+    return scan(current_app.config["LORA_DIR"], hashes=hashes, cache=current_app.extensions[EXTENSION])
 
 
 def check_loras(gen: GenerationRequest) -> None:
@@ -24,6 +32,9 @@ def check_loras(gen: GenerationRequest) -> None:
     tags = split_lora_tags(gen.prompt)[1]  # validated already
     if not tags:
         return
+    if not current_app.config["LORA_DIR"]:
+        raise ApiError(400, f"prompt: cannot use the LoRA {tags[0].name!r}: this server has no LoRA folder "
+                       "(LORA_DIR)", "prompt", tags[0].name)
     infos = by_name(lora_infos())
     for tag in tags:
         problem = lora_problem(tag.name, infos)

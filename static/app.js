@@ -14,55 +14,7 @@
 
   function $(id) { return document.getElementById(id); }
 
-  // Build an element: el("a", {href: url, class: "x"}, "text", child, ...)
-  function el(tag, attrs) {
-    var node = document.createElement(tag);
-    Object.keys(attrs || {}).forEach(function (key) {
-      var value = attrs[key];
-      if (value === null || value === undefined || value === false) return;
-      if (key === "text") node.textContent = String(value);
-      else if (key.slice(0, 2) === "on") node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    });
-    for (var i = 2; i < arguments.length; i++) {
-      var child = arguments[i];
-      if (child === null || child === undefined) continue;
-      node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
-    }
-    return node;
-  }
-
-  function show(node, visible) { if (node) node.hidden = !visible; }
-
-  function goToLogin() {
-    var next = window.location.pathname + window.location.search;
-    window.location.assign("/login?next=" + encodeURIComponent(next));
-  }
-
-  // One JSON call. Resolves to {ok, status, data}; data always has the error
-  // shape on failure, even when a proxy (ngrok, Colab) answered with HTML.
-  function api(method, url, body) {
-    // The header keeps free ngrok's browser-warning page out of API answers.
-    var options = { method: method, credentials: "same-origin",
-                    headers: { Accept: "application/json", "ngrok-skip-browser-warning": "1" } };
-    if (body !== undefined) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    return fetch(url, options).then(function (response) {
-      if (response.status === 401) { goToLogin(); }
-      return response.text().then(function (text) {
-        var data = null;
-        try { data = JSON.parse(text); } catch (e) { data = null; }
-        if (!data || typeof data !== "object") {
-          data = { ok: false, status: response.status, field: null, value: null,
-                   error: "The server answered " + response.status + " " + (response.statusText || "") +
-                          " instead of JSON." };
-        }
-        return { ok: response.ok && data.ok !== false, status: response.status, data: data };
-      });
-    });
-  }
+  var T2I = window.T2I, el = T2I.el, show = T2I.show, api = T2I.api;
 
   function pageConfig() {
     var node = $("page-config");
@@ -159,8 +111,8 @@
     $("strength").addEventListener("input", function () { $("strength-value").textContent = $("strength").value; });
     $("init_image").addEventListener("change", function () { self.initImageChosen(); });
     $("random-subseed").addEventListener("click", function () { $("subseed").value = ""; $("subseed").focus(); });
-    this.mask = new MaskPainter($("mask-canvas"), $("mask-image"));
-    this.lightbox = new Lightbox();
+    this.mask = new T2I.MaskPainter($("mask-canvas"), $("mask-image"));
+    this.lightbox = new T2I.Lightbox();
     $("clear-init").addEventListener("click", function () { self.clearInitImage(); });
     $("cancel").addEventListener("click", function () { self.cancel(); });
     $("reuse").addEventListener("click", function () {
@@ -357,7 +309,7 @@
         transfer.items.add(new File([blob], url.split("/").slice(-2).join("-"), { type: blob.type || "image/png" }));
         $("init_image").files = transfer.files;
       } catch (e) { /* older browsers: the preview alone shows it */ }
-      return blobToDataURL(blob);
+      return T2I.blobToDataURL(blob);
     }).then(function (dataUrl) {
       self.setInitImage(dataUrl);
       self.note("The image is the init image now: set the strength and press Generate.");
@@ -607,6 +559,7 @@
     this.failures = 0;
     this.lastPreview = null;
     if (this.renderedResults !== job.id) {
+      T2I.upscale.discard($("results"));
       $("results").replaceChildren();
       this.renderedResults = null;
     }
@@ -809,10 +762,11 @@
           el("button", { type: "button", class: "secondary small send-img2img", text: "Send to img2img",
                          onclick: function () { self.sendToImg2img(image.url); } }),
           el("button", { type: "button", class: "secondary small upscale",
-                         text: "Upscale ×" + UPSCALE_FACTOR,
-                         onclick: function (event) { upscaleInto(figure, image.url, event.currentTarget); } })));
+                         text: "Upscale ×" + T2I.upscale.FACTOR,
+                         onclick: function (event) { T2I.upscale.into(figure, image.url, event.currentTarget); } })));
       return figure;
     });
+    T2I.upscale.discard($("results"));
     $("results").replaceChildren.apply($("results"), figures);
     this.renderedResults = job.id;
   };
@@ -878,6 +832,8 @@
       : "Settings restored" + (seed !== null && seed !== undefined ? " with seed " + seed : "") + ".");
     $("prompt").focus();
     this.form.scrollIntoView({ behavior: "smooth", block: "start" });
+    // The prompt is back as it ran, styles already applied: static/styles.js unpicks its styles.
+    document.dispatchEvent(new CustomEvent("t2i:reuse", { detail: { job: job, index: index || 0 } }));
   };
 
   // The inpaint, outpaint, hires and variation fields; what the params lack keeps its default.
@@ -933,269 +889,6 @@
       else if (result.status === 404) { try { window.localStorage.removeItem(JOB_KEY); } catch (e) { /* ignore */ } }
     }, function () { /* offline: nothing to restore */ });
   };
-
-  function blobToDataURL(blob) {
-    return new Promise(function (resolve, reject) {
-      var reader = new FileReader();
-      reader.onload = function () { resolve(reader.result); };
-      reader.onerror = function () { reject(new Error("could not read the image")); };
-      reader.readAsDataURL(blob);
-    });
-  }
-
-  // ------------------------------------------------------------ mask painter
-  // A canvas over the init image, at the image's own pixel size: strokes are
-  // drawn in a see-through colour, and the PNG sent with the request is white
-  // where something is painted, black elsewhere (white = repaint). Pointer
-  // events, so mouse, pen and touch all paint (the canvas has touch-action: none).
-  var MASK_COLOUR = "rgb(255, 64, 160)";
-
-  function MaskPainter(canvas, image) {
-    var self = this;
-    this.canvas = canvas;
-    this.image = image;
-    this.ctx = canvas.getContext("2d", { willReadFrequently: true });  // coverage() reads it back
-    this.erasing = false;
-    this.last = null;       // the last point of the stroke being drawn
-    this.pointer = null;    // the pointer drawing it
-    this.painted = false;   // anything painted since the last clear
-    canvas.addEventListener("pointerdown", function (event) { self.down(event); });
-    canvas.addEventListener("pointermove", function (event) { self.move(event); });
-    ["pointerup", "pointercancel", "lostpointercapture"].forEach(function (type) {
-      canvas.addEventListener(type, function (event) { if (event.pointerId === self.pointer) self.up(); });
-    });
-    $("mask-brush").addEventListener("input", function () { $("mask-brush-value").textContent = $("mask-brush").value; });
-    $("mask-eraser").addEventListener("click", function () {
-      self.erasing = !self.erasing;
-      $("mask-eraser").setAttribute("aria-pressed", String(self.erasing));
-    });
-    $("mask-clear").addEventListener("click", function () { self.clear(); });
-    $("mask-all").addEventListener("click", function () { self.fillAll(); });
-    $("mask-invert").addEventListener("click", function () { self.invert(); });
-  }
-
-  MaskPainter.prototype.reset = function (url, width, height) {
-    this.canvas.width = width || 0;
-    this.canvas.height = height || 0;
-    if (url) this.image.src = url; else this.image.removeAttribute("src");
-    this.clear();
-  };
-
-  // Brush diameter in screen pixels, whatever the image's size on the screen.
-  MaskPainter.prototype.point = function (event) {
-    var box = this.canvas.getBoundingClientRect();
-    var scale = box.width ? this.canvas.width / box.width : 1;
-    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale,
-             width: Number($("mask-brush").value) * scale };
-  };
-
-  MaskPainter.prototype.down = function (event) {
-    if (event.button > 0 || this.pointer !== null) return;  // one stroke at a time; no right-button painting
-    event.preventDefault();
-    this.pointer = event.pointerId;
-    try { this.canvas.setPointerCapture(event.pointerId); } catch (e) { /* synthetic events */ }
-    this.last = this.point(event);
-    this.stroke(this.last, this.last);
-  };
-
-  MaskPainter.prototype.move = function (event) {
-    if (event.pointerId !== this.pointer || !this.last) return;
-    event.preventDefault();
-    var next = this.point(event);
-    this.stroke(this.last, next);
-    this.last = next;
-  };
-
-  MaskPainter.prototype.up = function () {
-    this.pointer = null;
-    this.last = null;
-    this.changed();
-  };
-
-  MaskPainter.prototype.stroke = function (from, to) {
-    var ctx = this.ctx;
-    ctx.save();
-    ctx.globalCompositeOperation = this.erasing ? "destination-out" : "source-over";
-    ctx.strokeStyle = MASK_COLOUR;
-    ctx.lineWidth = to.width;
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(from.x, from.y);
-    ctx.lineTo(to.x + (from === to ? 0.01 : 0), to.y);  // a tap paints a dot
-    ctx.stroke();
-    ctx.restore();
-    if (!this.erasing) this.painted = true;
-  };
-
-  MaskPainter.prototype.clear = function () {
-    this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    this.painted = false;
-    this.changed();
-  };
-
-  MaskPainter.prototype.fillAll = function () {
-    this.ctx.fillStyle = MASK_COLOUR;
-    this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
-    this.painted = true;
-    this.changed();
-  };
-
-  MaskPainter.prototype.invert = function () {
-    var copy = el("canvas", { width: this.canvas.width, height: this.canvas.height });
-    copy.getContext("2d").drawImage(this.canvas, 0, 0);
-    this.ctx.save();
-    this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    this.ctx.fillStyle = MASK_COLOUR;
-    this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
-    this.ctx.globalCompositeOperation = "destination-out";
-    this.ctx.drawImage(copy, 0, 0);
-    this.ctx.restore();
-    this.painted = true;
-    this.changed();
-  };
-
-  // The share of the image painted, 0..1 (a pixel counts when it is more than half covered).
-  MaskPainter.prototype.coverage = function () {
-    if (!this.painted || !this.canvas.width || !this.canvas.height) return 0;
-    var data = this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height).data, count = 0;
-    for (var i = 3; i < data.length; i += 4) if (data[i] > 127) count++;
-    return count / (data.length / 4);
-  };
-
-  MaskPainter.prototype.changed = function () {
-    var share = this.coverage();
-    $("mask-state").textContent = share === 0 ? "No mask: the whole image changes."
-      : "Mask: " + Math.max(1, Math.round(share * 100)) + "% of the image is repainted.";
-  };
-
-  // The mask PNG (white = repaint) as a data URL; null when nothing is painted.
-  MaskPainter.prototype.toDataURL = function () {
-    if (this.coverage() === 0) return null;
-    var out = el("canvas", { width: this.canvas.width, height: this.canvas.height }), ctx = out.getContext("2d");
-    ctx.drawImage(this.canvas, 0, 0);
-    ctx.globalCompositeOperation = "source-in";  // the painted shape, in white
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, out.width, out.height);
-    ctx.globalCompositeOperation = "destination-over";  // on black
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, out.width, out.height);
-    return out.toDataURL("image/png");
-  };
-
-  // --------------------------------------------------------------- lightbox
-  // An image full size in a modal <dialog> with its settings; Esc or Close shuts
-  // it and the focus goes back to what opened it; the arrow keys step through
-  // the batch (the result's images, or the gallery page's).
-  function Lightbox() {
-    var self = this;
-    this.items = [];
-    this.index = 0;
-    this.opener = null;
-    this.image = el("img", { id: "lightbox-image", alt: "" });
-    this.title = el("h2", { id: "lightbox-title" });
-    this.info = el("pre", { class: "infotext", id: "lightbox-info" });
-    this.prev = el("button", { type: "button", class: "secondary small", id: "lightbox-prev", text: "← Previous",
-                               onclick: function () { self.step(-1); } });
-    this.next = el("button", { type: "button", class: "secondary small", id: "lightbox-next", text: "Next →",
-                               onclick: function () { self.step(1); } });
-    this.download = el("a", { class: "button secondary small", id: "lightbox-download", text: "Download" });
-    this.dialog = el("dialog", { class: "lightbox", id: "lightbox", "aria-labelledby": "lightbox-title" },
-      el("div", { class: "lightbox-head" }, this.title,
-         el("button", { type: "button", class: "secondary small", id: "lightbox-close", text: "Close",
-                        onclick: function () { self.dialog.close(); } })),
-      el("div", { class: "lightbox-body" }, this.image),
-      el("div", { class: "actions" }, this.prev, this.next, this.download),
-      el("details", { class: "lightbox-info", open: true }, el("summary", { text: "Settings" }), this.info));
-    document.body.appendChild(this.dialog);
-    this.dialog.addEventListener("keydown", function (event) {
-      if (event.key === "ArrowRight") { event.preventDefault(); self.step(1); }
-      else if (event.key === "ArrowLeft") { event.preventDefault(); self.step(-1); }
-    });
-    this.dialog.addEventListener("close", function () {
-      if (self.opener && self.opener.isConnected) self.opener.focus();
-      self.opener = null;
-    });
-  }
-
-  // items: [{url, alt, infotext}]
-  Lightbox.prototype.open = function (items, index, opener) {
-    this.items = items;
-    this.opener = opener || document.activeElement;
-    this.show(index);
-    if (!this.dialog.open) this.dialog.showModal();
-    $("lightbox-close").focus();
-  };
-
-  Lightbox.prototype.step = function (delta) {
-    if (this.items.length > 1) this.show((this.index + delta + this.items.length) % this.items.length);
-  };
-
-  Lightbox.prototype.show = function (index) {
-    var item = this.items[index];
-    this.index = index;
-    this.image.src = item.url;
-    this.image.alt = item.alt || "";
-    this.title.textContent = (item.alt || "Image") + (this.items.length > 1 ? " (" + (index + 1) + " of " +
-                                                      this.items.length + ")" : "");
-    this.info.textContent = item.infotext || "No settings stored with this image.";
-    this.download.href = item.url + (item.url.indexOf("?") < 0 ? "?" : "&") + "download=1";
-    this.download.setAttribute("download", item.url.split("/").slice(-2).join("-"));
-    show(this.prev, this.items.length > 1);
-    show(this.next, this.items.length > 1);
-  };
-
-  // ---------------------------------------------------------------- upscale
-  // POST /api/upscale with the image, synchronous: the answer is the bigger PNG,
-  // shown under the image with its own status line and a download link.
-  var UPSCALE_FACTOR = 2;
-
-  function upscaleInto(container, url, button) {
-    var box = container.querySelector(".upscaled");
-    if (!box) {
-      box = el("div", { class: "upscaled" }, el("p", { class: "upscale-status", role: "status" }));
-      container.appendChild(box);
-    }
-    var status = box.querySelector(".upscale-status");
-    button.disabled = true;
-    status.classList.remove("bad");
-    status.textContent = "Upscaling ×" + UPSCALE_FACTOR + "…";
-    fetch(url, { credentials: "same-origin" }).then(function (response) {
-      if (!response.ok) throw new Error("could not load the image (" + response.status + ")");
-      return response.blob();
-    }).then(blobToDataURL).then(function (dataUrl) {
-      return fetch("/api/upscale", {
-        method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", Accept: "image/png, application/json",
-                   "ngrok-skip-browser-warning": "1" },
-        body: JSON.stringify({ image: dataUrl, scale: UPSCALE_FACTOR }) });
-    }).then(function (response) {
-      if (response.status === 401) goToLogin();
-      var type = response.headers.get("Content-Type") || "";
-      if (response.ok && type.indexOf("image/png") === 0) return response.blob();
-      return response.text().then(function (text) {
-        var data = null;
-        try { data = JSON.parse(text); } catch (e) { data = null; }
-        throw new Error((data && data.error) || "the server answered " + response.status);
-      });
-    }).then(function (blob) {
-      var old = box.querySelector("img");
-      if (old) URL.revokeObjectURL(old.src);
-      var src = URL.createObjectURL(blob);
-      var image = el("img", { src: src, alt: "Upscaled ×" + UPSCALE_FACTOR + " copy", class: "upscaled-image" });
-      image.onload = function () {
-        status.textContent = "Upscaled to " + image.naturalWidth + "×" + image.naturalHeight + ".";
-      };
-      box.replaceChildren(status, image,
-        el("a", { class: "button secondary small", href: src, text: "Download upscaled",
-                  download: url.split("/").slice(-2).join("-").replace(/\.png$/, "") + "-x" + UPSCALE_FACTOR + ".png" }));
-      button.disabled = false;
-    }).catch(function (error) {
-      status.textContent = "Upscale failed: " + error.message;
-      status.classList.add("bad");
-      button.disabled = false;
-    });
-  }
 
   // ------------------------------------------------------------------ queue
   // The caller's recent jobs (queued, running, done, ...) with their place,
@@ -1319,7 +1012,7 @@
       var copy = event.target.closest("[data-copy]");
       if (copy) { copyText($(copy.getAttribute("data-copy")).textContent, copy); return; }
       var upscale = event.target.closest("[data-upscale]");
-      if (upscale) { upscaleInto(upscale.closest(".tile-body"), upscale.getAttribute("data-upscale"), upscale); return; }
+      if (upscale) { T2I.upscale.into(upscale.closest(".tile-body"), upscale.getAttribute("data-upscale"), upscale); return; }
       var open = event.target.closest("a.tile-image");
       if (open && !(event.ctrlKey || event.metaKey || event.shiftKey || event.button)) {
         event.preventDefault();
@@ -1329,7 +1022,7 @@
           return { url: link.getAttribute("href"), alt: link.querySelector("img").getAttribute("alt"),
                    infotext: info ? info.textContent : "" };
         });
-        lightbox = lightbox || new Lightbox();
+        lightbox = lightbox || new T2I.Lightbox();
         lightbox.open(items, links.indexOf(open), open);
         return;
       }
@@ -1345,7 +1038,9 @@
           return;
         }
         root.querySelectorAll("[data-job]").forEach(function (tile) {
-          if (tile.getAttribute("data-job") === jobId) tile.remove();
+          if (tile.getAttribute("data-job") !== jobId) return;
+          T2I.upscale.discard(tile);
+          tile.remove();
         });
       }, function () {
         button.disabled = false;

@@ -55,11 +55,10 @@
     button.addEventListener("click", function () {
       if (select.value) { insertTag(prompt, select.value); }
     });
-    fetch("/api/loras", { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (response) { return response.json(); })
-      .then(function (data) {
-        if (!data.ok) { throw new Error(data.error || "the LoRA list could not be read"); }
-        show(data);
+    window.T2I.api("GET", "/api/loras")
+      .then(function (result) {
+        if (!result.ok) { throw new Error(result.data.error || "the LoRA list could not be read"); }
+        show(result.data);
       })
       .catch(function (err) {
         select.textContent = "";

@@ -11,27 +11,11 @@
   var note = document.getElementById("model-switch-note");
   if (!model || !vae || !note) return;
   var timer = null;
+  var api = window.T2I.api;
 
   function say(text, state) {
     note.textContent = text;
     note.setAttribute("data-state", state);
-  }
-
-  function call(method, url, body) {
-    var options = { method: method, credentials: "same-origin",
-                    headers: { Accept: "application/json", "ngrok-skip-browser-warning": "1" } };
-    if (body) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    return fetch(url, options).then(function (response) {
-      return response.json().catch(function () {
-        return { ok: false, error: "The server answered " + response.status + " instead of JSON." };
-      }).then(function (data) {
-        if (!response.ok && data.ok !== false) data = { ok: false, error: "Error " + response.status };
-        return data;
-      });
-    });
   }
 
   function show(state) {
@@ -60,8 +44,8 @@
 
   function poll() {
     clearTimeout(timer);
-    call("GET", "/api/models").then(function (state) {
-      if (state.ok && show(state)) timer = setTimeout(poll, POLL_MS);
+    api("GET", "/api/models").then(function (result) {
+      if (result.ok && show(result.data)) timer = setTimeout(poll, POLL_MS);
     }).catch(function () { timer = setTimeout(poll, POLL_MS * 3); });
   }
 
@@ -70,13 +54,13 @@
     var body = {};
     body[key] = select.value;
     say("Switching to " + select.value + "…", "loading");
-    call("POST", "/api/model", body).then(function (state) {
-      if (!state.ok) {
+    api("POST", "/api/model", body).then(function (result) {
+      if (!result.ok) {
         select.value = previous;
-        say(state.error || "The switch was refused.", "failed");
+        say(result.data.error || "The switch was refused.", "failed");
         return;
       }
-      if (show(state)) timer = setTimeout(poll, POLL_MS);
+      if (show(result.data)) timer = setTimeout(poll, POLL_MS);
     }).catch(function () {
       select.value = previous;
       say("The server could not be reached; the model was not switched.", "failed");

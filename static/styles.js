@@ -9,20 +9,7 @@
 
   function $(id) { return document.getElementById(id); }
   function show(node, visible) { node.hidden = !visible; }
-
-  function api(method, url, body) {
-    var options = { method: method, credentials: "same-origin",
-                    headers: { Accept: "application/json", "ngrok-skip-browser-warning": "1" } };
-    if (body !== undefined) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    return fetch(url, options).then(function (response) {
-      return response.json().catch(function () {
-        return { ok: false, error: "The server answered " + response.status + " instead of JSON." };
-      }).then(function (data) { return { ok: response.ok && data.ok !== false, data: data }; });
-    });
-  }
+  var api = window.T2I.api;
 
   // What a style does to a text, as the server applies it (app/engine/styles.py merge_prompt):
   // only for the preview; the server is what applies styles to a job.
@@ -47,10 +34,10 @@
     $("styles-editor").addEventListener("keydown", function (event) {
       if (event.key === "Escape") { self.toggleEditor(false); $("styles-manage").focus(); }
     });
-    // "Reuse settings" puts a job's prompt back as it ran, styles already applied: picking them
-    // again would apply them twice, so the picks are cleared.
-    document.addEventListener("click", function (event) {
-      if (event.target.closest && event.target.closest("#reuse, .reuse-image") && self.picked.length) {
+    // Reused settings (static/app.js's "t2i:reuse") put a job's prompt back as it ran, styles
+    // already applied: picking them again would apply them twice, so the picks are cleared.
+    document.addEventListener("t2i:reuse", function () {
+      if (self.picked.length) {
         self.picked = [];
         self.render();
       }

@@ -645,10 +645,12 @@
       !!(job.images && job.images.length);
   }
 
+  // The server's reason says where the run stopped ("cancelled after step 3 of 60"); a
+  // finished job's progress is not kept.
   function partialLabel(job) {
-    var progress = job.progress || {};
-    return progress.total ? "partial, cancelled at step " + progress.step + " of " + progress.total
-                          : "partial, cancelled before the end";
+    var reason = typeof job.error === "string" ? job.error : "";
+    return /^(cancelled|skipped) after step \d+ of \d+$/.test(reason) ? "partial, " + reason
+                                                                     : "partial, cancelled before the end";
   }
 
   var MODEL_FAILED = "the model could not be loaded; the person running this app must restart it.";

@@ -9,6 +9,7 @@ the main states go to test-artifacts/screenshots (git-ignored; or
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -230,10 +231,11 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
     page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 1")
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
-    assert page.text_content("#job-state") == "Cancelled"
+    # A running job keeps the image of its last step (A1111 does), labelled as partial.
+    assert re.fullmatch(r"Cancelled: partial, cancelled after step \d+ of 100", page.text_content("#job-state"))
     assert page.is_hidden("#cancel")
     assert page.is_enabled("#generate")
-    assert page.locator("#results img").count() == 0
+    assert page.locator("#results img").count() == 1
 
     # Another client's long job runs; ours waits in the queue with its position shown.
     blocker = page.request.post(server.url + "/api/jobs", data={"prompt": "someone else", "width": 256,

@@ -104,3 +104,21 @@ def test_webuiapi_get_embeddings_against_a_running_server(emb_engine, make_app):
         assert set(listing["loaded"]) == {"glowy", "sparkle"} and "payload" in listing["skipped"]
         info = api.txt2img(prompt="a sparkle fox", width=64, height=64, steps=2, seed=3).info
         assert info["prompt"] == "a sparkle fox"
+
+
+def test_a_prompt_naming_a_skipped_embedding_is_refused_naming_it(emb_engine, make_app, small_request):
+    from app.engine.types import ValidationError
+
+    with pytest.raises(ValidationError) as info:  # "wide" is a file here whose vectors do not fit
+        emb_engine.generate(small_request(prompt="a Wide fox"))
+    assert info.value.field == "prompt" and "embedding 'wide' cannot be used" in str(info.value)
+    assert emb_engine.generate(small_request(prompt="a wider fox")).images  # another word is just a word
+    client = make_app(ENGINE=emb_engine).test_client()
+    # Found when the job runs: the synchronous A1111 call answers 400 naming the field, not 500.
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a wide fox", "width": 64, "height": 64,
+                                                      "steps": 2})
+    body = response.get_json()
+    assert response.status_code == 400 and body["field"] == "prompt" and "embedding 'wide' cannot be used" in body["error"]
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a payload fox", "width": 64, "height": 64,
+                                                      "steps": 2})
+    assert response.status_code == 400 and "pickled code" in response.get_json()["error"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,16 @@ def install(pipe, folder: str | os.PathLike | None) -> list[EmbeddingInfo]:
         tensor = read_embedding(info.path).to(pipe.text_encoder.dtype)
         pipe.load_textual_inversion(tensor, token=info.name, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
     return infos
+
+
+def unusable_embedding(prompt: str, infos: list[EmbeddingInfo]) -> EmbeddingInfo | None:
+    """The first skipped embedding whose name the prompt uses as a word. A1111 reads
+    such a word as plain text; here the prompt is refused instead, since its author
+    meant the embedding (a name in the folder) and would get a different picture."""
+    for info in infos:
+        if info.error and re.search(rf"(?<![\w-]){re.escape(info.name)}(?![\w-])", prompt, re.IGNORECASE):
+            return info
+    return None
 
 
 def a1111_listing(infos: list[EmbeddingInfo]) -> dict:

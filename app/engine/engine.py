@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from app.engine.embeddings import EmbeddingInfo
+from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
 from app.engine.loras import LoraSet, split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image
@@ -27,6 +27,7 @@ from app.engine.types import (
     GenerationResult,
     Limits,
     StepInfo,
+    ValidationError,
     check_hires_size,
     check_size,
     floor_size,
@@ -183,6 +184,10 @@ class Engine:
         """Run one request. ``on_step`` is called after every denoising step;
         setting ``cancel`` stops the run, which then raises GenerationCancelled."""
         request = request.validate(self.limits).with_seed()
+        for name in ("prompt", "negative_prompt"):
+            skipped = unusable_embedding(getattr(request, name), self.embeddings)
+            if skipped is not None:
+                raise ValidationError(name, skipped.name, f"embedding {skipped.name!r} cannot be used: {skipped.error}")
         if request.outpaint:  # outpainting is inpainting on a larger canvas
             from app.engine.inpaint import outpaint_canvas
 

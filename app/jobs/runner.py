@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -66,6 +67,19 @@ def job_output(result: "GenerationResult") -> JobOutput:
     return JobOutput(images, pngs, result.width, result.height, result.seconds)
 
 
+INVALID_REQUEST = "invalid request: "  # how the reason of a job failed for its input starts
+
+
+def failed_for_input(error: str | None) -> tuple[str, str, str | None] | None:
+    """(field, message, value) when a job's failure reason says it failed for its input
+    (a ValidationError found while it ran: the caller's to fix, a 400); else None."""
+    if error is None or not error.startswith(INVALID_REQUEST):
+        return None
+    message = error[len(INVALID_REQUEST):]
+    value = re.search(r"\(got (.*)\)$", message)
+    return message.split(":", 1)[0], message, value.group(1) if value else None
+
+
 @dataclass(frozen=True)
 class JobEnd:
     """How a job that raised ends: ``state`` CANCELLED, FAILED or (a skipped
@@ -89,8 +103,8 @@ def job_end(job_id: str, exc: BaseException, skipped: bool = False) -> JobEnd:
             return JobEnd(DONE, f"skipped after step {exc.step} of {exc.total}", False, output)
         verb = "skipped" if skipped else "cancelled"
         return JobEnd(CANCELLED, f"{verb} after step {exc.step} of {exc.total}", False, output)
-    if isinstance(exc, ValidationError):
-        return JobEnd(FAILED, str(exc), False)
+    if isinstance(exc, ValidationError):  # found when it ran (a LoRA that does not fit the model ...)
+        return JobEnd(FAILED, INVALID_REQUEST + str(exc), False)
     if isinstance(exc, DiskFull):
         logger.error("job %s: %s", job_id, exc.strerror)
         return JobEnd(FAILED, exc.strerror or "disk full", False)

@@ -36,6 +36,7 @@ from app.engine.types import MAX_SEED, floor_size
 from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
+from app.jobs.runner import failed_for_input
 from app.web import backend, models
 from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
@@ -182,6 +183,10 @@ def _run(body: dict, img2img: bool):
     if job.state not in (DONE, CANCELLED):
         if failed_for_disk(job.error):  # the server's disk, not the request: try again later
             raise ApiError(503, f"generation failed: {job.error}", "job_id", job.id, headers={"Retry-After": "60"})
+        invalid = failed_for_input(job.error)
+        if invalid:  # found only when it ran, e.g. a LoRA that does not fit the model: still the request's fault
+            field, message, value = invalid
+            raise ApiError(400, message, field, value)
         raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
     images = []
     for im in job.images:

@@ -47,19 +47,21 @@ def quiet_third_party_noise() -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """``--model``, ``--device`` ... one flag per EngineOptions field (``only``: a subset)."""
+    """``--model``, ``--device`` ... one flag per EngineOptions field (``only``: a subset).
+    Each flag's default is its ``T2I_<NAME>`` environment variable when set (the
+    settings the web app reads, .env.example), else the field's default."""
     group = parser.add_argument_group("model")
     for option in fields(EngineOptions):
         if only is not None and option.name not in only:
             continue
         flag = "--" + option.name.replace("_", "-")
         help_text = option.metadata["help"]
+        from_env = os.environ.get("T2I_" + option.name.upper())
         if option.type in (bool, "bool"):
-            group.add_argument(flag, action="store_true", help=help_text)
+            on = from_env is not None and from_env.strip().lower() in ("1", "true", "yes", "on")
+            group.add_argument(flag, action="store_true", default=on or option.default, help=help_text)
             continue
-        default = option.default
-        if option.name == "model":
-            default = os.environ.get("T2I_MODEL", default)
+        default = from_env if from_env is not None else option.default
         group.add_argument(flag, default=default, help=help_text + (f" (default: {default})" if default else ""))
 
 

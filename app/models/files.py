@@ -20,10 +20,11 @@ def file_sha256(file: Path, block: int = 1024 * 1024) -> str:
 
 
 def inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` (symlinks resolved) stays inside ``root``."""
+    """Whether ``path`` (symlinks resolved) stays inside ``root``; False for a
+    symlink loop (Path.resolve raises RuntimeError for one)."""
     try:
         path.resolve().relative_to(root.resolve())
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):
         return False
     return True
 

@@ -344,3 +344,31 @@ class TestRedisBackend(BackendContract):
         yield again
         for proc in procs:
             stop(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_a_redis_worker_frees_its_startup_model_after_a_switch(redis_url, second_model):
+    """The worker is given a loader for its startup model, not the engine: nothing but its
+    slot holds the engine, so after a switch the startup model is garbage (one model in memory)."""
+    import gc
+    import weakref
+
+    from app.engine.engine import Engine, EngineOptions
+    from app.jobs.base import ModelChoice
+    from app.jobs.engines import load_choice
+    from app.jobs.redis.store import RedisJobStore
+    from app.jobs.redis.worker import GPUWorker
+
+    options = EngineOptions(model="demo", device="cpu")
+    store = RedisJobStore(redis_url, name=f"free-{uuid.uuid4().hex[:8]}")
+    worker = GPUWorker([store.rq], connection=store.redis, name=f"free-{uuid.uuid4().hex[:8]}", job_queue=store,
+                       load_startup=lambda: Engine.load(options), startup=ModelChoice("demo"),
+                       load_model=lambda choice: load_choice(options, choice))
+    try:
+        startup = weakref.ref(worker.engine.pipe)
+        assert worker.slot.ensure(ModelChoice(str(second_model))).model_name == "second"
+        gc.collect()
+        assert startup() is None
+    finally:
+        GPUWorker.current = None

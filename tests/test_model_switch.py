@@ -68,8 +68,9 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture
 def switch_app(make_app, model_dirs):
     def make(**config):
+        # No ENGINE handed in: an app handed one refuses switching (its caller keeps that engine).
         settings = {"CHECKPOINT_DIR": str(model_dirs["checkpoints"]), "VAE_DIR": str(model_dirs["vae"]),
-                    "PREVIEW_EVERY": 0, **config}
+                    "PREVIEW_EVERY": 0, "ENGINE": None, **config}
         return make_app(**settings)
 
     return make
@@ -250,8 +251,10 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
 
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium")
-    server = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]), PREVIEW_EVERY=0)
-    refusing = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), ALLOW_MODEL_SWITCH=False)
+    server = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]), PREVIEW_EVERY=0,
+                   ENGINE=None)
+    server.app.extensions["t2i-models"].checkpoints(hashed=True)  # the page shows the hashes known when it loads
+    refusing = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), ALLOW_MODEL_SWITCH=False, ENGINE=None)
     problems: list[str] = []
     for scheme in ("light", "dark"):
         context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
@@ -404,7 +407,7 @@ def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, 
     model = folder / "m.safetensors"
     model.write_bytes(b"weights" * 1000)
     first = registry.Catalogue(folder, "demo", hub_models=("owner/sd-x",), cache_file=cache)
-    titles = [c.title for c in first.checkpoints()]
+    titles = [c.title for c in first.checkpoints(hashed=True)]
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     assert titles == ["demo", f"m.safetensors [{digest[:10]}]", "owner/sd-x"]
     hub = first.find("sd-x")
@@ -418,4 +421,171 @@ def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, 
     assert registry.Catalogue(folder, "demo", cache_file=cache).find("m").hash == digest[:10]  # from cache.json
     os.utime(model, (1, 1))  # another mtime: the cached hash no longer counts
     with pytest.raises(AssertionError, match="hashed again"):
-        registry.Catalogue(folder, "demo", cache_file=cache).checkpoints()
+        registry.Catalogue(folder, "demo", cache_file=cache).checkpoints(hashed=True)
+
+
+def test_an_app_handed_an_engine_refuses_switching(make_app, model_dirs):
+    """The ENGINE handed in (notebooks, tests) is its caller's, who keeps it: a switch could not
+    free it and two models would sit in memory, so such an app runs that engine only."""
+    client = make_app(CHECKPOINT_DIR=str(model_dirs["checkpoints"])).test_client()
+    refused = assert_error(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sd-a"}), 403,
+                           "sd_model_checkpoint")
+    assert "sd-a" in refused["value"] and "ENGINE" in refused["error"]
+    assert "ENGINE" in client.get("/api/models").get_json()["switch_refused"]
+    body = {**TXT2IMG, "override_settings": {"sd_model_checkpoint": "sd-a"}}
+    assert_error(client.post("/sdapi/v1/txt2img", json=body), 403, "override_settings.sd_model_checkpoint")
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "demo"}).status_code == 200  # no switch
+
+
+def test_selecting_the_loaded_model_by_another_name_loads_nothing(switch_app, model_dirs, monkeypatch):
+    """MODEL given as a relative path inside CHECKPOINT_DIR; the catalogue names it by its
+    absolute path: selecting it by title, or as one job's override, is no switch."""
+    monkeypatch.chdir(model_dirs["checkpoints"].parent)
+    app = switch_app(MODEL="checkpoints/sd-a")
+    client = app.test_client()
+    worker = app.extensions["t2i"].worker
+    wait_for(lambda: worker.engine is not None, 60, "the startup model")
+    engine, loads = worker.engine, []
+    worker.slot._load_model = lambda choice: loads.append(choice)
+    assert client.get("/sdapi/v1/options").get_json()["sd_model_checkpoint"] == "sd-a"
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sd-a"}).status_code == 200
+    info, _ = txt2img(client, override_settings={"sd_model_checkpoint": "sd-a"})
+    info_again, _ = txt2img(client)
+    assert info["sd_model_name"] == info_again["sd_model_name"] == "sd-a"
+    assert worker.engine is engine and loads == []  # never unloaded nor loaded again
+
+
+def test_a_model_in_a_subfolder_is_named_by_its_file_in_the_info_and_the_infotext(switch_app, model_dirs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "checkpoints"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(model_dirs["checkpoints"] / "sd-c.safetensors", folder / "sub" / "x.safetensors")
+    shutil.copytree(model_dirs["checkpoints"] / "sd-c", folder / "sub" / "x")  # its config folder
+    client = switch_app(CHECKPOINT_DIR=str(folder)).test_client()
+    listed = {m["title"].split(" [")[0]: m for m in client.get("/sdapi/v1/sd-models").get_json()}
+    assert listed["sub/x.safetensors"]["model_name"] == "sub_x"  # A1111's listing name
+    info, _ = txt2img(client, override_settings={"sd_model_checkpoint": "sub/x.safetensors"})
+    assert info["sd_model_name"] == "x" and info["infotexts"][0].endswith("Model: x")  # A1111's name_for_extra
+
+
+def test_pages_do_not_wait_for_files_to_be_hashed_and_an_unreadable_file_is_listed_without_a_hash(
+        switch_app, model_dirs, monkeypatch):
+    import threading
+    import time
+
+    from app.models import registry
+
+    gate, started = threading.Event(), threading.Event()
+    real = registry.file_sha256
+
+    def slow_or_broken(path):
+        if path.name == "evil.ckpt":
+            raise OSError(5, "Input/output error")  # what a Drive mount gives on a bad read
+        started.set()
+        gate.wait(30)
+        return real(path)
+
+    monkeypatch.setattr(registry, "file_sha256", slow_or_broken)
+    try:
+        client = switch_app(START_WORKER=False).test_client()
+        assert started.wait(30)  # the background thread is hashing sd-c, and waits
+        began = time.monotonic()
+        page, health = client.get("/"), client.get("/api/health")
+        assert page.status_code == health.status_code == 200 and time.monotonic() - began < 10
+    finally:
+        gate.set()
+    listed = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").get_json()}
+    assert listed["evil"]["hash"] is None and listed["evil"]["title"] == "evil.ckpt"
+    assert listed["sd-c"]["hash"] == sha256(model_dirs["checkpoints"] / "sd-c.safetensors")[:10]
+
+
+def test_refresh_vae_reads_only_the_vae_folder(switch_app, model_dirs, tmp_path):
+    import shutil
+
+    folder, vaes = tmp_path / "checkpoints", tmp_path / "vae"
+    folder.mkdir()
+    vaes.mkdir()
+    client = switch_app(CHECKPOINT_DIR=str(folder), VAE_DIR=str(vaes), START_WORKER=False).test_client()
+    assert [m["title"] for m in client.get("/sdapi/v1/sd-models").get_json()] == ["demo"]
+    assert client.get("/sdapi/v1/sd-vae").get_json() == []
+    shutil.copytree(model_dirs["checkpoints"] / "sd-a", folder / "sd-a")
+    shutil.copy(model_dirs["vae"] / "tiny.safetensors", vaes / "tiny.safetensors")
+    assert client.post("/sdapi/v1/refresh-vae").status_code == 200
+    assert [v["model_name"] for v in client.get("/sdapi/v1/sd-vae").get_json()] == ["tiny.safetensors"]
+    assert [m["title"] for m in client.get("/sdapi/v1/sd-models").get_json()] == ["demo"]  # not re-read
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert [m["title"] for m in client.get("/sdapi/v1/sd-models").get_json()] == ["demo", "sd-a"]
+
+
+# --- the worker's slot: what cannot be timed through HTTP ---------------------------------------------
+
+
+class Loaded:
+    """An engine as the slot sees it (the slot only holds it): the real ones are tested above."""
+
+    def __init__(self, model: str):
+        self.model = self.model_name = model
+        self.vae, self.is_demo, self.default_size = None, False, (64, 64)
+
+
+def test_a_running_job_keeps_its_model_while_the_idle_follower_sees_another_selected():
+    import threading
+
+    from app.jobs.base import ModelChoice
+    from app.jobs.engines import EngineSlot
+
+    slot = EngineSlot(lambda: Loaded("demo"), ModelChoice("demo"), lambda choice: Loaded(choice.model))
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def job():
+        with slot.use(ModelChoice("other")) as engine:
+            inside.set()
+            release.wait(30)
+            seen.append(slot.engine is engine and engine.model == "other")
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    assert inside.wait(30)
+    slot.follow(ModelChoice("demo"))  # the follower thread (a Redis worker's): the selection changed back
+    release.set()
+    runner.join(30)
+    assert seen == [True]  # the job's model was not unloaded under it
+    slot.follow(ModelChoice("demo"))  # idle now: it follows
+    assert slot.engine.model == "demo"
+
+
+def test_while_a_model_is_swapped_the_status_never_says_ready_with_nothing_loaded():
+    from app.jobs.base import LOADING, ModelChoice
+    from app.jobs.engines import EngineSlot
+
+    seen = []
+    slot = EngineSlot(lambda: Loaded("demo"), ModelChoice("demo"), lambda choice: Loaded(choice.model),
+                      on_unload=lambda: seen.append(slot.status(ModelChoice("demo"))))
+    slot.ensure()
+    slot.ensure(ModelChoice("other"))
+    assert [(s.state, s.id) for s in seen] == [(LOADING, "other")]
+
+
+def test_a_model_that_failed_to_load_is_tried_again_once_its_file_changes(tmp_path):
+    import os
+
+    from app.jobs.base import FAILED_TO_LOAD, ModelChoice
+    from app.jobs.engines import EngineSlot
+
+    broken, tries = tmp_path / "m.safetensors", []
+    broken.write_bytes(b"not weights")
+
+    def load(choice):
+        tries.append(choice.model)
+        if open(choice.model, "rb").read() == b"not weights":
+            raise ValueError(f"{choice.model} is not a checkpoint")
+        return Loaded(choice.model)
+
+    slot = EngineSlot(lambda: Loaded("demo"), ModelChoice("demo"), load)
+    slot.ensure()
+    assert slot.ensure(ModelChoice(str(broken))) is None and slot.state == FAILED_TO_LOAD
+    assert slot.ensure(ModelChoice(str(broken))) is None and len(tries) == 1  # not read again for each job
+    broken.write_bytes(b"weights, fixed")  # the owner replaces the file
+    os.utime(broken, (1, 1))
+    assert slot.ensure(ModelChoice(str(broken))).model == str(broken) and len(tries) == 2

@@ -49,18 +49,27 @@ def run(args: argparse.Namespace) -> int:
         connection.ping()
     except (RedisError, ValueError) as exc:
         raise CLIError(f"redis: cannot reach {args.redis} ({exc})") from exc
-    engine = load_engine(args)  # kept for every job until a switch asks for another model
+    options = engine_options(args)
+    startup = ModelChoice(options.model, options.vae)
+    job_queue = RedisJobStore(connection, name=args.queue)
+    worker = GPUWorker([job_queue.rq], connection=connection, name=args.name or f"{socket.gethostname()}-{os.getpid()}",
+                       load_startup=lambda: _load_startup(args), startup=startup, job_queue=job_queue,
+                       heartbeat=args.heartbeat, preview_every=args.preview_every,
+                       load_model=lambda choice: load_choice(options, choice))
+    if worker.engine is None:
+        raise CLIError(f"model: {options.model!r} could not be loaded: {worker.slot.error}")
+    print(f"worker {worker.name}: {worker.engine.model_name} loaded; taking jobs from queue {args.queue!r} on "
+          f"{args.redis}", flush=True)
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level="INFO")
+    return 0
+
+
+def _load_startup(args: argparse.Namespace):
+    """The worker's ``--model``, loaded (at start, and again after a switch back to it). No
+    caller keeps it: the worker's slot holds the only reference, so a switch frees it."""
+    engine = load_engine(args)
     if os.path.isfile(engine.model):  # A1111's "Model hash" (switched-to models bring theirs from the web app)
         from app.models.files import file_sha256
 
         engine.model_hash = file_sha256(Path(engine.model))[:10]
-    options = engine_options(args)
-    job_queue = RedisJobStore(connection, name=args.queue)
-    worker = GPUWorker([job_queue.rq], connection=connection, name=args.name or f"{socket.gethostname()}-{os.getpid()}",
-                       engine=engine, job_queue=job_queue, heartbeat=args.heartbeat, preview_every=args.preview_every,
-                       load_model=lambda choice: load_choice(options, choice),
-                       startup=ModelChoice(options.model, options.vae))
-    print(f"worker {worker.name}: {engine.model_name} loaded; taking jobs from queue {args.queue!r} on {args.redis}",
-          flush=True)
-    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level="INFO")
-    return 0
+    return engine

@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -96,9 +96,10 @@ class ModelChoice:
     model: str
     vae: str | None = None
     # The files' short hashes (A1111's "Model hash", "VAE hash"), known to the web app's
-    # catalogue, which caches them: a worker need not read a 5 GB file to name it.
-    model_hash: str | None = None
-    vae_hash: str | None = None
+    # catalogue, which caches them: a worker need not read a 5 GB file to name it. They
+    # name the files, they do not choose them: two choices of the same files are equal.
+    model_hash: str | None = field(default=None, compare=False)
+    vae_hash: str | None = field(default=None, compare=False)
 
     def to_params(self) -> dict:
         return {"sd_model": self.model, "sd_vae": self.vae, "sd_model_hash": self.model_hash,
@@ -133,7 +134,7 @@ class ModelStatus:
     @classmethod
     def of_engine(cls, engine: "Engine") -> "ModelStatus":
         return cls(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size,
-                   vae=getattr(engine, "vae", None))
+                   vae=engine.vae)
 
 
 class JobStore(ABC):

@@ -7,15 +7,21 @@ None for the worker's startup model). Before a job the worker asks
 first (references dropped, ``gc``, ``torch.cuda.empty_cache``), so one model
 is in memory at a time. When idle, ``follow`` loads the model selected now.
 A model that fails to load fails the jobs that asked for it with the reason
-and is not tried again for each of them, until it is selected again.
+and is not tried again for each of them, until it is selected again or its
+files change (a fixed or replaced file, then a refresh of the catalogue).
+
+A job runs inside ``use(choice)``, which holds the slot's lock until the job
+ends: the thread that follows the selection (a Redis worker's) cannot unload
+the engine under a running job; it skips its turn while the lock is held.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice, ModelStatus
 from app.jobs.runner import free_memory
@@ -46,13 +52,13 @@ class EngineSlot:
         self.state: str = LOADING
         self.error: str | None = None
         self.failed_choice: ModelChoice | None = None  # the model that failed to load last
-        self._failed: dict[ModelChoice | None, str] = {}
+        self._failed: dict[ModelChoice | None, tuple[tuple, str]] = {}  # key -> (its files' signature, why)
         self._seen_selection: ModelChoice | None = None
         self._lock = threading.RLock()  # one load at a time (a Redis worker follows from its heartbeat thread)
 
     def key(self, choice: ModelChoice | None) -> ModelChoice | None:
         """None for the startup model, however it is named."""
-        if choice is None or (self.startup and (choice.model, choice.vae) == (self.startup.model, self.startup.vae)):
+        if choice is None or (self.startup and same_choice(choice, self.startup)):
             return None
         return choice
 
@@ -61,13 +67,15 @@ class EngineSlot:
         is loaded; None if it failed to load (``error`` says why)."""
         key = self.key(choice)
         with self._lock:
-            if self.engine is not None and self.loaded == key:
+            if self.engine is not None and same_choice(self.loaded, key):
                 return self.engine
-            if key in self._failed:
-                self.state, self.error = FAILED_TO_LOAD, self._failed[key]
+            failed = self._failed.get(key)
+            if failed is not None and failed[0] == self._signature(key):
+                self.state, self.error = FAILED_TO_LOAD, failed[1]
                 return None
-            self.unload()
+            # Loading before the old engine goes: no status says "ready" with nothing loaded.
             self.loading, self.state, self.error = key or self.startup, LOADING, None
+            self.unload()
             try:
                 if key is None:
                     engine = self._load_startup()
@@ -77,14 +85,37 @@ class EngineSlot:
                     engine = self._load_model(key)
             except Exception as exc:  # ModelLoadError, out of memory, a broken file ...
                 logger.exception("the model could not be loaded")
-                self._failed[key] = str(exc) or type(exc).__name__
+                why = str(exc) or type(exc).__name__
+                self._failed[key] = (self._signature(key), why)
                 self.failed_choice = key or self.startup
-                self.state, self.error = FAILED_TO_LOAD, self._failed[key]
+                self.state, self.error = FAILED_TO_LOAD, why
                 return None
             finally:
                 self.loading = None
             self.engine, self.loaded, self.state = engine, key, READY
             return engine
+
+    @contextmanager
+    def use(self, choice: ModelChoice | None = None) -> Iterator["Engine | None"]:
+        """``ensure(choice)``, holding the lock until the block ends (a job's whole run):
+        ``follow`` from another thread cannot unload the engine meanwhile."""
+        with self._lock:
+            yield self.ensure(choice)
+
+    def _signature(self, key: ModelChoice | None) -> tuple:
+        """The size and mtime of a choice's files (None where missing): a failed model
+        is tried again once they change."""
+        choice = key or self.startup
+        if choice is None:
+            return ()
+        found = []
+        for path in (choice.model, choice.vae):
+            try:
+                stat = os.stat(path) if path else None
+            except OSError:
+                stat = None
+            found.append((stat.st_size, stat.st_mtime_ns) if stat is not None else None)
+        return tuple(found)
 
     def unload(self) -> None:
         """Drop the loaded engine and free its memory (before another is loaded)."""
@@ -101,12 +132,16 @@ class EngineSlot:
         """When idle: load ``selected`` (the selection now) if it is not loaded. A model
         selected again is tried again, even if it failed before."""
         key = self.key(selected)
-        with self._lock:
+        if not self._lock.acquire(blocking=False):  # a job runs (or a model loads): not now
+            return
+        try:
             if key != self._seen_selection:
                 self._seen_selection = key
                 self._failed.pop(key, None)
-            if self.loaded != key or self.engine is None:
+            if self.engine is None or not same_choice(self.loaded, key):
                 self.ensure(key)
+        finally:
+            self._lock.release()
 
     def status(self, fallback: ModelChoice) -> ModelStatus:
         """Loading which model, ready on which, or failed on which (``fallback``: the startup model)."""
@@ -117,6 +152,17 @@ class EngineSlot:
             return ModelStatus.of_engine(engine)
         failed = self.failed_choice or self.startup or fallback
         return ModelStatus.not_loaded(failed.model, self.state, self.error, failed.vae)
+
+
+def same_choice(a: ModelChoice | None, b: ModelChoice | None) -> bool:
+    """Whether two choices name the same files, however spelt (a relative path, the
+    catalogue's absolute one): the loaded model is not loaded again for another name."""
+    from app.models.registry import same_path
+
+    if a is None or b is None:
+        return a is b
+    return same_path(a.model, b.model) and (a.vae == b.vae or (a.vae is not None and b.vae is not None
+                                                                 and same_path(a.vae, b.vae)))
 
 
 def load_choice(options: "EngineOptions", choice: ModelChoice, limits: "Limits | None" = None) -> "Engine":

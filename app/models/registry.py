@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app.models.demo import DEMO_MODEL_ID
@@ -84,13 +84,21 @@ class HashCache:
                     logger.warning("hash cache %s is unreadable; starting a new one", self.path)
         return self._entries
 
+    def cached(self, file: Path) -> str | None:
+        """The SHA-256 of ``file`` if it is cached and the file unchanged, else None (reads nothing big)."""
+        stat = file.stat()
+        with self._lock:
+            entry = self._load().get(str(file.resolve()))
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+            return entry["sha256"]
+        return None
+
     def sha256(self, file: Path) -> str:
+        found = self.cached(file)
+        if found is not None:
+            return found
         stat = file.stat()
         key = str(file.resolve())
-        with self._lock:
-            entry = self._load().get(key)
-            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
-                return entry["sha256"]
         digest = file_sha256(file)
         with self._lock:
             entries = self._load()
@@ -119,9 +127,16 @@ def _is_vae(path: Path) -> bool:
 
 
 class Catalogue:
-    """The checkpoints and VAEs of one server. ``refresh()`` reads the folders
-    again (A1111's refresh-checkpoints / refresh-vae); until then the lists
-    are the ones read last."""
+    """The checkpoints and VAEs of one server. ``refresh_checkpoints()`` and
+    ``refresh_vaes()`` read the folders again (A1111's refresh-checkpoints /
+    refresh-vae); until then the lists are the ones read last.
+
+    Listing reads no file: a file whose hash is not cached is listed without one
+    (title without ``[hash]``) until ``hash_missing()`` computes it, outside the
+    lock, so that pages never wait for a folder to be hashed. The callers that
+    need the hashes (the A1111 listing, finding a model by name or hash) ask
+    ``checkpoints(hashed=True)``. A file that cannot be read (a Drive mount's I/O
+    error) stays listed without a hash."""
 
     def __init__(self, checkpoint_dir: str | Path | None, startup_model: str, hub_models: tuple[str, ...] = (),
                  vae_dir: str | Path | None = None, cache_file: str | Path | None = None):
@@ -130,22 +145,70 @@ class Catalogue:
         self.startup_model = startup_model
         self.hub_models = tuple(hub_models)
         self.hashes = HashCache(cache_file)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the lists; held only while listing, never while hashing
+        self._hash_lock = threading.Lock()  # one hasher at a time: a file is read once
         self._checkpoints: list[Checkpoint] | None = None
         self._vaes: list[Vae] | None = None
 
     # --- checkpoints -------------------------------------------------------------------
 
-    def checkpoints(self) -> list[Checkpoint]:
+    def checkpoints(self, hashed: bool = False) -> list[Checkpoint]:
+        """The checkpoints; ``hashed``: with every readable file's hash (hashing those not cached)."""
         with self._lock:
             if self._checkpoints is None:
                 self._checkpoints = self._read_checkpoints()
-            return list(self._checkpoints)
+            entries = list(self._checkpoints)
+        if hashed and any(c.sha256 is None and Path(c.source).is_file() for c in entries):
+            self.hash_missing()
+            with self._lock:
+                entries = list(self._checkpoints)
+        return entries
 
-    def refresh(self) -> None:
+    def refresh_checkpoints(self) -> None:
         with self._lock:
             self._checkpoints = self._read_checkpoints()
+        self.hash_missing()
+
+    def refresh_vaes(self) -> None:
+        with self._lock:
             self._vaes = self._read_vaes()
+        self.hash_missing()
+
+    def hash_missing(self) -> None:
+        """Hash the listed files whose hash is not known yet (outside the lists' lock)."""
+        with self._hash_lock:
+            with self._lock:
+                checkpoints, vaes = list(self._checkpoints or []), list(self._vaes or [])
+            sums: dict[str, str] = {}
+            for path in [c.source for c in checkpoints if c.sha256 is None] + \
+                        [v.filename for v in vaes if v.hash is None]:
+                sha = self._sha256(Path(path))
+                if sha is not None:
+                    sums[path] = sha
+            if not sums:
+                return
+            with self._lock:  # the lists read again meanwhile keep their own entries
+                if self._checkpoints is not None:
+                    self._checkpoints = [self._with_hash(c, sums.get(c.source)) for c in self._checkpoints]
+                if self._vaes is not None:
+                    self._vaes = [replace(v, hash=sums[v.filename][:10]) if v.hash is None and v.filename in sums
+                                  else v for v in self._vaes]
+
+    def _sha256(self, path: Path, cached_only: bool = False) -> str | None:
+        """A file's SHA-256; None for a folder, a Hub id or an unreadable file."""
+        try:
+            if not path.is_file():
+                return None
+            return self.hashes.cached(path) if cached_only else self.hashes.sha256(path)
+        except OSError as exc:  # e.g. EIO from a Drive mount: listed without a hash
+            logger.warning("cannot hash %s: %s", path, exc)
+            return None
+
+    @staticmethod
+    def _with_hash(c: Checkpoint, sha: str | None) -> Checkpoint:
+        if c.sha256 is not None or sha is None:
+            return c
+        return replace(c, title=f"{c.name} [{sha[:10]}]", hash=sha[:10], sha256=sha)
 
     def _read_checkpoints(self) -> list[Checkpoint]:
         found: list[Checkpoint] = []
@@ -157,7 +220,7 @@ class Catalogue:
             found.append(self._entry(path, path.relative_to(root).as_posix()))
         for hub_id in self.hub_models:
             found.append(self._entry(None, hub_id))
-        if not any(self.startup_model in c.aliases() or _same_path(self.startup_model, c.source) for c in found):
+        if not any(self.startup_model in c.aliases() or same_path(self.startup_model, c.source) for c in found):
             startup = Path(self.startup_model).expanduser()
             if self.startup_model != DEMO_MODEL_ID and startup.exists():
                 found.insert(0, self._entry(startup, startup.name))
@@ -166,14 +229,14 @@ class Catalogue:
         return found
 
     def _entry(self, path: Path | None, name: str) -> Checkpoint:
+        """An entry, with its hash if cached (``hash_missing`` adds the others)."""
         model_name = os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0] if path is not None else \
             display_name(name)
         if path is None:  # a Hub id or "demo"
             return Checkpoint(name, display_name(name), None, None, name, None, name, name)
         if path.is_file():
-            sha = self.hashes.sha256(path)
-            config = find_single_file_config(path)
-            return Checkpoint(f"{name} [{sha[:10]}]", model_name, sha[:10], sha, str(path), config, name, str(path))
+            entry = Checkpoint(name, model_name, None, None, str(path), find_single_file_config(path), name, str(path))
+            return self._with_hash(entry, self._sha256(path, cached_only=True))
         return Checkpoint(name, model_name, None, None, str(path), None, name, str(path))
 
     def find(self, wanted: str) -> Checkpoint | None:
@@ -183,27 +246,33 @@ class Catalogue:
         if not isinstance(wanted, str) or not wanted.strip():
             return None
         wanted = wanted.strip()
-        entries = self.checkpoints()
+        entries = self.checkpoints(hashed=True)
         for c in entries:
             if wanted in c.aliases():
                 return c
         bare = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else None
         return next((c for c in entries if bare and bare in (c.name, c.model_name)), None)
 
-    def by_source(self, source: str) -> Checkpoint:
-        """The entry of a loaded model (a path, Hub id or "demo"); one made up when not listed."""
-        for c in self.checkpoints():
-            if c.source == source or _same_path(source, c.source):
+    def by_source(self, source: str, hashed: bool = True) -> Checkpoint:
+        """The entry of a loaded model (a path, Hub id or "demo"); one made up when not listed.
+        ``hashed=False``: as listed now (a page need not wait for a file's hash)."""
+        for c in self.checkpoints(hashed=hashed):
+            if same_path(source, c.source):
                 return c
         return self._entry(None, source)
 
     # --- VAEs ------------------------------------------------------------------------------
 
-    def vaes(self) -> list[Vae]:
+    def vaes(self, hashed: bool = False) -> list[Vae]:
         with self._lock:
             if self._vaes is None:
                 self._vaes = self._read_vaes()
-            return list(self._vaes)
+            entries = list(self._vaes)
+        if hashed and any(v.hash is None and Path(v.filename).is_file() for v in entries):
+            self.hash_missing()
+            with self._lock:
+                entries = list(self._vaes)
+        return entries
 
     def _read_vaes(self) -> list[Vae]:
         root = self.vae_dir
@@ -212,24 +281,31 @@ class Catalogue:
         vaes = []
         for path in walk(root, _is_vae):
             name = path.relative_to(root).as_posix()
-            vaes.append(Vae(name, str(path), self.hashes.sha256(path)[:10] if path.is_file() else None))
+            sha = self._sha256(path, cached_only=True)
+            vaes.append(Vae(name, str(path), sha[:10] if sha else None))
         return vaes
 
     def find_vae(self, wanted: str) -> Vae | None:
         """A VAE by its name (as ``sd_vae`` gives it) or path; None for unknown."""
-        for vae in self.vaes():
+        for vae in self.vaes(hashed=True):
             if wanted in (vae.name, vae.filename, Path(vae.name).stem):
                 return vae
         return None
 
-    def vae_by_path(self, path: str | None) -> Vae | None:
+    def vae_by_path(self, path: str | None, hashed: bool = True) -> Vae | None:
         if not path:
             return None
-        return next((v for v in self.vaes() if _same_path(path, v.filename)), None) or \
-            Vae(Path(path).name, path, self.hashes.sha256(Path(path))[:10] if Path(path).is_file() else None)
+        sha = None
+        found = next((v for v in self.vaes(hashed=hashed) if same_path(path, v.filename)), None)
+        if found is None:
+            sha = self._sha256(Path(path), cached_only=not hashed)
+        return found or Vae(Path(path).name, path, sha[:10] if sha else None)
 
 
-def _same_path(a: str, b: str) -> bool:
+def same_path(a: str, b: str) -> bool:
+    """Whether two paths name one file or folder (relative, ~, links); Hub ids only when equal."""
+    if a == b:
+        return True
     try:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
     except OSError:

@@ -78,7 +78,12 @@ def backend_of(app: Flask) -> Backend:
 
 def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = None) -> Backend:
     images = instance / "images"
-    common = dict(model=config["MODEL"], max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"],
+    model, vae = config["MODEL"], config["VAE"]
+    if catalogue is not None:  # the catalogue's spelling of them: selecting the loaded model by title is no switch
+        model = catalogue.by_source(model, hashed=False).source
+        listed = catalogue.vae_by_path(vae, hashed=False)
+        vae = listed.filename if listed is not None else vae
+    common = dict(model=model, max_queue=config["MAX_QUEUE"], max_per_client=config["MAX_QUEUED_PER_CLIENT"],
                   keep_images=config["KEEP_IMAGES"], keep_days=config["KEEP_DAYS"], min_free_mb=config["MIN_FREE_DISK_MB"])
     if config["REDIS_URL"]:
         from app.jobs.redis import RedisBackend
@@ -91,11 +96,13 @@ def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = No
 
     return SQLiteBackend(config["DATABASE"], images, engine_loader(config, catalogue),
                          preview_every=config["PREVIEW_EVERY"], busy_timeout=config["DB_BUSY_TIMEOUT"],
-                         load_model=model_loader(config), vae=config["VAE"], **common)
+                         load_model=model_loader(config) if config["ENGINE"] is None else None, vae=vae, **common)
 
 
 def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLoader:
-    """Loads the model as the settings say (in the worker thread)."""
+    """Loads the model as the settings say (in the worker thread). An ENGINE handed in is its
+    caller's, who keeps it in memory: such an app runs it only and refuses switching
+    (``app.web.models.refusal``), so that one model is in memory at a time."""
     def load():
         if config["ENGINE"] is not None:
             return config["ENGINE"]

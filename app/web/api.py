@@ -277,7 +277,7 @@ def schedulers():
 @bp.get("/models")
 def list_models():
     """The catalogue, the selection, what is loaded (or loading) and whether switching is allowed."""
-    state = models.state()
+    state = models.state(hashed=True)
     loaded = backend().status()
     listing = [{"name": m["model_name"], "id": m["title"], "hash": m["hash"], "selected": m["title"] == state["selected"],
                 "loaded": m["filename"] == loaded.id and loaded.state == READY} for m in state.pop("models")]

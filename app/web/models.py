@@ -21,6 +21,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from app.jobs.base import FAILED_TO_LOAD, LOADING, ModelChoice
+from app.models.loading import display_name
 from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
 from app.web import backend
 from app.web.errors import ApiError
@@ -34,10 +35,15 @@ def init_app(app: Flask) -> None:
         config["CHECKPOINT_DIR"] or instance / "models" / "checkpoints", config["MODEL"],
         hub_models=tuple(config["MODELS"] or ()), vae_dir=config["VAE_DIR"] or instance / "models" / "vae",
         cache_file=instance / "cache.json")
-    # Hash new files now, in the background: the first page or /sdapi/v1/sd-models need not wait
-    # for them (a 5 GB file takes seconds; once hashed it is cached in cache.json).
-    threading.Thread(target=lambda: (catalogue.checkpoints(), catalogue.vaes()), name="t2i-catalogue",
-                     daemon=True).start()
+    # Hash new files now, in the background: pages never wait for them (they show the hashes
+    # known), and /sdapi/v1/sd-models seldom does (a 5 GB file takes seconds; once hashed it is cached in cache.json).
+    threading.Thread(target=_list_and_hash, args=(catalogue,), name="t2i-catalogue", daemon=True).start()
+
+
+def _list_and_hash(catalogue: Catalogue) -> None:
+    catalogue.checkpoints()
+    catalogue.vaes()
+    catalogue.hash_missing()
 
 
 def catalogue() -> Catalogue:
@@ -49,19 +55,25 @@ def catalogue_of(app: Flask) -> Catalogue:
 
 
 def switch_allowed(config: Any) -> bool:
-    """ALLOW_MODEL_SWITCH: None (the default) allows it on a local server and refuses it when PUBLIC."""
+    """ALLOW_MODEL_SWITCH (a bool, parsed by the settings): None (the default) allows it on a
+    local server and refuses it when PUBLIC. Never with an ENGINE handed in (see ``refusal``)."""
+    if config.get("ENGINE") is not None and not config.get("REDIS_URL"):
+        return False
     value = config.get("ALLOW_MODEL_SWITCH")
     if value is None:
         return not config.get("PUBLIC")
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
 
 
 def refusal() -> str | None:
     """Why this server does not switch models, or None when it does."""
-    if switch_allowed(current_app.config):
+    config = current_app.config
+    if switch_allowed(config):
         return None
+    if config.get("ENGINE") is not None and not config.get("REDIS_URL"):
+        # The engine handed in belongs to its caller (a notebook, a test), who keeps it: the
+        # worker cannot free it, so a switch would keep two models in memory.
+        return "model switching is off: this app runs the ENGINE it was handed (start it with MODEL to switch)"
     return "model switching is off on this public server (the owner can allow it with ALLOW_MODEL_SWITCH)"
 
 
@@ -91,7 +103,7 @@ def choice_for(model: Any, vae: Any, field: str, vae_field: str, current: ModelC
     vae_path = find_vae(vae, vae_field) if vae is not None else current.vae
     found_vae = vae_entry(vae_path)
     chosen = ModelChoice(checkpoint.source, vae_path, checkpoint.hash, found_vae.hash if found_vae else None)
-    if (chosen.model, chosen.vae) != (current.model, current.vae):
+    if chosen != current:  # the hashes name the files, they do not choose them
         why = refusal()
         if why is not None:
             raise ApiError(403, f"{field if chosen.model != current.model else vae_field}: {why}",
@@ -105,7 +117,7 @@ def select(model: Any = None, vae: Any = None, field: str = "sd_model_checkpoint
     """Switch the model new jobs run on (checked as ``choice_for``); returns the selection."""
     current = backend().selection()
     chosen = choice_for(model, vae, field, vae_field, current)
-    if (chosen.model, chosen.vae) != (current.model, current.vae):
+    if chosen != current:
         backend().select(chosen)
     return chosen
 
@@ -116,21 +128,28 @@ def job_choice(model: Any, vae: Any = None, field: str = "override_settings.sd_m
         return None
     current = backend().selection()
     chosen = choice_for(model, vae, field, "override_settings.sd_vae", current)
-    return None if (chosen.model, chosen.vae) == (current.model, current.vae) else chosen
+    return None if chosen == current else chosen
 
 
-def entry(choice: ModelChoice) -> Checkpoint:
-    return catalogue().by_source(choice.model)
+def entry(choice: ModelChoice, hashed: bool = True) -> Checkpoint:
+    """``hashed=False``: as listed now, for pages (which must not wait for files to be hashed)."""
+    return catalogue().by_source(choice.model, hashed=hashed)
 
 
-def vae_entry(path: str | None) -> Vae | None:
-    return catalogue().vae_by_path(path)
+def vae_entry(path: str | None, hashed: bool = True) -> Vae | None:
+    return catalogue().vae_by_path(path, hashed=hashed)
 
 
 def vae_name(path: str | None) -> str:
     """``sd_vae`` as A1111 shows it: the VAE's name, or "Automatic"."""
-    found = vae_entry(path)
+    found = vae_entry(path, hashed=False)
     return found.name if found is not None else AUTOMATIC
+
+
+def model_name(checkpoint: Checkpoint) -> str:
+    """The short name jobs and statuses give a model (the infotext's "Model: x", A1111's
+    ``sd_model_name``): the file's, where the listing's ``model_name`` of ``sub/x`` is "sub_x"."""
+    return display_name(checkpoint.source)
 
 
 def loading() -> str | None:
@@ -139,16 +158,17 @@ def loading() -> str | None:
     if status.state == LOADING:
         return status.name
     pending = backend().pending_switch(status)
-    return entry(pending).model_name if pending is not None else None
+    return model_name(entry(pending, hashed=False)) if pending is not None else None
 
 
-def state() -> dict:
-    """The native API's view: the catalogue, the selection, what is loaded, and whether switching is open."""
+def state(hashed: bool = False) -> dict:
+    """The native API's view: the catalogue, the selection, what is loaded, and whether switching
+    is open. ``hashed``: with every file's hash (/api/models); a page shows the ones known now."""
     status = backend().status()
     selected = backend().selection()
-    current = entry(selected)
+    current = entry(selected, hashed=hashed)
     return {
-        "models": [{**c.a1111(), "name": c.name} for c in catalogue().checkpoints()],
+        "models": [{**c.a1111(), "name": c.name} for c in catalogue().checkpoints(hashed=hashed)],
         "vaes": [AUTOMATIC, NO_VAE] + [v.name for v in catalogue().vaes()],
         "selected": current.title, "selected_vae": vae_name(selected.vae),
         "loaded": status.name, "state": status.state, "loading": loading(),

@@ -229,7 +229,7 @@ def _model_info(job: Job) -> dict:
     """A1111's sd_model_name, sd_model_hash (and VAE's) of the model the job ran on."""
     choice = ModelChoice.of_params(job.params) or ModelChoice(backend().model, backend().vae)
     checkpoint, vae = models.entry(choice), models.vae_entry(choice.vae)
-    return {"sd_model_name": checkpoint.model_name, "sd_model_hash": checkpoint.hash,
+    return {"sd_model_name": models.model_name(checkpoint), "sd_model_hash": checkpoint.hash,
             "sd_vae_name": vae.name if vae else None, "sd_vae_hash": vae.hash if vae else None}
 
 
@@ -333,23 +333,23 @@ def skip():
 
 @bp.get("/sd-models")
 def sd_models():
-    return jsonify([c.a1111() for c in models.catalogue().checkpoints()])
+    return jsonify([c.a1111() for c in models.catalogue().checkpoints(hashed=True)])
 
 
 @bp.post("/refresh-checkpoints")
 def refresh_checkpoints():
-    models.catalogue().refresh()
+    models.catalogue().refresh_checkpoints()
     return jsonify(None)
 
 
 @bp.get("/sd-vae")
 def sd_vae():
-    return jsonify([v.a1111() for v in models.catalogue().vaes()])
+    return jsonify([v.a1111() for v in models.catalogue().vaes(hashed=True)])
 
 
 @bp.post("/refresh-vae")
 def refresh_vae():
-    models.catalogue().refresh()
+    models.catalogue().refresh_vaes()
     return jsonify(None)
 
 

@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+from typing import Callable
 
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -46,17 +47,19 @@ logger = logging.getLogger(__name__)
 class GPUWorker(SimpleWorker):
     current: "GPUWorker | None" = None  # the worker of this process, for run_job
 
-    def __init__(self, queues, *, engine: Engine, job_queue: RedisJobStore, heartbeat: float = 10.0,
-                 preview_every: int = 1, retry_seconds: float = 60, load_model: ModelLoader | None = None,
-                 startup: ModelChoice | None = None, **kwargs):
+    def __init__(self, queues, *, load_startup: Callable[[], Engine], startup: ModelChoice,
+                 job_queue: RedisJobStore, heartbeat: float = 10.0, preview_every: int = 1,
+                 retry_seconds: float = 60, load_model: ModelLoader | None = None, **kwargs):
         self.job_ttl = max(1, math.ceil(heartbeat * 3))  # three missed heartbeats: the worker is dead
         # Idle workers wake from their blocking dequeue every few seconds to clean
         # RQ's registries (that is what finds jobs abandoned by a dead worker).
         kwargs.setdefault("maintenance_interval", max(5, self.job_ttl))
         kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + 15)
         super().__init__(queues, **kwargs)
-        self.slot = EngineSlot(lambda: engine, startup or ModelChoice(engine.model, engine.vae), load_model)
-        self.slot.ensure()  # the startup engine, loaded by the caller
+        # ``load_startup`` loads the startup model ``startup`` (again after a switch back): nothing
+        # here keeps an engine but the slot, so a switch frees the one loaded before.
+        self.slot = EngineSlot(load_startup, startup, load_model)
+        self.slot.ensure()
         self.job_queue = job_queue
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
@@ -125,7 +128,9 @@ class GPUWorker(SimpleWorker):
         """While idle, load the model selected now (checked every second, or every heartbeat if shorter)."""
         while not self._stop_beats.wait(min(1.0, self.heartbeat_seconds)):
             try:
-                if self._beating is None:
+                with self._beat_lock:
+                    busy = self._beating is not None
+                if not busy:  # a job that starts meanwhile waits for the load (EngineSlot.use)
                     self.slot.follow(self.job_queue.selection())
                     self._publish(alive=True)
             except Exception:  # Redis away: try again later
@@ -169,13 +174,14 @@ class GPUWorker(SimpleWorker):
             if job is None:
                 return "gone"
             request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
-            engine = self.slot.ensure(ModelChoice.of_params(job.params))
-            if engine is None:  # fails the jobs that asked for it; the worker goes on
-                reason = f"the model could not be loaded: {self.slot.error}"
-                self._retried(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
-                return FAILED
-            output = runner.run_job(engine, request,
-                                    lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip), cancel)
+            with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the job ends
+                if engine is None:  # fails the jobs that asked for it; the worker goes on
+                    reason = f"the model could not be loaded: {self.slot.error}"
+                    self._retried(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
+                    return FAILED
+                output = runner.run_job(engine, request,
+                                        lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
+                                        cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = job_end(job_id, exc, skipped=skip.is_set())
             if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing

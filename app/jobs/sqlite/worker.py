@@ -135,10 +135,14 @@ class Worker(threading.Thread):
 
     def _run_job(self, job: Job) -> bool:
         """Run one job to its end state; False if it did not finish well."""
-        engine = self.ensure_engine(ModelChoice.of_params(job.params))
-        if engine is None:
-            self._record(job, "failed", lambda: self.store.fail(job.id, f"the model could not be loaded: {self.model_error}"))
-            return False
+        with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the job ends
+            if engine is None:
+                self._record(job, "failed", lambda: self.store.fail(
+                    job.id, f"the model could not be loaded: {self.model_error}"))
+                return False
+            return self._run_on(engine, job)
+
+    def _run_on(self, engine: Engine, job: Job) -> bool:
         no_room = self.min_free_mb and disk_room_reason(self.images.free_mb(), self.min_free_mb)
         if no_room:
             self._record(job, "failed", lambda: self.store.fail(job.id, no_room))

@@ -41,6 +41,7 @@ from app.models.registry import HashCache
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
+UNTAGGABLE = re.compile(r"[:<>]")  # what a file name may not hold to be named in a tag
 MAX_TAGS = 10  # LoRAs in one prompt
 MAX_WEIGHT = 10.0  # |weight|; A1111 sets no bound, but far beyond this the image is noise or NaN
 MAX_LOADED = 8  # adapters kept between jobs; the least recently used go first (a job's own stay)
@@ -145,7 +146,7 @@ def lora_files(folder: str | os.PathLike | None) -> list[Path]:
     file reached by a symlink out of the folder (``app.models.files.walk``)."""
     if not folder:
         return []
-    return walk(Path(folder), lambda path: path.is_file() and path.suffix.lower() in SUFFIXES)
+    return walk(Path(folder).resolve(), lambda path: path.is_file() and path.suffix.lower() in SUFFIXES)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
@@ -376,6 +377,9 @@ def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] |
         rel = path.relative_to(root).as_posix()
         info = LoraInfo(path.stem, str(path), rel)
         try:
+            if UNTAGGABLE.search(info.name):  # the picker would insert a tag the parser reads otherwise
+                raise LoraFileError("its name holds ':', '<' or '>', which a <lora:name> tag cannot carry; "
+                                    "rename the file")
             layers, info.metadata = _facts(path)
             problem = fit_problem(layers, shapes) if shapes is not None else None
             if problem:

@@ -146,8 +146,11 @@ def _from_form(name: str, text: str):
     if text == "":
         return None
     kind = str(_TYPES.get(name, ""))
-    if kind.startswith("bool"):
-        return text.lower() in ("1", "true", "on", "yes")
+    if kind.startswith("bool"):  # a checkbox sends "on"; anything else unknown is named by validation
+        lowered = text.lower()
+        if lowered in ("1", "true", "on", "yes"):
+            return True
+        return False if lowered in ("0", "false", "off", "no") else text
     try:
         if kind.startswith("int"):
             return int(text)
@@ -260,7 +263,7 @@ def upscale_image():
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(UPSCALE_FIELDS), key, body[key])
     if body.get("image") in (None, ""):
         raise ApiError(400, "image: is required (a base64 string or a data URL)", "image", body.get("image"))
-    image = decode_init_image(body["image"], current_app.config, field="image")
+    image = decode_init_image(body["image"], current_app.config, field="image", fit=False)
     out = upscale(image, body.get("scale"), body.get("width"), body.get("height"), crop=body.get("crop", True) is True,
                   upscaler=body.get("upscaler") or "Lanczos", limits=engine_limits(current_app.config))
     return Response(png_bytes(out, None), mimetype="image/png")

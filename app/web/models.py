@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from app.jobs.base import FAILED_TO_LOAD, LOADING, ModelChoice
+from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice
 from app.models.loading import display_name
 from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
 from app.web import backend
@@ -171,7 +171,7 @@ def state(hashed: bool = False) -> dict:
         "models": [{**c.a1111(), "name": c.name} for c in catalogue().checkpoints(hashed=hashed)],
         "vaes": [AUTOMATIC, NO_VAE] + [v.name for v in catalogue().vaes()],
         "selected": current.title, "selected_vae": vae_name(selected.vae),
-        "loaded": status.name, "state": status.state, "loading": loading(),
+        "loaded": status.name if status.state == READY else None, "state": status.state, "loading": loading(),
         "error": status.error if status.state == FAILED_TO_LOAD else None,
         "switch_allowed": refusal() is None, "switch_refused": refusal(),
     }

@@ -263,7 +263,7 @@ def extra_single_image():
         if body.get(name) not in (None, "", "None", "Lanczos"):
             raise ApiError(400, f"{name}: only Lanczos and None are available on this server (see "
                                 "/sdapi/v1/upscalers)", name, body.get(name))
-    image = decode_init_image(body.get("image"), current_app.config, field="image")
+    image = decode_init_image(body.get("image"), current_app.config, field="image", fit=False)
     mode = _int(body, "resize_mode", 0)
     if mode == 0:
         out = upscale(image, scale=body.get("upscaling_resize", 2), limits=engine_limits(current_app.config))

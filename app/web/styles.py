@@ -89,7 +89,10 @@ def put_style(name: str):
         raise ApiError(409, str(exc), "name", name) from None
     except OSError as exc:  # the message leaves out the path: the caller may be anyone with the link
         raise ApiError(503, f"the styles file could not be written ({exc.strerror or exc})", None, None) from None
-    return jsonify({"ok": True, "style": style.to_dict(), "created": created}), 201 if created else 200
+    # The style as it reads back from the file (as A1111 reads it, leading spaces dropped), so
+    # the answer is what the next job will use.
+    saved = current_styles().get(name, style)
+    return jsonify({"ok": True, "style": saved.to_dict(), "created": created}), 201 if created else 200
 
 
 @bp.delete("/<path:name>")

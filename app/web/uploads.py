@@ -76,11 +76,13 @@ def load_rgb(image: Image.Image, field: str, fit: tuple[int, int] | None = None)
     return rgb
 
 
-def decode_init_image(value, config, field: str = "init_image") -> Image.Image:
-    """A request's init image (base64/data URL string or raw bytes) as RGB within the size limits."""
+def decode_init_image(value, config, field: str = "init_image", fit: bool = True) -> Image.Image:
+    """A request's image (base64/data URL string or raw bytes) as RGB, within the upload
+    limits. ``fit``: an init image is shrunk to fit the largest generation size; an
+    image to upscale is not (its result's size is what the limits check)."""
     data = value if isinstance(value, (bytes, bytearray)) else decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
     image = open_image(bytes(data), field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
-    return load_rgb(image, field, fit=(config["MAX_WIDTH"], config["MAX_HEIGHT"]))
+    return load_rgb(image, field, fit=(config["MAX_WIDTH"], config["MAX_HEIGHT"]) if fit else None)
 
 
 def _too_much_text(field: str, data: bytes) -> ApiError:

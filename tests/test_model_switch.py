@@ -400,7 +400,7 @@ def test_while_a_switched_to_model_loads_every_status_names_it(switch_app):
 def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, monkeypatch):
     import os
 
-    from app.models import registry
+    from app.models import files, registry
 
     folder, cache = tmp_path / "checkpoints", tmp_path / "cache.json"
     folder.mkdir()
@@ -417,7 +417,7 @@ def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, 
     def no_reading(path):
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr(registry, "file_sha256", no_reading)
+    monkeypatch.setattr(files, "file_sha256", no_reading)
     assert registry.Catalogue(folder, "demo", cache_file=cache).find("m").hash == digest[:10]  # from cache.json
     os.utime(model, (1, 1))  # another mtime: the cached hash no longer counts
     with pytest.raises(AssertionError, match="hashed again"):
@@ -474,10 +474,10 @@ def test_pages_do_not_wait_for_files_to_be_hashed_and_an_unreadable_file_is_list
     import threading
     import time
 
-    from app.models import registry
+    from app.models import files
 
     gate, started = threading.Event(), threading.Event()
-    real = registry.file_sha256
+    real = files.file_sha256
 
     def slow_or_broken(path):
         if path.name == "evil.ckpt":
@@ -486,7 +486,7 @@ def test_pages_do_not_wait_for_files_to_be_hashed_and_an_unreadable_file_is_list
         gate.wait(30)
         return real(path)
 
-    monkeypatch.setattr(registry, "file_sha256", slow_or_broken)
+    monkeypatch.setattr(files, "file_sha256", slow_or_broken)
     try:
         client = switch_app(START_WORKER=False).test_client()
         assert started.wait(30)  # the background thread is hashing sd-c, and waits

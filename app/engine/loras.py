@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.metadata import Quoted
-from app.models.files import walk
-from app.models.registry import HashCache
+from app.models.files import HashCache, walk
 
 logger = logging.getLogger(__name__)
 
@@ -214,34 +213,6 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-class AddnetHashCache(HashCache):
-    """``file_hash`` of files, kept as the model catalogue's HashCache keeps SHA-256s (a JSON file, by
-    path, size and mtime), so a LoRA folder is read through once, not on every listing after a restart.
-    Its own file: HashCache holds one kind of hash and rewrites its whole file with it."""
-
-    def sha256(self, file: Path) -> str:
-        """The addnet hash (``file_hash``), not the whole file's SHA-256."""
-        stat = file.stat()
-        key = str(file.resolve())
-        with self._lock:
-            entry = self._load().get(key)
-            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
-                return entry["sha256"]
-        digest = file_hash(file)
-        with self._lock:
-            entries = self._load()
-            entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
-            if self.path is not None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = self.path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"sha256": entries}, indent=1))
-                    os.replace(tmp, self.path)
-                except OSError as exc:
-                    logger.warning("cannot write the LoRA hash cache %s: %s", self.path, exc)
-        return digest
-
-
 # Keys of the formats read here, by the module they change and the part (down/up).
 _KOHYA = re.compile(r"^lora_(unet|te|te1|te2)_(.+)\.(lora_down|lora_up)\.weight$")
 _DIFFUSERS = re.compile(r"^(?:(unet|text_encoder|text_encoder_2|base_model\.model)\.)?(.+?)\."
@@ -352,20 +323,25 @@ def _facts(path: Path) -> tuple[dict, dict]:
     return facts
 
 
-def lora_hash(info: LoraInfo, cache: AddnetHashCache | None = None) -> str:
+def hash_cache(path: str | Path | None) -> HashCache:
+    """A cache file of A1111's LoRA hashes (``file_hash``), by path, size and mtime."""
+    return HashCache(path, digest=lambda file: file_hash(file))
+
+
+def lora_hash(info: LoraInfo, cache: HashCache | None = None) -> str:
     """The LoRA's hash (see LoraInfo.hash), read once per file version (``cache``: once per file
     version for as long as the cache file lasts); A1111 prefers the trainer's own."""
     if not info.hash:
         key = _file_key(info.path)
         if key not in _HASHES:
             own = str(info.metadata.get("sshs_model_hash") or "")
-            _HASHES[key] = own or (cache.sha256(Path(info.path)) if cache is not None else file_hash(info.path))
+            _HASHES[key] = own or (cache.hash(Path(info.path)) if cache is not None else file_hash(info.path))
         info.hash = _HASHES[key]
     return info.hash
 
 
 def scan(folder: str | os.PathLike | None, shapes: dict[str, dict[str, tuple]] | None = None,
-         hashes: bool = False, cache: AddnetHashCache | None = None) -> list[LoraInfo]:
+         hashes: bool = False, cache: HashCache | None = None) -> list[LoraInfo]:
     """Every LoRA file of the folder, or why it cannot be used. ``shapes`` (``model_shapes`` of the
     loaded model) also checks that the layers fit; without it only the files themselves are checked.
     ``hashes``: with each usable file's hash (which reads the whole file once; ``cache`` keeps it)."""

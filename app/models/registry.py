@@ -14,7 +14,6 @@ symlink out of its folder. No Flask here.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app.models.demo import DEMO_MODEL_ID
-from app.models.files import file_sha256, walk
+from app.models.files import HashCache, walk
 from app.models.loading import SINGLE_FILE_SUFFIXES, display_name, find_single_file_config
 
 logger = logging.getLogger(__name__)
@@ -64,54 +63,6 @@ class Vae:
 
     def a1111(self) -> dict:
         return {"model_name": self.name, "filename": self.filename}
-
-
-class HashCache:
-    """SHA-256 of files, kept in a JSON file by (path, size, mtime), as A1111's cache.json."""
-
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path else None
-        self._lock = threading.Lock()
-        self._entries: dict[str, dict] | None = None
-
-    def _load(self) -> dict[str, dict]:
-        if self._entries is None:
-            self._entries = {}
-            if self.path is not None and self.path.is_file():
-                try:
-                    self._entries = json.loads(self.path.read_text()).get("sha256", {})
-                except (OSError, ValueError, AttributeError):
-                    logger.warning("hash cache %s is unreadable; starting a new one", self.path)
-        return self._entries
-
-    def cached(self, file: Path) -> str | None:
-        """The SHA-256 of ``file`` if it is cached and the file unchanged, else None (reads nothing big)."""
-        stat = file.stat()
-        with self._lock:
-            entry = self._load().get(str(file.resolve()))
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
-            return entry["sha256"]
-        return None
-
-    def sha256(self, file: Path) -> str:
-        found = self.cached(file)
-        if found is not None:
-            return found
-        stat = file.stat()
-        key = str(file.resolve())
-        digest = file_sha256(file)
-        with self._lock:
-            entries = self._load()
-            entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
-            if self.path is not None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = self.path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"sha256": entries}, indent=1))
-                    os.replace(tmp, self.path)
-                except OSError as exc:
-                    logger.warning("cannot write the hash cache %s: %s", self.path, exc)
-        return digest
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -199,7 +150,7 @@ class Catalogue:
         try:
             if not path.is_file():
                 return None
-            return self.hashes.cached(path) if cached_only else self.hashes.sha256(path)
+            return self.hashes.cached(path) if cached_only else self.hashes.hash(path)
         except OSError as exc:  # e.g. EIO from a Drive mount: listed without a hash
             logger.warning("cannot hash %s: %s", path, exc)
             return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from app.engine.loras import AddnetHashCache, LoraInfo, by_name, lora_problem, scan, split_lora_tags
+from app.engine.loras import LoraInfo, by_name, hash_cache, lora_problem, scan, split_lora_tags
 from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
 
@@ -19,7 +19,7 @@ CACHE_FILE = "cache-lora.json"  # in the instance folder, next to the catalogue'
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION] = AddnetHashCache(Path(app.instance_path) / CACHE_FILE)
+    app.extensions[EXTENSION] = hash_cache(Path(app.instance_path) / CACHE_FILE)
 
 
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:

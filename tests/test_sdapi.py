@@ -44,6 +44,15 @@ def test_webuiapi_txt2img(api):
     assert parse_infotext(read_parameters(result.images[1]))["Seed"] == "124"
 
 
+def test_webuiapi_txt2img_with_hires_fix(api):
+    result = api.txt2img(prompt="a lighthouse", seed=4, steps=2, width=64, height=64, enable_hr=True, hr_scale=2,
+                         hr_upscaler="Latent", hr_second_pass_steps=3, denoising_strength=0.6)
+    assert result.image.size == (128, 128)
+    text = result.info["infotexts"][0]
+    assert "Steps: 2," in text and "Hires steps: 3" in text and "Hires upscale: 2" in text
+    assert "Denoising strength: 0.6" in text
+
+
 def test_webuiapi_img2img_with_karras_scheduler(api):
     result = api.img2img(images=[gradient(64, 64)], prompt="an oil painting", seed=9, steps=4, width=64, height=64,
                          denoising_strength=0.5, sampler_name="DPM++ 2M", scheduler="Karras")

@@ -15,7 +15,7 @@ from flask import Flask, current_app
 from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
-from app.web.settings import DEFAULTS, engine_limits, engine_options, from_environ, public_limits
+from app.web.settings import DEFAULTS, INSTANCE_PATHS, engine_limits, engine_options, from_environ, public_limits
 
 if TYPE_CHECKING:
     from app.models.registry import Catalogue
@@ -176,7 +176,7 @@ def security_headers(response):
     return response
 
 
-def _derive_lora_dir(app: Flask) -> None:
+def _derive_lora_dir(app: Flask) -> bool:
     """LORA_DIR, the folder the web app lists and checks ``<lora:name>`` tags against, and the engine it
     loads looks in (``engine_options``): by default <instance>/models/loras. An ENGINE handed in
     (notebooks, tests) brings its own folder (``EngineOptions.lora_dir``) and is left as it is: LORA_DIR
@@ -184,22 +184,23 @@ def _derive_lora_dir(app: Flask) -> None:
     config = app.config
     engine = None if config["REDIS_URL"] else config["ENGINE"]  # with Redis the workers load their own
     if engine is None:
-        if config["LORA_DIR"] is None:
-            config["LORA_DIR"] = os.path.join(app.instance_path, "models", "loras")
-        return
+        return False  # the instance folder's (INSTANCE_PATHS), when not set
     if config["LORA_DIR"] is None:
-        config["LORA_DIR"] = engine.lora_dir
+        config["LORA_DIR"] = engine.lora_dir  # may be None: then this app has no LoRA folder
     elif engine.lora_dir is None or os.path.realpath(config["LORA_DIR"]) != os.path.realpath(engine.lora_dir):
         raise ValueError(f"LORA_DIR {config['LORA_DIR']!r} is not the LoRA folder of the ENGINE handed in "
                          f"({engine.lora_dir!r}): load the engine with EngineOptions(lora_dir=...), and leave "
                          "LORA_DIR unset or the same")
+    return True
 
 
 def _derive_settings(app: Flask) -> None:
     config = app.config
-    if config["DATABASE"] is None:  # only the SQLite backend creates it
-        config["DATABASE"] = os.path.join(app.instance_path, "jobs.sqlite")
-    _derive_lora_dir(app)
+    engine_decides = _derive_lora_dir(app)  # an ENGINE handed in decides LORA_DIR
+    for name, inside in INSTANCE_PATHS.items():  # a path setting left None: in the instance folder
+        if config[name] is None and not (name == "LORA_DIR" and engine_decides):
+            # (only the SQLite backend creates DATABASE)
+            config[name] = os.path.join(app.instance_path, *inside.split("/"))
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])

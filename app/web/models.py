@@ -32,9 +32,8 @@ EXTENSION = "t2i-models"
 def init_app(app: Flask) -> None:
     config, instance = app.config, Path(app.instance_path)
     catalogue = app.extensions[EXTENSION] = Catalogue(
-        config["CHECKPOINT_DIR"] or instance / "models" / "checkpoints", config["MODEL"],
-        hub_models=tuple(config["MODELS"] or ()), vae_dir=config["VAE_DIR"] or instance / "models" / "vae",
-        cache_file=instance / "cache.json")
+        config["CHECKPOINT_DIR"], config["MODEL"], hub_models=tuple(config["MODELS"] or ()),
+        vae_dir=config["VAE_DIR"], cache_file=instance / "cache.json")
     # Hash new files now, in the background: pages never wait for them (they show the hashes
     # known), and /sdapi/v1/sd-models seldom does (a 5 GB file takes seconds; once hashed it is cached in cache.json).
     threading.Thread(target=_list_and_hash, args=(catalogue,), name="t2i-catalogue", daemon=True).start()

@@ -79,6 +79,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DB_BUSY_TIMEOUT", 5, "seconds a SQLite call waits for a locked database before the API answers 503"),
 )
 
+# Where the settings that name a file or folder point when left None: inside the
+# instance folder (the one place these defaults are resolved: create_app).
+INSTANCE_PATHS: dict[str, str] = {
+    "DATABASE": "jobs.sqlite",
+    "STYLES": "styles.csv",
+    "CHECKPOINT_DIR": "models/checkpoints",
+    "VAE_DIR": "models/vae",
+    "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
+}
+
 DEFAULTS = {s.name: s.default for s in SETTINGS}
 _TYPES = {s.name: type(s.default) for s in SETTINGS if s.default is not None}
 

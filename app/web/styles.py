@@ -7,8 +7,6 @@ jobs may edit them (behind PASSWORD when the app is public); the limits in
 app/engine/styles.py bound what they can write."""
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, current_app, jsonify
 
 from app.engine.styles import (
@@ -33,8 +31,8 @@ STYLE_FIELDS = ("prompt", "negative_prompt")
 
 
 def styles_path() -> str:
-    """The STYLES setting, or styles.csv in the instance folder."""
-    return current_app.config.get("STYLES") or os.path.join(current_app.instance_path, "styles.csv")
+    """The STYLES setting (styles.csv in the instance folder unless set: INSTANCE_PATHS)."""
+    return current_app.config["STYLES"]
 
 
 def current_styles() -> dict[str, Style]:

@@ -138,7 +138,6 @@ def form_defaults() -> dict[str, Any]:
 
 def page_context() -> dict[str, Any]:
     from app.engine.schedulers import scheduler_names
-    from app.web import models
 
     status = backend().status()
     return {
@@ -149,7 +148,6 @@ def page_context() -> dict[str, Any]:
         "fields": WEB_FIELDS,
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
-        "picker": models.state(),  # templates/_model.html
     }
 
 

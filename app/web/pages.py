@@ -18,7 +18,7 @@ from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
 from app.engine.types import FIELD_RANGES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
-from app.web import backend
+from app.web import backend, models
 from app.web.api import is_mine, job_json
 from app.web.auth import client_id
 from app.web.errors import ApiError
@@ -44,8 +44,10 @@ def _page(**extra) -> dict:
 @bp.route("/")
 def index() -> str:
     # The engine's lists, so the page's choices are the ones validation accepts.
-    return render_template("index.html", hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES, ranges=FIELD_RANGES,
-                           outpaint_directions=OUTPAINT_DIRECTIONS, **_page())
+    # The model picker (templates/_model.html) on this page only: every other page, the error page
+    # for a store outage included, renders without asking the store for the selection.
+    return render_template("index.html", picker=models.state(), hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES,
+                           ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS, **_page())
 
 
 @bp.route("/gallery")

@@ -26,12 +26,13 @@ def test_no_eta_before_any_job_has_finished(app, client):
 def test_queued_jobs_get_an_eta_that_adds_up_the_jobs_ahead(app, client):
     done = run_job(app, client, steps=4)
     assert done["its"] > 0 and done["eta_seconds"] is None
-    first, second = submit(client), submit(client)
+    # 40 steps: estimates well above the 0.1 s they are rounded to, even on a fast machine.
+    first, second = submit(client, steps=40), submit(client, steps=40)
     jobs = {j["id"]: j for j in client.get("/api/jobs?state=queued").get_json()["jobs"]}
     eta1, eta2 = jobs[first["id"]]["eta_seconds"], jobs[second["id"]]["eta_seconds"]
     assert 0 < eta1 < eta2
     # Same size and steps: the second waits for the first, so about twice as long (rounding aside).
     assert eta2 == pytest.approx(2 * eta1, rel=0.05, abs=0.2)
     # A bigger size is estimated from the measured one, by pixels.
-    big = submit(client, width=128, height=128)
+    big = submit(client, width=128, height=128, steps=40)
     assert client.get(f"/api/jobs/{big['id']}").get_json()["job"]["eta_seconds"] > eta2

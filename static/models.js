@@ -25,7 +25,8 @@
     vae.value = state.selected_vae;
     if (!state.switch_allowed) {
       model.disabled = vae.disabled = true;
-      say("Switching is off: " + state.switch_refused + ".", "refused");
+      var why = state.switch_refused || "model switching is off";  // the server's reason, as the API's 403 says it
+      say(why.charAt(0).toUpperCase() + why.slice(1) + ".", "refused");
       return false;
     }
     model.disabled = vae.disabled = false;

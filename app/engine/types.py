@@ -155,12 +155,7 @@ class GenerationRequest:
         _check_number("guidance_scale", self.guidance_scale)
         if not 0 <= self.guidance_scale <= limits.max_guidance:
             raise ValidationError("guidance_scale", self.guidance_scale, f"must be between 0 and {limits.max_guidance}")
-        if self.seed is not None:
-            _check_int("seed", self.seed)
-            if self.seed == -1:
-                self.seed = None
-            elif not 0 <= self.seed <= MAX_SEED:
-                raise ValidationError("seed", self.seed, f"must be between 0 and {MAX_SEED}, or -1 for random")
+        self.seed = _check_seed("seed", self.seed)
         spec = find_scheduler(self.scheduler)
         if spec is None:
             raise ValidationError("scheduler", self.scheduler, "is not one of " + ", ".join(scheduler_names()))
@@ -286,12 +281,7 @@ class GenerationRequest:
             check_hires_size(self, self.width, self.height, limits)
 
     def _validate_variation(self, limits: Limits) -> None:
-        if self.subseed is not None:
-            _check_int("subseed", self.subseed)
-            if self.subseed == -1:
-                self.subseed = None
-            elif not 0 <= self.subseed <= MAX_SEED:
-                raise ValidationError("subseed", self.subseed, f"must be between 0 and {MAX_SEED}, or -1 for random")
+        self.subseed = _check_seed("subseed", self.subseed)
         _check_number("subseed_strength", self.subseed_strength)
         low, high = field_range("subseed_strength")
         if not low <= self.subseed_strength <= high:
@@ -400,6 +390,18 @@ def check_text(name: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> None:
         raise ValidationError(name, value, f"must not contain {INFOTEXT_NEGATIVE!r}: PNG readers (A1111's PNG Info, "
                                            "sd-parsers) would read what follows it as the negative prompt; "
                                            "use the negative_prompt field")
+
+
+def _check_seed(name: str, value: Any) -> int | None:
+    """A seed field: None or -1 mean random (None), else a whole number in A1111's range."""
+    if value is None:
+        return None
+    _check_int(name, value)
+    if value == -1:
+        return None
+    if not 0 <= value <= MAX_SEED:
+        raise ValidationError(name, value, f"must be between 0 and {MAX_SEED}, or -1 for random")
+    return value
 
 
 def _check_int(name: str, value: Any) -> None:

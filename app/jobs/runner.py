@@ -10,7 +10,6 @@ user can read, frees memory and goes on.
 """
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import re
@@ -126,15 +125,10 @@ def failure_reason(exc: BaseException) -> str:
 def free_memory() -> None:
     """After a failed run: a traceback's frames can hold GPU tensors in cycles.
     (After a good job refcounting has freed them, and gc.collect() costs about
-    a second, so only then.)"""
-    gc.collect()
-    try:
-        import torch
+    a second, so only then.) The workers run on any GPU, so CUDA's cache is emptied when there is one."""
+    from app.models.devices import free_memory as give_back
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
+    give_back("cuda")
 
 
 # --- live previews ------------------------------------------------------------------------

@@ -195,10 +195,17 @@
       height: numberOrNull("height", Number),
       steps: numberOrNull("steps", Number),
       guidance_scale: numberOrNull("guidance_scale", Number),
-      scheduler: $("scheduler").value,
+      scheduler: samplerValue(),
       num_images: numberOrNull("num_images", Number),
       tiling: $("tiling").checked,
     };
+    // Sampler settings (A1111's): sent only when they differ from the defaults, so a job's params stay short.
+    var d = this.config.defaults || {};
+    ["eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta", "clip_skip"].forEach(function (id) {
+      var value = numberOrNull(id, Number);
+      if (value !== null && value !== d[id]) body[id] = value;
+    });
+    if ($("randn_source").value !== d.randn_source) body.randn_source = $("randn_source").value;
     var seed = numberOrNull("seed", Number);
     if (seed !== null) body.seed = seed;
     var styles = $("styles") ? JSON.parse($("styles").value || "[]") : [];  // picked by static/styles.js
@@ -350,12 +357,13 @@
     this.clearErrors();
     reader.onload = function () {
       api("POST", "/sdapi/v1/png-info", { image: reader.result }).then(function (result) {
-        var p = result.ok && result.data.parameters;
-        if (!p || !p.Prompt) {
+        // The server reads the infotext into request fields (app/engine/metadata.py request_from_infotext).
+        var p = result.ok && result.data.request;
+        if (!p || !p.prompt) {
           self.showError(result.ok ? { error: file.name + " holds no generation settings." } : result.data);
           return;
         }
-        self.reuse({ params: paramsFromInfotext(p, self.config) }, 0);
+        self.reuse({ params: p }, 0);
         self.note("Settings read from " + file.name + ".");
       }, function () { self.showError({ error: "Could not reach the server to read " + file.name }); });
     };
@@ -437,43 +445,25 @@
     return null;
   }
 
-  // PNG Info's A1111 names to the form's (the job params' names).
-  function paramsFromInfotext(p, config) {
-    var number = function (text) { var n = Number(text); return text === undefined || isNaN(n) ? null : n; };
-    var sampler = p.Sampler || null;
-    if (sampler && p["Schedule type"] === "Karras" && sampler.indexOf("Karras") < 0) sampler += " Karras";
-    return {
-      prompt: p.Prompt, negative_prompt: p["Negative prompt"] || "",
-      width: number(p["Size-1"]), height: number(p["Size-2"]), steps: number(p.Steps),
-      guidance_scale: number(p["CFG scale"]), scheduler: sampler, seed: number(p.Seed),
-      strength: number(p["Denoising strength"]), num_images: null,
-      tiling: p.Tiling === "True" || p.Tiling === "true" ? true : null,
-      // Inpainting (app/engine/inpaint.py writes these names)
-      mask_blur: number(p["Mask blur"]),
-      inpainting_fill: p["Masked content"] ? fillMode(p["Masked content"]) : null,
-      inpaint_full_res: p["Inpaint area"] ? p["Inpaint area"] === "Only masked" : null,
-      inpaint_full_res_padding: number(p["Masked area padding"]),
-      inpainting_mask_invert: p["Mask mode"] ? p["Mask mode"] === "Inpaint not masked" : null,
-      // Hires fix (app/engine/hires.py): "Hires upscale: 2" or "Hires resize: 1024x768"
-      enable_hr: p["Hires upscaler"] || p["Hires upscale"] || p["Hires resize"] ? true : null,
-      hr_scale: number(p["Hires upscale"]), hr_resize_x: pair(p["Hires resize"])[0],
-      hr_resize_y: pair(p["Hires resize"])[1], hr_upscaler: p["Hires upscaler"] || null,
-      hr_second_pass_steps: number(p["Hires steps"]),
-      // Variation seeds (app/engine/noise.py)
-      subseed: number(p["Variation seed"]), subseed_strength: number(p["Variation seed strength"]),
-      seed_resize_from_w: pair(p["Seed resize from"])[0], seed_resize_from_h: pair(p["Seed resize from"])[1],
-    };
-    function pair(text) {  // "512x768" -> [512, 768]
-      var parts = String(text || "").split("x");
-      return parts.length === 2 ? [number(parts[0]), number(parts[1])] : [null, null];
-    }
+  // The form's sampler and schedule type as the request's one string ("DPM++ 2M Karras"; Automatic: the name).
+  function samplerValue() {
+    var schedule = $("schedule_type").value;
+    return $("scheduler").value + (schedule && schedule !== "Automatic" ? " " + schedule : "");
   }
 
-  // "latent noise" -> 2, from the page's own select (the engine's FILL_MODES).
-  function fillMode(name) {
-    var options = $("inpainting_fill") ? $("inpainting_fill").options : [];
-    for (var i = 0; i < options.length; i++) if (options[i].textContent.trim() === name) return Number(options[i].value);
-    return null;
+  // Set both selects from a request's string: the longest sampler name it starts with, then the schedule.
+  function setSampler(value) {
+    var best = "";
+    Array.prototype.forEach.call($("scheduler").options, function (option) {
+      var name = option.value;
+      if ((value === name || value.indexOf(name + " ") === 0) && name.length > best.length) best = name;
+    });
+    if (!best) return;
+    $("scheduler").value = best;
+    var schedule = value.slice(best.length).trim() || "Automatic";
+    Array.prototype.forEach.call($("schedule_type").options, function (option) {
+      if (option.value.toLowerCase() === schedule.toLowerCase()) $("schedule_type").value = option.value;
+    });
   }
 
   // Copy text to the clipboard; the old way where the Clipboard API is missing (plain http).
@@ -818,10 +808,7 @@
     set("guidance_scale", p.guidance_scale);
     set("num_images", p.num_images);
     $("tiling").checked = !!p.tiling;
-    if (p.scheduler) {
-      var options = $("scheduler").options;
-      for (var i = 0; i < options.length; i++) if (options[i].value === p.scheduler) $("scheduler").value = p.scheduler;
-    }
+    if (p.scheduler) setSampler(p.scheduler);
     var image = (job.images || [])[index || 0];
     var seed = image ? image.seed : p.seed;
     $("seed").value = seed === null || seed === undefined ? "" : seed;
@@ -857,6 +844,14 @@
       if (option.value === upscaler) $("hr_upscaler").value = upscaler;
     });
     $("subseed").value = p.subseed === null || p.subseed === undefined ? "" : p.subseed;
+    ["s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta", "clip_skip"].forEach(function (name) {
+      set(name, pick(name));
+    });
+    $("eta").value = p.eta === null || p.eta === undefined ? "" : p.eta;
+    $("randn_source").value = pick("randn_source") || "GPU";
+    $("sampler-section").open = ["eta", "s_churn", "eta_noise_seed_delta"].some(function (name) {
+      return p[name] !== null && p[name] !== undefined && p[name] !== d[name];
+    }) || p.randn_source && p.randn_source !== d.randn_source || $("sampler-section").open;
     if (p.enable_hr && p.strength) set("hr_strength", p.strength);
     $("hires-section").open = !!p.enable_hr || $("hires-section").open;
     $("variation-section").open = !!(p.subseed_strength || p.seed_resize_from_w) || $("variation-section").open;

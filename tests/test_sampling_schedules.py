@@ -13,7 +13,8 @@ from scipy import stats
 
 from app.engine.sampling import schedules
 from app.engine.sampling.denoisers import DiscreteDenoiser, LCMDenoiser, alphas_cumprod_from_config
-from app.engine.sampling.schedules import SCHEDULES, get_sigmas, resolved_schedule
+from app.engine.sampling.schedules import get_sigmas as sampling_sigmas
+from app.engine.schedulers import AUTOMATIC, SCHEDULE_TYPES, find_schedule_type
 
 SD2 = {"beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000, "beta_schedule": "scaled_linear"}
 F32 = {"rtol": 2e-6, "atol": 1e-7}
@@ -144,8 +145,15 @@ def test_lcm_denoiser(ac):
 
 # --- schedules -------------------------------------------------------------------------------------------------
 
+def get_sigmas(schedule, steps, den, sampler_default, discard):
+    """The catalogue's resolution (Automatic -> the sampler's default) and then the schedule."""
+    found = find_schedule_type(schedule) if schedule is not None else AUTOMATIC
+    name = sampler_default if found is AUTOMATIC else found.name
+    return sampling_sigmas(name, steps, den, discard_next_to_last_sigma=discard)
+
+
 def test_table_matches_a1111_api(ac):
-    rows = [s.api_entry() for s in SCHEDULES.values()]
+    rows = [s.api_entry() for s in SCHEDULE_TYPES]
     assert [(r["name"], r["label"]) for r in rows] == [
         ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
         ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
@@ -160,13 +168,14 @@ def test_table_matches_a1111_api(ac):
 
 
 def test_resolved_schedule():
-    assert resolved_schedule("Automatic", "karras") == "karras"
-    assert resolved_schedule("automatic", None) is None
-    assert resolved_schedule(None, "karras") == "karras"
-    assert resolved_schedule("SGM Uniform", "karras") == "sgm_uniform"
-    assert resolved_schedule("exponential", "karras") == "exponential"
-    with pytest.raises(ValueError):
-        resolved_schedule("bogus", None)
+    from app.engine.schedulers import find_scheduler
+
+    assert find_scheduler("DPM++ 2M").resolved_schedule == "karras"
+    assert find_scheduler("Euler").resolved_schedule is None
+    assert find_scheduler("DPM++ 2M SGM Uniform").resolved_schedule == "sgm_uniform"
+    assert find_scheduler("DPM++ 2M SDE").resolved_schedule == "exponential"
+    assert find_scheduler("DDIM Karras").resolved_schedule is None  # timestep samplers keep their timesteps
+    assert find_scheduler("Euler Bogus") is None
 
 
 @pytest.mark.parametrize("name", ["karras", "exponential", "polyexponential"])
@@ -176,7 +185,7 @@ def test_kdiffusion_schedules_bitwise(ac, name, steps):
     den = DiscreteDenoiser(ac, "v_prediction", toy_unet)
     lo, hi = den.sigmas[0].item(), den.sigmas[-1].item()
     expected = getattr(sampling, f"get_sigmas_{name}")(steps, lo, hi)
-    assert torch.equal(get_sigmas(name, steps, den, sampler_default=None, discard_next_to_last_sigma=False), expected)
+    assert torch.equal(get_sigmas(name, steps, den, None, False), expected)
 
 
 def test_automatic_and_uniform_are_kdiffusion_get_sigmas(ac):
@@ -184,10 +193,10 @@ def test_automatic_and_uniform_are_kdiffusion_get_sigmas(ac):
     ref = external.CompVisVDenoiser(FakeLDM(ac), quantize=False)
     den = DiscreteDenoiser(ac, "v_prediction", toy_unet)
     for schedule in ("Automatic", "uniform"):
-        got = get_sigmas(schedule, 20, den, sampler_default=None, discard_next_to_last_sigma=False)
+        got = get_sigmas(schedule, 20, den, None, False)
         assert torch.equal(got, ref.get_sigmas(20))
-    karras = get_sigmas("Automatic", 20, den, sampler_default="karras", discard_next_to_last_sigma=False)
-    assert torch.equal(karras, get_sigmas("karras", 20, den, sampler_default=None, discard_next_to_last_sigma=False))
+    karras = get_sigmas("Automatic", 20, den, "karras", False)
+    assert torch.equal(karras, get_sigmas("karras", 20, den, None, False))
 
 
 def np_sigma_to_t(log_table: np.ndarray, sigma: float) -> float:
@@ -230,7 +239,7 @@ A1111_OWN = ["sgm_uniform", "normal", "simple", "ddim", "kl_optimal", "beta", "a
 @pytest.mark.parametrize("steps", [3, 10, 11, 20, 30])
 def test_a1111_schedules_against_formulas(ac, name, steps):
     den = DiscreteDenoiser(ac, "epsilon", toy_unet)
-    got = get_sigmas(name, steps, den, sampler_default=None, discard_next_to_last_sigma=False)
+    got = get_sigmas(name, steps, den, None, False)
     expected = expected_a1111(name, steps, np_sigmas(ac))
     assert got.dtype == torch.float32 and got.device.type == "cpu"
     assert got.shape == expected.shape
@@ -250,9 +259,9 @@ def test_a1111_schedules_on_sgm_uniform_follow_kdiffusion_methods(ac):
 def test_lengths_and_final_zero(ac):
     """steps + 1 sigmas ending in 0, except A1111's kl_optimal (ends at sigma_min) and ddim (1000 % steps)."""
     den = DiscreteDenoiser(ac, "epsilon", toy_unet)
-    for name in SCHEDULES:
+    for name in [t.name for t in SCHEDULE_TYPES]:
         for steps in (4, 20, 30):
-            got = get_sigmas(name, steps, den, sampler_default=None, discard_next_to_last_sigma=False)
+            got = get_sigmas(name, steps, den, None, False)
             if name == "ddim":
                 assert len(got) == -(-999 // (1000 // steps)) + 1 and got[-1] == 0
             elif name == "kl_optimal":
@@ -260,7 +269,7 @@ def test_lengths_and_final_zero(ac):
             else:
                 assert len(got) == steps + 1 and got[-1] == 0, name
             assert torch.all(got[:-1] > got[1:]) or name == "kl_optimal" and torch.all(got[:-1] >= got[1:])
-    assert len(get_sigmas("ddim", 30, den, sampler_default=None, discard_next_to_last_sigma=False)) == 32
+    assert len(get_sigmas("ddim", 30, den, None, False)) == 32
     assert get_sigmas("align_your_steps", 11, den, sampler_default=None,
                       discard_next_to_last_sigma=False)[[0, -2]].tolist() == pytest.approx([14.615, 0.029])
 
@@ -268,15 +277,15 @@ def test_lengths_and_final_zero(ac):
 @pytest.mark.parametrize("name", ["Automatic", "karras", "exponential", "sgm_uniform", "beta"])
 def test_discard_next_to_last_sigma(ac, name):
     den = DiscreteDenoiser(ac, "epsilon", toy_unet)
-    full = get_sigmas(name, 21, den, sampler_default=None, discard_next_to_last_sigma=False)
-    got = get_sigmas(name, 20, den, sampler_default=None, discard_next_to_last_sigma=True)
+    full = get_sigmas(name, 21, den, None, False)
+    got = get_sigmas(name, 20, den, None, True)
     assert len(got) == 21 and torch.equal(got, torch.cat([full[:-2], full[-1:]]))
 
 
 def test_lcm_schedules_use_its_table(ac):
     den = LCMDenoiser(ac, "epsilon", toy_unet)
-    assert torch.equal(get_sigmas("Automatic", 6, den, sampler_default=None, discard_next_to_last_sigma=False),
+    assert torch.equal(get_sigmas("Automatic", 6, den, None, False),
                        den.get_sigmas(6))
-    karras = get_sigmas("karras", 6, den, sampler_default=None, discard_next_to_last_sigma=False)
+    karras = get_sigmas("karras", 6, den, None, False)
     assert karras[[0, -2]].tolist() == pytest.approx([den.sigmas[-1].item(), den.sigmas[0].item()], rel=1e-6)
     assert den.sigmas[0].item() > 0.1  # its smallest sigma is timestep 19's, not the full table's 0.0292

@@ -8,22 +8,28 @@ import pytest
 import torch
 
 from app.engine.metadata import parse_infotext
-from app.engine.noise import seed_noise, slerp, variation_noise
+from app.engine.sampling.rng import ImageRNG, randn_local, slerp
 from helpers import assert_error, small_job
+
+
+def variation_noise(seed, subseed, strength, shape, resize_from=None):
+    h, w = (0, 0) if resize_from is None else (resize_from[0] * 8, resize_from[1] * 8)
+    return ImageRNG(shape, [seed], subseeds=[subseed], subseed_strength=strength, seed_resize_from_h=h,
+                    seed_resize_from_w=w).first()[0]
 
 
 def test_noise_mechanism():
     shape = (4, 8, 8)
-    plain = seed_noise(5, shape)
+    plain = randn_local(5, shape)
     assert torch.equal(variation_noise(5, 9, 0.0, shape), plain)
-    assert torch.equal(variation_noise(5, 9, 1.0, shape), seed_noise(9, shape))
+    assert torch.equal(variation_noise(5, 9, 1.0, shape), randn_local(9, shape))
     half = variation_noise(5, 9, 0.5, shape)
-    assert not torch.equal(half, plain) and not torch.equal(half, seed_noise(9, shape))
+    assert not torch.equal(half, plain) and not torch.equal(half, randn_local(9, shape))
     # a slerp keeps the noise's scale where a plain average would shrink it
-    assert abs(half.std().item() - 1) < 0.2 and (0.5 * plain + 0.5 * seed_noise(9, shape)).std() < 0.85
+    assert abs(half.std().item() - 1) < 0.2 and (0.5 * plain + 0.5 * randn_local(9, shape)).std() < 0.85
     # resize seed from: the seed's noise at 4x4 latents sits in the middle of the 8x8 noise
     resized = variation_noise(5, 9, 0.0, shape, resize_from=(4, 4))
-    assert torch.equal(resized[:, 2:6, 2:6], seed_noise(5, (4, 4, 4)))
+    assert torch.equal(resized[:, 2:6, 2:6], randn_local(5, (4, 4, 4)))
     assert slerp(0.3, plain, plain).allclose(plain)  # parallel noises: the linear fallback
 
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from app.cli.common import CLIError, add_model_options, load_engine
-from app.engine.schedulers import scheduler_names
-from app.engine.types import GenerationRequest, ValidationError
+from app.engine.schedulers import sampler_names, schedule_labels
+from app.engine.types import RANDN_SOURCES, GenerationRequest, ValidationError
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +22,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=d["steps"], help=f"denoising steps (default: {d['steps']})")
     p.add_argument("--guidance", type=float, default=d["guidance_scale"], help=f"CFG scale (default: {d['guidance_scale']})")
     p.add_argument("--seed", type=int, help="default: random (always printed)")
-    p.add_argument("--scheduler", default=d["scheduler"], help="one of: " + ", ".join(scheduler_names()))
+    p.add_argument("--scheduler", "--sampler", default=d["scheduler"],
+                   help="A1111's sampler, optionally followed by a schedule type (\"DPM++ 2M Karras\"); samplers: "
+                        + ", ".join(sampler_names()) + "; schedule types: " + ", ".join(schedule_labels()))
+    p.add_argument("--eta", type=float, help="eta of the ancestral, SDE and DDIM samplers (default: theirs, "
+                                             "1 and 0; 0 makes Euler a into Euler)")
+    p.add_argument("--s-churn", type=float, default=d["s_churn"], help="sigma churn (Euler, Heun, DPM2)")
+    p.add_argument("--s-tmin", type=float, default=d["s_tmin"], help="sigma tmin (Euler, Heun, DPM2)")
+    p.add_argument("--s-tmax", type=float, default=d["s_tmax"], help="sigma tmax, 0: infinity (Euler, Heun, DPM2)")
+    p.add_argument("--s-noise", type=float, default=d["s_noise"], help="sigma noise (Euler, Heun, DPM2)")
+    p.add_argument("--randn-source", default=d["randn_source"], choices=RANDN_SOURCES,
+                   help="noise source as A1111's RNG setting (default: GPU, CUDA's numbers on any device)")
+    p.add_argument("--ensd", type=int, default=d["eta_noise_seed_delta"], dest="eta_noise_seed_delta",
+                   help="A1111's eta noise seed delta")
+    p.add_argument("--clip-skip", type=int, default=d["clip_skip"], help="A1111's clip skip (SD 1.x models)")
     p.add_argument("--num-images", type=int, default=d["num_images"])
     p.add_argument("--init-image", help="image to start from (img2img)")
     p.add_argument("--strength", type=float,
@@ -82,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         outpaint=args.outpaint, outpaint_directions=args.outpaint_directions,
         inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res,
         inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
+        eta=args.eta, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise,
+        randn_source=args.randn_source, eta_noise_seed_delta=args.eta_noise_seed_delta, clip_skip=args.clip_skip,
         **({"strength": args.strength} if args.strength is not None else {}),
     )
     try:

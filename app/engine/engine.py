@@ -18,11 +18,9 @@ from app.engine.embeddings import install as install_embeddings
 from app.engine.loras import LoraSet, split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
-from app.engine.prompts import prompt_inputs
-from app.engine.schedulers import make_scheduler
+from app.engine.denoise import ModelWrappers
 from app.engine.types import (
     DEFAULT_LIMITS,
-    MAX_SEED,
     GenerationRequest,
     GenerationResult,
     Limits,
@@ -101,9 +99,8 @@ class Engine:
         self.model_name = display_name(model)
         self.placement = placement
         self.limits = limits
-        self._base_scheduler_config = dict(pipe.scheduler.config)
-        self._img2img = None
-        self._inpaint = None
+        # The UNet as A1111's samplers see it, over the model's own noise table (app/engine/denoise.py).
+        self.sampling = ModelWrappers(pipe, dict(pipe.scheduler.config))
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
         self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
@@ -197,141 +194,131 @@ class Engine:
         check_size(width, height, self.limits)  # a size taken from the model or init image too
         if request.enable_hr:
             check_hires_size(request, width, height, self.limits)
-        assert request.seed is not None
-        seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
+        seeds, subseeds = request.batch_seeds()
         import torch
 
         with self._lock:
             detail = None
             try:
-                return self._run(request, width, height, seeds, on_step, cancel)
+                return self._run(request, width, height, seeds, subseeds, on_step, cancel)
             except torch.OutOfMemoryError as exc:
                 detail = str(exc).strip().split("\n")[0][:200]
             # Out of the except block: the failed run's frames, and the tensors they hold, are gone now.
             free_memory(self.placement.device)
             raise GenerationOutOfMemory(width, height, len(seeds), self.placement.device, detail)
 
-    # 1. pick the pipeline and scheduler, 2. denoise with a step callback, 3. describe the images.
-    def _run(self, request, width, height, seeds, on_step, cancel) -> GenerationResult:
+    # 1. the sampler and conditioning, 2. denoise (app/engine/denoise.py), 3. decode and describe the images.
+    def _run(self, request, width, height, seeds, subseeds, on_step, cancel) -> GenerationResult:
         import torch
 
+        from app.engine import hires, inpaint
+        from app.engine.denoise import Denoiser
+        from app.engine.sampling import run as sampling
+
         started = time.perf_counter()
-
-        def generators():
-            # CPU generators give the same noise on every device (diffusers' advice for seeds).
-            return [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-        if request.mask is not None:  # inpainting (app/engine/inpaint.py)
-            pipe = self._inpaint_pipe()
-        else:
-            pipe = self._img2img_pipe() if request.init_image is not None else self.pipe
-        pipe.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config, seeds)
         out_w, out_h = (width, height)
         if request.enable_hr:  # the hires pass's size decides VAE tiling
-            from app.engine.hires import target_size
-
-            out_w, out_h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+            out_w, out_h = hires.target_size(width, height, request.hr_scale, request.hr_resize_x,
+                                             request.hr_resize_y)
         # Tiling only matters above the VAE's own sample size (768 on SD 2.1).
         if max(out_w, out_h) > self.pipe.vae.config.sample_size:
             self.pipe.vae.enable_tiling()
         else:
             self.pipe.vae.disable_tiling()
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled(0, request.steps)
 
+        denoiser = Denoiser(self.pipe, self.sampling, request, seeds, subseeds, cancel)
         step_frames: list[list] = [[] for _ in seeds]
-        phase: dict = {"offset": 0, "total": 0}  # set by runs of several passes (hires fix); "stopped" on cancel
+        progress = {"done": 0, "total": self._total_steps(request)}
 
-        def callback(p, index, timestep, tensors):
-            step, total = phase["offset"] + index + 1, phase["total"] or p.num_timesteps
-            latents = tensors["latents"]
-            if request.save_steps and (step % request.save_steps == 0 or step == total):
-                for frames, preview in zip(step_frames, latents_to_rgb(latents)):
+        def step(done: int, denoised) -> None:
+            progress["done"] = done
+            if request.save_steps and (done % request.save_steps == 0 or done == progress["total"]):
+                for frames, preview in zip(step_frames, latents_to_rgb(denoised)):
                     frames.append(preview)
             if on_step is not None:
-                on_step(StepInfo(step=step, total=total, latents=latents))
-            if cancel is not None and cancel.is_set() and not phase.get("stopped"):
-                # diffusers skips the remaining steps and decodes these latents: the partial image
-                p._interrupt = True
-                phase["stopped"] = (step, total)
-            return tensors
+                on_step(StepInfo(step=done, total=progress["total"], latents=denoised))
 
         # <lora:name:weight> tags: out of the prompt text, their adapters on (and every other one off)
         # before the prompt is encoded, since a LoRA may change the text encoder too.
         prompt, tags = split_lora_tags(request.prompt)
         lora_entries = self.loras.activate(tags)
-        kwargs = dict(
-            # A1111 prompt syntax (weights, BREAK, long prompts): text or embeddings, see app/engine/prompts.py.
-            **prompt_inputs(pipe, prompt, request.negative_prompt),
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=len(seeds),
-            generator=generators(),
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents"],
-        )
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled(0, request.steps)
-        extra: dict = {"Tiling": "True"} if request.tiling else {}
-        extra.update(lora_entries)
-        from app.engine import noise  # variation seeds
-
-        if noise.uses_variation(request):
-            kwargs["latents"] = noise.initial_latents(request, seeds, width, height, self.pipe.unet.config.in_channels,
-                                                      self.pipe.unet.dtype)
-            extra.update(noise.infotext_entries(request))
-        with circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
-            if request.mask is not None:  # inpainting
-                from app.engine.inpaint import run as run_inpaint
-
-                output, extra_inpaint = run_inpaint(pipe, request, width, height, seeds, kwargs)
-                extra.update(extra_inpaint)
-            elif request.enable_hr:  # hires fix
-                from app.engine.hires import run as run_hires
-
-                second = self._img2img_pipe()
-                second.scheduler = make_scheduler(request.scheduler, self._base_scheduler_config, seeds)
-                output, extra_hires = run_hires(pipe, second, request, width, height, kwargs, phase, generators)
-                extra.update(extra_hires)
-            elif request.init_image is not None:
-                init = request.init_image.convert("RGB").resize((width, height))
-                output = pipe(image=init, strength=request.strength, **kwargs)
+        plan = None
+        images: list = []
+        with torch.no_grad(), circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
+            if request.mask is not None:  # inpainting (app/engine/inpaint.py)
+                latents, plan, extra_mode, stopped = inpaint.run(denoiser, request, width, height, prompt, step)
+            elif request.enable_hr:  # hires fix (app/engine/hires.py)
+                latents, images, extra_mode, stopped = hires.run(denoiser, request, width, height, prompt, step,
+                                                                 lambda: progress["done"])
             else:
-                output = pipe(width=width, height=height, **kwargs)
-        images = output.images
+                conds = denoiser.conditioning(prompt, sampling.total_steps(denoiser.choice, request.steps))
+                if request.init_image is not None:
+                    init = request.init_image.convert("RGB").resize((width, height))
+                    init_latent = denoiser.encode([init]).expand(len(seeds), -1, -1, -1)
+                    result = denoiser.img2img(conds, init_latent, request.steps, request.strength, step)
+                else:
+                    result = denoiser.txt2img(conds, width, height, step)
+                latents, stopped, extra_mode = result.latents, result.interrupted, {}
+            if latents is not None:
+                images = denoiser.decode(latents)
+        if plan is not None:
+            images = [inpaint.composite(im, plan) for im in images]
+        extra = self._infotext_entries(request, denoiser.choice)
+        extra.update(extra_mode)
+        extra.update(lora_entries)
         denoise = request.strength if request.init_image is not None or request.enable_hr else None
+        size = images[0].size if images else (width, height)
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-                     sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
-                     height=height, model=self.model_name, denoising_strength=denoise, extra=extra or None,
+                     sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=size[0],
+                     height=size[1], model=self.model_name, denoising_strength=denoise,
+                     extra=_with_variation(extra, request, sub) or None,
                      model_hash=self.model_hash, vae=self.vae_name, vae_hash=self.vae_hash)
-            for s in seeds
+            for s, sub in zip(seeds, subseeds)
         ]
         result = GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
                                   width=width, height=height, seconds=time.perf_counter() - started,
                                   step_images=step_frames if request.save_steps else [])
-        if phase.get("stopped"):
-            step, total = phase["stopped"]
-            raise GenerationCancelled(step, total, partial=result)
+        if stopped:
+            if progress["done"] == 0:
+                raise GenerationCancelled(0, progress["total"])
+            raise GenerationCancelled(progress["done"], progress["total"], partial=result)
         return result
 
-    def _img2img_pipe(self):
-        if self._img2img is None:
-            from diffusers import StableDiffusionImg2ImgPipeline
+    @staticmethod
+    def _total_steps(request: GenerationRequest) -> int:
+        """The steps a run reports progress over (A1111's sampling steps: img2img runs t_enc + 1)."""
+        from app.engine.hires import second_pass_steps
+        from app.engine.sampling.run import img2img_steps
 
-            # Shares the loaded weights: no second copy in memory. from_pipe casts the shared modules to
-            # its dtype argument, fp32 when none is given: name ours, or the whole model turns fp32.
-            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
-            self._img2img.set_progress_bar_config(disable=True)
-        return self._img2img
+        if request.enable_hr:
+            return request.steps + second_pass_steps(request)
+        if request.init_image is not None:
+            return img2img_steps(request.steps, request.strength, False)[1] + 1
+        return request.steps
 
-    def _inpaint_pipe(self):
-        if self._inpaint is None:
-            from diffusers import StableDiffusionInpaintPipeline
+    @staticmethod
+    def _infotext_entries(request: GenerationRequest, choice) -> dict:
+        """A1111's entries for the sampler settings, noise and text encoder, in create_infotext's order."""
+        from app.engine.sampling.run import SamplerSettings, infotext_entries
 
-            # The same components (a 4-channel UNet is blended per step, a 9-channel one used natively);
-            # dtype named for the reason given in _img2img_pipe.
-            self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
-            self._inpaint.set_progress_bar_config(disable=True)
-        return self._inpaint
+        settings = SamplerSettings(eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
+                                   s_tmax=request.s_tmax, s_noise=request.s_noise)
+        extra = infotext_entries(choice, settings)
+        if request.clip_skip > 1:
+            extra["Clip skip"] = request.clip_skip
+        if request.tiling:
+            extra["Tiling"] = "True"
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            extra["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+        eta = request.eta if request.eta is not None else choice.sampler.eta_default
+        if request.eta_noise_seed_delta and choice.sampler.uses_ensd and eta != 0:
+            extra["ENSD"] = request.eta_noise_seed_delta
+        if request.randn_source != "GPU":
+            extra["RNG"] = request.randn_source
+        return extra
 
     def preview(self, latents, max_side: int = 256) -> list:
         """Approximate RGB previews of in-flight latents: TAESD's when one is loaded, else the linear one."""
@@ -339,6 +326,13 @@ class Engine:
             return taesd_previews(self.preview_decoder, latents, max_side)
         side = max(latents.shape[-1], latents.shape[-2])
         return latents_to_rgb(latents, scale=max(1, max_side // max(side, 1)))
+
+
+def _with_variation(extra: dict, request: GenerationRequest, subseed: int) -> dict:
+    """The entries with A1111's variation seed keys for one image (each image has its own subseed)."""
+    if request.subseed_strength <= 0:
+        return extra
+    return {**extra, "Variation seed": subseed, "Variation seed strength": f"{request.subseed_strength:g}"}
 
 
 @contextmanager

@@ -8,11 +8,13 @@ larger size on the same components.
 2. The upscale: "Latent" variants interpolate the latents (no decode);
    "Lanczos" and "None" decode, resize the image with Lanczos and encode again.
 3. The second pass: ``hr_second_pass_steps`` steps (0: the first pass's) at
-   ``strength`` (A1111's ``denoising_strength``), the same seeds' noise.
+   ``strength`` (A1111's ``denoising_strength``), with fresh noise from the
+   same seeds at the new size and the prompt schedule counted past the
+   first pass's steps (A1111's hires offsets for prompt editing).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from app.engine.types import floor_size
 
@@ -59,9 +61,9 @@ def target_size(width: int, height: int, scale: float, resize_x: int, resize_y: 
 
 
 def second_pass_steps(request: Any) -> int:
-    """Denoising steps the second pass runs (diffusers' img2img: int(steps * strength))."""
-    steps = request.hr_second_pass_steps or request.steps
-    return min(int(steps * request.strength), steps)
+    """Denoising steps the second pass runs: A1111 runs exactly ``hr_second_pass_steps`` (or the
+    first pass's steps), stretching its schedule so that many fall below the denoising strength."""
+    return request.hr_second_pass_steps or request.steps
 
 
 def upscale_latents(latents: Any, size: tuple[int, int], cover: tuple[int, int], upscaler: str) -> Any:
@@ -89,31 +91,29 @@ def upscale_images(images: list, size: tuple[int, int], cover: tuple[int, int]) 
     return out
 
 
-def run(pipe, img2img, request: Any, width: int, height: int, kwargs: dict, phase: dict,
-        generators: Any) -> tuple[Any, dict]:
-    """Both passes; ``phase`` tells the step callback which pass runs
-    (offset and total steps). Returns the second pass's output and infotext entries."""
+def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_step: Callable[[int, Any], None],
+        steps_done: Callable[[], int]) -> tuple[Any, list, dict, bool]:
+    """Both passes (A1111's txt2img with ``sample_hr_pass``). Returns the final latents (None when
+    decoded images are returned instead), the first pass's images when cancelled there, infotext
+    entries, and whether the run was interrupted. ``on_step`` gets the step count over both passes."""
+    from app.engine.sampling import run as sampling
+
     size = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
     cover = cover_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
     cover = (max(cover[0], size[0]), max(cover[1], size[1]))
-    latent = request.hr_upscaler in LATENT_UPSCALERS
-    phase.update(offset=0, total=request.steps + second_pass_steps(request))
-    first = pipe(width=width, height=height, output_type="latent" if latent else "pil", **kwargs)
-    if phase.get("stopped"):  # cancelled in the first pass: its partial images, at the first pass's size
-        if latent:
-            import torch
-
-            with torch.no_grad():
-                decoded = pipe.vae.decode(first.images / pipe.vae.config.scaling_factor, return_dict=False)[0]
-            first.images = pipe.image_processor.postprocess(decoded)
-        return first, {}
-    if latent:
-        image: Any = upscale_latents(first.images, size, cover, request.hr_upscaler)
+    total = sampling.total_steps(denoiser.choice, request.steps)
+    first = denoiser.txt2img(denoiser.conditioning(prompt, total), width, height, on_step)
+    if first.interrupted:  # cancelled in the first pass: its partial images, at the first pass's size
+        return None, denoiser.decode(first.latents), {}, True
+    if request.hr_upscaler in LATENT_UPSCALERS:
+        latents = upscale_latents(first.latents, size, cover, request.hr_upscaler)
     else:
-        image = upscale_images(first.images, size, cover)
-    phase.update(offset=request.steps)
-    second = dict(kwargs, num_inference_steps=request.hr_second_pass_steps or request.steps, generator=generators())
-    output = img2img(image=image, strength=request.strength, **second)
+        latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover))
+    hr_steps = second_pass_steps(request)
+    conds = denoiser.conditioning(prompt, total, sampling.total_steps(denoiser.choice, hr_steps))
+    offset = steps_done()
+    second = denoiser.img2img(conds, latents, hr_steps, request.strength,
+                              lambda step, denoised: on_step(offset + step, denoised), fixed_steps=True)
     extra: dict = {}
     if request.hr_resize_x or request.hr_resize_y:
         extra["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
@@ -122,4 +122,4 @@ def run(pipe, img2img, request: Any, width: int, height: int, kwargs: dict, phas
     if request.hr_second_pass_steps:
         extra["Hires steps"] = request.hr_second_pass_steps
     extra["Hires upscaler"] = request.hr_upscaler
-    return output, extra
+    return second.latents, [], extra, second.interrupted

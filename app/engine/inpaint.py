@@ -10,9 +10,10 @@
 3. "Only masked" (``full_res``): only the mask's bounding box plus
    ``padding`` pixels, widened to the requested aspect, is generated at the
    requested size, then scaled back and pasted into the whole image.
-4. Denoising runs diffusers' StableDiffusionInpaintPipeline: a 4-channel
-   UNet (SD 2.1) gets the original latents blended back outside the mask
-   after every step; a 9-channel inpainting UNet is used natively.
+4. Denoising is A1111's img2img with a latent mask (app/engine/denoise.py):
+   a 4-channel UNet (SD 2.1) gets the original latents blended back outside
+   the mask after every model call; a 9-channel inpainting UNet also takes
+   the mask and the masked image's latents as A1111 gives them.
 5. The composite after decoding: the result shows only through the (blurred)
    mask, so pixels outside it are the init image's exactly.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -142,46 +144,55 @@ def composite(generated: Image.Image, p: InpaintPlan) -> Image.Image:
     return Image.composite(layer, p.original, p.overlay_mask)
 
 
-def latent_fill(pipe, p: InpaintPlan, fill: int, seeds: list[int], dtype: Any) -> Any:
-    """Masked content 2 (latent noise) and 3 (latent nothing): the init
-    latents with the masked area replaced, one per image (each its seed's noise)."""
-    import numpy as np
+def latent_mask(mask: Image.Image, width: int, height: int) -> Any:
+    """The working mask at latent size, rounded to 0/1 (A1111's ``latmask`` with ``mask_round``): 1 repaints."""
     import torch
 
-    pixels = torch.from_numpy(np.asarray(p.image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    vae = pipe.vae
-    with torch.no_grad():
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
-    h, w = latents.shape[-2:]
-    small = torch.from_numpy(np.asarray(p.mask.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0)
-    masked = small.round()[None, None].to(latents.device, latents.dtype)
-    out = []
-    for seed in seeds:
-        if fill == 2:
-            g = torch.Generator("cpu").manual_seed(seed)
-            noise = torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)[None]
-            replacement = noise.to(latents.device, latents.dtype)
-        else:
-            replacement = torch.zeros_like(latents)
-        out.append(latents * (1 - masked) + replacement * masked)
-    return torch.cat(out).to(dtype)
+    small = mask.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    values = np.around(np.asarray(small, dtype=np.float32)[..., 0] / 255.0)
+    return torch.from_numpy(values)[None, None]
 
 
-def run(pipe, request: Any, width: int, height: int, seeds: list[int], kwargs: dict) -> tuple[Any, dict]:
-    """Denoise the request's masked area with ``pipe`` (a StableDiffusionInpaintPipeline)
-    and composite; returns the pipeline output with its images replaced, and infotext entries."""
+def image_conditioning(denoiser: Any, p: InpaintPlan, latents: Any) -> Any:
+    """What a 9-channel inpainting UNet takes beside the latents (A1111's inpainting_image_conditioning,
+    mask weight 1): the rounded mask at latent size and the latents of the image with the masked area
+    blanked."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = torch.from_numpy(np.around(np.asarray(p.mask.convert("L"), dtype=np.float32) / 255.0))[None, None]
+    pixels = torch.from_numpy(np.asarray(p.image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    blanked = (pixels * (1.0 - mask)).clamp(0, 1)
+    blanked_latents = denoiser.encode([Image.fromarray((blanked[0].permute(1, 2, 0).numpy() * 255).round()
+                                                       .astype(np.uint8))])
+    small = F.interpolate(mask, size=latents.shape[-2:]).to(blanked_latents)
+    cond = torch.cat([small, blanked_latents], dim=1)
+    return cond.expand(latents.shape[0], -1, -1, -1)
+
+
+def run(denoiser: Any, request: Any, width: int, height: int, prompt: str,
+        on_step: Any) -> tuple[Any, InpaintPlan, dict, bool]:
+    """Denoise the request's masked area (A1111's img2img with a mask): the latents, the plan to
+    composite with after decoding, infotext entries, and whether the run was interrupted."""
+    from app.engine.sampling import run as sampling
+
     fill = request.inpainting_fill
     p = plan(request.init_image, request.mask, width, height, blur=request.mask_blur,
              invert=request.inpainting_mask_invert, fill=fill, full_res=request.inpaint_full_res,
              padding=request.inpaint_full_res_padding)
-    image: Any = p.image
-    inputs: dict = {}
-    if fill in (2, 3):
-        image = latent_fill(pipe, p, fill, seeds, pipe.unet.dtype)
-        inputs["masked_image_latents"] = image
-    output = pipe(image=image, mask_image=p.mask, width=width, height=height, strength=request.strength,
-                  **inputs, **kwargs)
-    output.images = [composite(im, p) for im in output.images]
+    count = len(denoiser.seeds)
+    init = denoiser.encode([p.image]).expand(count, -1, -1, -1).to(denoiser.device)
+    mask = latent_mask(p.mask, init.shape[-1], init.shape[-2]).to(init)
+    if fill == 2:  # latent noise: the masked area starts as the seeds' noise
+        init = init * (1 - mask) + denoiser.random_latents(tuple(init.shape[1:])).to(init) * mask
+    elif fill == 3:  # latent nothing
+        init = init * (1 - mask)
+    image_cond = None
+    if denoiser.wrappers.unet.config.in_channels == 9:
+        image_cond = image_conditioning(denoiser, p, init).to(init)
+    conds = denoiser.conditioning(prompt, sampling.total_steps(denoiser.choice, request.steps))
+    result = denoiser.img2img(conds, init, request.steps, request.strength, on_step,
+                              mask=mask.expand_as(init), image_cond=image_cond)
     extra: dict = {"Mask blur": request.mask_blur}
     if request.inpainting_mask_invert:
         extra["Mask mode"] = "Inpaint not masked"
@@ -191,7 +202,7 @@ def run(pipe, request: Any, width: int, height: int, seeds: list[int], kwargs: d
     if request.inpaint_full_res:
         extra["Inpaint area"] = "Only masked"
         extra["Masked area padding"] = request.inpaint_full_res_padding
-    return output, extra
+    return result.latents, p, extra, result.interrupted
 
 
 OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from app.engine.schedulers import from_infotext, split_name
+from app.engine.schedulers import find_scheduler, from_infotext, split_name
 
 PARAMETERS_KEY = "parameters"
 # The file types an image can be saved as, by suffix.
@@ -45,15 +45,18 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, cfg
     """The three-part A1111 text: prompt, ``Negative prompt:`` line, settings line.
     ``model_hash`` and ``vae_hash``: A1111's short hashes (10 hex digits of the
     file's SHA-256), written before the name as A1111 writes them."""
-    sampler_name, schedule_type = split_name(sampler)  # A1111 1.9+: "DPM++ 2M" and "Karras"
-    settings = {
-        "Steps": steps,
-        "Sampler": sampler_name,
-        "Schedule type": schedule_type,
+    choice = find_scheduler(sampler)
+    settings: dict = {"Steps": steps, "Sampler": choice.sampler.name if choice else sampler}
+    # A1111 1.9+ names the schedule that ran ("Karras" for DPM++ 2M's Automatic), none when the
+    # model's own sigmas ran (Euler's Automatic) or the sampler has its own timesteps (DDIM).
+    schedule_type = choice.infotext_schedule if choice else None
+    if schedule_type:
+        settings["Schedule type"] = schedule_type
+    settings.update({
         "CFG scale": f"{cfg_scale:g}",
         "Seed": seed,
         "Size": f"{width}x{height}",
-    }
+    })
     if model_hash:
         settings["Model hash"] = model_hash
     settings["Model"] = _clean(model)
@@ -167,3 +170,77 @@ def _unquote(value: str) -> str:
         except ValueError:
             return value
     return value
+
+
+def request_from_infotext(text: str) -> dict:
+    """The request fields an A1111 infotext describes (the page's PNG drop and "paste parameters" fill
+    exactly these): prompt, size, sampler with its schedule type, seeds, noise (``RNG``: an infotext
+    without it was made with A1111's default source, GPU), sampler settings, hires fix, inpainting,
+    variation seeds. Keys the infotext lacks are left out; values it cannot give are left out too."""
+    p = parse_infotext(text)
+    out: dict = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"]}
+
+    def number(key: str, kind: type = float) -> float | int | None:
+        try:
+            value = float(p[key])
+        except (KeyError, ValueError):
+            return None
+        return int(value) if kind is int and value.is_integer() else (value if kind is float else None)
+
+    def put(field: str, value: object) -> None:
+        if value is not None:
+            out[field] = value
+
+    size = _pair(p.get("Size"))
+    put("width", size[0])
+    put("height", size[1])
+    put("steps", number("Steps", int))
+    put("guidance_scale", number("CFG scale"))
+    put("seed", number("Seed", int))
+    if "Sampler" in p:
+        put("scheduler", from_infotext(p["Sampler"], p.get("Schedule type")))
+    put("strength", number("Denoising strength"))
+    put("eta", number("Eta DDIM") if "Eta DDIM" in p else number("Eta"))
+    for key, field in (("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"), ("Sigma tmax", "s_tmax"),
+                       ("Sigma noise", "s_noise")):
+        put(field, number(key))
+    put("eta_noise_seed_delta", number("ENSD", int))
+    put("clip_skip", number("Clip skip", int))
+    out["randn_source"] = p.get("RNG", "GPU")
+    if p.get("Tiling") in ("True", "true"):
+        out["tiling"] = True
+    if "Variation seed" in p:
+        put("subseed", number("Variation seed", int))
+        put("subseed_strength", number("Variation seed strength"))
+    resize = _pair(p.get("Seed resize from"))
+    put("seed_resize_from_w", resize[0])
+    put("seed_resize_from_h", resize[1])
+    if any(k in p for k in ("Hires upscale", "Hires resize", "Hires upscaler")):
+        out["enable_hr"] = True
+        put("hr_scale", number("Hires upscale"))
+        hires = _pair(p.get("Hires resize"))
+        put("hr_resize_x", hires[0])
+        put("hr_resize_y", hires[1])
+        put("hr_upscaler", p.get("Hires upscaler"))
+        put("hr_second_pass_steps", number("Hires steps", int))
+    put("mask_blur", number("Mask blur", int))
+    fills = {name: value for value, name in _FILL_MODES.items()}
+    put("inpainting_fill", fills.get(p.get("Masked content", "")))
+    if "Inpaint area" in p:
+        out["inpaint_full_res"] = p["Inpaint area"] == "Only masked"
+    put("inpaint_full_res_padding", number("Masked area padding", int))
+    if "Mask mode" in p:
+        out["inpainting_mask_invert"] = p["Mask mode"] == "Inpaint not masked"
+    return out
+
+
+# Masked content names as A1111 writes them (app/engine/inpaint.py FILL_MODES, which imports PIL filters).
+_FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+
+
+def _pair(text: str | None) -> tuple[int | None, int | None]:
+    """"512x768" -> (512, 768); anything else (None, None)."""
+    parts = str(text or "").split("x")
+    if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+        return int(parts[0]), int(parts[1])
+    return None, None

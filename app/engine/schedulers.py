@@ -1,163 +1,217 @@
-"""Samplers and schedule types (as AUTOMATIC1111 1.9+ names them) mapped to
-diffusers schedulers.
+"""The samplers and schedule types of AUTOMATIC1111 1.10, as names: the one
+catalogue the request, the infotext, both APIs, the CLI, the page and the
+notebook read. No torch here, so validation stays light; the algorithms
+are in ``app/engine/sampling``.
 
-A1111 1.9 split the old names ("DPM++ 2M Karras") into a sampler ("DPM++ 2M")
-and a schedule type ("Karras"). A request carries one string, the sampler's
-name followed by the schedule's label unless it is Automatic: "DPM++ 2M",
-"DPM++ 2M Karras", "Euler Exponential". So old names, stored jobs and the
-form keep working, and ``split_name`` gives the two parts for the infotext
-(``Sampler: DPM++ 2M, Schedule type: Karras``) and the A1111 API.
+A request carries one string: the sampler's name, followed by a schedule
+type's label unless it is Automatic ("DPM++ 2M", "DPM++ 2M Karras",
+"Euler SGM Uniform"). Old one-word names ("k_dpmpp_2m_ka") and A1111's
+pre-1.9 combined names keep working. "Automatic" is what A1111 runs with
+its defaults: the sampler's own schedule (Karras for DPM++ 2M, DPM++ SDE,
+DPM++ 2S a, DPM2, DPM2 a and Restart; Exponential for the 2M/3M SDE
+samplers), else the model's own uniform sigmas.
 
-"Automatic" here is the diffusers scheduler's own spacing for the model
-(what this app always ran). On the A1111 API a missing or "Automatic"
-schedule means A1111's per-sampler default (Karras for DPM++ 2M and DPM++ SDE,
-Exponential for DPM++ 2M SDE and DPM++ 3M SDE), see ``a1111_automatic``.
-
-"DPM++ SDE" is diffusers' DPMSolverSDEScheduler (k-diffusion's
-``sample_dpmpp_sde``, second order: two model calls a step, as in A1111). Its
-noise comes from a Brownian tree (the ``torchsde`` package); A1111 seeds one
-tree per image from that image's seed, and so does ``make_scheduler`` when
-given the seeds, so a seed gives the same image run to run.
-
-Not offered: "DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart"
-(no diffusers equivalent); schedule types "Polyexponential", "KL Optimal",
-"Align Your Steps", "Simple", "Normal", "DDIM" (no diffusers option).
+Every sampler takes every schedule type, as in A1111, which offers the two
+lists side by side. The timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC)
+run on A1111's own timesteps whatever the schedule type says, again as in
+A1111; the infotext then writes no "Schedule type", as A1111 writes none.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 DEFAULT_SCHEDULER = "DPM++ 2M"
 
+K_DIFFUSION = "k-diffusion"  # sigma samplers (app/engine/sampling/kdiffusion.py)
+TIMESTEPS = "timesteps"  # A1111's CompVis samplers (app/engine/sampling/timesteps.py)
+LCM = "lcm"  # A1111's LCM sampler, a sigma sampler on its own 50-step denoiser
+
 
 @dataclass(frozen=True)
-class SchedulerSpec:
-    """A sampler: its A1111 name, the diffusers class and options, and the
-    schedule type A1111 1.9 uses for it when asked for "Automatic"."""
+class SamplerSpec:
+    """One of A1111's samplers: its name, aliases and options (A1111's
+    ``SamplerData``), and the function that runs it."""
 
     name: str
-    class_name: str
-    options: dict = field(default_factory=dict)
+    function: str  # in the module its ``kind`` names
     aliases: tuple[str, ...] = ()
-    a1111_default: str = "automatic"
+    options: dict = field(default_factory=dict)  # A1111's, verbatim: /sdapi/v1/samplers lists them
+    kind: str = K_DIFFUSION
+    takes_eta: bool = False  # the function has an ``eta`` argument (A1111 passes eta only then)
+    takes_churn: bool = False  # s_churn, s_tmin, s_tmax, s_noise (A1111: Euler, Heun, DPM2)
+
+    @property
+    def default_schedule(self) -> str | None:
+        """The schedule type "Automatic" means for this sampler; None: the model's own sigmas."""
+        return self.options.get("scheduler")
+
+    @property
+    def second_order(self) -> bool:
+        """Two model calls a step: A1111 counts prompt-editing steps twice for it."""
+        return bool(self.options.get("second_order"))
+
+    @property
+    def eta_default(self) -> float:
+        """A1111's eta when a request gives none (its options eta_ancestral 1.0, eta_ddim 0.0)."""
+        return 0.0 if self.kind == TIMESTEPS else 1.0
+
+    @property
+    def eta_label(self) -> str:
+        """The infotext key for a non-default eta."""
+        return "Eta DDIM" if self.kind == TIMESTEPS else "Eta"
+
+    @property
+    def uses_ensd(self) -> bool:
+        return bool(self.options.get("uses_ensd"))
+
+    @property
+    def takes_schedule(self) -> bool:
+        """Whether the schedule type changes anything (timestep samplers have their own timesteps)."""
+        return self.kind != TIMESTEPS
 
 
 @dataclass(frozen=True)
 class ScheduleType:
     name: str  # A1111's API name
     label: str  # A1111's label (infotext, UI)
-    options: dict = field(default_factory=dict)  # diffusers config overrides
+    aliases: tuple[str, ...] = ()
+    default_rho: float = -1  # as /sdapi/v1/schedulers lists it
+    need_inner_model: bool = False
+
+    def api_entry(self) -> dict:
+        """The /sdapi/v1/schedulers item (A1111 gives null, not [], for no aliases)."""
+        return {"name": self.name, "label": self.label, "aliases": list(self.aliases) or None,
+                "default_rho": self.default_rho, "need_inner_model": self.need_inner_model}
 
 
+# A1111 1.10's modules/sd_schedulers.py list, in its order.
 SCHEDULE_TYPES: tuple[ScheduleType, ...] = (
     ScheduleType("automatic", "Automatic"),
-    ScheduleType("uniform", "Uniform", {"timestep_spacing": "linspace"}),
-    ScheduleType("karras", "Karras", {"use_karras_sigmas": True}),
-    ScheduleType("exponential", "Exponential", {"use_exponential_sigmas": True}),
-    ScheduleType("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}),
-    ScheduleType("beta", "Beta", {"use_beta_sigmas": True}),  # needs scipy
+    ScheduleType("uniform", "Uniform", need_inner_model=True),
+    ScheduleType("karras", "Karras", default_rho=7.0),
+    ScheduleType("exponential", "Exponential"),
+    ScheduleType("polyexponential", "Polyexponential", default_rho=1.0),
+    ScheduleType("sgm_uniform", "SGM Uniform", ("SGMUniform",), need_inner_model=True),
+    ScheduleType("kl_optimal", "KL Optimal"),
+    ScheduleType("align_your_steps", "Align Your Steps"),
+    ScheduleType("simple", "Simple", need_inner_model=True),
+    ScheduleType("normal", "Normal", need_inner_model=True),
+    ScheduleType("ddim", "DDIM", need_inner_model=True),
+    ScheduleType("beta", "Beta", need_inner_model=True),
 )
+AUTOMATIC = SCHEDULE_TYPES[0]
 
-_DPM = "DPMSolverMultistepScheduler"
-SCHEDULERS: tuple[SchedulerSpec, ...] = (
-    SchedulerSpec("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                  ("dpmpp_2m", "k_dpmpp_2m", "dpm++", "dpmsolver++"), "karras"),
-    SchedulerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("dpmpp_sde", "k_dpmpp_sde"), "karras"),
-    SchedulerSpec("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                  ("dpmpp_2m_sde", "k_dpmpp_2m_sde"), "exponential"),
-    SchedulerSpec("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-                  ("dpmpp_3m_sde", "k_dpmpp_3m_sde"), "exponential"),
-    SchedulerSpec("Euler", "EulerDiscreteScheduler", {}, ("euler", "k_euler")),
-    SchedulerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("euler_a", "euler_ancestral", "k_euler_a")),
-    SchedulerSpec("LMS", "LMSDiscreteScheduler", {}, ("lms", "k_lms")),
-    SchedulerSpec("Heun", "HeunDiscreteScheduler", {}, ("heun", "k_heun")),
-    SchedulerSpec("DPM2", "KDPM2DiscreteScheduler", {}, ("dpm2", "k_dpm_2")),
-    SchedulerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("dpm2_a", "k_dpm_2_a")),
-    SchedulerSpec("DDIM", "DDIMScheduler", {}, ("ddim",)),
-    SchedulerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("pndm", "plms")),
-    SchedulerSpec("UniPC", "UniPCMultistepScheduler", {}, ("unipc",)),
+
+def _k(name: str, function: str, aliases: tuple[str, ...], options: dict, *, eta: bool = False,
+       churn: bool = False) -> SamplerSpec:
+    return SamplerSpec(name, function, aliases, options, K_DIFFUSION, takes_eta=eta, takes_churn=churn)
+
+
+# A1111 1.10's list (/sdapi/v1/samplers order): sd_samplers_kdiffusion.py, sd_samplers_timesteps.py,
+# sd_samplers_lcm.py. ``eta`` marks the functions with an eta argument (k-diffusion's ancestral, SDE and
+# DPM-Solver samplers; DDIM and DDIM CFG++).
+SCHEDULERS: tuple[SamplerSpec, ...] = (
+    _k("DPM++ 2M", "sample_dpmpp_2m", ("k_dpmpp_2m",), {"scheduler": "karras"}),
+    _k("DPM++ SDE", "sample_dpmpp_sde", ("k_dpmpp_sde",),
+       {"scheduler": "karras", "second_order": True, "brownian_noise": True}, eta=True),
+    _k("DPM++ 2M SDE", "sample_dpmpp_2m_sde", ("k_dpmpp_2m_sde",),
+       {"scheduler": "exponential", "brownian_noise": True}, eta=True),
+    _k("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde", ("k_dpmpp_2m_sde_heun",),
+       {"scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"}, eta=True),
+    _k("DPM++ 2S a", "sample_dpmpp_2s_ancestral", ("k_dpmpp_2s_a",),
+       {"scheduler": "karras", "uses_ensd": True, "second_order": True}, eta=True),
+    _k("DPM++ 3M SDE", "sample_dpmpp_3m_sde", ("k_dpmpp_3m_sde",),
+       {"scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True}, eta=True),
+    _k("Euler a", "sample_euler_ancestral", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": True}, eta=True),
+    _k("Euler", "sample_euler", ("k_euler",), {}, churn=True),
+    _k("LMS", "sample_lms", ("k_lms",), {}),
+    _k("Heun", "sample_heun", ("k_heun",), {"second_order": True}, churn=True),
+    _k("DPM2", "sample_dpm_2", ("k_dpm_2",),
+       {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}, churn=True),
+    _k("DPM2 a", "sample_dpm_2_ancestral", ("k_dpm_2_a",),
+       {"scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True, "second_order": True}, eta=True),
+    _k("DPM fast", "sample_dpm_fast", ("k_dpm_fast",), {"uses_ensd": True}, eta=True),
+    _k("DPM adaptive", "sample_dpm_adaptive", ("k_dpm_ad",), {"uses_ensd": True}, eta=True),
+    _k("Restart", "restart_sampler", ("restart",), {"scheduler": "karras", "second_order": True}),
+    SamplerSpec("DDIM", "ddim", ("ddim",), {}, TIMESTEPS, takes_eta=True),
+    SamplerSpec("DDIM CFG++", "ddim_cfgpp", ("ddim_cfgpp",), {}, TIMESTEPS, takes_eta=True),
+    SamplerSpec("PLMS", "plms", ("plms",), {}, TIMESTEPS),
+    SamplerSpec("UniPC", "unipc", ("unipc",), {}, TIMESTEPS),
+    SamplerSpec("LCM", "sample_lcm", ("k_lcm",), {}, LCM),
 )
 SAMPLERS = SCHEDULERS
 
-# Old one-word names: pre-1.9 A1111 aliases and ours.
+# Older names: A1111's pre-1.9 combined names as aliases, and this app's earlier ones.
 _LEGACY = {"dpmpp_2m_karras": "DPM++ 2M Karras", "k_dpmpp_2m_ka": "DPM++ 2M Karras",
            "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras", "k_dpmpp_2m_sde_ka": "DPM++ 2M SDE Karras",
            "dpmpp_sde_karras": "DPM++ SDE Karras", "k_dpmpp_sde_ka": "DPM++ SDE Karras",
-           "k_lms_ka": "LMS Karras", "k_dpm_2_ka": "DPM2 Karras", "k_dpm_2_a_ka": "DPM2 a Karras"}
+           "k_lms_ka": "LMS Karras", "k_dpm_2_ka": "DPM2 Karras", "k_dpm_2_a_ka": "DPM2 a Karras",
+           "k_dpmpp_2s_a_ka": "DPM++ 2S a Karras", "dpm++": "DPM++ 2M", "dpmsolver++": "DPM++ 2M",
+           "dpmpp_2m": "DPM++ 2M", "dpmpp_sde": "DPM++ SDE", "dpmpp_2m_sde": "DPM++ 2M SDE",
+           "dpmpp_3m_sde": "DPM++ 3M SDE", "euler": "Euler", "euler_a": "Euler a", "euler_ancestral": "Euler a",
+           "lms": "LMS", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "pndm": "PLMS", "lcm": "LCM"}
 
 _SAMPLER_KEYS = {key.lower(): s for s in SCHEDULERS for key in (s.name, *s.aliases)}
-_SCHEDULE_KEYS = {key.lower(): t for t in SCHEDULE_TYPES for key in (t.name, t.label)}
+_SCHEDULE_KEYS = {key.lower(): t for t in SCHEDULE_TYPES for key in (t.name, t.label, *t.aliases)}
 
 
 @dataclass(frozen=True)
 class SchedulerChoice:
     """A sampler with a schedule type; ``name`` is the request's string."""
 
-    sampler: SchedulerSpec
+    sampler: SamplerSpec
     schedule: ScheduleType
 
     @property
     def name(self) -> str:
-        return self.sampler.name if self.schedule.name == "automatic" else f"{self.sampler.name} {self.schedule.label}"
+        return self.sampler.name if self.schedule is AUTOMATIC else f"{self.sampler.name} {self.schedule.label}"
+
+    @property
+    def resolved_schedule(self) -> str | None:
+        """The schedule type that runs: the sampler's default for Automatic; None for the model's own sigmas
+        (and for the timestep samplers, whose timesteps no schedule type changes)."""
+        if not self.sampler.takes_schedule:
+            return None
+        return self.sampler.default_schedule if self.schedule is AUTOMATIC else self.schedule.name
+
+    @property
+    def infotext_schedule(self) -> str | None:
+        """A1111's ``Schedule type`` entry: the label of the schedule that ran, none when none did."""
+        resolved = self.resolved_schedule
+        return find_schedule_type(resolved).label if resolved else None  # type: ignore[union-attr]
 
 
 def find_schedule_type(name: object) -> ScheduleType | None:
-    """A schedule type by API name or label, ignoring case; None if unknown."""
+    """A schedule type by API name, label or alias, ignoring case; None if unknown."""
     return _SCHEDULE_KEYS.get(name.strip().lower()) if isinstance(name, str) else None
-
-
-def supported_schedules(sampler: SchedulerSpec) -> tuple[ScheduleType, ...]:
-    """The schedule types the sampler's diffusers class takes options for
-    (tests/test_samplers.py checks this table against diffusers' signatures;
-    no diffusers import here, so validation stays light)."""
-    names = _TIMESTEP_ONLY if sampler.class_name in _NO_SIGMA_OPTIONS else _ALL
-    return tuple(t for t in SCHEDULE_TYPES if t.name in names)
-
-
-_ALL = {t.name for t in SCHEDULE_TYPES}
-_TIMESTEP_ONLY = {"automatic", "uniform", "sgm_uniform"}
-_NO_SIGMA_OPTIONS = {"EulerAncestralDiscreteScheduler", "DDIMScheduler", "PNDMScheduler"}
 
 
 def find_scheduler(name: object) -> SchedulerChoice | None:
     """A sampler and schedule from a name ("DPM++ 2M", "dpm++ 2m karras",
-    "k_lms_ka", "Euler a SGM Uniform"), ignoring case; None if unknown or
-    if the sampler does not take that schedule."""
+    "k_lms_ka", "Euler a SGM Uniform"), ignoring case; None if unknown."""
     if not isinstance(name, str):
         return None
     key = name.strip().lower()
     key = _LEGACY.get(key, key).lower()
     if key in _SAMPLER_KEYS:
-        return SchedulerChoice(_SAMPLER_KEYS[key], SCHEDULE_TYPES[0])
+        return SchedulerChoice(_SAMPLER_KEYS[key], AUTOMATIC)
     for sampler_key in sorted(_SAMPLER_KEYS, key=len, reverse=True):  # "DPM2 a" before "DPM2"
         if key.startswith(sampler_key + " "):
-            sampler = _SAMPLER_KEYS[sampler_key]
             schedule = find_schedule_type(key[len(sampler_key) + 1:])
-            if schedule is not None and schedule in supported_schedules(sampler):
-                return SchedulerChoice(sampler, schedule)
-            return None
+            return SchedulerChoice(_SAMPLER_KEYS[sampler_key], schedule) if schedule is not None else None
     return None
 
 
 def with_schedule(sampler_name: str, schedule: ScheduleType) -> SchedulerChoice | None:
-    """The sampler (a name, maybe with a schedule) with ``schedule`` instead; None if it does not take it."""
+    """The sampler (a name, maybe with a schedule) with ``schedule`` instead; None for an unknown sampler."""
     choice = find_scheduler(sampler_name)
-    if choice is None or schedule not in supported_schedules(choice.sampler):
-        return None
-    return SchedulerChoice(choice.sampler, schedule)
-
-
-def a1111_automatic(sampler: SchedulerSpec) -> SchedulerChoice:
-    """What A1111 1.9+ runs for this sampler with schedule "Automatic"."""
-    schedule = find_schedule_type(sampler.a1111_default) or SCHEDULE_TYPES[0]
-    return SchedulerChoice(sampler, schedule if schedule in supported_schedules(sampler) else SCHEDULE_TYPES[0])
+    return None if choice is None else SchedulerChoice(choice.sampler, schedule)
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """("DPM++ 2M", "Karras") for "DPM++ 2M Karras": the infotext's Sampler and Schedule type."""
+    """("DPM++ 2M", "Karras") for "DPM++ 2M Karras": the sampler and the schedule type as chosen."""
     choice = find_scheduler(name)
-    return (choice.sampler.name, choice.schedule.label) if choice else (name, SCHEDULE_TYPES[0].label)
+    return (choice.sampler.name, choice.schedule.label) if choice else (name, AUTOMATIC.label)
 
 
 def from_infotext(sampler: str, schedule_type: str | None = None) -> str | None:
@@ -170,27 +224,14 @@ def from_infotext(sampler: str, schedule_type: str | None = None) -> str | None:
     return choice.name if choice else None
 
 
+def sampler_names() -> list[str]:
+    return [s.name for s in SCHEDULERS]
+
+
+def schedule_labels() -> list[str]:
+    return [t.label for t in SCHEDULE_TYPES]
+
+
 def scheduler_names() -> list[str]:
-    """The samplers, then their Karras variants (any "<sampler> <schedule>" pair it takes is accepted)."""
-    karras = SCHEDULE_TYPES[2]
-    return [s.name for s in SCHEDULERS] + [f"{s.name} Karras" for s in SCHEDULERS if karras in supported_schedules(s)]
-
-
-def make_scheduler(name: str, base_config: dict, seeds: list[int] | None = None):
-    """A fresh scheduler of the named kind that keeps the model's training
-    settings (betas, prediction type: v-prediction on SD 2.1 768). ``seeds``
-    (one per image of the batch) seed a Brownian-tree sampler's noise, as
-    A1111 seeds DPM++ SDE's; without them that noise is random."""
-    import diffusers
-
-    choice = find_scheduler(name)
-    if choice is None:
-        raise KeyError(name)
-    cls = getattr(diffusers, choice.sampler.class_name)
-    # Sigma flags a model's own scheduler config may carry are off unless the schedule asks for one.
-    params = inspect.signature(cls.__init__).parameters
-    flags = {k: False for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if k in params}
-    options = {**flags, **choice.sampler.options, **choice.schedule.options}
-    if "noise_sampler_seed" in params:
-        options["noise_sampler_seed"] = list(seeds) if seeds else None
-    return cls.from_config(base_config, **options)
+    """The samplers with schedule Automatic (A1111's defaults); any "<sampler> <schedule type>" is accepted too."""
+    return sampler_names()

@@ -72,7 +72,15 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "outpaint": (0, 512),  # pixels
     "hr_scale": (1, 4),
     "subseed_strength": (0, 1),
+    # Sampler settings (app/engine/sampling): A1111's slider ranges.
+    "eta": (0, 1),
+    "s_churn": (0, 100),
+    "s_tmin": (0, 10),
+    "s_tmax": (0, 999),  # 0: infinity
+    "s_noise": (0, 1.1),
+    "clip_skip": (1, 12),
 }
+RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source" (app/engine/sampling/rng.py)
 
 
 def field_range(name: str) -> tuple[float, float]:
@@ -117,7 +125,7 @@ class GenerationRequest:
     hr_resize_y: int = 0
     hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
     hr_second_pass_steps: int = 0  # 0: the first pass's steps
-    # --- variation seeds (issue #12; app/engine/noise.py): txt2img ---
+    # --- variation seeds (issue #12; app/engine/sampling/rng.py) ---
     subseed: int | None = None  # None or -1: random, drawn with the seed
     subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
     seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
@@ -126,6 +134,15 @@ class GenerationRequest:
     # The names of the styles already applied to prompt and negative_prompt (by the web API, from styles.csv):
     # a record of how the prompt was made, as A1111's infotext keeps the styled prompt. Nothing here applies them.
     styles: list[str] = field(default_factory=list)
+    # --- sampler settings (issue #21; app/engine/sampling), A1111's names ---
+    eta: float | None = None  # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM)
+    s_churn: float = 0.0  # Euler, Heun, DPM2 only, as A1111
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0: infinity
+    s_noise: float = 1.0
+    randn_source: str = "GPU"  # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
+    eta_noise_seed_delta: int = 0  # A1111's ENSD: offsets the noise drawn after the initial noise
+    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -180,6 +197,7 @@ class GenerationRequest:
         self._validate_inpaint(limits)
         self._validate_hires(limits)
         self._validate_variation(limits)
+        self._validate_sampler_settings()
         if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
             raise ValidationError("styles", self.styles, "must be a list of style names")
         self.styles = list(self.styles)
@@ -302,6 +320,28 @@ class GenerationRequest:
                                   self.subseed_strength or self.seed_resize_from_w,
                                   "variation seeds are for txt2img on this server; leave out the init image")
 
+    def _validate_sampler_settings(self) -> None:
+        if self.eta is not None:
+            _check_range("eta", self.eta)
+        for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+            _check_range(name, getattr(self, name))
+        if self.randn_source not in RANDN_SOURCES:
+            raise ValidationError("randn_source", self.randn_source, "must be one of " + ", ".join(RANDN_SOURCES))
+        _check_int("eta_noise_seed_delta", self.eta_noise_seed_delta)
+        if not 0 <= self.eta_noise_seed_delta <= MAX_SEED:
+            raise ValidationError("eta_noise_seed_delta", self.eta_noise_seed_delta, f"must be between 0 and {MAX_SEED}")
+        _check_int("clip_skip", self.clip_skip)
+        _check_range("clip_skip", self.clip_skip)
+
+    def batch_seeds(self) -> tuple[list[int], list[int]]:
+        """Each image's seed and variation seed, by A1111's batch rule: without a variation the seeds
+        count up from ``seed``; with one, every image shares ``seed`` and the variation seeds count up."""
+        assert self.seed is not None
+        subseed = self.subseed if self.subseed is not None else 0
+        step = 0 if self.subseed_strength > 0 else 1
+        seeds = [(self.seed + i * step) % (MAX_SEED + 1) for i in range(self.num_images)]
+        return seeds, [(subseed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
     def with_seed(self) -> "GenerationRequest":
         """This request with a random seed drawn if it has none, so that a job,
         its images and "reuse settings" all know the seed it ran with."""
@@ -402,6 +442,14 @@ def _check_seed(name: str, value: Any) -> int | None:
     if not 0 <= value <= MAX_SEED:
         raise ValidationError(name, value, f"must be between 0 and {MAX_SEED}, or -1 for random")
     return value
+
+
+def _check_range(name: str, value: Any) -> None:
+    """A number within its FIELD_RANGES bounds."""
+    _check_number(name, value)
+    low, high = field_range(name)
+    if not low <= value <= high:
+        raise ValidationError(name, value, f"must be between {low:g} and {high:g}")
 
 
 def _check_int(name: str, value: Any) -> None:

@@ -19,11 +19,7 @@ from app.web.errors import ApiError
 _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
     "restore_faces": ((False,), "face restoration is not available on this server"),
     "script_name": (("",), "scripts are not available on this server (see /sdapi/v1/scripts)"),
-    "eta": ((1.0,), "only the samplers' own eta is supported"),
-    "s_churn": ((0,), "sampler noise settings are not supported"),
-    "s_tmax": ((0,), "sampler noise settings are not supported"),
-    "s_tmin": ((0,), "sampler noise settings are not supported"),
-    "s_noise": ((1,), "sampler noise settings are not supported"),
+    "s_min_uncond": ((0,), "negative guidance minimum sigma (NGMS) is not supported"),
     "refiner_checkpoint": (("", "None"), "refiner models are not supported"),
     "firstpass_image": (("",), "a first-pass image is not supported"),
     "hr_checkpoint_name": (("", "Use same checkpoint"), "the hires pass runs on the loaded model only"),
@@ -41,10 +37,11 @@ _IMG2IMG: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 # Settings that may be "overridden" to what this server does anyway.
 _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "CLIP_stop_at_last_layers": (1,),
-    "eta_noise_seed_delta": (0,),
     "samples_format": ("png",),
 }
+# Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them.
+_SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "randn_source", "eta_noise_seed_delta",
+                      "CLIP_stop_at_last_layers", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def refuse_unsupported(body: dict, img2img: bool) -> None:
@@ -88,7 +85,7 @@ def _check_overrides(overrides: Any) -> None:
     if not isinstance(overrides, dict):
         raise ApiError(400, "override_settings: must be an object", "override_settings", overrides)
     for key, value in overrides.items():
-        if key in ("sd_model_checkpoint", "sd_vae"):
+        if key in _SETTINGS_HONOURED:
             continue
         accepted = _SETTINGS_DEFAULTS.get(key)
         if accepted is None or not any(_same(value, ok) for ok in accepted):

@@ -15,7 +15,8 @@ from flask import Blueprint, current_app, render_template, request, send_file
 
 from app.engine.hires import HR_UPSCALERS
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
-from app.engine.types import FIELD_RANGES
+from app.engine.schedulers import schedule_labels
+from app.engine.types import FIELD_RANGES, RANDN_SOURCES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend, models
@@ -47,7 +48,8 @@ def index() -> str:
     # The model picker (templates/_model.html) on this page only: every other page, the error page
     # for a store outage included, renders without asking the store for the selection.
     return render_template("index.html", picker=models.state(), hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES,
-                           ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS, **_page())
+                           ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS,
+                           schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES, **_page())
 
 
 @bp.route("/gallery")

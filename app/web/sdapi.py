@@ -21,12 +21,12 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.engine.embeddings import a1111_listing
 from app.engine.embeddings import scan as scan_embeddings
-from app.engine.metadata import parse_infotext
+from app.engine.metadata import parse_infotext, request_from_infotext
 from app.engine.schedulers import (
+    AUTOMATIC,
     DEFAULT_SCHEDULER,
     SCHEDULE_TYPES,
     SCHEDULERS,
-    a1111_automatic,
     find_schedule_type,
     find_scheduler,
     split_name,
@@ -62,9 +62,9 @@ def _int(body: dict, name: str, default):
 
 def _sampler(body: dict) -> str:
     """The request's scheduler value for A1111's ``sampler_name`` (or old
-    ``sampler_index``) and 1.9's ``scheduler``: "Automatic" or none means
-    A1111's default schedule for that sampler; an old combined name such as
-    "DPM++ 2M Karras" keeps its schedule."""
+    ``sampler_index``) and 1.9's ``scheduler``: "Automatic" or none keeps the
+    schedule an old combined name carries ("DPM++ 2M Karras"), else the
+    sampler's own default, as A1111's ``get_sampler_and_scheduler``."""
     name = body.get("sampler_name") or body.get("sampler_index") or DEFAULT_SCHEDULER
     if not isinstance(name, str):
         raise ApiError(400, "sampler_name: must be a string", "sampler_name", name)
@@ -74,16 +74,14 @@ def _sampler(body: dict) -> str:
     choice = find_scheduler(name)
     if choice is None:
         raise ApiError(400, "sampler_name: unknown sampler; see /sdapi/v1/samplers", "sampler_name", name)
-    schedule = find_schedule_type(schedule_value or "automatic")
+    schedule = find_schedule_type(schedule_value)
     if schedule is None:
         raise ApiError(400, "scheduler: unknown schedule type; one of " + ", ".join(t.label for t in SCHEDULE_TYPES),
                        "scheduler", schedule_value)
-    if schedule.name == "automatic":
-        return choice.name if choice.schedule.name != "automatic" else a1111_automatic(choice.sampler).name
+    if schedule is AUTOMATIC:
+        return choice.name
     chosen = with_schedule(choice.sampler.name, schedule)
-    if chosen is None:
-        raise ApiError(400, f"scheduler: {choice.sampler.name} does not take the {schedule.label} schedule",
-                       "scheduler", schedule_value)
+    assert chosen is not None
     return chosen.name
 
 
@@ -114,12 +112,38 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "subseed_strength": body.get("subseed_strength", 0.0),
         "seed_resize_from_w": _int(body, "seed_resize_from_w", 0),
         "seed_resize_from_h": _int(body, "seed_resize_from_h", 0),
+        **_sampler_settings(body),
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
         values.update(_inpaint_values(body))
     elif body.get("enable_hr"):  # A1111 ignores the hr_* fields without it; so do we
         values.update(_hires_values(body))
+    return values
+
+
+def _sampler_settings(body: dict) -> dict:
+    """eta, the churn settings and the noise/text-encoder settings A1111 keeps as options: from the
+    request's fields, else from ``override_settings`` (A1111: ``eta_ancestral``/``eta_ddim`` when eta is
+    null, ``randn_source``, ``eta_noise_seed_delta``, ``CLIP_stop_at_last_layers``). Null fields take
+    A1111's defaults; webuiapi sends ``s_tmax: 0`` and ``s_noise: 1``, which are those defaults."""
+    overrides = body.get("override_settings") or {}
+    values: dict = {}
+    eta = body.get("eta")
+    if eta is None:
+        choice = find_scheduler(body.get("sampler_name") or body.get("sampler_index") or DEFAULT_SCHEDULER)
+        option = "eta_ddim" if choice and choice.sampler.eta_label == "Eta DDIM" else "eta_ancestral"
+        eta = overrides.get(option)
+    if eta is not None:
+        values["eta"] = eta
+    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+        value = body.get(name, overrides.get(name))
+        if value is not None:
+            values[name] = value
+    for option, field in (("randn_source", "randn_source"), ("eta_noise_seed_delta", "eta_noise_seed_delta"),
+                          ("CLIP_stop_at_last_layers", "clip_skip")):
+        if overrides.get(option) is not None:
+            values[field] = overrides[option]
     return values
 
 
@@ -220,7 +244,9 @@ def _info(job: Job, img2img: bool) -> dict:
         "index_of_first_image": 0, "infotexts": [im["infotext"] for im in job.images],
         "styles": job.params.get("styles", []),
         "job_timestamp": (job.created_at or "").replace("-", "").replace(":", "").replace("T", "")[:14],
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "t2i",
+        "clip_skip": p.get("clip_skip", 1), "eta": p.get("eta"), "s_churn": p.get("s_churn", 0.0),
+        "s_tmin": p.get("s_tmin", 0.0), "s_tmax": p.get("s_tmax") or float("inf"), "s_noise": p.get("s_noise", 1.0),
+        "is_using_inpainting_conditioning": False, "version": "t2i",
         "job_id": job.id, "interrupted": job.state == CANCELLED, "error": job.error if job.state == CANCELLED else None,
     }
 
@@ -355,14 +381,13 @@ def refresh_vae():
 
 @bp.get("/samplers")
 def samplers():
-    return jsonify([{"name": s.name, "aliases": list(s.aliases), "options": {"scheduler": s.a1111_default}
-                     if s.a1111_default != "automatic" else {}} for s in SCHEDULERS])
+    """A1111 1.10's list: each sampler's name, aliases and options (its default schedule and such)."""
+    return jsonify([{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SCHEDULERS])
 
 
 @bp.get("/schedulers")
 def schedulers():
-    return jsonify([{"name": t.name, "label": t.label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                    for t in SCHEDULE_TYPES])
+    return jsonify([t.api_entry() for t in SCHEDULE_TYPES])
 
 
 @bp.get("/scripts")
@@ -414,7 +439,9 @@ def png_info_route():
         if "x" in parameters.get("Size", ""):
             parameters["Size-1"], parameters["Size-2"] = parameters["Size"].split("x", 1)
     items = {k: v for k, v in chunks.items() if k != "parameters"}
-    return jsonify({"info": text or "", "items": items, "parameters": parameters})
+    # ``request``: this server's addition, the infotext as request fields (the page fills its form from it).
+    return jsonify({"info": text or "", "items": items, "parameters": parameters,
+                    "request": request_from_infotext(text) if text else {}})
 
 
 # Lists some clients read at start; this server has none of these add-ons.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -131,76 +130,29 @@ def beta(n: int, sigma_min: float, sigma_max: float, denoiser: Denoiser,
     return torch.tensor(sigmas + [0.0], dtype=torch.float32)
 
 
-@dataclass(frozen=True)
-class ScheduleDef:
-    """One row of A1111's scheduler list (what /sdapi/v1/schedulers reports, plus our function)."""
-
-    name: str
-    label: str
-    function: ScheduleFn | None
-    default_rho: float = -1
-    need_inner_model: bool = False
-    aliases: tuple[str, ...] = ()
-
-    def api_entry(self) -> dict:
-        """The /sdapi/v1/schedulers item: A1111 gives null, not [], for no aliases."""
-        return {"name": self.name, "label": self.label, "aliases": list(self.aliases) or None,
-                "default_rho": self.default_rho, "need_inner_model": self.need_inner_model}
+# The schedule functions by A1111's API name; the names, labels and aliases are the catalogue's
+# (app/engine/schedulers.py SCHEDULE_TYPES). "automatic" has no function of its own.
+FUNCTIONS: dict[str, ScheduleFn] = {
+    "uniform": uniform, "karras": karras, "exponential": exponential, "polyexponential": polyexponential,
+    "sgm_uniform": sgm_uniform, "kl_optimal": kl_optimal, "align_your_steps": align_your_steps, "simple": simple,
+    "normal": normal, "ddim": ddim, "beta": beta,
+}
 
 
-SCHEDULES: dict[str, ScheduleDef] = {s.name: s for s in (
-    ScheduleDef("automatic", "Automatic", None),
-    ScheduleDef("uniform", "Uniform", uniform, need_inner_model=True),
-    ScheduleDef("karras", "Karras", karras, default_rho=KARRAS_RHO),
-    ScheduleDef("exponential", "Exponential", exponential),
-    ScheduleDef("polyexponential", "Polyexponential", polyexponential, default_rho=POLYEXPONENTIAL_RHO),
-    ScheduleDef("sgm_uniform", "SGM Uniform", sgm_uniform, need_inner_model=True, aliases=("SGMUniform",)),
-    ScheduleDef("kl_optimal", "KL Optimal", kl_optimal),
-    ScheduleDef("align_your_steps", "Align Your Steps", align_your_steps),
-    ScheduleDef("simple", "Simple", simple, need_inner_model=True),
-    ScheduleDef("normal", "Normal", normal, need_inner_model=True),
-    ScheduleDef("ddim", "DDIM", ddim, need_inner_model=True),
-    ScheduleDef("beta", "Beta", beta, need_inner_model=True),
-)}
-
-
-def find_schedule(key: str) -> ScheduleDef | None:
-    """A1111's schedulers_map lookup: by API name or by label."""
-    if key in SCHEDULES:
-        return SCHEDULES[key]
-    return next((s for s in SCHEDULES.values() if s.label == key), None)
-
-
-def resolved_schedule(schedule: str | None, sampler_default: str | None) -> str | None:
-    """The schedule name that actually runs: Automatic (or none) means the sampler's own ``scheduler`` option.
-
-    None means the denoiser's own ``get_sigmas`` (k-diffusion's evenly spaced timesteps).
-    """
-    if schedule is None or schedule in ("automatic", "Automatic"):
-        if sampler_default is None:
-            return None
-        schedule = sampler_default
-    found = find_schedule(schedule)
-    if found is None:
-        raise ValueError(f"unknown schedule type {schedule!r}")
-    return found.name
-
-
-def get_sigmas(schedule: str | None, steps: int, denoiser: Denoiser, *, sampler_default: str | None,
-               discard_next_to_last_sigma: bool) -> Tensor:
+def get_sigmas(schedule: str | None, steps: int, denoiser: Denoiser, *, discard_next_to_last_sigma: bool) -> Tensor:
     """The sampler's sigmas on the CPU: A1111 KDiffusionSampler.get_sigmas with default options.
 
-    sigma_min and sigma_max are the ends of the denoiser's table. A discarding sampler (DPM2, DPM2 a) gets one
+    ``schedule`` is the one that runs (Automatic already resolved to the sampler's own, see
+    ``SchedulerChoice.resolved_schedule``); None means the denoiser's own ``get_sigmas``. sigma_min and
+    sigma_max are the ends of the denoiser's table. A discarding sampler (DPM2, DPM2 a, DPM++ 3M SDE) gets one
     step more and then loses the next-to-last sigma, so it still runs ``steps`` steps.
     """
     if discard_next_to_last_sigma:
         steps += 1
-    name = resolved_schedule(schedule, sampler_default)
-    function = SCHEDULES[name].function if name is not None else None
-    if function is None:
+    if schedule is None:
         sigmas = denoiser.get_sigmas(steps)
     else:
-        sigmas = function(steps, denoiser.sigmas[0].item(), denoiser.sigmas[-1].item(), denoiser)
+        sigmas = FUNCTIONS[schedule](steps, denoiser.sigmas[0].item(), denoiser.sigmas[-1].item(), denoiser)
     if discard_next_to_last_sigma:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas.cpu()

@@ -1,0 +1,190 @@
+"""The engine's denoising passes, A1111's way (``modules/processing.py``), on
+the loaded pipeline's UNet, VAE and text encoder: no diffusers pipeline or
+scheduler runs; the algorithms are in ``app/engine/sampling``.
+
+1. Conditioning: each prompt's schedule (prompt editing, alternation),
+   encoded with A1111's emphasis and chunking (app/engine/prompts.py), for
+   A1111's step count (doubled for second-order samplers).
+2. Noise: A1111's ``ImageRNG`` per pass: each image's own generator from
+   its seed (GPU source: CUDA's numbers on every device), variation seeds,
+   seed resize, ENSD; Brownian trees per image seed for the SDE samplers.
+3. A pass: txt2img from noise, or img2img from an encoded image at
+   A1111's ``t_enc``; inpainting keeps the original latents outside the
+   mask; the hires fix is a txt2img pass then an img2img pass at the
+   larger size with its own noise and conditioning.
+4. Decoding as A1111: clamp, scale to 0..255, truncate to uint8.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.engine.prompts import encode_schedule
+from app.engine.sampling import run
+from app.engine.sampling.cfg import CFGDenoiser
+from app.engine.sampling.denoisers import DiscreteDenoiser, LCMDenoiser, alphas_cumprod_from_config
+from app.engine.sampling.rng import ImageRNG, brownian_noise_sampler
+from app.engine.sampling.timesteps import TimestepsDenoiser
+from app.engine.schedulers import LCM, TIMESTEPS, SchedulerChoice, find_scheduler
+
+OnStep = Callable[[int, torch.Tensor], None]  # (steps finished in this pass, denoised latents)
+
+
+class ModelWrappers:
+    """The UNet seen as A1111's samplers see it: a sigma denoiser (eps or v), a timestep denoiser (eps
+    out) and LCM's denoiser, over the model's own training noise table."""
+
+    def __init__(self, pipe: Any, scheduler_config: dict):
+        self.unet = pipe.unet
+        self.alphas_cumprod = alphas_cumprod_from_config(
+            scheduler_config.get("beta_start", 0.00085), scheduler_config.get("beta_end", 0.012),
+            scheduler_config.get("num_train_timesteps", 1000), scheduler_config.get("beta_schedule", "scaled_linear"))
+        self.prediction = scheduler_config.get("prediction_type", "epsilon")
+        self.sigma = DiscreteDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
+        self.timesteps = TimestepsDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
+        self.lcm = LCMDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                    image_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's output for latents ``x`` at (fractional) timesteps ``t``; the sampling math stays in
+        float32 while the UNet runs in its own dtype (A1111's autocast)."""
+        unet = self.unet
+        if image_cond is not None:  # a 9-channel inpainting UNet: mask and masked-image latents
+            x = torch.cat([x, image_cond.to(x)], dim=1)
+        # Inputs stay on x's device (the pipeline's execution device; CPU offload hooks move the UNet there).
+        out = unet(x.to(unet.dtype), t.to(x.device, torch.float32), encoder_hidden_states=cond.to(x.device, unet.dtype),
+                   return_dict=False)[0]
+        return out.float()
+
+    def inner(self, choice: SchedulerChoice) -> Any:
+        if choice.sampler.kind == TIMESTEPS:
+            return self.timesteps
+        return self.lcm if choice.sampler.kind == LCM else self.sigma
+
+
+@dataclass
+class PassResult:
+    latents: torch.Tensor
+    interrupted: bool
+    steps_done: int
+
+
+class Denoiser:
+    """One request's passes on the engine's components. ``on_step`` gets the finished step count within
+    the pass and the denoised estimate."""
+
+    def __init__(self, pipe: Any, wrappers: ModelWrappers, request: Any, seeds: list[int], subseeds: list[int],
+                 cancel: threading.Event | None):
+        self.pipe, self.wrappers, self.request = pipe, wrappers, request
+        self.seeds, self.subseeds = seeds, subseeds
+        self.cancel = cancel
+        choice = find_scheduler(request.scheduler)
+        assert choice is not None  # validated
+        self.choice = choice
+        self.device = pipe._execution_device  # the GPU under CPU offload too
+        self.settings = run.SamplerSettings(eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
+                                            s_tmax=request.s_tmax, s_noise=request.s_noise)
+
+    # 1. conditioning
+    def conditioning(self, prompt: str, steps: int, hires_steps: int | None = None) -> tuple[list, list]:
+        """The prompt's and negative prompt's schedules for a pass of ``steps`` (A1111's total steps)."""
+        encode = self._encode
+        return encode(prompt, steps, hires_steps), encode(self.request.negative_prompt, steps, hires_steps)
+
+    def _encode(self, text: str, steps: int, hires_steps: int | None) -> list:
+        schedule = encode_schedule(self.pipe, text, steps, hires_steps, clip_skip=self.request.clip_skip)
+        return [(entry.end_at_step, entry.cond) for entry in schedule]
+
+    # 2. noise
+    def rng(self, latent_shape: tuple[int, ...], request: Any) -> ImageRNG:
+        return ImageRNG(latent_shape, self.seeds, subseeds=self.subseeds, subseed_strength=request.subseed_strength,
+                        seed_resize_from_h=request.seed_resize_from_h, seed_resize_from_w=request.seed_resize_from_w,
+                        source=request.randn_source, device=str(self.device),
+                        eta_noise_seed_delta=request.eta_noise_seed_delta)
+
+    def noise(self, rng: ImageRNG) -> run.Noise:
+        source, device = self.request.randn_source, str(self.device)
+        return run.Noise(rng, lambda x, sigmas: brownian_noise_sampler(x, sigmas, self.seeds, source, device))
+
+    # 3. passes
+    def model(self, cond: list, uncond: list, image_cond: torch.Tensor | None = None) -> CFGDenoiser:
+        timestep = self.choice.sampler.kind == TIMESTEPS
+        return CFGDenoiser(self.wrappers.inner(self.choice), cond, uncond, self.request.guidance_scale,
+                           predicts_eps=timestep, alphas_cumprod=self.wrappers.alphas_cumprod,
+                           image_cond=image_cond, cancel=self.cancel)
+
+    def txt2img(self, conds: tuple[list, list], width: int, height: int, on_step: OnStep | None,
+                image_cond: torch.Tensor | None = None) -> PassResult:
+        model = self.model(*conds, image_cond=image_cond)
+        rng = self.rng(self.latent_shape(width, height), self.request)
+        counter = _Counter(on_step)
+        latents, stopped = run.sample(self.choice, model, self.wrappers.inner(self.choice), self.noise(rng),
+                                      self.request.steps, self.settings, counter)
+        return PassResult(latents, stopped, counter.done)
+
+    def img2img(self, conds: tuple[list, list], init_latent: torch.Tensor, steps: int, strength: float,
+                on_step: OnStep | None, *, mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
+                fixed_steps: bool = False) -> PassResult:
+        """From ``init_latent`` at ``strength``; ``mask`` (1: repaint, latent size) keeps the rest."""
+        model = self.model(*conds, image_cond=image_cond)
+        if mask is not None:
+            model.nmask, model.mask = mask, 1.0 - mask
+        rng = self.rng(tuple(init_latent.shape[1:]), self.request)
+        counter = _Counter(on_step)
+        latents, stopped = run.sample_img2img(self.choice, model, self.wrappers.inner(self.choice), self.noise(rng),
+                                              init_latent, steps, strength, self.settings, counter, fixed_steps)
+        if mask is not None:  # the kept area exactly as it was (A1111 blends the samples once more)
+            latents = latents * mask + init_latent * (1.0 - mask)
+        return PassResult(latents, stopped, counter.done)
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        factor = self.pipe.vae_scale_factor
+        return (_latent_channels(self.pipe), height // factor, width // factor)
+
+    def random_latents(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The seeds' first draw at ``shape`` (A1111's create_random_tensors: "latent noise" fill)."""
+        return ImageRNG(shape, self.seeds, source=self.request.randn_source, device=str(self.device)).next()
+
+    # 4. VAE
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB images (same size) to latents: the VAE's mean (A1111 samples the posterior with an unseeded
+        generator, a difference within the VAE's own noise)."""
+        vae = self.pipe.vae
+        pixels = torch.stack([_to_tensor(im) for im in images]).to(self.device, vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean
+        return latents.float() * vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            pixels = vae.decode((latents / vae.config.scaling_factor).to(self.device, vae.dtype), return_dict=False)[0]
+        pixels = torch.clamp((pixels.float() + 1.0) / 2.0, 0.0, 1.0)
+        arrays = (255.0 * pixels.permute(0, 2, 3, 1).cpu().numpy()).astype(np.uint8)  # A1111 truncates
+        return [Image.fromarray(a) for a in arrays]
+
+
+def _latent_channels(pipe: Any) -> int:
+    return int(pipe.vae.config.latent_channels)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
+
+
+class _Counter:
+    """Counts finished sampler steps and forwards them."""
+
+    def __init__(self, on_step: OnStep | None):
+        self.on_step, self.done = on_step, 0
+
+    def __call__(self, index: int, denoised: torch.Tensor) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(self.done, denoised)

@@ -1,0 +1,109 @@
+"""Classifier-free guidance around a denoiser, as A1111 1.10's
+``CFGDenoiser`` (modules/sd_samplers_cfg_denoiser.py) does it for one
+prompt per batch:
+
+- the conditioning is picked per call from the prompt's schedule (prompt
+  editing and alternation), by a call counter that starts at 0 for each
+  pass; second-order samplers make two calls a step, which is why A1111
+  counts their prompt-editing steps twice;
+- cond and uncond of the same length go through the model as one batch
+  (cond first); of different lengths (A1111's default ``pad_cond_uncond``
+  off) as two, so a long prompt is not padded with empty chunks;
+- the guidance is combined on the model's output: denoised latents for
+  the sigma samplers, noise for the timestep samplers (both linear, so
+  the same guidance);
+- inpainting keeps the original latents outside the mask: blended into
+  the output (sigma samplers) or into the input (timestep samplers), as
+  A1111's ``mask_before_denoising``;
+- every call first checks the cancel event: a cancelled run stops between
+  model calls and keeps its last denoised estimate (A1111's interrupt
+  keeps its last latent too).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import torch
+
+Schedule = list  # [(end_at_step, cond tensor (1, tokens, dim))], see app.engine.prompts.encode_schedule
+
+
+class Interrupted(Exception):
+    """Raised inside a sampler when the run is cancelled; the driver turns it into a partial result."""
+
+
+def cond_at(schedule: Schedule, step: int) -> torch.Tensor:
+    """The conditioning in force at denoiser call ``step`` (A1111's reconstruct_cond_batch for one prompt)."""
+    for end_at_step, cond in schedule:
+        if step <= end_at_step:
+            return cond
+    return schedule[-1][1]
+
+
+class CFGDenoiser:
+    """``model(x, sigma) -> denoised`` (or eps, for the timestep samplers) with guidance, for a batch that
+    shares one prompt. ``inner(x, sigma, cond=..., image_cond=...)`` is the model wrapper: a
+    DiscreteDenoiser (denoised out) or a TimestepsDenoiser (eps out)."""
+
+    def __init__(self, inner: Callable[..., torch.Tensor], cond: Schedule, uncond: Schedule, cond_scale: float, *,
+                 predicts_eps: bool = False, alphas_cumprod: torch.Tensor | None = None,
+                 image_cond: torch.Tensor | None = None, cancel: threading.Event | None = None):
+        self.inner = inner
+        self.cond, self.uncond = cond, uncond
+        self.cond_scale = cond_scale
+        self.predicts_eps = predicts_eps  # timestep samplers: the model answers noise, blended before the call
+        self.alphas_cumprod = alphas_cumprod
+        self.image_cond = image_cond  # inpainting UNets: mask and masked-image latents, concatenated to x
+        self.cancel = cancel
+        self.step = 0  # model calls so far in this pass
+        # Inpainting: ``mask`` keeps (1: original latents), ``nmask`` = 1 - mask repaints.
+        self.init_latent: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.nmask: torch.Tensor | None = None
+        self.last_denoised: torch.Tensor | None = None  # the latest estimate of the clean latents
+        # DDIM CFG++ (A1111 1.10): the guidance scale shrunk by 1/12.5, and the uncond noise kept for its update.
+        self.cond_scale_multiplier = 1.0
+        self.need_last_noise_uncond = False
+        self.last_noise_uncond: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Start a pass: the call counter (prompt editing) from 0, as A1111's initialize does per pass."""
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Interrupted
+        batch = x.shape[0]
+        if self.predicts_eps and self.mask is not None:
+            x = self._blend(x)
+        cond = cond_at(self.cond, self.step).expand(batch, -1, -1)
+        uncond = cond_at(self.uncond, self.step).expand(batch, -1, -1)
+        x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
+        image_cond = None if self.image_cond is None else torch.cat([self.image_cond, self.image_cond])
+        if cond.shape[1] == uncond.shape[1]:
+            out = self.inner(x_in, sigma_in, cond=torch.cat([cond, uncond]), image_cond=image_cond)
+        else:  # A1111's default: no padding, two model calls
+            halves = (slice(0, batch), slice(batch, 2 * batch))
+            out = torch.cat([self.inner(x_in[h], sigma_in[h], cond=c,
+                                        image_cond=None if image_cond is None else image_cond[h])
+                             for h, c in zip(halves, (cond, uncond))])
+        out_cond, out_uncond = out[:batch], out[batch:]
+        if self.need_last_noise_uncond:
+            self.last_noise_uncond = out_uncond.clone()
+        guided = out_uncond + (out_cond - out_uncond) * (self.cond_scale * self.cond_scale_multiplier)
+        if not self.predicts_eps and self.mask is not None:
+            guided = self._blend(guided)
+        self.last_denoised = self._pred_x0(x, guided, sigma) if self.predicts_eps else guided
+        self.step += 1
+        return guided
+
+    def _blend(self, latent: torch.Tensor) -> torch.Tensor:
+        assert self.init_latent is not None and self.mask is not None and self.nmask is not None
+        return latent * self.nmask + self.init_latent * self.mask
+
+    def _pred_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean latents a timestep sampler's noise estimate implies (A1111's get_pred_x0)."""
+        assert self.alphas_cumprod is not None
+        a_t = self.alphas_cumprod.to(x.device)[t.long()].view(-1, 1, 1, 1).to(x.dtype)
+        return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()

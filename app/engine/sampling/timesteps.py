@@ -69,7 +69,7 @@ class TimestepsDenoiser:
 
 def pred_x0(alphas_cumprod: Tensor, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
     """CFGDenoiserTimesteps.get_pred_x0 (the live-preview latent): (x - sqrt(1 - a) eps) / sqrt(a), a = a[int(t)]."""
-    a_t = alphas_cumprod[t.to(dtype=int)].reshape((-1,) + (1,) * (x.dim() - 1))
+    a_t = alphas_cumprod[t.to(alphas_cumprod.device, int)].to(x.device).reshape((-1,) + (1,) * (x.dim() - 1))
     return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
@@ -79,8 +79,8 @@ class _Schedule:
     def __init__(self, model: Any, x: Tensor, timesteps: Tensor, eta: float = 0.0):
         ac = model.alphas_cumprod
         self.prev_timesteps = torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))
-        self.alphas = ac[timesteps]
-        self.alphas_prev = ac[self.prev_timesteps].to(torch.float64 if x.device.type != "mps" else torch.float32)
+        self.alphas = ac[timesteps.to(ac.device)]
+        self.alphas_prev = ac[self.prev_timesteps.to(ac.device)].to(torch.float64 if x.device.type != "mps" else torch.float32)
         self.sqrt_one_minus_alphas = torch.sqrt(1 - self.alphas)
         # A1111 divides a numpy array by the tensor 1 - a, which torch's __rtruediv__ turns into a product with the
         # reciprocal taken in a's dtype; the rest is float64, and the root is numpy's (torch's CPU sqrt can differ
@@ -249,6 +249,6 @@ def sample_img2img(func: Callable[..., Tensor], model: Any, init_latent: Tensor,
     """
     total, t_enc = img2img_steps(steps, strength, fixed_steps)
     timesteps = get_timesteps(total, init_latent.device, discard_next_to_last_sigma=discard_next_to_last_sigma)
-    a_enc = model.alphas_cumprod[timesteps[t_enc]]
+    a_enc = model.alphas_cumprod[int(timesteps[t_enc])].to(init_latent.device)
     xi = init_latent * torch.sqrt(a_enc) + noise * torch.sqrt(1 - a_enc)
     return _call(func, model, xi, timesteps[:t_enc], extra_args, callback, eta, noise_sampler, is_img2img=True)

@@ -8,12 +8,10 @@ k-diffusion reads its tape through a torch hijack (as A1111's TorchHijack does) 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 import types
-from pathlib import Path
 
+import kdiffusion_ref
 import pytest
 import torch
 
@@ -23,30 +21,8 @@ SHAPE = (2, 4, 8, 8)
 STEPS = 10
 
 
-def _load_kdiffusion_private():
-    """Private loader (tests/kdiffusion_ref.py did not exist yet): exec k_diffusion's sampling.py and external.py
-    into a bare package under a name of our own, skipping its __init__ (which needs torchvision)."""
-    root = Path(importlib.util.find_spec("k_diffusion").submodule_search_locations[0])
-    name = "_ksamplers_kdiffusion_ref"
-    if name in sys.modules:
-        return sys.modules[name]
-    package = types.ModuleType(name)
-    package.__path__ = [str(root)]
-    utils = types.ModuleType(f"{name}.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    package.utils = utils
-    sys.modules[name] = package
-    sys.modules[utils.__name__] = utils
-    for sub in ("sampling", "external"):
-        spec = importlib.util.spec_from_file_location(f"{name}.{sub}", root / f"{sub}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        setattr(package, sub, module)
-    return package
-
-
-KD = _load_kdiffusion_private()
+_sampling, _external = kdiffusion_ref.load()
+KD = types.SimpleNamespace(sampling=_sampling, external=_external)
 
 
 class FakeUNet:

@@ -2,12 +2,10 @@
 modules/rng_philox.py, create_noise_sampler) and k-diffusion's BrownianTreeNoiseSampler."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
 import threading
 import types
 
+import kdiffusion_ref
 import numpy as np
 import pytest
 import torch
@@ -235,23 +233,7 @@ def test_noise_sampler_draws_the_next_noise():
 # -- Brownian noise -----------------------------------------------------------------------------------------------
 
 def _kdiffusion_sampling() -> types.ModuleType:
-    """k-diffusion's sampling.py, loaded under a private package name without its __init__ (which needs
-    torchvision); BrownianTreeNoiseSampler needs nothing from its utils."""
-    name = "_kdiffusion_ref_for_rng"
-    if f"{name}.sampling" in sys.modules:
-        return sys.modules[f"{name}.sampling"]
-    location = pathlib.Path(importlib.util.find_spec("k_diffusion").submodule_search_locations[0])
-    package = types.ModuleType(name)
-    package.__path__ = []
-    utils = types.ModuleType(f"{name}.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    package.utils = utils
-    sys.modules.update({name: package, f"{name}.utils": utils})
-    spec = importlib.util.spec_from_file_location(f"{name}.sampling", location / "sampling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return kdiffusion_ref.load()[0]
 
 
 SIGMAS = torch.tensor([14.6146, 9.7248, 6.3311, 3.9973, 2.3825, 1.2859, 0.5964, 0.0292, 0.0])

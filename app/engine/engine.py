@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from app.engine.denoise import ModelWrappers
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
 from app.engine.loras import LoraSet, split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image
 from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
-from app.engine.denoise import ModelWrappers
 from app.engine.types import (
     DEFAULT_LIMITS,
     GenerationRequest,
@@ -294,7 +294,7 @@ class Engine:
         from app.engine.sampling.run import img2img_steps
 
         if request.enable_hr:
-            return request.steps + second_pass_steps(request)
+            return request.steps + (second_pass_steps(request) if request.strength > 0 else 0)
         if request.init_image is not None:
             return img2img_steps(request.steps, request.strength, False)[1] + 1
         return request.steps

@@ -109,11 +109,18 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_st
         latents = upscale_latents(first.latents, size, cover, request.hr_upscaler)
     else:
         latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover))
+    extra = _infotext_entries(request)
+    if request.strength == 0:  # A1111's second pass then has an empty schedule: the upscale is the result
+        return latents, [], extra, False
     hr_steps = second_pass_steps(request)
     conds = denoiser.conditioning(prompt, total, sampling.total_steps(denoiser.choice, hr_steps))
     offset = steps_done()
     second = denoiser.img2img(conds, latents, hr_steps, request.strength,
                               lambda step, denoised: on_step(offset + step, denoised), fixed_steps=True)
+    return second.latents, [], extra, second.interrupted
+
+
+def _infotext_entries(request: Any) -> dict:
     extra: dict = {}
     if request.hr_resize_x or request.hr_resize_y:
         extra["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
@@ -122,4 +129,4 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_st
     if request.hr_second_pass_steps:
         extra["Hires steps"] = request.hr_second_pass_steps
     extra["Hires upscaler"] = request.hr_upscaler
-    return second.latents, [], extra, second.interrupted
+    return extra

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.engine.loras import has_extra_networks, split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
-from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, schedule_labels, scheduler_names
 
 MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 8  # the VAE's downscale factor: latents are width/8 x height/8
@@ -175,29 +175,28 @@ class GenerationRequest:
         self.seed = _check_seed("seed", self.seed)
         spec = find_scheduler(self.scheduler)
         if spec is None:
-            raise ValidationError("scheduler", self.scheduler, "is not one of " + ", ".join(scheduler_names()))
+            raise ValidationError("scheduler", self.scheduler, "is not one of " + ", ".join(scheduler_names()) +
+                                  ", optionally followed by a schedule type: " + ", ".join(schedule_labels()))
         self.scheduler = spec.name
         _check_int("num_images", self.num_images)
         if not 1 <= self.num_images <= limits.max_images:
             raise ValidationError("num_images", self.num_images, f"must be between 1 and {limits.max_images}")
         _check_number("strength", self.strength)
-        if not 0 < self.strength <= 1:
-            raise ValidationError("strength", self.strength, "must be greater than 0 and at most 1")
+        if not 0 <= self.strength <= 1:
+            raise ValidationError("strength", self.strength, "must be between 0 and 1")
         if self.init_image is not None:
             if not (hasattr(self.init_image, "size") and hasattr(self.init_image, "convert")):
                 raise ValidationError("init_image", type(self.init_image).__name__, "must be an image")
             w, h = self.init_image.size
             if w * h > limits.max_pixels:
                 raise ValidationError("init_image", f"{w}x{h}", f"is more than {limits.max_pixels} pixels")
-            if int(self.steps * self.strength) < 1:
-                raise ValidationError("strength", self.strength,
-                                      f"with {self.steps} steps leaves no denoising step; raise steps or strength")
         if not isinstance(self.tiling, bool):
             raise ValidationError("tiling", self.tiling, "must be true or false")
         self._validate_inpaint(limits)
         self._validate_hires(limits)
         self._validate_variation(limits)
         self._validate_sampler_settings()
+        self._validate_sampler_steps()
         if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
             raise ValidationError("styles", self.styles, "must be a list of style names")
         self.styles = list(self.styles)
@@ -292,9 +291,6 @@ class GenerationRequest:
             raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
         if self.save_steps:
             raise ValidationError("save_steps", self.save_steps, "step previews are not kept with hires fix")
-        if second_pass_steps(self) < 1:
-            raise ValidationError("strength", self.strength, "leaves the hires pass no denoising step; raise "
-                                                             "hr_second_pass_steps or strength")
         if self.width and self.height:
             check_hires_size(self, self.width, self.height, limits)
 
@@ -315,10 +311,6 @@ class GenerationRequest:
         if resize and not (self.seed_resize_from_w and self.seed_resize_from_h):
             raise ValidationError("seed_resize_from_w" if not self.seed_resize_from_w else "seed_resize_from_h", 0,
                                   "seed resize needs both seed_resize_from_w and seed_resize_from_h")
-        if (self.subseed_strength > 0 or resize) and self.init_image is not None:
-            raise ValidationError("subseed_strength" if self.subseed_strength > 0 else "seed_resize_from_w",
-                                  self.subseed_strength or self.seed_resize_from_w,
-                                  "variation seeds are for txt2img on this server; leave out the init image")
 
     def _validate_sampler_settings(self) -> None:
         if self.eta is not None:
@@ -332,6 +324,31 @@ class GenerationRequest:
             raise ValidationError("eta_noise_seed_delta", self.eta_noise_seed_delta, f"must be between 0 and {MAX_SEED}")
         _check_int("clip_skip", self.clip_skip)
         _check_range("clip_skip", self.clip_skip)
+
+    def _validate_sampler_steps(self) -> None:
+        """What A1111's timestep samplers cannot run: UniPC below its order (A1111 stops with an assertion),
+        and a hires or img2img schedule longer than the model's 1000 timesteps."""
+        from app.engine.hires import second_pass_steps
+        from app.engine.schedulers import TIMESTEPS
+
+        spec = find_scheduler(self.scheduler)
+        if spec is None or spec.sampler.kind != TIMESTEPS:
+            return
+        passes = []
+        if self.init_image is not None:
+            passes.append((self.steps, int(min(self.strength, 0.999) * self.steps), "strength"))
+        else:
+            passes.append((self.steps, self.steps, "steps"))
+        if self.enable_hr and self.strength > 0:
+            hr = second_pass_steps(self)
+            passes.append((int(hr / min(self.strength, 0.999)), hr - 1, "strength"))
+        for total, denoised, name in passes:
+            if total > 1000:
+                raise ValidationError(name, getattr(self, name), f"makes {spec.sampler.name} run a {total}-step "
+                                                                 "schedule; the model has 1000 timesteps")
+            if spec.sampler.name == "UniPC" and denoised < 3:
+                raise ValidationError(name, getattr(self, name), "UniPC needs at least 3 denoising steps (its order); "
+                                                                 "raise steps or strength")
 
     def batch_seeds(self) -> tuple[list[int], list[int]]:
         """Each image's seed and variation seed, by A1111's batch rule: without a variation the seeds

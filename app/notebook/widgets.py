@@ -21,7 +21,7 @@ from app.engine.hires import HR_UPSCALERS
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
 from app.engine.previews import filmstrip
-from app.engine.schedulers import scheduler_names
+from app.engine.schedulers import sampler_names, schedule_labels
 from app.engine.types import (
     SIZE_MULTIPLE,
     GenerationRequest,
@@ -130,7 +130,9 @@ class GeneratorUI:
                                       step=SIZE_MULTIPLE, description="Width")
         self.height = w.BoundedIntText(value=height or default_h, min=limits.min_size, max=limits.max_height,
                                        step=SIZE_MULTIPLE, description="Height")
-        self.scheduler = w.Dropdown(options=scheduler_names(), value=defaults["scheduler"], description="Scheduler")
+        # The page's words and lists: A1111's samplers and schedule types (app/engine/schedulers.py).
+        self.scheduler = w.Dropdown(options=sampler_names(), value=defaults["scheduler"], description="Sampler")
+        self.schedule_type = w.Dropdown(options=schedule_labels(), value="Automatic", description="Schedule type")
         self.save_steps = w.BoundedIntText(value=defaults["save_steps"], min=0, max=limits.max_steps,
                                            description="Steps strip", **tooltip("keep a preview every N steps (0: off)"))
         self.button = w.Button(description="Generate", button_style="primary", icon="paint-brush")
@@ -161,12 +163,18 @@ class GeneratorUI:
         self.widget = w.VBox([
             self.prompt, self.negative, *self._extra_widgets(),
             w.HBox([self.steps, self.guidance, self.seed]),
-            w.HBox([self.width, self.height, self.scheduler]),
+            w.HBox([self.width, self.height]),
+            w.HBox([self.scheduler, self.schedule_type]),
             *hires,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
             w.HBox([self.upscale_by, self.upscale_button]),
         ])
+
+    def sampler_value(self) -> str:
+        """The request's one string: the sampler, then the schedule type unless Automatic."""
+        schedule = self.schedule_type.value
+        return self.scheduler.value if schedule == "Automatic" else f"{self.scheduler.value} {schedule}"
 
     def _extra_widgets(self) -> list[Any]:
         return []
@@ -175,7 +183,7 @@ class GeneratorUI:
         request = GenerationRequest(
             prompt=self.prompt.value, negative_prompt=self.negative.value, steps=self.steps.value,
             guidance_scale=self.guidance.value, seed=self.seed.value, width=self.width.value,
-            height=self.height.value, scheduler=self.scheduler.value, save_steps=self.save_steps.value,
+            height=self.height.value, scheduler=self.sampler_value(), save_steps=self.save_steps.value,
         )
         if self.offers_hires and self.enable_hr.value:
             request.enable_hr, request.hr_scale = True, self.hr_scale.value
@@ -266,6 +274,11 @@ class Img2ImgUI(GeneratorUI):
         self.upload.observe(self._on_upload, names="value")
         self.use_last.on_click(lambda _b: self.take_last())
 
+    def sampler_value(self) -> str:
+        """The request's one string: the sampler, then the schedule type unless Automatic."""
+        schedule = self.schedule_type.value
+        return self.scheduler.value if schedule == "Automatic" else f"{self.scheduler.value} {schedule}"
+
     def _extra_widgets(self) -> list[Any]:
         import ipywidgets as w
 
@@ -326,6 +339,11 @@ class InpaintUI(Img2ImgUI):
                                  **tooltip("repaint the black area instead"))
         super().__init__(engine, output_dir, **kwargs)
         self.mask_upload.observe(self._on_mask_upload, names="value")
+
+    def sampler_value(self) -> str:
+        """The request's one string: the sampler, then the schedule type unless Automatic."""
+        schedule = self.schedule_type.value
+        return self.scheduler.value if schedule == "Automatic" else f"{self.scheduler.value} {schedule}"
 
     def _extra_widgets(self) -> list[Any]:
         import ipywidgets as w

@@ -106,7 +106,8 @@ def _launch(run: Callable[[], torch.Tensor], model: CFGDenoiser) -> tuple[torch.
 def _callback(on_step: StepCallback | None) -> Callable[[dict], None] | None:
     if on_step is None:
         return None
-    return lambda d: on_step(int(d["i"]), d["denoised"])
+    # UniPC's last step has no corrector and reports no estimate: its result is the clean latents.
+    return lambda d: on_step(int(d["i"]), d["denoised"] if d["denoised"] is not None else d["x"])
 
 
 def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise, steps: int,
@@ -118,8 +119,9 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
     kwargs = _kwargs(choice, func, settings)
     model.reset()
     if choice.sampler.kind == TIMESTEPS:
-        return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, kwargs, _callback(on_step),
-                                                        noise.sampler()), model)
+        return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step),
+                                                        eta=kwargs.get("eta", 0.0), noise_sampler=noise.sampler()),
+                       model)
     sigmas = sigmas_for(choice, steps, inner).to(x.device)
     x = x * sigmas[0]
     params = inspect.signature(func).parameters
@@ -129,16 +131,15 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
         kwargs["sigma_min"], kwargs["sigma_max"] = float(inner.sigmas[0]), float(inner.sigmas[-1])
     if "sigmas" in params:
         kwargs["sigmas"] = sigmas
-    kwargs["noise_sampler"] = noise.brownian(x, sigmas) if choice.sampler.options.get("brownian_noise") \
-        else noise.sampler()
+    if "noise_sampler" in params:
+        kwargs["noise_sampler"] = noise.brownian(x, sigmas) if choice.sampler.options.get("brownian_noise") \
+            else noise.sampler()
     return _launch(lambda: func(model, x, callback=_callback(on_step), disable=True, **kwargs), model)
 
 
 def img2img_steps(steps: int, strength: float, fixed: bool) -> tuple[int, int]:
     """(schedule length, t_enc): A1111's setup_img2img_steps; ``fixed`` for the hires pass."""
-    if fixed:
-        return int(steps / min(strength, 0.999)), steps - 1
-    return steps, int(min(strength, 0.999) * steps)
+    return timesteps.img2img_steps(steps, strength, steps if fixed else None)
 
 
 def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise, init_latent: torch.Tensor,
@@ -152,8 +153,9 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
     model.init_latent = init_latent
     model.last_denoised = init_latent
     if choice.sampler.kind == TIMESTEPS:
-        return _launch(lambda: timesteps.sample_img2img(func, model, init_latent, x_noise, steps, strength, kwargs,
-                                                        _callback(on_step), noise.sampler(),
+        return _launch(lambda: timesteps.sample_img2img(func, model, init_latent, x_noise, steps, strength,
+                                                        callback=_callback(on_step), eta=kwargs.get("eta", 0.0),
+                                                        noise_sampler=noise.sampler(),
                                                         fixed_steps=steps if fixed_steps else None), model)
     total, t_enc = img2img_steps(steps, strength, fixed_steps)
     sigmas = sigmas_for(choice, total, inner).to(init_latent.device)
@@ -166,8 +168,9 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
         kwargs["n"] = len(sigma_sched) - 1
     if "sigmas" in params:
         kwargs["sigmas"] = sigma_sched
-    kwargs["noise_sampler"] = noise.brownian(init_latent, sigmas) if choice.sampler.options.get("brownian_noise") \
-        else noise.sampler()
+    if "noise_sampler" in params:
+        kwargs["noise_sampler"] = noise.brownian(init_latent, sigmas) \
+            if choice.sampler.options.get("brownian_noise") else noise.sampler()
     return _launch(lambda: func(model, xi, callback=_callback(on_step), disable=True, **kwargs), model)
 
 

@@ -12,17 +12,19 @@
 - Weights are applied A1111's way ("Original" emphasis): each chunk's hidden
   states are multiplied by their tokens' weights, then rescaled so the chunk's
   mean is what it was before.
-- The prompt and the negative prompt are padded to the same number of chunks
-  with the empty prompt's encoding (A1111's ``pad_cond_uncond``), because the
-  diffusers pipelines take one shape for both.
+- Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` give one
+  prompt per stretch of steps (``app.engine.prompt_schedule``);
+  ``encode_schedule`` encodes them as A1111's ``get_learned_conditioning``
+  does: all of a prompt's scheduled texts form one batch, padded to the same
+  number of chunks with empty chunks, and the emphasis mean is the batch's.
+  ``cond_at`` picks the entry for a step (``reconstruct_cond_batch``).
 
-A prompt that needs none of this (no weight other than 1, no BREAK, at most
-75 tokens) goes to diffusers as plain text, so it gives exactly the image it
-gave before (``plain_text``).
-
-Not supported, refused at validation with a message naming the field (see
-``prompt_syntax_problem``): prompt editing ``[from:to:when]`` and alternation
-``[a|b]``, which change the conditioning during sampling.
+``prompt_inputs`` (the diffusers pipelines' path, which has no schedule): a
+prompt that needs none of this (no weight other than 1, no BREAK, at most 75
+tokens) goes to diffusers as plain text, so it gives exactly the image it gave
+before (``plain_text``); otherwise the prompt and the negative prompt are
+padded to the same number of chunks with the empty prompt's encoding (A1111's
+``pad_cond_uncond``), because those pipelines take one shape for both.
 
 Why our own code and not a library: ``compel`` has its own syntax (``a++``,
 ``(a)1.2``) and its own weighting (down-weighting blends towards the empty
@@ -43,7 +45,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+from app.engine.prompt_schedule import prompt_schedule
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK_LENGTH = 75  # tokens per chunk, without BOS and EOS
 COMMA_PADDING_BACKTRACK = 20  # A1111's default
@@ -61,7 +68,6 @@ _ATTENTION = re.compile(r"""
 :
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_NUMBER = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$")
 
 
 @dataclass
@@ -129,35 +135,15 @@ def parse_prompt_attention(text: str) -> list[Fragment]:
     return merged
 
 
-def prompt_syntax_problem(text: str) -> str | None:
-    """Why ``text`` cannot be used, or None. Refused: A1111's prompt editing
-    (``[from:to:when]``, ``[to:when]``, ``[from::when]``) and alternation
-    (``[a|b]``), which this server does not run; and unreadable weights."""
-    stack: list[tuple[str, int, list[str]]] = []  # (bracket, position, top-level characters seen inside)
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch in "([":
-            stack.append((ch, i, []))
-        elif ch == "]" and stack and stack[-1][0] == "[":
-            _, start, inner = stack.pop()
-            content = "".join(inner)
-            if "|" in content:
-                return (f"alternation {text[start:i + 1]!r} at position {start} is not supported "
-                        "(write one of the alternatives)")
-            if ":" in content and _NUMBER.match(content.rsplit(":", 1)[1]):
-                return (f"prompt editing {text[start:i + 1]!r} at position {start} is not supported "
-                        "(write the prompt you want for the whole run)")
-        elif ch == ")" and stack and stack[-1][0] == "(":
-            stack.pop()
-        elif stack:
-            stack[-1][2].append(ch)
-        i += 1
+def prompt_syntax_problem(text: str, steps: int | None = None, hires_steps: int | None = None) -> str | None:
+    """Why ``text`` cannot be used, or None: what A1111 fails on, a weight
+    that is not a number (``(a:1.2.3)``) or an edit step too large to be one.
+    With ``steps`` the weights of every scheduled prompt are checked, else
+    those of the text as written."""
     try:
-        parse_prompt_attention(text)
+        schedule = prompt_schedule(text, steps or 1, hires_steps)
+        for prompt in {p for _, p in schedule} if steps else {text}:
+            parse_prompt_attention(prompt)
     except ValueError as exc:
         return str(exc)
     return None
@@ -227,37 +213,101 @@ def tokenize_chunks(tokenizer, fragments: list[Fragment],
     return chunks
 
 
-def _encode_chunk(text_encoder, tokenizer, chunk: Chunk, device: Any):
+def _hidden_states(pipe, chunk: Chunk) -> Tensor:
+    """The text encoder's output (1, 77, dim) for a chunk, before weighting."""
     import torch
 
-    _, end, pad = _special_ids(tokenizer)
+    _, end, pad = _special_ids(pipe.tokenizer)
     ids = list(chunk.tokens)
     if end != pad:  # SD 2: everything after the first EOS is the pad token, as the tokenizer pads
         first = ids.index(end)
         ids[first + 1:] = [pad] * (len(ids) - first - 1)
-    z = text_encoder(torch.tensor([ids], device=device))[0]
-    weights = torch.tensor(chunk.multipliers, device=device, dtype=z.dtype).reshape(1, -1, 1)
-    original_mean = z.mean()
-    z = z * weights
-    new_mean, scale = z.mean(), z.abs().mean()
+    return pipe.text_encoder(torch.tensor([ids], device=pipe._execution_device))[0]
+
+
+def _emphasize(zs: list[Tensor], chunks: list[Chunk], counts: list[int]) -> list[Tensor]:
+    """A1111's "Original" emphasis on a batch of chunk encodings where ``zs[i]`` stands for ``counts[i]``
+    identical rows: each row is multiplied by its tokens' weights, then all are rescaled so that the
+    batch's mean is what it was."""
+    import torch
+
+    share = [n / sum(counts) for n in counts]
+
+    def batch_mean(tensors: list[Tensor]) -> Tensor:
+        return sum(s * t.mean() for s, t in zip(share, tensors))
+
+    original_mean = batch_mean(zs)
+    zs = [z * torch.tensor(c.multipliers, device=z.device, dtype=z.dtype).reshape(1, -1, 1)
+          for z, c in zip(zs, chunks)]
+    new_mean, scale = batch_mean(zs), batch_mean([z.abs() for z in zs])
     # A1111 rescales unconditionally. A mean near zero next to the values' size (an untrained final layer
     # norm, as in the demo model; not SD 2.1, whose layer norm bias gives a clear mean) makes the ratio
-    # explode into inf/NaN images, so such a chunk keeps its weighted values unscaled.
+    # explode into inf/NaN images, so such a batch keeps its weighted values unscaled.
     if min(abs(float(original_mean)), abs(float(new_mean))) <= MEAN_EPSILON * float(scale):
-        return z
-    return z * (original_mean / new_mean)
+        return zs
+    return [z * (original_mean / new_mean) for z in zs]
+
+
+def _empty_chunk(tokenizer) -> Chunk:
+    return tokenize_chunks(tokenizer, [Fragment("")])[0]
 
 
 def encode_weighted(pipe, fragments: list[Fragment], min_chunks: int = 1):
     """Hidden states (1, 77 * chunks, dim) of a parsed prompt, at least ``min_chunks`` chunks long."""
     import torch
 
-    device = pipe._execution_device
     chunks = tokenize_chunks(pipe.tokenizer, fragments)
-    chunks += [tokenize_chunks(pipe.tokenizer, [Fragment("")])[0]] * (min_chunks - len(chunks))
+    chunks += [_empty_chunk(pipe.tokenizer)] * (min_chunks - len(chunks))
     with torch.no_grad():
-        z = torch.cat([_encode_chunk(pipe.text_encoder, pipe.tokenizer, c, device) for c in chunks], dim=1)
-    return z.to(dtype=pipe.text_encoder.dtype, device=device)
+        z = torch.cat([_emphasize([_hidden_states(pipe, c)], [c], [1])[0] for c in chunks], dim=1)
+    return z.to(dtype=pipe.text_encoder.dtype, device=pipe._execution_device)
+
+
+@dataclass
+class ScheduledCond:
+    """The conditioning (1, 77 * chunks, dim) to use up to and including step ``end_at_step``."""
+
+    end_at_step: int
+    cond: Tensor
+
+
+def encode_schedule(pipe, text: str, steps: int, hires_steps: int | None = None,
+                    min_chunks: int = 1) -> list[ScheduledCond]:
+    """A prompt's schedule (``prompt_schedule``) with each entry encoded as A1111's
+    ``get_learned_conditioning`` encodes it: the entries are one batch, so all have as many chunks as the
+    longest (filled with empty chunks) and share the emphasis rescaling. Each distinct text is encoded
+    once. Beyond that, ``min_chunks`` pads with the empty prompt's encoding, as A1111's
+    ``pad_cond_uncond`` option does. ValueError for a weight that is not a number."""
+    import torch
+
+    schedule = prompt_schedule(text, steps, hires_steps)
+    texts = [prompt for _, prompt in schedule]
+    distinct = list(dict.fromkeys(texts))
+    counts = [texts.count(t) for t in distinct]
+    tokenizer = pipe.tokenizer
+    per_text = [tokenize_chunks(tokenizer, _with_embeddings(pipe, parse_prompt_attention(t))) for t in distinct]
+    count = max(len(chunks) for chunks in per_text)
+    empty = _empty_chunk(tokenizer)
+    hidden: dict[tuple[int, ...], Tensor] = {}
+    columns = []
+    with torch.no_grad():
+        for i in range(count):
+            batch = [chunks[i] if i < len(chunks) else empty for chunks in per_text]
+            for chunk in batch:
+                if tuple(chunk.tokens) not in hidden:
+                    hidden[tuple(chunk.tokens)] = _hidden_states(pipe, chunk)
+            columns.append(_emphasize([hidden[tuple(c.tokens)] for c in batch], batch, counts))
+        padding = [encode_weighted(pipe, [Fragment("")])] * (min_chunks - count) if min_chunks > count else []
+    conds = {t: torch.cat([column[j] for column in columns], dim=1).to(dtype=pipe.text_encoder.dtype)
+             for j, t in enumerate(distinct)}
+    conds = {t: torch.cat([z, *padding], dim=1) for t, z in conds.items()}
+    return [ScheduledCond(end, conds[prompt]) for end, prompt in schedule]
+
+
+def cond_at(schedule: list[ScheduledCond], step: int) -> Tensor:
+    """The conditioning for ``step`` (A1111's ``reconstruct_cond_batch``): the first entry that has not
+    ended, or the first entry when all have."""
+    return next((entry.cond for entry in schedule if step <= entry.end_at_step), schedule[0].cond)
 
 
 def chunk_count(tokenizer, fragments: list[Fragment]) -> int:

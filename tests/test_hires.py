@@ -24,7 +24,8 @@ def test_hires_doubles_the_size_and_reports_both_passes(engine, small_request, u
     assert settings["Size"] == "64x64" and settings["Steps"] == "3"  # the first pass, as A1111 writes it
     assert settings["Hires upscale"] == "2" and settings["Hires steps"] == "4"
     assert settings["Hires upscaler"] == upscaler.replace("latent", "Latent") and settings["Denoising strength"] == "0.5"
-    assert steps == [(i, 5) for i in range(1, 6)]  # 3 first-pass steps then int(4 * 0.5): one progress bar
+    # 3 first-pass steps, then A1111 runs exactly the 4 hires steps (its schedule stretched by the strength)
+    assert steps == [(i, 7) for i in range(1, 8)]
 
 
 def test_hires_resize_to_a_size_and_differs_from_plain_upscale(engine, small_request):

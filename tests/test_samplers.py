@@ -2,37 +2,33 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import io
+import json
 
 import pytest
 from PIL import Image
 
 from app.engine.metadata import infotext, parse_infotext, read_parameters
-from app.engine.schedulers import SCHEDULE_TYPES, SCHEDULERS, find_scheduler, from_infotext, supported_schedules
+from app.engine.schedulers import SCHEDULERS, find_scheduler, from_infotext
 from app.engine.types import GenerationRequest, ValidationError
 from helpers import assert_error, small_job, wait_job
 
 
-def test_schedule_table_matches_diffusers():
-    import diffusers
-
-    for sampler in SCHEDULERS:
-        params = inspect.signature(getattr(diffusers, sampler.class_name).__init__).parameters
-        takes = {t.name for t in SCHEDULE_TYPES if all(k in params for k in t.options)}
-        assert {t.name for t in supported_schedules(sampler)} == takes, sampler.name
-
-
-@pytest.mark.parametrize("name", ["LMS", "LMS Karras", "DPM2", "DPM2 a Karras", "Heun", "DPM++ 2M SDE Exponential",
-                                  "DPM++ 3M SDE", "Euler SGM Uniform", "UniPC Beta", "DPM++ SDE",
-                                  "DPM++ SDE Karras"])
+@pytest.mark.parametrize("name", [s.name for s in SCHEDULERS] + ["LMS Karras", "DPM2 a Karras", "Heun Beta",
+                                  "DPM++ 2M SDE Exponential", "Euler SGM Uniform", "DPM++ SDE KL Optimal",
+                                  "Euler a Align Your Steps", "DPM++ 2M Simple", "LMS Normal", "Euler DDIM",
+                                  "Restart Polyexponential"])
 def test_each_sampler_makes_an_image_and_names_itself(engine, small_request, name):
-    result = engine.generate(small_request(scheduler=name, steps=3))
+    steps = 4 if name.startswith("UniPC") else 3
+    result = engine.generate(small_request(scheduler=name, steps=steps))
     assert result.images[0].size == (64, 64)
     parsed = parse_infotext(result.infotexts[0])
     choice = find_scheduler(name)
-    assert (parsed["Sampler"], parsed["Schedule type"]) == (choice.sampler.name, choice.schedule.label)
-    assert from_infotext(parsed["Sampler"], parsed["Schedule type"]) == name
+    # A1111 writes the schedule that ran: none for the model's own sigmas or a timestep sampler.
+    assert parsed["Sampler"] == choice.sampler.name
+    assert parsed.get("Schedule type") == (choice.infotext_schedule or "Automatic")
+    assert find_scheduler(from_infotext(parsed["Sampler"], parsed["Schedule type"])).resolved_schedule == \
+        choice.resolved_schedule
 
 
 def test_the_schedule_type_changes_the_image(engine, small_request):
@@ -41,11 +37,25 @@ def test_the_schedule_type_changes_the_image(engine, small_request):
     assert plain.tobytes() != karras.tobytes()
 
 
-@pytest.mark.parametrize("name", ["Euler a Karras", "DDIM Exponential", "LMS Polyexponential", "DPM++ 2S a"])
-def test_unavailable_pairs_are_refused_naming_the_field(name):
+def test_timestep_samplers_keep_their_timesteps_whatever_the_schedule_type(engine, small_request):
+    # A1111 offers both lists side by side and its DDIM ignores the schedule type; so does this server.
+    ddim = engine.generate(small_request(scheduler="DDIM", steps=4))
+    karras = engine.generate(small_request(scheduler="DDIM Karras", steps=4))
+    assert ddim.images[0].tobytes() == karras.images[0].tobytes()
+    assert "Schedule type" not in karras.infotexts[0]
+
+
+@pytest.mark.parametrize("name", ["Euler Bogus", "Euler z", "DPM++ 9M", ""])
+def test_unknown_names_are_refused_naming_the_field(name):
     with pytest.raises(ValidationError) as info:
         GenerationRequest(prompt="a fox", scheduler=name).validate()
     assert info.value.field == "scheduler"
+
+
+def test_unipc_below_its_order_is_refused():
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest(prompt="a fox", scheduler="UniPC", steps=2).validate()
+    assert info.value.field == "steps" and "UniPC" in info.value.message
 
 
 def test_dpmpp_sde_noise_follows_the_seed(engine, small_request):
@@ -70,14 +80,6 @@ def _max_difference(a, b) -> int:
     return int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
 
 
-def test_dpmpp_sde_trees_are_seeded_by_make_scheduler():
-    from app.engine.schedulers import make_scheduler
-
-    config = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"}
-    assert make_scheduler("DPM++ SDE", config, [5, 6]).config.noise_sampler_seed == [5, 6]
-    assert make_scheduler("DPM++ SDE Karras", config).config.use_karras_sigmas is True
-
-
 def test_old_and_new_infotexts_read_back_the_same():
     new = infotext(prompt="a fox", negative_prompt="", steps=2, sampler="DPM++ 2M Karras", cfg_scale=7,
                    seed=1, width=64, height=64, model="demo")
@@ -88,7 +90,8 @@ def test_old_and_new_infotexts_read_back_the_same():
         assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
         assert from_infotext(parsed["Sampler"], parsed["Schedule type"]) == "DPM++ 2M Karras"
     assert from_infotext("Euler a", "Automatic") == "Euler a"
-    assert from_infotext("DPM++ 2M", "KL Optimal") is None
+    assert from_infotext("DPM++ 2M", "KL Optimal") == "DPM++ 2M KL Optimal"
+    assert from_infotext("DPM++ 2M", "Bogus") is None
 
 
 def _txt2img(client, **fields):
@@ -110,19 +113,33 @@ def test_a1111_api_sampler_and_scheduler_fields(client):
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("LMS", "Exponential")
     data, parsed = _txt2img(client, sampler_name="DPM++ SDE")  # A1111's Automatic for it: Karras
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ SDE", "Karras")
-    data, parsed = _txt2img(client, sampler_name="Euler a")
+    data, parsed = _txt2img(client, sampler_name="Euler a")  # the model's own sigmas: A1111 writes no type
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("Euler a", "Automatic")
-    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_name": "DDIM", "scheduler": "Karras"})
-    assert "DDIM does not take the Karras schedule" in assert_error(response, 400, "scheduler")["error"]
+    assert "Schedule type" not in json.loads(data["info"])["infotexts"][0]
+    data, parsed = _txt2img(client, sampler_name="DDIM", scheduler="Karras")
+    assert parsed["Sampler"] == "DDIM"
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_name": "DDIM", "scheduler": "Bogus"})
+    assert "unknown schedule type" in assert_error(response, 400, "scheduler")["error"]
 
 
 def test_a1111_api_lists_samplers_and_schedulers(client):
-    samplers = {s["name"]: s for s in client.get("/sdapi/v1/samplers").get_json()}
-    assert {"LMS", "DPM2", "DPM2 a", "Heun", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE"} <= set(samplers)
-    assert samplers["DPM++ 2M"]["options"] == samplers["DPM++ SDE"]["options"] == {"scheduler": "karras"}
-    schedulers = {s["name"]: s["label"] for s in client.get("/sdapi/v1/schedulers").get_json()}
-    assert schedulers == {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras",
-                          "exponential": "Exponential", "sgm_uniform": "SGM Uniform", "beta": "Beta"}
+    listed = client.get("/sdapi/v1/samplers").get_json()
+    assert [s["name"] for s in listed] == [
+        "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
+        "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
+        "PLMS", "UniPC", "LCM"]
+    samplers = {s["name"]: s for s in listed}
+    assert samplers["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+    assert samplers["DPM++ 3M SDE"]["options"] == {"scheduler": "exponential", "discard_next_to_last_sigma": True,
+                                                   "brownian_noise": True}
+    assert samplers["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
+    schedulers = client.get("/sdapi/v1/schedulers").get_json()
+    assert [(s["name"], s["label"]) for s in schedulers] == [
+        ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
+        ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
+        ("align_your_steps", "Align Your Steps"), ("simple", "Simple"), ("normal", "Normal"), ("ddim", "DDIM"),
+        ("beta", "Beta")]
+    assert schedulers[2]["default_rho"] == 7.0 and schedulers[5]["aliases"] == ["SGMUniform"]
 
 
 def test_png_info_splits_an_old_sampler_name(client):
@@ -146,8 +163,8 @@ def test_native_api_takes_the_combined_name(client):
 
 def test_dpmpp_sde_through_the_api_and_png_info(client):
     # Listed for the page, the CLI and the notebook; the old one-word name and the infotext read back.
-    names = client.get("/api/schedulers").get_json()["schedulers"]
-    assert {"DPM++ SDE", "DPM++ SDE Karras"} <= set(names)
+    listing = client.get("/api/schedulers").get_json()
+    assert "DPM++ SDE" in listing["samplers"] and "Karras" in listing["schedule_types"]
     job = client.post("/api/jobs", json=small_job(scheduler="k_dpmpp_sde_ka", seed=4)).get_json()["job"]
     job = wait_job(client, job["id"])
     assert job["state"] == "done" and job["params"]["scheduler"] == "DPM++ SDE Karras"

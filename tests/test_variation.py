@@ -53,7 +53,9 @@ def test_a_random_subseed_is_drawn_once_and_reported(engine, small_request):
     result = engine.generate(small_request(subseed_strength=0.3, num_images=2))
     assert result.request.subseed is not None
     subseeds = [parse_infotext(t)["Variation seed"] for t in result.infotexts]
-    assert subseeds == [str(result.request.subseed)] * 2
+    # A1111's batch rule with a variation: one seed for the batch, the variation seeds count up.
+    assert subseeds == [str(result.request.subseed), str(result.request.subseed + 1)]
+    assert result.seeds == [result.request.seed] * 2
 
 
 @pytest.mark.parametrize("extra,field", [

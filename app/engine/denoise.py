@@ -125,7 +125,7 @@ class Denoiser:
         counter = _Counter(on_step)
         latents, stopped = run.sample(self.choice, model, self.wrappers.inner(self.choice), self.noise(rng),
                                       self.request.steps, self.settings, counter)
-        return PassResult(latents, stopped, counter.done)
+        return counter.result(latents, stopped, self.request.steps)
 
     def img2img(self, conds: tuple[list, list], init_latent: torch.Tensor, steps: int, strength: float,
                 on_step: OnStep | None, *, mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
@@ -140,7 +140,7 @@ class Denoiser:
                                               init_latent, steps, strength, self.settings, counter, fixed_steps)
         if mask is not None:  # the kept area exactly as it was (A1111 blends the samples once more)
             latents = latents * mask + init_latent * (1.0 - mask)
-        return PassResult(latents, stopped, counter.done)
+        return counter.result(latents, stopped, run.img2img_steps(steps, strength, fixed_steps)[1] + 1)
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         factor = self.pipe.vae_scale_factor
@@ -188,3 +188,12 @@ class _Counter:
         self.done += 1
         if self.on_step is not None:
             self.on_step(self.done, denoised)
+
+    def result(self, latents: torch.Tensor, stopped: bool, planned: int) -> PassResult:
+        """The pass's result; a finished pass reports its planned step count last, since some samplers call
+        back fewer times than A1111 counts steps (DDIM makes steps - 1 model calls, DPM fast order-3 steps)."""
+        if not stopped and self.done < planned:
+            self.done = planned
+            if self.on_step is not None:
+                self.on_step(planned, latents)
+        return PassResult(latents, stopped, self.done)

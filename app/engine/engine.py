@@ -238,7 +238,8 @@ class Engine:
                 for frames, preview in zip(step_frames, latents_to_rgb(denoised)):
                     frames.append(preview)
             if on_step is not None:
-                on_step(StepInfo(step=done, total=progress["total"], latents=denoised))
+                # DPM adaptive picks its own step count: the total grows with it rather than being passed.
+                on_step(StepInfo(step=done, total=max(done, progress["total"]), latents=denoised))
 
         # <lora:name:weight> tags: out of the prompt text, their adapters on (and every other one off)
         # before the prompt is encoded, since a LoRA may change the text encoder too.
@@ -269,11 +270,10 @@ class Engine:
         extra.update(extra_mode)
         extra.update(lora_entries)
         denoise = request.strength if request.init_image is not None or request.enable_hr else None
-        size = images[0].size if images else (width, height)
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-                     sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=size[0],
-                     height=size[1], model=self.model_name, denoising_strength=denoise,
+                     sampler=request.scheduler, cfg_scale=request.guidance_scale, seed=s, width=width,
+                     height=height, model=self.model_name, denoising_strength=denoise,
                      extra=_with_variation(extra, request, sub) or None,
                      model_hash=self.model_hash, vae=self.vae_name, vae_hash=self.vae_hash)
             for s, sub in zip(seeds, subseeds)

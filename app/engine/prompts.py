@@ -213,16 +213,22 @@ def tokenize_chunks(tokenizer, fragments: list[Fragment],
     return chunks
 
 
-def _hidden_states(pipe, chunk: Chunk) -> Tensor:
-    """The text encoder's output (1, 77, dim) for a chunk, before weighting."""
+def _hidden_states(pipe, chunk: Chunk, clip_skip: int = 1) -> Tensor:
+    """The text encoder's output (1, 77, dim) for a chunk, before weighting. ``clip_skip`` > 1 takes an
+    earlier layer through the final layer norm, as A1111 does for SD 1.x's CLIP; SD 2.x's OpenCLIP
+    (the tokenizer pads with "!", not EOS) has its layer fixed and A1111 ignores clip skip there."""
     import torch
 
     _, end, pad = _special_ids(pipe.tokenizer)
-    ids = list(chunk.tokens)
+    ids = torch.tensor([list(chunk.tokens)], device=pipe._execution_device)
     if end != pad:  # SD 2: everything after the first EOS is the pad token, as the tokenizer pads
-        first = ids.index(end)
-        ids[first + 1:] = [pad] * (len(ids) - first - 1)
-    return pipe.text_encoder(torch.tensor([ids], device=pipe._execution_device))[0]
+        first = chunk.tokens.index(end)
+        ids[0, first + 1:] = pad
+        return pipe.text_encoder(ids)[0]
+    if clip_skip <= 1:
+        return pipe.text_encoder(ids)[0]
+    states = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    return pipe.text_encoder.text_model.final_layer_norm(states)
 
 
 def _emphasize(zs: list[Tensor], chunks: list[Chunk], counts: list[int]) -> list[Tensor]:
@@ -272,7 +278,7 @@ class ScheduledCond:
 
 
 def encode_schedule(pipe, text: str, steps: int, hires_steps: int | None = None,
-                    min_chunks: int = 1) -> list[ScheduledCond]:
+                    min_chunks: int = 1, clip_skip: int = 1) -> list[ScheduledCond]:
     """A prompt's schedule (``prompt_schedule``) with each entry encoded as A1111's
     ``get_learned_conditioning`` encodes it: the entries are one batch, so all have as many chunks as the
     longest (filled with empty chunks) and share the emphasis rescaling. Each distinct text is encoded
@@ -295,7 +301,7 @@ def encode_schedule(pipe, text: str, steps: int, hires_steps: int | None = None,
             batch = [chunks[i] if i < len(chunks) else empty for chunks in per_text]
             for chunk in batch:
                 if tuple(chunk.tokens) not in hidden:
-                    hidden[tuple(chunk.tokens)] = _hidden_states(pipe, chunk)
+                    hidden[tuple(chunk.tokens)] = _hidden_states(pipe, chunk, clip_skip)
             columns.append(_emphasize([hidden[tuple(c.tokens)] for c in batch], batch, counts))
         padding = [encode_weighted(pipe, [Fragment("")])] * (min_chunks - count) if min_chunks > count else []
     conds = {t: torch.cat([column[j] for column in columns], dim=1).to(dtype=pipe.text_encoder.dtype)

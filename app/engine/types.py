@@ -265,7 +265,7 @@ class GenerationRequest:
         return tuple(side.strip().lower() for side in self.outpaint_directions.split(",") if side.strip())
 
     def _validate_hires(self, limits: Limits) -> None:
-        from app.engine.hires import HR_UPSCALERS, find_upscaler, second_pass_steps
+        from app.engine.hires import HR_UPSCALERS, find_upscaler
 
         if not isinstance(self.enable_hr, bool):
             raise ValidationError("enable_hr", self.enable_hr, "must be true or false")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY, ModelChoice
 from app.jobs.job import DONE, STATES, Job, QueueFull
@@ -274,7 +274,10 @@ UPSCALE_FIELDS = ("image", "scale", "width", "height", "crop", "upscaler")
 
 @bp.get("/schedulers")
 def schedulers():
-    return jsonify({"ok": True, "schedulers": scheduler_names(), "default": DEFAULT_SCHEDULER})
+    """A1111's samplers and schedule types; a request's ``scheduler`` is a sampler, optionally followed by a
+    schedule type ("DPM++ 2M Karras"). ``schedulers``: the samplers (the field's older name)."""
+    return jsonify({"ok": True, "samplers": sampler_names(), "schedule_types": schedule_labels(),
+                    "schedulers": scheduler_names(), "default": DEFAULT_SCHEDULER})
 
 
 @bp.get("/models")

@@ -207,3 +207,37 @@ def test_the_schedule_type_changes_the_picture(engine, wrappers, conds):
     karras, _ = _ours("Euler", "Karras", wrappers, engine, *conds)
     plain, _ = _ours("Euler", "Automatic", wrappers, engine, *conds)
     assert _relative_l2(karras, plain) > 1e-3
+
+
+def _conds_per_call(engine, **request) -> list:
+    """The conditioning each UNet call of a generation got (the cond half of the CFG batch)."""
+    from app.engine.prompts import encode_schedule
+
+    seen = []
+    hook = engine.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"][0]), with_kwargs=True)
+    try:
+        engine.generate(GenerationRequest(width=64, height=64, seed=3, **request))
+    finally:
+        hook.remove()
+    fox, cat = (encode_schedule(engine.pipe, text, 1)[0].cond[0] for text in ("fox", "cat"))
+    return ["fox" if torch.equal(c, fox) else "cat" if torch.equal(c, cat) else "?" for c in seen]
+
+
+def test_prompt_editing_switches_the_conditioning_at_its_step(engine):
+    # [fox:cat:10] over 20 steps: A1111's schedule [[10, fox], [20, cat]], picked per model call by
+    # "call <= end_at_step", so calls 0..10 see fox and the rest cat.
+    used = _conds_per_call(engine, prompt="[fox:cat:10]", negative_prompt="", steps=20,
+                           scheduler="Euler")
+    assert used == ["fox"] * 11 + ["cat"] * 9
+    # A fraction is of the steps; a second-order sampler counts its steps twice (Heun: 2 calls a step,
+    # the last step 1: 39 calls, switching after call 20 of A1111's 40).
+    used = _conds_per_call(engine, prompt="[fox:cat:0.5]", negative_prompt="", steps=20,
+                           scheduler="Heun")
+    assert used == ["fox"] * 21 + ["cat"] * 18
+
+
+def test_alternation_switches_every_call(engine):
+    used = _conds_per_call(engine, prompt="[fox|cat]", negative_prompt="", steps=6, scheduler="Euler")
+    # A1111: [[1, fox], [2, cat], [3, fox] ...] picked by "call <= end_at_step": call 0 and 1 both see fox.
+    assert used == ["fox", "fox", "cat", "fox", "cat", "fox"]

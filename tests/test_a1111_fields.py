@@ -16,9 +16,8 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"styles": ["cinematic"]}, "styles"),
     ({"alwayson_scripts": {"ControlNet": {"args": [{"module": "canny"}]}}}, "alwayson_scripts"),
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings.CLIP_stop_at_last_layers"),
-    ({"s_noise": 0.9}, "s_noise"),
-    ({"eta": 0.3}, "eta"),
+    ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
+    ({"s_min_uncond": 0.5}, "s_min_uncond"),
     ({"hr_prompt": "other"}, "hr_prompt"),
 ])
 def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
@@ -35,6 +34,44 @@ def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
 def test_img2img_refuses_what_it_cannot_honour(client, extra, field):
     body = {**SMALL, "init_images": [png_b64(gradient(64, 64))], **extra}
     assert_error(client.post("/sdapi/v1/img2img", json=body), 400, field)
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"eta": 3}, "eta"),
+    ({"s_churn": -1}, "s_churn"),
+    ({"override_settings": {"randn_source": "TPU"}}, "randn_source"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "clip_skip"),
+    ({"override_settings": {"eta_noise_seed_delta": -5}}, "eta_noise_seed_delta"),
+])
+def test_sampler_settings_out_of_range_are_refused(client, extra, field):
+    assert_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}), 400, field)
+
+
+def test_sampler_settings_are_honoured_and_written(client):
+    # A1111's fields and options: each changes the picture and reads back from the infotext.
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    def run(**extra):
+        response = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "Euler a", **extra})
+        assert response.status_code == 200, response.get_json()
+        data = response.get_json()
+        return Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).tobytes(), json.loads(data["info"])
+
+    plain, info = run()
+    assert "Eta" not in info["infotexts"][0] and "RNG" not in info["infotexts"][0]
+    for extra, written in (({"eta": 0.5}, "Eta: 0.5"), ({"override_settings": {"eta_ancestral": 0.5}}, "Eta: 0.5"),
+                           ({"override_settings": {"randn_source": "CPU"}}, "RNG: CPU"),
+                           ({"override_settings": {"eta_noise_seed_delta": 31337}}, "ENSD: 31337")):
+        pixels, info = run(**extra)
+        assert pixels != plain and written in info["infotexts"][0], extra
+    pixels, info = run(override_settings={"CLIP_stop_at_last_layers": 2})  # SD 2.x: written, no effect
+    assert pixels == plain and "Clip skip: 2" in info["infotexts"][0]
+    pixels, info = run(sampler_name="Euler", s_churn=1.0)
+    assert "Sigma churn: 1" in info["infotexts"][0]
 
 
 def test_defaults_and_harmless_settings_are_accepted(client):

@@ -45,7 +45,7 @@ def test_short_mode_times_every_path_on_the_same_weights(report):
         # Same weights, same seed, same scheduler: the engine's image is plain diffusers' image.
         assert path["max_pixel_diff"] == 0
         # The pipeline clock: time around the diffusers call is part of the image's time.
-        outside = path["outside_pipeline_seconds"]
+        outside = path["outside_model_seconds"]
         assert 0 <= outside["min"] and outside["max"] <= path["seconds"]["max"]
     ratio = report["paths"]["engine"]["ratio"]
     assert all(_finite_positive(ratio[k]) for k in ("paired_median", "min", "max", "of_medians"))

@@ -6,8 +6,10 @@
 
 Three paths run the same request on the same loaded pipeline:
 
-* ``plain``:  ``StableDiffusionPipeline.__call__``, nothing of ours;
-* ``engine``: ``app.engine.engine.Engine.generate`` wrapping that pipeline;
+* ``plain``:  the minimal loop of the engine's default algorithm (A1111's
+  DPM++ 2M, Karras sigmas) on diffusers' components, nothing else of ours
+  (``app.bench.paths.minimal_loop``); it makes the engine's pixels;
+* ``engine``: ``app.engine.engine.Engine.generate`` on the same components;
 * ``http``:   the web app (``create_app`` with that Engine injected) served on
   127.0.0.1; a client in its own process sends POST /api/jobs, then polls
   GET /api/jobs/<id> until done (see ``poll_interval``); the time is

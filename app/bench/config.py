@@ -55,7 +55,7 @@ class Sample:
 
     seconds: float
     cpu_seconds: float | None = None  # CPU time of the whole process (all threads) during the run
-    pipeline_seconds: float | None = None  # time inside StableDiffusionPipeline.__call__
+    model_seconds: float | None = None  # time inside the model calls (text encoder, UNet, VAE decode)
     server_seconds: float | None = None  # http: the job's created_at -> finished_at
     queue_seconds: float | None = None  # http: created_at -> started_at
 
@@ -84,16 +84,13 @@ class ModelSource:
     name: str
 
 
-# The A1111 route's "DPM++ 2M" with schedule "Uniform" (A1111's uniform timesteps) is diffusers'
-# linspace spacing; SD 2.1's own scheduler config says "leading". The benchmark's models (demo, sd21)
-# use linspace so that all four paths, plain diffusers included, run the same schedule and give the
-# same image.
-BENCH_TIMESTEP_SPACING = "linspace"
+# Every path makes the engine's default picture (A1111's DPM++ 2M, Automatic schedule = Karras) with the
+# noise of a CPU generator, which the plain path draws in one line (app/bench/paths.py minimal_loop).
+BENCH_NOISE = "CPU"
 
 
 def prepare_model(model: str, workdir: Path) -> ModelSource:
     """Saves the demo model to a folder so every path loads the same files."""
-    import json
 
     from app.models.sd21 import SD21_RANDOM_ID
 
@@ -101,9 +98,6 @@ def prepare_model(model: str, workdir: Path) -> ModelSource:
         from app.models.demo import save_demo_model
 
         folder = save_demo_model(workdir / "demo")
-        config_file = Path(folder) / "scheduler" / "scheduler_config.json"
-        config = json.loads(config_file.read_text())
-        config_file.write_text(json.dumps({**config, "timestep_spacing": BENCH_TIMESTEP_SPACING}))
         return ModelSource("folder", str(folder), "demo")
     if model == SD21_RANDOM_ID:
         return ModelSource("sd21", None, "sd21 (random weights)")

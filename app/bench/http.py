@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.bench.config import NEGATIVE, PROJECT_ROOT, PROMPT, BenchConfig, Sample
+from app.bench.config import BENCH_NOISE, NEGATIVE, PROJECT_ROOT, PROMPT, BenchConfig, Sample
 from app.bench.paths import Runner
 
 if TYPE_CHECKING:
@@ -65,11 +65,11 @@ class HttpStack:
         """``http``: the native job API with polling; ``sdapi``: the synchronous A1111 route."""
         if kind == "http":
             body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
-                        guidance_scale=cfg.guidance_scale, seed=cfg.seed)
-        else:
+                        guidance_scale=cfg.guidance_scale, seed=cfg.seed, randn_source=BENCH_NOISE)
+        else:  # A1111's defaults: DPM++ 2M with the Automatic schedule, the noise source as an option
             body = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
                         cfg_scale=cfg.guidance_scale, seed=cfg.seed, sampler_name="DPM++ 2M",
-                        scheduler="Uniform")  # A1111's default, "Automatic", is Karras for DPM++ 2M
+                        override_settings={"randn_source": BENCH_NOISE})
 
         def run():
             cpu = time.process_time()

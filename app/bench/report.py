@@ -29,9 +29,9 @@ def summarize(cfg: BenchConfig, source: ModelSource, placement: Placement, size:
             if server:
                 entry["server_seconds"] = _stats(server)
                 entry["queue_seconds"] = _stats([s.queue_seconds for s in r.samples if s.queue_seconds is not None])
-            outside = [s.seconds - s.pipeline_seconds for s in r.samples if s.pipeline_seconds is not None]
+            outside = [s.seconds - s.model_seconds for s in r.samples if s.model_seconds is not None]
             if outside:
-                entry["outside_pipeline_seconds"] = _stats(outside)
+                entry["outside_model_seconds"] = _stats(outside)
             cpu = [s.cpu_seconds for s in r.samples if s.cpu_seconds is not None]
             if cpu:
                 entry["cpu_seconds"] = _stats(cpu)
@@ -47,9 +47,9 @@ def summarize(cfg: BenchConfig, source: ModelSource, placement: Placement, size:
         if ratio:
             acceptance[name] = {"overhead_pct": (ratio["paired_median"] - 1) * 100, "limit_pct": (limit - 1) * 100,
                                 "ok": ratio["paired_median"] <= limit}
-            path_outside = paths[name].get("outside_pipeline_seconds")
+            path_outside = paths[name].get("outside_model_seconds")
             if path_outside and paths.get("plain", {}).get("seconds"):
-                plain_outside = paths["plain"].get("outside_pipeline_seconds", {}).get("median", 0.0)
+                plain_outside = paths["plain"].get("outside_model_seconds", {}).get("median", 0.0)
                 extra = path_outside["median"] - plain_outside
                 acceptance[name].update(outside_pipeline_ms=extra * 1000,
                                         outside_pipeline_pct=extra / paths["plain"]["seconds"]["median"] * 100,
@@ -127,7 +127,7 @@ def to_markdown(report: dict) -> str:
         + f" (client in its own process); web app PREVIEW_EVERY={cfg['preview_every']}.",
         "",
         "| path | s/image median (IQR; min-max) | it/s | wall time vs plain: median of paired ratios (min-max) | "
-        "CPU s/image median | CPU time vs plain | outside the pipeline call, ms median | first image s | load s | "
+        "CPU s/image median | CPU time vs plain | outside the model calls, ms median | first image s | load s | "
         "peak RSS MB | peak VRAM MB | "
         "max pixel diff vs plain |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -142,7 +142,7 @@ def to_markdown(report: dict) -> str:
             f"| {name} | {s['median']:.3f} ({s['q1']:.3f}-{s['q3']:.3f}; {s['min']:.3f}-{s['max']:.3f}) "
             f"| {p['it_per_s']:.2f} | {_ratio_text(name, p.get('ratio'))} | {_fmt(cpu and cpu['median'], 3)} "
             f"| {_ratio_text(name, p.get('cpu_ratio'))} "
-            f"| {_fmt(p.get('outside_pipeline_seconds') and p['outside_pipeline_seconds']['median'] * 1000, 1)} "
+            f"| {_fmt(p.get('outside_model_seconds') and p['outside_model_seconds']['median'] * 1000, 1)} "
             f"| {_fmt(p.get('first_image_s'))} | {_fmt(p.get('load_s'))} "
             f"| {_fmt(p.get('peak_rss_mb'), 0)} | {_fmt(p.get('peak_vram_mb'), 0)} | {_fmt(p.get('max_pixel_diff'), 0)} |")
     lines.append("")

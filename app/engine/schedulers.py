@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_SCHEDULER = "DPM++ 2M"
+# A1111's "Random number generator source" values (app/engine/sampling/rng.py); GPU is its default.
+RANDN_SOURCES = ("GPU", "CPU", "NV")
 
 K_DIFFUSION = "k-diffusion"  # sigma samplers (app/engine/sampling/kdiffusion.py)
 TIMESTEPS = "timesteps"  # A1111's CompVis samplers (app/engine/sampling/timesteps.py)

@@ -13,10 +13,13 @@ from typing import Any
 
 from app.engine.loras import has_extra_networks, split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
-from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, schedule_labels, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
 
 MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 8  # the VAE's downscale factor: latents are width/8 x height/8
+
+
+_AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
 
 
 def draw_seed() -> int:
@@ -80,7 +83,6 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "s_noise": (0, 1.1),
     "clip_skip": (1, 12),
 }
-RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source" (app/engine/sampling/rng.py)
 
 
 def field_range(name: str) -> tuple[float, float]:
@@ -160,15 +162,19 @@ class GenerationRequest:
         if has_extra_networks(self.negative_prompt):
             raise ValidationError("negative_prompt", self.negative_prompt,
                                   "<lora:...> tags work only in the prompt; move them there")
-        # A1111 prompt syntax the engine does not run (prompt editing, alternation): app/engine/prompts.py.
-        for name, text in (("prompt", prompt_text), ("negative_prompt", self.negative_prompt)):
-            problem = prompt_syntax_problem(text)
-            if problem:
-                raise ValidationError(name, getattr(self, name), problem)
         check_size(self.width, self.height, limits)
         _check_int("steps", self.steps)
         if not 1 <= self.steps <= limits.max_steps:
             raise ValidationError("steps", self.steps, f"must be between 1 and {limits.max_steps}")
+        # What A1111's prompt parser fails on, in every prompt the schedule makes (app/engine/prompts.py);
+        # and A1111's composable prompts, which this server does not run.
+        if _AND.search(prompt_text):
+            raise ValidationError("prompt", self.prompt, "composable prompts (AND) are not supported; write one "
+                                                         "prompt, or use prompt editing [from:to:when]")
+        for name, text in (("prompt", prompt_text), ("negative_prompt", self.negative_prompt)):
+            problem = prompt_syntax_problem(text, steps=self.steps)
+            if problem:
+                raise ValidationError(name, getattr(self, name), problem)
         _check_number("guidance_scale", self.guidance_scale)
         if not 0 <= self.guidance_scale <= limits.max_guidance:
             raise ValidationError("guidance_scale", self.guidance_scale, f"must be between 0 and {limits.max_guidance}")

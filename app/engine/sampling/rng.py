@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Union
 
 import torch
 
 from app.engine.sampling import philox
+from app.engine.schedulers import RANDN_SOURCES
 
-SOURCES = ("GPU", "CPU", "NV")
+SOURCES = RANDN_SOURCES
 LATENT_FACTOR = 8  # pixels per latent cell, for "resize seed from"
 
 Generator = Union[torch.Generator, philox.Generator]
+
+# k-diffusion queries the tree at float32 sigmas a hair outside the float endpoints it was built with; torchsde
+# warns on every such call and goes on exactly as A1111's runs do. The warning says nothing to a user.
+warnings.filterwarnings("ignore", message=r"Should have t[ab]", category=UserWarning, module=r"torchsde\.")
 
 
 def _uses_philox(source: str, device: torch.device) -> bool:

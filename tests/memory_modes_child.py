@@ -75,8 +75,7 @@ def main(dtype_name: str, modes: list[str]) -> dict:
         else:
             image = engine.generate(requests[mode]).images[0]
         sizes[mode] = list(image.size)
-    return {"base_kb": base_kb, "peak_kb": status_kb("VmHWM"), "weights_kb": weights, "sizes": sizes,
-            "pipes": sorted(name for name in ("_img2img", "_inpaint") if getattr(engine, name) is not None)}
+    return {"base_kb": base_kb, "peak_kb": status_kb("VmHWM"), "weights_kb": weights, "sizes": sizes}
 
 
 if __name__ == "__main__":

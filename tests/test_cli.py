@@ -28,7 +28,8 @@ def test_generate_twice_gives_identical_png_that_parsers_read(tmp_path):
     info = ParserManager().parse(Image.open(tmp_path / "a.png"))
     (sampler,) = info.samplers
     assert sampler.name == "DPM++ 2M"
-    assert sampler.parameters == {"cfg_scale": "7.5", "seed": "1", "steps": "4", "scheduler": "Automatic"}
+    # A1111 1.9+ writes the schedule its Automatic ran: Karras for DPM++ 2M
+    assert sampler.parameters == {"cfg_scale": "7.5", "seed": "1", "steps": "4", "scheduler": "Karras"}
     assert [p.value for p in sampler.prompts] == ["a red fox"]
     assert info.metadata["Size"] == "256x256"
 
@@ -45,7 +46,8 @@ def test_generate_options(tmp_path, capsys):
     assert "lake-1.png" in out and "seed 9" in out and "seed 10" in out and "Euler a" in out
     for n in (1, 2):
         assert Image.open(tmp_path / f"lake-{n}.png").size == (64, 64)
-        assert Image.open(tmp_path / f"lake-{n}.steps.gif").n_frames == 3  # steps 1, 2 of 2 + final
+        # A1111's img2img: t_enc = int(0.5 x 4) = 2, then 3 sampler steps; a preview of each + the final image
+        assert Image.open(tmp_path / f"lake-{n}.steps.gif").n_frames == 4
     assert "Negative prompt: fog" in Image.open(tmp_path / "lake-1.png").text["parameters"]
 
 
@@ -114,14 +116,14 @@ def test_other_suffixes_are_refused_before_loading(tmp_path, capsys, name):
 
 
 def test_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
-    """CUDA's out-of-memory error, raised by the pipeline call (faked there: no GPU here)."""
+    """CUDA's out-of-memory error, raised by the UNet call (faked there: no GPU here)."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import UNet2DConditionModel
 
     def fail(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-    monkeypatch.setattr(StableDiffusionPipeline, "__call__", fail)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", fail)
     code = main(["generate", "x", "--model", "demo", "--device", "cpu", "--width", "512", "--height", "768",
                  "--num-images", "3", "--attention-slicing", "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err

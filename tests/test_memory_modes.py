@@ -31,7 +31,7 @@ def peak_run(modes: str) -> dict:
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc (VmHWM)")
 def test_every_mode_in_one_process_holds_one_copy_of_the_model():
     alone, every = peak_run("txt2img"), peak_run(ALL_MODES)
-    assert every["pipes"] == ["_img2img", "_inpaint"]  # the other pipelines were made, and ran:
+    # every mode ran (one sampling loop on the loaded components serves them all):
     assert every["sizes"] == {"txt2img": [64, 64], "img2img": [64, 64], "inpaint": [64, 64], "outpaint": [96, 96],
                               "hires": [96, 96], "upscale": [128, 128]}
     weights = alone["weights_kb"]

@@ -73,7 +73,7 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
 
 
 def test_generator_form_offers_every_scheduler():
-    from app.engine.schedulers import scheduler_names
+    from app.engine.schedulers import schedule_labels, scheduler_names
     from app.engine.types import GenerationRequest
 
     source = next("".join(c["source"]) for c in json.loads(GENERATOR.read_text())["cells"]
@@ -81,6 +81,9 @@ def test_generator_form_offers_every_scheduler():
     line = next(line for line in source.splitlines() if line.startswith("SCHEDULER = "))
     default, options = re.match(r'SCHEDULER = "([^"]+)"  #@param (\[.*\])$', line).groups()
     assert json.loads(options) == scheduler_names() and default == GenerationRequest.defaults()["scheduler"]
+    line = next(line for line in source.splitlines() if line.startswith("SCHEDULE_TYPE = "))
+    default, options = re.match(r'SCHEDULE_TYPE = "([^"]+)"  #@param (\[.*\])$', line).groups()
+    assert json.loads(options) == schedule_labels() and default == "Automatic"
     assert "NGROK_AUTHTOKEN" not in source.replace("os.environ", "")  # no token in the notebook
 
 

@@ -270,8 +270,7 @@ def test_lengths_and_final_zero(ac):
                 assert len(got) == steps + 1 and got[-1] == 0, name
             assert torch.all(got[:-1] > got[1:]) or name == "kl_optimal" and torch.all(got[:-1] >= got[1:])
     assert len(get_sigmas("ddim", 30, den, None, False)) == 32
-    assert get_sigmas("align_your_steps", 11, den, sampler_default=None,
-                      discard_next_to_last_sigma=False)[[0, -2]].tolist() == pytest.approx([14.615, 0.029])
+    assert get_sigmas("align_your_steps", 11, den, None, False)[[0, -2]].tolist() == pytest.approx([14.615, 0.029])
 
 
 @pytest.mark.parametrize("name", ["Automatic", "karras", "exponential", "sgm_uniform", "beta"])

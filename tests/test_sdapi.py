@@ -146,8 +146,8 @@ def test_unknown_fields_are_ignored_and_sizes_floored(client):
 @pytest.mark.parametrize("body,field", [
     ({"prompt": "x", "steps": "many"}, "steps"),
     ({"prompt": "x", "sampler_name": "No Such Sampler"}, "sampler_name"),
-    ({"prompt": "x", "scheduler": "polyexponential"}, "scheduler"),
-    ({"prompt": "x", "sampler_name": "Euler a", "scheduler": "karras"}, "scheduler"),
+    ({"prompt": "x", "scheduler": "polyexponentia"}, "scheduler"),
+    ({"prompt": "x", "sampler_name": "Euler a", "scheduler": 7}, "scheduler"),
     ({"prompt": "x", "batch_size": 0}, "batch_size"),
     ({"prompt": "x", "cfg_scale": "high"}, "guidance_scale"),
     ({"prompt": 5}, "prompt"),
@@ -171,7 +171,29 @@ def test_options_refuses_another_model(client):
 
 def test_png_info_of_a_plain_image(client):
     response = client.post("/sdapi/v1/png-info", json={"image": png_b64(gradient(8, 8), data_url=True)})
-    assert response.get_json() == {"info": "", "items": {}, "parameters": {}}
+    assert response.get_json() == {"info": "", "items": {}, "parameters": {}, "request": {}}
+
+
+def test_png_info_reads_an_infotext_into_request_fields(client):
+    # What the page fills its form from: A1111's names read as this server's fields, its defaults included.
+    from PIL import PngImagePlugin
+
+    text = ("a fox [in:on:5] snow\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Karras, "
+            "CFG scale: 6.5, Seed: 42, Size: 512x768, Eta: 0.5, ENSD: 31337, Clip skip: 2, Variation seed: 7, "
+            "Variation seed strength: 0.25, Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.6")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG", pnginfo=info)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()}).get_json()
+    assert body["request"] == {
+        "prompt": "a fox [in:on:5] snow", "negative_prompt": "blurry", "width": 512, "height": 768, "steps": 20,
+        "guidance_scale": 6.5, "seed": 42, "scheduler": "Euler a Karras", "strength": 0.6, "eta": 0.5,
+        "eta_noise_seed_delta": 31337, "clip_skip": 2, "randn_source": "GPU", "subseed": 7, "subseed_strength": 0.25,
+        "enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent"}
+    # and the request runs as it reads (sizes made small for the demo)
+    job = client.post("/api/jobs", json={**body["request"], "width": 64, "height": 64, "steps": 2}).get_json()
+    assert job["ok"], job
 
 
 def test_a_missing_image_file_is_a_clear_error(app, client):

@@ -30,8 +30,11 @@ BAD = [
     ("scheduler", None, "is not one of"),
     ("num_images", 0, "between 1 and 8"),
     ("num_images", 9, "between 1 and 8"),
-    ("strength", 0, "greater than 0"),
-    ("strength", 1.5, "at most 1"),
+    ("strength", -0.1, "between 0 and 1"),
+    ("strength", 1.5, "between 0 and 1"),
+    ("eta", 2, "between 0 and 1"),
+    ("randn_source", "TPU", "GPU, CPU, NV"),
+    ("clip_skip", 0, "between 1 and 12"),
     ("init_image", "not an image", "must be an image"),
     ("save_steps", -1, "positive step interval"),
 ]
@@ -70,11 +73,14 @@ def test_init_image_pixel_limit():
     assert err.value.field == "init_image" and "300x300" in str(err.value)
 
 
-def test_img2img_needs_at_least_one_denoising_step():
-    request = GenerationRequest(prompt="a fox", steps=2, strength=0.3, init_image=Image.new("RGB", (64, 64)))
+def test_img2img_always_runs_a1111s_step_and_unipc_needs_its_order():
+    # A1111: t_enc = int(strength x steps), then t_enc + 1 sampler steps, so even strength 0.1 of 2 runs one.
+    GenerationRequest(prompt="a fox", steps=2, strength=0.1, init_image=Image.new("RGB", (64, 64))).validate()
+    request = GenerationRequest(prompt="a fox", steps=10, strength=0.2, scheduler="UniPC",
+                                init_image=Image.new("RGB", (64, 64)))
     with pytest.raises(ValidationError) as err:
         request.validate()
-    assert err.value.field == "strength"
+    assert err.value.field == "strength" and "UniPC" in err.value.message
 
 
 def test_good_request_is_normalised():

@@ -5,7 +5,9 @@
 #   paths:   our paths (engine, http, sdapi) next to plain diffusers, load time and peak memory per path;
 #   modes:   peak VRAM per engine mode (txt2img, img2img, inpaint, hires fix to 1536, upscale), also
 #            under a 15 GB cap (a Colab T4's memory), each mode in a fresh process;
-#   options: the speedup options, each in its own process.
+#   options: the speedup options, each in its own process;
+#   noise:   CUDA's torch.randn against the Philox port (A1111's "GPU"/"NV" noise) and the A1111-fidelity
+#            tests on the GPU (tests/test_sampling_rng.py's CUDA tests; needs pytest and k-diffusion).
 # PARTS picks and orders them (default "paths modes options"; all three take about 12-14 minutes, so
 # under a 10-minute limit per command run them as two commands, e.g. PARTS="paths modes" then
 # PARTS=options). Each part writes its section of docs/benchmarks.md and is copied to OUT_DIR at once,
@@ -35,7 +37,10 @@ for part in "${parts[@]}"; do
         timeout "${OPTIONS_SECONDS:-270}" python -m app.bench "${base[@]}" --runs 1 --paths plain --no-memory \
             --options "${OPTIONS:-sdpa,no_sdpa,channels_last,fused_qkv,channels_last+fused_qkv,compile,vae_tiling,attention_slicing,cpu_offload}" \
             --out docs/benchmarks.md --section cuda-sd21-options --out "$out/options.json" 2>&1 | tee "$out/options.log" ;;
-    *) echo "gpu_check: unknown part $part (paths, modes, options)" >&2; exit 2 ;;
+    noise)
+        timeout "${NOISE_SECONDS:-120}" python -m pytest -q -p no:cacheprovider tests/test_sampling_rng.py -k cuda -rA \
+            2>&1 | tee "$out/noise.log" ;;
+    *) echo "gpu_check: unknown part $part (paths, modes, options, noise)" >&2; exit 2 ;;
     esac
     cp docs/benchmarks.md "$out/benchmarks.md"
 done

@@ -258,10 +258,10 @@ class Engine:
                 if request.init_image is not None:
                     init = request.init_image.convert("RGB").resize((width, height))
                     init_latent = denoiser.encode([init]).expand(len(seeds), -1, -1, -1)
-                    result = denoiser.img2img(conds, init_latent, request.steps, request.strength, step)
+                    done = denoiser.img2img(conds, init_latent, request.steps, request.strength, step)
                 else:
-                    result = denoiser.txt2img(conds, width, height, step)
-                latents, stopped, extra_mode = result.latents, result.interrupted, {}
+                    done = denoiser.txt2img(conds, width, height, step)
+                latents, stopped, extra_mode = done.latents, done.interrupted, {}
             if latents is not None:
                 images = denoiser.decode(latents)
         if plan is not None:

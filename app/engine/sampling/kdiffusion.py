@@ -20,7 +20,7 @@ import torchsde
 from scipy import integrate
 from torch import Tensor
 
-from .dpm_solver import (
+from app.engine.sampling.dpm_solver import (
     Callback,
     Denoiser,
     NoiseSampler,

@@ -129,12 +129,12 @@ class ImageRNG:
             noise_shape = (self.shape[0], int(self.seed_resize_from_h) // LATENT_FACTOR,
                            int(self.seed_resize_from_w) // LATENT_FACTOR)
         resized = noise_shape != self.shape
-        mixing = self.subseeds is not None and self.subseed_strength != 0
+        subseeds = self.subseeds if self.subseed_strength != 0 else None
         noises = []
         for i, (seed, generator) in enumerate(zip(self.seeds, self.generators)):
             subnoise = None
-            if mixing:
-                subseed = self.subseeds[i] if i < len(self.subseeds) else 0
+            if subseeds is not None:
+                subseed = subseeds[i] if i < len(subseeds) else 0
                 subnoise = self._randn(subseed, noise_shape)
             noise = self._randn(seed, noise_shape) if resized else self._randn(seed, self.shape, generator)
             if subnoise is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .unipc import DiscreteVPSchedule, UniPCSolver
+from app.engine.sampling.unipc import DiscreteVPSchedule, UniPCSolver
 
 NoiseSampler = Callable[[Any, Any], Tensor]
 Callback = Callable[[dict[str, Any]], None]

@@ -284,3 +284,38 @@ def test_a_cancelled_job_shows_its_partial_image(serve, page):  # noqa: F811
     assert page.text_content("#results .partial-label") == "partial, " + job["error"]
     assert page.text_content("#job-state").startswith("Cancelled: partial")
     assert page.get_attribute("#results img", "alt").startswith("Partial image 1")
+
+
+def test_sampler_schedule_type_and_sampler_settings_reach_the_job_and_come_back(serve, page):  # noqa: F811
+    """A1111's two lists and its sampler settings (issue #21): the job runs what the form says, the
+    infotext names it as A1111 does, and a PNG read back (PNG Info) sets every one of them again."""
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.select_option("#scheduler", "Euler a")
+    page.select_option("#schedule_type", "Karras")
+    page.click("#sampler-section > summary")
+    page.fill("#eta", "0.5")
+    page.select_option("#randn_source", "CPU")
+    page.fill("#eta_noise_seed_delta", "31337")
+    submit(page, "a [fox:cat:1] in snow", width=64, height=64, steps=3, seed=7)
+    page.wait_for_function(RESULT_LOADED, arg=1)
+    job = page.evaluate("t2iPage.lastJob")
+    p = job["params"]
+    assert (p["scheduler"], p["eta"], p["randn_source"], p["eta_noise_seed_delta"]) == ("Euler a Karras", 0.5, "CPU",
+                                                                                          31337)
+    text = job["images"][0]["infotext"]
+    assert "Sampler: Euler a, Schedule type: Karras" in text and "Eta: 0.5" in text and "RNG: CPU" in text
+    assert "ENSD: 31337" in text
+
+    page.select_option("#scheduler", "DDIM")
+    page.select_option("#schedule_type", "Automatic")
+    page.fill("#eta", "")
+    page.select_option("#randn_source", "GPU")
+    page.fill("#eta_noise_seed_delta", "0")
+    page.evaluate("""async (url) => { const blob = await (await fetch(url)).blob();
+        t2iPage.fillFromPng(new File([blob], 'x.png', {type: 'image/png'})); }""", job["images"][0]["url"])
+    page.wait_for_function("() => document.getElementById('form-note').textContent.startsWith('Settings read')")
+    assert [page.input_value(f) for f in ("#scheduler", "#schedule_type", "#eta", "#randn_source",
+                                          "#eta_noise_seed_delta", "#prompt")] == [
+        "Euler a", "Karras", "0.5", "CPU", "31337", "a [fox:cat:1] in snow"]

@@ -241,3 +241,81 @@ def test_alternation_switches_every_call(engine):
     used = _conds_per_call(engine, prompt="[fox|cat]", negative_prompt="", steps=6, scheduler="Euler")
     # A1111: [[1, fox], [2, cat], [3, fox] ...] picked by "call <= end_at_step": call 0 and 1 both see fox.
     assert used == ["fox", "fox", "cat", "fox", "cat", "fox"]
+
+
+@pytest.mark.parametrize("sampler,calls,first,last", [
+    ("DDIM", 19, 951, 51),  # A1111: timesteps range(0, 1000, 50) + 1, the loop stops before the first
+    ("DDIM CFG++", 19, 951, 51),
+    ("PLMS", 20, 951, 51),  # its first step evaluates twice (951, then 901 for the pseudo improved Euler)
+    ("UniPC", 20, None, None),  # continuous time: fractional timesteps
+])
+def test_timestep_samplers_call_the_model_as_a1111(engine, sampler, calls, first, last):
+    seen = []
+    hook = engine.pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(float(args[1][0])))
+    try:
+        engine.generate(GenerationRequest(prompt="a fox", width=64, height=64, steps=20, seed=3, scheduler=sampler))
+    finally:
+        hook.remove()
+    assert len(seen) == calls
+    if first is not None:
+        assert (seen[0], seen[-1]) == (first, last)
+    assert all(a >= b for a, b in zip(seen, seen[1:]))
+
+
+def _reference_img2img(sampler: str, wrappers: ModelWrappers, cond, uncond, init, steps: int, strength: float,
+                       fixed: bool) -> torch.Tensor:
+    """A1111's KDiffusionSampler.sample_img2img: setup_img2img_steps, the tail of the schedule from
+    t_enc, the start init + noise * sigma, DPM fast/adaptive's range from that tail."""
+    sampling, external = kdiffusion_ref.load()
+    func_name, default, discard, brownian, options = A1111[sampler]
+    ldm = _LDM(wrappers)
+    inner = (external.CompVisVDenoiser if wrappers.prediction == "v_prediction" else external.CompVisDenoiser)(
+        ldm, quantize=False)
+    if fixed:  # the hires pass: steps given, the schedule stretched
+        total, t_enc = int(steps / min(strength, 0.999)), steps - 1
+    else:
+        total, t_enc = steps, int(min(strength, 0.999) * steps)
+    n = total + (1 if discard else 0)
+    lo, hi = inner.sigmas[0].item(), inner.sigmas[-1].item()
+    sigmas = inner.get_sigmas(n) if default is None else getattr(sampling, f"get_sigmas_{default}")(n, lo, hi)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    sched = sigmas[total - t_enc - 1:]
+    rng = ImageRNG(tuple(init.shape[1:]), SEEDS)
+    xi = init + rng.next() * sched[0]
+    func = getattr(sampling, func_name)
+    params = inspect.signature(func).parameters
+    kwargs = dict(options)
+    if "eta" in params:
+        kwargs["eta"] = 1.0
+    if "sigma_min" in params:
+        kwargs.update(sigma_min=sched[-2], sigma_max=sched[0])
+    if "n" in params:
+        kwargs["n"] = len(sched) - 1
+    if "sigmas" in params:
+        kwargs["sigmas"] = sched
+    saved = sampling.torch
+    sampling.torch = _TorchHijack(rng)
+    try:
+        with torchsde_seeded_by("GPU", "cpu"), torch.no_grad():
+            if brownian:
+                kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(init, sigmas[sigmas > 0].min(),
+                                                                            sigmas.max(), seed=SEEDS)
+            return func(_CFG(inner, cond, uncond), xi, disable=True, **kwargs)
+    finally:
+        sampling.torch = saved
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM2", "DPM fast", "DPM++ SDE", "DPM++ 3M SDE"])
+@pytest.mark.parametrize("strength,fixed", [(0.6, False), (0.35, True)])
+def test_img2img_and_the_hires_pass_match_a1111(engine, wrappers, conds, sampler, strength, fixed):
+    cond, uncond = conds
+    init = torch.randn((len(SEEDS), 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(5))
+    gen = GenerationRequest(prompt="x", scheduler=sampler, steps=STEPS, guidance_scale=CFG, seed=SEEDS[0],
+                            num_images=len(SEEDS)).validate()
+    denoiser = Denoiser(engine.pipe, wrappers, gen, SEEDS, [0, 1], None)
+    with torch.no_grad():
+        got = denoiser.img2img(([(STEPS, cond)], [(STEPS, uncond)]), init, STEPS, strength, None,
+                               fixed_steps=fixed).latents
+    expected = _reference_img2img(sampler, wrappers, cond, uncond, init, STEPS, strength, fixed)
+    assert _relative_l2(got, expected) < 1e-4, (sampler, strength, fixed, wrappers.prediction)

@@ -51,15 +51,8 @@ def _interpolated_sigma(log_sigmas: Tensor, t: Tensor) -> Tensor:
     return ((1 - frac) * log_sigmas[low] + frac * log_sigmas[high]).exp()
 
 
-class DiscreteDenoiser:
-    """k-diffusion's CompVisDenoiser / CompVisVDenoiser (quantize off) over ``alphas_cumprod``.
-
-    ``apply_model(x, t, **kwargs)`` is the UNet (with its conditioning in kwargs); it returns eps or v
-    according to ``prediction``. ``sigmas`` ascend, like k-diffusion's buffer, and live on the device of
-    ``alphas_cumprod``.
-    """
-
-    sigma_data = 1.0
+class _SigmaTable:
+    """A model's noise levels: ``sigmas`` ascending from its training table, and how to call it."""
 
     def __init__(self, alphas_cumprod: Tensor, prediction: str, apply_model: Callable[..., Tensor]):
         if prediction not in PREDICTIONS:
@@ -77,6 +70,18 @@ class DiscreteDenoiser:
     @property
     def sigma_max(self) -> Tensor:
         return self.sigmas[-1]
+
+
+class DiscreteDenoiser(_SigmaTable):
+    """k-diffusion's CompVisDenoiser / CompVisVDenoiser (quantize off) over ``alphas_cumprod``.
+
+    ``apply_model(x, t, **kwargs)`` is the UNet (with its conditioning in kwargs); it returns eps or v
+    according to ``prediction``. ``sigmas`` ascend, like k-diffusion's buffer, and live on the device of
+    ``alphas_cumprod``.
+    """
+
+    sigma_data = 1.0
+
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Fractional timestep of each sigma: where its log falls between two table entries (clamped to the table)."""
@@ -119,7 +124,7 @@ class DiscreteDenoiser:
         return out * c_out + x * c_skip
 
 
-class LCMDenoiser:
+class LCMDenoiser(_SigmaTable):
     """A1111's LCMCompVisDenoiser: 50 of the 1000 training timesteps (every 20th, ending at 999).
 
     Timesteps are the nearest table entry mapped back to the 1000-step scale (integers), and the eps estimate
@@ -133,24 +138,10 @@ class LCMDenoiser:
     timestep_scaling = 10.0
 
     def __init__(self, alphas_cumprod: Tensor, prediction: str, apply_model: Callable[..., Tensor]):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
         timesteps = len(alphas_cumprod)
         self.skip_steps = timesteps // self.original_timesteps
         picked = torch.arange(timesteps - 1, -1, -self.skip_steps)[:self.original_timesteps].flip(0)
-        self.alphas_cumprod = alphas_cumprod[picked.to(alphas_cumprod.device)].to(torch.float32)
-        self.prediction = prediction
-        self.apply_model = apply_model
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.log_sigmas = self.sigmas.log()
-
-    @property
-    def sigma_min(self) -> Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> Tensor:
-        return self.sigmas[-1]
+        super().__init__(alphas_cumprod[picked.to(alphas_cumprod.device)].to(torch.float32), prediction, apply_model)
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Integer timestep (1000-step scale) of the table entry nearest in log sigma."""

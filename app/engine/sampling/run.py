@@ -25,7 +25,8 @@ import torch
 
 from app.engine.sampling import kdiffusion, schedules, timesteps
 from app.engine.sampling.cfg import CFGDenoiser, Interrupted
-from app.engine.schedulers import LCM, TIMESTEPS, SchedulerChoice
+from app.engine.sampling.rng import noise_sampler
+from app.engine.schedulers import TIMESTEPS, SchedulerChoice
 
 StepCallback = Callable[[int, torch.Tensor], None]  # (index of the finished step, its denoised estimate)
 
@@ -50,7 +51,7 @@ class Noise:
     brownian: Callable[[torch.Tensor, torch.Tensor], Callable]  # (x, sigmas) -> noise_sampler
 
     def sampler(self) -> Callable:
-        return lambda sigma, sigma_next: self.rng.next()
+        return noise_sampler(self.rng)
 
 
 def function(choice: SchedulerChoice) -> Callable:
@@ -177,7 +178,3 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
 def total_steps(choice: SchedulerChoice, steps: int) -> int:
     """The step count A1111 gives the prompt schedule: doubled for second-order samplers."""
     return steps * 2 if choice.sampler.second_order else steps
-
-
-def is_lcm(choice: SchedulerChoice) -> bool:
-    return choice.sampler.kind == LCM

@@ -24,6 +24,9 @@ from app.engine.types import DEFAULT_LIMITS, Limits, ValidationError, check_text
 PROMPT_PLACEHOLDER = "{prompt}"
 COLUMNS = ("name", "prompt", "negative_prompt")  # A1111's header
 MAX_STYLES = 500  # styles in the file (an edit that would add one more is refused)
+# Styles one request may name. A1111's picker offers each style once and people pick a few;
+# the bound keeps a hostile list short (each name is one pass over a prompt of up to the limit).
+MAX_REQUEST_STYLES = 20
 MAX_NAME_CHARS = 64
 # Letters, digits and plain punctuation: a name is a URL path segment (/api/styles/<name>), a CSV cell
 # and an <option>; no slashes, quotes, angle brackets or control characters, no space at either end.
@@ -71,16 +74,46 @@ def merge_prompt(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
+def styled_length(style_text: str, prompt: str) -> int:
+    """The length ``merge_prompt(style_text, prompt)`` would have, without building it."""
+    count = style_text.count(PROMPT_PLACEHOLDER)
+    if count:
+        return len(style_text) + count * (len(prompt) - len(PROMPT_PLACEHOLDER))
+    head, tail = prompt.strip(), style_text.strip()
+    return len(head) + len(tail) + (2 if head and tail else 0)
+
+
+def check_style_names(names: list[str]) -> None:
+    """At most MAX_REQUEST_STYLES names, none twice (A1111 would apply a repeat again:
+    with ``{prompt}`` in it that multiplies the prompt, never what anyone meant)."""
+    if len(names) > MAX_REQUEST_STYLES:
+        raise ValidationError("styles", names, f"{len(names)} names; the limit is {MAX_REQUEST_STYLES}")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValidationError("styles", name, f"{name!r} is named twice; each style applies once")
+        seen.add(name)
+
+
 def apply_styles(prompt: str, negative_prompt: str, names: list[str],
-                 styles: dict[str, Style]) -> tuple[str, str]:
-    """The prompt and negative prompt with the named styles applied; UnknownStyle for a name not in ``styles``."""
+                 styles: dict[str, Style], max_chars: int | None = None) -> tuple[str, str]:
+    """The prompt and negative prompt with the named styles applied; UnknownStyle for a name not in ``styles``.
+    With ``max_chars``, ValidationError naming the prompt whose styled length would pass it, raised
+    before that prompt is built: a style holding ``{prompt}`` n times multiplies the prompt by n, so
+    a few of them made strings of gigabytes before the length check after them could run."""
+    check_style_names(names)
+    texts = {"prompt": prompt, "negative_prompt": negative_prompt}
     for name in names:
         style = styles.get(name)
         if style is None:
             raise UnknownStyle(name, list(styles))
-        prompt = merge_prompt(style.prompt, prompt)
-        negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
-    return prompt, negative_prompt
+        for field, style_text in (("prompt", style.prompt), ("negative_prompt", style.negative_prompt)):
+            size = styled_length(style_text, texts[field])
+            if max_chars is not None and size > max_chars:
+                raise ValidationError(field, names, f"would be {size} characters with the styles applied "
+                                                    f"(at {name!r}); the limit is {max_chars}")
+            texts[field] = merge_prompt(style_text, texts[field])
+    return texts["prompt"], texts["negative_prompt"]
 
 
 def check_style(style: Style, limits: Limits = DEFAULT_LIMITS) -> Style:

@@ -1,0 +1,63 @@
+"""Limits a hostile test of the public app (issue #22) found checked too late
+or not at all: each input is refused before it costs memory, with a 400 (or
+413) in the one error shape naming the field. Each test failed before its fix;
+the docstrings say what a user saw then."""
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from helpers import assert_error, small_job
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def styled(make_app, tmp_path):
+    return make_app(STYLES=str(tmp_path / "styles.csv"), ENGINE=None, START_WORKER=False).test_client()
+
+
+def _put_style(client, name: str, prompt: str) -> None:
+    response = client.put(f"/api/styles/{name}", json={"prompt": prompt})
+    assert response.status_code in (200, 201), response.get_json()
+
+
+def test_styles_that_multiply_the_prompt_are_refused_before_it_is_built(styled):
+    """A style holding ``{prompt}`` 125 times (1000 characters, within the limit) multiplies
+    the prompt by 125 each time it applies: three of them on a 64-character prompt built a
+    125 M character prompt (and its repr for the error) before the 400 for its length,
+    hundreds of MB per request; the reporter's three-fold repeat peaked at 4.3 GB."""
+    for name in ("echo1", "echo2", "echo3"):
+        _put_style(styled, name, "{prompt}" * 125)
+    tracemalloc.start()
+    try:
+        response = styled.post("/api/jobs", json=small_job(prompt="x" * 64, styles=["echo1", "echo2", "echo3"]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * MB, f"the request peaked at {peak / MB:.0f} MB"
+    body = assert_error(response, 400, "prompt")
+    assert "8000 characters" in body["error"] and "limit is 1000" in body["error"], body  # 64 * 125, the size
+
+
+def test_a_style_named_twice_is_refused(styled):
+    """Naming a style twice applied it twice (A1111 does): with ``{prompt}`` in it, the
+    multiplication above from a single style. Nobody means it; it is named."""
+    _put_style(styled, "frame", "art of {prompt}")
+    body = assert_error(styled.post("/api/jobs", json=small_job(styles=["frame", "frame"])), 400, "styles")
+    assert "'frame' is named twice" in body["error"]
+    assert_error(styled.post("/sdapi/v1/txt2img", json={"prompt": "a", "styles": ["frame", "frame"]}), 400, "styles")
+
+
+def test_the_styles_one_request_names_are_bounded(styled):
+    from app.engine.styles import MAX_REQUEST_STYLES
+
+    names = [f"s{i}" for i in range(MAX_REQUEST_STYLES + 1)]
+    for name in names:
+        _put_style(styled, name, "detailed")
+    body = assert_error(styled.post("/api/jobs", json=small_job(styles=names)), 400, "styles")
+    assert f"the limit is {MAX_REQUEST_STYLES}" in body["error"]
+    ok = styled.post("/api/jobs", json=small_job(styles=names[:MAX_REQUEST_STYLES]))
+    assert ok.status_code == 202, ok.get_json()
+    assert styled.get("/api/styles").get_json()["limits"]["max_request_styles"] == MAX_REQUEST_STYLES

@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from helpers import assert_error, small_job
+from helpers import assert_error, gradient, png_b64, small_job
 
 MB = 1 << 20
 
@@ -61,3 +61,33 @@ def test_the_styles_one_request_names_are_bounded(styled):
     ok = styled.post("/api/jobs", json=small_job(styles=names[:MAX_REQUEST_STYLES]))
     assert ok.status_code == 202, ok.get_json()
     assert styled.get("/api/styles").get_json()["limits"]["max_request_styles"] == MAX_REQUEST_STYLES
+
+
+# --- integers past what a float holds ---------------------------------------------------------
+
+BIG = 10**400  # a JSON number Python reads (up to 4300 digits) but no float can hold
+_HIRES = {"enable_hr": True, "hr_resize_x": BIG, "hr_resize_y": 64}
+_IMAGE = png_b64(gradient(64, 64))
+INTS = [  # (path, body, how it is sent, the field the error names)
+    ("/api/jobs", small_job(**_HIRES), "json", "hr_resize_x"),
+    ("/api/jobs", small_job(**_HIRES), "form", "hr_resize_x"),
+    ("/sdapi/v1/txt2img", {"prompt": "a", "steps": 2, **_HIRES}, "json", "hr_resize_x"),
+    ("/sdapi/v1/extra-single-image", {"image": _IMAGE, "resize_mode": 1, "upscaling_resize_w": BIG}, "json", "upscaling_resize_w"),
+    ("/sdapi/v1/extra-single-image", {"image": _IMAGE, "resize_mode": 1, "upscaling_resize_h": BIG}, "json", "upscaling_resize_h"),
+    ("/api/upscale", {"image": _IMAGE, "width": BIG}, "json", "width"),
+    ("/api/upscale", {"image": _IMAGE, "height": BIG}, "json", "height"),
+]
+
+
+@pytest.mark.parametrize("path,body,kind,field", INTS, ids=[f"{p} {f} {k}" for p, _, k, f in INTS])
+def test_a_400_digit_integer_is_a_400_naming_the_field(make_app, path, body, kind, field):
+    """A 400-digit width, height or hires size was a 500 "internal error (OverflowError)"
+    wherever it met a float (``width / w`` in the upscale size, ``resize_x / resize_y`` in
+    the hires size). Every JSON body and form is now checked once, on parsing."""
+    client = make_app(ENGINE=None, START_WORKER=False, SYNC_TIMEOUT=1).test_client()
+    if kind == "form":
+        response = client.post("/api/jobs", data={k: str(v) for k, v in body.items()})
+    else:
+        response = client.post(path, json=body)
+    answer = assert_error(response, 400, field)
+    assert "401 digits" in answer["error"], answer

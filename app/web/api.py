@@ -10,7 +10,7 @@ from app.jobs.base import READY, ModelChoice
 from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.auth import client_id, is_authenticated
-from app.web.body import json_object
+from app.web.body import check_int_size, json_object
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
@@ -153,7 +153,9 @@ def _from_form(name: str, text: str):
         return False if lowered in ("0", "false", "off", "no") else text
     try:
         if kind.startswith("int"):
-            return int(text)
+            value = int(text)
+            check_int_size(name, value)  # as in a JSON body (app/web/body.py)
+            return value
         if kind.startswith("float"):
             return float(text)
     except ValueError:

@@ -41,7 +41,7 @@ from app.web import backend, models
 from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
-from app.web.body import json_object
+from app.web.body import MAX_INT, json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
 from app.web.styles import current_styles
@@ -55,7 +55,7 @@ def _int(body: dict, name: str, default):
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT:  # 1e300: left for validation
         return int(value)
     return value
 

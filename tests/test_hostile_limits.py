@@ -91,3 +91,55 @@ def test_a_400_digit_integer_is_a_400_naming_the_field(make_app, path, body, kin
         response = client.post(path, json=body)
     answer = assert_error(response, 400, field)
     assert "401 digits" in answer["error"], answer
+
+
+# --- images larger than the request can use ---------------------------------------------------
+
+def _peak_rss_growth(action) -> tuple[object, int]:
+    """What ``action()`` returns and how far the process's peak RSS rose above its RSS
+    before it (Linux: writing 5 to clear_refs resets the peak). Pillow allocates pixels
+    outside Python's allocator, so tracemalloc would not see them."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
+
+    before = status("VmRSS")
+    result = action()
+    return result, status("VmHWM") - before
+
+
+def _blank_png(width: int, height: int, mode: str = "RGBA") -> str:
+    """A few KB on disk (one colour compresses to nothing), width * height * 4 bytes decoded."""
+    from PIL import Image
+
+    return png_b64(Image.new(mode, (width, height)))
+
+
+@pytest.fixture(scope="module")
+def huge_png():
+    return _blank_png(4096, 4096)  # 64 MB of pixels; within MAX_UPLOAD_PIXELS (4096 * 4096)
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/jobs", small_job(init_image=_IMAGE), "mask"),
+    ("/sdapi/v1/img2img", {"prompt": "a", "steps": 2, "init_images": [_IMAGE]}, "mask"),
+    ("/api/upscale", {"scale": 2}, "scale"),
+    ("/sdapi/v1/extra-single-image", {"upscaling_resize": 2}, "scale"),
+], ids=["jobs mask", "img2img mask", "upscale", "extras"])
+def test_an_image_too_large_for_its_use_is_refused_from_its_header(make_app, huge_png, path, body, field):
+    """A 4096x4096 mask (a 90 KB PNG; the largest image made here is 1024x1024) was
+    decoded, 64 MB, then refused by validation; 16 such requests at once cost 1.5 GB.
+    An image to upscale was decoded before the result's size was checked. The size in
+    the header is enough to refuse both, with the same answer."""
+    client = make_app(ENGINE=None, START_WORKER=False).test_client()
+    key = "mask" if field == "mask" else "image"
+    response, growth = _peak_rss_growth(lambda: client.post(path, json={**body, key: huge_png}))
+    body = assert_error(response, 400, field)
+    assert "4096x4096" in body["value"] or "8192x8192" in body["error"], body
+    assert growth < 16 * MB, f"the request grew the peak RSS by {growth / MB:.0f} MB"

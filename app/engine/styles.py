@@ -8,7 +8,18 @@ apply in order, each to the result of the one before.
 every other row and column kept, the whole file written to a temporary
 file beside it and renamed over it, so a reader never sees half a file.
 ``check_style`` bounds what an editor (maybe a stranger on a public link)
-can put there."""
+can put there.
+
+Spreadsheet formulas (OWASP's CSV injection): a cell beginning with
+``= + - @``, a tab or a carriage return is a formula to Excel and LibreOffice,
+so the file is written with a ``'`` before it (``-blurry`` is stored as
+``'-blurry``), which a spreadsheet shows as text. On reading, a ``'`` is
+removed only where it stands before one of those characters, after any
+further quotes: a cell that is quotes then a formula character gets one
+quote more on writing and one less on reading, so whatever was written reads
+back exactly (``'=x`` is stored as ``''=x``). A1111 reads the file without
+removing them: a style of ours beginning with those characters shows the
+``'`` there; a hand-written ``'-x`` reads here as ``-x``."""
 from __future__ import annotations
 
 import csv
@@ -22,8 +33,12 @@ from pathlib import Path
 from app.engine.types import DEFAULT_LIMITS, Limits, ValidationError, check_text
 
 PROMPT_PLACEHOLDER = "{prompt}"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list: what makes a spreadsheet cell a formula
 COLUMNS = ("name", "prompt", "negative_prompt")  # A1111's header
 MAX_STYLES = 500  # styles in the file (an edit that would add one more is refused)
+# Styles one request may name. A1111's picker offers each style once and people pick a few;
+# the bound keeps a hostile list short (each name is one pass over a prompt of up to the limit).
+MAX_REQUEST_STYLES = 20
 MAX_NAME_CHARS = 64
 # Letters, digits and plain punctuation: a name is a URL path segment (/api/styles/<name>), a CSV cell
 # and an <option>; no slashes, quotes, angle brackets or control characters, no space at either end.
@@ -58,10 +73,25 @@ def load_styles(path: str | os.PathLike | None) -> dict[str, Style]:
     styles: dict[str, Style] = {}
     with open(path, newline="", encoding="utf-8-sig") as fh:  # A1111 writes a BOM-less UTF-8 file; Excel adds one
         for row in csv.DictReader(fh, skipinitialspace=True):
+            row = unescape_row(row)
             name = (row.get("name") or "").strip()
             if name:
                 styles[name] = Style(name, row.get("prompt") or "", row.get("negative_prompt") or "")
     return styles
+
+
+def escape_cell(text: str) -> str:
+    """The cell as written: a ``'`` before text that is quotes then a formula character."""
+    return "'" + text if text.lstrip("'")[:1] in FORMULA_START else text
+
+
+def unescape_cell(text: str) -> str:
+    """The cell as read: escape_cell undone (the one ``'`` it adds is there only before such text)."""
+    return text[1:] if text.startswith("'") and escape_cell(text) != text else text
+
+
+def unescape_row(row: dict) -> dict:
+    return {k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 def merge_prompt(style_text: str, prompt: str) -> str:
@@ -71,16 +101,46 @@ def merge_prompt(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
+def styled_length(style_text: str, prompt: str) -> int:
+    """The length ``merge_prompt(style_text, prompt)`` would have, without building it."""
+    count = style_text.count(PROMPT_PLACEHOLDER)
+    if count:
+        return len(style_text) + count * (len(prompt) - len(PROMPT_PLACEHOLDER))
+    head, tail = prompt.strip(), style_text.strip()
+    return len(head) + len(tail) + (2 if head and tail else 0)
+
+
+def check_style_names(names: list[str]) -> None:
+    """At most MAX_REQUEST_STYLES names, none twice (A1111 would apply a repeat again:
+    with ``{prompt}`` in it that multiplies the prompt, never what anyone meant)."""
+    if len(names) > MAX_REQUEST_STYLES:
+        raise ValidationError("styles", names, f"{len(names)} names; the limit is {MAX_REQUEST_STYLES}")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValidationError("styles", name, f"{name!r} is named twice; each style applies once")
+        seen.add(name)
+
+
 def apply_styles(prompt: str, negative_prompt: str, names: list[str],
-                 styles: dict[str, Style]) -> tuple[str, str]:
-    """The prompt and negative prompt with the named styles applied; UnknownStyle for a name not in ``styles``."""
+                 styles: dict[str, Style], max_chars: int | None = None) -> tuple[str, str]:
+    """The prompt and negative prompt with the named styles applied; UnknownStyle for a name not in ``styles``.
+    With ``max_chars``, ValidationError naming the prompt whose styled length would pass it, raised
+    before that prompt is built: a style holding ``{prompt}`` n times multiplies the prompt by n, so
+    a few of them made strings of gigabytes before the length check after them could run."""
+    check_style_names(names)
+    texts = {"prompt": prompt, "negative_prompt": negative_prompt}
     for name in names:
         style = styles.get(name)
         if style is None:
             raise UnknownStyle(name, list(styles))
-        prompt = merge_prompt(style.prompt, prompt)
-        negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
-    return prompt, negative_prompt
+        for field, style_text in (("prompt", style.prompt), ("negative_prompt", style.negative_prompt)):
+            size = styled_length(style_text, texts[field])
+            if max_chars is not None and size > max_chars:
+                raise ValidationError(field, names, f"would be {size} characters with the styles applied "
+                                                    f"(at {name!r}); the limit is {max_chars}")
+            texts[field] = merge_prompt(style_text, texts[field])
+    return texts["prompt"], texts["negative_prompt"]
 
 
 def check_style(style: Style, limits: Limits = DEFAULT_LIMITS) -> Style:
@@ -146,7 +206,7 @@ def _read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
         return list(COLUMNS), []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, skipinitialspace=True)
-        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]  # cells past the header: dropped
+        rows = [unescape_row({k: v for k, v in row.items() if k is not None}) for row in reader]  # cells past the header: dropped
         header = [name for name in (reader.fieldnames or []) if name]
     return [*header, *(c for c in COLUMNS if c not in header)], rows
 
@@ -159,7 +219,7 @@ def _write_rows(path: str | os.PathLike, header: list[str], rows: list[dict]) ->
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=header, restval="", extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: escape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, target)

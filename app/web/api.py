@@ -10,7 +10,7 @@ from app.jobs.base import READY, ModelChoice
 from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.auth import client_id, is_authenticated
-from app.web.body import json_object
+from app.web.body import check_int_size, json_object
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
@@ -153,7 +153,9 @@ def _from_form(name: str, text: str):
         return False if lowered in ("0", "false", "off", "no") else text
     try:
         if kind.startswith("int"):
-            return int(text)
+            value = int(text)
+            check_int_size(name, value)  # as in a JSON body (app/web/body.py)
+            return value
         if kind.startswith("float"):
             return float(text)
     except ValueError:
@@ -255,7 +257,7 @@ def job_preview(job_id: str):
 def upscale_image():
     """A Lanczos resize of any image (issue #12): quick, so synchronous; the answer is the PNG."""
     from app.engine.metadata import png_bytes
-    from app.engine.upscale import upscale
+    from app.engine.upscale import upscale, upscale_size
 
     body = json_object()
     for key in body:
@@ -263,9 +265,12 @@ def upscale_image():
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(UPSCALE_FIELDS), key, body[key])
     if body.get("image") in (None, ""):
         raise ApiError(400, "image: is required (a base64 string or a data URL)", "image", body.get("image"))
-    image = decode_init_image(body["image"], current_app.config, field="image", fit=False)
-    out = upscale(image, body.get("scale"), body.get("width"), body.get("height"), crop=body.get("crop", True) is True,
-                  upscaler=body.get("upscaler") or "Lanczos", limits=engine_limits(current_app.config))
+    size = {"scale": body.get("scale"), "width": body.get("width"), "height": body.get("height"),
+            "crop": body.get("crop", True) is True, "limits": engine_limits(current_app.config)}
+    # The result's size is checked from the image's header, before its pixels are decoded.
+    image = decode_init_image(body["image"], current_app.config, field="image", fit=False,
+                              check_size=lambda wh: upscale_size(wh, **size))
+    out = upscale(image, upscaler=body.get("upscaler") or "Lanczos", **size)
     return Response(png_bytes(out, None), mimetype="image/png")
 
 

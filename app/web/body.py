@@ -18,6 +18,10 @@ from app.web.errors import ApiError
 
 # A1111 clients nest ``alwayson_scripts`` about five deep; nothing real nears this.
 MAX_DEPTH = 32
+# The largest integer a request may hold: I-JSON's (RFC 7493), the most a browser's numbers keep
+# exactly. Python reads 4300 digits; a 400-digit width turned into a 500 (OverflowError) wherever
+# it met a float (the upscale routes' ``width / w``), so it is refused here, for every field at once.
+MAX_INT = 2**53 - 1
 
 
 def json_object(hint: str = "") -> dict:
@@ -45,17 +49,25 @@ def json_object(hint: str = "") -> dict:
 
 
 def check_tree(body: dict) -> None:
-    """Walk the body without recursion: refuse nesting past MAX_DEPTH, and
+    """Walk the body without recursion: refuse nesting past MAX_DEPTH,
     NaN/Infinity (Python's json reads them, JSON has no such numbers, and a
-    field echoed back would make our own answer invalid JSON), naming the
-    top-level field that holds them."""
+    field echoed back would make our own answer invalid JSON) and integers
+    past MAX_INT, naming the top-level field that holds them."""
     stack: list[tuple[Any, int, str]] = [(child, 2, key) for key, child in body.items()]
     while stack:
         item, level, field = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise ApiError(400, f"{field}: must be a finite number; {json.dumps(item)} is not JSON", field, item)
+        check_int_size(field, item)
         if isinstance(item, (dict, list)):
             if level > MAX_DEPTH:
                 raise ApiError(400, f"the body is nested more than {MAX_DEPTH} levels deep", "body", None)
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1, field) for child in children)
+
+
+def check_int_size(field: str, value: Any) -> None:
+    """An integer within MAX_INT either way (any other value passes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ApiError(400, f"{field}: an integer of {len(str(abs(value)))} digits; integers here are at most "
+                            f"{MAX_INT} either way", field, value)

@@ -41,7 +41,7 @@ from app.web import backend, models
 from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
-from app.web.body import json_object
+from app.web.body import MAX_INT, json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
 from app.web.styles import current_styles
@@ -55,7 +55,7 @@ def _int(body: dict, name: str, default):
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT:  # 1e300: left for validation
         return int(value)
     return value
 
@@ -278,7 +278,7 @@ def img2img():
 def extra_single_image():
     """A1111's Extras, single image: Lanczos (or "None") resize only; other upscalers and face restoration: 400."""
     from app.engine.metadata import png_bytes
-    from app.engine.upscale import upscale
+    from app.engine.upscale import upscale, upscale_size
 
     body = json_object()
     for name in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility"):
@@ -289,15 +289,19 @@ def extra_single_image():
         if body.get(name) not in (None, "", "None", "Lanczos"):
             raise ApiError(400, f"{name}: only Lanczos and None are available on this server (see "
                                 "/sdapi/v1/upscalers)", name, body.get(name))
-    image = decode_init_image(body.get("image"), current_app.config, field="image", fit=False)
     mode = _int(body, "resize_mode", 0)
+    limits = engine_limits(current_app.config)
     if mode == 0:
-        out = upscale(image, scale=body.get("upscaling_resize", 2), limits=engine_limits(current_app.config))
+        size = {"scale": body.get("upscaling_resize", 2), "width": None, "height": None, "crop": True}
     elif mode == 1:
-        out = upscale(image, width=_int(body, "upscaling_resize_w", 512), height=_int(body, "upscaling_resize_h", 512),
-                      crop=body.get("upscaling_crop", True) is not False, limits=engine_limits(current_app.config))
+        size = {"scale": None, "width": _int(body, "upscaling_resize_w", 512),
+                "height": _int(body, "upscaling_resize_h", 512), "crop": body.get("upscaling_crop", True) is not False}
     else:
         raise ApiError(400, "resize_mode: must be 0 (scale by) or 1 (scale to)", "resize_mode", mode)
+    # The result's size is checked from the image's header, before its pixels are decoded.
+    image = decode_init_image(body.get("image"), current_app.config, field="image", fit=False,
+                              check_size=lambda wh: upscale_size(wh, limits=limits, **size))
+    out = upscale(image, limits=limits, **size)
     return jsonify({"html_info": "", "image": base64.b64encode(png_bytes(out, None)).decode("ascii")})
 
 

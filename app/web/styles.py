@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, jsonify
 
 from app.engine.styles import (
     MAX_NAME_CHARS,
+    MAX_REQUEST_STYLES,
     MAX_STYLES,
     Style,
     TooManyStyles,
@@ -48,13 +49,12 @@ def styled_values(values: dict) -> dict:
         return values
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ApiError(400, "styles: must be a list of style names", "styles", names)
-    if len(names) > MAX_STYLES:
-        raise ApiError(400, f"styles: {len(names)} names; the limit is {MAX_STYLES}", "styles", len(names))
     prompt, negative = values.get("prompt"), values.get("negative_prompt", "")
     if not names or not isinstance(prompt, str) or not isinstance(negative, str):
         return values  # wrong types are named by validation
     try:
-        prompt, negative = apply_styles(prompt, negative, names, current_styles())
+        prompt, negative = apply_styles(prompt, negative, names, current_styles(),
+                                        max_chars=engine_limits(current_app.config).max_prompt_chars)
     except UnknownStyle as exc:
         raise ApiError(400, f"styles: {exc}; see /api/styles", "styles", exc.name) from None
     return {**values, "prompt": prompt, "negative_prompt": negative}
@@ -63,7 +63,7 @@ def styled_values(values: dict) -> dict:
 # --- the editing API -----------------------------------------------------------------
 
 def limits() -> dict:
-    return {"max_styles": MAX_STYLES, "max_name_chars": MAX_NAME_CHARS,
+    return {"max_styles": MAX_STYLES, "max_request_styles": MAX_REQUEST_STYLES, "max_name_chars": MAX_NAME_CHARS,
             "max_text_chars": engine_limits(current_app.config).max_prompt_chars}
 
 

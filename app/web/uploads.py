@@ -1,5 +1,8 @@
 """Untrusted images from requests (init images, PNG Info): base64 or data
-URLs or raw bytes, checked for size before any pixel is decoded."""
+URLs or raw bytes, checked for size before any pixel is decoded: against the
+upload limits always, and against what the request will do with the image
+(a mask's, an upscale's size) where that is smaller. A PNG of a few KB can
+claim 4096x4096, 64 MB of pixels once decoded."""
 from __future__ import annotations
 
 import base64
@@ -7,11 +10,14 @@ import binascii
 import io
 import re
 import warnings
+from typing import Callable
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from app.engine.metadata import read_parameters
+from app.engine.types import ValidationError
 from app.web.errors import ApiError
+from app.web.settings import engine_limits
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 # A compressed text chunk (zTXt, iTXt) inflates about 1000x: Pillow's own ceiling (64 MB of text
@@ -76,12 +82,16 @@ def load_rgb(image: Image.Image, field: str, fit: tuple[int, int] | None = None)
     return rgb
 
 
-def decode_init_image(value, config, field: str = "init_image", fit: bool = True) -> Image.Image:
+def decode_init_image(value, config, field: str = "init_image", fit: bool = True,
+                      check_size: Callable[[tuple[int, int]], object] | None = None) -> Image.Image:
     """A request's image (base64/data URL string or raw bytes) as RGB, within the upload
     limits. ``fit``: an init image is shrunk to fit the largest generation size; an
-    image to upscale is not (its result's size is what the limits check)."""
+    image to upscale is not (its result's size is what the limits check). ``check_size``
+    gets the size from the header and raises if the request cannot use it, before decoding."""
     data = value if isinstance(value, (bytes, bytearray)) else decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
     image = open_image(bytes(data), field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    if check_size is not None:
+        check_size(image.size)
     return load_rgb(image, field, fit=(config["MAX_WIDTH"], config["MAX_HEIGHT"]) if fit else None)
 
 
@@ -95,6 +105,12 @@ def decode_mask(value, config, field: str = "mask") -> Image.Image:
     (the engine reads its alpha if it has transparency, else its grey level)."""
     data = value if isinstance(value, (bytes, bytearray)) else decode_base64(value, field, config["MAX_UPLOAD_BYTES"])
     image = open_image(bytes(data), field, config["MAX_UPLOAD_BYTES"], config["MAX_UPLOAD_PIXELS"])
+    # Validation refuses a mask larger than the largest image made (GenerationRequest.validate):
+    # said here from the header, as it would be after decoding up to MAX_UPLOAD_PIXELS of it.
+    w, h = image.size
+    max_pixels = engine_limits(config).max_pixels
+    if w * h > max_pixels:
+        raise ValidationError(field, f"{w}x{h}", f"is more than {max_pixels} pixels")
     try:
         image.load()
         return image.convert("RGBA") if image.mode in ("RGBA", "LA", "PA", "P") else image.convert("L")

@@ -57,15 +57,14 @@ def test_embeddings_change_the_image_and_nothing_else(engine, emb_engine, small_
 
 
 def test_long_and_weighted_prompts_encode_embeddings_as_diffusers_does(emb_engine):
-    from app.engine.prompts import Fragment, encode_weighted, prompt_inputs
+    from app.engine.prompts import Fragment, encode_schedule, encode_weighted
 
     pipe = emb_engine.pipe
     theirs = pipe.encode_prompt("a photo sparkle", "cpu", 1, False)[0]
-    # Forced through our encoder (a BREAK-free weight-1 prompt is otherwise left to diffusers).
     ours = encode_weighted(pipe, [Fragment(pipe.maybe_convert_prompt("a photo sparkle", pipe.tokenizer))])
     assert ours.equal(theirs)
-    # Through prompt_inputs: BREAK sends it to our encoder, whose first chunk is that same text.
-    split = prompt_inputs(pipe, "a photo sparkle BREAK red fox", "")["prompt_embeds"]
+    # With a BREAK the first chunk is that same text.
+    split = encode_schedule(pipe, "a photo sparkle BREAK red fox", 1)[0].cond
     assert split.shape[1] == 2 * 77 and split[:, :77].equal(theirs)
     ids = pipe.tokenizer(pipe.maybe_convert_prompt("sparkle", pipe.tokenizer), add_special_tokens=False)["input_ids"]
     assert len(ids) == 2  # two vectors, each its own token, once

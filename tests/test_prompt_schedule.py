@@ -9,13 +9,13 @@ import torch
 
 from app.engine.prompt_schedule import prompt_schedule
 from app.engine.prompts import (
-    cond_at,
     encode_schedule,
     encode_weighted,
     parse_prompt_attention,
     prompt_syntax_problem,
     tokenize_chunks,
 )
+from app.engine.sampling.cfg import cond_at
 
 # A1111 1.10's own doctests (modules/prompt_parser.py), 10 steps.
 A1111_DOCTESTS = [
@@ -165,10 +165,11 @@ def test_cond_at_picks_as_reconstruct_cond_batch(pipe):
     schedule = encode_schedule(pipe, "[fox|cat]", 4)
     fox, cat = alone(pipe, "fox"), alone(pipe, "cat")
     # A1111's sampler counts from step 0; past the last entry it falls back to the first.
+    schedule = [(entry.end_at_step, entry.cond) for entry in schedule]
     picks = [cond_at(schedule, step) for step in range(6)]
     for step, (cond, want) in enumerate(zip(picks, [fox, fox, cat, fox, cat, fox])):
         assert cond.equal(want), step
-    edit = encode_schedule(pipe, "[fox:cat:2]", 4)
+    edit = [(entry.end_at_step, entry.cond) for entry in encode_schedule(pipe, "[fox:cat:2]", 4)]
     assert [cond_at(edit, step).equal(fox) for step in range(5)] == [True, True, True, False, False]
 
 

@@ -17,14 +17,12 @@
   ``encode_schedule`` encodes them as A1111's ``get_learned_conditioning``
   does: all of a prompt's scheduled texts form one batch, padded to the same
   number of chunks with empty chunks, and the emphasis mean is the batch's.
-  ``cond_at`` picks the entry for a step (``reconstruct_cond_batch``).
+  The CFG denoiser picks the entry for each model call
+  (``app.engine.sampling.cfg.cond_at``, A1111's ``reconstruct_cond_batch``).
 
-``prompt_inputs`` (the diffusers pipelines' path, which has no schedule): a
-prompt that needs none of this (no weight other than 1, no BREAK, at most 75
-tokens) goes to diffusers as plain text, so it gives exactly the image it gave
-before (``plain_text``); otherwise the prompt and the negative prompt are
-padded to the same number of chunks with the empty prompt's encoding (A1111's
-``pad_cond_uncond``), because those pipelines take one shape for both.
+Every prompt goes through this encoding (the engine runs no diffusers
+pipeline); one with no weight, no BREAK and at most 75 tokens encodes to
+exactly what diffusers' ``encode_prompt`` gives.
 
 Why our own code and not a library: ``compel`` has its own syntax (``a++``,
 ``(a)1.2``) and its own weighting (down-weighting blends towards the empty
@@ -32,9 +30,7 @@ prompt, no mean restoring), so A1111 prompts give other images. ``sd_embed``
 is not published on PyPI (git installs only) and its SD 1.5 helper does not
 restore the mean either. diffusers' ``lpw_stable_diffusion`` community
 pipeline has A1111's semantics but is fetched from the Hub at run time and
-replaces the pipeline; we need embeddings for the pipelines we already use
-(txt2img and img2img share weights via ``from_pipe``). The whole of A1111's
-behaviour is about 150 lines here.
+replaces the pipeline. The whole of A1111's behaviour is about 150 lines here.
 
 The SD 2.1 text encoder in diffusers has 23 layers (OpenCLIP's penultimate
 layer baked in) and applies the final layer norm, which is what A1111's
@@ -56,7 +52,7 @@ CHUNK_LENGTH = 75  # tokens per chunk, without BOS and EOS
 COMMA_PADDING_BACKTRACK = 20  # A1111's default
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
-MEAN_EPSILON = 1e-4  # relative size below which a chunk's mean is not restored (see _encode_chunk)
+MEAN_EPSILON = 1e-4  # relative size below which a mean is not restored (see _emphasize)
 
 # The tokens of A1111's emphasis parser (modules/prompt_parser.py, re_attention).
 _ATTENTION = re.compile(r"""
@@ -146,13 +142,6 @@ def prompt_syntax_problem(text: str, steps: int | None = None, hires_steps: int 
             parse_prompt_attention(prompt)
     except ValueError as exc:
         return str(exc)
-    return None
-
-
-def plain_text(fragments: list[Fragment]) -> str | None:
-    """The prompt as plain text when it has no weights and no BREAK, else None."""
-    if len(fragments) == 1 and not fragments[0].is_break and fragments[0].weight == 1.0:
-        return fragments[0].text
     return None
 
 
@@ -310,16 +299,6 @@ def encode_schedule(pipe, text: str, steps: int, hires_steps: int | None = None,
     return [ScheduledCond(end, conds[prompt]) for end, prompt in schedule]
 
 
-def cond_at(schedule: list[ScheduledCond], step: int) -> Tensor:
-    """The conditioning for ``step`` (A1111's ``reconstruct_cond_batch``): the first entry that has not
-    ended, or the first entry when all have."""
-    return next((entry.cond for entry in schedule if step <= entry.end_at_step), schedule[0].cond)
-
-
-def chunk_count(tokenizer, fragments: list[Fragment]) -> int:
-    return len(tokenize_chunks(tokenizer, fragments))
-
-
 def _with_embeddings(pipe, fragments: list[Fragment]) -> list[Fragment]:
     """Multi-vector textual-inversion names written out as their tokens (``name name_1 ...``), as diffusers
     does. Once only: converting twice would turn ``name_1`` into ``name name_1_1``."""
@@ -327,25 +306,3 @@ def _with_embeddings(pipe, fragments: list[Fragment]) -> list[Fragment]:
     if convert is None:
         return fragments
     return [f if f.is_break else Fragment(convert(f.text, pipe.tokenizer), f.weight) for f in fragments]
-
-
-def _token_count(pipe, text: str) -> int:
-    convert = getattr(pipe, "maybe_convert_prompt", None)
-    text = convert(text, pipe.tokenizer) if convert is not None else text
-    return len(pipe.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
-def prompt_inputs(pipe, prompt: str, negative_prompt: str) -> dict:
-    """The pipeline's prompt arguments: ``prompt``/``negative_prompt`` text
-    when neither needs A1111's encoding (the images are then exactly
-    diffusers' own), else ``prompt_embeds``/``negative_prompt_embeds`` of the
-    same length."""
-    positive, negative = parse_prompt_attention(prompt), parse_prompt_attention(negative_prompt)
-    texts = [plain_text(positive), plain_text(negative)]
-    if all(t is not None and _token_count(pipe, t) <= CHUNK_LENGTH for t in texts):
-        # diffusers writes out multi-vector embedding names itself: give it the text unconverted.
-        return {"prompt": texts[0], "negative_prompt": texts[1] or None}
-    positive, negative = _with_embeddings(pipe, positive), _with_embeddings(pipe, negative)
-    count = max(chunk_count(pipe.tokenizer, positive), chunk_count(pipe.tokenizer, negative))
-    return {"prompt_embeds": encode_weighted(pipe, positive, count),
-            "negative_prompt_embeds": encode_weighted(pipe, negative, count)}

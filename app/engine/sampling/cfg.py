@@ -34,11 +34,13 @@ class Interrupted(Exception):
 
 
 def cond_at(schedule: Schedule, step: int) -> torch.Tensor:
-    """The conditioning in force at denoiser call ``step`` (A1111's reconstruct_cond_batch for one prompt)."""
+    """The conditioning in force at denoiser call ``step`` (A1111's reconstruct_cond_batch for one prompt):
+    the first entry not yet ended; past the last one (samplers making more calls than A1111 counts steps,
+    such as Restart or DPM adaptive) A1111 goes back to the first entry, and so does this."""
     for end_at_step, cond in schedule:
         if step <= end_at_step:
             return cond
-    return schedule[-1][1]
+    return schedule[0][1]
 
 
 class CFGDenoiser:

@@ -44,3 +44,16 @@ def test_cancel_before_the_first_step_has_no_partial_image(engine, small_request
         engine.generate(small_request(), cancel=cancel)
     assert err.value.partial is None
 
+
+
+@pytest.mark.parametrize("extra", [{}, {"enable_hr": True}])
+def test_cancel_while_the_prompt_is_encoded_stops_before_the_first_model_call(engine, small_request, extra):
+    # The cancel lands after the run started but before any denoising: a cancelled job, not a failed one.
+    cancel = threading.Event()
+    hook = engine.pipe.text_encoder.register_forward_hook(lambda *_: cancel.set())
+    try:
+        with pytest.raises(GenerationCancelled) as err:
+            engine.generate(small_request(steps=3, **extra), cancel=cancel)
+    finally:
+        hook.remove()
+    assert err.value.step == 0 and err.value.partial is None

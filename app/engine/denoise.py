@@ -69,7 +69,7 @@ class ModelWrappers:
 
 @dataclass
 class PassResult:
-    latents: torch.Tensor
+    latents: torch.Tensor | None  # None: cancelled before the first model call finished
     interrupted: bool
     steps_done: int
 
@@ -138,7 +138,7 @@ class Denoiser:
         counter = _Counter(on_step)
         latents, stopped = run.sample_img2img(self.choice, model, self.wrappers.inner(self.choice), self.noise(rng),
                                               init_latent, steps, strength, self.settings, counter, fixed_steps)
-        if mask is not None:  # the kept area exactly as it was (A1111 blends the samples once more)
+        if mask is not None and latents is not None:  # the kept area as it was (A1111 blends once more)
             latents = latents * mask + init_latent * (1.0 - mask)
         return counter.result(latents, stopped, run.img2img_steps(steps, strength, fixed_steps)[1] + 1)
 
@@ -189,7 +189,7 @@ class _Counter:
         if self.on_step is not None:
             self.on_step(self.done, denoised)
 
-    def result(self, latents: torch.Tensor, stopped: bool, planned: int) -> PassResult:
+    def result(self, latents: torch.Tensor | None, stopped: bool, planned: int) -> PassResult:
         """The pass's result; a finished pass reports its planned step count last, since some samplers call
         back fewer times than A1111 counts steps (DDIM makes steps - 1 model calls, DPM fast order-3 steps)."""
         if not stopped and self.done < planned:

@@ -104,7 +104,7 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_st
     total = sampling.total_steps(denoiser.choice, request.steps)
     first = denoiser.txt2img(denoiser.conditioning(prompt, total), width, height, on_step)
     if first.interrupted:  # cancelled in the first pass: its partial images, at the first pass's size
-        return None, denoiser.decode(first.latents), {}, True
+        return None, [] if first.latents is None else denoiser.decode(first.latents), {}, True
     if request.hr_upscaler in LATENT_UPSCALERS:
         latents = upscale_latents(first.latents, size, cover, request.hr_upscaler)
     else:

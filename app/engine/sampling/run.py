@@ -94,13 +94,11 @@ def sigmas_for(choice: SchedulerChoice, steps: int, denoiser: Any) -> torch.Tens
                                     "discard_next_to_last_sigma")))
 
 
-def _launch(run: Callable[[], torch.Tensor], model: CFGDenoiser) -> tuple[torch.Tensor, bool]:
-    """The sampler's result, or on cancel its last denoised estimate and True."""
+def _launch(run: Callable[[], torch.Tensor], model: CFGDenoiser) -> tuple[torch.Tensor | None, bool]:
+    """The sampler's result, or on cancel its last denoised estimate (None before the first) and True."""
     try:
         return run(), False
     except Interrupted:
-        if model.last_denoised is None:
-            raise
         return model.last_denoised, True
 
 
@@ -112,7 +110,7 @@ def _callback(on_step: StepCallback | None) -> Callable[[dict], None] | None:
 
 
 def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise, steps: int,
-           settings: SamplerSettings, on_step: StepCallback | None = None) -> tuple[torch.Tensor, bool]:
+           settings: SamplerSettings, on_step: StepCallback | None = None) -> tuple[torch.Tensor | None, bool]:
     """txt2img: returns (latents, interrupted). ``inner`` is the model wrapper ``model`` guides (its sigma
     table drives the schedule)."""
     x = noise.rng.next()
@@ -145,7 +143,7 @@ def img2img_steps(steps: int, strength: float, fixed: bool) -> tuple[int, int]:
 
 def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise, init_latent: torch.Tensor,
                    steps: int, strength: float, settings: SamplerSettings, on_step: StepCallback | None = None,
-                   fixed_steps: bool = False) -> tuple[torch.Tensor, bool]:
+                   fixed_steps: bool = False) -> tuple[torch.Tensor | None, bool]:
     """img2img, inpainting and the hires pass: returns (latents, interrupted)."""
     x_noise = noise.rng.next()
     func = function(choice)

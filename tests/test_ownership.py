@@ -146,6 +146,35 @@ def test_private_gallery_shows_each_client_only_its_own(finished):
     assert client.get("/api/jobs", headers=BOB).get_json()["jobs"] == []
 
 
+def test_a_restart_keeps_each_browser_logged_in_and_owning_its_jobs(make_app, tmp_path):
+    """No SECRET_KEY set: the generated one is kept in the instance folder (on Drive in Colab),
+    so after a restart a browser's cookie still logs it in and its jobs are still its own."""
+    instance = tmp_path / "kept"
+    settings = dict(INSTANCE=str(instance), PASSWORD=PASSWORD, START_WORKER=False, GALLERY="private")
+    first = make_app(**settings)
+    browser = first.test_client()
+    assert browser.post("/login", data={"password": PASSWORD}).status_code == 302
+    same_site = {"Origin": "http://localhost"}
+    job = submit(browser, same_site)
+    assert first.extensions["t2i"].worker.run_once()
+    url = browser.get(f"/api/jobs/{job['id']}").get_json()["job"]["images"][0]["url"]
+    cookie = browser.get_cookie("session").value
+
+    after = make_app(**settings).test_client()  # the restart, on the same instance folder
+    after.set_cookie("session", cookie)
+    assert after.get("/api/jobs").status_code == 200  # still logged in, not 401
+    assert after.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is True
+    assert after.get(url).status_code == 200  # its private image, not 404
+    assert after.delete(f"/api/jobs/{job['id']}", headers=same_site).status_code == 200  # not 403
+    key_file = instance / "secret_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600  # the key signs every login: only its owner reads it
+
+    key_file.unlink()  # the documented way to log everyone out
+    fresh = make_app(**settings).test_client()
+    fresh.set_cookie("session", cookie)
+    assert_error(fresh.get("/api/jobs"), 401)
+
+
 def test_gallery_setting_is_checked(make_app):
     with pytest.raises(ValueError, match="GALLERY"):
         make_app(GALLERY="public")

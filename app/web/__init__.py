@@ -202,8 +202,8 @@ def _derive_settings(app: Flask) -> None:
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])
-    if not config["SECRET_KEY"]:
-        config["SECRET_KEY"] = secrets.token_hex(32)
+    if not config["SECRET_KEY"]:  # kept in the instance folder: a restart must not log everyone out
+        config["SECRET_KEY"] = instance_secret_key(Path(app.instance_path) / SECRET_KEY_FILE)
     # A base64 init image in JSON is 4/3 of its bytes, plus the other fields.
     config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"] * 4 // 3 + 64 * 1024
     config["SESSION_COOKIE_HTTPONLY"] = True
@@ -215,6 +215,38 @@ def _derive_settings(app: Flask) -> None:
 
         app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]),  # type: ignore[method-assign]
                                      networks(config["PROXY_ADDRESSES"]))
+
+
+SECRET_KEY_FILE = "secret_key"
+
+
+def instance_secret_key(path: Path) -> str:
+    """The key kept in ``path``, made (0600, atomically) on the first start. A random key per
+    start would orphan every browser's work at a restart: its cookie would be refused, and the
+    client id it holds, which owns its jobs, lost. Deleting the file logs everyone out."""
+    try:
+        key = path.read_text().strip()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("cannot read %s (%s): a new session key; browsers must log in again", path, exc)
+        return secrets.token_hex(32)
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # whole or absent: a crash never leaves half a key
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        logger.warning("cannot keep the session key in %s (%s): browsers must log in again after a restart",
+                       path, exc)
+    return key
 
 
 def _with_hashes(engine, catalogue):

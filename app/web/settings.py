@@ -41,7 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ORIGINS", (), "other origins (https://host[:port]) whose pages may post here, for a proxy that rewrites Host"),
     Setting("PUBLIC", False, "the app is reachable from outside (tunnel): auth is required; a password is generated if none is set"),
     Setting("TRUST_PROXY", 0, "number of proxies (the tunnel) whose X-Forwarded-For to trust for client identity"),
-    Setting("SECRET_KEY", None, "signs the login cookie; None: random per start"),
+    Setting("SECRET_KEY", None, "signs the login cookie; None: one generated and kept in <instance>/secret_key "
+            "(deleting that file logs everyone out)"),
     Setting("MAX_WIDTH", 1024, "largest image width in pixels"),
     Setting("MAX_HEIGHT", 1024, "largest image height in pixels"),
     Setting("MAX_STEPS", 100, "most denoising steps per job"),

@@ -67,11 +67,14 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture
 def switch_app(make_app, model_dirs):
-    def make(**config):
+    def make(wait_hashed=True, **config):
         # No ENGINE handed in: an app handed one refuses switching (its caller keeps that engine).
         settings = {"CHECKPOINT_DIR": str(model_dirs["checkpoints"]), "VAE_DIR": str(model_dirs["vae"]),
                     "PREVIEW_EVERY": 0, "ENGINE": None, **config}
-        return make_app(**settings)
+        app = make_app(**settings)
+        # Files are hashed in the background; these tests look at the hashes, so wait for them.
+        assert not wait_hashed or app.extensions["t2i-models"].wait_hashed(60)
+        return app
 
     return make
 
@@ -253,7 +256,7 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
         pytest.skip("needs Debian's chromium")
     server = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]), PREVIEW_EVERY=0,
                    ENGINE=None)
-    server.app.extensions["t2i-models"].checkpoints(hashed=True)  # the page shows the hashes known when it loads
+    assert server.app.extensions["t2i-models"].wait_hashed(60)  # the page shows the hashes known when it loads
     refusing = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), ALLOW_MODEL_SWITCH=False, ENGINE=None)
     problems: list[str] = []
     for scheme in ("light", "dark"):
@@ -408,6 +411,7 @@ def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, 
     model = folder / "m.safetensors"
     model.write_bytes(b"weights" * 1000)
     first = registry.Catalogue(folder, "demo", hub_models=("owner/sd-x",), cache_file=cache)
+    assert first.wait_hashed(30)
     titles = [c.title for c in first.checkpoints(hashed=True)]
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     assert titles == ["demo", f"m.safetensors [{digest[:10]}]", "owner/sd-x"]
@@ -415,14 +419,13 @@ def test_hub_ids_are_listed_without_a_hash_and_file_hashes_are_cached(tmp_path, 
     assert hub is not None and (hub.hash, hub.sha256, hub.source) == (None, None, "owner/sd-x")
     assert first.find(digest) is first.find(digest[:10]) is not None  # sha256 and short hash both select it
 
-    def no_reading(path):
-        raise AssertionError(f"{path} was hashed again")
-
-    monkeypatch.setattr(files, "file_sha256", no_reading)
+    read = []
+    monkeypatch.setattr(files, "file_sha256", lambda path: read.append(path) or "0" * 64)
     assert registry.Catalogue(folder, "demo", cache_file=cache).find("m").hash == digest[:10]  # from cache.json
+    assert read == []
     os.utime(model, (1, 1))  # another mtime: the cached hash no longer counts
-    with pytest.raises(AssertionError, match="hashed again"):
-        registry.Catalogue(folder, "demo", cache_file=cache).checkpoints(hashed=True)
+    assert registry.Catalogue(folder, "demo", cache_file=cache).wait_hashed(30)
+    assert read == [model]
 
 
 def test_an_app_handed_an_engine_refuses_switching(make_app, model_dirs):
@@ -489,16 +492,54 @@ def test_pages_do_not_wait_for_files_to_be_hashed_and_an_unreadable_file_is_list
 
     monkeypatch.setattr(files, "file_sha256", slow_or_broken)
     try:
-        client = switch_app(START_WORKER=False).test_client()
+        client = switch_app(START_WORKER=False, wait_hashed=False).test_client()
         assert started.wait(30)  # the background thread is hashing sd-c, and waits
         began = time.monotonic()
         page, health = client.get("/"), client.get("/api/health")
         assert page.status_code == health.status_code == 200 and time.monotonic() - began < 10
     finally:
         gate.set()
+    assert client.application.extensions["t2i-models"].wait_hashed(30)
     listed = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").get_json()}
     assert listed["evil"]["hash"] is None and listed["evil"]["title"] == "evil.ckpt"
     assert listed["sd-c"]["hash"] == sha256(model_dirs["checkpoints"] / "sd-c.safetensors")[:10]
+
+
+def test_listing_models_never_waits_for_a_file_being_hashed(make_app, model_dirs, tmp_path, monkeypatch):
+    """A new multi-GB checkpoint took minutes to hash, and every /sdapi/v1/sd-models call waited
+    for it: 40 of them held every server thread and /api/health timed out. The hashing is
+    faked slow at its outermost call (``files.file_sha256`` sleeps, then hashes for real)."""
+    import shutil
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.models import files
+
+    hashing, real = 8.0, files.file_sha256
+    monkeypatch.setattr(files, "file_sha256", lambda path: time.sleep(hashing) or real(path))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copy(model_dirs["checkpoints"] / "sd-c.safetensors", folder / "new.safetensors")
+    app = make_app(CHECKPOINT_DIR=str(folder), START_WORKER=False)
+
+    def timed(path):
+        began = time.monotonic()
+        response = app.test_client().get(path)
+        return response, time.monotonic() - began
+
+    with ThreadPoolExecutor(21) as pool:
+        listings = [pool.submit(timed, "/sdapi/v1/sd-models") for _ in range(20)]
+        health, health_took = pool.submit(timed, "/api/health").result()
+        answers = [future.result() for future in listings]
+    assert health.status_code == 200 and health_took < hashing / 2
+    for response, took in answers:
+        assert response.status_code == 200 and took < hashing / 2, took  # none waited for the hash
+        new = {m["model_name"]: m for m in response.get_json()}["new"]
+        assert (new["title"], new["hash"], new["sha256"]) == ("new.safetensors", None, None)  # as A1111: null
+    assert app.extensions["t2i-models"].wait_hashed(60)
+    digest = sha256(folder / "new.safetensors")
+    new = {m["model_name"]: m for m in app.test_client().get("/sdapi/v1/sd-models").get_json()}["new"]
+    assert (new["title"], new["hash"], new["sha256"]) == (f"new.safetensors [{digest[:10]}]", digest[:10], digest)
 
 
 def test_refresh_vae_reads_only_the_vae_folder(switch_app, model_dirs, tmp_path):

@@ -8,8 +8,10 @@ as AUTOMATIC1111 lists it (``/sdapi/v1/sd-models``): ``title`` is
 the file's SHA-256 (A1111's "short hash", ``modules/hashes.py``), ``name``
 its path inside the folder. Folders and Hub ids have no file hash.
 
-Hashing a 5 GB file takes seconds, so hashes are cached by (path, size,
-mtime) in a JSON file, as A1111's ``cache.json``. Listing never follows a
+Hashing a 5 GB file takes seconds to minutes, so it happens in the
+catalogue's one background thread, never on a caller's (a request's), and
+hashes are cached by (path, size, mtime) in a JSON file, as A1111's
+``cache.json``. Listing never follows a
 symlink out of its folder. No Flask here.
 """
 from __future__ import annotations
@@ -82,12 +84,14 @@ class Catalogue:
     ``refresh_vaes()`` read the folders again (A1111's refresh-checkpoints /
     refresh-vae); until then the lists are the ones read last.
 
-    Listing reads no file: a file whose hash is not cached is listed without one
-    (title without ``[hash]``) until ``hash_missing()`` computes it, outside the
-    lock, so that pages never wait for a folder to be hashed. The callers that
-    need the hashes (the A1111 listing, finding a model by name or hash) ask
-    ``checkpoints(hashed=True)``. A file that cannot be read (a Drive mount's I/O
-    error) stays listed without a hash."""
+    Listing reads no file and never waits for one to be hashed: a file whose hash
+    is not cached is listed without one (title without ``[hash]``, hash null, as
+    A1111 lists an unhashed model) until the catalogue's one hashing thread has
+    read it. ``hashed=True`` (the A1111 listing, finding a model by name or hash)
+    starts that thread for the files not hashed yet and answers at once: 40
+    listings while a 5 GB file is read must not hold every server thread.
+    ``wait_hashed()`` waits for it (the GPU worker naming a loaded model, tests).
+    A file that cannot be read (a Drive mount's I/O error) stays listed without a hash."""
 
     def __init__(self, checkpoint_dir: str | Path | None, startup_model: str, hub_models: tuple[str, ...] = (),
                  vae_dir: str | Path | None = None, cache_file: str | Path | None = None):
@@ -97,22 +101,22 @@ class Catalogue:
         self.hub_models = tuple(hub_models)
         self.hashes = HashCache(cache_file)
         self._lock = threading.Lock()  # the lists; held only while listing, never while hashing
-        self._hash_lock = threading.Lock()  # one hasher at a time: a file is read once
+        self._hashing = threading.Condition()  # guards the two below
+        self._hash_wanted = False  # another pass asked for (files listed since the last one began)
+        self._hasher: threading.Thread | None = None  # the one hashing thread, while it runs
         self._checkpoints: list[Checkpoint] | None = None
         self._vaes: list[Vae] | None = None
 
     # --- checkpoints -------------------------------------------------------------------
 
     def checkpoints(self, hashed: bool = False) -> list[Checkpoint]:
-        """The checkpoints; ``hashed``: with every readable file's hash (hashing those not cached)."""
+        """The checkpoints with the hashes known; ``hashed``: also start hashing the others (no waiting)."""
         with self._lock:
             if self._checkpoints is None:
                 self._checkpoints = self._read_checkpoints()
             entries = list(self._checkpoints)
         if hashed and any(c.sha256 is None and Path(c.source).is_file() for c in entries):
             self.hash_missing()
-            with self._lock:
-                entries = list(self._checkpoints)
         return entries
 
     def refresh_checkpoints(self) -> None:
@@ -126,24 +130,56 @@ class Catalogue:
         self.hash_missing()
 
     def hash_missing(self) -> None:
-        """Hash the listed files whose hash is not known yet (outside the lists' lock)."""
-        with self._hash_lock:
-            with self._lock:
-                checkpoints, vaes = list(self._checkpoints or []), list(self._vaes or [])
-            sums: dict[str, str] = {}
-            for path in [c.source for c in checkpoints if c.sha256 is None] + \
-                        [v.filename for v in vaes if v.hash is None]:
-                sha = self._sha256(Path(path))
-                if sha is not None:
-                    sums[path] = sha
-            if not sums:
-                return
-            with self._lock:  # the lists read again meanwhile keep their own entries
+        """Start hashing the listed files whose hash is not known yet, in the background; returns at once."""
+        with self._hashing:
+            self._hash_wanted = True
+            if self._hasher is None:
+                self._hasher = threading.Thread(target=self._hash_loop, name="t2i-hasher", daemon=True)
+                self._hasher.start()
+
+    def hashing(self) -> bool:
+        """Whether files are being hashed now (their entries have no hash yet)."""
+        with self._hashing:
+            return self._hasher is not None
+
+    def wait_hashed(self, timeout: float | None = None) -> bool:
+        """Hash the files not hashed yet and wait until they are; False if ``timeout`` passed first.
+        Never on a request thread: a 5 GB file on Drive takes minutes."""
+        self.checkpoints()
+        self.vaes()  # listed first, so that the pass sees every file
+        self.hash_missing()
+        with self._hashing:
+            return self._hashing.wait_for(lambda: self._hasher is None, timeout)
+
+    def _hash_loop(self) -> None:
+        while True:
+            with self._hashing:
+                if not self._hash_wanted:
+                    self._hasher = None
+                    self._hashing.notify_all()
+                    return
+                self._hash_wanted = False
+            try:
+                self._hash_pass()
+            except Exception:  # the thread must end cleanly (waiters are told), whatever a file does
+                logger.exception("hashing the model files failed")
+
+    def _hash_pass(self) -> None:
+        """Hash the listed files whose hash is not known yet (in the hashing thread, outside the lists' lock)."""
+        with self._lock:
+            checkpoints, vaes = list(self._checkpoints or []), list(self._vaes or [])
+        for path in [c.source for c in checkpoints if c.sha256 is None] + \
+                    [v.filename for v in vaes if v.hash is None]:
+            sha = self._sha256(Path(path))
+            if sha is None:
+                continue
+            with self._lock:  # each file's hash shows as soon as it is known; lists read again meanwhile keep theirs
                 if self._checkpoints is not None:
-                    self._checkpoints = [self._with_hash(c, sums.get(c.source)) for c in self._checkpoints]
+                    self._checkpoints = [self._with_hash(c, sha if c.source == path else None)
+                                         for c in self._checkpoints]
                 if self._vaes is not None:
-                    self._vaes = [replace(v, hash=sums[v.filename][:10]) if v.hash is None and v.filename in sums
-                                  else v for v in self._vaes]
+                    self._vaes = [replace(v, hash=sha[:10]) if v.hash is None and v.filename == path else v
+                                  for v in self._vaes]
 
     def _sha256(self, path: Path, cached_only: bool = False) -> str | None:
         """A file's SHA-256; None for a folder, a Hub id or an unreadable file."""
@@ -206,7 +242,7 @@ class Catalogue:
 
     def by_source(self, source: str, hashed: bool = True) -> Checkpoint:
         """The entry of a loaded model (a path, Hub id or "demo"); one made up when not listed.
-        ``hashed=False``: as listed now (a page need not wait for a file's hash)."""
+        ``hashed=False``: as listed now, without starting the hashing thread."""
         for c in self.checkpoints(hashed=hashed):
             if same_path(source, c.source):
                 return c
@@ -221,8 +257,6 @@ class Catalogue:
             entries = list(self._vaes)
         if hashed and any(v.hash is None and Path(v.filename).is_file() for v in entries):
             self.hash_missing()
-            with self._lock:
-                entries = list(self._vaes)
         return entries
 
     def _read_vaes(self) -> list[Vae]:
@@ -243,7 +277,9 @@ class Catalogue:
                 return vae
         return None
 
-    def vae_by_path(self, path: str | None, hashed: bool = True) -> Vae | None:
+    def vae_by_path(self, path: str | None, hashed: bool = False) -> Vae | None:
+        """The VAE at ``path``, listed or not. ``hashed``: hash a file outside the VAE folder
+        now if its hash is not cached (reads it: the GPU worker only, never a request)."""
         if not path:
             return None
         sha = None

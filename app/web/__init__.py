@@ -96,7 +96,7 @@ def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = No
 
     return SQLiteBackend(config["DATABASE"], images, engine_loader(config, catalogue),
                          preview_every=config["PREVIEW_EVERY"], busy_timeout=config["DB_BUSY_TIMEOUT"],
-                         load_model=model_loader(config) if config["ENGINE"] is None else None, vae=vae, **common)
+                         load_model=model_loader(config, catalogue) if config["ENGINE"] is None else None, vae=vae, **common)
 
 
 def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLoader:
@@ -114,12 +114,15 @@ def engine_loader(config: Any, catalogue: "Catalogue | None" = None) -> EngineLo
     return load
 
 
-def model_loader(config: Any):
+def model_loader(config: Any, catalogue: "Catalogue | None" = None):
     """Loads a switched-to model (a ``ModelChoice``) with the settings' other options."""
     def load(choice):
         from app.jobs.engines import load_choice
 
-        return load_choice(engine_options(config), choice, engine_limits(config))
+        engine = load_choice(engine_options(config), choice, engine_limits(config))
+        if catalogue is not None and (engine.model_hash is None or (engine.vae and engine.vae_hash is None)):
+            engine = _with_hashes(engine, catalogue)  # chosen while its file was still being hashed
+        return engine
 
     return load
 

@@ -13,6 +13,7 @@ job, so webuiapi's ``util_set_model`` + ``util_wait_for_ready`` wait for it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ from app.web import backend
 from app.web.errors import ApiError
 
 EXTENSION = "t2i-models"
+logger = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -34,8 +36,8 @@ def init_app(app: Flask) -> None:
     catalogue = app.extensions[EXTENSION] = Catalogue(
         config["CHECKPOINT_DIR"], config["MODEL"], hub_models=tuple(config["MODELS"] or ()),
         vae_dir=config["VAE_DIR"], cache_file=instance / "cache.json")
-    # Hash new files now, in the background: pages never wait for them (they show the hashes
-    # known), and /sdapi/v1/sd-models seldom does (a 5 GB file takes seconds; once hashed it is cached in cache.json).
+    # List the folders and start hashing new files now: nothing waits for them (pages and
+    # /sdapi/v1/sd-models show the hashes known; a 5 GB file takes minutes, then it is cached in cache.json).
     threading.Thread(target=_list_and_hash, args=(catalogue,), name="t2i-catalogue", daemon=True).start()
 
 
@@ -80,8 +82,10 @@ def find_checkpoint(value: Any, field: str) -> Checkpoint:
     """The checkpoint ``value`` names; ApiError 400 naming it when unknown."""
     found = catalogue().find(value) if isinstance(value, str) else None
     if found is None:
+        pending = " (files still being hashed can be named by title or name, not yet by hash)" \
+            if catalogue().hashing() else ""
         raise ApiError(400, f"{field}: unknown model {value!r}; see /sdapi/v1/sd-models "
-                            "(POST /sdapi/v1/refresh-checkpoints after adding files)", field, value)
+                            f"(POST /sdapi/v1/refresh-checkpoints after adding files){pending}", field, value)
     return found
 
 
@@ -131,17 +135,19 @@ def job_choice(model: Any, vae: Any = None, field: str = "override_settings.sd_m
 
 
 def entry(choice: ModelChoice, hashed: bool = True) -> Checkpoint:
-    """``hashed=False``: as listed now, for pages (which must not wait for files to be hashed)."""
+    """With the hash known now (null while the file is being hashed); ``hashed=False``: without
+    starting the hashing of files not hashed yet."""
     return catalogue().by_source(choice.model, hashed=hashed)
 
 
-def vae_entry(path: str | None, hashed: bool = True) -> Vae | None:
-    return catalogue().vae_by_path(path, hashed=hashed)
+def vae_entry(path: str | None) -> Vae | None:
+    """With the hash known now: a request never reads a file to hash it."""
+    return catalogue().vae_by_path(path)
 
 
 def vae_name(path: str | None) -> str:
     """``sd_vae`` as A1111 shows it: the VAE's name, or "Automatic"."""
-    found = vae_entry(path, hashed=False)
+    found = vae_entry(path)
     return found.name if found is not None else AUTOMATIC
 
 
@@ -176,10 +182,18 @@ def state(hashed: bool = False) -> dict:
     }
 
 
+# How long the GPU worker, having loaded a model, waits for its file's hash (for the infotext)
+# before it runs jobs without "Model hash". Loading the model read the file already.
+HASH_WAIT = 600
+
+
 def engine_hashes(engine: Any, cat: Catalogue) -> Any:
-    """Give a loaded engine the short hashes of its files (infotext "Model hash", "VAE hash")."""
+    """Give a loaded engine the short hashes of its files (infotext "Model hash", "VAE hash").
+    In the GPU worker, after a load: it may wait for the hashing thread; a request never does."""
+    if not cat.wait_hashed(HASH_WAIT):
+        logger.warning("the model files are still being hashed: the infotext names no hash for now")
     if engine.model and os.path.isfile(engine.model):
         engine.model_hash = cat.by_source(engine.model).hash
-    vae = cat.vae_by_path(engine.vae)
+    vae = cat.vae_by_path(engine.vae, hashed=True)
     engine.vae_hash = vae.hash if vae is not None else None
     return engine

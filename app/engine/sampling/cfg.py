@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 
+from app.engine.sampling.timesteps import pred_x0
+
 Schedule = list  # [(end_at_step, cond tensor (1, tokens, dim))], see app.engine.prompts.encode_schedule
 
 
@@ -96,16 +98,14 @@ class CFGDenoiser:
         guided = out_uncond + (out_cond - out_uncond) * (self.cond_scale * self.cond_scale_multiplier)
         if not self.predicts_eps and self.mask is not None:
             guided = self._blend(guided)
-        self.last_denoised = self._pred_x0(x, guided, sigma) if self.predicts_eps else guided
+        if self.predicts_eps:
+            assert self.alphas_cumprod is not None
+            self.last_denoised = pred_x0(self.alphas_cumprod, x, guided, sigma)
+        else:
+            self.last_denoised = guided
         self.step += 1
         return guided
 
     def _blend(self, latent: torch.Tensor) -> torch.Tensor:
         assert self.init_latent is not None and self.mask is not None and self.nmask is not None
         return latent * self.nmask + self.init_latent * self.mask
-
-    def _pred_x0(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean latents a timestep sampler's noise estimate implies (A1111's get_pred_x0)."""
-        assert self.alphas_cumprod is not None
-        a_t = self.alphas_cumprod.to(x.device)[t.long()].view(-1, 1, 1, 1).to(x.dtype)
-        return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()

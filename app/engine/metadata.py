@@ -224,7 +224,9 @@ def request_from_infotext(text: str) -> dict:
         put("hr_upscaler", p.get("Hires upscaler"))
         put("hr_second_pass_steps", number("Hires steps", int))
     put("mask_blur", number("Mask blur", int))
-    fills = {name: value for value, name in _FILL_MODES.items()}
+    from app.engine.inpaint import FILL_MODES
+
+    fills = {name: value for value, name in FILL_MODES.items()}
     put("inpainting_fill", fills.get(p.get("Masked content", "")))
     if "Inpaint area" in p:
         out["inpaint_full_res"] = p["Inpaint area"] == "Only masked"
@@ -232,10 +234,6 @@ def request_from_infotext(text: str) -> dict:
     if "Mask mode" in p:
         out["inpainting_mask_invert"] = p["Mask mode"] == "Inpaint not masked"
     return out
-
-
-# Masked content names as A1111 writes them (app/engine/inpaint.py FILL_MODES, which imports PIL filters).
-_FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
 
 def _pair(text: str | None) -> tuple[int | None, int | None]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.engine.engine import Engine, GenerationCancelled, save_result
-from app.engine.hires import HR_UPSCALERS
+from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
 from app.engine.previews import filmstrip
@@ -140,7 +140,7 @@ class GeneratorUI:
         self.enable_hr = w.Checkbox(value=defaults["enable_hr"], description="Hires fix", indent=False)
         self.hr_scale = w.BoundedFloatText(value=defaults["hr_scale"], **bounds("hr_scale"), step=0.25,
                                            description="Upscale by")
-        self.hr_upscaler = w.Dropdown(options=list(HR_UPSCALERS), value=defaults["hr_upscaler"],
+        self.hr_upscaler = w.Dropdown(options=hr_upscalers(), value=defaults["hr_upscaler"],
                                       description="Upscaler")
         self.hr_steps = w.BoundedIntText(value=defaults["hr_second_pass_steps"], min=0, max=limits.max_steps,
                                          description="Hires steps", **tooltip("0: as many as Steps"))

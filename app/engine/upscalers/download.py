@@ -22,6 +22,10 @@ TIMEOUT_S = 60
 _lock = threading.Lock()  # one download at a time: two requests for the same model wait for one file
 
 
+class TooBig(OSError):
+    """The server sends more than an upscaler can be: refused, not kept."""
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -38,6 +42,8 @@ def fetch(name: str, url: str, target: Path) -> Path:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _stream(url, target)
+        except TooBig as exc:
+            raise ValidationError("upscaler", name, f"{name}: {url} is {exc}; refused") from exc
         except (OSError, urllib.error.URLError) as exc:
             raise ValidationError("upscaler", name, f"{name} could not be downloaded ({exc}); the server may be "
                                                     f"offline: {where}") from exc
@@ -50,13 +56,13 @@ def _stream(url: str, target: Path) -> None:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0)
             if total > MAX_BYTES:
-                raise OSError(f"{total} bytes is more than the {MAX_BYTES} an upscaler may have")
+                raise TooBig(f"{total} bytes, more than the {MAX_BYTES} bytes an upscaler may have")
             done, logged = 0, 0
             logger.info("downloading %s (%s) to %s", url, f"{total / 1e6:.1f} MB" if total else "size unknown", target)
             while chunk := response.read(CHUNK):
                 done += len(chunk)
                 if done > MAX_BYTES:
-                    raise OSError(f"more than the {MAX_BYTES} bytes an upscaler may have")
+                    raise TooBig(f"more than the {MAX_BYTES} bytes an upscaler may have")
                 out.write(chunk)
                 if done - logged >= 16 * CHUNK:
                     logged = done

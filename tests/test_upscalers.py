@@ -279,3 +279,21 @@ def test_a_4x_upscale_of_768_stays_within_its_memory_bound(folder):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["size"] == [3072, 3072]
     assert result["peak_growth_mb"] < PEAK_GROWTH_MB, result
+
+
+def test_notebook_upscales_the_last_result_with_a_model(engine, folder, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from app.engine.metadata import read_parameters
+    from app.notebook.widgets import GeneratorUI
+
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    assert "tiny-esrgan" in ui.upscaler.options and "R-ESRGAN 4x+" in ui.upscaler.options
+    assert "tiny-esrgan" in ui.hr_upscaler.options  # one list for both: the registry's
+    ui.prompt.value, ui.seed.value = "a lighthouse", 5
+    ui.button.click()
+    ui.upscale_by.value, ui.upscaler.value = 2, "tiny-esrgan"
+    ui.upscale_button.click()
+    (path,) = ui.upscaled
+    with Image.open(path) as big:
+        assert big.size == (128, 128)
+        assert read_parameters(big).endswith("Postprocess upscale by: 2, Postprocess upscaler: tiny-esrgan")

@@ -24,14 +24,12 @@ from PIL import Image
 
 from app.cli import main
 from app.engine import upscalers
-from app.engine.types import Limits, ValidationError
+from app.engine.types import ValidationError
 from app.engine.upscale import upscale
 from app.engine.upscalers import download, models, registry
 from app.models.devices import free_memory
 from app.models.spandrel_loader import spandrel
-from helpers import assert_error, gradient, png_b64, small_job, wait_job
-
-BIG = Limits(max_width=4096, max_height=4096, max_pixels=4096 * 4096)
+from helpers import assert_error, gradient, small_job, wait_job
 
 
 def tiny_state_dicts() -> dict[str, dict]:

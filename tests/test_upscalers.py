@@ -295,3 +295,12 @@ def test_notebook_upscales_the_last_result_with_a_model(engine, folder, tmp_path
     with Image.open(path) as big:
         assert big.size == (128, 128)
         assert read_parameters(big).endswith("Postprocess upscale by: 2, Postprocess upscaler: tiny-esrgan")
+
+
+def test_hires_with_a_built_in_model_offline_is_refused_at_submit(app_with_models, folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    response = app_with_models.test_client().post("/sdapi/v1/txt2img", json={
+        "prompt": "x", "width": 64, "height": 64, "steps": 2, "enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"})
+    body = assert_error(response, 400, "hr_upscaler")
+    assert "offline" in body["error"]
+    assert f"put it in {folder} as RealESRGAN_x4plus.pth" in body["error"]

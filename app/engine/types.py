@@ -294,6 +294,9 @@ class GenerationRequest:
         self.hr_upscaler = upscaler
         if not self.enable_hr:
             return
+        from app.engine.upscalers.download import check_reachable
+
+        check_reachable("hr_upscaler", upscaler)  # offline and not downloaded: say so now, not after the first pass
         if self.init_image is not None:
             raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
         if self.save_steps:

@@ -30,15 +30,31 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _where(url: str, target: Path) -> str:
+    return f"download {url} and put it in {target.parent} as {target.name}"
+
+
+def _offline_error(field: str, name: str, url: str, target: Path) -> ValidationError:
+    return ValidationError(field, name, f"{name} is not downloaded yet and this server is offline "
+                                        f"(HF_HUB_OFFLINE=1): {_where(url, target)}")
+
+
+def check_reachable(field: str, name: str) -> None:
+    """Before any work: a built-in model that is neither here nor downloadable (offline) is refused."""
+    from app.engine.upscalers.registry import find
+
+    entry = find(name)
+    if entry is not None and entry.url and entry.path and offline() and not entry.path.is_file():
+        raise _offline_error(field, entry.name, entry.url, entry.path)
+
+
 def fetch(name: str, url: str, target: Path) -> Path:
     """``target``, downloaded from ``url`` unless it is there already."""
     with _lock:
         if target.is_file():
             return target
-        where = f"download {url} and put it in {target.parent} as {target.name}"
         if offline():
-            raise ValidationError("upscaler", name, f"{name} is not downloaded yet and this server is offline "
-                                                    f"(HF_HUB_OFFLINE=1): {where}")
+            raise _offline_error("upscaler", name, url, target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _stream(url, target)
@@ -46,7 +62,7 @@ def fetch(name: str, url: str, target: Path) -> Path:
             raise ValidationError("upscaler", name, f"{name}: {url} is {exc}; refused") from exc
         except (OSError, urllib.error.URLError) as exc:
             raise ValidationError("upscaler", name, f"{name} could not be downloaded ({exc}); the server may be "
-                                                    f"offline: {where}") from exc
+                                                    f"offline: {_where(url, target)}") from exc
         return target
 
 

@@ -86,10 +86,13 @@ def center_crop(latents: Any, w: int, h: int) -> Any:
     return latents[..., top:top + h, left:left + w]
 
 
-def upscale_images(images: list, size: tuple[int, int], cover: tuple[int, int], upscaler: str = "Lanczos") -> list:
+def upscale_images(images: list, size: tuple[int, int], cover: tuple[int, int], upscaler: str = "Lanczos",
+                   device: str | None = None) -> list:
+    """The decoded first pass upscaled to ``cover`` and cropped to ``size``; a model upscaler runs on
+    ``device`` (the engine's: cuda:1 for an engine there, not the first GPU)."""
     out = []
     for im in images:
-        big = upscalers.upscale_to(upscaler, im, cover)
+        big = upscalers.upscale_to(upscaler, im, cover, device=device)
         left, top = (cover[0] - size[0]) // 2, (cover[1] - size[1]) // 2
         out.append(big.crop((left, top, left + size[0], top + size[1])))
     return out
@@ -112,7 +115,8 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_st
     if request.hr_upscaler in LATENT_UPSCALERS:
         latents = upscale_latents(first.latents, size, cover, request.hr_upscaler)
     else:
-        latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover, request.hr_upscaler))
+        latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover, request.hr_upscaler,
+                                                  str(denoiser.device)))
     extra = _infotext_entries(request)
     if request.strength == 0:  # A1111's second pass then has an empty schedule: the upscale is the result
         return latents, [], extra, False

@@ -150,6 +150,11 @@ def test_models_that_are_not_upscalers_are_refused(folder):
     torch.save({"lora_unet_down.alpha": torch.tensor(1.0), "w": torch.zeros(4, 4)}, folder / "a-lora.pth")
     with pytest.raises(ValidationError, match="not an architecture spandrel knows"):
         upscale(gradient(16, 16), scale=2, upscaler="a-lora")
+    (folder / "cut-short.safetensors").write_bytes(b"\x10\x00\x00\x00not a safetensors file")
+    with pytest.raises(ValidationError) as err:
+        upscale(gradient(16, 16), scale=2, upscaler="cut-short")
+    assert err.value.field == "upscaler"
+    assert not {"a-lora", "cut-short"} & {u.name for u in upscalers.available()}  # the list leaves them out
     with pytest.raises(ValidationError) as err:
         upscale(gradient(16, 16), scale=2, upscaler="4x-NoSuchModel")
     assert "/sdapi/v1/upscalers" in err.value.message

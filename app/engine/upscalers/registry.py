@@ -164,6 +164,9 @@ def detected_scale(path: Path) -> int | None:
     except (ModelLoadError, ValidationError) as exc:
         logger.warning("upscaler folder: %s is left out: %s", path.name, exc)
         scale = None
+    except Exception:  # noqa: BLE001 - one odd file must not break the list for every client
+        logger.exception("upscaler folder: %s is left out: reading it failed", path.name)
+        scale = None
     with _lock:
         _scales[path] = (version, scale)
     return scale

@@ -122,14 +122,15 @@ def test_output_size(folder, name, scale, size):
     assert out.size == size and out.mode == "RGB"
 
 
-def test_tiles_leave_no_seams(folder):
+@pytest.mark.parametrize("name,scale", [("tiny-esrgan", 4), ("tiny-swinir", 2)])  # convolutions; windowed attention
+def test_tiles_leave_no_seams(folder, name, scale):
     """Tiles with context give the picture one pass gives, pixel for pixel (within rounding)."""
     image = noise(100, 70, seed=1)
     upscalers.configure(tile=0)
-    whole = np.asarray(upscale(image, scale=4, upscaler="tiny-esrgan"), dtype=int)
-    upscalers.configure(tile=32, overlap=24)
+    whole = np.asarray(upscale(image, scale=scale, upscaler=name), dtype=int)
+    upscalers.configure(tile=32, overlap=16)
     ticks = []
-    tiled = np.asarray(upscale(image, scale=4, upscaler="tiny-esrgan", progress=lambda d, t: ticks.append((d, t))),
+    tiled = np.asarray(upscale(image, scale=scale, upscaler=name, progress=lambda d, t: ticks.append((d, t))),
                        dtype=int)
     assert ticks == [(i, 12) for i in range(1, 13)]  # 4 x 3 tiles, reported one by one
     assert np.abs(whole - tiled).max() <= 1

@@ -36,11 +36,10 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, csrf, errors, loras, models, pages, sdapi, styles
+    from app.web import admin, api, auth, csrf, errors, loras, models, pages, sdapi, styles
 
     test_config = dict(test_config or {})
-    instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
-    app = Flask("app", instance_path=str(Path(instance).resolve()) if instance else str(ROOT / "instance"),
+    app = Flask("app", instance_path=str(instance_folder(test_config.pop("INSTANCE", None))),
                 instance_relative_config=True, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"))
     # 1. settings: defaults, instance/config.py, T2I_* environment, then the caller's.
@@ -51,6 +50,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
+    if app.config["ACCESS"] == "people":
+        from app.web.people import EXTENSION as PEOPLE
+        from app.web.people import PEOPLE_FILE, People
+
+        app.extensions[PEOPLE] = People(Path(app.instance_path) / PEOPLE_FILE)
+
     # 2. the model catalogue, and the one backend: in-process (SQLite) by default, or Redis with GPU workers.
     models.init_app(app)
     loras.init_app(app)
@@ -60,7 +65,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
-    for blueprint in (api.bp, styles.bp, sdapi.bp, pages.bp):
+    for blueprint in (api.bp, styles.bp, sdapi.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.context_processor(page_context)
     app.after_request(security_headers)
@@ -70,6 +75,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if app.config["START_WORKER"]:
         backend_of(app).start()
     return app
+
+
+def instance_folder(given: str | os.PathLike | None = None) -> Path:
+    """The instance folder: ``given``, else T2I_INSTANCE, else instance/ in the project folder."""
+    given = given or os.environ.get("T2I_INSTANCE")
+    return Path(given).resolve() if given else ROOT / "instance"
 
 
 def backend_of(app: Flask) -> Backend:
@@ -141,6 +152,7 @@ def form_defaults() -> dict[str, Any]:
 
 def page_context() -> dict[str, Any]:
     from app.engine.schedulers import scheduler_names
+    from app.web.auth import is_owner
 
     status = backend().status()
     return {
@@ -151,6 +163,7 @@ def page_context() -> dict[str, Any]:
         "fields": WEB_FIELDS,
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
+        "is_owner": is_owner(),
     }
 
 
@@ -202,9 +215,13 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
-    if config["PUBLIC"] and not config["PASSWORD"]:
+    if config["ACCESS"] not in ("password", "people"):
+        raise ValueError(f"ACCESS must be 'password' or 'people', not {config['ACCESS']!r}")
+    if (config["PUBLIC"] or config["ACCESS"] == "people") and not config["PASSWORD"]:
+        # people: the password is the owner's, who manages the people (/admin); without one nobody could
         config["PASSWORD"] = secrets.token_urlsafe(9)
-        logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])
+        logger.warning("%s without a password: generated password %s",
+                       "PUBLIC" if config["PUBLIC"] else "ACCESS=people", config["PASSWORD"])
     if not config["SECRET_KEY"]:  # kept in the instance folder: a restart must not log everyone out
         config["SECRET_KEY"] = instance_secret_key(Path(app.instance_path) / SECRET_KEY_FILE)
     # A base64 init image in JSON is 4/3 of its bytes, plus the other fields.

@@ -262,3 +262,18 @@ def test_access_setting_is_checked(make_app):
         make_app(ACCESS="everyone")
     generated = make_app(ACCESS="people", START_WORKER=False)  # the owner's password, generated
     assert generated.config["PASSWORD"]
+
+
+def test_the_notebooks_people_cell_shows_a_link_once_in_a_field(people_app, make_app):
+    from app.notebook.session import person_block
+
+    app = people_app()
+    block = person_block(app, "Dana", 12, "https://abc.ngrok-free.app/")
+    note, field = block.children
+    assert "Dana" in note.value and "12 images a day" in note.value
+    assert field.value.startswith("https://abc.ngrok-free.app/login?token=")
+    token = field.value.split("token=")[1]
+    assert app.test_client().get("/api/jobs", headers=bearer(token)).status_code == 200
+    assert "name:" in person_block(app, "", 12, "https://x").value  # named, not raised
+    shared = make_app(PASSWORD=PASSWORD, START_WORKER=False)
+    assert 'ACCESS = "people"' in person_block(shared, "Dana", 12, "https://x").value

@@ -70,6 +70,27 @@ def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F8
     assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
 
 
+def test_the_people_page_passes_axe(serve, scheme_page, shots):  # noqa: F811
+    """ACCESS = "people": the owner's /admin page empty, with a new link shown, and after a revoke."""
+    page, problems = scheme_page, []
+    server = serve(ACCESS="people", PASSWORD="owner secret")
+    page.goto(server.url + "/login")
+    page.fill("#password", "owner secret")
+    page.click("#login")
+    page.wait_for_url(server.url + "/")
+    page.goto(server.url + "/admin")
+    page.wait_for_selector("#no-people")
+    problems += axe_problems(page, "people empty", shots)
+    page.fill("#person-name", "Alice")
+    page.click("#add-person-button")
+    page.wait_for_selector("#new-link-url")
+    problems += axe_problems(page, "people new link", shots)
+    page.click("#people button.revoke")
+    page.wait_for_selector("#people .person-access:has-text('revoked')")
+    problems += axe_problems(page, "people revoked", shots)
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
 def test_inpaint_hires_and_lightbox_states_pass_axe(serve, scheme_page, shots, tmp_path):  # noqa: F811
     """Issue #12's states: the mask painter and outpaint box open over an init image,
     hires fix and variation seed open, an upscaled result, the lightbox open."""

@@ -140,7 +140,7 @@ def test_a_full_queue_gives_the_quota_back(people_app):
 def test_the_private_gallery_is_each_persons_and_the_owner_sees_all(people_app):
     app = people_app(GALLERY="private")
     client = app.test_client()
-    (alice, alice_token), (bob, bob_token) = add(client, "Alice"), add(client, "Bob")
+    (_, alice_token), (_, bob_token) = add(client, "Alice"), add(client, "Bob")
     job = submit(client, bearer(alice_token))
     assert app.extensions["t2i"].worker.run_once()
     url = client.get(f"/api/jobs/{job['id']}", headers=bearer(alice_token)).get_json()["job"]["images"][0]["url"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.notebook.tunnel import in_colab
+from app.web.private_files import write_private
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +98,13 @@ def _copy_database(source: Path, target: Path) -> None:
 
 
 def _copy_kept_files(source: Path, target: Path, only_missing: bool = False) -> int:
-    """Copy ``KEPT_FILES`` that differ (through a temporary name, 0600). Returns how many."""
+    """Copy ``KEPT_FILES`` that differ (app.web.private_files: 0600, whole or absent). Returns how many."""
     copied = 0
     for name in KEPT_FILES:
         path, dest = source / name, target / name
         if not path.is_file() or (dest.exists() and (only_missing or dest.read_bytes() == path.read_bytes())):
             continue
-        partial = dest.with_name(dest.name + ".partial")
-        partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(path.read_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, dest)
+        write_private(dest, path.read_bytes())
         copied += 1
     return copied
 

@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
+from app.web.private_files import write_private
 from app.web.settings import DEFAULTS, INSTANCE_PATHS, engine_limits, engine_options, from_environ, public_limits
 
 if TYPE_CHECKING:
@@ -254,16 +255,9 @@ def instance_secret_key(path: Path) -> str:
         logger.warning("cannot read %s (%s): a new session key; browsers must log in again", path, exc)
         return secrets.token_hex(32)
     key = secrets.token_hex(32)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # whole or absent: a crash never leaves half a key
+        write_private(path, (key + "\n").encode())  # whole or absent: a crash never leaves half a key
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         logger.warning("cannot keep the session key in %s (%s): browsers must log in again after a restart",
                        path, exc)
     return key

@@ -24,6 +24,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
+from app.web.private_files import write_private
+
 PEOPLE_FILE = "people.json"
 EXTENSION = "t2i_people"  # app.extensions key of the People store
 DEFAULT_QUOTA = 50
@@ -141,17 +143,7 @@ class People:
 
     def _write(self) -> None:
         text = json.dumps({"people": [asdict(p) for p in self._people.values()]}, indent=1)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)  # whole or absent: a crash never leaves half a file
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_private(self.path, text.encode("utf-8"))
         self._stamp = None  # re-read (cheap) so the stamp is the written file's
 
     @contextlib.contextmanager

@@ -56,6 +56,7 @@ def test_a_personal_link_logs_in_and_leaves_no_token_in_the_url(people_app):
     alice, token = add(owner, "Alice")
     browser = app.test_client()
     assert browser.get("/api/jobs").status_code == 401  # not yet
+    assert b"open the personal link you" in browser.get("/login").data  # what a friend without one reads
     response = browser.get(f"/login?token={token}&next=/gallery")
     assert response.status_code == 303
     assert response.headers["Location"] == "/gallery" and token not in response.headers["Location"]
@@ -277,3 +278,16 @@ def test_the_notebooks_people_cell_shows_a_link_once_in_a_field(people_app, make
     assert "name:" in person_block(app, "", 12, "https://x").value  # named, not raised
     shared = make_app(PASSWORD=PASSWORD, START_WORKER=False)
     assert 'ACCESS = "people"' in person_block(shared, "Dana", 12, "https://x").value
+
+
+def test_a_broken_people_file_fails_closed_without_500(people_app):
+    app = people_app()
+    client = app.test_client()
+    _, token = add(client, "Alice")
+    path = app.instance_path + "/people.json"
+    with open(path, "w") as f:
+        f.write('{"people": [{"id": ')  # a hand edit gone wrong
+    assert_error(client.get("/api/jobs", headers=bearer(token)), 401)  # no personal link works
+    assert client.get("/api/jobs", headers=OWNER).status_code == 200  # the owner's password does
+    assert_error(client.post("/api/people", json={"name": "Bob"}, headers=OWNER), 503, "people")
+    assert open(path).read() == '{"people": [{"id": '  # left for the owner to fix, not overwritten

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:
         print(f"Password: {app.config['PASSWORD']}", flush=True)
+    if app.config["ACCESS"] == "people":
+        print(f"Personal links for friends: log in with the password and open {handle.url}/admin, "
+              "or run `python -m app people add NAME`", flush=True)
     # `docker stop` and systemd send SIGTERM: stop as on Ctrl-C (no new connections, finished
     # images written). Python's default would die at once, and as a container's PID 1 it
     # would ignore the signal until the engine's SIGKILL.

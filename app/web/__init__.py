@@ -165,6 +165,7 @@ def page_context() -> dict[str, Any]:
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
         "is_owner": is_owner(),
+        "access": current_app.config["ACCESS"],
     }
 
 

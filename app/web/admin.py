@@ -31,7 +31,8 @@ def quota_charged(images: int) -> Iterator[None]:
         yield
         return
     try:
-        store.reserve(who, images)
+        with _checked():
+            store.reserve(who, images)
     except QuotaExceeded as exc:
         raise ApiError(429, str(exc), "quota", exc.person.quota,
                        headers={"Retry-After": str(exc.retry_after)}) from exc

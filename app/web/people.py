@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from app.web.private_files import write_private
+
+logger = logging.getLogger(__name__)
 
 PEOPLE_FILE = "people.json"
 EXTENSION = "t2i_people"  # app.extensions key of the People store
@@ -124,6 +127,7 @@ class People:
         self._lock = threading.RLock()
         self._people: dict[str, Person] = {}
         self._stamp: tuple | None = None
+        self.broken = False  # the file exists but does not parse
 
     # --- file ---------------------------------------------------------------------------
 
@@ -131,15 +135,21 @@ class People:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            self._people, self._stamp = {}, None
+            self._people, self._stamp, self.broken = {}, None, False
             return
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp == self._stamp:
             return
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        known = {f.name for f in fields(Person)}
-        people = [Person(**{k: v for k, v in entry.items() if k in known}) for entry in data.get("people", [])]
-        self._people, self._stamp = {p.id: p for p in people}, stamp
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            known = {f.name for f in fields(Person)}
+            people = [Person(**{k: v for k, v in entry.items() if k in known}) for entry in data["people"]]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Fail closed: nobody's token works until the file is fixed; the owner's password still does.
+            logger.error("%s is not readable (%s): no personal link works until it is fixed", self.path, exc)
+            self._people, self._stamp, self.broken = {}, stamp, True
+            return
+        self._people, self._stamp, self.broken = {p.id: p for p in people}, stamp, False
 
     def _write(self) -> None:
         text = json.dumps({"people": [asdict(p) for p in self._people.values()]}, indent=1)
@@ -159,6 +169,9 @@ class People:
                 pass
             self._stamp = None
             self._read()
+            if self.broken:  # writing would lose everyone in it
+                raise PeopleError(f"{self.path.name}: the file is not readable; fix or remove it (see the log)",
+                                  "people", str(self.path), status=503)
             yield self._people
             self._write()
 

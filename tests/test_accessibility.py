@@ -4,7 +4,7 @@ the dark colour scheme; keyboard-only use is driven with real key presses."""
 from __future__ import annotations
 
 import pytest
-from test_browser import TIMEOUT_MS, browser, serve, shots, submit, watch_csp  # noqa: F401
+from test_browser import TIMEOUT_MS, browser, serve, serve_people, shots, submit, watch_csp  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,11 +73,7 @@ def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F8
 def test_the_people_page_passes_axe(serve, scheme_page, shots):  # noqa: F811
     """ACCESS = "people": the owner's /admin page empty, with a new link shown, and after a revoke."""
     page, problems = scheme_page, []
-    server = serve(ACCESS="people", PASSWORD="owner secret")
-    page.goto(server.url + "/login")
-    page.fill("#password", "owner secret")
-    page.click("#login")
-    page.wait_for_url(server.url + "/")
+    server = serve_people(serve, page)
     page.goto(server.url + "/admin")
     page.wait_for_selector("#no-people")
     problems += axe_problems(page, "people empty", shots)

@@ -127,15 +127,21 @@ def watch_csp(context, page) -> list[str]:
     return violations
 
 
-def test_the_owner_shares_a_personal_link_and_revokes_it(serve, page, browser):
-    """ACCESS = "people": the owner logs in with the password, creates a friend's link on the People
-    page, the friend opens it (logged in, no token left in the address bar), and a revoke ends
-    the friend's session at their next page."""
+def serve_people(serve, page):
+    """An ``ACCESS = "people"`` server, and ``page`` logged in as its owner (with the password)."""
     server = serve(ACCESS="people", PASSWORD="owner secret")
     page.goto(server.url + "/login")
     page.fill("#password", "owner secret")
     page.click("#login")
     page.wait_for_url(server.url + "/")
+    return server
+
+
+def test_the_owner_shares_a_personal_link_and_revokes_it(serve, page, browser):
+    """ACCESS = "people": the owner logs in with the password, creates a friend's link on the People
+    page, the friend opens it (logged in, no token left in the address bar), and a revoke ends
+    the friend's session at their next page."""
+    server = serve_people(serve, page)
     page.click("#nav-admin")
     page.wait_for_url(server.url + "/admin")
     assert page.is_visible("#no-people")

@@ -202,6 +202,9 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
+    from app.engine.faces import weights as face_weights
+
+    face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])

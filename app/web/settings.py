@@ -54,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
             "None: <instance>/models/checkpoints"),
     Setting("VAE_DIR", None, "folder of VAEs for sd_vae (.safetensors, .pt, diffusers AutoencoderKL folders); "
             "None: <instance>/models/vae"),
+    Setting("FACE_DIR", None, "folder of the face detector and restorer weights (detection_Resnet50_Final.pth, "
+            "GFPGANv1.4.pth, codeformer-v0.1.0.pth), downloaded there on first use; None: <instance>/models/faces"),
     Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
     Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
             "no when PUBLIC; true/false to decide"),
@@ -87,6 +89,7 @@ INSTANCE_PATHS: dict[str, str] = {
     "STYLES": "styles.csv",
     "CHECKPOINT_DIR": "models/checkpoints",
     "VAE_DIR": "models/vae",
+    "FACE_DIR": "models/faces",
     "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
 }
 

@@ -306,7 +306,7 @@ class Engine:
                              [face_request.subseed or 0], None, cancel)
             return done.images[0]
 
-        images = []
+        images: list = []
         for i, (image, seed, subseed) in enumerate(zip(result.images, result.seeds, subseeds)):
             if request.restore_faces:
                 image = restore_faces(image, request.face_restorer, 1.0, request.code_former_weight)

@@ -48,5 +48,5 @@ def detect_faces(image: Image.Image, confidence: float = RESTORE_CONFIDENCE) -> 
         (lx, ly), (rx, ry) = marks[0], marks[1]
         if np.hypot(lx - rx, ly - ry) < MIN_EYE_DISTANCE:
             continue  # a side view or a tiny face: facexlib skips them
-        faces.append(Face(box=box, score=face.score, landmarks=marks))  # type: ignore[arg-type]
+        faces.append(Face(box=box, score=face.score, landmarks=marks))
     return faces

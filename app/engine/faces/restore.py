@@ -10,8 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from app.engine.faces import align, weights
-from app.engine.faces import detect
+from app.engine.faces import align, detect, weights
 from app.models.loading import ModelLoadError
 from app.models.spandrel_loader import load_descriptor
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.engine.faces import weights
 from app.engine.faces.retinaface import Face, RetinaFace, load_retinaface, run_detector
-from app.models.loading import read_weights
+from app.models.loading import ModelLoadError, read_weights
 
 DETECT_SIZE = 640  # facexlib's resize: the short side the detector sees
 RESTORE_CONFIDENCE = 0.97  # FaceRestoreHelper's score threshold
@@ -28,7 +28,11 @@ def detector() -> RetinaFace:
         if _model is None:
             import torch
 
-            model = load_retinaface(read_weights(weights.ensure(weights.DETECTOR)))
+            path = weights.ensure(weights.DETECTOR)
+            try:
+                model = load_retinaface(read_weights(path))
+            except ValueError as exc:
+                raise ModelLoadError(f"{path.name}: {exc}") from exc
             _model = model.to("cuda") if torch.cuda.is_available() else model
         return _model
 

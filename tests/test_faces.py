@@ -57,7 +57,8 @@ def face_dir(tmp_path_factory) -> Path:
     gfpgan = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
                     fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
     torch.save(_random(gfpgan).state_dict(), folder / weights.GFPGAN.name)
-    torch.save(_random(CodeFormer()).state_dict(), folder / weights.CODEFORMER.name)
+    torch.manual_seed(0)  # CodeFormer's own initialisation: its fusion layers then make w matter
+    torch.save(CodeFormer().state_dict(), folder / weights.CODEFORMER.name)
     state = {"module." + k: v for k, v in RetinaFace().state_dict().items()}
     torch.save(state, folder / weights.DETECTOR.name)
     return folder
@@ -179,7 +180,8 @@ def test_restore_faces_changes_the_face_and_blends_by_visibility(faces_here):
     assert diff[40:56, 40:56].mean() > 5  # the face (random weights: changed, not improved)
     assert diff[:8].max() == 0 and diff[:, :8].max() == 0  # far from it, untouched
     half = restore.restore_faces(image, "gfpgan", visibility=0.5)
-    np.testing.assert_array_equal(np.asarray(half), np.asarray(Image.blend(image, restored, 0.5)))
+    blend = np.asarray(Image.blend(image, restored, 0.5), int)  # within 1: CPU float sums vary between runs
+    assert np.abs(np.asarray(half, int) - blend).max() <= 1
     assert restore.restore_faces(image, "GFPGAN", visibility=0.0) == image.convert("RGB")
     with pytest.raises(ValueError, match="restorer: must be one of CodeFormer, GFPGAN"):
         restore.restore_faces(image, "RestoreFormer")

@@ -318,3 +318,37 @@ def test_sdapi_unknown_ad_field_in_an_off_tab_is_fine(client):
     for args in ([False], [], [True, False, {"ad_model": "None"}]):
         body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "alwayson_scripts": {"ADetailer": {"args": args}}}
         assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200, args
+
+
+# --- the page, in a real Chromium (fixtures of test_browser.py; the detector faked as above) -----
+
+from test_browser import CHROMIUM, browser, page, serve, submit  # noqa: E402,F401
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_the_page_restores_and_details_faces(serve, page, faces_here):  # noqa: F811
+    server = serve(FACE_DIR=str(faces_here))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.click("#faces-section summary")
+    page.check("#restore_faces")
+    page.select_option("#face_restorer", "GFPGAN")
+    page.check("#face_detail")
+    page.fill("#face_detail_strength", "0.6")
+    assert page.text_content("#face_detail_strength-value") == "0.6"
+    submit(page, "a portrait", width=64, height=64, steps=3, seed=7)
+    page.wait_for_function("() => document.querySelector('#results img') && "
+                           "document.querySelector('#results img').naturalWidth > 0", timeout=240_000)
+    src = page.get_attribute("#results img", "src")
+    png = page.request.get(src if src.startswith("http") else server.url + src).body()
+    info = parse_infotext(read_parameters(Image.open(io.BytesIO(png))))
+    assert info["Face restoration"] == "GFPGAN" and info["ADetailer denoising strength"] == "0.6"
+    assert "Face restoration" in page.text_content("body")
+    # Reuse puts the boxes back after they were cleared.
+    page.uncheck("#restore_faces")
+    page.uncheck("#face_detail")
+    page.click("#results .reuse-image")
+    assert page.is_checked("#restore_faces") and page.is_checked("#face_detail")
+    assert page.input_value("#face_detail_strength") == "0.6"

@@ -218,6 +218,9 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
+    from app.engine.faces import weights as face_weights
+
+    face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine
     # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
     upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
     if config["ACCESS"] not in ("password", "people"):

@@ -139,6 +139,15 @@ class GPUWorker(SimpleWorker):
             self.connection.delete(self.key)
         super().register_birth()
 
+    def subscribe(self) -> None:
+        """RQ's, with a 1 s poll, not 60 s: redis-py 8's ``PubSubWorkerThread.stop()`` waits for
+        the poll to end, so a stopped worker (SIGTERM) hung up to a minute before exiting."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=1, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
+
     def teardown(self) -> None:
         self._stop_beats.set()
         self._publish(alive=False)

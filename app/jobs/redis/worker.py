@@ -276,7 +276,7 @@ class GPUWorker(SimpleWorker):
     def _wait_for_room(self, job_id: str) -> bool:
         """Wait, the job still queued, while the web app's image disk is nearly full (checked
         every second: the web app publishes its free space that often). False: stop waiting,
-        the job is no longer queued (cancelled) or this worker is shutting down."""
+        the job was cancelled, or this worker is shutting down (the job stays queued)."""
         queue, warned = self.job_queue, False
         while True:
             disk = self._retried(job_id, "reading the disk space", queue.disk)
@@ -287,9 +287,11 @@ class GPUWorker(SimpleWorker):
                 logger.warning("job %s waits in the queue: the web app's %s", job_id, no_room)
                 warned = True
             if self._stopping.wait(1.0):
+                # Running: its last worker died and RQ gave it to this one; queued again like a hand-back.
+                self._retried(job_id, "queuing it again", lambda: queue.requeue(job_id, "its worker was stopped"))
                 return False
-            if self._retried(job_id, "reading it", lambda: queue.state_of(job_id)) != QUEUED:
-                return False
+            if self._retried(job_id, "reading it", lambda: queue.state_of(job_id)) not in (QUEUED, RUNNING):
+                return False  # cancelled meanwhile
 
     def _hand_back(self, job_id: str, attempt: int, exc: BaseException) -> str | None:
         """A run stopped by a warm shutdown or by a Redis outage longer than ``retry_seconds``:

@@ -128,11 +128,12 @@ def test_free_space_keeps_being_published_and_no_job_starts_on_a_full_disk(make_
         _NoSpace(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
     wait_for(lambda: store.state_of(running) == "done", 300, "the long job to finish on the worker")
     assert store.is_unstored(running)  # its PNG waits in Redis: this disk cannot take it
+    # The worker took the queued job off RQ's queue but does not start it: it stays queued.
+    wait_for(lambda: waiting not in store.rq.job_ids, 60, "the worker to take the queued job")
+    _in_log(log, f"job {waiting} waits in the queue: the web app's disk nearly full: 1 MB free", 60)
     # Still published, every second, though storing images fails.
     store.forget_disk()
     assert wait_for(store.disk, 10, "the free space to be published again") == (1, 100)
-    # The worker took the queued job off RQ's queue but does not start it: it stays queued.
-    wait_for(lambda: waiting not in store.rq.job_ids, 30, "the worker to take the queued job")
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # (the API answers 503 meanwhile: a done job's PNG cannot be stored)
         job = store.get(waiting)

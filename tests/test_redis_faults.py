@@ -10,7 +10,6 @@ test_storage_faults), since this machine's disk cannot be filled for a test.
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_backend_contract import start_worker
-from test_storage_faults import RedisServer
+from test_storage_faults import RedisServer, _FullDiskFile
 
 from helpers import assert_error, small_job, wait_for, wait_job
 
@@ -95,22 +94,6 @@ def test_a_full_disk_answers_503_and_queues_nothing(make_app, server):
     assert store.list() == [] and store.rq.job_ids == []
 
 
-class _NoSpace:
-    """A write on the full disk: ENOSPC (the file is closed by the caller's ``with``)."""
-
-    def __init__(self, real):
-        self.real = real
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.real.close()
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-
 def test_free_space_keeps_being_published_and_no_job_starts_on_a_full_disk(make_app, server, workers, monkeypatch):
     app = make_app(REDIS_URL=server.url, REDIS_QUEUE="disk", MIN_FREE_DISK_MB=100)
     client = app.test_client()
@@ -125,7 +108,7 @@ def test_free_space_keeps_being_published_and_no_job_starts_on_a_full_disk(make_
     real_usage, real_fdopen = shutil.disk_usage, os.fdopen
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1024 * 1024))
     monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: (
-        _NoSpace(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
+        _FullDiskFile(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
     wait_for(lambda: store.state_of(running) == "done", 300, "the long job to finish on the worker")
     assert store.is_unstored(running)  # its PNG waits in Redis: this disk cannot take it
     # The worker took the queued job off RQ's queue but does not start it: it stays queued.

@@ -345,6 +345,16 @@ class TestRedisBackend(BackendContract):
         for proc in procs:
             stop(proc)
 
+    def test_a_job_fails_unrun_when_the_image_disk_is_nearly_full(self, make_backend):
+        # Redis mode refuses it before queuing (a 503 means nothing was queued): the web app
+        # owns the image disk and knows now; a worker would only fail it later.
+        from app.jobs.base import StorageUnavailable
+
+        backend = make_backend(running=False, min_free_mb=10**9)
+        with pytest.raises(StorageUnavailable, match="disk nearly full: .* need 1000000000 MB"):
+            backend.submit(request(), "me")
+        assert backend.counts() == {"queued": 0, "running": 0} and backend.list() == []
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--name", help="worker name, recorded on its jobs (default: <host>-<pid>)")
     p.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between heartbeats; a job whose worker misses three is run again elsewhere (default: 10)")
+    p.add_argument("--outage-seconds", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a running job waits for Redis to come back before it is stopped and queued "
+                        "again, once Redis answers (default: 60)")
     p.add_argument("--preview-every", type=int, default=1, metavar="N",
                    help="send a live preview every N steps, 0 for none (default: 1)")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("redis: give the queue's server with --redis redis://HOST:PORT/DB (or set T2I_REDIS_URL)")
     if args.heartbeat <= 0:
         raise CLIError(f"heartbeat: must be more than 0 seconds, not {args.heartbeat}")
+    if args.outage_seconds <= 0:
+        raise CLIError(f"outage-seconds: must be more than 0 seconds, not {args.outage_seconds}")
     try:
         connection = Redis.from_url(args.redis)
         connection.ping()
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     job_queue = RedisJobStore(connection, name=args.queue)
     worker = GPUWorker([job_queue.rq], connection=connection, name=args.name or f"{socket.gethostname()}-{os.getpid()}",
                        load_startup=lambda: _load_startup(args), startup=startup, job_queue=job_queue,
-                       heartbeat=args.heartbeat, preview_every=args.preview_every,
+                       heartbeat=args.heartbeat, preview_every=args.preview_every, retry_seconds=args.outage_seconds,
                        load_model=lambda choice: load_choice(options, choice))
     if worker.engine is None:
         raise CLIError(f"model: {options.model!r} could not be loaded: {worker.slot.error}")

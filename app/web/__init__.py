@@ -104,7 +104,7 @@ def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = No
         if config["ENGINE"] is not None:
             logger.warning("REDIS_URL is set: ENGINE is not used; the GPU workers load their own model")
         return RedisBackend(config["REDIS_URL"], images, name=config["REDIS_QUEUE"], retries=config["REDIS_RETRIES"],
-                            job_timeout=config["REDIS_JOB_TIMEOUT"], **common)
+                            job_timeout=config["REDIS_JOB_TIMEOUT"], limits=engine_limits(config), **common)
     from app.jobs.sqlite import SQLiteBackend
 
     return SQLiteBackend(config["DATABASE"], images, engine_loader(config, catalogue),

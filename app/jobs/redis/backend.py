@@ -10,8 +10,16 @@ it keeps ``RedisUpkeep``, a thread that
 2. cleans RQ's StartedJobRegistry every second, so a job whose worker died
    is retried or failed within seconds even while every other worker is busy;
 3. tells /api/health which model the connected workers serve;
-4. publishes the image disk's free space for the workers' disk check, and
-   applies retention (the images live here) once a minute.
+4. publishes the image disk's free space every second for the workers' disk
+   check (first, so a full disk that stops images being stored cannot stop
+   it), and applies retention (the images live here) once a minute;
+5. rebuilds the gallery's job records from the PNGs on disk (their
+   ``job.json``, else their infotext) when Redis lost them: a restart of a
+   Redis without persistence.
+
+``submit`` refuses a job (503, nothing queued) while the image disk is below
+``MIN_FREE_DISK_MB``; each job carries the web app's limits, which the
+workers validate with.
 
 A job with images (done, or cancelled with its partial ones) is shown only
 once they are readable here: ``get``, ``wait`` and ``list`` write its
@@ -24,17 +32,23 @@ import json
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from app.jobs.base import LOADING, READY, Backend, ModelStatus, StorageUnavailable
-from app.jobs.images import ImageStore, is_image_name
+from PIL import Image
+
+from app.engine.metadata import read_parameters, request_from_infotext
+from app.engine.types import GenerationRequest, Limits
+from app.jobs.base import LOADING, READY, Backend, ModelChoice, ModelStatus, StorageUnavailable
+from app.jobs.images import IMAGE_NAME, JOB_ID, ImageStore, disk_room_reason, is_image_name
 from app.jobs.job import Job
 from app.jobs.redis.store import RedisJobStore
 
 logger = logging.getLogger(__name__)
 
 CLEANUP_LOCK_SECONDS = 10
+JOB_FILE = "job.json"  # beside a job's PNGs: its record, for rebuilding the gallery should Redis lose it
 NO_WORKER = "no GPU worker is connected; start one with: python -m app worker --redis REDIS_URL --model MODEL"
 
 
@@ -60,8 +74,63 @@ class RedisImageStore(ImageStore):
             self.write(job_id, pngs)
         except OSError as exc:  # disk full here: the PNGs stay in Redis for a later try
             raise StorageUnavailable(f"the images of job {job_id} cannot be saved on the web app's disk: {exc}") from exc
+        self._write_record(job_id)
         self.store.images_stored(job_id)
         return len(pngs)
+
+    def _write_record(self, job_id: str) -> None:
+        """``job.json`` beside the PNGs: owner, params and image records, which a rebuild
+        after Redis lost its records reads (the infotext alone has no owner)."""
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        record = {"id": job.id, "client": job.client, "params": job.params, "images": job.images,
+                  "created_at": job.created_at, "finished_at": job.finished_at, "partial": job.partial}
+        try:
+            (self.root / job_id / JOB_FILE).write_text(json.dumps(record))
+        except OSError as exc:  # a nice-to-have: the PNGs' infotext still rebuilds the entry
+            logger.warning("job %s: %s not written: %s", job_id, JOB_FILE, exc)
+
+    def rebuild(self) -> int:
+        """Records for the jobs whose images are on disk but whose record Redis lost;
+        returns how many were restored. Oldest first, so the gallery keeps its order."""
+        folders = [f for f in self.root.iterdir() if f.is_dir() and JOB_ID.match(f.name)]
+        restored = 0
+        for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+            try:
+                record = self._record_on_disk(folder)
+            except (OSError, ValueError) as exc:  # unreadable: left on disk, not shown
+                logger.warning("gallery rebuild: %s skipped: %s", folder.name, exc)
+                continue
+            if record is not None and self.store.restore(**record):
+                restored += 1
+        if restored:
+            logger.warning("gallery rebuilt: %d job(s) restored from the images on disk (Redis had lost them)",
+                           restored)
+        return restored
+
+    def _record_on_disk(self, folder: Path) -> dict | None:
+        pngs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := IMAGE_NAME.match(p.name)))
+        if not pngs:
+            return None
+        stamp = datetime.fromtimestamp(pngs[0][1].stat().st_mtime, timezone.utc).isoformat(timespec="milliseconds")
+        saved = folder / JOB_FILE
+        if saved.is_file():
+            data = json.loads(saved.read_text())
+            return {"job_id": folder.name, "client": str(data.get("client") or ""), "params": data["params"],
+                    "images": data["images"], "created_at": data.get("created_at") or stamp,
+                    "finished_at": data.get("finished_at") or stamp, "partial": bool(data.get("partial"))}
+        images, params = [], None
+        for n, path in pngs:
+            with Image.open(path) as image:
+                text = read_parameters(image) or ""
+            fields = request_from_infotext(text) if text else {}
+            if params is None:
+                params = GenerationRequest.from_dict(fields).to_dict()
+            images.append({"n": n, "seed": fields.get("seed", params["seed"]), "infotext": text})
+        # No owner recorded: "" is nobody's client id, so a private gallery shows it to no one but the admin.
+        return {"job_id": folder.name, "client": "", "params": params, "images": images, "created_at": stamp,
+                "finished_at": stamp, "partial": False}
 
     def ensure(self, job: Job | None) -> Job | None:
         """``job``, once its images (a done job's, or a cancelled one's partial ones) are on this disk."""
@@ -79,14 +148,24 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str, image_root: str | Path, *, model: str, name: str = "t2i", max_queue: int = 100,
                  max_per_client: int = 5, retries: int = 2, job_timeout: int = 3600, keep_images: int = 0,
-                 keep_days: float = 0, min_free_mb: int = 0):
+                 keep_days: float = 0, min_free_mb: int = 0, limits: Limits | None = None):
         self.model = model
+        self.min_free_mb = min_free_mb
         self.store = RedisJobStore(url, name=name, max_queue=max_queue, max_per_client=max_per_client,
                                    retries=retries, job_timeout=job_timeout)
+        self.store.limits = limits
         self.images = RedisImageStore(image_root, self.store)
         self.keep_images, self.keep_days = keep_images, keep_days
         self.upkeep = RedisUpkeep(self.store, self.images, min_free_mb=min_free_mb, retention=self.apply_retention)
         self._persistence: tuple[float, str | None] = (-1e9, None)
+
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+        """Refused before anything is queued while the image disk is nearly full: a worker
+        would not start it, and a 503 must mean no job was queued."""
+        no_room = disk_room_reason(self.images.free_mb(), self.min_free_mb)
+        if no_room:
+            raise StorageUnavailable(f"the web app's {no_room}")
+        return super().submit(request, client, model)
 
     def get(self, job_id: str) -> Job | None:
         return self.images.ensure(self.store.get(job_id))
@@ -191,20 +270,37 @@ class RedisUpkeep(threading.Thread):
 
     def run_once(self, cleanup: bool = True) -> int:
         """Store waiting images; find jobs of dead workers. Returns images stored."""
-        stored = sum(self.images.collect(job_id) for job_id in self.queue.unstored())
+        if cleanup:
+            # First: a full disk makes storing images fail below, and the workers must
+            # go on hearing about it (a stale figure expires and no longer stops them).
+            self.publish_disk()
+            self._rebuild_if_lost()
+        stored = 0
+        for job_id in self.queue.unstored():
+            try:
+                stored += self.images.collect(job_id)
+            except StorageUnavailable as exc:  # this disk is full: the PNGs wait in Redis
+                logger.warning("%s", exc)
+                break
         if cleanup:
             self._clean_started_jobs()
             self._forget_dead_workers()
-            self.publish_disk()
         if self.retention is not None and (stored or time.monotonic() >= self._next_retention):
             self._next_retention = time.monotonic() + self.retention_every
             self.retention()
         return stored
 
+    def _rebuild_if_lost(self) -> None:
+        """Rebuild the records from the images on disk once per Redis dataset: a marker key
+        without expiry says it was done; a Redis that restarted with nothing has none."""
+        marker = self.queue.key("indexed")
+        if not self.queue.redis.exists(marker):
+            self.images.rebuild()  # two web apps at once: each record is restored once (``restore``)
+            self.queue.redis.set(marker, 1)
+
     def publish_disk(self) -> None:
         """The image disk's free space and the need, for the workers' check before each job."""
-        if self.min_free_mb:
-            self.queue.publish_disk(self.images.free_mb(), self.min_free_mb)
+        self.queue.publish_disk(self.images.free_mb(), self.min_free_mb)
 
     def _clean_started_jobs(self) -> None:
         """Retry or fail jobs whose worker's heartbeat expired (calling on_rq_failure),

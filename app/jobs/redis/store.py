@@ -31,6 +31,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+from dataclasses import asdict, fields
 
 from redis import Redis
 from redis.backoff import ConstantBackoff
@@ -40,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
 
-from app.engine.types import GenerationRequest
+from app.engine.types import GenerationRequest, Limits
 from app.jobs.base import JobStore, ModelChoice, translate_errors
 from app.jobs.job import (
     CANCELLED,
@@ -66,7 +67,7 @@ PREVIEW_TTL = 3600  # seconds a live preview outlives its last update
 CANCEL_TTL = 24 * 3600
 
 # KEYS: job, jobs, seq, queued, client, init.
-# ARGV: id, client, params, created_at, steps, max_per_client, max_queue, init_png or "".
+# ARGV: id, client, params, created_at, steps, max_per_client, max_queue, init_png or "", limits (JSON).
 _SUBMIT = """
 local mine = redis.call('SCARD', KEYS[5])
 if mine >= tonumber(ARGV[6]) then return {-1, mine} end
@@ -74,7 +75,8 @@ local queued = redis.call('SCARD', KEYS[4])
 if queued >= tonumber(ARGV[7]) then return {-2, queued} end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'client', ARGV[2], 'state', 'queued', 'params', ARGV[3],
-           'images', '[]', 'created_at', ARGV[4], 'seq', seq, 'attempt', 0, 'step', 0, 'total', ARGV[5])
+           'images', '[]', 'created_at', ARGV[4], 'seq', seq, 'attempt', 0, 'step', 0, 'total', ARGV[5],
+           'limits', ARGV[9])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
@@ -163,6 +165,37 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
+# A running attempt gives its job back to the queue: a long Redis outage stopped it, or its
+# worker was asked to stop. KEYS: job, queued, running. ARGV: id, attempt, note, counted (0/1),
+# most counted hand-backs. Returns 1: queued again, 0: no longer this attempt's, -1: handed back
+# too often (the caller fails it).
+_HAND_BACK = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] == '1' then
+  if tonumber(redis.call('HGET', KEYS[1], 'outages') or '0') >= tonumber(ARGV[5]) then return -1 end
+  redis.call('HINCRBY', KEYS[1], 'outages', 1)
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'step', 0, 'has_preview', 0, 'note', ARGV[3])
+redis.call('HDEL', KEYS[1], 'started_at')
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# A job record rebuilt from its images on disk (Redis lost the records). KEYS: job, jobs, seq.
+# ARGV: id, client, params, images, created_at, finished_at, partial. Returns 0 if it exists.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'client', ARGV[2], 'state', 'done', 'params', ARGV[3], 'images', ARGV[4],
+           'created_at', ARGV[5], 'finished_at', ARGV[6], 'seq', seq, 'attempt', 0, 'step', 0, 'total', 0,
+           'partial', ARGV[7], 'error', '', 'restored', 1)
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+return 1
+"""
+
 # A finished job and everything it left. KEYS: job, jobs, unstored, pngs, preview, init, cancel. ARGV: id.
 _DELETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -207,7 +240,10 @@ class RedisJobStore(JobStore):
         self.rq = Queue(name, connection=self.redis)
         self._scripts = {name: self.redis.register_script(text) for name, text in (
             ("submit", _SUBMIT), ("begin", _BEGIN), ("report", _REPORT), ("finish", _FINISH), ("end", _END),
-            ("requeue", _REQUEUE), ("delete", _DELETE))}
+            ("requeue", _REQUEUE), ("delete", _DELETE), ("hand_back", _HAND_BACK), ("restore", _RESTORE))}
+        # The web app's limits, written into each job it queues: a worker validates with
+        # these, not its own defaults (one source). None: a store that only runs jobs.
+        self.limits: Limits | None = None
 
     # key names
     def key(self, *parts: str) -> str:
@@ -227,21 +263,24 @@ class RedisJobStore(JobStore):
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq"), self.key("queued"),
                   self.key("client", client), self.key("init", job_id)],
             args=[job_id, client, json.dumps(params), now(), params["steps"], self.max_per_client, self.max_queue,
-                  init_png or b""])
+                  init_png or b"", json.dumps(asdict(self.limits)) if self.limits is not None else ""])
         if seq == -1:
             raise QueueFull.for_client(count, self.max_per_client)
         if seq == -2:
             raise QueueFull.for_queue(count)
         try:
-            self.rq.enqueue_call(
-                TASK, args=(job_id,), job_id=job_id, timeout=self.job_timeout, result_ttl=600,
-                failure_ttl=7 * 24 * 3600, description=f"t2i job {job_id}",
-                retry=Retry(max=self.retries, enqueue_at_front=True) if self.retries > 0 else None,
-                on_failure=Callback(FAILURE_CALLBACK))
+            self._enqueue(job_id)
         except Exception as exc:  # Redis went away between the two calls
             self.fail(job_id, f"could not be queued: {failure_reason(exc)}")
             raise
         return self._must_get(job_id)
+
+    def _enqueue(self, job_id: str, at_front: bool = False) -> None:
+        self.rq.enqueue_call(
+            TASK, args=(job_id,), job_id=job_id, timeout=self.job_timeout, result_ttl=600,
+            failure_ttl=7 * 24 * 3600, description=f"t2i job {job_id}",
+            retry=Retry(max=self.retries, enqueue_at_front=True) if self.retries > 0 else None,
+            on_failure=Callback(FAILURE_CALLBACK), at_front=at_front)
 
     def selection(self) -> ModelChoice | None:
         raw = self.redis.get(self.key("selection"))
@@ -356,7 +395,7 @@ class RedisJobStore(JobStore):
 
     # --- the image disk, published by the web app for the workers -----------------------
 
-    def publish_disk(self, free_mb: int, need_mb: int, ttl: int = 30) -> None:
+    def publish_disk(self, free_mb: int, need_mb: int, ttl: int = 10) -> None:
         self.redis.set(self.key("disk"), json.dumps({"free_mb": free_mb, "need_mb": need_mb}), ex=ttl)
 
     def forget_disk(self) -> None:
@@ -369,6 +408,10 @@ class RedisJobStore(JobStore):
             return None
         found = json.loads(raw)
         return int(found["free_mb"]), int(found["need_mb"])
+
+    def state_of(self, job_id: str) -> str | None:
+        state = self.redis.hget(self.job_key(job_id), "state")
+        return state.decode() if state else None
 
     def worker_of(self, job_id: str) -> str | None:
         """The name of the worker that ran (or runs) the job."""
@@ -405,6 +448,41 @@ class RedisJobStore(JobStore):
         attempt, before = self._scripts["begin"](
             keys=[self.job_key(job_id), self.key("queued"), self.key("running")], args=[job_id, worker, now()])
         return int(attempt), before.decode() if isinstance(before, bytes) else str(before)
+
+    def job_limits(self, job_id: str) -> Limits | None:
+        """The limits of the web app that queued the job (None: a record from before they were kept)."""
+        raw = self.redis.hget(self.job_key(job_id), "limits")
+        if not raw:
+            return None
+        known = {f.name for f in fields(Limits)}
+        return Limits(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+    def hand_back(self, job_id: str, attempt: int, note: str, counted: bool = False, most: int = 1) -> int:
+        """Put a running attempt's job back in the queue (``counted``: a Redis outage, at most
+        ``most`` times a job). Returns 1 (queued again), 0 (no longer this attempt's) or -1
+        (counted too often: the caller fails it). RQ gets the job again from ``requeue_rq``."""
+        return int(self._scripts["hand_back"](
+            keys=[self.job_key(job_id), self.key("queued"), self.key("running")],
+            args=[job_id, attempt, note, int(counted), most]))
+
+    def requeue_rq(self, job_id: str) -> bool:
+        """Give RQ the job again, at the front, when our record says queued: after its run ended
+        (RQ has marked its own job finished or failed, with an expiry). True if queued again."""
+        if self.state_of(job_id) != QUEUED:
+            return False
+        self.rq.remove(job_id)  # at most one entry: a cleanup's RQ retry may have pushed it already
+        rq_job = self.rq.fetch_job(job_id)
+        if rq_job is not None:
+            rq_job.delete()
+        self._enqueue(job_id, at_front=True)
+        return True
+
+    def restore(self, job_id: str, client: str, params: dict, images: builtins.list[dict], created_at: str,
+                finished_at: str, partial: bool = False) -> bool:
+        """A done job's record rebuilt from its images on disk; False if the job has a record."""
+        return bool(self._scripts["restore"](
+            keys=[self.job_key(job_id), self.key("jobs"), self.key("seq")],
+            args=[job_id, client, json.dumps(params), json.dumps(images), created_at, finished_at, int(partial)]))
 
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""

@@ -16,7 +16,15 @@ again.) What it adds to RQ:
   Redis for the web app's /api/health and form defaults;
 - model switching: a job runs on the model it was submitted with, loaded
   first if another is loaded (``app.jobs.engines.EngineSlot``), and a
-  thread loads a newly selected model while the worker is idle.
+  thread loads a newly selected model while the worker is idle;
+- the job's own limits: those of the web app that queued it (one source),
+  not the worker's defaults;
+- no job started while the web app's image disk is nearly full: the job
+  stays queued, and this worker starts it once space is back;
+- faults handed back, not failed: a Redis outage longer than
+  ``outage_seconds`` during a run stops it, and once Redis answers again the
+  job is queued again (once; a second such outage fails it); a SIGTERM
+  (warm shutdown) stops the run after its step and queues the job again.
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -31,17 +39,20 @@ from typing import Callable
 
 from rq.worker import SimpleWorker, WorkerStatus
 
-from app.engine.engine import Engine
-from app.engine.types import StepInfo
+from app.engine.engine import Engine, GenerationCancelled
+from app.engine.types import DEFAULT_LIMITS, StepInfo
 from app.jobs import runner
-from app.jobs.base import ModelChoice, retry_store
+from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.images import disk_room_reason
-from app.jobs.job import CANCELLED, DONE, FAILED, RUNNING
+from app.jobs.job import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from app.jobs.redis.store import RedisJobStore
 from app.jobs.runner import free_memory, job_end, preview_png
 
 logger = logging.getLogger(__name__)
+
+REQUEUED = "requeued"  # what run_t2i_job returns for a job handed back to the queue
+OUTAGE_REQUEUES = 1  # a job is queued again after a long Redis outage this many times, then failed
 
 
 class GPUWorker(SimpleWorker):
@@ -63,10 +74,13 @@ class GPUWorker(SimpleWorker):
         self.job_queue = job_queue
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
-        self.retry_seconds = retry_seconds  # how long a job's store writes are retried while Redis is away
+        # How long a job's store writes are retried while Redis is away; a longer outage hands the job back.
+        self.retry_seconds = retry_seconds
         self._beat_lock = threading.Lock()
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
+        self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
+        self._cancel_run: threading.Event | None = None  # the running job's stop switch
         GPUWorker.current = self
 
     # --- RQ hooks -----------------------------------------------------------------------
@@ -84,7 +98,27 @@ class GPUWorker(SimpleWorker):
         finally:
             with self._beat_lock:
                 self._beating = None
+            self._cancel_run = None
+        self._give_rq_back(job.id)
         self.set_state(WorkerStatus.IDLE)
+
+    def _give_rq_back(self, job_id: str) -> None:
+        """RQ has just marked its job finished (or failed); if our record is queued (handed back
+        by this run, or re-queued by a cleanup that thought this worker dead), RQ gets it again."""
+        try:
+            if self._retried(job_id, "queuing it again", lambda: self.job_queue.requeue_rq(job_id)):
+                logger.warning("job %s is queued again", job_id)
+        except StorageUnavailable:  # Redis away again: the StartedJobRegistry cleanup will find it
+            logger.exception("job %s: could not be queued again", job_id)
+
+    def handle_warm_shutdown_request(self) -> None:
+        """SIGTERM or Ctrl+C: the running job stops after its step and goes back to the queue
+        (RQ's default waits for it to finish, and a supervisor's SIGKILL comes first)."""
+        super().handle_warm_shutdown_request()
+        self._stopping.set()
+        cancel = self._cancel_run
+        if cancel is not None:
+            cancel.set()
 
     @property
     def engine(self) -> Engine | None:
@@ -104,6 +138,15 @@ class GPUWorker(SimpleWorker):
             logger.info("worker %s: taking over the name of a dead worker", self.name)
             self.connection.delete(self.key)
         super().register_birth()
+
+    def subscribe(self) -> None:
+        """RQ's, with a 1 s poll, not 60 s: redis-py 8's ``PubSubWorkerThread.stop()`` waits for
+        the poll to end, so a stopped worker (SIGTERM) hung up to a minute before exiting."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=1, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     def teardown(self) -> None:
         self._stop_beats.set()
@@ -157,53 +200,60 @@ class GPUWorker(SimpleWorker):
     def run_t2i_job(self, job_id: str) -> str:
         """Run one job of the queue; returns the state it ended in."""
         queue = self.job_queue
+        if not self._wait_for_room(job_id):
+            return QUEUED  # left queued: RQ gets it back (``_give_rq_back``) unless it was cancelled
         attempt, before = self._retried(job_id, "starting", lambda: queue.begin(job_id, self.name))
         if not attempt:
             logger.info("job %s is %s: skipped", job_id, before or "gone")
             return before or "gone"
         if before == RUNNING:
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
-        disk = self._retried(job_id, "reading the disk space", queue.disk)
-        no_room = disk_room_reason(*disk) if disk else None  # None: no web app published it lately
-        if no_room:
-            self._retried(job_id, "failed", lambda: queue.fail(job_id, no_room, attempt))
-            return FAILED
         cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
+        self._cancel_run = cancel
+        if self._stopping.is_set():  # a SIGTERM that came before the switch was there
+            cancel.set()
         try:
             job = self._retried(job_id, "reading it", lambda: queue.get(job_id))
             if job is None:
                 return "gone"
             request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
+            limits = self._retried(job_id, "reading it", lambda: queue.job_limits(job_id))
             with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the job ends
                 if engine is None:  # fails the jobs that asked for it; the worker goes on
                     reason = f"the model could not be loaded: {self.slot.error}"
                     self._retried(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
                     return FAILED
+                # The web app that accepted the job set its limits (one source). This process runs
+                # one job at a time on its engine, so the engine's limits are this job's meanwhile.
+                engine.limits = limits or DEFAULT_LIMITS
                 output = runner.run_job(engine, request,
                                         lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
                                         cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
-            end = job_end(job_id, exc, skipped=skip.is_set())
             if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
                 logger.warning("job %s is no longer this worker's; stopped", job_id)
                 return "dropped"
+            handed = self._hand_back(job_id, attempt, exc)
+            if handed is not None:
+                return handed
+            end = job_end(job_id, exc, skipped=skip.is_set())
             kept = end.output
             if end.state == DONE and kept is not None:  # skipped: done with the images so far
-                self._retried(job_id, "done (skipped)", lambda: queue.complete(
+                self._written(job_id, "done (skipped)", lambda: queue.complete(
                     job_id, attempt, kept.images, kept.pngs, kept.params_update, partial=True))
             elif end.state in (DONE, CANCELLED):  # with the interrupted run's images, if it made any
-                self._retried(job_id, "cancelled", lambda: queue.mark_cancelled(
+                self._written(job_id, "cancelled", lambda: queue.mark_cancelled(
                     job_id, end.reason, attempt, kept.images if kept else None, kept.pngs if kept else None,
                     kept.params_update if kept else None))
             else:
-                self._retried(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
+                self._written(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
             if end.unexpected:
                 # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
                 # job refcounting has freed them, and gc.collect() costs about a second.
                 free_memory()
             return CANCELLED if end.state == DONE and kept is None else end.state
         # Outside the try: a finished run is recorded done (with its images), never failed.
-        if not self._retried(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
+        if not self._written(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
                                                                      output.params_update)):
             logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
             return "dropped"
@@ -212,6 +262,71 @@ class GPUWorker(SimpleWorker):
 
     def _retried(self, job_id: str, what: str, call):
         return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")
+
+    def _written(self, job_id: str, what: str, call):
+        """A job's last write: retried past a long Redis outage too, since the run it records
+        (its images, or why it ended) is over and would be lost."""
+        try:
+            return self._retried(job_id, what, call)
+        except StorageUnavailable:
+            logger.warning("job %s: %s waits for Redis to answer", job_id, what)
+            self._until_redis_answers()
+            return self._retried(job_id, what, call)
+
+    def _wait_for_room(self, job_id: str) -> bool:
+        """Wait, the job still queued, while the web app's image disk is nearly full (checked
+        every second: the web app publishes its free space that often). False: stop waiting,
+        the job was cancelled, or this worker is shutting down (the job stays queued)."""
+        queue, warned = self.job_queue, False
+        while True:
+            disk = self._retried(job_id, "reading the disk space", queue.disk)
+            no_room = disk_room_reason(*disk) if disk else None  # None: no web app published it lately
+            if not no_room:
+                return True
+            if not warned:
+                logger.warning("job %s waits in the queue: the web app's %s", job_id, no_room)
+                warned = True
+            if self._stopping.wait(1.0):
+                # Running: its last worker died and RQ gave it to this one; queued again like a hand-back.
+                self._retried(job_id, "queuing it again", lambda: queue.requeue(job_id, "its worker was stopped"))
+                return False
+            if self._retried(job_id, "reading it", lambda: queue.state_of(job_id)) not in (QUEUED, RUNNING):
+                return False  # cancelled meanwhile
+
+    def _hand_back(self, job_id: str, attempt: int, exc: BaseException) -> str | None:
+        """A run stopped by a warm shutdown or by a Redis outage longer than ``retry_seconds``:
+        the job goes back to the queue (an outage: once; a second fails it). None: ``exc`` is
+        neither, the job ends as ``job_end`` says."""
+        queue = self.job_queue
+        if isinstance(exc, StorageUnavailable):
+            outage = (f"Redis was unavailable for more than {self.retry_seconds:g} s while the worker "
+                      f"{self.name} ran it")
+            logger.warning("job %s: %s; handing it back once Redis answers", job_id, outage)
+            self._until_redis_answers()
+            handed = self._retried(job_id, "queuing it again", lambda: queue.hand_back(
+                job_id, attempt, f"{outage}; queued again", counted=True, most=OUTAGE_REQUEUES))
+            if handed == -1:
+                reason = f"{outage}, the second time; it was queued again once already"
+                self._written(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
+                return FAILED
+            return REQUEUED
+        if isinstance(exc, GenerationCancelled) and self._stopping.is_set():
+            note = f"its worker {self.name} was stopped (SIGTERM) while running it; queued again"
+            logger.warning("job %s: %s", job_id, note)
+            self._retried(job_id, "queuing it again", lambda: queue.hand_back(job_id, attempt, note))
+            return REQUEUED
+        return None
+
+    def _until_redis_answers(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                if self.connection.ping():
+                    return
+            except Exception:  # still down
+                pass
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
                  lost: threading.Event, skip: threading.Event) -> None:

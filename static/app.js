@@ -237,6 +237,8 @@
       body.face_detail = true;
       body.face_detail_strength = Number($("face_detail_strength").value);
       if ($("face_detail_prompt").value) body.face_detail_prompt = $("face_detail_prompt").value;
+      ["face_detail_confidence", "face_detail_dilate", "face_detail_mask_blur", "face_detail_padding"]
+        .forEach(function (name) { body[name] = Number($(name).value); });
     }
   };
 
@@ -879,7 +881,8 @@
     }) || p.randn_source && p.randn_source !== d.randn_source || $("sampler-section").open;
     if (p.enable_hr && p.strength) set("hr_strength", p.strength);
     ["restore_faces", "face_detail"].forEach(function (name) { $(name).checked = !!pick(name); });
-    ["code_former_weight", "face_detail_strength"].forEach(function (name) { set(name, pick(name)); });
+    ["code_former_weight", "face_detail_strength", "face_detail_confidence", "face_detail_dilate",
+      "face_detail_mask_blur", "face_detail_padding"].forEach(function (name) { set(name, pick(name)); });
     $("face_detail_strength-value").textContent = $("face_detail_strength").value;
     $("face_detail_prompt").value = pick("face_detail_prompt") || "";
     selectIfOffered("face_restorer", pick("face_restorer"));

@@ -46,7 +46,7 @@ from app.web.errors import ApiError
 from app.web.settings import engine_limits
 from app.web.styles import current_styles
 from app.web.uploads import decode_init_image, png_info
-from app.web.waiting import wait_slot
+from app.web.waiting import SYNC_RETRY_AFTER, wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
@@ -192,10 +192,10 @@ def _run(body: dict, img2img: bool):
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
-    with wait_slot() as waiting:
+    with wait_slot(sync=True) as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
-                                "waiting for their images; try again shortly", headers={"Retry-After": "5"})
+                                "waiting for their images; try again shortly", headers={"Retry-After": SYNC_RETRY_AFTER})
         queued = enqueue(gen, choice)
         job = backend().wait(queued.id, current_app.config["SYNC_TIMEOUT"]) or backend().get(queued.id)
     if job is None:

@@ -121,8 +121,8 @@ def test_one_client_cannot_take_every_wait_slot_nor_starve_the_sdapi(make_app):
             for who in ("hog", "other")}
     held = _hold_long_polls(app, "hog", jobs["hog"], 3)
 
-    def refused():
-        response = client.get(f"/api/jobs/{jobs['hog']}?wait=20", headers=_key("hog"))
+    def refused():  # a short wait: asked before the threads above took their slots, it takes one for a second
+        response = client.get(f"/api/jobs/{jobs['hog']}?wait=1", headers=_key("hog"))
         return response if response.status_code == 429 else None
 
     response = wait_for(refused, 10, "the hog's fourth long-poll to be refused")
@@ -132,7 +132,7 @@ def test_one_client_cannot_take_every_wait_slot_nor_starve_the_sdapi(make_app):
     started = time.monotonic()
 
     def busy():
-        response = client.get(f"/api/jobs/{jobs['other']}?wait=20", headers=_key("third"))
+        response = client.get(f"/api/jobs/{jobs['other']}?wait=1", headers=_key("third"))
         return response if response.headers.get("Retry-After") else None
 
     wait_for(busy, 10, "a long-poll past the long-polls' share to be answered at once")

@@ -36,7 +36,7 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, csrf, errors, loras, models, pages, sdapi, styles
+    from app.web import api, auth, csrf, errors, loras, models, pages, sdapi, slow, styles
 
     test_config = dict(test_config or {})
     instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
@@ -51,7 +51,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
-    # 2. the model catalogue, and the one backend: in-process (SQLite) by default, or Redis with GPU workers.
+    # 2. the pool for slow reads, the model catalogue, and the one backend: in-process (SQLite) by default,
+    # or Redis with GPU workers.
+    slow.init_app(app)
     models.init_app(app)
     loras.init_app(app)
     app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path), models.catalogue_of(app))

@@ -44,6 +44,7 @@ from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
+from app.web.slow import read_slowly
 from app.web.styles import current_styles
 from app.web.uploads import decode_init_image, png_info
 from app.web.waiting import SYNC_RETRY_AFTER, wait_slot
@@ -368,7 +369,7 @@ def sd_models():
 
 @bp.post("/refresh-checkpoints")
 def refresh_checkpoints():
-    models.catalogue().refresh_checkpoints()
+    read_slowly("refresh-checkpoints", models.catalogue().refresh_checkpoints)  # done when it answers, if quick
     return jsonify(None)
 
 
@@ -379,7 +380,7 @@ def sd_vae():
 
 @bp.post("/refresh-vae")
 def refresh_vae():
-    models.catalogue().refresh_vaes()
+    read_slowly("refresh-vae", models.catalogue().refresh_vaes)
     return jsonify(None)
 
 
@@ -454,7 +455,8 @@ def embeddings():
     engine = current_app.config.get("ENGINE")
     infos = getattr(engine, "embeddings", None)
     if infos is None:  # the model runs in worker processes: read the folder (no width check here)
-        infos = scan_embeddings(current_app.config.get("EMBEDDINGS"))
+        folder = current_app.config.get("EMBEDDINGS")
+        infos = read_slowly("embeddings", lambda: scan_embeddings(folder), default=[])
     return jsonify(a1111_listing(infos))
 
 
@@ -480,6 +482,8 @@ def loras():
 
 @bp.post("/refresh-loras")
 def refresh_loras():
-    # The folder is read on every request (unchanged files from a cache), so there is nothing to
-    # refresh; answered as A1111 answers, null.
+    # The listing is read again (unchanged files from a cache), off this thread; answered as A1111 answers, null.
+    from app.web.loras import lora_infos
+
+    lora_infos()
     return jsonify(None)

@@ -66,14 +66,15 @@ def _slots() -> WaitSlots:
 
 
 @contextmanager
-def wait_slot(sync: bool = False) -> Iterator[bool]:
+def wait_slot(sync: bool = False, quiet: bool = False) -> Iterator[bool]:
     """``with wait_slot() as waiting:`` True when this request may wait; False
     when every slot it may use is taken (never blocks). 429 with Retry-After when
     the client already holds its ``WAIT_SLOTS_PER_CLIENT``. ``sync``: a synchronous
-    /sdapi call, which may also take the ``SYNC_WAIT_SLOTS`` long-polls may not."""
+    /sdapi call, which may also take the ``SYNC_WAIT_SLOTS`` long-polls may not.
+    ``quiet``: past the client's share, no 429 either, just no slot (app/web/slow.py)."""
     slots, client = _slots(), client_id()
     refused = slots.take(client, sync)
-    if refused == "client":
+    if refused == "client" and not quiet:
         field, value = ("wait", client) if not sync else (None, None)
         raise ApiError(429, f"this client already has {slots.per_client} requests waiting for jobs "
                             f"(WAIT_SLOTS_PER_CLIENT = {slots.per_client}); ask again when one has its answer",

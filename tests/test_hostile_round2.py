@@ -4,6 +4,7 @@ scans off the request threads. Each test failed before its fix; the docstrings
 say what a user saw then."""
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -100,13 +101,17 @@ def _key(name: str) -> dict:
 
 
 def _hold_long_polls(app, who: str, job_id: str, count: int) -> list[threading.Thread]:
-    """``count`` long-polls by ``who`` on its job, each in its own thread (they block)."""
+    """``count`` long-polls by ``who`` on its job, each in its own thread, once they all wait."""
+    from app.web.waiting import EXTENSION
+
     def poll():
-        app.test_client().get(f"/api/jobs/{job_id}?wait=20", headers=_key(who))
+        app.test_client().get(f"/api/jobs/{job_id}?wait=30", headers=_key(who))
 
     threads = [threading.Thread(target=poll) for _ in range(count)]
     for thread in threads:
         thread.start()
+    client = "key:" + hashlib.sha256(f"bearer\0{who}".encode()).hexdigest()[:32]  # app.web.auth.client_id
+    wait_for(lambda: app.extensions[EXTENSION].held(client) == count, 10, f"{who}'s long-polls to wait")
     return threads
 
 
@@ -121,22 +126,13 @@ def test_one_client_cannot_take_every_wait_slot_nor_starve_the_sdapi(make_app):
             for who in ("hog", "other")}
     held = _hold_long_polls(app, "hog", jobs["hog"], 3)
 
-    def refused():  # a short wait: asked before the threads above took their slots, it takes one for a second
-        response = client.get(f"/api/jobs/{jobs['hog']}?wait=1", headers=_key("hog"))
-        return response if response.status_code == 429 else None
-
-    response = wait_for(refused, 10, "the hog's fourth long-poll to be refused")
+    response = client.get(f"/api/jobs/{jobs['hog']}?wait=20", headers=_key("hog"))
     assert "WAIT_SLOTS_PER_CLIENT = 3" in assert_error(response, 429, "wait")["error"]
     assert response.headers["Retry-After"] == "1"
     held += _hold_long_polls(app, "other", jobs["other"], 1)  # the long-polls' share (6 - 2) is taken
     started = time.monotonic()
-
-    def busy():
-        response = client.get(f"/api/jobs/{jobs['other']}?wait=1", headers=_key("third"))
-        return response if response.headers.get("Retry-After") else None
-
-    wait_for(busy, 10, "a long-poll past the long-polls' share to be answered at once")
-    assert time.monotonic() - started < 5
+    busy = client.get(f"/api/jobs/{jobs['other']}?wait=20", headers=_key("third"))
+    assert busy.status_code == 200 and busy.headers["Retry-After"] == "1" and time.monotonic() - started < 5
 
     # A synchronous call still gets one of the reserved slots, and its images.
     answer: dict = {}
@@ -173,3 +169,69 @@ def test_a_cancelled_jobs_partial_image_is_only_its_owners(make_app):
     assert_error(client.get(url, headers=stranger), 404, "path")
     assert client.get(f"/api/jobs/{job['id']}", headers=stranger).get_json()["job"]["images"] == []
     assert job["id"] not in client.get("/gallery", headers=stranger).get_data(as_text=True)
+
+
+# --- slow folders ---------------------------------------------------------------------------------
+
+SLOW_SECONDS = 5
+
+
+def test_slow_folder_scans_leave_health_and_the_gallery_answering(make_app, tmp_path, monkeypatch):
+    """40 requests that read a slow folder (refresh-checkpoints, refresh-vae and the LoRA
+    listings, from 40 clients) held every server thread: each read the folder on its own
+    thread, the refreshes one after another under the catalogue's lock, and ``/api/health``
+    and ``/gallery`` waited behind them. The folders are read in the slow-work pool now; a
+    request waits for that in a wait slot, so threads remain. Faked at the outermost boundary
+    we own: the three functions that list the folders sleep, as a Drive mount's listing does."""
+    import requests
+
+    from app.engine import loras
+    from app.models import registry
+    from app.web.server import ServerHandle
+
+    for name in ("loras", "checkpoints"):
+        (tmp_path / name).mkdir()
+    app = make_app(ENGINE=None, START_WORKER=False, LORA_DIR=str(tmp_path / "loras"),
+                   CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
+    list_loras, list_checkpoints, list_vaes = loras.lora_files, registry.Catalogue._read_checkpoints, \
+        registry.Catalogue._read_vaes
+
+    def slow_loras(folder):
+        time.sleep(SLOW_SECONDS)
+        return list_loras(folder)
+
+    def slow_checkpoints(self):
+        time.sleep(SLOW_SECONDS)
+        return list_checkpoints(self)
+
+    def slow_vaes(self):
+        time.sleep(SLOW_SECONDS)
+        return list_vaes(self)
+
+    monkeypatch.setattr(loras, "lora_files", slow_loras)
+    monkeypatch.setattr(registry.Catalogue, "_read_checkpoints", slow_checkpoints)
+    monkeypatch.setattr(registry.Catalogue, "_read_vaes", slow_vaes)
+    routes = [("POST", "/sdapi/v1/refresh-checkpoints"), ("POST", "/sdapi/v1/refresh-vae"),
+              ("GET", "/sdapi/v1/loras"), ("GET", "/api/loras"), ("POST", "/sdapi/v1/refresh-loras")] * 8
+    with ServerHandle(app, port=0) as server:
+        answers: list[int] = []
+
+        def slow_request(n: int, method: str, path: str):
+            response = requests.request(method, server.url + path, headers=_key(f"client{n}"), timeout=120)
+            answers.append(response.status_code)
+
+        threads = [threading.Thread(target=slow_request, args=(n, *route)) for n, route in enumerate(routes)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the 40 are in
+        latencies = []
+        for path in ("/api/health", "/gallery", "/api/health", "/gallery"):
+            started = time.monotonic()
+            assert requests.get(server.url + path, timeout=60).status_code == 200
+            latencies.append(time.monotonic() - started)
+        in_flight = sum(thread.is_alive() for thread in threads)
+        for thread in threads:
+            thread.join(120)
+    assert in_flight, "the slow requests were over before the health checks: the test proved nothing"
+    assert max(latencies) < 2, f"/api/health and /gallery took up to {max(latencies):.1f}s"
+    assert answers == [200] * len(routes)

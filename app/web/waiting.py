@@ -47,6 +47,11 @@ class WaitSlots:
             self._by_client[client] += 1
             return None
 
+    def held(self, client: str) -> int:
+        """The slots ``client`` holds now (for tests to know their waits have begun)."""
+        with self._lock:
+            return self._by_client[client]
+
     def give(self, client: str, sync: bool) -> None:
         with self._lock:
             self._used -= 1

@@ -235,3 +235,24 @@ def test_slow_folder_scans_leave_health_and_the_gallery_answering(make_app, tmp_
     assert in_flight, "the slow requests were over before the health checks: the test proved nothing"
     assert max(latencies) < 2, f"/api/health and /gallery took up to {max(latencies):.1f}s"
     assert answers == [200] * len(routes)
+
+
+def test_styles_csv_is_parsed_again_only_when_it_changes(roomy, tmp_path, monkeypatch):
+    """Every request naming a style parsed styles.csv again (up to 500 rows, from Drive in
+    Colab). It is parsed once per version of the file now: an edit through the API or by
+    hand (a new modification time or size) is read at the next request. Counted at the
+    parser, the function that opens the file."""
+    from app.engine.styles import load_styles
+    from app.web import styles
+
+    assert roomy.put("/api/styles/frame", json={"prompt": "art of {prompt}"}).status_code == 201
+    parsed = []
+    monkeypatch.setattr(styles, "load_styles", lambda path: parsed.append(path) or load_styles(path))
+    for _ in range(4):  # within MAX_QUEUED_PER_CLIENT with the one below
+        job = roomy.post("/api/jobs", json=small_job(prompt="a fox", styles=["frame"])).get_json()["job"]
+        assert job["params"]["prompt"] == "art of a fox"
+    assert len(parsed) <= 1, parsed
+    csv_file = tmp_path / "styles.csv"
+    csv_file.write_text(csv_file.read_text().replace("art of", "a painting of"))
+    job = roomy.post("/api/jobs", json=small_job(prompt="a fox", styles=["frame"])).get_json()["job"]
+    assert job["params"]["prompt"] == "a painting of a fox"

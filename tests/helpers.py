@@ -76,3 +76,22 @@ def gradient(width: int = 96, height: int = 80) -> Image.Image:
 
 # Folders the browser tests saved screenshots to; conftest prints them at the end.
 SCREENSHOT_DIRS: pytest.StashKey[set[str]] = pytest.StashKey()
+
+
+def peak_rss_growth(action) -> tuple[object, int]:
+    """What ``action()`` returns and how far the process's peak RSS rose above its RSS
+    before it (Linux: writing 5 to clear_refs resets the peak). Pillow allocates pixels
+    outside Python's allocator, so tracemalloc would not see them."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
+
+    before = status("VmRSS")
+    result = action()
+    return result, status("VmHWM") - before

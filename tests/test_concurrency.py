@@ -19,8 +19,8 @@ JOBS_EACH = 2
 
 @pytest.mark.slow
 def test_twenty_concurrent_clients_all_complete(make_app):
-    # All clients share 127.0.0.1 here, so the per-client cap is raised for this test.
-    app = make_app(MAX_QUEUED_PER_CLIENT=CLIENTS * JOBS_EACH, PREVIEW_EVERY=0)
+    # All clients share 127.0.0.1 here, so the per-client caps are raised for this test.
+    app = make_app(MAX_QUEUED_PER_CLIENT=CLIENTS * JOBS_EACH, WAIT_SLOTS_PER_CLIENT=CLIENTS, PREVIEW_EVERY=0)
     results: dict[int, list[dict]] = {}
     errors: list[str] = []
     start = threading.Barrier(CLIENTS)

@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from helpers import assert_error, gradient, png_b64, small_job
+from helpers import assert_error, gradient, peak_rss_growth, png_b64, small_job
 
 MB = 1 << 20
 
@@ -95,25 +95,6 @@ def test_a_400_digit_integer_is_a_400_naming_the_field(make_app, path, body, kin
 
 # --- images larger than the request can use ---------------------------------------------------
 
-def _peak_rss_growth(action) -> tuple[object, int]:
-    """What ``action()`` returns and how far the process's peak RSS rose above its RSS
-    before it (Linux: writing 5 to clear_refs resets the peak). Pillow allocates pixels
-    outside Python's allocator, so tracemalloc would not see them."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
-
-    def status(key: str) -> int:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
-
-    before = status("VmRSS")
-    result = action()
-    return result, status("VmHWM") - before
-
-
 def _blank_png(width: int, height: int, mode: str = "RGBA") -> str:
     """A few KB on disk (one colour compresses to nothing), width * height * 4 bytes decoded."""
     from PIL import Image
@@ -139,7 +120,7 @@ def test_an_image_too_large_for_its_use_is_refused_from_its_header(make_app, hug
     the header is enough to refuse both, with the same answer."""
     client = make_app(ENGINE=None, START_WORKER=False).test_client()
     key = "mask" if field == "mask" else "image"
-    response, growth = _peak_rss_growth(lambda: client.post(path, json={**body, key: huge_png}))
+    response, growth = peak_rss_growth(lambda: client.post(path, json={**body, key: huge_png}))
     body = assert_error(response, 400, field)
     assert "4096x4096" in body["value"] or "8192x8192" in body["error"], body
     assert growth < 16 * MB, f"the request grew the peak RSS by {growth / MB:.0f} MB"

@@ -36,6 +36,7 @@ gate = threading.Barrier(clients + 1)
 def long_poll(n):
     try:
         with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer crowd-{n}"  # N clients: one holds at most WAIT_SLOTS_PER_CLIENT
             gate.wait(60)
             while True:
                 r = http.get(f"{url}/api/jobs/{ids[n % len(ids)]}?wait=60", timeout=70)

@@ -11,7 +11,8 @@ Reproduces ``get_learned_conditioning_prompt_schedules`` of A1111's
   step number. For the hires pass (``hires_steps`` given) the numbers count on
   from the first pass: a step ``n`` means ``n - steps`` and a fraction ``f``
   means ``(f - 1) * hires_steps``.
-- Edits nest; emphasis ``(a:1.2)``, ``[a]`` and escapes stay as written, to be
+- Edits nest, at most ``MAX_PROMPT_NESTING`` brackets deep (deeper, the prompt
+  is used as written; validation refuses it, ``bracket_depth``); emphasis ``(a:1.2)``, ``[a]`` and escapes stay as written, to be
   weighted later (``app.engine.prompts``).
 - Outside any bracket, stray ``[ ] ( ) :`` are plain text. A prompt the grammar
   cannot read (a ``|`` outside an alternation, a lone ``\\`` at the end, an
@@ -26,9 +27,32 @@ import re
 from dataclasses import dataclass
 
 # lark's SIGNED_NUMBER between the last ":" and the closing "]", with the optional spaces around it.
-_WHEN = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*]")
+# Written so that a digit belongs to one part only: "[0-9]+\.?[0-9]*" split a long run of digits
+# every possible way before failing (20,000 digits with no "]": 14 s).
+_WHEN = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*]")
 _PLAIN = re.compile(r"[^\\\[\]():|]+")
 _SPECIAL = "[]():|"
+_BRACKET = re.compile(r"\\.|[\[\]()]", re.S)  # an escaped character, or a bracket
+
+# Bounds on the work one prompt makes (issue #22). Real prompts nest a few brackets
+# deep and make a few distinct prompts; each bracket level costs a pass over the
+# text inside it (here and in A1111's emphasis parser), each distinct prompt an encoding.
+MAX_PROMPT_NESTING = 32
+MAX_SCHEDULE_CHUNKS = 256  # distinct prompts one prompt's editing and alternation make over the steps
+
+
+def bracket_depth(text: str) -> int:
+    """How deep ``( )`` and ``[ ]`` nest, escapes left out; an unclosed bracket
+    counts until the end (it closes there), a stray closer counts nothing."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(text):
+        token = match.group()
+        if token in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ")]":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 @dataclass
@@ -187,15 +211,14 @@ def _render(nodes: list, step: int, when_step, out: list[str]) -> None:
 def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
     """``(end_at_step, prompt)`` pairs: the prompt to use up to and including
     each step, ending with the last step (``hires_steps`` on the hires pass).
-    ValueError for a ``when`` too large to be a step (A1111 fails there too)."""
+    ValueError for a ``when`` too large to be a step (A1111 fails there too), or
+    for more than MAX_SCHEDULE_CHUNKS distinct prompts."""
     if hires_steps is None:
         int_offset, fraction_offset, total = 0, 0.0, steps
     else:
         int_offset, fraction_offset, total = steps, 1.0, hires_steps
-    try:
-        nodes = _Parser(text).top()
-    except RecursionError:  # brackets nested hundreds deep
-        nodes = None
+    # Deeper than the bound the parser (recursive) is not run: the text is used as written.
+    nodes = _Parser(text).top() if bracket_depth(text) <= MAX_PROMPT_NESTING else None
     if nodes is None:
         return [(total, text)]
 
@@ -214,8 +237,13 @@ def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> li
         elif isinstance(node, Alternation):
             ends.update(range(1, total + 1))
     schedule = []
-    for end in sorted(ends):
+    distinct: set[str] = set()
+    for end in sorted(ends):  # at most the steps: MAX_STEPS bounds the rendering
         out: list[str] = []
         _render(nodes, end, when_step, out)
         schedule.append((end, "".join(out)))
+        distinct.add(schedule[-1][1])
+        if len(distinct) > MAX_SCHEDULE_CHUNKS:
+            raise ValueError(f"its prompt editing and alternation make more than {MAX_SCHEDULE_CHUNKS} different "
+                             f"prompts over the {total} steps; the limit is {MAX_SCHEDULE_CHUNKS}")
     return schedule

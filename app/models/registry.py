@@ -120,13 +120,16 @@ class Catalogue:
         return entries
 
     def refresh_checkpoints(self) -> None:
+        # The folder is read outside the lock: while a slow mount is listed, readers keep the old list.
+        checkpoints = self._read_checkpoints()
         with self._lock:
-            self._checkpoints = self._read_checkpoints()
+            self._checkpoints = checkpoints
         self.hash_missing()
 
     def refresh_vaes(self) -> None:
+        vaes = self._read_vaes()
         with self._lock:
-            self._vaes = self._read_vaes()
+            self._vaes = vaes
         self.hash_missing()
 
     def hash_missing(self) -> None:

@@ -3,7 +3,11 @@ every ``<lora:name>`` of a request names a usable file, before the job is
 queued. Only the files are checked here (their format, SDXL's layers): the
 web layer does not know which model runs the job (a switch, Redis workers),
 so the engine checks that the layers fit that model when the job runs
-(app/engine/loras.py), failing the job with the reason."""
+(app/engine/loras.py), failing the job with the reason.
+
+The folder is listed, its new files' headers read and hashed, in the slow-work
+pool (app/web/slow.py), never on a request thread: a request answers from the
+last listing when the folder (a Drive mount) is slow."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +17,7 @@ from flask import Flask, current_app
 from app.engine.loras import LoraInfo, by_name, hash_cache, lora_problem, scan, split_lora_tags
 from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
+from app.web.slow import read_slowly, slow_work
 
 EXTENSION = "t2i.lora_hashes"
 CACHE_FILE = "cache-lora.json"  # in the instance folder, next to the catalogue's cache.json
@@ -22,20 +27,30 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = hash_cache(Path(app.instance_path) / CACHE_FILE)
 
 
+def _read_name(hashes: bool) -> str:
+    return "loras-hashed" if hashes else "loras"
+
+
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:
-    """The LORA_DIR listing (``hashes``: with each file's hash, kept in the instance folder)."""
-    return scan(current_app.config["LORA_DIR"], hashes=hashes, cache=current_app.extensions[EXTENSION])
+    """The LORA_DIR listing (``hashes``: with each file's hash, kept in the instance folder),
+    read again in the slow-work pool; the last one known when that takes long."""
+    folder, cache = current_app.config["LORA_DIR"], current_app.extensions[EXTENSION]
+    known = slow_work().results.get(_read_name(False), [])  # hashes pending: the plain listing meanwhile
+    return read_slowly(_read_name(hashes), lambda: scan(folder, hashes=hashes, cache=cache), default=known)
 
 
 def check_loras(gen: GenerationRequest) -> None:
-    """400 naming the first LoRA of the prompt that is unknown or unusable."""
+    """400 naming the first LoRA of the prompt that is unknown or unusable. Names usable in
+    the last listing are taken without reading the folder; others after reading it again."""
     tags = split_lora_tags(gen.prompt)[1]  # validated already
     if not tags:
         return
     if not current_app.config["LORA_DIR"]:
         raise ApiError(400, f"prompt: cannot use the LoRA {tags[0].name!r}: this server has no LoRA folder "
                        "(LORA_DIR)", "prompt", tags[0].name)
-    infos = by_name(lora_infos())
+    infos = by_name(slow_work().results.get(_read_name(False), []))
+    if any(lora_problem(tag.name, infos) for tag in tags):
+        infos = by_name(lora_infos())
     for tag in tags:
         problem = lora_problem(tag.name, infos)
         if problem:

@@ -21,7 +21,7 @@ from app.engine.types import FIELD_RANGES, RANDN_SOURCES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend, models
-from app.web.api import job_json, sees_privately
+from app.web.api import job_json, shows_contents
 from app.web.auth import client_id, is_owner
 from app.web.errors import ApiError
 
@@ -132,9 +132,11 @@ class GallerySearch:
 @bp.get("/images/<job_id>/<name>")
 def image(job_id: str, name: str):
     path = backend().image_path(job_id, name)
-    if path is not None and current_app.config["GALLERY"] == "private":
+    if path is not None:
+        # Only whom the API shows the job's images to: a cancelled job's partial image (its prompt
+        # in the PNG) is its owner's, as the job is. 404 as for no image: existence is private too.
         job = backend().get(job_id)
-        path = path if job is not None and sees_privately(job) else None  # 404 as for no image: existence is private too
+        path = path if job is not None and shows_contents(job) else None
     if path is None:
         raise ApiError(404, "no such image", "path", f"{job_id}/{name}")
     download = request.args.get("download") in ("1", "true", "yes")

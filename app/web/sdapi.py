@@ -44,9 +44,10 @@ from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
+from app.web.slow import read_slowly
 from app.web.styles import current_styles
 from app.web.uploads import decode_init_image, png_info
-from app.web.waiting import wait_slot
+from app.web.waiting import SYNC_RETRY_AFTER, wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
 
@@ -205,10 +206,10 @@ def _run(body: dict, img2img: bool):
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
-    with wait_slot() as waiting:
+    with wait_slot(sync=True) as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
-                                "waiting for their images; try again shortly", headers={"Retry-After": "5"})
+                                "waiting for their images; try again shortly", headers={"Retry-After": SYNC_RETRY_AFTER})
         queued = enqueue(gen, choice)
         job = backend().wait(queued.id, current_app.config["SYNC_TIMEOUT"]) or backend().get(queued.id)
     if job is None:
@@ -382,7 +383,7 @@ def sd_models():
 
 @bp.post("/refresh-checkpoints")
 def refresh_checkpoints():
-    models.catalogue().refresh_checkpoints()
+    read_slowly("refresh-checkpoints", models.catalogue().refresh_checkpoints)  # done when it answers, if quick
     return jsonify(None)
 
 
@@ -393,7 +394,7 @@ def sd_vae():
 
 @bp.post("/refresh-vae")
 def refresh_vae():
-    models.catalogue().refresh_vaes()
+    read_slowly("refresh-vae", models.catalogue().refresh_vaes)
     return jsonify(None)
 
 
@@ -490,7 +491,8 @@ def embeddings():
     engine = current_app.config.get("ENGINE")
     infos = getattr(engine, "embeddings", None)
     if infos is None:  # the model runs in worker processes: read the folder (no width check here)
-        infos = scan_embeddings(current_app.config.get("EMBEDDINGS"))
+        folder = current_app.config.get("EMBEDDINGS")
+        infos = read_slowly("embeddings", lambda: scan_embeddings(folder), default=[])
     return jsonify(a1111_listing(infos))
 
 
@@ -516,6 +518,8 @@ def loras():
 
 @bp.post("/refresh-loras")
 def refresh_loras():
-    # The folder is read on every request (unchanged files from a cache), so there is nothing to
-    # refresh; answered as A1111 answers, null.
+    # The listing is read again (unchanged files from a cache), off this thread; answered as A1111 answers, null.
+    from app.web.loras import lora_infos
+
+    lora_infos()
     return jsonify(None)

@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SERVER_THREADS", 32, "HTTP worker threads (waitress): the most requests handled at once"),
     Setting("WAIT_SLOTS", 24, "most requests that wait at once (?wait long-polls, synchronous /sdapi calls); "
                               "below SERVER_THREADS so the other threads keep answering"),
+    Setting("SYNC_WAIT_SLOTS", 4, "of the WAIT_SLOTS, how many only synchronous /sdapi/v1/txt2img and img2img calls "
+                                  "may take (long-polls cannot starve them)"),
+    Setting("WAIT_SLOTS_PER_CLIENT", 4, "most WAIT_SLOTS one client holds at once; past that its requests get 429"),
     Setting("CONNECTION_LIMIT", 16384, "most open connections (idle ones included); capped by the open-file limit"),
     Setting("CHANNEL_TIMEOUT", 30, "seconds a connection may sit idle or half-sent before it is closed"),
     Setting("DATABASE", None, "SQLite file of the job store; None: <instance>/jobs.sqlite"),

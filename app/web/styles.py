@@ -7,6 +7,8 @@ jobs may edit them (behind PASSWORD when the app is public); the limits in
 app/engine/styles.py bound what they can write."""
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, current_app, jsonify
 
 from app.engine.styles import (
@@ -36,8 +38,22 @@ def styles_path() -> str:
     return current_app.config["STYLES"]
 
 
+CACHE = "t2i.styles"  # app.extensions[CACHE]: (the file's path, mtime and size, its styles)
+
+
 def current_styles() -> dict[str, Style]:
-    return load_styles(styles_path())
+    """The styles file as last read: read again only when its modification time or size
+    changed (one stat per request, not a CSV parse of up to MAX_STYLES rows)."""
+    path = styles_path()
+    try:
+        stat = os.stat(path)
+        version: tuple = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = (path, None, None, None)  # no file (yet): no styles
+    cached = current_app.extensions.get(CACHE)
+    if cached is None or cached[0] != version:
+        cached = current_app.extensions[CACHE] = (version, load_styles(path))
+    return dict(cached[1])
 
 
 def styled_values(values: dict) -> dict:
@@ -83,6 +99,7 @@ def put_style(name: str):
                         engine_limits(current_app.config))
     try:
         created = save_style(styles_path(), style)
+        current_app.extensions.pop(CACHE, None)  # a file system with coarse times may show the same version
     except TooManyStyles as exc:
         raise ApiError(409, str(exc), "name", name) from None
     except OSError as exc:  # the message leaves out the path: the caller may be anyone with the link
@@ -97,6 +114,7 @@ def put_style(name: str):
 def remove_style(name: str):
     try:
         found = delete_style(styles_path(), name)
+        current_app.extensions.pop(CACHE, None)
     except OSError as exc:
         raise ApiError(503, f"the styles file could not be written ({exc.strerror or exc})", None, None) from None
     if not found:

@@ -169,15 +169,20 @@ def test_sdapi_extra_single_and_batch_images(client):
     out = Image.open(io.BytesIO(base64.b64decode(answer["image"])))
     assert out.size == (120, 90) and "Postprocess upscale by: 3" in answer["html_info"]
     assert answer["html_info"].startswith("<p>a lighthouse<br>")
-    # upscaler_1 "None" (A1111's default): no upscale, as A1111's extras
-    same = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(gradient(40, 30))}).get_json()
-    assert Image.open(io.BytesIO(base64.b64decode(same["image"]))).size == (40, 30)
+    # upscaler_1 "None" (A1111's default) resizes with Lanczos, as A1111's extras did before 1.0; at scale 1
+    # it is no upscale at all: the source's infotext comes back unchanged.
+    none = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(gradient(40, 30))}).get_json()
+    assert Image.open(io.BytesIO(base64.b64decode(none["image"]))).size == (80, 60)
+    assert "Postprocess upscaler: None" in none["html_info"]
+    same = client.post("/sdapi/v1/extra-single-image", json={**body, "upscaler_1": "None", "upscaling_resize": 1})
+    assert Image.open(io.BytesIO(base64.b64decode(same.get_json()["image"]))).size == (40, 30)
+    assert same.get_json()["html_info"] == "<p>a lighthouse<br>\n" + SOURCE_TEXT.split("\n")[1] + "</p>"
     batch = client.post("/sdapi/v1/extra-batch-images", json={
         "imageList": [{"data": png_b64(gradient(40, 30)), "name": "a"}, {"data": png_b64(gradient(20, 10)), "name": "b"}],
         "upscaler_1": "Lanczos", "upscaling_resize": 2}).get_json()
     assert [Image.open(io.BytesIO(base64.b64decode(i))).size for i in batch["images"]] == [(80, 60), (40, 20)]
     jobs = client.get("/api/jobs").get_json()["jobs"]
-    assert len(jobs) == 4 and all(j["state"] == "done" for j in jobs)  # every result is in the gallery
+    assert len(jobs) == 5 and all(j["state"] == "done" for j in jobs)  # every result is in the gallery
     assert_error(client.post("/sdapi/v1/extra-single-image", json={**body, "upscaler_1": "R-ESRGAN 5x"}), 400,
                  "upscaler_1")
     assert_error(client.post("/sdapi/v1/extra-batch-images", json={"imageList": "x"}), 400, "imageList")

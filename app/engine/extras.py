@@ -31,7 +31,7 @@ EXTRAS_DEFAULTS: dict[str, Any] = {
     "upscaling_resize_w": 512,  # 0 (our addition): from the other side, keeping the aspect
     "upscaling_resize_h": 512,
     "upscaling_crop": True,
-    "upscaler_1": "None",  # "None": no upscale at all, as A1111's extras
+    "upscaler_1": "None",  # "None": a Lanczos resize (see run_extras)
     "upscaler_2": "None",
     "extras_upscaler_2_visibility": 0,
     "gfpgan_visibility": 0,
@@ -98,14 +98,19 @@ def validate_extras(request: "GenerationRequest", limits: Limits) -> None:
         raise ValidationError("upscaling_crop", e["upscaling_crop"], "must be true or false")
     if not isinstance(e["source_infotext"], str):
         raise ValidationError("source_infotext", e["source_infotext"], "must be a string")
-    if e["upscaler_1"] != "None":
-        from app.engine.upscale import upscale_size
+    check_extras_size(image.size, e, limits)
 
-        try:
-            upscale_size(image.size, limits=limits, **size_args(e))
-        except ValidationError as exc:  # named as the extras field that asked for the size
-            field = {"scale": "upscaling_resize", "width": "upscaling_resize_w", "height": "upscaling_resize_h"}
-            raise ValidationError(field.get(exc.field, exc.field), exc.value, exc.message) from None
+
+def check_extras_size(size: tuple[int, int], e: dict, limits: Limits) -> None:
+    """The result's size against the limits, named as the extras field that asked for it; from an
+    upload's header, before its pixels are decoded, and again at validation."""
+    from app.engine.upscale import upscale_size
+
+    try:
+        upscale_size(size, limits=limits, **size_args(e))
+    except ValidationError as exc:
+        field = {"scale": "upscaling_resize", "width": "upscaling_resize_w", "height": "upscaling_resize_h"}
+        raise ValidationError(field.get(exc.field, exc.field), exc.value, exc.message) from None
 
 
 def size_args(e: dict) -> dict:
@@ -128,8 +133,10 @@ def run_extras(request: "GenerationRequest", limits: Limits, on_step: Callable[[
     image = request.init_image.convert("RGB")
     info: dict[str, Any] = {}
     stages: list[Callable[[Image.Image], Image.Image]] = []
-    if e["upscaler_1"] != "None":
-        args = size_args(e)
+    args = size_args(e)
+    # "None" still resizes, with Lanczos, as A1111's "None" upscaler did in its extras before 1.0 (and as
+    # this server's /api/upscale always has); only "None" at the same size is no upscale at all.
+    if e["upscaler_1"] != "None" or _upscaled_size(image.size, args, limits) != image.size:
 
         def upscaled(im: Image.Image) -> Image.Image:
             if e["resize_mode"] == 1:
@@ -168,6 +175,12 @@ def run_extras(request: "GenerationRequest", limits: Limits, on_step: Callable[[
     seed = request.seed if request.seed is not None else 0
     return GenerationResult(images=[image], seeds=[seed], infotexts=[text], request=request, model=model,
                             width=image.width, height=image.height, seconds=time.perf_counter() - started)
+
+
+def _upscaled_size(size: tuple[int, int], args: dict, limits: Limits) -> tuple[int, int]:
+    from app.engine.upscale import upscale_size
+
+    return upscale_size(size, limits=limits, **args)[0]
 
 
 def _restore(image: Image.Image, restorer: str, visibility: float, weight: float = 0.5) -> Image.Image:

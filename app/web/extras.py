@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from app.engine.extras import EXTRAS_DEFAULTS, source_prompts
+from app.engine.extras import EXTRAS_DEFAULTS, check_extras_size, extras_values, source_prompts
 from app.engine.types import GenerationRequest
 from app.jobs.job import Job
 from app.web import backend
@@ -44,20 +44,25 @@ def extras_request(values: dict) -> GenerationRequest:
     image_value, job_id, n = (values.get(name) for name in SOURCE_FIELDS)
     if job_id is not None and image_value not in (None, ""):
         raise ApiError(400, "image: send an image or a source_job, not both", "image", "image")
+    extras = {k: v for k, v in values.items() if k in EXTRAS_FIELDS and v is not None}
+    limits = engine_limits(config)
+
+    def check_size(size: tuple[int, int]) -> None:  # from the header, before the pixels are decoded
+        check_extras_size(size, extras_values(extras), limits)
+
     if job_id is not None:
         data, text = gallery_source(job_id, n)
-        image = decode_init_image(data, config, field="source_job", fit=False)
+        image = decode_init_image(data, config, field="source_job", fit=False, check_size=check_size)
     elif image_value in (None, ""):
         raise ApiError(400, "image: is required (a base64 string or a data URL), or name a gallery image with "
                             "source_job", "image", image_value)
     else:
-        image = decode_init_image(image_value, config, field="image", fit=False)
+        image = decode_init_image(image_value, config, field="image", fit=False, check_size=check_size)
         text = (png_info(image_value, config)[0] or "") if isinstance(image_value, str) else ""
-    extras = {k: v for k, v in values.items() if k in EXTRAS_FIELDS and v is not None}
     extras["source_infotext"] = text
     prompt, negative = source_prompts(text)
     return GenerationRequest(prompt=prompt, negative_prompt=negative, init_image=image,
-                             extras=extras).validate(engine_limits(config))
+                             extras=extras).validate(limits)
 
 
 def queue_extras(gen: GenerationRequest) -> Job:

@@ -270,3 +270,17 @@ def test_extras_job_on_the_redis_queue(redis_url, tmp_path):
     finally:
         app.extensions["t2i"].stop()
         group.stop_all()
+
+
+def test_cli_generate_sd_upscale(tmp_path, capsys):
+    from app.cli import main
+
+    gradient(64, 64).save(tmp_path / "in.png")
+    code = main(["generate", "a lake", "--model", "demo", "--device", "cpu", "--steps", "2", "--seed", "4",
+                 "--init-image", str(tmp_path / "in.png"), "--strength", "0.3", "--width", "64", "--height", "64",
+                 "--sd-upscale", "2", "--sd-upscale-overlap", "16", "-o", str(tmp_path / "out.png")])
+    assert code == 0, capsys.readouterr().err
+    out = Image.open(tmp_path / "out.png")
+    assert out.size == (128, 128) and "SD upscale overlap: 16" in out.info["parameters"]
+    assert main(["generate", "x", "--model", "demo", "--sd-upscale", "2", "-o", str(tmp_path / "x.png")]) != 0
+    assert "sd_upscale" in capsys.readouterr().err

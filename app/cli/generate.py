@@ -63,6 +63,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hires-upscaler", default=d["hr_upscaler"], help="Latent (and its variants), Lanczos or None")
     p.add_argument("--hires-steps", type=int, default=d["hr_second_pass_steps"],
                    help="steps of the refine pass (default: 0, as many as --steps)")
+    p.add_argument("--sd-upscale", type=float, metavar="SCALE",
+                   help="A1111's SD upscale (with --init-image): upscale by SCALE (1-4), then img2img in overlapping "
+                        "tiles of --width x --height at --strength, blended")
+    p.add_argument("--sd-upscale-overlap", type=int, default=64, help="tile overlap in pixels (default: 64)")
+    p.add_argument("--sd-upscale-upscaler", default="Lanczos", help="upscaler before the tiles (default: Lanczos)")
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
@@ -98,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         eta=args.eta, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise,
         randn_source=args.randn_source, eta_noise_seed_delta=args.eta_noise_seed_delta, clip_skip=args.clip_skip,
         **({"strength": args.strength} if args.strength is not None else {}),
+        sd_upscale=None if args.sd_upscale is None else {
+            "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
     )
     try:
         request.validate()

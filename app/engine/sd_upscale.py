@@ -147,7 +147,8 @@ def run_sd_upscale(engine: "Engine", request: "GenerationRequest", on_step: Call
         image = upscale(image, scale=s["scale_factor"], upscaler=s["upscaler"], limits=engine.limits)
     tile_w, tile_h = tile_size(request, image.size)
     assert request.seed is not None
-    results, texts = [], []
+    results: list[Image.Image] = []
+    texts: list[str] = []
     runs = request.num_images
     tiles_per_run = sum(len(row) for _, _, row in split_grid(image, tile_w, tile_h, s["overlap"]).tiles)
     done = {"steps": 0, "total": 0, "tile": 0}  # steps of the finished tiles, of all, of one tile

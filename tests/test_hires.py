@@ -38,7 +38,7 @@ def test_hires_resize_to_a_size_and_differs_from_plain_upscale(engine, small_req
 
 @pytest.mark.parametrize("extra,field", [
     ({"hr_scale": 40}, "hr_scale"),
-    ({"hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+    ({"hr_upscaler": "4x-NotInTheFolder"}, "hr_upscaler"),
     ({"width": 512, "height": 512, "hr_scale": 4}, "hr_scale"),  # 2048x2048 > the app's pixel limit
 ])
 def test_native_api_refuses_bad_hires(client, extra, field):
@@ -64,8 +64,8 @@ def test_sdapi_hires(client):
     assert image.size == (128, 128) and info["denoising_strength"] == 0.7
     assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent" in info["infotexts"][0]
     # an upscaler this server lacks is refused, but only when hires is on (A1111 ignores hr_* otherwise)
-    assert_error(client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "ESRGAN_4x"}), 400, "hr_upscaler")
-    off = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": False, "hr_upscaler": "ESRGAN_4x"})
+    assert_error(client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "4x-NotInTheFolder"}), 400, "hr_upscaler")
+    off = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": False, "hr_upscaler": "4x-NotInTheFolder"})
     assert off.status_code == 200
 
 

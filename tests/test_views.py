@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.hires import HR_UPSCALERS
+from app.engine.hires import hr_upscalers
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import FIELD_RANGES
 
@@ -77,7 +77,7 @@ def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client)
     assert "selected" in page.all("option", value=DEFAULT_SCHEDULER)[0]
     assert [a["value"] for a in page.all("option", _select="scheduler") if "selected" in a] == [DEFAULT_SCHEDULER]
     # The hires upscalers are the engine's list, the request's default chosen.
-    assert [a["value"] for a in page.all("option", _select="hr_upscaler")] == list(HR_UPSCALERS)
+    assert [a["value"] for a in page.all("option", _select="hr_upscaler")] == hr_upscalers()
     assert [a["value"] for a in page.all("option", _select="hr_upscaler") if "selected" in a] == ["Latent"]
     for name, (low, high) in FIELD_RANGES.items():  # the bounds validation applies
         assert (float(page.by_id[name]["min"]), float(page.by_id[name]["max"])) == (low, high), name

@@ -60,7 +60,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hires-scale", type=float, default=d["hr_scale"], help=f"default: {d['hr_scale']:g}")
     p.add_argument("--hires-width", type=int, default=d["hr_resize_x"], help="final width instead of --hires-scale")
     p.add_argument("--hires-height", type=int, default=d["hr_resize_y"], help="final height instead of --hires-scale")
-    p.add_argument("--hires-upscaler", default=d["hr_upscaler"], help="Latent (and its variants), Lanczos or None")
+    p.add_argument("--hires-upscaler", default=d["hr_upscaler"],
+                   help="Latent (and its variants), Lanczos, None, Nearest, or a model upscaler (R-ESRGAN 4x+..., "
+                        "a file in models/upscalers)")
     p.add_argument("--hires-steps", type=int, default=d["hr_second_pass_steps"],
                    help="steps of the refine pass (default: 0, as many as --steps)")
     p.add_argument("--sd-upscale", type=float, metavar="SCALE",

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
                    help="send a live preview every N steps, 0 for none (default: 1)")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--max-jobs", type=int, help="quit after this many jobs")
+    p.add_argument("--upscaler-dir", default=os.environ.get("T2I_UPSCALER_DIR"),
+                   help="folder of upscaler models for hires fix: the web app's UPSCALER_DIR "
+                        "(default: $T2I_UPSCALER_DIR, else models/upscalers)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -49,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         connection.ping()
     except (RedisError, ValueError) as exc:
         raise CLIError(f"redis: cannot reach {args.redis} ({exc})") from exc
+    from app.engine import upscalers
+
+    upscalers.configure(args.upscaler_dir)  # the names the web app accepted must be found here too
     options = engine_options(args)
     startup = ModelChoice(options.model, options.vae)
     job_queue = RedisJobStore(connection, name=args.queue)

@@ -44,18 +44,24 @@ UNIT_FIELDS = ("extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_
 
 
 def upscaler_names() -> list[str]:
-    """Every upscaler name an Extras job, SD upscale and /sdapi/v1/upscalers know, in A1111's order
-    ("None" first: SD upscale's ``upscaler_index`` counts in this list)."""
-    from app.engine.upscale import UPSCALERS
+    """Every upscaler as /sdapi/v1/upscalers lists them, in its order ("None" first: SD upscale's
+    ``upscaler_index`` counts in this list)."""
+    from app.engine import upscalers
 
-    return ["None", *(name for name in UPSCALERS if name != "None")]
+    return [u.name for u in upscalers.available()]
 
 
 def check_upscaler(field: str, name: Any) -> str:
-    names = upscaler_names()
-    if not isinstance(name, str) or name not in names:
-        raise ValidationError(field, name, "must be one of " + ", ".join(names) + " (see /sdapi/v1/upscalers)")
-    return name
+    """The upscaler's own name (names match case-insensitively), or a ValidationError naming ``field``; a
+    built-in model that cannot be downloaded (offline) and is not there yet is refused now, before any work."""
+    from app.engine import upscalers
+    from app.engine.upscalers.download import check_reachable
+
+    found = upscalers.find(name)
+    if found is None:
+        raise ValidationError(field, name, "no such upscaler on this server; see /sdapi/v1/upscalers")
+    check_reachable(field, found.name)
+    return found.name
 
 
 def faces_available() -> bool:
@@ -84,7 +90,8 @@ def validate_extras(request: "GenerationRequest", limits: Limits) -> None:
     if image is None or not hasattr(image, "size"):
         raise ValidationError("image", None, "is required: an uploaded image or a gallery image")
     for field in ("upscaler_1", "upscaler_2"):
-        check_upscaler(field, e[field])
+        if field in extras or e[field] != "None":
+            extras[field] = e[field] = check_upscaler(field, e[field])
     for field in UNIT_FIELDS:
         value = e[field]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

@@ -5,8 +5,9 @@ larger size on the same components.
 1. The target size: ``hr_scale`` times the first pass, or ``hr_resize_x/y``
    (one given: the other keeps the aspect; both: the image is scaled to cover
    them and the overflow cropped from the middle), rounded down to 8 pixels.
-2. The upscale: "Latent" variants interpolate the latents (no decode);
-   "Lanczos" and "None" decode, resize the image with Lanczos and encode again.
+2. The upscale: "Latent" variants interpolate the latents (no decode); any
+   other upscaler (Lanczos, None, Nearest, or a model such as R-ESRGAN 4x+ from
+   app/engine/upscalers) decodes, upscales the image and encodes it again.
 3. The second pass: ``hr_second_pass_steps`` steps (0: the first pass's) at
    ``strength`` (A1111's ``denoising_strength``), with fresh noise from the
    same seeds at the new size and the prompt schedule counted past the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from app.engine import upscalers
 from app.engine.types import floor_size
 
 # A1111's upscaler name -> torch interpolate mode and antialias (modules/shared_items.py latent_upscale_modes).
@@ -27,16 +29,20 @@ LATENT_UPSCALERS = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-IMAGE_UPSCALERS = ("Lanczos", "None")
-HR_UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
+
+
+def hr_upscalers() -> list[str]:
+    """What ``hr_upscaler`` may be, in A1111's order: the latent modes, then the image upscalers."""
+    return [*LATENT_UPSCALERS, *upscalers.names()]
 
 
 def find_upscaler(name: str) -> str | None:
-    """The canonical name, case-insensitive; None if this server has no such upscaler."""
-    for known in HR_UPSCALERS:
+    """The canonical name, case-insensitive; None if this server has no such upscaler. Reads no model file."""
+    for known in LATENT_UPSCALERS:
         if known.lower() == name.strip().lower():
             return known
-    return None
+    found = upscalers.find(name)
+    return found.name if found else None
 
 
 def cover_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int]:
@@ -80,12 +86,13 @@ def center_crop(latents: Any, w: int, h: int) -> Any:
     return latents[..., top:top + h, left:left + w]
 
 
-def upscale_images(images: list, size: tuple[int, int], cover: tuple[int, int]) -> list:
-    from PIL import Image
-
+def upscale_images(images: list, size: tuple[int, int], cover: tuple[int, int], upscaler: str = "Lanczos",
+                   device: str | None = None) -> list:
+    """The decoded first pass upscaled to ``cover`` and cropped to ``size``; a model upscaler runs on
+    ``device`` (the engine's: cuda:1 for an engine there, not the first GPU)."""
     out = []
     for im in images:
-        big = im.resize(cover, Image.Resampling.LANCZOS)
+        big = upscalers.upscale_to(upscaler, im, cover, device=device)
         left, top = (cover[0] - size[0]) // 2, (cover[1] - size[1]) // 2
         out.append(big.crop((left, top, left + size[0], top + size[1])))
     return out
@@ -108,7 +115,8 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str, on_st
     if request.hr_upscaler in LATENT_UPSCALERS:
         latents = upscale_latents(first.latents, size, cover, request.hr_upscaler)
     else:
-        latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover))
+        latents = denoiser.encode(upscale_images(denoiser.decode(first.latents), size, cover, request.hr_upscaler,
+                                                  str(denoiser.device)))
     extra = _infotext_entries(request)
     if request.strength == 0:  # A1111's second pass then has an empty schedule: the upscale is the result
         return latents, [], extra, False

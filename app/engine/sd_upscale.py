@@ -113,7 +113,7 @@ def validate_sd_upscale(request: "GenerationRequest", limits: Limits) -> None:
         if on:
             raise ValidationError(name, getattr(request, name) if name != "mask" else "mask",
                                   "cannot be combined with SD upscale")
-    check_upscaler("sd_upscale.upscaler", s["upscaler"])
+    request.sd_upscale["upscaler"] = s["upscaler"] = check_upscaler("sd_upscale.upscaler", s["upscaler"])
     factor, overlap, batch = s["scale_factor"], s["overlap"], s["batch_size"]
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= MAX_SCALE:
         raise ValidationError("sd_upscale.scale_factor", factor, f"must be between 1 and {MAX_SCALE}")

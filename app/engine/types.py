@@ -286,7 +286,7 @@ class GenerationRequest:
         return tuple(side.strip().lower() for side in self.outpaint_directions.split(",") if side.strip())
 
     def _validate_hires(self, limits: Limits) -> None:
-        from app.engine.hires import HR_UPSCALERS, find_upscaler
+        from app.engine.hires import find_upscaler
 
         if not isinstance(self.enable_hr, bool):
             raise ValidationError("enable_hr", self.enable_hr, "must be true or false")
@@ -304,10 +304,14 @@ class GenerationRequest:
                                   f"must be between 0 (the first pass's) and {limits.max_steps}")
         upscaler = find_upscaler(self.hr_upscaler) if isinstance(self.hr_upscaler, str) else None
         if upscaler is None:
-            raise ValidationError("hr_upscaler", self.hr_upscaler, "must be one of " + ", ".join(HR_UPSCALERS))
+            raise ValidationError("hr_upscaler", self.hr_upscaler, "no such upscaler on this server: a latent mode "
+                                  "or a name from /sdapi/v1/upscalers")
         self.hr_upscaler = upscaler
         if not self.enable_hr:
             return
+        from app.engine.upscalers.download import check_reachable
+
+        check_reachable("hr_upscaler", upscaler)  # offline and not downloaded: say so now, not after the first pass
         if self.init_image is not None:
             raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
         if self.save_steps:

@@ -1,26 +1,28 @@
-"""Upscaling any image (issue #12; A1111's "Extras" tab, single image):
-a Lanczos resize by a factor or to a size, capped by the limits. No model is
-needed, so it is a quick synchronous operation, not a job."""
+"""Upscaling any image (issue #12; A1111's "Extras" tab, single image): by a
+factor or to a size, capped by the limits, with any upscaler of the registry
+(app/engine/upscalers: Lanczos, Nearest, or a model such as R-ESRGAN 4x+)."""
 from __future__ import annotations
 
 from typing import Any
 
 from PIL import Image
 
+from app.engine import upscalers
 from app.engine.types import DEFAULT_LIMITS, Limits, ValidationError
 
-UPSCALERS = ("Lanczos", "None")  # "None": A1111 still resizes, with Lanczos
 MAX_FACTOR = 8.0
 
 
 def upscale(image: Image.Image, scale: float | None = None, width: int | None = None, height: int | None = None,
-            crop: bool = True, upscaler: str = "Lanczos", limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+            crop: bool = True, upscaler: str = "Lanczos", limits: Limits = DEFAULT_LIMITS,
+            progress: upscalers.models.Progress | None = None) -> Image.Image:
     """``image`` resized by ``scale``, or to ``width`` x ``height`` (one of them: the other keeps the
-    aspect; both with ``crop``: scaled to cover and cropped in the middle, as A1111's "crop to fit")."""
-    if upscaler not in UPSCALERS:
-        raise ValidationError("upscaler", upscaler, "must be one of " + ", ".join(UPSCALERS))
+    aspect; both with ``crop``: scaled to cover and cropped in the middle, as A1111's "crop to fit").
+    ``upscaler``: a name from the registry (unknown: ValidationError before any work);
+    ``progress(tile, tiles)`` while a model runs."""
+    entry = upscalers.require(upscaler)
     size, cover = upscale_size(image.size, scale, width, height, crop, limits)
-    out = image.resize(cover, Image.Resampling.LANCZOS)
+    out = upscalers.upscale_to(entry.name, image, cover, progress)
     if cover != size:
         left, top = (cover[0] - size[0]) // 2, (cover[1] - size[1]) // 2
         out = out.crop((left, top, left + size[0], top + size[1]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ def _capability(device: str) -> tuple[int, int]:
     return tuple(torch.cuda.get_device_capability(torch.device(device)))
 
 
+_release_hooks: list[Callable[[], None]] = []
+
+
+def on_free_memory(release: Callable[[], None]) -> None:
+    """``release`` drops a cache of models (upscalers, face restorers) whenever memory is freed:
+    those caches live in higher layers, which this one must not import."""
+    if release not in _release_hooks:
+        _release_hooks.append(release)
+
+
 def free_memory(device: str) -> None:
     """Give memory that nothing holds any more back to the device (after an
     out-of-memory error, or when a model is dropped)."""
@@ -77,6 +88,8 @@ def free_memory(device: str) -> None:
 
     import torch
 
+    for release in _release_hooks:
+        release()
     gc.collect()
     _trim_heap()
     if device.startswith("cuda") and torch.cuda.is_available():

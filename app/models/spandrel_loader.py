@@ -80,8 +80,19 @@ def load_descriptor(path: str | os.PathLike) -> Any:
     path = Path(path)
     if path.suffix.lower() not in EXTENSIONS:
         raise ModelLoadError(f"{path.name}: not a weights file ({', '.join(EXTENSIONS)})")
-    state = read_weights(path)
+    try:
+        state = read_weights(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a cut or corrupt file (safetensors' header errors, zip errors...)
+        raise ModelLoadError(f"{path.name}: not a readable weights file ({_reason(exc)})") from exc
     return descriptor_from_state_dict(state, path.name)
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message, short, for an error that names the file."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
 
 
 def descriptor_from_state_dict(state: dict, name: str) -> Any:
@@ -91,7 +102,6 @@ def descriptor_from_state_dict(state: dict, name: str) -> Any:
     except module.UnsupportedModelError as exc:
         raise ModelLoadError(f"{name}: not an architecture spandrel knows (ESRGAN, SwinIR, GFPGAN...)") from exc
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{name}: weights do not fit the detected architecture ({reason})") from exc
+        raise ModelLoadError(f"{name}: weights do not fit the detected architecture ({_reason(exc)})") from exc
     descriptor.model.eval()
     return descriptor

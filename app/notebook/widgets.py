@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.engine import upscalers
 from app.engine.engine import Engine, GenerationCancelled, save_result
-from app.engine.hires import HR_UPSCALERS
+from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
 from app.engine.previews import filmstrip
@@ -140,14 +141,17 @@ class GeneratorUI:
         self.enable_hr = w.Checkbox(value=defaults["enable_hr"], description="Hires fix", indent=False)
         self.hr_scale = w.BoundedFloatText(value=defaults["hr_scale"], **bounds("hr_scale"), step=0.25,
                                            description="Upscale by")
-        self.hr_upscaler = w.Dropdown(options=list(HR_UPSCALERS), value=defaults["hr_upscaler"],
+        self.hr_upscaler = w.Dropdown(options=hr_upscalers(), value=defaults["hr_upscaler"],
                                       description="Upscaler")
         self.hr_steps = w.BoundedIntText(value=defaults["hr_second_pass_steps"], min=0, max=limits.max_steps,
                                          description="Hires steps", **tooltip("0: as many as Steps"))
         self.hr_strength = w.FloatSlider(value=defaults["strength"], min=0.05, max=1.0, step=0.05,
                                          description="Denoising")
         self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
-                                             **tooltip("Lanczos resize of the last result, saved next to it"))
+                                             **tooltip("upscale of the last result, saved next to it"))
+        self.upscaler = w.Dropdown(options=upscalers.names(), value="Lanczos", description="with",
+                                   **tooltip("Lanczos, or a model (R-ESRGAN 4x+... download on first use; files "
+                                             "in the upscaler folder by name)"))
         self.upscale_button = w.Button(description="Upscale last result", icon="expand")
         self.upscaled: list[Path] = []
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
@@ -168,7 +172,7 @@ class GeneratorUI:
             *hires,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
-            w.HBox([self.upscale_by, self.upscale_button]),
+            w.HBox([self.upscale_by, self.upscaler, self.upscale_button]),
         ])
 
     def sampler_value(self) -> str:
@@ -192,15 +196,15 @@ class GeneratorUI:
         return request
 
     def upscale_last(self) -> list[Path]:
-        """Every image of the last result, Lanczos-upscaled by ``upscale_by`` and
+        """Every image of the last result, upscaled by ``upscale_by`` with ``upscaler`` and
         saved next to it with its settings (and the upscale's) inside."""
         result = self.last_result
         if result is None:
             self.status.value = "Generate an image first."
             return []
-        factor = self.upscale_by.value
+        factor, name = self.upscale_by.value, self.upscaler.value
         try:
-            bigger = [upscale(image, scale=factor, limits=self.engine.limits) for image in result.images]
+            bigger = [upscale(image, scale=factor, upscaler=name, limits=self.engine.limits) for image in result.images]
         except ValidationError as exc:
             self.status.value = f"<b style='color:#b00'>{_escape(str(exc))}</b>"
             return []
@@ -208,7 +212,7 @@ class GeneratorUI:
         for image, seed, text in zip(bigger, result.seeds, result.infotexts):
             path = unique_path(self.output_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-upscale-{seed}")
             paths.append(save_image(image, path, f"{text}, Postprocess upscale by: {factor:g}, "
-                                                 "Postprocess upscaler: Lanczos"))
+                                                 f"Postprocess upscaler: {name}"))
         self.upscaled = paths
         self.image.value = _png(bigger[0])
         self.status.value = f"Upscaled to {bigger[0].width}x{bigger[0].height}. Saved {_escape(str(paths[0]))}"

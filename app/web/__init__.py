@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
+from app.engine import upscalers
 from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
@@ -203,6 +204,8 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
+    # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
+    upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])

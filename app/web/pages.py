@@ -13,7 +13,7 @@ from datetime import date
 
 from flask import Blueprint, current_app, render_template, request, send_file
 
-from app.engine.hires import HR_UPSCALERS
+from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
 from app.engine.schedulers import schedule_labels
 from app.engine.types import FIELD_RANGES, RANDN_SOURCES
@@ -47,7 +47,7 @@ def index() -> str:
     # The engine's lists, so the page's choices are the ones validation accepts.
     # The model picker (templates/_model.html) on this page only: every other page, the error page
     # for a store outage included, renders without asking the store for the selection.
-    return render_template("index.html", picker=models.state(), hr_upscalers=HR_UPSCALERS, fill_modes=FILL_MODES,
+    return render_template("index.html", picker=models.state(), hr_upscalers=hr_upscalers(), fill_modes=FILL_MODES,
                            ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS,
                            schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES, **_page())
 

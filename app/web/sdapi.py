@@ -472,10 +472,22 @@ def set_options():
 
 @bp.get("/upscalers")
 def upscalers():
-    from app.engine.extras import upscaler_names
+    """As A1111 answers: the resizes (scale 4, no model), then each model with the file it is
+    (or, not downloaded yet, the URL it comes from) and its scale."""
+    from app.engine import upscalers as registry
 
-    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                    for name in upscaler_names()])
+    return jsonify([{"name": u.name, "model_name": u.path.stem if u.path else None,
+                     "model_path": str(u.path) if u.downloaded else u.url, "model_url": u.url,
+                     "scale": u.scale if u.scale is not None else 4} for u in registry.available()])
+
+
+@bp.get("/realesrgan-models")
+def realesrgan_models():
+    """A1111's Real-ESRGAN family (its ``get_realesrgan_models``): name, where the weights are, scale."""
+    from app.engine import upscalers as registry
+
+    return jsonify([{"name": u.name, "path": str(u.path) if u.downloaded else u.url, "scale": u.scale}
+                    for u in registry.available() if u.family == "RealESRGAN"])
 
 
 @bp.get("/latent-upscale-modes")

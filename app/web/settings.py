@@ -54,6 +54,12 @@ SETTINGS: tuple[Setting, ...] = (
             "None: <instance>/models/checkpoints"),
     Setting("VAE_DIR", None, "folder of VAEs for sd_vae (.safetensors, .pt, diffusers AutoencoderKL folders); "
             "None: <instance>/models/vae"),
+    Setting("UPSCALER_DIR", None, "folder of upscaler models (.pth, .safetensors: ESRGAN, Real-ESRGAN, SwinIR, DAT, "
+            "HAT...), listed by file name; A1111's built-in ones download here on first use; "
+            "None: <instance>/models/upscalers"),
+    Setting("UPSCALER_TILE", 192, "model upscalers work in tiles of this many pixels (0: the whole image at once)"),
+    Setting("UPSCALER_TILE_OVERLAP", 16, "pixels of context around each upscaler tile (more: no seams with "
+            "models that see further, slower)"),
     Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
     Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
             "no when PUBLIC; true/false to decide"),
@@ -87,6 +93,7 @@ INSTANCE_PATHS: dict[str, str] = {
     "STYLES": "styles.csv",
     "CHECKPOINT_DIR": "models/checkpoints",
     "VAE_DIR": "models/vae",
+    "UPSCALER_DIR": "models/upscalers",
     "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
 }
 

@@ -16,6 +16,7 @@ from PIL import Image
 from app.engine.metadata import parse_infotext
 from app.engine.sd_upscale import combine_grid, split_grid
 from helpers import assert_error, gradient, png_b64, small_job, wait_job
+from test_upscalers import folder, model_files  # noqa: F401  (tiny ESRGAN/Compact/SwinIR models, random weights)
 
 SOURCE_TEXT = "a lighthouse\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 40x30, Model: demo"
 
@@ -284,3 +285,32 @@ def test_cli_generate_sd_upscale(tmp_path, capsys):
     assert out.size == (128, 128) and "SD upscale overlap: 16" in out.info["parameters"]
     assert main(["generate", "x", "--model", "demo", "--sd-upscale", "2", "-o", str(tmp_path / "x.png")]) != 0
     assert "sd_upscale" in capsys.readouterr().err
+
+
+# --- model upscalers (app/engine/upscalers; tiny models of the real architectures) ---------------
+
+def test_extras_with_model_upscalers(make_app, folder, monkeypatch):  # noqa: F811
+    client = make_app(UPSCALER_DIR=str(folder)).test_client()
+    job = queue(client, "/api/extras", {"image": png_b64(gradient(40, 30)), "upscaler_1": "TINY-ESRGAN",
+                                        "upscaling_resize": 4, "upscaler_2": "tiny-compact",
+                                        "extras_upscaler_2_visibility": 0.5})
+    assert job["state"] == "done", job["error"]
+    assert fetch(client, job["images"][0]["url"]).size == (160, 120)
+    assert job["images"][0]["infotext"] == ("Postprocess upscale by: 4, Postprocess upscaler: tiny-esrgan, "
+                                            "Postprocess upscaler 2: tiny-compact")  # the upscalers' own names
+    page = client.get("/extras").get_data(as_text=True)
+    assert '<option value="tiny-esrgan"' in page
+    # SD upscale with a model: the index counts in /sdapi/v1/upscalers
+    names = [u["name"] for u in client.get("/sdapi/v1/upscalers").get_json()]
+    body = {"prompt": "a lake", "init_images": [png_b64(gradient(32, 32))], "steps": 2, "seed": 1, "width": 64,
+            "height": 64, "denoising_strength": 0.3, "script_name": "SD upscale",
+            "script_args": [None, 16, names.index("tiny-esrgan-2x"), 2]}
+    answer = client.post("/sdapi/v1/img2img", json=body)
+    assert answer.status_code == 200, answer.get_json()
+    image = Image.open(io.BytesIO(base64.b64decode(answer.get_json()["images"][0])))
+    assert image.size == (64, 64) and "SD upscale upscaler: tiny-esrgan-2x" in image.info["parameters"]
+    # A built-in model that is not downloaded, offline: refused before anything is queued, saying where to put it.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    error = assert_error(client.post("/api/extras", json={"image": png_b64(gradient(40, 30)),
+                                                          "upscaler_1": "R-ESRGAN 4x+"}), 400, "upscaler_1")
+    assert "offline" in error["error"] and "RealESRGAN_x4plus.pth" in error["error"]

@@ -109,6 +109,9 @@
     });
     $("random-seed").addEventListener("click", function () { $("seed").value = ""; $("seed").focus(); });
     $("strength").addEventListener("input", function () { $("strength-value").textContent = $("strength").value; });
+    $("face_detail_strength").addEventListener("input", function () {
+      $("face_detail_strength-value").textContent = $("face_detail_strength").value;
+    });
     $("init_image").addEventListener("change", function () { self.initImageChosen(); });
     $("random-subseed").addEventListener("click", function () { $("subseed").value = ""; $("subseed").focus(); });
     this.mask = new T2I.MaskPainter($("mask-canvas"), $("mask-image"));
@@ -211,6 +214,7 @@
     var styles = $("styles") ? JSON.parse($("styles").value || "[]") : [];  // picked by static/styles.js
     if (styles.length) body.styles = styles;
     Object.keys(body).forEach(function (key) { if (body[key] === null) delete body[key]; });
+    this.readFaceTools(body);
     if (this.initImage) {
       body.init_image = this.initImage;
       body.strength = Number($("strength").value);
@@ -219,6 +223,21 @@
       this.readTxt2imgTools(body);
     }
     return body;
+  };
+
+  // Faces (txt2img and img2img): sent only when ticked.
+  GeneratePage.prototype.readFaceTools = function (body) {
+    if ($("restore_faces").checked) {
+      body.restore_faces = true;
+      body.face_restorer = $("face_restorer").value;
+      var weight = numberOrNull("code_former_weight", Number);
+      if (weight !== null) body.code_former_weight = weight;
+    }
+    if ($("face_detail").checked) {
+      body.face_detail = true;
+      body.face_detail_strength = Number($("face_detail_strength").value);
+      if ($("face_detail_prompt").value) body.face_detail_prompt = $("face_detail_prompt").value;
+    }
   };
 
   // Inpainting and outpainting: only with an init image; a mask only when something is painted.
@@ -782,6 +801,8 @@
                                                                   : "×" + p.hr_scale) +
                                   ", " + p.hr_upscaler + ", denoising " + p.strength : null],
       ["Variation", p.subseed_strength ? "seed " + p.subseed + ", strength " + p.subseed_strength : null],
+      ["Face restoration", p.restore_faces ? p.face_restorer : null],
+      ["Face detail", p.face_detail ? "strength " + p.face_detail_strength : null],
     ];
     var nodes = [];
     rows.forEach(function (row) {
@@ -853,6 +874,15 @@
       return p[name] !== null && p[name] !== undefined && p[name] !== d[name];
     }) || p.randn_source && p.randn_source !== d.randn_source || $("sampler-section").open;
     if (p.enable_hr && p.strength) set("hr_strength", p.strength);
+    ["restore_faces", "face_detail"].forEach(function (name) { $(name).checked = !!pick(name); });
+    ["code_former_weight", "face_detail_strength"].forEach(function (name) { set(name, pick(name)); });
+    $("face_detail_strength-value").textContent = $("face_detail_strength").value;
+    $("face_detail_prompt").value = pick("face_detail_prompt") || "";
+    var restorer = pick("face_restorer");
+    Array.prototype.forEach.call($("face_restorer").options, function (option) {
+      if (option.value === restorer) $("face_restorer").value = restorer;
+    });
+    $("faces-section").open = !!(p.restore_faces || p.face_detail) || $("faces-section").open;
     $("hires-section").open = !!p.enable_hr || $("hires-section").open;
     $("variation-section").open = !!(p.subseed_strength || p.seed_resize_from_w) || $("variation-section").open;
   };

@@ -11,7 +11,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
 
 
 @pytest.mark.parametrize("extra,field", [
-    ({"restore_faces": True}, "restore_faces"),
+    ({"restore_faces": "yes"}, "restore_faces"),  # true is honoured (tests/test_faces.py)
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"styles": ["cinematic"]}, "styles"),
     ({"alwayson_scripts": {"ControlNet": {"args": [{"module": "canny"}]}}}, "alwayson_scripts"),
@@ -29,7 +29,7 @@ def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
 @pytest.mark.parametrize("extra,field", [
     ({"resize_mode": 1}, "resize_mode"),
     ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
-    ({"restore_faces": True}, "restore_faces"),
+    ({"restore_faces": 1}, "restore_faces"),
 ])
 def test_img2img_refuses_what_it_cannot_honour(client, extra, field):
     body = {**SMALL, "init_images": [png_b64(gradient(64, 64))], **extra}

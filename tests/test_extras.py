@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
+from test_faces import face_dir, faces_here  # noqa: F401  (tiny GFPGAN/CodeFormer, random weights)
+from test_upscalers import folder, model_files  # noqa: F401  (tiny ESRGAN/Compact/SwinIR models, random weights)
 
 from app.engine.metadata import parse_infotext
 from app.engine.sd_upscale import combine_grid, split_grid
 from helpers import assert_error, gradient, png_b64, small_job, wait_job
-from test_upscalers import folder, model_files  # noqa: F401  (tiny ESRGAN/Compact/SwinIR models, random weights)
 
 SOURCE_TEXT = "a lighthouse\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 40x30, Model: demo"
 
@@ -126,14 +128,34 @@ def test_upscale_route_names_its_own_fields(client):
     assert_error(client.post("/api/upscale", json={"scale": 2}), 400, "image")
 
 
-def test_face_restoration_needs_the_restorers(client):
-    from app.engine.extras import faces_available
+def test_face_restoration_fields_are_checked(client):
+    for field, value in (("gfpgan_visibility", -1), ("codeformer_visibility", 1.5), ("codeformer_weight", "x")):
+        body = {"image": png_b64(gradient(40, 30)), "codeformer_visibility": 1, field: value}
+        assert_error(client.post("/api/extras", json=body), 400, field)
 
-    if faces_available():
-        pytest.skip("face restoration is installed: tests/test_faces.py covers it")
-    body = {"image": png_b64(gradient(40, 30)), "codeformer_visibility": 1}
-    error = assert_error(client.post("/api/extras", json=body), 400, "codeformer_visibility")
-    assert "not available" in error["error"]
+
+def test_extras_upscales_then_restores_faces(make_app, faces_here):  # noqa: F811
+    """GFPGAN and CodeFormer with random weights (tests/test_faces.py; the face detector, which cannot run
+    offline on real weights, is faked at its outermost call there): A1111's order and infotext keys."""
+    client = make_app(FACE_DIR=str(faces_here)).test_client()
+    assert 'id="codeformer_visibility"' in client.get("/extras").get_data(as_text=True)
+    source = gradient(48, 48)
+    plain = queue(client, "/api/extras", {"image": png_b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2})
+    job = queue(client, "/api/extras", {"image": png_b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2,
+                                        "gfpgan_visibility": 1, "codeformer_visibility": 0.5,
+                                        "codeformer_weight": 0.3})
+    assert job["state"] == "done", job["error"]
+    assert job["images"][0]["infotext"] == ("Postprocess upscale by: 2, Postprocess upscaler: Lanczos, "
+                                            "GFPGAN visibility: 1, CodeFormer visibility: 0.5, "
+                                            "CodeFormer weight: 0.3")
+    restored, upscaled = fetch(client, job["images"][0]["url"]), fetch(client, plain["images"][0]["url"])
+    assert restored.size == upscaled.size == (96, 96)
+    diff = np.abs(np.asarray(restored.convert("RGB"), int) - np.asarray(upscaled.convert("RGB"), int)).sum(-1)
+    assert diff[40:56, 40:56].mean() > 5 and diff[:8].max() == 0  # the face changed, far from it untouched
+    answer = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(source), "upscaler_1": "None",
+                                                                "upscaling_resize": 1, "codeformer_visibility": 1})
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["html_info"] == "<p>CodeFormer visibility: 1, CodeFormer weight: 0</p>"
 
 
 # --- ownership of gallery sources -----------------------------------------------------------

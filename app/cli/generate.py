@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from app.cli.common import CLIError, add_model_options, load_engine
@@ -71,6 +72,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sd-upscale-overlap", type=int, default=64, help="tile overlap in pixels (default: 64)")
     p.add_argument("--sd-upscale-upscaler", default="Lanczos", help="upscaler before the tiles (default: Lanczos)")
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
+    faces = p.add_argument_group("faces", "after generation: restoration (A1111's), then detailing (ADetailer's)")
+    faces.add_argument("--restore-faces", action="store_true", help="restore faces with --face-restorer")
+    faces.add_argument("--face-restorer", default=d["face_restorer"], help="CodeFormer or GFPGAN")
+    faces.add_argument("--code-former-weight", type=float, default=d["code_former_weight"],
+                       help="CodeFormer's w: 0 strongest, 1 most faithful (default: %(default)s)")
+    faces.add_argument("--face-detail", action="store_true",
+                       help="inpaint each face found again at full resolution (ADetailer)")
+    faces.add_argument("--face-detail-strength", type=float, default=d["face_detail_strength"],
+                       help="denoising strength of the face pass (default: %(default)s)")
+    faces.add_argument("--face-detail-prompt", default=d["face_detail_prompt"], help="default: the prompt")
+    faces.add_argument("--face-detail-negative-prompt", default=d["face_detail_negative_prompt"],
+                       help="default: the negative prompt")
+    faces.add_argument("--face-detail-confidence", type=float, default=d["face_detail_confidence"],
+                       help="detector score threshold (default: %(default)s)")
+    faces.add_argument("--face-dir", default=os.environ.get("T2I_FACE_DIR"),
+                       help="folder of the face models, downloaded there on first use (default: $T2I_FACE_DIR, "
+                            "else ~/.cache/t2i/faces)")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
     add_model_options(p)
@@ -104,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
         eta=args.eta, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise,
         randn_source=args.randn_source, eta_noise_seed_delta=args.eta_noise_seed_delta, clip_skip=args.clip_skip,
+        restore_faces=args.restore_faces, face_restorer=args.face_restorer, code_former_weight=args.code_former_weight,
+        face_detail=args.face_detail, face_detail_strength=args.face_detail_strength,
+        face_detail_prompt=args.face_detail_prompt, face_detail_negative_prompt=args.face_detail_negative_prompt,
+        face_detail_confidence=args.face_detail_confidence,
         **({"strength": args.strength} if args.strength is not None else {}),
         sd_upscale=None if args.sd_upscale is None else {
             "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
@@ -112,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         request.validate()
     except ValidationError as exc:
         raise CLIError(str(exc)) from exc
+    from app.engine.faces import weights as face_weights
+    from app.models.loading import ModelLoadError
+
+    face_weights.configure(args.face_dir)
     engine = load_engine(args)
     out_of_memory = None
     with tqdm(total=None, desc="Generating", unit="step", file=sys.stderr) as bar:
@@ -121,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             result = engine.generate(request, on_step=on_step)
-        except ValidationError as exc:
+        except (ValidationError, ModelLoadError) as exc:  # ModelLoadError: a face model missing offline
             raise CLIError(str(exc)) from exc
         except GenerationOutOfMemory as exc:
             out_of_memory = exc

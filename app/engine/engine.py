@@ -208,7 +208,8 @@ class Engine:
         with self._lock:
             detail = None
             try:
-                return self._run(request, width, height, seeds, subseeds, on_step, cancel)
+                result = self._run(request, width, height, seeds, subseeds, on_step, cancel)
+                return self._finish_faces(result, subseeds, cancel)
             except torch.OutOfMemoryError as exc:
                 detail = str(exc).strip().split("\n")[0][:200]
             # Out of the except block: the failed run's frames, and the tensors they hold, are gone now.
@@ -277,6 +278,7 @@ class Engine:
         extra = self._infotext_entries(request, denoiser.choice)
         extra.update(extra_mode)
         extra.update(lora_entries)
+        extra.update(face_entries(request))
         denoise = request.strength if request.init_image is not None or request.enable_hr else None
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
@@ -294,6 +296,36 @@ class Engine:
                 raise GenerationCancelled(0, progress["total"])
             raise GenerationCancelled(progress["done"], progress["total"], partial=result)
         return result
+
+    def _finish_faces(self, result: GenerationResult, subseeds: list[int],
+                      cancel: threading.Event | None) -> GenerationResult:
+        """Face restoration, then face detailing, on each finished image (A1111 restores faces before
+        the scripts' postprocessing, where ADetailer runs). Detailing inpaints with this engine."""
+        request = result.request
+        if not (request.restore_faces or request.face_detail):
+            return result
+        from app.engine.faces import restore_faces
+        from app.engine.faces.detail import detail_faces
+
+        def inpaint(face_request: GenerationRequest) -> Any:
+            face_request = face_request.validate(self.limits)
+            seeds = [face_request.seed if face_request.seed is not None else 0]
+            done = self._run(face_request, face_request.width, face_request.height, seeds,
+                             [face_request.subseed or 0], None, cancel)
+            return done.images[0]
+
+        images: list = []
+        for i, (image, seed, subseed) in enumerate(zip(result.images, result.seeds, subseeds)):
+            if request.restore_faces:
+                image = restore_faces(image, request.face_restorer, 1.0, request.code_former_weight)
+            if request.face_detail:
+                try:
+                    image = detail_faces(request, image, seed, subseed, inpaint)
+                except GenerationCancelled:  # the images so far, as generated where not yet detailed
+                    partial = replace(result, images=images + result.images[i:])
+                    raise GenerationCancelled(result.request.steps, result.request.steps, partial) from None
+            images.append(image)
+        return replace(result, images=images)
 
     @staticmethod
     def _total_steps(request: GenerationRequest) -> int:
@@ -334,6 +366,16 @@ class Engine:
             return taesd_previews(self.preview_decoder, latents, max_side)
         side = max(latents.shape[-1], latents.shape[-2])
         return latents_to_rgb(latents, scale=max(1, max_side // max(side, 1)))
+
+
+def face_entries(request: GenerationRequest) -> dict:
+    """A1111's "Face restoration" entry (it writes no CodeFormer weight on txt2img/img2img) and
+    ADetailer's entries for face detailing."""
+    from app.engine.faces.detail import infotext_entries
+
+    extra: dict = {"Face restoration": request.face_restorer} if request.restore_faces else {}
+    extra.update(infotext_entries(request))
+    return extra
 
 
 def _with_variation(extra: dict, request: GenerationRequest, subseed: int) -> dict:

@@ -191,7 +191,7 @@ def _upscaled_size(size: tuple[int, int], args: dict, limits: Limits) -> tuple[i
 
 
 def _restore(image: Image.Image, restorer: str, visibility: float, weight: float = 0.5) -> Image.Image:
-    from app.engine.faces import restore_faces  # type: ignore[import-not-found,unused-ignore]
+    from app.engine.faces import restore_faces
 
     return restore_faces(image, restorer=restorer, visibility=visibility, codeformer_weight=weight)
 

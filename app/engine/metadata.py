@@ -233,6 +233,19 @@ def request_from_infotext(text: str) -> dict:
     put("inpaint_full_res_padding", number("Masked area padding", int))
     if "Mask mode" in p:
         out["inpainting_mask_invert"] = p["Mask mode"] == "Inpaint not masked"
+    if "Face restoration" in p:
+        out["restore_faces"] = True
+        out["face_restorer"] = p["Face restoration"]
+    if "ADetailer model" in p:  # ADetailer's keys (app/engine/faces/detail.py writes them for face detailing)
+        out["face_detail"] = True
+        for key, field in (("ADetailer prompt", "face_detail_prompt"),
+                           ("ADetailer negative prompt", "face_detail_negative_prompt")):
+            put(field, p.get(key))
+        put("face_detail_strength", number("ADetailer denoising strength"))
+        put("face_detail_confidence", number("ADetailer confidence"))
+        put("face_detail_dilate", number("ADetailer dilate erode", int))
+        put("face_detail_mask_blur", number("ADetailer mask blur", int))
+        put("face_detail_padding", number("ADetailer inpaint padding", int))
     return out
 
 

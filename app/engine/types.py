@@ -82,6 +82,13 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "s_tmax": (0, 999),  # 0: infinity
     "s_noise": (0, 1.1),
     "clip_skip": (1, 12),
+    # Faces (issue #24; app/engine/faces): CodeFormer's w, ADetailer's slider ranges.
+    "code_former_weight": (0, 1),
+    "face_detail_strength": (0, 1),
+    "face_detail_confidence": (0, 1),
+    "face_detail_dilate": (-128, 128),  # pixels
+    "face_detail_mask_blur": (0, 64),  # pixels
+    "face_detail_padding": (0, 256),  # pixels
 }
 
 
@@ -151,6 +158,18 @@ class GenerationRequest:
     # --- Extras (issue #24; app/engine/extras.py): not a generation but a postprocessing job on init_image
     # (upscale, face restoration), A1111's extras fields by name; the web layer sets it, never a form ---
     extras: dict | None = None
+    # --- faces (issue #24; app/engine/faces), after generation: restoration as A1111, then detailing ---
+    restore_faces: bool = False
+    face_restorer: str = "CodeFormer"  # CodeFormer or GFPGAN (A1111's face_restoration_model)
+    code_former_weight: float = 0.5  # CodeFormer's w: 0 strongest, 1 most faithful to the image
+    face_detail: bool = False  # ADetailer's core: each face found inpainted again, only masked, at full size
+    face_detail_strength: float = 0.4  # ADetailer's defaults from here on
+    face_detail_prompt: str = ""  # empty: the image's prompt
+    face_detail_negative_prompt: str = ""  # empty: the image's negative prompt
+    face_detail_confidence: float = 0.3  # the detector's score threshold
+    face_detail_dilate: int = 4  # pixels the face's box grows by (negative: shrinks), ADetailer's dilate/erode
+    face_detail_mask_blur: int = 4  # pixels
+    face_detail_padding: int = 32  # pixels around the face, only masked
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -218,6 +237,7 @@ class GenerationRequest:
             from app.engine.sd_upscale import validate_sd_upscale
 
             validate_sd_upscale(self, limits)
+        self._validate_faces(limits)
         if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
             raise ValidationError("styles", self.styles, "must be a list of style names")
         self.styles = list(self.styles)
@@ -349,6 +369,33 @@ class GenerationRequest:
             raise ValidationError("eta_noise_seed_delta", self.eta_noise_seed_delta, f"must be between 0 and {MAX_SEED}")
         _check_int("clip_skip", self.clip_skip)
         _check_range("clip_skip", self.clip_skip)
+
+    def _validate_faces(self, limits: Limits) -> None:
+        from app.engine.faces.restore import RESTORERS, find_restorer
+
+        for name in ("restore_faces", "face_detail"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(name, getattr(self, name), "must be true or false")
+        restorer = find_restorer(self.face_restorer)
+        if restorer is None:
+            raise ValidationError("face_restorer", self.face_restorer, "must be one of " + ", ".join(RESTORERS))
+        self.face_restorer = restorer
+        for name in ("code_former_weight", "face_detail_strength", "face_detail_confidence"):
+            _check_range(name, getattr(self, name))
+        for name in ("face_detail_dilate", "face_detail_mask_blur", "face_detail_padding"):
+            _check_int(name, getattr(self, name))
+            _check_range(name, getattr(self, name))
+        for name in ("face_detail_prompt", "face_detail_negative_prompt"):
+            text = getattr(self, name)
+            check_text(name, text, limits)
+            try:  # <lora:...> tags work in the face prompt too (it is a prompt of its own run)
+                problem = prompt_syntax_problem(split_lora_tags(text)[0], steps=self.steps)
+            except ValueError as exc:
+                problem = str(exc)
+            if problem:
+                raise ValidationError(name, text, problem)
+        if self.face_detail and self.save_steps:
+            raise ValidationError("save_steps", self.save_steps, "step previews are not kept with face detailing")
 
     def _validate_sampler_steps(self) -> None:
         """What A1111's timestep samplers cannot run: UniPC below its order (A1111 stops with an assertion),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine import upscalers
 from app.engine.engine import Engine, GenerationCancelled, save_result
+from app.engine.faces.restore import RESTORERS
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
@@ -147,6 +148,16 @@ class GeneratorUI:
                                          description="Hires steps", **tooltip("0: as many as Steps"))
         self.hr_strength = w.FloatSlider(value=defaults["strength"], min=0.05, max=1.0, step=0.05,
                                          description="Denoising")
+        # Faces, after generation (app/engine/faces): A1111's restoration, ADetailer's detailing.
+        self.restore_faces = w.Checkbox(value=defaults["restore_faces"], description="Restore faces", indent=False)
+        self.face_restorer = w.Dropdown(options=list(RESTORERS), value=defaults["face_restorer"],
+                                        description="Restorer")
+        self.code_former_weight = w.FloatSlider(value=defaults["code_former_weight"], **bounds("code_former_weight"),
+                                                step=0.05, description="CodeFormer w")
+        self.face_detail = w.Checkbox(value=defaults["face_detail"], description="Face detail", indent=False)
+        self.face_detail_strength = w.FloatSlider(value=defaults["face_detail_strength"],
+                                                  **bounds("face_detail_strength"), step=0.05,
+                                                  description="Face denoise")
         self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
                                              **tooltip("upscale of the last result, saved next to it"))
         self.upscaler = w.Dropdown(options=upscalers.names(), value="Lanczos", description="with",
@@ -170,6 +181,8 @@ class GeneratorUI:
             w.HBox([self.width, self.height]),
             w.HBox([self.scheduler, self.schedule_type]),
             *hires,
+            w.HBox([self.restore_faces, self.face_restorer, self.code_former_weight]),
+            w.HBox([self.face_detail, self.face_detail_strength]),
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
             w.HBox([self.upscale_by, self.upscaler, self.upscale_button]),
@@ -188,6 +201,9 @@ class GeneratorUI:
             prompt=self.prompt.value, negative_prompt=self.negative.value, steps=self.steps.value,
             guidance_scale=self.guidance.value, seed=self.seed.value, width=self.width.value,
             height=self.height.value, scheduler=self.sampler_value(), save_steps=self.save_steps.value,
+            restore_faces=self.restore_faces.value, face_restorer=self.face_restorer.value,
+            code_former_weight=self.code_former_weight.value, face_detail=self.face_detail.value,
+            face_detail_strength=self.face_detail_strength.value,
         )
         if self.offers_hires and self.enable_hr.value:
             request.enable_hr, request.hr_scale = True, self.hr_scale.value

@@ -206,6 +206,9 @@ def _derive_settings(app: Flask) -> None:
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
     # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
     upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
+    from app.engine.faces import weights as face_weights
+
+    face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine
     if config["PUBLIC"] and not config["PASSWORD"]:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])

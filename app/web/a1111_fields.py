@@ -17,7 +17,6 @@ from app.web.errors import ApiError
 
 # name -> (accepted values besides None, why another value is refused). None is always accepted.
 _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
-    "restore_faces": ((False,), "face restoration is not available on this server"),
     # "SD upscale" on img2img is taken out before this check (app/web/sdapi.py).
     "script_name": (("",), "the only script on this server is \"SD upscale\", on img2img (see /sdapi/v1/scripts)"),
     "s_min_uncond": ((0,), "negative guidance minimum sigma (NGMS) is not supported"),
@@ -42,7 +41,8 @@ _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
 }
 # Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them.
 _SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "randn_source", "eta_noise_seed_delta",
-                      "CLIP_stop_at_last_layers", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise")
+                      "CLIP_stop_at_last_layers", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise",
+                      "face_restoration_model", "code_former_weight")
 
 
 def refuse_unsupported(body: dict, img2img: bool) -> None:
@@ -64,15 +64,16 @@ def _same(value: Any, accepted: Any) -> bool:
 
 
 def _check_scripts(scripts: Any) -> None:
-    """Always-on scripts: none are installed. webuiapi names ControlNet or
-    ADetailer with empty or ``[False]`` args (off) when a server lists them; off is fine."""
+    """Always-on scripts: ADetailer's core is built in (``adetailer_values``); no other is installed.
+    webuiapi names ControlNet or ADetailer with empty or ``[False]`` args (off) when a server lists them;
+    off is fine."""
     if scripts is None or scripts == {}:
         return
     if not isinstance(scripts, dict):
         raise ApiError(400, "alwayson_scripts: must be an object", "alwayson_scripts", scripts)
     for name, spec in scripts.items():
         args = spec.get("args") if isinstance(spec, dict) else spec
-        if args in ([], [False], None):
+        if args in ([], [False], None) or name.lower() == ADETAILER.lower():
             continue
         raise ApiError(400, f"alwayson_scripts: {name!r} is not available on this server (see /sdapi/v1/scripts)",
                        "alwayson_scripts", name)
@@ -92,3 +93,82 @@ def _check_overrides(overrides: Any) -> None:
         if accepted is None or not any(_same(value, ok) for ok in accepted):
             raise ApiError(400, f"override_settings: {key!r} cannot be changed on this server",
                            f"override_settings.{key}", value)
+
+
+ADETAILER = "ADetailer"
+# ADetailer's args (its ``args.py``) -> our request fields. Its tab dicts may name every arg at its default
+# (as webuiapi's ADetailer helper sends them); an arg we cannot honour is accepted at its default only.
+_AD_FIELDS = {
+    "ad_prompt": "face_detail_prompt",
+    "ad_negative_prompt": "face_detail_negative_prompt",
+    "ad_confidence": "face_detail_confidence",
+    "ad_dilate_erode": "face_detail_dilate",
+    "ad_mask_blur": "face_detail_mask_blur",
+    "ad_denoising_strength": "face_detail_strength",
+    "ad_inpaint_only_masked_padding": "face_detail_padding",
+}
+_AD_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "ad_tab_enable": (True,), "ad_tap_enable": (True,), "ad_inpaint_only_masked": (True,),
+    "ad_model_classes": ("",), "ad_mask_k_largest": (0,), "ad_mask_k": (0,), "ad_mask_min_ratio": (0,),
+    "ad_mask_max_ratio": (1,), "ad_x_offset": (0,), "ad_y_offset": (0,), "ad_mask_merge_invert": ("None",),
+    "ad_mask_filter_method": ("Area",), "ad_use_inpaint_width_height": (False,), "ad_inpaint_width": (512,),
+    "ad_inpaint_height": (512,), "ad_use_steps": (False,), "ad_steps": (28,), "ad_use_cfg_scale": (False,),
+    "ad_cfg_scale": (7, 7.0), "ad_use_checkpoint": (False,), "ad_checkpoint": ("Use same checkpoint", None),
+    "ad_use_vae": (False,), "ad_vae": ("Use same VAE", None), "ad_use_sampler": (False,),
+    "ad_sampler": ("DPM++ 2M", "DPM++ 2M Karras", "Euler a"), "ad_scheduler": ("Use same scheduler",),
+    "ad_use_noise_multiplier": (False,), "ad_noise_multiplier": (1, 1.0), "ad_use_clip_skip": (False,),
+    "ad_clip_skip": (1,), "ad_restore_face": (False,), "ad_controlnet_model": ("None",),
+    "ad_controlnet_module": ("None", "inpaint_global_harmonious"), "ad_controlnet_weight": (1, 1.0),
+    "ad_controlnet_guidance_start": (0,), "ad_controlnet_guidance_end": (1,), "is_api": ((), []),
+}
+# "ad_model" names ADetailer's detector files; any face detector runs as ours (RetinaFace), "None" is off.
+_AD_FACE_MODELS = ("face_yolov8n.pt", "face_yolov8s.pt", "face_yolov8m.pt", "face_yolov9c.pt",
+                   "mediapipe_face_full", "mediapipe_face_short", "mediapipe_face_mesh", "retinaface")
+
+
+def adetailer_values(body: dict) -> dict:
+    """Our face detailing fields for ``alwayson_scripts: {"ADetailer": {"args": [...]}}``: ADetailer's
+    args are ``[enable, skip_img2img, {tab}, {tab}...]`` (the two flags optional). One tab with a face
+    model is honoured; a second tab must be off (``ad_model: "None"``). {} when ADetailer is not on."""
+    scripts = body.get("alwayson_scripts")
+    if not isinstance(scripts, dict):
+        return {}
+    spec = next((v for k, v in scripts.items() if isinstance(k, str) and k.lower() == ADETAILER.lower()), None)
+    args = spec.get("args") if isinstance(spec, dict) else spec
+    if args in ([], [False], None):
+        return {}
+    field = "alwayson_scripts.ADetailer.args"
+    if not isinstance(args, list):
+        raise ApiError(400, f"{field}: must be a list", field, args)
+    flags = [a for a in args if isinstance(a, bool)]
+    tabs = [a for a in args if not isinstance(a, bool)]
+    if not all(isinstance(t, dict) for t in tabs) or len(flags) > 2 or args[:len(flags)] != flags:
+        raise ApiError(400, f"{field}: must be [enable, skip_img2img, {{ad_model...}}, ...]", field, args)
+    if (flags and not flags[0]) or not tabs:
+        return {}
+    if len(flags) > 1 and flags[1]:
+        raise ApiError(400, f"{field}: skip_img2img is not supported", field, flags[1])
+    active = [t for t in tabs if t.get("ad_model", "face_yolov8n.pt") != "None" and t.get("ad_tab_enable", True)]
+    if len(active) > 1:
+        raise ApiError(400, f"{field}: one ADetailer tab is supported; set ad_model to \"None\" in the others",
+                       field, len(active))
+    if not active:
+        return {}
+    tab = active[0]
+    model = tab.get("ad_model", "face_yolov8n.pt")
+    if model not in _AD_FACE_MODELS:
+        raise ApiError(400, f"{field}: ad_model {model!r} is not available; face detection runs as one of "
+                            + ", ".join(_AD_FACE_MODELS), f"{field}.ad_model", model)
+    values: dict = {"face_detail": True}
+    for key, value in tab.items():
+        if key == "ad_model":
+            continue
+        if key in _AD_FIELDS:
+            values[_AD_FIELDS[key]] = value
+        elif key not in _AD_DEFAULTS:
+            raise ApiError(400, f"{field}: {key!r} is not an ADetailer argument this server knows",
+                           f"{field}.{key}", value)
+        elif value is not None and not any(_same(value, ok) for ok in _AD_DEFAULTS[key]) and not (
+                isinstance(value, list) and key == "is_api"):
+            raise ApiError(400, f"{field}: {key} cannot be changed on this server", f"{field}.{key}", value)
+    return values

@@ -13,6 +13,7 @@ from datetime import date
 
 from flask import Blueprint, current_app, render_template, request, send_file
 
+from app.engine.faces.restore import RESTORERS
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
 from app.engine.schedulers import schedule_labels
@@ -49,7 +50,8 @@ def index() -> str:
     # for a store outage included, renders without asking the store for the selection.
     return render_template("index.html", picker=models.state(), hr_upscalers=hr_upscalers(), fill_modes=FILL_MODES,
                            ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS,
-                           schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES, **_page())
+                           schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES,
+                           face_restorers=RESTORERS, **_page())
 
 
 @bp.route("/gallery")

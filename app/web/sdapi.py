@@ -39,7 +39,7 @@ from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.jobs.runner import failed_for_input
 from app.web import backend, models
-from app.web.a1111_fields import refuse_unsupported
+from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
@@ -113,6 +113,7 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "seed_resize_from_w": _int(body, "seed_resize_from_w", 0),
         "seed_resize_from_h": _int(body, "seed_resize_from_h", 0),
         **_sampler_settings(body),
+        **_face_values(body),
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
@@ -144,6 +145,18 @@ def _sampler_settings(body: dict) -> dict:
                           ("CLIP_stop_at_last_layers", "clip_skip")):
         if overrides.get(option) is not None:
             values[field] = overrides[option]
+    return values
+
+
+def _face_values(body: dict) -> dict:
+    """Face restoration (A1111: ``restore_faces``, the model and CodeFormer's weight as options, which
+    ``override_settings`` sets per job) and ADetailer's always-on script as our face detailing."""
+    overrides = body.get("override_settings") or {}
+    values: dict = {"restore_faces": body.get("restore_faces") or False}  # webuiapi sends false or null
+    for option, field in (("face_restoration_model", "face_restorer"), ("code_former_weight", "code_former_weight")):
+        if overrides.get(option) is not None:
+            values[field] = overrides[option]
+    values.update(adetailer_values(body))
     return values
 
 
@@ -280,7 +293,8 @@ def _info(job: Job, img2img: bool) -> dict:
         "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"], "height": p["height"], "sampler_name": split_name(p["scheduler"])[0],
         "scheduler": split_name(p["scheduler"])[1], "cfg_scale": p["guidance_scale"],
-        "steps": p["steps"], "batch_size": n, "restore_faces": False, "face_restoration_model": None,
+        "steps": p["steps"], "batch_size": n, "restore_faces": bool(p.get("restore_faces")),
+        "face_restoration_model": p.get("face_restorer") if p.get("restore_faces") else None,
         **_model_info(job),
         "seed_resize_from_w": p.get("seed_resize_from_w") or -1, "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
         "denoising_strength": p["strength"] if img2img or p.get("enable_hr") else None,
@@ -468,6 +482,14 @@ def set_options():
     if wanted is not None or vae is not None:
         models.select(wanted, vae)
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
+
+
+@bp.get("/face-restorers")
+def face_restorers():
+    """A1111's list: each restorer's name and cmd_dir (the folder its weights are in)."""
+    from app.engine.faces import RESTORERS
+
+    return jsonify([{"name": name, "cmd_dir": current_app.config["FACE_DIR"]} for name in RESTORERS])
 
 
 @bp.get("/upscalers")

@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("UPSCALER_TILE", 192, "model upscalers work in tiles of this many pixels (0: the whole image at once)"),
     Setting("UPSCALER_TILE_OVERLAP", 16, "pixels of context around each upscaler tile (more: no seams with "
             "models that see further, slower)"),
+    Setting("FACE_DIR", None, "folder of the face detector and restorer weights (detection_Resnet50_Final.pth, "
+            "GFPGANv1.4.pth, codeformer-v0.1.0.pth), downloaded there on first use; None: <instance>/models/faces"),
     Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
     Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
             "no when PUBLIC; true/false to decide"),
@@ -94,6 +96,7 @@ INSTANCE_PATHS: dict[str, str] = {
     "CHECKPOINT_DIR": "models/checkpoints",
     "VAE_DIR": "models/vae",
     "UPSCALER_DIR": "models/upscalers",
+    "FACE_DIR": "models/faces",
     "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
 }
 

@@ -37,10 +37,10 @@ def fetch(client, url: str, headers=None) -> Image.Image:
     return image
 
 
-def queue(client, path: str, body: dict, headers=None) -> dict:
+def queue(client, path: str, body: dict, headers=None, timeout: float = 60) -> dict:
     response = client.post(path, json=body, headers=headers)
     assert response.status_code == 202, response.get_json()
-    return wait_job(client, response.get_json()["job"]["id"], headers=headers)
+    return wait_job(client, response.get_json()["job"]["id"], timeout=timeout, headers=headers)
 
 
 # --- native API --------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_extras_upscales_then_restores_faces(make_app, faces_here):  # noqa: F81
     plain = queue(client, "/api/extras", {"image": png_b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2})
     job = queue(client, "/api/extras", {"image": png_b64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2,
                                         "gfpgan_visibility": 1, "codeformer_visibility": 0.5,
-                                        "codeformer_weight": 0.3})
+                                        "codeformer_weight": 0.3}, timeout=300)  # two 512 px models on a CPU
     assert job["state"] == "done", job["error"]
     assert job["images"][0]["infotext"] == ("Postprocess upscale by: 2, Postprocess upscaler: Lanczos, "
                                             "GFPGAN visibility: 1, CodeFormer visibility: 0.5, "

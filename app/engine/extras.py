@@ -130,7 +130,7 @@ def size_args(e: dict) -> dict:
 
 def run_extras(request: "GenerationRequest", limits: Limits, on_step: Callable[[StepInfo], None] | None = None,
                cancel: threading.Event | None = None, model: str = "") -> "GenerationResult":
-    """The Extras job's one image; progress is counted in operations (upscalers, restorers)."""
+    """The Extras job's one image; progress is counted in hundredths of each operation (upscale, restorers)."""
     from app.engine.engine import GenerationCancelled
     from app.engine.types import GenerationResult
     from app.engine.upscale import upscale
@@ -139,45 +139,50 @@ def run_extras(request: "GenerationRequest", limits: Limits, on_step: Callable[[
     e = extras_values(request.extras or {})
     image = request.init_image.convert("RGB")
     info: dict[str, Any] = {}
-    stages: list[Callable[[Image.Image], Image.Image]] = []
+    # Each stage gets ``part(done, total)`` for its progress within (tiles of a model upscaler, faces).
+    stages: list[Callable[[Image.Image, Callable[[int, int], None]], Image.Image]] = []
     args = size_args(e)
     # "None" still resizes, with Lanczos, as A1111's "None" upscaler did in its extras before 1.0 (and as
     # this server's /api/upscale always has); only "None" at the same size is no upscale at all.
     if e["upscaler_1"] != "None" or _upscaled_size(image.size, args, limits) != image.size:
 
-        def upscaled(im: Image.Image) -> Image.Image:
+        def upscaled(im: Image.Image, part: Callable[[int, int], None]) -> Image.Image:
             if e["resize_mode"] == 1:
                 info["Postprocess upscale to"] = f"{e['upscaling_resize_w']}x{e['upscaling_resize_h']}"
             else:
                 info["Postprocess upscale by"] = e["upscaling_resize"]
-            out = upscale(im, upscaler=e["upscaler_1"], limits=limits, **args)
+            out = upscale(im, upscaler=e["upscaler_1"], limits=limits, progress=part, **args)
             info["Postprocess upscaler"] = e["upscaler_1"]
             if e["upscaler_2"] != "None" and e["extras_upscaler_2_visibility"] > 0:
-                second = upscale(im, upscaler=e["upscaler_2"], limits=limits, **args)
+                second = upscale(im, upscaler=e["upscaler_2"], limits=limits, progress=part, **args)
                 out = Image.blend(out, second.convert(out.mode), e["extras_upscaler_2_visibility"])
                 info["Postprocess upscaler 2"] = e["upscaler_2"]
             return out
 
         stages.append(upscaled)
     if e["gfpgan_visibility"] > 0:
-        def gfpgan(im: Image.Image) -> Image.Image:
+        def gfpgan(im: Image.Image, part: Callable[[int, int], None]) -> Image.Image:
             info["GFPGAN visibility"] = round(e["gfpgan_visibility"], 3)
-            return _restore(im, "GFPGAN", e["gfpgan_visibility"])
+            return _restore(im, part, "GFPGAN", e["gfpgan_visibility"])
 
         stages.append(gfpgan)
     if e["codeformer_visibility"] > 0:
-        def codeformer(im: Image.Image) -> Image.Image:
+        def codeformer(im: Image.Image, part: Callable[[int, int], None]) -> Image.Image:
             info["CodeFormer visibility"] = round(e["codeformer_visibility"], 3)
             info["CodeFormer weight"] = round(e["codeformer_weight"], 3)
-            return _restore(im, "CodeFormer", e["codeformer_visibility"], e["codeformer_weight"])
+            return _restore(im, part, "CodeFormer", e["codeformer_visibility"], e["codeformer_weight"])
 
         stages.append(codeformer)
     for done, stage in enumerate(stages):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(done, len(stages))
-        image = stage(image)
+        def part(step: int, steps: int, at: int = done) -> None:
+            if on_step is not None and steps:  # progress in hundredths of a stage
+                on_step(StepInfo(step=at * 100 + min(99, 100 * step // steps), total=100 * len(stages), latents=None))
+
+        image = stage(image, part)
         if on_step is not None:
-            on_step(StepInfo(step=done + 1, total=len(stages), latents=None))
+            on_step(StepInfo(step=100 * (done + 1), total=100 * len(stages), latents=None))
     text = extras_infotext(e["source_infotext"], postprocess_text(info))
     seed = request.seed if request.seed is not None else 0
     return GenerationResult(images=[image], seeds=[seed], infotexts=[text], request=request, model=model,
@@ -190,10 +195,11 @@ def _upscaled_size(size: tuple[int, int], args: dict, limits: Limits) -> tuple[i
     return upscale_size(size, limits=limits, **args)[0]
 
 
-def _restore(image: Image.Image, restorer: str, visibility: float, weight: float = 0.5) -> Image.Image:
+def _restore(image: Image.Image, part: Callable[[int, int], None], restorer: str, visibility: float,
+             weight: float = 0.5) -> Image.Image:
     from app.engine.faces import restore_faces
 
-    return restore_faces(image, restorer=restorer, visibility=visibility, codeformer_weight=weight)
+    return restore_faces(image, restorer=restorer, visibility=visibility, codeformer_weight=weight, progress=part)
 
 
 def postprocess_text(info: dict) -> str:

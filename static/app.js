@@ -846,6 +846,13 @@
     document.dispatchEvent(new CustomEvent("t2i:reuse", { detail: { job: job, index: index || 0 } }));
   };
 
+  // A <select>'s value, when it offers it (a job from another server may name what this one lacks).
+  function selectIfOffered(id, value) {
+    Array.prototype.forEach.call($(id).options, function (option) {
+      if (option.value === value) $(id).value = value;
+    });
+  }
+
   // The inpaint, outpaint, hires and variation fields; what the params lack keeps its default.
   GeneratePage.prototype.reuseTools = function (p, set) {
     var d = this.config.defaults || {};
@@ -860,10 +867,7 @@
     this.form.querySelectorAll("[data-outpaint-side]").forEach(function (box) {
       box.checked = sides.indexOf(box.getAttribute("data-outpaint-side")) >= 0;
     });
-    var upscaler = pick("hr_upscaler");
-    Array.prototype.forEach.call($("hr_upscaler").options, function (option) {
-      if (option.value === upscaler) $("hr_upscaler").value = upscaler;
-    });
+    selectIfOffered("hr_upscaler", pick("hr_upscaler"));
     $("subseed").value = p.subseed === null || p.subseed === undefined ? "" : p.subseed;
     ["s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta", "clip_skip"].forEach(function (name) {
       set(name, pick(name));
@@ -878,10 +882,7 @@
     ["code_former_weight", "face_detail_strength"].forEach(function (name) { set(name, pick(name)); });
     $("face_detail_strength-value").textContent = $("face_detail_strength").value;
     $("face_detail_prompt").value = pick("face_detail_prompt") || "";
-    var restorer = pick("face_restorer");
-    Array.prototype.forEach.call($("face_restorer").options, function (option) {
-      if (option.value === restorer) $("face_restorer").value = restorer;
-    });
+    selectIfOffered("face_restorer", pick("face_restorer"));
     $("faces-section").open = !!(p.restore_faces || p.face_detail) || $("faces-section").open;
     $("hires-section").open = !!p.enable_hr || $("hires-section").open;
     $("variation-section").open = !!(p.subseed_strength || p.seed_resize_from_w) || $("variation-section").open;

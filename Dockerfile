@@ -14,8 +14,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # torch first, from its own index; requirements.txt leaves torch unpinned, so it is kept.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY requirements.txt /tmp/requirements.txt
-RUN /opt/venv/bin/pip install -r /tmp/requirements.txt
+COPY requirements.txt requirements-no-deps.txt /tmp/
+# spandrel without its torchvision (see requirements-no-deps.txt)
+RUN /opt/venv/bin/pip install -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-deps -r /tmp/requirements-no-deps.txt
 
 # --- runtime: the venv and the app, run as a user without root ---------------------------
 FROM ${PYTHON_IMAGE}

@@ -4,7 +4,7 @@ the dark colour scheme; keyboard-only use is driven with real key presses."""
 from __future__ import annotations
 
 import pytest
-from test_browser import TIMEOUT_MS, browser, serve, shots, submit, watch_csp  # noqa: F401
+from test_browser import TIMEOUT_MS, browser, serve, serve_people, shots, submit, watch_csp  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -78,6 +78,23 @@ def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F8
     page.goto(server.url + "/no-such-page")
     page.wait_for_selector("#error-message")
     problems += axe_problems(page, "error page", shots)
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
+def test_the_people_page_passes_axe(serve, scheme_page, shots):  # noqa: F811
+    """ACCESS = "people": the owner's /admin page empty, with a new link shown, and after a revoke."""
+    page, problems = scheme_page, []
+    server = serve_people(serve, page)
+    page.goto(server.url + "/admin")
+    page.wait_for_selector("#no-people")
+    problems += axe_problems(page, "people empty", shots)
+    page.fill("#person-name", "Alice")
+    page.click("#add-person-button")
+    page.wait_for_selector("#new-link-url")
+    problems += axe_problems(page, "people new link", shots)
+    page.click("#people button.revoke")
+    page.wait_for_selector("#people .person-access:has-text('revoked')")
+    problems += axe_problems(page, "people revoked", shots)
     assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
 
 

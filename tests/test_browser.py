@@ -127,6 +127,49 @@ def watch_csp(context, page) -> list[str]:
     return violations
 
 
+def serve_people(serve, page):
+    """An ``ACCESS = "people"`` server, and ``page`` logged in as its owner (with the password)."""
+    server = serve(ACCESS="people", PASSWORD="owner secret")
+    page.goto(server.url + "/login")
+    page.fill("#password", "owner secret")
+    page.click("#login")
+    page.wait_for_url(server.url + "/")
+    return server
+
+
+def test_the_owner_shares_a_personal_link_and_revokes_it(serve, page, browser):
+    """ACCESS = "people": the owner logs in with the password, creates a friend's link on the People
+    page, the friend opens it (logged in, no token left in the address bar), and a revoke ends
+    the friend's session at their next page."""
+    server = serve_people(serve, page)
+    page.click("#nav-admin")
+    page.wait_for_url(server.url + "/admin")
+    assert page.is_visible("#no-people")
+    page.fill("#person-name", "Alice <b>")
+    page.fill("#person-quota", "3")
+    page.click("#add-person-button")
+    link = page.input_value("#new-link-url")
+    assert link.startswith(server.url + "/login?token=")
+    assert page.text_content("#new-link-name") == "Alice <b>"  # text, not markup
+    assert page.text_content("#people .person-name") == "Alice <b>"
+
+    friend = browser.new_context()
+    friend.set_default_timeout(TIMEOUT_MS)
+    theirs = friend.new_page()
+    theirs.goto(link)
+    theirs.wait_for_selector("#prompt")
+    assert theirs.url == server.url + "/" and "token" not in theirs.url
+    assert not theirs.is_visible("#nav-admin")  # the People page is the owner's
+
+    page.goto(server.url + "/admin")  # the link is not shown again
+    assert not page.is_visible("#new-link-url")
+    page.click("#people button.revoke")
+    page.wait_for_selector("#people .person-access:has-text('revoked')")
+    theirs.goto(server.url + "/gallery")
+    assert theirs.url.startswith(server.url + "/login")
+    friend.close()
+
+
 @pytest.fixture
 def page(browser):
     """A page that fails its test on a JavaScript error or a CSP violation."""

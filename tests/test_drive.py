@@ -105,3 +105,28 @@ def test_background_sync_and_last_sync_at_stop(tmp_path):
     assert sync.stop()
     with sqlite3.connect(drive / "jobs.sqlite") as copy:
         assert copy.execute("SELECT count(*) FROM jobs").fetchone() == (3,)
+
+
+def test_the_session_key_and_people_travel_with_drive(make_app, tmp_path):
+    """A new Colab runtime (a fresh local folder restored from Drive): a friend's personal link and
+    a logged-in browser still work, because secret_key and people.json were kept on Drive."""
+    import stat
+
+    local, drive, fresh = tmp_path / "vm", tmp_path / "drive", tmp_path / "vm2"
+    settings = dict(ACCESS="people", PASSWORD="owner secret", START_WORKER=False)
+    app = make_app(INSTANCE=str(local), **settings)
+    created = app.test_client().post("/api/people", json={"name": "Alice"},
+                                     headers={"Authorization": "Bearer owner secret"}).get_json()
+    browser = app.test_client()
+    browser.get(f"/login?token={created['token']}")
+    assert InstanceSync(local, drive).sync(force=True)
+    assert {p.name for p in drive.iterdir()} >= {"secret_key", "people.json", "jobs.sqlite"}
+
+    InstanceSync(fresh, drive).restore()
+    for name in ("secret_key", "people.json"):
+        assert (fresh / name).read_bytes() == (local / name).read_bytes()
+        assert stat.S_IMODE((fresh / name).stat().st_mode) == 0o600
+    after = make_app(INSTANCE=str(fresh), **settings).test_client()
+    after.set_cookie("session", browser.get_cookie("session").value)
+    assert after.get("/api/jobs").status_code == 200
+    assert after.get("/api/jobs", headers={"Authorization": f"Bearer {created['token']}"}).status_code == 200

@@ -309,7 +309,7 @@ def test_cli_missing_face_model_offline_says_where_to_put_it(tmp_path, capsys, m
                  "--height", "64", "--restore-faces", "--face-dir", str(tmp_path / "empty"),
                  "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
-    assert code == 2 and "codeformer-v0.1.0.pth is needed and offline" in err and str(tmp_path / "empty") in err
+    assert code == 2 and "detection_Resnet50_Final.pth is needed and offline" in err and str(tmp_path / "empty") in err
     weights.configure(None)
 
 
@@ -352,3 +352,21 @@ def test_the_page_restores_and_details_faces(serve, page, faces_here):  # noqa: 
     page.click("#results .reuse-image")
     assert page.is_checked("#restore_faces") and page.is_checked("#face_detail")
     assert page.input_value("#face_detail_strength") == "0.6"
+
+
+def test_missing_face_models_offline_are_a_400_at_submit_on_both_apis(make_app, tmp_path, monkeypatch):
+    """Offline with no weights in FACE_DIR, the request is refused before anything is queued
+    (it was a failed job after the picture was made, a 500 on /sdapi)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    client = make_app(FACE_DIR=str(tmp_path / "empty")).test_client()
+    body = {"prompt": "a portrait", "steps": 1, "width": 64, "height": 64}
+    for path, extra, field in (("/api/jobs", {"restore_faces": True}, "restore_faces"),
+                               ("/api/jobs", {"face_detail": True}, "face_detail"),
+                               ("/sdapi/v1/txt2img", {"restore_faces": True}, "restore_faces")):
+        response = client.post(path, json={**body, **extra})
+        assert response.status_code == 400, (path, response.get_json())
+        error = response.get_json()
+        assert error["field"] == field and "detection_Resnet50_Final.pth is needed and offline" in error["error"]
+        assert str(tmp_path / "empty") in error["error"]
+    assert client.get("/api/jobs").get_json()["jobs"] == []
+    weights.configure(None)

@@ -302,6 +302,28 @@ def test_prepare_moves_to_the_project_and_installs_with_torch_and_front_end_pinn
     assert said == ["All requirements are already installed."]
 
 
+def test_prepare_installs_spandrel_without_the_torchvision_it_declares(tmp_path, monkeypatch):
+    """requirements-no-deps.txt goes to pip with --no-deps, after requirements.txt."""
+    from app.notebook.setup import NO_DEPS, prepare
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    (tmp_path / "requirements.txt").write_text("pillow>=10\n")
+    (tmp_path / NO_DEPS).write_text("# spandrel\nnot-a-real-model-loader==0.4\n")
+    runs = []
+
+    setup = prepare(tmp_path, say=lambda line: None, run=lambda cmd, **kw: runs.append(cmd))
+
+    assert setup.installed == ["not-a-real-model-loader==0.4"]
+    [command] = runs
+    assert command[:6] == [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
+    assert command[-1] == "not-a-real-model-loader==0.4"
+    # The project's file names the model loaders, and the environment has them.
+    names = [line.split(">")[0] for line in (ROOT / NO_DEPS).read_text().splitlines() if line and line[0] != "#"]
+    assert names == ["spandrel", "spandrel_extra_arches"]
+
+
 def test_app_notebook_keeps_the_gallery_on_drive_across_sessions(tmp_path):
     """Two Colab sessions, one after the other: each has a fresh local instance
     folder (a new VM), both share the Drive folder. The second lists the first's job."""

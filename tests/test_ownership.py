@@ -1,5 +1,5 @@
 """Who a client is and what it may see and do: jobs belong to the client that
-submitted them (an API credential, a browser's session, else an address);
+submitted them (an API credential, not a user name; a browser's session; else an address);
 X-Forwarded-For names the client only through a trusted local proxy; wrong
 passwords back off while the right one always gets in."""
 from __future__ import annotations
@@ -18,7 +18,35 @@ def basic(user: str, password: str = PASSWORD) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-ALICE, BOB = basic("alice"), basic("bob")  # friends sharing one password under different names
+SAME_SITE = {"Origin": "http://localhost"}  # as the page's own fetch sends it
+
+
+class Identity:
+    """One client as the server tells them apart: a test client (its cookies) and the headers it sends."""
+
+    def __init__(self, client, headers: dict):
+        self.client, self.headers = client, headers
+
+    def get(self, url: str, **kw):
+        return self.client.get(url, headers=self.headers, **kw)
+
+    def post(self, url: str, **kw):
+        return self.client.post(url, headers=self.headers, **kw)
+
+    def delete(self, url: str, **kw):
+        return self.client.delete(url, headers=self.headers, **kw)
+
+
+def script(app, user: str = "alice") -> Identity:
+    """A script with the shared password (webuiapi's set_auth: Basic, any user name)."""
+    return Identity(app.test_client(), basic(user))
+
+
+def browser(app) -> Identity:
+    """A browser that logged in with the shared password: its own random id, in its signed cookie."""
+    client = app.test_client()
+    assert client.post("/login", data={"password": PASSWORD}).status_code == 302
+    return Identity(client, SAME_SITE)
 
 
 @pytest.fixture
@@ -26,7 +54,15 @@ def locked(make_app):
     return make_app(PASSWORD=PASSWORD, START_WORKER=False)
 
 
-def submit(client, headers, **environ) -> dict:
+@pytest.fixture
+def pair(locked):
+    """Two clients of one password-protected app: a script (Alice) and a browser (Bob)."""
+    return script(locked), browser(locked)
+
+
+def submit(client, headers=None, **environ) -> dict:
+    if isinstance(client, Identity):
+        client, headers = client.client, client.headers
     response = client.post("/api/jobs", json=small_job(), headers=headers, environ_base=environ)
     assert response.status_code == 202, response.get_json()
     return response.get_json()["job"]
@@ -34,116 +70,124 @@ def submit(client, headers, **environ) -> dict:
 
 # --- ownership ---------------------------------------------------------------------------
 
-def test_only_the_owner_cancels_a_job(locked):
-    client = locked.test_client()
-    job = submit(client, ALICE)
+def test_only_the_owner_cancels_a_job(pair):
+    alice, bob = pair
+    job = submit(alice)
     assert job["mine"] is True
-    body = assert_error(client.post(f"/api/jobs/{job['id']}/cancel", headers=BOB), 403, "id")
+    body = assert_error(bob.post(f"/api/jobs/{job['id']}/cancel"), 403, "id")
     assert "someone else's" in body["error"]
-    bearer = {"Authorization": f"Bearer {PASSWORD}"}  # the same password as a token: another client again
-    assert_error(client.post(f"/api/jobs/{job['id']}/cancel", headers=bearer), 403)
-    assert client.get(f"/api/jobs/{job['id']}", headers=ALICE).get_json()["job"]["state"] == "queued"
-    response = client.post(f"/api/jobs/{job['id']}/cancel", headers=ALICE)
+    assert alice.get(f"/api/jobs/{job['id']}").get_json()["job"]["state"] == "queued"
+    response = alice.post(f"/api/jobs/{job['id']}/cancel")
     assert response.status_code == 200 and response.get_json()["job"]["state"] == "cancelled"
 
 
-def test_only_the_owner_deletes_a_job(locked):
-    client = locked.test_client()
-    job = submit(client, ALICE)
-    assert client.post(f"/api/jobs/{job['id']}/cancel", headers=ALICE).status_code == 200
-    body = assert_error(client.delete(f"/api/jobs/{job['id']}", headers=BOB), 403, "id")
+def test_only_the_owner_deletes_a_job(pair):
+    alice, bob = pair
+    job = submit(alice)
+    assert alice.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    body = assert_error(bob.delete(f"/api/jobs/{job['id']}"), 403, "id")
     assert "someone else's" in body["error"]
-    assert client.get(f"/api/jobs/{job['id']}", headers=ALICE).status_code == 200  # still there
-    response = client.delete(f"/api/jobs/{job['id']}", headers=ALICE)
+    assert alice.get(f"/api/jobs/{job['id']}").status_code == 200  # still there
+    response = alice.delete(f"/api/jobs/{job['id']}")
     assert response.status_code == 200 and response.get_json() == {"ok": True, "deleted": job["id"]}
-    assert_error(client.get(f"/api/jobs/{job['id']}", headers=ALICE), 404)
+    assert_error(alice.get(f"/api/jobs/{job['id']}"), 404)
 
 
-def test_browsers_are_told_apart_by_their_login(make_app):
-    app = make_app(PASSWORD=PASSWORD, START_WORKER=False)
-    first, second = app.test_client(), app.test_client()  # two browsers on one machine (one address)
-    for browser in (first, second):
-        assert browser.post("/login", data={"password": PASSWORD}).status_code == 302
-    same_site = {"Origin": "http://localhost"}  # as the page's own fetch sends it
-    job = submit(first, same_site)
-    assert_error(second.post(f"/api/jobs/{job['id']}/cancel", headers=same_site), 403)
-    assert first.post(f"/api/jobs/{job['id']}/cancel", headers=same_site).status_code == 200
+def test_a_user_name_is_not_an_identity(locked):
+    """Anyone with the shared password can type any user name: scripts with the password are one
+    client whatever name they send (and as a Bearer token), never Alice because they say "alice".
+    Per-person identities are ACCESS = "people" (tests/test_people.py)."""
+    alice, mallory = script(locked, "alice"), script(locked, "alice")
+    job = submit(alice)
+    for other in (script(locked, "bob"), Identity(locked.test_client(), {"Authorization": f"Bearer {PASSWORD}"})):
+        assert other.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is True
+    assert mallory.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is True
+    someone = browser(locked)  # a browser is told apart by its signed cookie, which no user name forges
+    assert someone.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is False
+    assert script(locked, "bob").get("/api/jobs").get_json()["jobs"][0]["id"] == job["id"]
+
+
+def test_browsers_are_told_apart_by_their_login(locked):
+    first, second = browser(locked), browser(locked)  # two browsers on one machine (one address)
+    job = submit(first)
+    assert_error(second.post(f"/api/jobs/{job['id']}/cancel"), 403)
+    assert first.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
 
 
 def test_without_a_password_each_browser_still_owns_its_jobs(make_app):
     app = make_app(START_WORKER=False)
     first, second = app.test_client(), app.test_client()
-    for browser in (first, second):
-        assert browser.get("/", headers={"Accept": "text/html"}).status_code == 200  # the page gives an id
+    for each in (first, second):
+        assert each.get("/", headers={"Accept": "text/html"}).status_code == 200  # the page gives an id
     job = submit(first, {})
     assert second.get(f"/api/jobs/{job['id']}").get_json()["job"]["mine"] is False
     assert_error(second.post(f"/api/jobs/{job['id']}/cancel"), 403)
 
 
-def test_the_list_is_mine_and_the_whole_queue_is_anonymous(locked):
-    client = locked.test_client()
-    alices, bobs = submit(client, ALICE), submit(client, BOB)
-    listed = client.get("/api/jobs", headers=BOB).get_json()["jobs"]
+def test_the_list_is_mine_and_the_whole_queue_is_anonymous(pair):
+    alice, bob = pair
+    alices, bobs = submit(alice), submit(bob)
+    listed = bob.get("/api/jobs").get_json()["jobs"]
     assert [(j["id"], j["mine"]) for j in listed] == [(bobs["id"], True)]
     assert listed[0]["params"]["prompt"] == small_job()["prompt"]
-    everyone = client.get("/api/jobs?all=1", headers=BOB).get_json()["jobs"]
+    everyone = bob.get("/api/jobs?all=1").get_json()["jobs"]
     assert [(j["id"], j["mine"], j["position"]) for j in everyone] == [(bobs["id"], True, 2),
                                                                         (alices["id"], False, 1)]
     other = everyone[1]
     assert other["params"] is None and other["images"] == [] and other["preview_url"] is None
     assert "client" not in other and "owner" not in other
-    assert client.get(f"/api/jobs/{alices['id']}", headers=BOB).get_json()["job"]["params"] is None
-    assert_error(client.get(f"/api/jobs/{alices['id']}/preview.png", headers=BOB), 404)
+    assert bob.get(f"/api/jobs/{alices['id']}").get_json()["job"]["params"] is None
+    assert_error(bob.get(f"/api/jobs/{alices['id']}/preview.png"), 404)
 
 
-def test_interrupt_stops_only_the_callers_job(locked):
-    client = locked.test_client()
-    alices, bobs = submit(client, ALICE), submit(client, BOB)
-    assert client.post("/sdapi/v1/interrupt", headers=BOB).get_json() == {"interrupted": bobs["id"]}
-    assert client.post("/sdapi/v1/interrupt", headers=BOB).get_json() == {"interrupted": None}
-    assert client.get(f"/api/jobs/{alices['id']}", headers=ALICE).get_json()["job"]["state"] == "queued"
+def test_interrupt_stops_only_the_callers_job(pair):
+    alice, bob = pair
+    alices, bobs = submit(alice), submit(bob)
+    assert bob.post("/sdapi/v1/interrupt").get_json() == {"interrupted": bobs["id"]}
+    assert bob.post("/sdapi/v1/interrupt").get_json() == {"interrupted": None}
+    assert alice.get(f"/api/jobs/{alices['id']}").get_json()["job"]["state"] == "queued"
 
 
 def test_the_queue_limit_counts_per_identity(make_app):
-    client = make_app(PASSWORD=PASSWORD, MAX_QUEUED_PER_CLIENT=1, START_WORKER=False).test_client()
-    submit(client, ALICE)
-    assert_error(client.post("/api/jobs", json=small_job(), headers=ALICE), 429)
-    submit(client, BOB)  # same address, another credential
+    app = make_app(PASSWORD=PASSWORD, MAX_QUEUED_PER_CLIENT=1, START_WORKER=False)
+    submit(script(app, "alice"))
+    assert_error(script(app, "bob").post("/api/jobs", json=small_job()), 429)  # another name: the same client
+    submit(browser(app))  # same address, another identity
 
 
 @pytest.fixture
 def finished(make_app):
-    """An app with GALLERY as given, and one finished job of Alice's."""
+    """An app with GALLERY as given, one finished job of Alice's (a script), and Bob (a browser)."""
     def make(gallery: str):
         app = make_app(PASSWORD=PASSWORD, START_WORKER=False, GALLERY=gallery)
-        client = app.test_client()
-        job = submit(client, ALICE)
+        alice, bob = script(app), browser(app)
+        job = submit(alice)
         assert app.extensions["t2i"].worker.run_once()
-        return client, client.get(f"/api/jobs/{job['id']}", headers=ALICE).get_json()["job"]
+        return alice, bob, alice.get(f"/api/jobs/{job['id']}").get_json()["job"]
 
     return make
 
 
 def test_shared_gallery_shows_everyones_finished_images(finished):
-    client, job = finished("shared")
+    alice, bob, job = finished("shared")
     url = job["images"][0]["url"]
-    seen = client.get(f"/api/jobs/{job['id']}", headers=BOB).get_json()["job"]
+    seen = bob.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert seen["mine"] is False and seen["images"][0]["url"] == url and seen["params"]["prompt"]
-    assert client.get(url, headers=BOB).status_code == 200
-    assert url.encode() in client.get("/gallery", headers=BOB).data
+    assert bob.get(url).status_code == 200
+    assert url.encode() in bob.get("/gallery").data
 
 
 def test_private_gallery_shows_each_client_only_its_own(finished):
-    client, job = finished("private")
+    alice, bob, job = finished("private")
     url = job["images"][0]["url"]
-    assert client.get(url, headers=ALICE).status_code == 200
-    assert url.encode() in client.get("/gallery", headers=ALICE).data
-    body = assert_error(client.get(url, headers=BOB), 404)  # 404, not 403: not even its existence shows
+    assert alice.get(url).status_code == 200
+    assert url.encode() in alice.get("/gallery").data
+    body = assert_error(bob.get(url), 404)  # 404, not 403: not even its existence shows
     assert body["error"] == "no such image"
-    assert url.encode() not in client.get("/gallery", headers=BOB).data
-    seen = client.get(f"/api/jobs/{job['id']}", headers=BOB).get_json()["job"]
+    assert url.encode() not in bob.get("/gallery").data
+    seen = bob.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert seen["images"] == [] and seen["params"] is None
-    assert client.get("/api/jobs", headers=BOB).get_json()["jobs"] == []
+    assert bob.get("/api/jobs").get_json()["jobs"] == []
 
 
 def test_a_restart_keeps_each_browser_logged_in_and_owning_its_jobs(make_app, tmp_path):

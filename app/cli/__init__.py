@@ -17,7 +17,7 @@ from app.cli.common import CLIError, add_model_options, load_engine, quiet_third
 __all__ = ["CLIError", "add_model_options", "build_parser", "load_engine", "main"]
 
 # Each command module imports what it needs only when it runs (Flask for serve, RQ for worker).
-COMMANDS = ("generate", "upscale", "serve", "worker", "finetune", "export", "bench", "notebooks")
+COMMANDS = ("generate", "upscale", "serve", "worker", "finetune", "export", "bench", "notebooks", "people")
 
 
 def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:

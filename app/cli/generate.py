@@ -130,14 +130,14 @@ def run(args: argparse.Namespace) -> int:
         sd_upscale=None if args.sd_upscale is None else {
             "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
     )
+    from app.engine.faces import weights as face_weights
+    from app.models.loading import ModelLoadError
+
+    face_weights.configure(args.face_dir)  # before validating: a face model missing offline is refused there
     try:
         request.validate()
     except ValidationError as exc:
         raise CLIError(str(exc)) from exc
-    from app.engine.faces import weights as face_weights
-    from app.models.loading import ModelLoadError
-
-    face_weights.configure(args.face_dir)
     engine = load_engine(args)
     out_of_memory = None
     with tqdm(total=None, desc="Generating", unit="step", file=sys.stderr) as bar:

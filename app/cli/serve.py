@@ -18,6 +18,9 @@ def add_parser(subparsers) -> None:
                    help="the app is reachable from outside (a tunnel): require auth, generating a password if none given")
     p.add_argument("--trust-proxy", type=int, default=None, metavar="N",
                    help="proxies in front (a tunnel) whose X-Forwarded-For names the client (default: 1 with --public)")
+    p.add_argument("--access", choices=("password", "people"), default=None,
+                   help="password: one shared password (default); people: the password is yours, friends get "
+                        "personal links (/admin, `people add`)")
     p.add_argument("--instance", help="folder for the job store and images (default: instance/ in the project folder)")
     p.add_argument("--redis", metavar="URL",
                    help="queue jobs in Redis for `python -m app worker` processes instead of running them here")
@@ -33,6 +36,8 @@ def serve_config(args: argparse.Namespace) -> dict:
     config["TRUST_PROXY"] = args.trust_proxy if args.trust_proxy is not None else (1 if args.public else 0)
     if args.password:
         config["PASSWORD"] = args.password
+    if args.access:
+        config["ACCESS"] = args.access
     if args.instance:
         config["INSTANCE"] = args.instance
     if args.redis:
@@ -59,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:
         print(f"Password: {app.config['PASSWORD']}", flush=True)
+    if app.config["ACCESS"] == "people":
+        print(f"Personal links for friends: log in with the password and open {handle.url}/admin, "
+              "or run `python -m app people add NAME`", flush=True)
     # `docker stop` and systemd send SIGTERM: stop as on Ctrl-C (no new connections, finished
     # images written). Python's default would die at once, and as a container's PID 1 it
     # would ignore the signal until the engine's SIGKILL.

@@ -371,7 +371,8 @@ class GenerationRequest:
         _check_range("clip_skip", self.clip_skip)
 
     def _validate_faces(self, limits: Limits) -> None:
-        from app.engine.faces.restore import RESTORERS, find_restorer
+        from app.engine.faces.restore import RESTORERS, find_restorer, weights_needed
+        from app.engine.faces.weights import missing_offline
 
         for name in ("restore_faces", "face_detail"):
             if not isinstance(getattr(self, name), bool):
@@ -380,6 +381,10 @@ class GenerationRequest:
         if restorer is None:
             raise ValidationError("face_restorer", self.face_restorer, "must be one of " + ", ".join(RESTORERS))
         self.face_restorer = restorer
+        why = missing_offline(weights_needed(self.restore_faces, restorer, self.face_detail))
+        if why:
+            name = "restore_faces" if self.restore_faces else "face_detail"
+            raise ValidationError(name, True, why)
         for name in ("code_former_weight", "face_detail_strength", "face_detail_confidence"):
             _check_range(name, getattr(self, name))
         for name in ("face_detail_dilate", "face_detail_mask_blur", "face_detail_padding"):

@@ -65,7 +65,7 @@ def spandrel() -> Any:
         except ImportError:
             pass
     except ImportError as exc:
-        raise ModelLoadError("spandrel is not installed: pip install -r requirements.txt") from exc
+        raise ModelLoadError("spandrel is not installed: pip install --no-deps -r requirements-no-deps.txt") from exc
     finally:
         for name in stubbed:  # other libraries must not find a fake torchvision
             sys.modules.pop(name, None)

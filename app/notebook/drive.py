@@ -12,7 +12,10 @@ and ``InstanceSync`` copies it to ``MyDrive/text-to-image/instance``:
   ``jobs.sqlite`` only when complete, so Drive always holds a whole
   database, from the last sync or the one before;
 - images (write-once files) the same way: a temporary name, then a rename;
-  images already there are skipped.
+  images already there are skipped;
+- the small files that say who is who (``KEPT_FILES``: the session key and,
+  with ``ACCESS = "people"``, ``people.json``) whenever they change, so after a
+  new runtime browsers are still logged in and friends' links still work.
 
 It syncs every few seconds when something changed (so within seconds of a
 job ending), and at stop. At start, ``restore`` copies Drive's copy back to
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.notebook.tunnel import in_colab
+from app.web.private_files import write_private
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,9 @@ DRIVE_DIR = "/content/drive/MyDrive"
 SUBFOLDER = "text-to-image"
 DATABASE = "jobs.sqlite"
 IMAGES = "images"
+# Rewritten whole (atomically) by the app; kept 0600 here. Drive's FUSE mount ignores modes:
+# MyDrive is private to its owner, which is what keeps them there.
+KEPT_FILES = ("secret_key", "people.json")
 
 
 def mount_drive(drive_dir: str | os.PathLike = DRIVE_DIR, *, say: Callable[[str], None] = print) -> Path | None:
@@ -90,6 +97,18 @@ def _copy_database(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _copy_kept_files(source: Path, target: Path, only_missing: bool = False) -> int:
+    """Copy ``KEPT_FILES`` that differ (app.web.private_files: 0600, whole or absent). Returns how many."""
+    copied = 0
+    for name in KEPT_FILES:
+        path, dest = source / name, target / name
+        if not path.is_file() or (dest.exists() and (only_missing or dest.read_bytes() == path.read_bytes())):
+            continue
+        write_private(dest, path.read_bytes())
+        copied += 1
+    return copied
+
+
 def _copy_new_files(source: Path, target: Path) -> int:
     """Copy the files under ``source`` that ``target`` lacks (or has at
     another size); each through a temporary name. Returns how many."""
@@ -128,6 +147,7 @@ class InstanceSync:
         Returns the number of finished jobs restored (0 when there was
         nothing, or when the local folder already has a database)."""
         self.local.mkdir(parents=True, exist_ok=True)
+        _copy_kept_files(self.drive, self.local, only_missing=True)
         saved, live = self.drive / DATABASE, self.local / DATABASE
         if live.exists() or not saved.exists():
             return 0
@@ -142,7 +162,7 @@ class InstanceSync:
     def _state(self) -> tuple:
         """What changes when a job is written: the database's files and the images."""
         stamps: list[object] = []
-        for path in (self.local / DATABASE, self.local / (DATABASE + "-wal")):
+        for path in (self.local / DATABASE, self.local / (DATABASE + "-wal"), *(self.local / n for n in KEPT_FILES)):
             try:
                 stat = path.stat()
                 stamps.append((stat.st_mtime_ns, stat.st_size))
@@ -164,6 +184,7 @@ class InstanceSync:
             self.drive.mkdir(parents=True, exist_ok=True)
             try:
                 copied = _copy_new_files(self.local / IMAGES, self.drive / IMAGES)
+                _copy_kept_files(self.local, self.drive)
                 _copy_database(self.local / DATABASE, self.drive / DATABASE)
             except (OSError, sqlite3.Error) as exc:  # Drive gone or full: try again next time
                 self.last_error = f"{type(exc).__name__}: {exc}"

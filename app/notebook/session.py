@@ -95,4 +95,27 @@ def link_block(url: str, password: str) -> Any:
     return w.VBox([w.HTML("<br>".join(parts)), secret])
 
 
-__all__ = ["JobLines", "job_line", "link_block", "log_to_file", "qr_svg"]
+__all__ = ["JobLines", "job_line", "link_block", "log_to_file", "person_block", "qr_svg"]
+
+
+def person_block(web_app: Any, name: str, quota: int, base_url: str) -> Any:
+    """The app notebook's People cell: a new person of an ``ACCESS = "people"`` app and their
+    personal link, in a text field like the password (Colab saves printed output with the notebook,
+    not widgets); the link is shown this once: only its token's hash is kept."""
+    import ipywidgets as w
+
+    from app.web.people import EXTENSION, PeopleError
+
+    store = web_app.extensions.get(EXTENSION)
+    if store is None:
+        return w.HTML('ACCESS is "password": everyone uses the password. For personal links, set ACCESS = '
+                      '"people" in Settings and run the cells again.')
+    try:
+        person, token = store.add(name, quota)
+    except PeopleError as exc:
+        return w.HTML(html.escape(str(exc)))
+    link = f"{base_url.rstrip('/')}/login?token={token}"
+    note = (f"Personal link for <b>{html.escape(person.name)}</b> ({person.quota} images a day). Copy it now: it is "
+            "shown only once. The token in it also works for scripts (<code>Authorization: Bearer</code>). "
+            "Revoke it or change the quota on the app's People page (/admin, logged in with the password).")
+    return w.VBox([w.HTML(note), w.Text(value=link, description="Link", layout=w.Layout(width="48em"))])

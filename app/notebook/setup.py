@@ -15,7 +15,9 @@ Two kinds of packages are never installed or upgraded:
 
 Every install runs with a constraint file that pins the installed versions
 of both kinds, so no dependency drags them up either. The cell says what was
-installed and what was upgraded, from which version.
+installed and what was upgraded, from which version. ``requirements-no-deps.txt``
+(spandrel) is installed after them with ``--no-deps``: it declares a torchvision
+it does not need here (see that file).
 
 Runs before the requirements are installed, so it imports only the standard
 library and ``packaging`` (in Colab, and pip's own dependency everywhere).
@@ -36,6 +38,7 @@ from packaging.requirements import Requirement
 
 from app.notebook.tunnel import in_colab
 
+NO_DEPS = "requirements-no-deps.txt"  # installed after requirements.txt, without their dependencies
 KEEP = ("torch",)  # never installed by the notebooks: keep the runtime's build
 # What Colab's front end (widget rendering, the kernel, the notebook server) depends on.
 FRONT_END = ("ipywidgets", "widgetsnbextension", "jupyterlab-widgets", "ipykernel", "ipython", "jupyter-client",
@@ -135,11 +138,11 @@ def pinned() -> list[str]:
 
 
 def install_missing(path: str | os.PathLike = "requirements.txt", *, say: Callable[[str], None] = print,
-                    run: Callable[..., object] = subprocess.run) -> list[str]:
+                    run: Callable[..., object] = subprocess.run, no_deps: bool = False) -> list[str]:
     """pip-install what ``plan_install`` finds, with torch and the front end
-    pinned so that nothing pulls in another build. Says what it does and
-    returns the requirements passed to pip (``run`` stands in for
-    ``subprocess.run`` in tests)."""
+    pinned so that nothing pulls in another build (``no_deps``: the packages
+    alone). Says what it does and returns the requirements passed to pip
+    (``run`` stands in for ``subprocess.run`` in tests)."""
     plan = plan_install(path)
     for line in plan.lines():
         say(line)
@@ -148,7 +151,8 @@ def install_missing(path: str | os.PathLike = "requirements.txt", *, say: Callab
     constraint = os.path.join(tempfile.gettempdir(), "keep-torch.txt")
     with open(constraint, "w", encoding="utf-8") as f:
         f.write("".join(pin + "\n" for pin in pinned()))
-    run([sys.executable, "-m", "pip", "install", "-q", "-c", constraint, *plan.to_pip], check=True)
+    options = ["--no-deps"] if no_deps else []
+    run([sys.executable, "-m", "pip", "install", "-q", *options, "-c", constraint, *plan.to_pip], check=True)
     return plan.to_pip
 
 
@@ -170,8 +174,10 @@ def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = p
     if str(folder) not in {os.path.abspath(entry) for entry in sys.path}:
         sys.path.insert(0, str(folder))
     installed = install_missing(folder / "requirements.txt", say=say, run=run)
+    if (folder / NO_DEPS).is_file() and missing_requirements(folder / NO_DEPS):
+        installed += install_missing(folder / NO_DEPS, say=say, run=run, no_deps=True)
     return Setup(folder, in_colab(), installed)
 
 
-__all__ = ["FRONT_END", "KEEP", "Plan", "Setup", "install_missing", "missing_requirements", "pinned",
+__all__ = ["FRONT_END", "KEEP", "NO_DEPS", "Plan", "Setup", "install_missing", "missing_requirements", "pinned",
            "plan_install", "prepare"]

@@ -16,6 +16,7 @@ from app.engine import upscalers
 from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
+from app.web.private_files import write_private
 from app.web.settings import DEFAULTS, INSTANCE_PATHS, engine_limits, engine_options, from_environ, public_limits
 
 if TYPE_CHECKING:
@@ -38,11 +39,10 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import api, auth, csrf, errors, loras, models, pages, sdapi, styles
+    from app.web import admin, api, auth, csrf, errors, loras, models, pages, sdapi, styles
 
     test_config = dict(test_config or {})
-    instance = test_config.pop("INSTANCE", None) or os.environ.get("T2I_INSTANCE")
-    app = Flask("app", instance_path=str(Path(instance).resolve()) if instance else str(ROOT / "instance"),
+    app = Flask("app", instance_path=str(instance_folder(test_config.pop("INSTANCE", None))),
                 instance_relative_config=True, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"))
     # 1. settings: defaults, instance/config.py, T2I_* environment, then the caller's.
@@ -53,6 +53,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
+    if app.config["ACCESS"] == "people":
+        from app.web.people import EXTENSION as PEOPLE
+        from app.web.people import PEOPLE_FILE, People
+
+        app.extensions[PEOPLE] = People(Path(app.instance_path) / PEOPLE_FILE)
+
     # 2. the model catalogue, and the one backend: in-process (SQLite) by default, or Redis with GPU workers.
     models.init_app(app)
     loras.init_app(app)
@@ -62,7 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
-    for blueprint in (api.bp, styles.bp, sdapi.bp, pages.bp):
+    for blueprint in (api.bp, styles.bp, sdapi.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.context_processor(page_context)
     app.after_request(security_headers)
@@ -72,6 +78,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if app.config["START_WORKER"]:
         backend_of(app).start()
     return app
+
+
+def instance_folder(given: str | os.PathLike | None = None) -> Path:
+    """The instance folder: ``given``, else T2I_INSTANCE, else instance/ in the project folder."""
+    given = given or os.environ.get("T2I_INSTANCE")
+    return Path(given).resolve() if given else ROOT / "instance"
 
 
 def backend_of(app: Flask) -> Backend:
@@ -143,6 +155,7 @@ def form_defaults() -> dict[str, Any]:
 
 def page_context() -> dict[str, Any]:
     from app.engine.schedulers import scheduler_names
+    from app.web.auth import is_owner
 
     status = backend().status()
     return {
@@ -153,6 +166,8 @@ def page_context() -> dict[str, Any]:
         "fields": WEB_FIELDS,
         "limits": public_limits(current_app.config),
         "auth_required": bool(current_app.config.get("PASSWORD")),
+        "is_owner": is_owner(),
+        "access": current_app.config["ACCESS"],
     }
 
 
@@ -204,14 +219,18 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
-    # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
-    upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
     from app.engine.faces import weights as face_weights
 
     face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine
-    if config["PUBLIC"] and not config["PASSWORD"]:
+    # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
+    upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
+    if config["ACCESS"] not in ("password", "people"):
+        raise ValueError(f"ACCESS must be 'password' or 'people', not {config['ACCESS']!r}")
+    if (config["PUBLIC"] or config["ACCESS"] == "people") and not config["PASSWORD"]:
+        # people: the password is the owner's, who manages the people (/admin); without one nobody could
         config["PASSWORD"] = secrets.token_urlsafe(9)
-        logger.warning("PUBLIC without a password: generated password %s", config["PASSWORD"])
+        logger.warning("%s without a password: generated password %s",
+                       "PUBLIC" if config["PUBLIC"] else "ACCESS=people", config["PASSWORD"])
     if not config["SECRET_KEY"]:  # kept in the instance folder: a restart must not log everyone out
         config["SECRET_KEY"] = instance_secret_key(Path(app.instance_path) / SECRET_KEY_FILE)
     # A base64 init image in JSON is 4/3 of its bytes, plus the other fields.
@@ -244,16 +263,9 @@ def instance_secret_key(path: Path) -> str:
         logger.warning("cannot read %s (%s): a new session key; browsers must log in again", path, exc)
         return secrets.token_hex(32)
     key = secrets.token_hex(32)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # whole or absent: a crash never leaves half a key
+        write_private(path, (key + "\n").encode())  # whole or absent: a crash never leaves half a key
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         logger.warning("cannot keep the session key in %s (%s): browsers must log in again after a restart",
                        path, exc)
     return key

@@ -9,7 +9,8 @@ from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, f
 from app.jobs.base import READY, ModelChoice
 from app.jobs.job import DONE, STATES, Job, QueueFull
 from app.web import WEB_FIELDS, backend, form_defaults, models
-from app.web.auth import client_id, is_authenticated
+from app.web.admin import quota_charged
+from app.web.auth import client_id, is_authenticated, is_owner
 from app.web.body import check_int_size, json_object
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
@@ -52,11 +53,14 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
 
 
 def enqueue(gen: GenerationRequest, model: ModelChoice | None = None) -> Job:
-    try:
-        return backend().submit(gen, client_id(), model)
-    except QueueFull as exc:
-        raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
-                       headers={"Retry-After": "10"}) from exc
+    """The one way a job is queued (the native and the A1111 routes): a person's images are
+    counted against their daily quota here (app.web.admin), given back if nothing was queued."""
+    with quota_charged(gen.num_images):
+        try:
+            return backend().submit(gen, client_id(), model)
+        except QueueFull as exc:
+            raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
+                           headers={"Retry-After": "10"}) from exc
 
 
 def image_url(job_id: str, n: int) -> str:
@@ -67,10 +71,15 @@ def is_mine(job: Job) -> bool:
     return job.client == client_id()
 
 
+def sees_privately(job: Job) -> bool:
+    """Its owner, and the owner of an ``ACCESS = "people"`` app, who sees every private gallery."""
+    return is_mine(job) or is_owner()
+
+
 def shows_contents(job: Job) -> bool:
     """Whose prompt, settings and images a client may see: its own jobs', and
     with ``GALLERY = "shared"`` everyone's finished ones (the gallery's)."""
-    return is_mine(job) or (job.state == DONE and current_app.config["GALLERY"] == "shared")
+    return sees_privately(job) or (job.state == DONE and current_app.config["GALLERY"] == "shared")
 
 
 def job_json(job: Job) -> dict:

@@ -7,8 +7,17 @@ HTTP Basic with any user name (webuiapi's ``set_auth``). Unauthenticated API
 calls get 401 in the error shape; pages redirect to /login. Wrong passwords
 are throttled (app.web.throttle); the right one always gets in.
 
-Who a client is (``client_id``): its API credential, else its browser's
-random id (in the session cookie), else its address. Jobs belong to it.
+With ``ACCESS = "people"`` the PASSWORD is the owner's, and each friend has a
+personal token (app.web.people): a link ``/login?token=...`` logs their
+browser in, or API clients send it as the Bearer token (or the Basic
+password). Revoking a person ends their token and their sessions at the
+next request.
+
+Who a client is (``client_id``), which owns its jobs and its private gallery:
+with ``ACCESS = "people"``, "owner" or "person:<id>"; with the shared
+password, its API credential (the password itself: a Basic user name is not
+an identity, so every script with the password is one client), else its
+browser's random id (in the session cookie), else its address.
 """
 from __future__ import annotations
 
@@ -20,10 +29,12 @@ import math
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, has_request_context, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, g, has_request_context, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
 from app.web.errors import ApiError, wants_json
+from app.web.people import EXTENSION as PEOPLE
+from app.web.people import OWNER, PERSON, People, Person, session_tag
 from app.web.throttle import FailureThrottle
 
 bp = Blueprint("auth", __name__)
@@ -38,20 +49,72 @@ def client_address() -> str:
 
 
 def client_id() -> str:
-    """Who owns a job (and whose queue limit it counts against): an API
-    credential (a hash of the Authorization header's secret, the user name
-    included for Basic, so friends sharing one password under different user
-    names differ), else the browser's random id from its session cookie, else
-    the address (scripts on an app without a password)."""
+    """Who owns a job, its images in a private gallery, and whose queue limit and quota it counts
+    against (see the module's text)."""
+    return identify() or _anonymous_id()
+
+
+def _anonymous_id() -> str:
+    """Without ``ACCESS = "people"``: the API credential's hash (the password part only for Basic:
+    a user name anyone may type is no identity), else the browser's id, else the address."""
     header = request.headers.get("Authorization")
     if header:
-        scheme, _, value = header.partition(" ")
-        basic = _basic(value) if scheme.lower() == "basic" else None
-        secret = f"basic\0{basic[0]}\0{basic[1]}" if basic else f"{scheme.lower()}\0{value.strip()}"
-        return "key:" + hashlib.sha256(secret.encode()).hexdigest()[:32]
+        secret = _credentials()
+        return "key:" + hashlib.sha256((header if secret is None else secret).encode()).hexdigest()[:32]
     if session.get("cid"):
         return "browser:" + session["cid"]
     return "addr:" + client_address()
+
+
+def people_store() -> People | None:
+    """The people of an ``ACCESS = "people"`` app, else None."""
+    return current_app.extensions.get(PEOPLE)
+
+
+def is_owner() -> bool:
+    """The one with the app's password on an ``ACCESS = "people"`` app (who manages people and sees
+    every gallery); nobody is, in password mode, where everyone with the password is alike."""
+    return people_store() is not None and identify() == OWNER
+
+
+def person_id() -> str | None:
+    who = identify()
+    return who[len(PERSON):] if who and who.startswith(PERSON) else None
+
+
+def identify() -> str | None:
+    """Who the request is, once per request; None: not logged in. May raise ApiError 429 (a
+    wrong credential within the guessing backoff)."""
+    if "t2i_who" not in g:
+        g.t2i_who = None  # should the check below raise (429), the request stays not logged in
+        g.t2i_who = _identify()
+    return g.t2i_who
+
+
+def _identify() -> str | None:
+    password, store = current_app.config.get("PASSWORD"), people_store()
+    if store is not None and session.get("person"):
+        person = store.get(session["person"])
+        if person is not None and person.active and _matches(session.get("pv"), _person_tag(person)):
+            return PERSON + person.id
+    if password and session.get("auth") == _token_tag(password):
+        return OWNER if store is not None else _anonymous_id()
+    if not password:
+        return _anonymous_id()
+    if not request.headers.get("Authorization"):
+        return None
+    secret = _credentials()
+    person = store.by_token(secret) if store is not None else None
+    if person is not None:
+        _throttle().succeeded(client_address())
+        return PERSON + person.id
+    if check_password(secret, password):
+        return OWNER if store is not None else _anonymous_id()
+    return None
+
+
+def _person_tag(person: Person) -> str:
+    return session_tag(current_app.secret_key or "", person)
 
 
 def _token_tag(password: str) -> str:
@@ -97,25 +160,23 @@ def check_password(given: str | None, password: str) -> bool:
     if _matches(given, password):
         _throttle().succeeded(who)
         return True
+    _failed(who)
+    return False
+
+
+def _failed(who: str) -> None:
+    """Count a wrong credential; ApiError 429 within the client's or the global backoff."""
     wait = _throttle().retry_after(who)
     _throttle().failed(who)
     if wait > 0:
         raise ApiError(429, f"too many wrong passwords; wait {math.ceil(wait)} seconds",
                        headers={"Retry-After": str(math.ceil(wait))})
-    return False
 
 
 def is_authenticated() -> bool:
-    """Logged in (session cookie) or sent the password in the Authorization
-    header, which is throttled like the login form."""
-    password = current_app.config.get("PASSWORD")
-    if not password:
-        return True
-    if session.get("auth") == _token_tag(password):
-        return True
-    if not request.headers.get("Authorization"):
-        return False
-    return check_password(_credentials(), password)
+    """Logged in (session cookie: the password's, or a person's still valid one) or sent the
+    password (or a person's token) in the Authorization header, which is throttled like the login form."""
+    return identify() is not None
 
 
 def _give_browser_an_id() -> None:
@@ -154,6 +215,9 @@ def login():
     if not password:
         return redirect(next_url)
     error, status, headers = None, 200, {}
+    token = request.args.get("token")
+    if token is not None and people_store() is not None:
+        return _login_with_link(token, next_url)
     if request.method == "POST":
         try:
             right = check_password(request.form.get("password"), password)
@@ -168,6 +232,37 @@ def login():
                 return redirect(next_url)
             error, status = "Wrong password.", 401
     return render_template("login.html", error=error, next=next_url), status, headers
+
+
+def _login_with_link(token: str, next_url: str):
+    """A person's link: log the browser in as them, then send it on to a URL without the token,
+    so the token stays neither in the history nor in a Referer."""
+    store = people_store()
+    assert store is not None
+    person = store.by_token(token)
+    if person is None:
+        try:
+            _failed(client_address())
+        except ApiError as exc:
+            return _link_page(f"Too many wrong links. Wait {exc.headers['Retry-After']} seconds.", 429, exc.headers)
+        return _link_page("This link is not valid: it was revoked, or it is incomplete. Ask the person who "
+                          "shared it for a new one.", 401)
+    _throttle().succeeded(client_address())
+    session.clear()
+    session["person"], session["pv"] = person.id, _person_tag(person)
+    session.permanent = True
+    response = redirect(next_url, 303)
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _link_page(error: str, status: int, headers: dict | None = None):
+    response = current_app.make_response((render_template("login.html", error=error, next="/"), status,
+                                          headers or {}))
+    response.headers["Referrer-Policy"] = "no-referrer"  # this page's URL holds the (wrong) token
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/logout")  # POST only: a link or an image on another page must not log anyone out

@@ -21,8 +21,8 @@ from app.engine.types import FIELD_RANGES, RANDN_SOURCES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import backend, models
-from app.web.api import is_mine, job_json, shows_contents
-from app.web.auth import client_id
+from app.web.api import job_json, sees_privately, shows_contents
+from app.web.auth import client_id, is_owner
 from app.web.errors import ApiError
 
 bp = Blueprint("views", __name__)
@@ -63,7 +63,7 @@ def gallery() -> str:
     before = request.args.get("before") or None
     search = GallerySearch.from_args(request.args)
     private = current_app.config["GALLERY"] == "private"
-    jobs, older = search.page(before, client_id() if private else None)
+    jobs, older = search.page(before, client_id() if private and not is_owner() else None)
     shown = [job_json(job) for job in jobs if job.images]
     return render_template("gallery.html", jobs=shown, older=older, before=before, search=search,
                            filters=search.args(), **_page())
@@ -149,7 +149,7 @@ def image(job_id: str, name: str):
     path = backend().image_path(job_id, name)
     if path is not None and current_app.config["GALLERY"] == "private":
         job = backend().get(job_id)
-        path = path if job is not None and is_mine(job) else None  # 404 as for no image: existence is private too
+        path = path if job is not None and sees_privately(job) else None  # 404 as for no image: existence is private too
     if path is None:
         raise ApiError(404, "no such image", "path", f"{job_id}/{name}")
     download = request.args.get("download") in ("1", "true", "yes")

@@ -35,6 +35,9 @@ SETTINGS: tuple[Setting, ...] = (
     *engine_option_settings(),
     Setting("ENGINE", None, "an already loaded app.engine.engine.Engine to use instead of loading MODEL (notebooks, tests)"),
     Setting("PASSWORD", None, "password (or API token) every page and API call needs; None: no auth"),
+    Setting("ACCESS", "password", "password: everyone with the PASSWORD is one trust group; people: the PASSWORD is the "
+            "owner's, who gives each friend a personal, revocable link with a daily image quota (/admin, "
+            "`python -m app people`)"),
     Setting("GALLERY", "shared", "shared: every client sees all finished images; private: each client sees only its own"),
     Setting("PROXY_ADDRESSES", ("127.0.0.0/8", "::1"), "where the TRUST_PROXY proxies connect from (IPs or "
             "networks); X-Forwarded-* from any other peer is ignored"),

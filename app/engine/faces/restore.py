@@ -19,6 +19,12 @@ _FILES = {"CodeFormer": weights.CODEFORMER, "GFPGAN": weights.GFPGAN}
 
 Progress = Callable[[int, int], None]  # (faces done, faces in all)
 
+
+def weights_needed(restore: bool, restorer: str, detail: bool) -> list[weights.WeightsFile]:
+    """The files a run with these options loads: the detector for either, the restorer's own."""
+    needed = [weights.DETECTOR] if restore or detail else []
+    return needed + [_FILES[restorer]] if restore else needed
+
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 

@@ -10,12 +10,11 @@ folder to put it in by hand.
 from __future__ import annotations
 
 import os
-import secrets
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.models.downloads import download, offline
 from app.models.loading import ModelLoadError
 
 
@@ -34,7 +33,6 @@ GFPGAN = WeightsFile("GFPGANv1.4.pth",
 CODEFORMER = WeightsFile("codeformer-v0.1.0.pth",
                          "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth", 600 * 2**20)
 
-_CHUNK = 1 << 20
 _folder: Path | None = None
 
 
@@ -52,10 +50,6 @@ def face_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "t2i" / "faces"
 
 
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def ensure(weights: WeightsFile) -> Path:
     """The file's path in FACE_DIR, downloaded first if it is not there."""
     path = face_dir() / weights.name
@@ -65,34 +59,23 @@ def ensure(weights: WeightsFile) -> Path:
         raise ModelLoadError(_missing(weights, path, "offline (HF_HUB_OFFLINE is set)"))
     try:
         download(weights.url, path, weights.max_bytes)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
+    except (OSError, urllib.error.URLError) as exc:
         raise ModelLoadError(_missing(weights, path, f"download failed: {exc}")) from exc
     return path
 
 
+def missing_offline(needed: list[WeightsFile]) -> str | None:
+    """Before any work: why a run that needs ``needed`` cannot get them (offline and not
+    there yet), or None. Checked when a request is validated, so the user hears it at
+    once, not as a failed job after the picture was made."""
+    if not offline():
+        return None
+    for weights in needed:
+        path = face_dir() / weights.name
+        if not path.is_file():
+            return _missing(weights, path, "offline (HF_HUB_OFFLINE is set)")
+    return None
+
+
 def _missing(weights: WeightsFile, path: Path, why: str) -> str:
     return f"{weights.name} is needed and {why}: download {weights.url} and put it at {path}"
-
-
-def download(url: str, path: Path, max_bytes: int, timeout: float = 60) -> None:
-    """Stream ``url`` to ``path`` atomically; ValueError when it is larger than ``max_bytes``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ValueError(f"the server sends {int(declared)} bytes; more than the {max_bytes} expected")
-            written = 0
-            while chunk := response.read(_CHUNK):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise ValueError(f"more than the {max_bytes} bytes expected")
-                out.write(chunk)
-            if declared and declared.isdigit() and written != int(declared):
-                raise ValueError(f"the connection closed after {written} of {int(declared)} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -163,19 +163,19 @@ def test_extras_upscales_then_restores_faces(make_app, faces_here):  # noqa: F81
 PASSWORD = "shared secret"
 
 
-def basic(user: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()}
-
-
 @pytest.mark.parametrize("gallery", ["private", "shared"])
 def test_a_gallery_source_is_read_only_by_whom_may_see_it(make_app, gallery):
-    client = make_app(PASSWORD=PASSWORD, GALLERY=gallery).test_client()
-    alice, bob = basic("alice"), basic("bob")
+    """Alice, a script with the password (Basic), and Bob, a browser logged in with it: two clients."""
+    app = make_app(PASSWORD=PASSWORD, GALLERY=gallery)
+    client = app.test_client()
+    alice = {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
     made = queue(client, "/api/jobs", small_job(), headers=alice)
     body = {"source_job": made["id"], "upscaler_1": "Lanczos"}
     mine = queue(client, "/api/extras", body, headers=alice)
     assert mine["state"] == "done"
-    response = client.post("/api/extras", json=body, headers=bob)
+    bob = app.test_client()
+    assert bob.post("/login", data={"password": PASSWORD}).status_code == 302
+    response = bob.post("/api/extras", json=body, headers={"Origin": "http://localhost"})
     if gallery == "private":
         assert_error(response, 404, "source_job")  # as /images/ answers: not even whether it exists
     else:

@@ -1,19 +1,14 @@
 // "Upscale ×2" under a result or a gallery image (T2I.upscale, used by
-// static/app.js). POST /api/upscale with the image, synchronous: the answer is
-// the bigger PNG, shown under the image with its own status line and a download
-// link, from an object URL that is revoked when the copy is replaced or
-// discarded (T2I.upscale.discard). Needs static/api.js.
+// static/app.js): queues an Extras job (POST /api/upscale with the gallery
+// image's job and number, issue #24) and follows it under the image with its
+// own status line; the upscaled image is a gallery image like any other, with
+// its infotext, so it stays after a reload. Needs static/api.js.
 (function () {
   "use strict";
 
   var T2I = window.T2I, el = T2I.el;
   var FACTOR = 2;
-
-  // Free the upscaled copy's object URL in box (a .upscaled element).
-  function release(box) {
-    if (box.t2iObjectUrl) URL.revokeObjectURL(box.t2iObjectUrl);
-    box.t2iObjectUrl = null;
-  }
+  var IMAGE_URL = /\/images\/([0-9a-f]{32})\/(\d+)\.png/;
 
   function into(container, url, button) {
     var box = container.querySelector(".upscaled");
@@ -22,50 +17,49 @@
       container.appendChild(box);
     }
     var status = box.querySelector(".upscale-status");
+    var match = IMAGE_URL.exec(url);
+    function failed(message) {
+      status.textContent = "Upscale failed: " + message;
+      status.classList.add("bad");
+      button.disabled = false;
+    }
+    if (!match) { failed("not a gallery image"); return; }
     button.disabled = true;
     status.classList.remove("bad");
     status.textContent = "Upscaling ×" + FACTOR + "…";
-    fetch(url, { credentials: "same-origin" }).then(function (response) {
-      if (!response.ok) throw new Error("could not load the image (" + response.status + ")");
-      return response.blob();
-    }).then(T2I.blobToDataURL).then(function (dataUrl) {
-      return fetch("/api/upscale", {
-        method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", Accept: "image/png, application/json",
-                   "ngrok-skip-browser-warning": "1" },
-        body: JSON.stringify({ image: dataUrl, scale: FACTOR }) });
-    }).then(function (response) {
-      if (response.status === 401) T2I.goToLogin();
-      var type = response.headers.get("Content-Type") || "";
-      if (response.ok && type.indexOf("image/png") === 0) return response.blob();
-      return response.text().then(function (text) {
-        var data = null;
-        try { data = JSON.parse(text); } catch (e) { data = null; }
-        throw new Error((data && data.error) || "the server answered " + response.status);
-      });
-    }).then(function (blob) {
-      release(box);
-      if (!box.isConnected) return;  // the result was replaced while the copy was made
-      var src = box.t2iObjectUrl = URL.createObjectURL(blob);
-      var image = el("img", { src: src, alt: "Upscaled ×" + FACTOR + " copy", class: "upscaled-image" });
-      image.onload = function () {
-        status.textContent = "Upscaled to " + image.naturalWidth + "×" + image.naturalHeight + ".";
+
+    function follow(job) {
+      if (!box.isConnected) return;  // the result was replaced meanwhile
+      if (job.state === "queued" || job.state === "running") {
+        status.textContent = "Upscaling ×" + FACTOR + ": " + job.state +
+          (job.state === "running" ? " " + Math.round(100 * (job.progress.fraction || 0)) + "%" : "") + "…";
+        setTimeout(function () {
+          T2I.api("GET", "/api/jobs/" + job.id).then(function (answer) {
+            if (!answer.ok) failed(answer.data.error); else follow(answer.data.job);
+          });
+        }, 500);
+        return;
+      }
+      if (job.state !== "done" || !job.images.length) { failed(job.error || "the job was " + job.state); return; }
+      var image = job.images[0];
+      var copy = el("img", { src: image.url, alt: "Upscaled ×" + FACTOR + " copy", class: "upscaled-image" });
+      copy.onload = function () {
+        status.textContent = "Upscaled to " + copy.naturalWidth + "×" + copy.naturalHeight + " (in the gallery).";
       };
-      box.replaceChildren(status, image,
-        el("a", { class: "button secondary small", href: src, text: "Download upscaled",
+      box.replaceChildren(status, copy,
+        el("a", { class: "button secondary small", href: image.url + "?download=1", text: "Download upscaled",
                   download: url.split("/").slice(-2).join("-").replace(/\.png$/, "") + "-x" + FACTOR + ".png" }));
       button.disabled = false;
-    }).catch(function (error) {
-      status.textContent = "Upscale failed: " + error.message;
-      status.classList.add("bad");
-      button.disabled = false;
-    });
+    }
+
+    T2I.api("POST", "/api/upscale", { source_job: match[1], source_image: Number(match[2]), scale: FACTOR })
+      .then(function (answer) {
+        if (!answer.ok) failed(answer.data.error); else follow(answer.data.job);
+      }).catch(function (exc) { failed(exc.message); });
   }
 
-  // Before root (a result list, a gallery tile) leaves the page: free its upscaled copies.
-  function discard(root) {
-    Array.prototype.forEach.call(root.querySelectorAll(".upscaled"), release);
-  }
+  // Kept for static/app.js: the copies are gallery images now, with nothing to free.
+  function discard() {}
 
   T2I.upscale = { FACTOR: FACTOR, into: into, discard: discard };
 })();

@@ -111,7 +111,7 @@ def huge_png():
     ("/api/jobs", small_job(init_image=_IMAGE), "mask"),
     ("/sdapi/v1/img2img", {"prompt": "a", "steps": 2, "init_images": [_IMAGE]}, "mask"),
     ("/api/upscale", {"scale": 2}, "scale"),
-    ("/sdapi/v1/extra-single-image", {"upscaling_resize": 2}, "scale"),
+    ("/sdapi/v1/extra-single-image", {"upscaling_resize": 2}, "upscaling_resize"),
 ], ids=["jobs mask", "img2img mask", "upscale", "extras"])
 def test_an_image_too_large_for_its_use_is_refused_from_its_header(make_app, huge_png, path, body, field):
     """A 4096x4096 mask (a 90 KB PNG; the largest image made here is 1024x1024) was

@@ -66,6 +66,11 @@ def add_parser(subparsers) -> None:
                         "a file in models/upscalers)")
     p.add_argument("--hires-steps", type=int, default=d["hr_second_pass_steps"],
                    help="steps of the refine pass (default: 0, as many as --steps)")
+    p.add_argument("--sd-upscale", type=float, metavar="SCALE",
+                   help="A1111's SD upscale (with --init-image): upscale by SCALE (1-4), then img2img in overlapping "
+                        "tiles of --width x --height at --strength, blended")
+    p.add_argument("--sd-upscale-overlap", type=int, default=64, help="tile overlap in pixels (default: 64)")
+    p.add_argument("--sd-upscale-upscaler", default="Lanczos", help="upscaler before the tiles (default: Lanczos)")
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     faces = p.add_argument_group("faces", "after generation: restoration (A1111's), then detailing (ADetailer's)")
     faces.add_argument("--restore-faces", action="store_true", help="restore faces with --face-restorer")
@@ -122,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         face_detail_prompt=args.face_detail_prompt, face_detail_negative_prompt=args.face_detail_negative_prompt,
         face_detail_confidence=args.face_detail_confidence,
         **({"strength": args.strength} if args.strength is not None else {}),
+        sd_upscale=None if args.sd_upscale is None else {
+            "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
     )
     from app.engine.faces import weights as face_weights
     from app.models.loading import ModelLoadError

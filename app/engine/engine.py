@@ -181,6 +181,14 @@ class Engine:
         """Run one request. ``on_step`` is called after every denoising step;
         setting ``cancel`` stops the run, which then raises GenerationCancelled."""
         request = request.validate(self.limits).with_seed()
+        if request.extras is not None:  # an Extras job (app/engine/extras.py): no denoising
+            from app.engine.extras import run_extras
+
+            return run_extras(request, self.limits, on_step, cancel, self.model_name)
+        if request.sd_upscale is not None:  # tiles of img2img, each one a generate call of its own
+            from app.engine.sd_upscale import run_sd_upscale
+
+            return run_sd_upscale(self, request, on_step, cancel)
         for name in ("prompt", "negative_prompt"):
             skipped = unusable_embedding(getattr(request, name), self.embeddings)
             if skipped is not None:

@@ -152,6 +152,12 @@ class GenerationRequest:
     randn_source: str = "GPU"  # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
     eta_noise_seed_delta: int = 0  # A1111's ENSD: offsets the noise drawn after the initial noise
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    # --- SD upscale (issue #24; app/engine/sd_upscale.py): img2img only. A1111's script args by name:
+    # {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2}; the tiles are width x height ---
+    sd_upscale: dict | None = None
+    # --- Extras (issue #24; app/engine/extras.py): not a generation but a postprocessing job on init_image
+    # (upscale, face restoration), A1111's extras fields by name; the web layer sets it, never a form ---
+    extras: dict | None = None
     # --- faces (issue #24; app/engine/faces), after generation: restoration as A1111, then detailing ---
     restore_faces: bool = False
     face_restorer: str = "CodeFormer"  # CodeFormer or GFPGAN (A1111's face_restoration_model)
@@ -168,6 +174,11 @@ class GenerationRequest:
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
         Returns self with the scheduler name made canonical."""
+        if self.extras is not None:  # a postprocessing job: no prompt, steps or sampler to check
+            from app.engine.extras import validate_extras
+
+            validate_extras(self, limits)
+            return self
         check_text("prompt", self.prompt, limits)
         if not self.prompt.strip():
             raise ValidationError("prompt", self.prompt, "must not be empty")
@@ -222,6 +233,10 @@ class GenerationRequest:
         self._validate_variation(limits)
         self._validate_sampler_settings()
         self._validate_sampler_steps()
+        if self.sd_upscale is not None:
+            from app.engine.sd_upscale import validate_sd_upscale
+
+            validate_sd_upscale(self, limits)
         self._validate_faces(limits)
         if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
             raise ValidationError("styles", self.styles, "must be a list of style names")

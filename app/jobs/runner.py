@@ -171,7 +171,8 @@ class LivePreview:
 
 def live_preview(engine: "Engine", info: StepInfo, every: int) -> LivePreview | None:
     """The step's preview, unencoded, when one is due (see ``preview_due``)."""
-    return LivePreview(engine, info.latents) if preview_due(info, every) else None
+    # An Extras job reports its operations with no latents: nothing to preview.
+    return LivePreview(engine, info.latents) if info.latents is not None and preview_due(info, every) else None
 
 
 def preview_png(engine: "Engine", info: StepInfo, every: int) -> bytes | None:

@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
-# The request's fields as the web takes them: step strips are a CLI and notebook option.
-WEB_FIELDS = tuple(name for name in field_names() if name != "save_steps")
+# The request's fields as the web takes them: step strips are a CLI and notebook option;
+# ``extras`` is set by the Extras routes (/api/extras), not sent as a job field.
+WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", "extras"))
 
 
 def backend() -> Backend:

@@ -211,7 +211,11 @@ def get_job(job_id: str):
     S seconds (at most 60). API clients then need no polling loop; the page
     polls instead, since it wants progress too. When every wait slot is taken
     the answer comes at once, unfinished, with ``Retry-After``: ask again."""
-    job = get_job_or_404(job_id)
+    return waited_job(get_job_or_404(job_id))
+
+
+def waited_job(job: Job, status: int = 200):
+    """The job's JSON, after waiting for it as ``?wait=S`` asks (see get_job)."""
     raw = request.args.get("wait")
     busy = False
     if raw is not None:
@@ -224,11 +228,11 @@ def get_job(job_id: str):
         if not job.finished:
             with wait_slot() as waiting:
                 busy = not waiting
-                job = (backend().wait(job_id, wait) if waiting else None) or job
+                job = (backend().wait(job.id, wait) if waiting else None) or job
     response = jsonify({"ok": True, "job": job_json(job)})
     if busy:
         response.headers["Retry-After"] = RETRY_AFTER
-    return response
+    return response, status
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -262,28 +266,47 @@ def job_preview(job_id: str):
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
+@bp.post("/extras")
+def extras_job():
+    """An Extras job (issue #24): A1111's extras fields (upscaler_1, upscaling_resize ...) on an uploaded
+    ``image`` or a gallery image (``source_job``, ``source_image``); the answer is the queued job
+    (``?wait=S`` as GET /api/jobs/<id>), whose image lands in the gallery."""
+    from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
+
+    body = _known_fields(json_object(), (*EXTRAS_FIELDS, *SOURCE_FIELDS))
+    return waited_job(queue_extras(extras_request(body)), 202)
+
+
 @bp.post("/upscale")
 def upscale_image():
-    """A Lanczos resize of any image (issue #12): quick, so synchronous; the answer is the PNG."""
-    from app.engine.metadata import png_bytes
-    from app.engine.upscale import upscale, upscale_size
+    """The Upscale action (issue #12): ``scale``, or ``width``/``height`` (one of them: the other keeps
+    the aspect) with ``crop``, by ``upscaler``; an Extras job (issue #24), answered as /api/extras."""
+    from app.web.extras import SOURCE_FIELDS, extras_request, queue_extras
 
-    body = json_object()
+    body = _known_fields(json_object(), UPSCALE_FIELDS)
+    sized = body.get("width") is not None or body.get("height") is not None
+    values = {name: body.get(name) for name in SOURCE_FIELDS}
+    values.update(upscaler_1=body.get("upscaler") or "Lanczos", resize_mode=1 if sized else 0,
+                  upscaling_resize=body.get("scale"), upscaling_resize_w=body.get("width") or 0,
+                  upscaling_resize_h=body.get("height") or 0, upscaling_crop=body.get("crop"))
+    try:
+        gen = extras_request(values)
+    except ValidationError as exc:  # named as this route's fields
+        names = {"upscaler_1": "upscaler", "upscaling_resize": "scale", "upscaling_resize_w": "width",
+                 "upscaling_resize_h": "height", "upscaling_crop": "crop"}
+        raise ApiError(400, f"{names.get(exc.field, exc.field)}: {exc.message}", names.get(exc.field, exc.field),
+                       exc.value) from None
+    return waited_job(queue_extras(gen), 202)
+
+
+def _known_fields(body: dict, known: tuple[str, ...]) -> dict:
     for key in body:
-        if key not in UPSCALE_FIELDS:
-            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(UPSCALE_FIELDS), key, body[key])
-    if body.get("image") in (None, ""):
-        raise ApiError(400, "image: is required (a base64 string or a data URL)", "image", body.get("image"))
-    size = {"scale": body.get("scale"), "width": body.get("width"), "height": body.get("height"),
-            "crop": body.get("crop", True) is True, "limits": engine_limits(current_app.config)}
-    # The result's size is checked from the image's header, before its pixels are decoded.
-    image = decode_init_image(body["image"], current_app.config, field="image", fit=False,
-                              check_size=lambda wh: upscale_size(wh, **size))
-    out = upscale(image, upscaler=body.get("upscaler") or "Lanczos", **size)
-    return Response(png_bytes(out, None), mimetype="image/png")
+        if key not in known:
+            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(known), key, body[key])
+    return body
 
 
-UPSCALE_FIELDS = ("image", "scale", "width", "height", "crop", "upscaler")
+UPSCALE_FIELDS = ("image", "source_job", "source_image", "scale", "width", "height", "crop", "upscaler")
 
 
 @bp.get("/schedulers")

@@ -1,4 +1,4 @@
-"""HTML pages (the form at ``/``, the gallery at ``/gallery``) and the stored
+"""HTML pages (the form at ``/``, the gallery at ``/gallery``, Extras at ``/extras``) and the stored
 images (``/images/<job>/<n>.png``).
 
 The pages only render. The form page's script does the work through the JSON
@@ -67,6 +67,21 @@ def gallery() -> str:
     shown = [job_json(job) for job in jobs if job.images]
     return render_template("gallery.html", jobs=shown, older=older, before=before, search=search,
                            filters=search.args(), **_page())
+
+
+@bp.route("/extras")
+def extras() -> str:
+    """Upscale and restore faces of an upload or of a gallery image (``?job=<id>&n=<n>``, if the
+    caller may see it); the page's script queues the job (static/extras.js)."""
+    from app.engine.extras import faces_available, upscaler_names
+
+    source = None
+    job = backend().get(request.args["job"]) if request.args.get("job") else None
+    n = request.args.get("n", "0")
+    if job is not None and shows_contents(job) and n.isdigit() and any(im["n"] == int(n) for im in job.images):
+        source = {"job": job.id, "n": int(n), "prompt": job.params.get("prompt", "")}
+    return render_template("extras.html", upscalers=upscaler_names(), faces=faces_available(), source=source,
+                           **_page())
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ ends it done with the images so far (see ``skip``).
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 
@@ -43,10 +44,9 @@ from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.errors import ApiError
-from app.web.settings import engine_limits
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
-from app.web.uploads import decode_init_image, png_info
+from app.web.uploads import png_info
 from app.web.waiting import SYNC_RETRY_AFTER, wait_slot
 
 bp = Blueprint("sdapi", __name__, url_prefix="/sdapi/v1")
@@ -187,6 +187,31 @@ def _inpaint_values(body: dict) -> dict:
     }
 
 
+def _sd_upscale_values(body: dict) -> dict:
+    """A1111's SD upscale ``script_args`` [info, overlap, upscaler_index, scale_factor] (defaults 64, 0, 2, as
+    its UI): the upscaler counts in /sdapi/v1/upscalers. Its results are n_iter images, each made of tiles
+    run batch_size at a time (scripts/sd_upscale.py)."""
+    from app.engine.extras import upscaler_names
+
+    args = body.get("script_args") or []
+    if not isinstance(args, list):
+        raise ApiError(400, "script_args: must be a list: [null, overlap, upscaler_index, scale_factor]",
+                       "script_args", args)
+    overlap, index, factor = ([*args[1:4], None, None, None][:3])
+    names = upscaler_names()
+    index = _int({"i": index}, "i", 0)
+    if isinstance(index, str):
+        upscaler = index
+    elif isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
+        raise ApiError(400, f"script_args: the upscaler index must be between 0 and {len(names) - 1} (see "
+                            "/sdapi/v1/upscalers)", "script_args", index)
+    else:
+        upscaler = names[index]
+    return {"num_images": _int(body, "n_iter", 1),
+            "sd_upscale": {"overlap": _int({"o": overlap}, "o", 64), "upscaler": upscaler,
+                           "scale_factor": 2 if factor is None else factor, "batch_size": _int(body, "batch_size", 1)}}
+
+
 def _init_image(body: dict):
     images = body.get("init_images")
     if not isinstance(images, list) or not images:
@@ -200,12 +225,30 @@ def _init_image(body: dict):
     return first
 
 
+SD_UPSCALE = "sd upscale"  # A1111's script title, as /sdapi/v1/scripts lists it (names match case-insensitively)
+
+
 def _run(body: dict, img2img: bool):
-    refuse_unsupported(body, img2img)
+    script = body.get("script_name")
+    sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
+    refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale else body, img2img)
     overrides = body.get("override_settings") or {}
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
+    if sd_upscale:
+        values.update(_sd_upscale_values(body))
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
+    job = _queue_and_wait(gen, choice)
+    images = _images_b64(job)
+    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    if body.get("include_init_images"):
+        parameters["init_images"] = body.get("init_images")
+    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(_info(job, img2img))})
+
+
+def _queue_and_wait(gen, choice: ModelChoice | None) -> Job:
+    """Queue ``gen`` and wait for it as A1111's synchronous calls do; a job that did not end done or
+    cancelled is the error the caller gets."""
     with wait_slot(sync=True) as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
@@ -226,6 +269,10 @@ def _run(body: dict, img2img: bool):
             field, message, value = invalid
             raise ApiError(400, message, field, value)
         raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
+    return job
+
+
+def _images_b64(job: Job) -> list[str]:
     images = []
     for im in job.images:
         png = backend().read_image(job.id, im["n"])
@@ -233,10 +280,7 @@ def _run(body: dict, img2img: bool):
             raise ApiError(500, f"image {im['n']} of job {job.id} is missing from the image folder",
                            "job_id", job.id)
         images.append(base64.b64encode(png).decode("ascii"))
-    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
-    if body.get("include_init_images"):
-        parameters["init_images"] = body.get("init_images")
-    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(_info(job, img2img))})
+    return images
 
 
 def _info(job: Job, img2img: bool) -> dict:
@@ -291,33 +335,40 @@ def img2img():
 
 @bp.post("/extra-single-image")
 def extra_single_image():
-    """A1111's Extras, single image: Lanczos (or "None") resize only; other upscalers and face restoration: 400."""
-    from app.engine.metadata import png_bytes
-    from app.engine.upscale import upscale, upscale_size
-
+    """A1111's Extras, single image: an Extras job (app/engine/extras.py), queued and waited for."""
     body = json_object()
-    for name in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility"):
-        if body.get(name) not in (None, 0):
-            raise ApiError(400, f"{name}: face restoration and a second upscaler are not available on this server",
-                           name, body.get(name))
-    for name in ("upscaler_1", "upscaler_2"):
-        if body.get(name) not in (None, "", "None", "Lanczos"):
-            raise ApiError(400, f"{name}: only Lanczos and None are available on this server (see "
-                                "/sdapi/v1/upscalers)", name, body.get(name))
-    mode = _int(body, "resize_mode", 0)
-    limits = engine_limits(current_app.config)
-    if mode == 0:
-        size = {"scale": body.get("upscaling_resize", 2), "width": None, "height": None, "crop": True}
-    elif mode == 1:
-        size = {"scale": None, "width": _int(body, "upscaling_resize_w", 512),
-                "height": _int(body, "upscaling_resize_h", 512), "crop": body.get("upscaling_crop", True) is not False}
-    else:
-        raise ApiError(400, "resize_mode: must be 0 (scale by) or 1 (scale to)", "resize_mode", mode)
-    # The result's size is checked from the image's header, before its pixels are decoded.
-    image = decode_init_image(body.get("image"), current_app.config, field="image", fit=False,
-                              check_size=lambda wh: upscale_size(wh, limits=limits, **size))
-    out = upscale(image, limits=limits, **size)
-    return jsonify({"html_info": "", "image": base64.b64encode(png_bytes(out, None)).decode("ascii")})
+    job = _queue_and_wait(_extras_request(body, body.get("image")), None)
+    return jsonify({"html_info": _html_info(job), "image": _images_b64(job)[0]})
+
+
+@bp.post("/extra-batch-images")
+def extra_batch_images():
+    """A1111's Extras on ``imageList`` ([{"data": base64, "name": ...}]): one Extras job per image, each
+    queued when the one before has finished (so a batch stays within the per-client queue limit)."""
+    body = json_object()
+    items = body.get("imageList")
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise ApiError(400, "imageList: must be a list of {\"data\": base64, \"name\": ...}", "imageList",
+                       type(items).__name__)
+    requests = [_extras_request(body, item.get("data")) for item in items]  # all checked before any is queued
+    jobs = [_queue_and_wait(gen, None) for gen in requests]
+    return jsonify({"html_info": _html_info(jobs[-1]), "images": [_images_b64(job)[0] for job in jobs]})
+
+
+def _extras_request(body: dict, image):
+    from app.web.extras import EXTRAS_FIELDS, extras_request
+
+    values = {name: _int(body, name, None) if name.startswith(("resize_mode", "upscaling_resize_")) else body.get(name)
+              for name in EXTRAS_FIELDS}
+    if values["upscaling_crop"] is not None:
+        values["upscaling_crop"] = bool(values["upscaling_crop"])  # A1111 (pydantic) takes 0/1 for a bool
+    return extras_request({**values, "image": image})
+
+
+def _html_info(job: Job) -> str:
+    """A1111's ``plaintext_to_html`` of the infotext."""
+    text = job.images[0]["infotext"] if job.images else ""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 @bp.get("/progress")
@@ -411,7 +462,7 @@ def schedulers():
 
 @bp.get("/scripts")
 def scripts():
-    return jsonify({"txt2img": [], "img2img": []})
+    return jsonify({"txt2img": [], "img2img": [SD_UPSCALE]})
 
 
 @bp.get("/options")

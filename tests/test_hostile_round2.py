@@ -4,7 +4,6 @@ scans off the request threads. Each test failed before its fix; the docstrings
 say what a user saw then."""
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 
@@ -110,7 +109,10 @@ def _hold_long_polls(app, who: str, job_id: str, count: int) -> list[threading.T
     threads = [threading.Thread(target=poll) for _ in range(count)]
     for thread in threads:
         thread.start()
-    client = "key:" + hashlib.sha256(f"bearer\0{who}".encode()).hexdigest()[:32]  # app.web.auth.client_id
+    from app.web.auth import client_id
+
+    with app.test_request_context(headers=_key(who)):
+        client = client_id()  # the identity the app gives this credential
     wait_for(lambda: app.extensions[EXTENSION].held(client) == count, 10, f"{who}'s long-polls to wait")
     return threads
 

@@ -145,6 +145,8 @@ class GenerationRequest:
     randn_source: str = "GPU"  # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
     eta_noise_seed_delta: int = 0  # A1111's ENSD: offsets the noise drawn after the initial noise
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
+    controlnet: list[dict] = field(default_factory=list)
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -209,6 +211,9 @@ class GenerationRequest:
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")
+        from app.engine.controlnet import check_units
+
+        self.controlnet = check_units(self.controlnet)
         return self
 
     def _validate_inpaint(self, limits: Limits) -> None:

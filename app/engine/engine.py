@@ -88,8 +88,7 @@ class EngineOptions:
                                          "in prompts as <lora:file-name:weight>; web app default: "
                                          "<instance>/models/loras")
     controlnet_dir: str | None = _option(None, "folder of ControlNet models (diffusers folders, .safetensors files) "
-                                               "for ControlNet units; Hub ids download on first use; web app "
-                                               "default: <instance>/models/controlnet")
+                                               "for ControlNet units; Hub ids download on first use")
     preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
                                                 "download of madebyollin/taesd) for sharper live previews; "
                                                 "none: the cheap linear preview")

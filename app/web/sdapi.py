@@ -42,6 +42,7 @@ from app.web.a1111_fields import refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
+from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
 from app.web.settings import engine_limits
 from app.web.styles import current_styles
@@ -191,6 +192,9 @@ def _run(body: dict, img2img: bool):
     overrides = body.get("override_settings") or {}
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
+    units = units_from_scripts(body)
+    if units:
+        values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     with wait_slot() as waiting:
         if not waiting:  # refused before queueing: no job runs that nobody waits for

@@ -118,24 +118,12 @@ def check_units(value: Any) -> list[dict]:
                 raise ValidationError(f"{where}.{key}", unit[key], "unknown field; the fields are "
                                       + ", ".join(UNIT_FIELDS))
         data = {**asdict(ControlUnit()), **unit}
-
-        def number(name: str, low: float, high: float, integer: bool = False) -> None:
-            v = data[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
-                raise ValidationError(f"{where}.{name}", v, "must be " + ("an integer" if integer else "a number"))
-            if not low <= v <= high:
-                raise ValidationError(f"{where}.{name}", v, f"must be between {low:g} and {high:g}")
-            data[name] = int(v) if integer else float(v)
-
-        number("weight", 0.0, 2.0)  # the extension's bounds
-        number("guidance_start", 0.0, 1.0)
-        number("guidance_end", 0.0, 1.0)
+        for name, low, high in (("weight", 0.0, 2.0), ("guidance_start", 0.0, 1.0), ("guidance_end", 0.0, 1.0),
+                                ("processor_res", -1, 2048), ("threshold_a", -1, 1e6), ("threshold_b", -1, 1e6)):
+            data[name] = _number(f"{where}.{name}", data[name], low, high, integer=name == "processor_res")
         if data["guidance_start"] > data["guidance_end"]:
             raise ValidationError(f"{where}.guidance_start", data["guidance_start"],
                                   f"must not be above guidance_end ({data['guidance_end']:g})")
-        number("processor_res", -1, 2048, integer=True)
-        number("threshold_a", -1, 1e6)
-        number("threshold_b", -1, 1e6)
         module = find_module(data["module"]) if isinstance(data["module"], str) else None
         if module is None:
             from app.engine.preprocessors import MODULES
@@ -157,6 +145,17 @@ def check_units(value: Any) -> list[dict]:
                 raise ValidationError(f"{where}.image", data["image"], f"is not an image ({exc})") from None
         out.append(data)
     return out
+
+
+def _number(field: str, value: Any, low: float, high: float, integer: bool = False) -> float:
+    """A unit's number within the extension's bounds (weight 0..2, guidance 0..1)."""
+    from app.engine.types import ValidationError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise ValidationError(field, value, "must be " + ("an integer" if integer else "a number"))
+    if not low <= value <= high:
+        raise ValidationError(field, value, f"must be between {low:g} and {high:g}")
+    return int(value) if integer else float(value)
 
 
 def _choice(where: str, name: str, value: Any, names: tuple[str, ...], aliases: dict[str, str]) -> str:

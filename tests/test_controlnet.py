@@ -323,3 +323,53 @@ def test_a_controlnet_run_adds_only_the_controlnet_to_memory(tmp_path):
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     mb = {k: round(v / 2**20) for k, v in rss.items()}
     assert rss["controlled"] <= 1.1 * rss["plain"] + rss["controlnet_bytes"], mb
+
+
+# --- command line -------------------------------------------------------------------------
+
+def test_cli_takes_units(tmp_path, capsys):
+    from app.cli import main
+    from app.engine.metadata import read_parameters
+
+    control_image().save(tmp_path / "edges.png")
+    unit_text = f"image={tmp_path / 'edges.png'},model=demo-controlnet,module=canny,weight=0.8,guidance_end=0.5"
+    code = main(["generate", "x", "--model", "demo", "--device", "cpu", "--steps", "2", "--width", "64",
+                 "--height", "64", "--controlnet", unit_text, "-o", str(tmp_path / "out.png")])
+    assert code == 0, capsys.readouterr().err
+    params = parse_infotext(read_parameters(Image.open(tmp_path / "out.png")))
+    assert params["ControlNet 0"].startswith("Module: canny, Model: demo-controlnet, Weight: 0.8")
+    assert "Guidance End: 0.5" in params["ControlNet 0"]
+    code = main(["generate", "x", "--model", "demo", "--controlnet", "model=demo-controlnet,weight=9",
+                 "-o", str(tmp_path / "bad.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "controlnet[0].weight: must be between 0 and 2 (got 9)" in err
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_model(tmp_path_factory):
+    """Depth Anything's architecture (transformers' DepthAnythingConfig over a DINOv2 backbone), tiny and
+    random, saved as a folder: stands in for the Hub download (LiheYoung/depth-anything-small-hf)."""
+    from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=56, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=16,
+                                 head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
+    folder = tmp_path_factory.mktemp("depth") / "depth-anything-tiny"
+    AutoModelForDepthEstimation.from_config(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_depth_preprocessor_runs_at_the_requested_resolution(tiny_depth_model, monkeypatch):
+    from app.models import controlnet as models
+
+    monkeypatch.setattr(models, "DEPTH_MODEL", tiny_depth_model)
+    out = run_module("depth_anything", control_image((80, 100)), 96)
+    assert out.size == (96, 120) and out.mode == "RGB"
+    grey = np.asarray(out)[..., 0]
+    assert grey.min() == 0 and grey.max() == 255  # min-max scaled, as the extension
+    monkeypatch.setattr(models, "DEPTH_MODEL", "/no/such/depth-model")
+    models._depth.clear()
+    with pytest.raises(Exception, match="/no/such/depth-model"):
+        run_module("depth_anything", control_image(), 64)

@@ -66,6 +66,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
+    p.add_argument("--controlnet", action="append", default=[], metavar="UNIT",
+                   help="a ControlNet unit as key=value pairs, e.g. 'image=pose.png,model=NAME,module=canny,"
+                        "weight=0.8,guidance_end=0.6' (the API's unit fields; image: a file; repeat for several)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
         eta=args.eta, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise,
         randn_source=args.randn_source, eta_noise_seed_delta=args.eta_noise_seed_delta, clip_skip=args.clip_skip,
+        controlnet=[_control_unit(i, text) for i, text in enumerate(args.controlnet)],
         **({"strength": args.strength} if args.strength is not None else {}),
     )
     try:
@@ -133,6 +137,32 @@ def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
            if not on]
     hint = "lower " + " or ".join(lower) + (", or add " + " ".join(add) if add else "")
     return f"error: out of memory on {exc.device} making {images} at {exc.width}x{exc.height}: {hint}"
+
+
+def _control_unit(index: int, text: str) -> dict:
+    """``image=pose.png,model=NAME,weight=0.8`` as a unit: numbers and true/false converted, the image
+    file read (the request's validation checks the rest, naming ``controlnet[i].field``)."""
+    from app.engine.controlnet import encode_png
+
+    unit: dict = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CLIError(f"controlnet[{index}]: {pair!r} is not key=value")
+        parsed: object = value
+        if value.lower() in ("true", "false"):
+            parsed = value.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    parsed = kind(value)
+                    break
+                except ValueError:
+                    continue
+        unit[key.strip()] = parsed
+    if "image" in unit:
+        unit["image"] = encode_png(_open_image(str(unit["image"]), f"controlnet[{index}].image"))
+    return unit
 
 
 def _open_image(path: str, field: str = "init_image", keep_alpha: bool = False):

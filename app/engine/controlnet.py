@@ -307,6 +307,7 @@ class ControlPlan:
     def build(cls, request: Any, width: int, height: int, load: ModelLoader,
               init_image: Image.Image | None = None) -> "ControlPlan | None":
         from app.engine.types import ValidationError
+        from app.models.loading import ModelLoadError
 
         units = units_of(request)
         if not units:
@@ -318,7 +319,10 @@ class ControlPlan:
                 image = init_image
             if image is None:
                 raise ValidationError(f"controlnet[{i}].image", None, "is required without an init image")
-            maps.append(detect(unit, image, width, height))
+            try:
+                maps.append(detect(unit, image, width, height))
+            except ModelLoadError as exc:  # the depth preprocessor's weights, offline
+                raise ValidationError(f"controlnet[{i}].module", unit.module, str(exc)) from None
             models.append(load(unit.model))
         return cls(units, maps, models)
 

@@ -9,7 +9,11 @@ resolution rule of A1111's ControlNet extension
 - ``canny``: the image scaled so its short side is ``processor_res``
   (the extension's ``resize_image_with_pad``: bicubic up, area down), then
   OpenCV's Canny with the L1 gradient (``cv2.Canny``'s default), thresholds
-  ``threshold_a``/``threshold_b``, reimplemented here (no OpenCV at run time).
+  ``threshold_a``/``threshold_b``, reimplemented here (no OpenCV at run time);
+- ``depth_anything``: Depth Anything (transformers' AutoModelForDepthEstimation,
+  weights from the Hub on first use: app/models/controlnet.py ``DEPTH_MODEL``) at
+  ``processor_res`` on the short side, its relative depth scaled to 0..255 (near
+  is bright), as the extension's ``depth_anything``.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ MODULES: dict[str, Module] = {
     "canny": Module("canny", "canny", RESOLUTION,
                     (Slider("Low Threshold", 100, 1, 255), Slider("High Threshold", 200, 1, 255))),
     "invert": Module("invert", "invert (from white bg & black line)"),
+    "depth_anything": Module("depth_anything", "depth_anything", RESOLUTION),
 }
 
 
@@ -94,6 +99,8 @@ def run_module(module: str, image: Image.Image, res: float = -1, a: float = -1, 
         scaled = resize_short_side(image, res)
         edges = canny(np.asarray(scaled), int(a), int(b))
         return Image.fromarray(edges).convert("RGB")
+    if module == "depth_anything":
+        return depth(resize_short_side(image, res))
     raise ValueError(f"unknown module {module!r}")
 
 
@@ -163,3 +170,30 @@ def canny(image: np.ndarray, low: int, high: int) -> np.ndarray:
     on[np.unique(labels[strong])] = True
     on[0] = False
     return np.where(on[labels], 255, 0).astype(np.uint8)
+
+
+# --- depth --------------------------------------------------------------------------------
+
+_MEAN, _STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet, as DPT's processor
+
+
+def depth(image: Image.Image) -> Image.Image:
+    """Depth Anything's relative depth of ``image`` at its own size, min-max scaled to 0..255 (grey RGB).
+    The network sees the image at the nearest multiple of its patch size (14), bicubic, ImageNet-normalized."""
+    import torch
+
+    from app.models.controlnet import depth_model
+
+    model = depth_model()
+    patch = int(getattr(model.config, "patch_size", 14))
+    w, h = (max(patch, int(round(v / patch)) * patch) for v in image.size)
+    array = np.asarray(image.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(((array - _MEAN) / _STD).astype(np.float32)).permute(2, 0, 1)[None]
+    param = next(model.parameters())
+    with torch.no_grad():
+        predicted = model(pixel_values=pixels.to(param.device, param.dtype)).predicted_depth
+    predicted = torch.nn.functional.interpolate(predicted[:, None].float(), size=(image.height, image.width),
+                                                mode="bicubic", align_corners=False)[0, 0].cpu().numpy()
+    low, high = float(predicted.min()), float(predicted.max())
+    scaled = (predicted - low) / (high - low) * 255.0 if high > low else np.zeros_like(predicted)
+    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8)).convert("RGB")

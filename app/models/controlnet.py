@@ -154,3 +154,27 @@ def demo_controlnet(unet: Any, seed: int = 0) -> Any:
         for conv in zero_convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
     return model.float()
+
+
+DEPTH_MODEL = "LiheYoung/depth-anything-small-hf"  # the depth_anything preprocessor's weights (Hub id or folder)
+_depth: dict[str, Any] = {}
+_depth_lock = threading.Lock()
+
+
+def depth_model(name: str | None = None) -> Any:
+    """The depth preprocessor's model (transformers' AutoModelForDepthEstimation), loaded once on the CPU
+    (a preprocessor runs once per request); offline without it, a ModelLoadError says where to put it."""
+    name = name or DEPTH_MODEL
+    with _depth_lock:
+        if name not in _depth:
+            from transformers import AutoModelForDepthEstimation
+
+            try:
+                model = AutoModelForDepthEstimation.from_pretrained(name)
+            except OSError as exc:
+                raise ModelLoadError(f"the depth preprocessor's model {name!r} could not be loaded "
+                                     f"({str(exc).splitlines()[0][:160]}); download it on a machine with internet "
+                                     "access (it is fetched on first use)") from exc
+            _depth.clear()  # one depth model at a time
+            _depth[name] = model.eval()
+        return _depth[name]

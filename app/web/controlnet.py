@@ -15,6 +15,7 @@ from app.engine.controlnet import UNIT_FIELDS, encode_png
 from app.engine.preprocessors import MODULES, find_module, module_detail, run_module
 from app.models.controlnet import DEMO_CONTROLNET, list_models
 from app.models.demo import DEMO_MODEL_ID
+from app.models.loading import ModelLoadError
 from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.uploads import decode_init_image
@@ -140,8 +141,11 @@ def detect():
     out = []
     for i, value in enumerate(images):
         image = decode_init_image(value, current_app.config, f"controlnet_input_images[{i}]", fit=False)
-        detected = run_module(module, image, numbers["controlnet_processor_res"],
-                              numbers["controlnet_threshold_a"], numbers["controlnet_threshold_b"])
+        try:
+            detected = run_module(module, image, numbers["controlnet_processor_res"],
+                                  numbers["controlnet_threshold_a"], numbers["controlnet_threshold_b"])
+        except ModelLoadError as exc:  # the depth preprocessor's weights, offline
+            raise ApiError(400, f"controlnet_module: {exc}", "controlnet_module", module) from None
         buf = io.BytesIO()
         detected.save(buf, format="PNG")
         out.append(base64.b64encode(buf.getvalue()).decode("ascii"))

@@ -373,3 +373,27 @@ def test_depth_preprocessor_runs_at_the_requested_resolution(tiny_depth_model, m
     models._depth.clear()
     with pytest.raises(Exception, match="/no/such/depth-model"):
         run_module("depth_anything", control_image(), 64)
+
+
+def test_hr_option_picks_the_passes_of_a_hires_run(engine, small_request):
+    hires = dict(enable_hr=True, hr_scale=1.5, strength=0.5, steps=2)
+    engine.generate(small_request(controlnet=[unit(hr_option="Low res only")], **hires))
+    assert engine.last_control.hires and engine.last_control.units == []  # the hires pass runs without it
+    engine.generate(small_request(controlnet=[unit(hr_option="High res only")], **hires))
+    assert len(engine.last_control.units) == 1
+    with pytest.raises(ValidationError) as info:
+        small_request(controlnet=[unit(hr_option="Sometimes")]).validate()
+    assert info.value.field == "controlnet[0].hr_option"
+
+
+def test_png_info_reads_the_units_back(client):
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "x", "steps": 2, "width": 64, "height": 64,
+        "alwayson_scripts": {"controlnet": {"args": [{"input_image": b64(control_image()), "module": "canny",
+                                                      "model": "demo-controlnet", "guidance": 0.5}]}}})
+    assert response.status_code == 200, response.get_json()
+    png = response.get_json()["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": png}).get_json()
+    text = info["parameters"]["ControlNet 0"]
+    assert text.startswith("Module: canny, Model: demo-controlnet, Weight: 1.0, Resize Mode: Crop and Resize")
+    assert parse_infotext_unit(text)["guidance_end"] == 0.5  # the extension's legacy "guidance" alias

@@ -39,6 +39,7 @@ from PIL import Image
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+HR_OPTIONS = ("Both", "Low res only", "High res only")  # which passes of a hires-fix run a unit guides
 # The extension's old names for the resize modes (internal_controlnet/args.py), still sent by clients.
 RESIZE_ALIASES = {
     "Inner Fit (Scale to Fit)": "Crop and Resize",
@@ -68,6 +69,7 @@ class ControlUnit:
     control_mode: str = "Balanced"
     resize_mode: str = "Crop and Resize"
     pixel_perfect: bool = False
+    hr_option: str = "Both"
 
     def pil_image(self) -> Image.Image | None:
         if self.image is None:
@@ -132,6 +134,7 @@ def check_units(value: Any) -> list[dict]:
         data["module"] = module
         data["control_mode"] = _choice(where, "control_mode", data["control_mode"], CONTROL_MODES, {})
         data["resize_mode"] = _choice(where, "resize_mode", data["resize_mode"], RESIZE_MODES, RESIZE_ALIASES)
+        data["hr_option"] = _choice(where, "hr_option", data["hr_option"], HR_OPTIONS, {})
         if not isinstance(data["pixel_perfect"], bool):
             raise ValidationError(f"{where}.pixel_perfect", data["pixel_perfect"], "must be true or false")
         if not isinstance(data["model"], str) or data["model"] in ("", "None"):
@@ -300,8 +303,9 @@ ModelLoader = Callable[[str], Any]  # model name -> a loaded ControlNetModel on 
 class ControlPlan:
     """A request's units, their detected maps computed once, and each pass's ControlSet on demand."""
 
-    def __init__(self, units: list[ControlUnit], maps: list[Image.Image], models: list[Any]):
+    def __init__(self, units: list[ControlUnit], maps: list[Image.Image], models: list[Any], hires_run: bool = False):
         self.units, self.maps, self.models = units, maps, models
+        self.hires_run = hires_run  # a hires-fix run: hr_option picks the passes (else every unit runs)
 
     @classmethod
     def build(cls, request: Any, width: int, height: int, load: ModelLoader,
@@ -324,13 +328,15 @@ class ControlPlan:
             except ModelLoadError as exc:  # the depth preprocessor's weights, offline
                 raise ValidationError(f"controlnet[{i}].module", unit.module, str(exc)) from None
             models.append(load(unit.model))
-        return cls(units, maps, models)
+        return cls(units, maps, models, hires_run=bool(getattr(request, "enable_hr", False)))
 
     def for_pass(self, width: int, height: int, hires: bool = False) -> ControlSet:
         import torch
 
         active = []
         for unit, detected, model in zip(self.units, self.maps, self.models):
+            if self.hires_run and unit.hr_option == HR_OPTIONS[1 if hires else 2]:
+                continue  # the extension's disabled_by_hr_option: "Low res only" in the hires pass, and back
             fitted = np.asarray(fit(detected, unit.resize_mode, width, height), dtype=np.float32) / 255.0
             hint = torch.from_numpy(fitted).permute(2, 0, 1)[None]
             active.append(ActiveUnit(model, hint, unit.weight, unit.guidance_start, unit.guidance_end,

@@ -25,7 +25,9 @@ bp = Blueprint("controlnet", __name__, url_prefix="/controlnet")
 API_VERSION = 3  # the extension's get_api_version()
 # Extension unit fields that do not change what this server makes: accepted and left alone.
 _IGNORED = ("low_vram", "lowvram", "save_detected_map", "is_ui", "input_mode", "batch_images", "output_dir",
-            "loopback", "hr_option", "inpaint_crop_input_image", "union_control_type")
+            "loopback", "inpaint_crop_input_image")
+# The extension's legacy names (internal_controlnet/args.py legacy_field_alias, mask_alias).
+_ALIASES = {"input_image": "image", "mask_image": "mask", "guidance": "guidance_end"}
 
 
 def model_names() -> list[str]:
@@ -84,7 +86,7 @@ def units_from_scripts(body: dict) -> list[dict] | None:
             continue
         unit = {}
         for key, value in arg.items():
-            name = {"input_image": "image", "mask_image": "mask"}.get(key, key)
+            name = _ALIASES.get(key, key)
             if name in ("enabled", *_IGNORED):
                 continue
             if name == "mask":

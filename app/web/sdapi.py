@@ -400,7 +400,8 @@ def schedulers():
 
 @bp.get("/scripts")
 def scripts():
-    return jsonify({"txt2img": [], "img2img": []})
+    # The always-on scripts this server honours (A1111 lists their titles in lower case).
+    return jsonify({"txt2img": ["controlnet"], "img2img": ["controlnet"]})
 
 
 @bp.get("/options")

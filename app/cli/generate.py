@@ -142,24 +142,14 @@ def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
 def _control_unit(index: int, text: str) -> dict:
     """``image=pose.png,model=NAME,weight=0.8`` as a unit: numbers and true/false converted, the image
     file read (the request's validation checks the rest, naming ``controlnet[i].field``)."""
-    from app.engine.controlnet import encode_png
+    from app.engine.controlnet import encode_png, parse_value
 
     unit: dict = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = pair.partition("=")
         if not sep:
             raise CLIError(f"controlnet[{index}]: {pair!r} is not key=value")
-        parsed: object = value
-        if value.lower() in ("true", "false"):
-            parsed = value.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    parsed = kind(value)
-                    break
-                except ValueError:
-                    continue
-        unit[key.strip()] = parsed
+        unit[key.strip()] = parse_value(value.strip())
     if "image" in unit:
         unit["image"] = encode_png(_open_image(str(unit["image"]), f"controlnet[{index}].image"))
     return unit

@@ -357,16 +357,17 @@ def parse_infotext_unit(text: str) -> dict:
     out: dict = {}
     for item in text.split(","):
         key, _, value = item.strip().partition(": ")
-        name = "_".join(word.lower() for word in key.split(" "))
-        parsed: Any = value
-        if value in ("True", "False"):
-            parsed = value == "True"
-        else:
-            for kind in (int, float):
-                try:
-                    parsed = kind(value)
-                    break
-                except ValueError:
-                    continue
-        out[name] = parsed
+        out["_".join(word.lower() for word in key.split(" "))] = parse_value(value)
     return out
+
+
+def parse_value(text: str) -> Any:
+    """A unit value written as text (infotext, the CLI): true/false, an int, a float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text

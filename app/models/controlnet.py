@@ -70,8 +70,10 @@ def resolve(name: str, folder: str | os.PathLike | None) -> Path | None:
 
 
 def _is_hub_id(name: str) -> bool:
+    """owner/name, and not a path on this machine (from_pretrained would load a local folder of that name:
+    a request must not reach folders outside the ControlNet folder)."""
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/"))
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/")) and not Path(name).exists()
 
 
 class ControlNetStore:

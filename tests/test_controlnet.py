@@ -397,3 +397,14 @@ def test_png_info_reads_the_units_back(client):
     text = info["parameters"]["ControlNet 0"]
     assert text.startswith("Module: canny, Model: demo-controlnet, Weight: 1.0, Resize Mode: Crop and Resize")
     assert parse_infotext_unit(text)["guidance_end"] == 0.5  # the extension's legacy "guidance" alias
+
+
+def test_a_hub_controlnet_that_cannot_download_is_400_naming_it_and_the_folder(client):
+    # The tests run with HF_HUB_OFFLINE=1 (conftest): the Hub download fails as it does without internet.
+    hub_id = "thibaud/controlnet-sd21-canny-diffusers"
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "x", "steps": 2, "width": 64, "height": 64,
+        "alwayson_scripts": {"controlnet": {"args": [{"input_image": b64(control_image()), "model": hub_id}]}}})
+    assert response.status_code == 400, response.get_json()
+    body = response.get_json()
+    assert body["field"] == "controlnet[0].model" and hub_id in body["error"] and "ControlNet folder" in body["error"]

@@ -259,9 +259,14 @@ def test_sdapi_bad_units_are_400_naming_the_field(client, change, field):
 
 
 def test_native_api_takes_units(client):
-    response = client.post("/api/jobs?wait=60", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
-                                                      "controlnet": [unit(weight=0.8)]})
-    assert response.status_code in (200, 202), response.get_json()
+    response = client.post("/api/jobs", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                              "controlnet": [unit(weight=0.8)]})
+    assert response.status_code in (200, 201, 202), response.get_json()
+    job = client.get(f"/api/jobs/{response.get_json()['job']['id']}?wait=60").get_json()['job']
+    assert job["state"] == "done", job
+    assert "ControlNet 0: \"Module: canny, Model: demo-controlnet, Weight: 0.8" in job["images"][0]["infotext"]
+    # The job's params show the units without their images (the image is kept with the job, not echoed).
+    assert job["params"]["controlnet"][0]["weight"] == 0.8 and "image" not in job["params"]["controlnet"][0]
     bad = client.post("/api/jobs", json={"prompt": "x", "controlnet": [unit(weight=-1)]})
     assert bad.status_code == 400 and bad.get_json()["field"] == "controlnet[0].weight"
 

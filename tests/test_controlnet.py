@@ -402,6 +402,11 @@ def test_png_info_reads_the_units_back(client):
     text = info["parameters"]["ControlNet 0"]
     assert text.startswith("Module: canny, Model: demo-controlnet, Weight: 1.0, Resize Mode: Crop and Resize")
     assert parse_infotext_unit(text)["guidance_end"] == 0.5  # the extension's legacy "guidance" alias
+    # The request png-info describes restores the unit's settings (the image is the user's to give again).
+    (restored,) = info["request"]["controlnet"]
+    assert restored == {"module": "canny", "model": "demo-controlnet", "weight": 1.0, "resize_mode": "Crop and Resize",
+                        "processor_res": 512, "threshold_a": 100.0, "threshold_b": 200.0, "guidance_start": 0.0,
+                        "guidance_end": 0.5, "pixel_perfect": False, "control_mode": "Balanced"}
 
 
 def test_a_hub_controlnet_that_cannot_download_is_400_naming_it_and_the_folder(client):

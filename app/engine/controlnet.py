@@ -361,6 +361,20 @@ def parse_infotext_unit(text: str) -> dict:
     return out
 
 
+def units_from_infotext(params: dict) -> list[dict]:
+    """The units an infotext records (``ControlNet 0``, ``ControlNet 1`` ...), their settings without the
+    image, as the extension's paste restores them; entries that do not parse are left out."""
+    units = []
+    for i in range(len(params)):
+        text = params.get(f"ControlNet {i}")
+        if not isinstance(text, str):
+            break
+        unit = {k: v for k, v in parse_infotext_unit(text).items() if k in UNIT_FIELDS and k != "image"}
+        if "model" in unit:
+            units.append(unit)
+    return units
+
+
 def parse_value(text: str) -> Any:
     """A unit value written as text (infotext, the CLI): true/false, an int, a float, else the text."""
     if text.lower() in ("true", "false"):

@@ -233,6 +233,9 @@ def request_from_infotext(text: str) -> dict:
     put("inpaint_full_res_padding", number("Masked area padding", int))
     if "Mask mode" in p:
         out["inpainting_mask_invert"] = p["Mask mode"] == "Inpaint not masked"
+    from app.engine.controlnet import units_from_infotext
+
+    put("controlnet", units_from_infotext(p) or None)
     return out
 
 

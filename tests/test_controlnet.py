@@ -418,3 +418,11 @@ def test_a_hub_controlnet_that_cannot_download_is_400_naming_it_and_the_folder(c
     assert response.status_code == 400, response.get_json()
     body = response.get_json()
     assert body["field"] == "controlnet[0].model" and hub_id in body["error"] and "ControlNet folder" in body["error"]
+
+
+def test_pixel_perfect_resolution_is_the_extensions():
+    from app.engine.controlnet import pixel_perfect_resolution
+
+    image = Image.new("RGB", (100, 80))
+    assert pixel_perfect_resolution(image, 64, 64, "Crop and Resize") == 64  # covers: the larger scale
+    assert pixel_perfect_resolution(image, 64, 64, "Resize and Fill") == 51  # fits: the smaller scale (51.2)

@@ -91,6 +91,9 @@ def add_parser(subparsers) -> None:
                             "else ~/.cache/t2i/faces)")
     p.add_argument("--save-steps", type=int, default=d["save_steps"], metavar="N",
                    help="also save a strip and a GIF of previews every N steps")
+    p.add_argument("--controlnet", action="append", default=[], metavar="UNIT",
+                   help="a ControlNet unit as key=value pairs, e.g. 'image=pose.png,model=NAME,module=canny,"
+                        "weight=0.8,guidance_end=0.6' (the API's unit fields; image: a file; repeat for several)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         face_detail=args.face_detail, face_detail_strength=args.face_detail_strength,
         face_detail_prompt=args.face_detail_prompt, face_detail_negative_prompt=args.face_detail_negative_prompt,
         face_detail_confidence=args.face_detail_confidence,
+        controlnet=[_control_unit(i, text) for i, text in enumerate(args.controlnet)],
         **({"strength": args.strength} if args.strength is not None else {}),
         sd_upscale=None if args.sd_upscale is None else {
             "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
@@ -168,6 +172,22 @@ def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
            if not on]
     hint = "lower " + " or ".join(lower) + (", or add " + " ".join(add) if add else "")
     return f"error: out of memory on {exc.device} making {images} at {exc.width}x{exc.height}: {hint}"
+
+
+def _control_unit(index: int, text: str) -> dict:
+    """``image=pose.png,model=NAME,weight=0.8`` as a unit: numbers and true/false converted, the image
+    file read (the request's validation checks the rest, naming ``controlnet[i].field``)."""
+    from app.engine.controlnet import encode_png, parse_value
+
+    unit: dict = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CLIError(f"controlnet[{index}]: {pair!r} is not key=value")
+        unit[key.strip()] = parse_value(value.strip())
+    if "image" in unit:
+        unit["image"] = encode_png(_open_image(str(unit["image"]), f"controlnet[{index}].image"))
+    return unit
 
 
 def _open_image(path: str, field: str = "init_image", keep_alpha: bool = False):

@@ -50,15 +50,24 @@ class ModelWrappers:
         self.lcm = LCMDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                    image_cond: torch.Tensor | None = None) -> torch.Tensor:
+                    image_cond: torch.Tensor | None = None, control: tuple | None = None) -> torch.Tensor:
         """The UNet's output for latents ``x`` at (fractional) timesteps ``t``; the sampling math stays in
-        float32 while the UNet runs in its own dtype (A1111's autocast)."""
+        float32 while the UNet runs in its own dtype (A1111's autocast). ``control``: the pass's ControlNet
+        units and which rows are the prompt's (app/engine/controlnet.py); they see the 4 latent channels
+        only, as the extension gives an inpainting UNet's ControlNet."""
         unet = self.unet
+        extra: dict = {}
+        if control is not None:
+            controls, rows = control
+            residuals = controls.residuals(x, t, cond, rows)
+            if residuals is not None:
+                extra = {"down_block_additional_residuals": [r.to(unet.dtype) for r in residuals[0]],
+                         "mid_block_additional_residual": residuals[1].to(unet.dtype)}
         if image_cond is not None:  # a 9-channel inpainting UNet: mask and masked-image latents
             x = torch.cat([x, image_cond.to(x)], dim=1)
         # Inputs stay on x's device (the pipeline's execution device; CPU offload hooks move the UNet there).
         out = unet(x.to(unet.dtype), t.to(x.device, torch.float32), encoder_hidden_states=cond.to(x.device, unet.dtype),
-                   return_dict=False)[0]
+                   return_dict=False, **extra)[0]
         return out.float()
 
     def inner(self, choice: SchedulerChoice) -> Any:
@@ -89,6 +98,8 @@ class Denoiser:
         self.device = pipe._execution_device  # the GPU under CPU offload too
         self.settings = run.SamplerSettings(eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
                                             s_tmax=request.s_tmax, s_noise=request.s_noise)
+        self.control: Any = None  # the request's ControlNet units (app/engine/controlnet.py ControlPlan)
+        self.last_control: Any = None  # the last pass's ControlSet: what it did, for tests
 
     # 1. conditioning
     def conditioning(self, prompt: str, steps: int, hires_steps: int | None = None) -> tuple[list, list]:
@@ -112,15 +123,20 @@ class Denoiser:
         return run.Noise(rng, lambda x, sigmas: brownian_noise_sampler(x, sigmas, self.seeds, source, device))
 
     # 3. passes
-    def model(self, cond: list, uncond: list, image_cond: torch.Tensor | None = None) -> CFGDenoiser:
+    def model(self, cond: list, uncond: list, image_cond: torch.Tensor | None = None,
+              size: tuple[int, int] | None = None, hires: bool = False) -> CFGDenoiser:
+        """The guided model of a pass at ``size`` (pixels): with the ControlNet units fitted to it."""
         timestep = self.choice.sampler.kind == TIMESTEPS
-        return CFGDenoiser(self.wrappers.inner(self.choice), cond, uncond, self.request.guidance_scale,
-                           predicts_eps=timestep, alphas_cumprod=self.wrappers.alphas_cumprod,
-                           image_cond=image_cond, cancel=self.cancel)
+        model = CFGDenoiser(self.wrappers.inner(self.choice), cond, uncond, self.request.guidance_scale,
+                            predicts_eps=timestep, alphas_cumprod=self.wrappers.alphas_cumprod,
+                            image_cond=image_cond, cancel=self.cancel)
+        if self.control is not None and size is not None:
+            model.control = self.last_control = self.control.for_pass(*size, hires=hires)
+        return model
 
     def txt2img(self, conds: tuple[list, list], width: int, height: int, on_step: OnStep | None,
                 image_cond: torch.Tensor | None = None) -> PassResult:
-        model = self.model(*conds, image_cond=image_cond)
+        model = self.model(*conds, image_cond=image_cond, size=(width, height))
         rng = self.rng(self.latent_shape(width, height), self.request)
         counter = _Counter(on_step)
         latents, stopped = run.sample(self.choice, model, self.wrappers.inner(self.choice), self.noise(rng),
@@ -131,7 +147,9 @@ class Denoiser:
                 on_step: OnStep | None, *, mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
                 fixed_steps: bool = False) -> PassResult:
         """From ``init_latent`` at ``strength``; ``mask`` (1: repaint, latent size) keeps the rest."""
-        model = self.model(*conds, image_cond=image_cond)
+        factor = self.pipe.vae_scale_factor
+        size = (init_latent.shape[-1] * factor, init_latent.shape[-2] * factor)
+        model = self.model(*conds, image_cond=image_cond, size=size, hires=fixed_steps)  # fixed: the hires pass
         if mask is not None:
             model.nmask, model.mask = mask, 1.0 - mask
         rng = self.rng(tuple(init_latent.shape[1:]), self.request)

@@ -87,6 +87,8 @@ class EngineOptions:
     lora_dir: str | None = _option(None, "folder of LoRA files (.safetensors; .pt/.ckpt holding only tensors), used "
                                          "in prompts as <lora:file-name:weight>; web app default: "
                                          "<instance>/models/loras")
+    controlnet_dir: str | None = _option(None, "folder of ControlNet models (diffusers folders, .safetensors files) "
+                                               "for ControlNet units; Hub ids download on first use")
     preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
                                                 "download of madebyollin/taesd) for sharper live previews; "
                                                 "none: the cheap linear preview")
@@ -108,10 +110,16 @@ class Engine:
         # can use the engine: its layer shapes are read before an adapter wraps a layer.
         self.loras = LoraSet(pipe)
         self.vae: str | None = None  # the VAE file or folder loaded instead of the model's own
+        # ControlNets by name, loaded on first use and kept in a small LRU (app/models/controlnet.py); the
+        # demo model offers one made from its own UNet.
+        from app.models.controlnet import ControlNetStore
+
+        self.controlnets = ControlNetStore(None, placement, demo_unet=pipe.unet if model == DEMO_MODEL_ID else None)
         # For the infotext (A1111's "Model hash", "VAE hash", "VAE"): set by whoever knows
         # the files' hashes (the model catalogue caches them).
         self.model_hash: str | None = None
         self.vae_hash: str | None = None
+        self.last_control: Any = None  # the last run's ControlSet (which units ran at which step): for tests
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -138,6 +146,7 @@ class Engine:
         engine.embeddings = embeddings
         engine.lora_dir = options.lora_dir
         engine.vae = options.vae
+        engine.controlnets.folder = options.controlnet_dir
         if options.preview_decoder:
             engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
         return engine
@@ -213,6 +222,7 @@ class Engine:
             except torch.OutOfMemoryError as exc:
                 detail = str(exc).strip().split("\n")[0][:200]
             # Out of the except block: the failed run's frames, and the tensors they hold, are gone now.
+            self.controlnets.clear()
             free_memory(self.placement.device)
             raise GenerationOutOfMemory(width, height, len(seeds), self.placement.device, detail)
 
@@ -238,6 +248,7 @@ class Engine:
             raise GenerationCancelled(0, request.steps)
 
         denoiser = Denoiser(self.pipe, self.sampling, request, seeds, subseeds, cancel)
+        denoiser.control = self._control_plan(request, width, height)
         step_frames: list[list] = [[] for _ in seeds]
         progress = {"done": 0, "total": self._total_steps(request)}
 
@@ -279,6 +290,9 @@ class Engine:
         extra.update(extra_mode)
         extra.update(lora_entries)
         extra.update(face_entries(request))
+        if denoiser.control is not None:
+            extra.update(denoiser.control.infotext_entries([u.model for u in denoiser.control.units]))
+        self.last_control = denoiser.last_control
         denoise = request.strength if request.init_image is not None or request.enable_hr else None
         texts = [
             infotext(prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
@@ -326,6 +340,22 @@ class Engine:
                     raise GenerationCancelled(result.request.steps, result.request.steps, partial) from None
             images.append(image)
         return replace(result, images=images)
+
+    def _control_plan(self, request: GenerationRequest, width: int, height: int) -> Any:
+        """The request's ControlNet units with their maps and models; a model that cannot load is the
+        request's error, naming the unit."""
+        from app.engine.controlnet import ControlPlan
+        from app.models.loading import ModelLoadError
+
+        names = [u["model"] for u in request.controlnet]
+
+        def load(name: str) -> Any:
+            try:
+                return self.controlnets.get(name)
+            except ModelLoadError as exc:
+                raise ValidationError(f"controlnet[{names.index(name)}].model", name, str(exc)) from None
+
+        return ControlPlan.build(request, width, height, load, request.init_image)
 
     @staticmethod
     def _total_steps(request: GenerationRequest) -> int:

@@ -246,6 +246,9 @@ def request_from_infotext(text: str) -> dict:
         put("face_detail_dilate", number("ADetailer dilate erode", int))
         put("face_detail_mask_blur", number("ADetailer mask blur", int))
         put("face_detail_padding", number("ADetailer inpaint padding", int))
+    from app.engine.controlnet import units_from_infotext
+
+    put("controlnet", units_from_infotext(p) or None)
     return out
 
 

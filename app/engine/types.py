@@ -170,6 +170,8 @@ class GenerationRequest:
     face_detail_dilate: int = 4  # pixels the face's box grows by (negative: shrinks), ADetailer's dilate/erode
     face_detail_mask_blur: int = 4  # pixels
     face_detail_padding: int = 32  # pixels around the face, only masked
+    # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
+    controlnet: list[dict] = field(default_factory=list)
 
     def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -244,6 +246,12 @@ class GenerationRequest:
         _check_int("save_steps", self.save_steps)
         if self.save_steps < 0:
             raise ValidationError("save_steps", self.save_steps, "must be 0 (off) or a positive step interval")
+        from app.engine.controlnet import check_units
+
+        self.controlnet = check_units(self.controlnet)
+        if self.controlnet and self.sd_upscale is not None:  # each tile would get the whole image's map
+            raise ValidationError("controlnet", f"{len(self.controlnet)} unit(s)",
+                                  "SD upscale runs its tiles without ControlNet: leave out one or the other")
         return self
 
     def _validate_inpaint(self, limits: Limits) -> None:

@@ -72,6 +72,8 @@ def _check_scripts(scripts: Any) -> None:
     if not isinstance(scripts, dict):
         raise ApiError(400, "alwayson_scripts: must be an object", "alwayson_scripts", scripts)
     for name, spec in scripts.items():
+        if isinstance(name, str) and name.lower() == "controlnet":  # honoured: app/web/controlnet.py
+            continue
         args = spec.get("args") if isinstance(spec, dict) else spec
         if args in ([], [False], None) or name.lower() == ADETAILER.lower():
             continue

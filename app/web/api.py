@@ -12,6 +12,7 @@ from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.admin import quota_charged
 from app.web.auth import client_id, is_authenticated, is_owner
 from app.web.body import check_int_size, json_object
+from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
@@ -35,6 +36,8 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
     values = {k: v for k, v in values.items() if v is not None}
     if "prompt" not in values:
         raise ValidationError("prompt", None, "is required")
+    if "controlnet" in values:  # images decoded within the upload limits, models known (app/web/controlnet.py)
+        values["controlnet"] = prepare_units(values["controlnet"])
     values = styled_values(values)  # before validation: the styled prompt is what runs and what is checked
     init = None
     if init_value is not None and init_value != "":
@@ -104,7 +107,7 @@ def _job_fields(job: Job) -> dict:
         "position": job.position,
         "progress": {"step": job.progress.step, "total": job.progress.total, "fraction": job.progress.fraction},
         "preview_url": f"/api/jobs/{job.id}/preview.png" if job.has_preview else None,
-        "params": {k: v for k, v in job.params.items() if k not in MODEL_PARAMS},  # local paths: the owner's
+        "params": _shown_params(job.params),
         "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
                    for im in job.images],
         "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
@@ -113,6 +116,14 @@ def _job_fields(job: Job) -> dict:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
+
+
+def _shown_params(params: dict) -> dict:
+    """The job's params without local paths (the owner's) and with ControlNet images left out (their size)."""
+    shown = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
+    if shown.get("controlnet"):
+        shown["controlnet"] = [{k: v for k, v in unit.items() if k != "image"} for unit in shown["controlnet"]]
+    return shown
 
 
 def get_job_or_404(job_id: str) -> Job:

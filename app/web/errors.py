@@ -15,7 +15,7 @@ from app.jobs.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/", "/sdapi/", "/images/")
+API_PREFIXES = ("/api/", "/sdapi/", "/images/", "/controlnet/")
 STORAGE_RETRY_AFTER = 5  # seconds
 
 

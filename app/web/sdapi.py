@@ -43,6 +43,7 @@ from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
+from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
@@ -237,6 +238,9 @@ def _run(body: dict, img2img: bool):
     values = _generation_values(body, img2img)
     if sd_upscale:
         values.update(_sd_upscale_values(body))
+    units = units_from_scripts(body)
+    if units:
+        values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
@@ -462,7 +466,9 @@ def schedulers():
 
 @bp.get("/scripts")
 def scripts():
-    return jsonify({"txt2img": [], "img2img": [SD_UPSCALE]})
+    # The scripts this server honours, A1111's titles in lower case: SD upscale is chosen by script_name,
+    # ControlNet and ADetailer run through alwayson_scripts.
+    return jsonify({"txt2img": ["controlnet", "adetailer"], "img2img": [SD_UPSCALE, "controlnet", "adetailer"]})
 
 
 @bp.get("/options")

@@ -43,7 +43,8 @@ def inpaint_request(request: Any, image: Image.Image, mask: Image.Image, seed: i
                    seed=seed, subseed=subseed, strength=request.face_detail_strength,
                    mask_blur=request.face_detail_mask_blur, inpainting_fill=1, inpaint_full_res=True,
                    inpaint_full_res_padding=request.face_detail_padding, inpainting_mask_invert=False,
-                   outpaint=0, enable_hr=False, save_steps=0, restore_faces=False, face_detail=False)
+                   outpaint=0, enable_hr=False, save_steps=0, restore_faces=False, face_detail=False,
+                   controlnet=[])  # ADetailer runs without ControlNet unless told (ad_controlnet_model)
 
 
 def detail_faces(request: Any, image: Image.Image, seed: int, subseed: int,

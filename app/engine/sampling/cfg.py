@@ -61,6 +61,10 @@ class CFGDenoiser:
         self.image_cond = image_cond  # inpainting UNets: mask and masked-image latents, concatenated to x
         self.cancel = cancel
         self.step = 0  # model calls so far in this pass
+        # ControlNet units (app/engine/controlnet.py ControlSet), and A1111's state.sampling_step/sampling_steps
+        # that decide when they are active: the index of the sampler's last finished step, and the pass's steps.
+        self.control: Any = None
+        self.sampling_step, self.sampling_steps = 0, 1
         # Inpainting: ``mask`` keeps (1: original latents), ``nmask`` = 1 - mask repaints.
         self.init_latent: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
@@ -74,6 +78,7 @@ class CFGDenoiser:
     def reset(self) -> None:
         """Start a pass: the call counter (prompt editing) from 0, as A1111's initialize does per pass."""
         self.step = 0
+        self.sampling_step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         if self.cancel is not None and self.cancel.is_set():
@@ -85,12 +90,15 @@ class CFGDenoiser:
         uncond = cond_at(self.uncond, self.step).expand(batch, -1, -1)
         x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
         image_cond = None if self.image_cond is None else torch.cat([self.image_cond, self.image_cond])
+        rows = torch.arange(2 * batch) < batch  # which rows carry the prompt (ControlNet's cond-only mode)
         if cond.shape[1] == uncond.shape[1]:
-            out = self.inner(x_in, sigma_in, cond=torch.cat([cond, uncond]), image_cond=image_cond)
+            out = self.inner(x_in, sigma_in, cond=torch.cat([cond, uncond]), image_cond=image_cond,
+                             **self._control(rows))
         else:  # A1111's default: no padding, two model calls
             halves = (slice(0, batch), slice(batch, 2 * batch))
             out = torch.cat([self.inner(x_in[h], sigma_in[h], cond=c,
-                                        image_cond=None if image_cond is None else image_cond[h])
+                                        image_cond=None if image_cond is None else image_cond[h],
+                                        **self._control(rows[h]))
                              for h, c in zip(halves, (cond, uncond))])
         out_cond, out_uncond = out[:batch], out[batch:]
         if self.need_last_noise_uncond:
@@ -105,6 +113,12 @@ class CFGDenoiser:
             self.last_denoised = guided
         self.step += 1
         return guided
+
+    def _control(self, rows: torch.Tensor) -> dict:
+        if self.control is None:
+            return {}
+        self.control.step, self.control.steps = self.sampling_step, self.sampling_steps
+        return {"control": (self.control, rows)}
 
     def _blend(self, latent: torch.Tensor) -> torch.Tensor:
         assert self.init_latent is not None and self.mask is not None and self.nmask is not None

@@ -102,11 +102,13 @@ def _launch(run: Callable[[], torch.Tensor], model: CFGDenoiser) -> tuple[torch.
         return model.last_denoised, True
 
 
-def _callback(on_step: StepCallback | None) -> Callable[[dict], None] | None:
-    if on_step is None:
-        return None
-    # UniPC's last step has no corrector and reports no estimate: its result is the clean latents.
-    return lambda d: on_step(int(d["i"]), d["denoised"] if d["denoised"] is not None else d["x"])
+def _callback(on_step: StepCallback | None, model: CFGDenoiser) -> Callable[[dict], None]:
+    def callback(d: dict) -> None:
+        model.sampling_step = int(d["i"])  # A1111's callback_state: state.sampling_step = d["i"]
+        if on_step is not None:
+            # UniPC's last step has no corrector and reports no estimate: its result is the clean latents.
+            on_step(int(d["i"]), d["denoised"] if d["denoised"] is not None else d["x"])
+    return callback
 
 
 def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise, steps: int,
@@ -117,8 +119,9 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
+    model.sampling_steps = steps  # A1111's launch_sampling(steps)
     if choice.sampler.kind == TIMESTEPS:
-        return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step),
+        return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step, model),
                                                         eta=kwargs.get("eta", 0.0), noise_sampler=noise.sampler()),
                        model)
     sigmas = sigmas_for(choice, steps, inner).to(x.device)
@@ -133,7 +136,7 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
     if "noise_sampler" in params:
         kwargs["noise_sampler"] = noise.brownian(x, sigmas) if choice.sampler.options.get("brownian_noise") \
             else noise.sampler()
-    return _launch(lambda: func(model, x, callback=_callback(on_step), disable=True, **kwargs), model)
+    return _launch(lambda: func(model, x, callback=_callback(on_step, model), disable=True, **kwargs), model)
 
 
 def img2img_steps(steps: int, strength: float, fixed: bool) -> tuple[int, int]:
@@ -149,11 +152,12 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
+    model.sampling_steps = img2img_steps(steps, strength, fixed_steps)[1] + 1  # A1111's launch_sampling(t_enc + 1)
     model.init_latent = init_latent
     model.last_denoised = init_latent
     if choice.sampler.kind == TIMESTEPS:
         return _launch(lambda: timesteps.sample_img2img(func, model, init_latent, x_noise, steps, strength,
-                                                        callback=_callback(on_step), eta=kwargs.get("eta", 0.0),
+                                                        callback=_callback(on_step, model), eta=kwargs.get("eta", 0.0),
                                                         noise_sampler=noise.sampler(),
                                                         fixed_steps=steps if fixed_steps else None), model)
     total, t_enc = img2img_steps(steps, strength, fixed_steps)
@@ -170,7 +174,7 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
     if "noise_sampler" in params:
         kwargs["noise_sampler"] = noise.brownian(init_latent, sigmas) \
             if choice.sampler.options.get("brownian_noise") else noise.sampler()
-    return _launch(lambda: func(model, xi, callback=_callback(on_step), disable=True, **kwargs), model)
+    return _launch(lambda: func(model, xi, callback=_callback(on_step, model), disable=True, **kwargs), model)
 
 
 def total_steps(choice: SchedulerChoice, steps: int) -> int:

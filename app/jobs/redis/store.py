@@ -153,17 +153,21 @@ redis.call('DEL', KEYS[4], KEYS[5])
 return 1
 """
 
-# A running job whose worker died goes back to the queue (RQ re-enqueues it).
-# KEYS: job, queued, running. ARGV: id, note.
-_REQUEUE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'step', 0, 'has_preview', 0, 'note', ARGV[2])
+# The job back in the queue, its progress reset, with a note why (ARGV[note]).
+_BACK_IN_QUEUE = """
+redis.call('HSET', KEYS[1], 'state', 'queued', 'step', 0, 'has_preview', 0, 'note', ARGV[{note}])
 redis.call('HDEL', KEYS[1], 'started_at')
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
+
+# A running job whose worker died goes back to the queue (RQ re-enqueues it).
+# KEYS: job, queued, running. ARGV: id, note.
+_REQUEUE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+""" + _BACK_IN_QUEUE.format(note=2)
 
 # A running attempt gives its job back to the queue: a long Redis outage stopped it, or its
 # worker was asked to stop. KEYS: job, queued, running. ARGV: id, attempt, note, counted (0/1),
@@ -177,12 +181,7 @@ if ARGV[4] == '1' then
   if tonumber(redis.call('HGET', KEYS[1], 'outages') or '0') >= tonumber(ARGV[5]) then return -1 end
   redis.call('HINCRBY', KEYS[1], 'outages', 1)
 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'step', 0, 'has_preview', 0, 'note', ARGV[3])
-redis.call('HDEL', KEYS[1], 'started_at')
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
+""" + _BACK_IN_QUEUE.format(note=3)
 
 # A job record rebuilt from its images on disk (Redis lost the records). KEYS: job, jobs, seq.
 # ARGV: id, client, params, images, created_at, finished_at, partial. Returns 0 if it exists.

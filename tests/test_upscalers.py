@@ -230,8 +230,8 @@ def test_sdapi_lists_a_dropped_in_file_and_the_realesrgan_models(app_with_models
     assert [m["name"] for m in realesrgan] == [n for n in registry.BUILTINS if n.startswith("R-ESRGAN")]
     assert {"name": "R-ESRGAN 2x+", "scale": 2,
             "path": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth"} in realesrgan
-    page = client.get("/").get_data(as_text=True)
-    assert '<option value="4x-Dropped"' in page or ">4x-Dropped<" in page
+    form = client.get("/").get_data(as_text=True)
+    assert '<option value="4x-Dropped"' in form or ">4x-Dropped<" in form
 
 
 def test_hires_with_a_model_upscaler_native_api(app_with_models):
@@ -310,3 +310,28 @@ def test_hires_with_a_built_in_model_offline_is_refused_at_submit(app_with_model
     body = assert_error(response, 400, "hr_upscaler")
     assert "offline" in body["error"]
     assert f"put it in {folder} as RealESRGAN_x4plus.pth" in body["error"]
+
+
+# --- the page, in a real Chromium (fixtures of test_browser.py) -----------------------------------
+
+from test_browser import CHROMIUM, browser, page, serve, submit  # noqa: E402,F401
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_the_page_runs_the_hires_fix_with_a_model_upscaler(serve, page, folder):  # noqa: F811
+    server = serve(UPSCALER_DIR=str(folder))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.click("#hires-section > summary")
+    page.check("#enable_hr")
+    page.fill("#hr_scale", "2")
+    page.select_option("#hr_upscaler", "tiny-esrgan")  # the dropped-in file, listed by its name
+    page.fill("#hr_second_pass_steps", "2")
+    submit(page, "a lake", width=64, height=64, steps=2, seed=5)
+    page.wait_for_selector("#job[data-state=done]", timeout=240_000)
+    assert page.eval_on_selector("#results img", "i => [i.naturalWidth, i.naturalHeight]") == [128, 128]
+    job = page.evaluate("t2iPage.lastJob")
+    assert job["params"]["hr_upscaler"] == "tiny-esrgan"
+    assert "Hires upscaler: tiny-esrgan" in job["images"][0]["infotext"]

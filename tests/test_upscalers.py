@@ -335,3 +335,13 @@ def test_the_page_runs_the_hires_fix_with_a_model_upscaler(serve, page, folder):
     job = page.evaluate("t2iPage.lastJob")
     assert job["params"]["hr_upscaler"] == "tiny-esrgan"
     assert "Hires upscaler: tiny-esrgan" in job["images"][0]["infotext"]
+
+
+def test_cli_generate_with_the_hires_fix_and_a_model_upscaler(folder, tmp_path, capsys):
+    out = tmp_path / "lake.png"
+    assert main(["generate", "a lake", "--model", "demo", "--device", "cpu", "--steps", "2", "--width", "64",
+                 "--height", "64", "--seed", "5", "--hires", "--hires-scale", "2", "--hires-steps", "2",
+                 "--hires-upscaler", "tiny-esrgan", "--upscaler-dir", str(folder), "-o", str(out)]) == 0, \
+        capsys.readouterr().err
+    image = Image.open(out)
+    assert image.size == (128, 128) and "Hires upscaler: tiny-esrgan" in image.info["parameters"]

@@ -63,7 +63,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hires-height", type=int, default=d["hr_resize_y"], help="final height instead of --hires-scale")
     p.add_argument("--hires-upscaler", default=d["hr_upscaler"],
                    help="Latent (and its variants), Lanczos, None, Nearest, or a model upscaler (R-ESRGAN 4x+..., "
-                        "a file in models/upscalers)")
+                        "a file in --upscaler-dir)")
+    p.add_argument("--upscaler-dir", help="folder of upscaler models (default: models/upscalers)")
     p.add_argument("--hires-steps", type=int, default=d["hr_second_pass_steps"],
                    help="steps of the refine pass (default: 0, as many as --steps)")
     p.add_argument("--sd-upscale", type=float, metavar="SCALE",
@@ -137,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.faces import weights as face_weights
     from app.models.loading import ModelLoadError
 
-    face_weights.configure(args.face_dir)  # before validating: a face model missing offline is refused there
+    from app.engine import upscalers
+
+    face_weights.configure(args.face_dir)  # before validating: a model missing offline is refused there
+    upscalers.configure(args.upscaler_dir)
     try:
         request.validate()
     except ValidationError as exc:

@@ -215,6 +215,7 @@
     if (styles.length) body.styles = styles;
     Object.keys(body).forEach(function (key) { if (body[key] === null) delete body[key]; });
     this.readFaceTools(body);
+    if (T2I.controlnet) T2I.controlnet.read(body);  // static/controlnet.js: the enabled units
     if (this.initImage) {
       body.init_image = this.initImage;
       body.strength = Number($("strength").value);

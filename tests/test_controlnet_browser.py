@@ -29,7 +29,7 @@ def edges_png() -> bytes:
     return buf.getvalue()
 
 
-def drop_file(page, selector: str, name: str, data: bytes) -> None:
+def drop_file(page, selector: str, name: str, data: bytes) -> None:  # noqa: F811
     """Drop a file on ``selector`` as a user dragging it from their file manager."""
     page.evaluate("""([selector, name, b64]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
@@ -41,7 +41,7 @@ def drop_file(page, selector: str, name: str, data: bytes) -> None:
     }""", [selector, name, base64.b64encode(data).decode("ascii")])
 
 
-def results_png(page, server) -> Image.Image:
+def results_png(page, server) -> Image.Image:  # noqa: F811
     src = page.get_attribute("#results img", "src")
     return Image.open(io.BytesIO(page.request.get(src if src.startswith("http") else server.url + src).body()))
 

@@ -775,6 +775,9 @@
                          onclick: function (event) { copyText(image.infotext, event.currentTarget); } }),
           el("button", { type: "button", class: "secondary small send-img2img", text: "Send to img2img",
                          onclick: function () { self.sendToImg2img(image.url); } }),
+          T2I.controlnet ? el("button", { type: "button", class: "secondary small send-controlnet",
+                                          text: "Send to ControlNet",
+                                          onclick: function () { T2I.controlnet.fromUrl(image.url); } }) : null,
           el("button", { type: "button", class: "secondary small upscale",
                          text: "Upscale ×" + T2I.upscale.FACTOR,
                          onclick: function (event) { T2I.upscale.into(figure, image.url, event.currentTarget); } })));

@@ -83,6 +83,9 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     unit = info["ControlNet 0"]
     assert "Module: canny" in unit and "Model: demo-controlnet" in unit and "Weight: 0.7" in unit
     assert "Guidance End: 0.8" in unit and "Control Mode: My prompt is more important" in unit
+    # "Send to ControlNet" on the result: the picture becomes unit 0's control image.
+    page.click("#results .send-controlnet")
+    page.wait_for_function("() => document.getElementById('cn0_thumb').naturalWidth === 64")
 
     # Reuse from the gallery puts the unit back (not the image: it is not in the settings).
     page.goto(server.url + "/")

@@ -809,6 +809,8 @@
       ["Variation", p.subseed_strength ? "seed " + p.subseed + ", strength " + p.subseed_strength : null],
       ["Face restoration", p.restore_faces ? p.face_restorer : null],
       ["Face detail", p.face_detail ? "strength " + p.face_detail_strength : null],
+      ["ControlNet", (p.controlnet || []).map(function (u) { return u.module + ", " + u.model + ", weight " + u.weight; })
+        .join("; ")],
     ];
     var nodes = [];
     rows.forEach(function (row) {

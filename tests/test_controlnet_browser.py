@@ -41,9 +41,9 @@ def drop_file(page, selector: str, name: str, data: bytes) -> None:  # noqa: F81
     }""", [selector, name, base64.b64encode(data).decode("ascii")])
 
 
-def results_png(page, server) -> Image.Image:  # noqa: F811
+def results_png(page, server) -> bytes:  # noqa: F811
     src = page.get_attribute("#results img", "src")
-    return Image.open(io.BytesIO(page.request.get(src if src.startswith("http") else server.url + src).body()))
+    return page.request.get(src if src.startswith("http") else server.url + src).body()
 
 
 def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa: F811
@@ -79,10 +79,12 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     submit(page, "a box", width=64, height=64, steps=3, seed=5)
     page.wait_for_function("() => document.querySelector('#results img') && "
                            "document.querySelector('#results img').naturalWidth > 0", timeout=240_000)
-    info = parse_infotext(read_parameters(results_png(page, server)))
+    made = results_png(page, server)
+    info = parse_infotext(read_parameters(Image.open(io.BytesIO(made))))
     unit = info["ControlNet 0"]
     assert "Module: canny" in unit and "Model: demo-controlnet" in unit and "Weight: 0.7" in unit
     assert "Guidance End: 0.8" in unit and "Control Mode: My prompt is more important" in unit
+    assert "canny, demo-controlnet, weight 0.7" in page.text_content("#job-params")
     # "Send to ControlNet" on the result: the picture becomes unit 0's control image.
     page.click("#results .send-controlnet")
     page.wait_for_function("() => document.getElementById('cn0_thumb').naturalWidth === 64")
@@ -108,3 +110,11 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     body = page.evaluate("() => { const b = {}; window.T2I.controlnet.read(b); return b; }")
     assert body["controlnet"][0]["image"].startswith("data:image/png;base64,")
     assert body["controlnet"][0]["model"] == "demo-controlnet"
+
+    # A PNG made here dropped on the form (png-info) brings the unit back too.
+    page.select_option("#cn0_module", "none")
+    page.fill("#cn0_weight", "1")
+    drop_file(page, "#prompt", "made.png", made)
+    page.wait_for_function("() => document.getElementById('cn0_module').value === 'canny'")
+    assert page.input_value("#cn0_weight") == "0.7" and page.input_value("#prompt") == "a box"
+

@@ -215,6 +215,7 @@
     if (styles.length) body.styles = styles;
     Object.keys(body).forEach(function (key) { if (body[key] === null) delete body[key]; });
     this.readFaceTools(body);
+    if (T2I.controlnet) T2I.controlnet.read(body);  // static/controlnet.js: the enabled units
     if (this.initImage) {
       body.init_image = this.initImage;
       body.strength = Number($("strength").value);
@@ -774,6 +775,9 @@
                          onclick: function (event) { copyText(image.infotext, event.currentTarget); } }),
           el("button", { type: "button", class: "secondary small send-img2img", text: "Send to img2img",
                          onclick: function () { self.sendToImg2img(image.url); } }),
+          T2I.controlnet ? el("button", { type: "button", class: "secondary small send-controlnet",
+                                          text: "Send to ControlNet",
+                                          onclick: function () { T2I.controlnet.fromUrl(image.url); } }) : null,
           el("button", { type: "button", class: "secondary small upscale",
                          text: "Upscale ×" + T2I.upscale.FACTOR,
                          onclick: function (event) { T2I.upscale.into(figure, image.url, event.currentTarget); } })));
@@ -805,6 +809,8 @@
       ["Variation", p.subseed_strength ? "seed " + p.subseed + ", strength " + p.subseed_strength : null],
       ["Face restoration", p.restore_faces ? p.face_restorer : null],
       ["Face detail", p.face_detail ? "strength " + p.face_detail_strength : null],
+      ["ControlNet", (p.controlnet || []).map(function (u) { return u.module + ", " + u.model + ", weight " + u.weight; })
+        .join("; ")],
     ];
     var nodes = [];
     rows.forEach(function (row) {

@@ -133,6 +133,26 @@ def test_inpaint_hires_and_lightbox_states_pass_axe(serve, scheme_page, shots, t
     assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
 
 
+def test_controlnet_section_passes_axe(serve, scheme_page, shots, tmp_path):  # noqa: F811
+    """Issue #25's section open: a unit with its control image and previewed canny map, the second unit added."""
+    from PIL import Image
+
+    page, problems = scheme_page, []
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(tmp_path / "control.png")
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.click("#controlnet-section > summary")
+    page.wait_for_selector("#cn0_module option[value=canny]", state="attached")
+    page.set_input_files("#cn0_image", str(tmp_path / "control.png"))
+    page.select_option("#cn0_module", "canny")
+    page.click("#cn0_preview")
+    page.wait_for_function("() => document.getElementById('cn0_map').naturalWidth > 0")
+    page.click("#cn-add")
+    problems += axe_problems(page, "controlnet", shots)
+    assert not problems, f"{page.scheme} scheme:\n" + "\n".join(problems)
+
+
 def test_login_and_failed_model_pages_pass_axe(serve, scheme_page, tmp_path):  # noqa: F811
     page, problems = scheme_page, []
     server = serve(PASSWORD="open sesame")

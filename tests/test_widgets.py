@@ -1,6 +1,7 @@
 """The notebook form, driven through its real ipywidgets (no kernel needed)."""
 from __future__ import annotations
 
+import base64
 import io
 
 from PIL import Image
@@ -172,3 +173,38 @@ def test_inpaint_form_needs_a_mask_and_repaints_only_the_masked_area(engine, tmp
     assert out.getpixel((8, 32)) == (20, 120, 220)  # kept: the (inverted) mask's black half
     assert out.getpixel((56, 32)) != (20, 120, 220)  # repainted
     assert "-inpaint-" in inp.saved[0].name
+
+
+def test_controlnet_tab_sends_its_unit_and_the_picture_records_it(engine, tmp_path):
+    """The ControlNet tab (issue #25): the upload turns the unit on; the request carries it as the
+    native API's unit; the saved PNG's infotext names it; untouched, the request has none."""
+    from app.engine.metadata import parse_infotext
+
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    assert ui.request().controlnet == [] and not ui.controlnet.enabled.value
+    assert "demo-controlnet" in ui.controlnet.model.options and "canny" in ui.controlnet.module.options
+
+    square = Image.new("RGB", (64, 64), "black")
+    square.paste((255, 255, 255), (16, 16, 48, 48))
+    ui.controlnet._on_upload({"new": _png_upload(square)})  # the FileUpload's change after an upload
+    assert ui.controlnet.enabled.value and ui.controlnet.preview.value
+    ui.controlnet.model.value = "demo-controlnet"
+    ui.controlnet.weight.value = 0.5
+    ui.controlnet.guidance.value = (0.0, 0.5)
+    ui.prompt.value = "a box"
+    ui.seed.value = 3
+    (unit,) = ui.request().controlnet
+    assert (unit["module"], unit["model"], unit["weight"], unit["guidance_end"]) == ("canny", "demo-controlnet", 0.5, 0.5)
+    assert Image.open(io.BytesIO(base64.b64decode(unit["image"]))).size == (64, 64)
+
+    ui.button.click()
+    assert len(ui.saved) == 1, ui.status.value
+    with Image.open(ui.saved[0]) as saved:
+        info = parse_infotext(read_parameters(saved))
+    assert "Module: canny, Model: demo-controlnet" in info["ControlNet 0"] and "Weight: 0.5" in info["ControlNet 0"]
+
+    # A bad unit is the status line's message naming the field, nothing saved.
+    ui.controlnet.module.value = "none"
+    ui.controlnet.model.options = ["None"]
+    ui.button.click()
+    assert "controlnet[0].model" in ui.status.value and len(ui.saved) == 1

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.engine import upscalers
+from app.engine.controlnet import encode_png
 from app.engine.engine import Engine, GenerationCancelled, save_result
 from app.engine.faces.restore import RESTORERS
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
+from app.engine.preprocessors import MODULES
 from app.engine.previews import filmstrip
 from app.engine.schedulers import sampler_names, schedule_labels
 from app.engine.types import (
@@ -96,6 +98,55 @@ def _png(image: Image) -> bytes:
     return buf.getvalue()
 
 
+class ControlNetWidgets:
+    """The form's ControlNet tab: one unit (a control image upload, preprocessor, model, weight,
+    guidance start/end), sent as the request's ``controlnet`` units when "Use ControlNet" is ticked.
+    The models are the engine's (its ControlNet folder; ``demo-controlnet`` on the demo model)."""
+
+    def __init__(self, engine: Engine):
+        import ipywidgets as w
+
+        self.image: Image | None = None  # set by the upload or code; None: the img2img picture
+        self.enabled = w.Checkbox(value=False, description="Use ControlNet", indent=False)
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Control image")
+        self.preview = w.Image(format="png", layout=w.Layout(max_width="256px"))
+        self.module = w.Dropdown(options=list(MODULES), value="canny", description="Preprocessor")
+        store = getattr(engine, "controlnets", None)
+        names = store.names() if store is not None else []
+        self.model = w.Dropdown(options=names or ["None"], description="Model",
+                                **tooltip("ControlNets in the ControlNet folder (CONTROLNET_DIR)"))
+        self.weight = w.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="Weight")
+        self.guidance = w.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="Start/end",
+                                           **tooltip("the fraction of the steps the unit guides"))
+        self.upload.observe(self._on_upload, names="value")
+        body = w.VBox([w.HBox([self.enabled, self.upload]), w.HBox([self.module, self.model]),
+                       w.HBox([self.weight, self.guidance]), self.preview])
+        self.widget = w.Accordion(children=[body])
+        self.widget.set_title(0, "ControlNet")
+
+    def set_image(self, image: Image) -> None:
+        self.image = image.convert("RGB")
+        self.preview.value = _png(self.image)
+        self.enabled.value = True
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        from PIL import Image
+
+        files = uploaded_files(change["new"])
+        if files:
+            self.set_image(Image.open(io.BytesIO(files[0])))
+
+    def units(self) -> list[dict]:
+        if not self.enabled.value:
+            return []
+        start, end = self.guidance.value
+        unit = {"module": self.module.value, "model": self.model.value, "weight": self.weight.value,
+                "guidance_start": start, "guidance_end": end}
+        if self.image is not None:
+            unit["image"] = encode_png(self.image)
+        return [unit]
+
+
 class GeneratorUI:
     """Text-to-image form. ``widget`` is what to display; ``last_result`` and
     ``saved`` hold the latest GenerationResult and the files written,
@@ -158,6 +209,7 @@ class GeneratorUI:
         self.face_detail_strength = w.FloatSlider(value=defaults["face_detail_strength"],
                                                   **bounds("face_detail_strength"), step=0.05,
                                                   description="Face denoise")
+        self.controlnet = ControlNetWidgets(engine)
         self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
                                              **tooltip("upscale of the last result, saved next to it"))
         self.upscaler = w.Dropdown(options=upscalers.names(), value="Lanczos", description="with",
@@ -183,6 +235,7 @@ class GeneratorUI:
             *hires,
             w.HBox([self.restore_faces, self.face_restorer, self.code_former_weight]),
             w.HBox([self.face_detail, self.face_detail_strength]),
+            self.controlnet.widget,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
             w.HBox([self.upscale_by, self.upscaler, self.upscale_button]),
@@ -203,7 +256,7 @@ class GeneratorUI:
             height=self.height.value, scheduler=self.sampler_value(), save_steps=self.save_steps.value,
             restore_faces=self.restore_faces.value, face_restorer=self.face_restorer.value,
             code_former_weight=self.code_former_weight.value, face_detail=self.face_detail.value,
-            face_detail_strength=self.face_detail_strength.value,
+            face_detail_strength=self.face_detail_strength.value, controlnet=self.controlnet.units(),
         )
         if self.offers_hires and self.enable_hr.value:
             request.enable_hr, request.hr_scale = True, self.hr_scale.value

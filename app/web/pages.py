@@ -13,6 +13,7 @@ from datetime import date
 
 from flask import Blueprint, current_app, render_template, request, send_file
 
+from app.engine.controlnet import CONTROL_MODES, RESIZE_MODES
 from app.engine.faces.restore import RESTORERS
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
@@ -51,7 +52,8 @@ def index() -> str:
     return render_template("index.html", picker=models.state(), hr_upscalers=hr_upscalers(), fill_modes=FILL_MODES,
                            ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS,
                            schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES,
-                           face_restorers=RESTORERS, **_page())
+                           face_restorers=RESTORERS, cn_control_modes=CONTROL_MODES, cn_resize_modes=RESIZE_MODES,
+                           **_page())
 
 
 @bp.route("/gallery")

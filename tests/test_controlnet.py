@@ -258,6 +258,14 @@ def test_sdapi_bad_units_are_400_naming_the_field(client, change, field):
     assert response.get_json()["field"] == field
 
 
+def test_a_unit_without_an_image_on_txt2img_is_refused_before_queueing(client):
+    """It was queued (202) and failed when it ran; img2img's units may use the init image instead."""
+    response = client.post("/api/jobs", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                              "controlnet": [unit(image=None)]})
+    assert response.status_code == 400 and response.get_json()["field"] == "controlnet[0].image", response.get_json()
+    assert client.get("/api/jobs").get_json()["jobs"] == []
+
+
 def test_native_api_takes_units(client):
     response = client.post("/api/jobs", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                               "controlnet": [unit(weight=0.8)]})

@@ -249,6 +249,9 @@ class GenerationRequest:
         from app.engine.controlnet import check_units
 
         self.controlnet = check_units(self.controlnet)
+        for i, unit in enumerate(self.controlnet):  # img2img's units may use the init image (the extension's rule)
+            if unit.get("image") is None and self.init_image is None and unit.get("enabled", True):
+                raise ValidationError(f"controlnet[{i}].image", None, "is required without an init image")
         if self.controlnet and self.sd_upscale is not None:  # each tile would get the whole image's map
             raise ValidationError("controlnet", f"{len(self.controlnet)} unit(s)",
                                   "SD upscale runs its tiles without ControlNet: leave out one or the other")

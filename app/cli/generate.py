@@ -135,10 +135,9 @@ def run(args: argparse.Namespace) -> int:
         sd_upscale=None if args.sd_upscale is None else {
             "scale_factor": args.sd_upscale, "overlap": args.sd_upscale_overlap, "upscaler": args.sd_upscale_upscaler},
     )
+    from app.engine import upscalers
     from app.engine.faces import weights as face_weights
     from app.models.loading import ModelLoadError
-
-    from app.engine import upscalers
 
     face_weights.configure(args.face_dir)  # before validating: a model missing offline is refused there
     upscalers.configure(args.upscaler_dir)

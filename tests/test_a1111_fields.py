@@ -14,7 +14,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"restore_faces": "yes"}, "restore_faces"),  # true is honoured (tests/test_faces.py)
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"styles": ["cinematic"]}, "styles"),
-    ({"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face_yolov8n.pt"}]}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"Regional Prompter": {"args": [True]}}}, "alwayson_scripts"),  # ADetailer, ControlNet: honoured
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
     ({"s_min_uncond": 0.5}, "s_min_uncond"),

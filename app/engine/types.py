@@ -392,10 +392,6 @@ class GenerationRequest:
         if restorer is None:
             raise ValidationError("face_restorer", self.face_restorer, "must be one of " + ", ".join(RESTORERS))
         self.face_restorer = restorer
-        why = missing_offline(weights_needed(self.restore_faces, restorer, self.face_detail))
-        if why:
-            name = "restore_faces" if self.restore_faces else "face_detail"
-            raise ValidationError(name, True, why)
         for name in ("code_former_weight", "face_detail_strength", "face_detail_confidence"):
             _check_range(name, getattr(self, name))
         for name in ("face_detail_dilate", "face_detail_mask_blur", "face_detail_padding"):
@@ -412,6 +408,11 @@ class GenerationRequest:
                 raise ValidationError(name, text, problem)
         if self.face_detail and self.save_steps:
             raise ValidationError("save_steps", self.save_steps, "step previews are not kept with face detailing")
+        # last: the fields are checked first, then whether the models can be had
+        why = missing_offline(weights_needed(self.restore_faces, restorer, self.face_detail))
+        if why:
+            name = "restore_faces" if self.restore_faces else "face_detail"
+            raise ValidationError(name, True, why)
 
     def _validate_sampler_steps(self) -> None:
         """What A1111's timestep samplers cannot run: UniPC below its order (A1111 stops with an assertion),

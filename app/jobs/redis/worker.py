@@ -24,7 +24,7 @@ again.) What it adds to RQ:
 - faults handed back, not failed: a Redis outage longer than
   ``outage_seconds`` during a run stops it, and once Redis answers again the
   job is queued again (once; a second such outage fails it); a SIGTERM
-  (warm shutdown) stops the run after its step and queues the job again.
+  (warm shutdown) lets the running job finish, then the worker exits.
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -80,7 +80,6 @@ class GPUWorker(SimpleWorker):
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
         self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
-        self._cancel_run: threading.Event | None = None  # the running job's stop switch
         GPUWorker.current = self
 
     # --- RQ hooks -----------------------------------------------------------------------
@@ -98,7 +97,6 @@ class GPUWorker(SimpleWorker):
         finally:
             with self._beat_lock:
                 self._beating = None
-            self._cancel_run = None
         self._give_rq_back(job.id)
         self.set_state(WorkerStatus.IDLE)
 
@@ -112,13 +110,12 @@ class GPUWorker(SimpleWorker):
             logger.exception("job %s: could not be queued again", job_id)
 
     def handle_warm_shutdown_request(self) -> None:
-        """SIGTERM or Ctrl+C: the running job stops after its step and goes back to the queue
-        (RQ's default waits for it to finish, and a supervisor's SIGKILL comes first)."""
+        """SIGTERM or Ctrl+C: RQ's warm shutdown, the running job finishes first (compose gives it
+        ``stop_grace_period``, 2 minutes; a SIGKILL after that is a dead worker, whose job runs
+        again elsewhere). A job this worker has taken but not begun is handed back instead, and a
+        job waiting for disk space is queued again."""
         super().handle_warm_shutdown_request()
         self._stopping.set()
-        cancel = self._cancel_run
-        if cancel is not None:
-            cancel.set()
 
     @property
     def engine(self) -> Engine | None:
@@ -209,8 +206,7 @@ class GPUWorker(SimpleWorker):
         if before == RUNNING:
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
         cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
-        self._cancel_run = cancel
-        if self._stopping.is_set():  # a SIGTERM that came before the switch was there
+        if self._stopping.is_set():  # a SIGTERM came before this job began: it goes back to the queue
             cancel.set()
         try:
             job = self._retried(job_id, "reading it", lambda: queue.get(job_id))

@@ -197,8 +197,10 @@ def test_two_hundred_long_polls_do_not_slow_the_jobs_or_starve_other_requests(ma
         print(f"\n5 jobs alone {alone:.2f}s; with {clients} long-polls {together:.2f}s, {len(early)} early answers, "
               f"/api/health at most {max(latencies):.3f}s ({len(latencies)} asked)")
         assert early and set(early) == {"1"}, (len(early), set(early))
-        # The jobs took about as long as alone (a second more: the early answers' retry).
-        assert together <= alone * 1.5 + 2, f"alone {alone:.2f}s, with {clients} long-polls {together:.2f}s"
+        # The jobs took about as long as alone, plus the early answers' retries: 200 clients share the
+        # 20 long-poll slots (4 of the 24 are kept for /sdapi), those without one ask again each second,
+        # so the last of them sees its job done a few retry rounds after it ended.
+        assert together <= alone * 1.5 + 3, f"alone {alone:.2f}s, with {clients} long-polls {together:.2f}s"
         assert latencies and max(latencies) < 1, f"/api/health took up to {max(latencies):.2f}s"
 
 

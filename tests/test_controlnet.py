@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from app.engine.controlnet import ControlSet, encode_png, fit, parse_infotext_unit
 from app.engine.metadata import parse_infotext
-from app.engine.preprocessors import canny, run_module
+from app.engine.preprocessors import run_module
+from app.engine.preprocessors.canny import canny
 from app.engine.types import ValidationError
 
 

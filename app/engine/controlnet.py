@@ -2,7 +2,7 @@
 ControlNet extension (sd-webui-controlnet ``scripts/hook.py``,
 ``scripts/controlnet.py``, ``internal_controlnet/args.py``).
 
-1. A unit: a control image, a preprocessor (``module``, app/engine/preprocessors.py),
+1. A unit: a control image, a preprocessor (``module``, app/engine/preprocessors/),
    a ControlNet (``model``, app/models/controlnet.py), ``weight``,
    ``guidance_start``/``guidance_end``, ``control_mode``, ``resize_mode``.
 2. The control map is fitted to each pass's size (the hires pass gets its

@@ -39,7 +39,7 @@ def backend() -> Backend:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import admin, api, auth, controlnet, csrf, errors, loras, models, pages, sdapi, slow, styles
+    from app.web import admin, api, auth, controlnet, csrf, errors, loras, models, pages, sdapi, slow, styles, waiting
 
     test_config = dict(test_config or {})
     app = Flask("app", instance_path=str(instance_folder(test_config.pop("INSTANCE", None))),
@@ -62,6 +62,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # 2. the pool for slow reads, the model catalogue, and the one backend: in-process (SQLite) by default,
     # or Redis with GPU workers.
     slow.init_app(app)
+    waiting.init_app(app)
     models.init_app(app)
     loras.init_app(app)
     app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path), models.catalogue_of(app))

@@ -14,7 +14,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
-from flask import current_app
+from flask import Flask, current_app
 
 from app.web.auth import client_id
 from app.web.errors import ApiError
@@ -61,13 +61,16 @@ class WaitSlots:
                 del self._by_client[client]
 
 
+def init_app(app: Flask) -> None:
+    """One counter per app, made with it: made on a first request instead, two first
+    requests could each make one, and nothing could look at it before then."""
+    config = app.config
+    app.extensions[EXTENSION] = WaitSlots(config["WAIT_SLOTS"], config["SYNC_WAIT_SLOTS"],
+                                          config["WAIT_SLOTS_PER_CLIENT"])
+
+
 def _slots() -> WaitSlots:
-    slots = current_app.extensions.get(EXTENSION)
-    if slots is None:  # setdefault: two first requests at once still share one counter
-        config = current_app.config
-        slots = current_app.extensions.setdefault(EXTENSION, WaitSlots(
-            config["WAIT_SLOTS"], config["SYNC_WAIT_SLOTS"], config["WAIT_SLOTS_PER_CLIENT"]))
-    return slots
+    return current_app.extensions[EXTENSION]
 
 
 @contextmanager

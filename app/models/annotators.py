@@ -1,0 +1,75 @@
+"""The preprocessors' networks (HED, PiDiNet, lineart, openpose ...): their weights are the
+files A1111's ControlNet extension downloads from the Hub repository ``lllyasviel/Annotators``,
+fetched on first use into ``ANNOTATOR_DIR`` (default: the Hub cache), and each network is
+built once per process on the CPU (a preprocessor runs once per request, before sampling).
+
+Offline without the file, a ModelLoadError names it and where to put it; the web layer
+turns that into a 400 at submit (as the depth preprocessor)."""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from app.models.loading import ModelLoadError
+
+REPO = "lllyasviel/Annotators"
+KEEP = 2  # networks kept built (the largest, openpose's body and hand, are ~200 MB each in fp32)
+
+_built: OrderedDict[str, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+def annotator_dir() -> Path | None:
+    """A folder holding the files by name (``T2I_ANNOTATOR_DIR``), looked at before the Hub."""
+    folder = os.environ.get("T2I_ANNOTATOR_DIR")
+    return Path(folder) if folder else None
+
+
+def weights_path(filename: str) -> Path:
+    """The local path of ``filename`` from ``lllyasviel/Annotators``: ANNOTATOR_DIR's copy, else the Hub's
+    (downloaded on first use)."""
+    folder = annotator_dir()
+    if folder is not None and (folder / filename).is_file():
+        return folder / filename
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(REPO, filename))
+    except Exception as exc:  # offline, a missing file, a cut connection: all "cannot have it"
+        where = f"{folder}/{filename}" if folder else f"T2I_ANNOTATOR_DIR/{filename}"
+        raise ModelLoadError(f"the preprocessor's weights {REPO}/{filename} could not be downloaded "
+                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                             f"download the file and put it at {where}") from exc
+
+
+def built(key: str, build: Callable[[], Any]) -> Any:
+    """The network ``key`` (a file name), built by ``build()`` once and kept among the ``KEEP`` last used."""
+    with _lock:
+        if key in _built:
+            _built.move_to_end(key)
+            return _built[key]
+        network = build()
+        _built[key] = network
+        while len(_built) > KEEP:
+            _built.popitem(last=False)
+        return network
+
+
+def load_state_dict(filename: str) -> dict:
+    """The tensors of an annotator file, read without running code (``weights_only``)."""
+    import torch
+
+    path = weights_path(filename)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def clear() -> None:
+    with _lock:
+        _built.clear()

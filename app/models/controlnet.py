@@ -3,9 +3,12 @@ once and kept in a small LRU so that a T4 holds the base model and two
 ControlNets at most.
 
 - a diffusers folder (``config.json`` + weights) in the folder: by its name;
-- a single ``.safetensors`` file in the folder: by its stem (diffusers'
-  ``ControlNetModel.from_single_file``; the original-layout SD 2.1 files need
-  the SD 2.1 ControlNet config, which diffusers infers from the weights);
+- a single ``.safetensors`` file in the folder (the original layout, as
+  ``thibaud/controlnet-sd21`` and Civitai publish them, or diffusers'): by its
+  stem, with the config beside it (``NAME.yaml``, as the extension reads one),
+  else the extension's ``cldm_v21.yaml`` or ``cldm_v15.yaml`` by the width of
+  the weights' text conditioning (1024 or 768). diffusers alone would fetch an
+  SD 1.5 config from the Hub for every file;
 - a Hub id (``thibaud/controlnet-sd21-canny-diffusers``), downloaded on first
   use; offline, a ModelLoadError says which model and where to put it;
 - ``demo-controlnet``: a ControlNet made from the demo model's UNet
@@ -124,7 +127,7 @@ class ControlNetStore:
             if path is not None and path.is_dir():
                 model = ControlNetModel.from_pretrained(str(path), local_files_only=True)
             elif path is not None:
-                model = ControlNetModel.from_single_file(str(path))
+                model = _from_single_file(path)
             elif _is_hub_id(name):
                 try:
                     model = ControlNetModel.from_pretrained(name)
@@ -140,6 +143,83 @@ class ControlNetStore:
         model.eval()
         logger.info("ControlNet %s loaded", name)
         return model
+
+
+def _ldm_config(context_dim: int, linear: bool, heads: dict) -> dict:
+    """An original-layout ControlNet config (the shape of ControlNet's cldm YAML files) for an SD UNet."""
+    params = dict(image_size=32, in_channels=4, hint_channels=3, model_channels=320, attention_resolutions=[4, 2, 1],
+                  num_res_blocks=2, channel_mult=[1, 2, 4, 4], use_spatial_transformer=True, transformer_depth=1,
+                  context_dim=context_dim, use_linear_in_transformer=linear, legacy=False, **heads)
+    return {"model": {"params": {
+        "control_stage_config": {"params": params},
+        "unet_config": {"params": {k: v for k, v in params.items() if k != "hint_channels"} | {"out_channels": 4}},
+        "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}}}}}
+
+
+# The extension's models/cldm_v21.yaml and cldm_v15.yaml, as dicts: SD 2.x ControlNets have 64-channel heads
+# and linear projections, SD 1.x ones 8 heads and convolutions.
+CLDM_V21 = _ldm_config(1024, True, {"num_head_channels": 64})
+CLDM_V15 = _ldm_config(768, False, {"num_heads": 8})
+
+
+def original_config(path: Path) -> dict:
+    """The config of a single-file ControlNet: ``NAME.yaml`` beside it, else SD 2.x's or SD 1.x's by the
+    width of its cross-attention keys (read from the file's header, no weights loaded)."""
+    sidecar = path.with_suffix(".yaml")
+    if sidecar.is_file():
+        import yaml
+
+        with open(sidecar, encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream)
+        if not isinstance(loaded, dict) or "control_stage_config" not in loaded.get("model", {}).get("params", {}):
+            raise ModelLoadError(f"{sidecar.name} is not a ControlNet config (model.params.control_stage_config)")
+        return loaded
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            key = next((k for k in weights.keys() if k.endswith("attn2.to_k.weight")), None)
+            width = weights.get_slice(key).get_shape()[-1] if key else None
+    except Exception as exc:  # not a safetensors file after all
+        raise ModelLoadError(f"ControlNet file {path.name} could not be read: {exc}") from exc
+    if width == 1024:
+        return CLDM_V21
+    if width == 768:
+        return CLDM_V15
+    raise ModelLoadError(f"ControlNet file {path.name}: its cross-attention width is {width}, neither SD 2.x's "
+                         f"(1024) nor SD 1.x's (768); put its config beside it as {sidecar.name}")
+
+
+def diffusers_config(original: dict) -> dict:
+    """ControlNetModel's config for an original-layout config (what diffusers' own mapping would give; its
+    ``original_config=`` path for ControlNets fails in diffusers 0.42, and without it diffusers fetches an
+    SD 1.5 config from the Hub)."""
+    params = original["model"]["params"]["control_stage_config"]["params"]
+    mult, channels = list(params["channel_mult"]), int(params["model_channels"])
+    attention = set(params["attention_resolutions"])
+    levels = [2 ** i for i in range(len(mult))]  # the downsampling factor at each level
+    if "num_head_channels" in params and params["num_head_channels"] != -1:
+        heads: Any = [channels * m // params["num_head_channels"] for m in mult]
+    else:
+        heads = params["num_heads"]
+    return {"conditioning_channels": params.get("hint_channels", 3), "in_channels": params["in_channels"],
+            "down_block_types": ["CrossAttnDownBlock2D" if ds in attention else "DownBlock2D" for ds in levels],
+            "block_out_channels": [channels * m for m in mult], "layers_per_block": params["num_res_blocks"],
+            "cross_attention_dim": params["context_dim"], "attention_head_dim": heads,
+            "use_linear_projection": bool(params.get("use_linear_in_transformer", False)),
+            "transformer_layers_per_block": params.get("transformer_depth", 1)}
+
+
+def _from_single_file(path: Path) -> Any:
+    import json
+    import tempfile
+
+    from diffusers import ControlNetModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = dict(diffusers_config(original_config(path)), _class_name="ControlNetModel")
+        (Path(folder) / "config.json").write_text(json.dumps(config))
+        return ControlNetModel.from_single_file(str(path), config=folder, local_files_only=True)
 
 
 def demo_controlnet(unet: Any, seed: int = 0) -> Any:

@@ -1,6 +1,6 @@
 """The preprocessors' networks (HED, PiDiNet, lineart, openpose ...): their weights are the
 files A1111's ControlNet extension downloads from the Hub repository ``lllyasviel/Annotators``,
-fetched on first use into ``ANNOTATOR_DIR`` (default: the Hub cache), and each network is
+looked for in ``ANNOTATOR_DIR``, else fetched on first use into the Hub cache, and each network is
 built once per process on the CPU (a preprocessor runs once per request, before sampling).
 
 Offline without the file, a ModelLoadError names it and where to put it; the web layer
@@ -22,8 +22,20 @@ _built: OrderedDict[str, Any] = OrderedDict()
 _lock = threading.Lock()
 
 
+_folder: Path | None = None
+
+
+def configure(folder: str | os.PathLike | None) -> None:
+    """Set the folder (the web app's ANNOTATOR_DIR); None: $T2I_ANNOTATOR_DIR, else the Hub cache only."""
+    global _folder
+    _folder = Path(folder) if folder else None
+
+
 def annotator_dir() -> Path | None:
-    """A folder holding the files by name (``T2I_ANNOTATOR_DIR``), looked at before the Hub."""
+    """A folder holding the files by name, looked at before the Hub: ANNOTATOR_DIR, else $T2I_ANNOTATOR_DIR
+    (what Redis workers and the CLI read)."""
+    if _folder is not None:
+        return _folder
     folder = os.environ.get("T2I_ANNOTATOR_DIR")
     return Path(folder) if folder else None
 

@@ -225,6 +225,9 @@ def _derive_settings(app: Flask) -> None:
     from app.engine.faces import weights as face_weights
 
     face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine
+    from app.models import annotators
+
+    annotators.configure(config["ANNOTATOR_DIR"])  # process-wide, as the face models
     # The engine's upscaler registry is one per process: the app that starts it decides its folder and tiles.
     upscalers.configure(config["UPSCALER_DIR"], config["UPSCALER_TILE"], config["UPSCALER_TILE_OVERLAP"])
     if config["ACCESS"] not in ("password", "people"):

@@ -65,6 +65,9 @@ SETTINGS: tuple[Setting, ...] = (
             "models that see further, slower)"),
     Setting("FACE_DIR", None, "folder of the face detector and restorer weights (detection_Resnet50_Final.pth, "
             "GFPGANv1.4.pth, codeformer-v0.1.0.pth), downloaded there on first use; None: <instance>/models/faces"),
+    Setting("ANNOTATOR_DIR", None, "folder of the ControlNet preprocessors' weights (lllyasviel/Annotators' "
+            "files by name: ControlNetHED.pth, sk_model.pth, body_pose_model.pth...), looked at before the Hub, "
+            "which they are fetched from on first use; None: the Hub cache only"),
     Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
     Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
             "no when PUBLIC; true/false to decide"),

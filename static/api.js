@@ -1,6 +1,6 @@
 // Shared by every page script (loaded first): the one JSON call with its error
 // shape and the 401 -> login step, and small DOM helpers. Everything is on
-// window.T2I, which static/mask.js, lightbox.js and upscale.js extend and
+// window.T2I, which static/brush.js, mask.js, lightbox.js and upscale.js extend and
 // static/app.js, styles.js, models.js and loras.js use.
 (function () {
   "use strict";

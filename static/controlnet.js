@@ -4,6 +4,8 @@
 // preview of the map through /controlnet/detect, the enabled units sent by static/app.js's readForm
 // (T2I.controlnet.read) as the native API's `controlnet` field, and Reuse ("t2i:reuse") restoring
 // their settings. The image is not in a job's settings or infotext: it has to be added again.
+// A previewed map can be downloaded, or edited (MapEditor, with the mask painter's brush from
+// static/brush.js) and then sent as the unit's control image with preprocessor "none".
 (function () {
   "use strict";
 
@@ -15,10 +17,57 @@
   function $(id) { return document.getElementById(id); }
   function field(i, name) { return $("cn" + i + "_" + name); }
 
+  var UNDO_STEPS = 30;  // snapshots of a map are small (a few hundred KB at 512 x 512)
+
+  // A unit's map on a canvas at its own pixel size, painted white (adds lines or areas) or black (takes
+  // them away): what the preprocessors draw, so the result is a map as good as theirs.
+  function MapEditor(i) {
+    var self = this;
+    this.i = i;
+    this.canvas = field(i, "canvas");
+    this.ctx = this.canvas.getContext("2d", { willReadFrequently: true });  // undo snapshots read it back
+    this.undo = [];
+    this.source = null;  // the map it started from, for "Start over"
+    this.brush = new T2I.Brush(this.canvas, this.ctx, {
+      size: function () { return field(i, "brush").value; },
+      paint: function (ctx) { ctx.strokeStyle = field(i, "black").checked ? "#000" : "#fff"; },
+      start: function () { self.snapshot(); },
+    });
+    field(i, "brush").addEventListener("input", function () { field(i, "brush_value").textContent = field(i, "brush").value; });
+    field(i, "undo").addEventListener("click", function () { self.undoStroke(); });
+    field(i, "restart").addEventListener("click", function () { self.open(self.source); });
+  }
+
+  MapEditor.prototype.open = function (image) {
+    this.source = image;
+    this.canvas.width = image.naturalWidth;
+    this.canvas.height = image.naturalHeight;
+    this.ctx.drawImage(image, 0, 0);
+    this.undo = [];
+    field(this.i, "undo").disabled = true;
+  };
+
+  MapEditor.prototype.snapshot = function () {
+    this.undo.push(this.ctx.getImageData(0, 0, this.canvas.width, this.canvas.height));
+    if (this.undo.length > UNDO_STEPS) this.undo.shift();
+    field(this.i, "undo").disabled = false;
+  };
+
+  MapEditor.prototype.undoStroke = function () {
+    var last = this.undo.pop();
+    if (last) this.ctx.putImageData(last, 0, 0);
+    var button = field(this.i, "undo"), focused = document.activeElement === button;
+    button.disabled = !this.undo.length;
+    if (focused && button.disabled) field(this.i, "restart").focus();  // not lost to the page's top
+  };
+
+  MapEditor.prototype.toDataURL = function () { return this.canvas.toDataURL("image/png"); };
+
   function ControlNet(section) {
     this.section = section;
     this.images = [];      // each unit's control image, a data URL (null: none)
     this.detail = {};      // /controlnet/module_list's module_detail: each module's sliders
+    this.editors = [];
     var self = this;
     for (var i = 0; i < UNITS; i++) this.bindUnit(i);
     $("cn-add").addEventListener("click", function () { self.addUnit(); });
@@ -49,6 +98,13 @@
       field(i, "processor_res").disabled = field(i, "pixel_perfect").checked;
     });
     field(i, "preview").addEventListener("click", function () { self.preview(i); });
+    this.editors[i] = new MapEditor(i);
+    field(i, "edit").addEventListener("click", function () { self.editMap(i); });
+    field(i, "use").addEventListener("click", function () { self.useMap(i); });
+    field(i, "cancel").addEventListener("click", function () {
+      self.closeEditor(i, true);
+      self.status(i, "Map of unit " + i + " left as it was.");
+    });
     if (field(i, "remove")) {
       field(i, "remove").addEventListener("click", function () {
         field(i, "enabled").checked = false;
@@ -94,6 +150,7 @@
     this.images[i] = dataUrl;
     if (dataUrl) field(i, "thumb").src = dataUrl; else field(i, "thumb").removeAttribute("src");
     show(field(i, "chosen"), !!dataUrl);
+    this.closeEditor(i, false);
     show(field(i, "map_box"), false);
     if (dataUrl) {
       field(i, "enabled").checked = true;
@@ -210,11 +267,47 @@
         return;
       }
       var url = "data:image/png;base64," + result.data.images[0];
+      self.closeEditor(i, false);
       field(i, "map").src = url;
       field(i, "map_download").href = url;
       show(field(i, "map_box"), true);
       self.status(i, "The " + unit.module + " map of unit " + i + " (the job makes it again from the image).");
     }, function () { self.status(i, "Could not reach the server."); });
+  };
+
+  ControlNet.prototype.editMap = function (i) {
+    var map = field(i, "map");
+    if (!map.naturalWidth) return;  // still loading
+    this.editors[i].open(map);
+    show(field(i, "map_box"), false);
+    show(field(i, "editor"), true);
+    field(i, "brush").focus();
+    this.status(i, "Editing the map of unit " + i + ": draw on it, then Use edited map.");
+  };
+
+  // The map shown again (after Cancel or Use), or not (a new image or preview replaces it).
+  ControlNet.prototype.closeEditor = function (i, showMap) {
+    if (field(i, "editor").hidden) return;
+    show(field(i, "editor"), false);
+    if (showMap) {
+      show(field(i, "map_box"), true);
+      field(i, "edit").focus();
+    }
+  };
+
+  // The edited map is the unit's control image, sent with preprocessor none: it is a map already.
+  ControlNet.prototype.useMap = function (i) {
+    var url = this.editors[i].toDataURL();
+    this.images[i] = url;
+    field(i, "thumb").src = url;
+    show(field(i, "chosen"), true);
+    field(i, "map").src = url;
+    field(i, "map_download").href = url;
+    field(i, "module").value = "none";
+    this.showSliders(i);
+    field(i, "enabled").checked = true;
+    this.closeEditor(i, true);
+    this.status(i, "Unit " + i + " sends the edited map as its control image, with preprocessor none.");
   };
 
   // A <select>'s value when offered; a model named with its hash ("name [abcd1234]") by its name.

@@ -1,16 +1,15 @@
 // The mask painter of the generate page's init-image tools (T2I.MaskPainter,
-// used by static/app.js). Needs static/api.js.
+// used by static/app.js). Needs static/api.js and static/brush.js (the strokes).
 (function () {
   "use strict";
 
-  var el = window.T2I.el;
+  var T2I = window.T2I, el = T2I.el;
 
   function $(id) { return document.getElementById(id); }
 
   // A canvas over the init image, at the image's own pixel size: strokes are
   // drawn in a see-through colour, and the PNG sent with the request is white
-  // where something is painted, black elsewhere (white = repaint). Pointer
-  // events, so mouse, pen and touch all paint (the canvas has touch-action: none).
+  // where something is painted, black elsewhere (white = repaint).
   var MASK_COLOUR = "rgb(255, 64, 160)";
 
   function MaskPainter(canvas, image) {
@@ -19,13 +18,15 @@
     this.image = image;
     this.ctx = canvas.getContext("2d", { willReadFrequently: true });  // coverage() reads it back
     this.erasing = false;
-    this.last = null;       // the last point of the stroke being drawn
-    this.pointer = null;    // the pointer drawing it
     this.painted = false;   // anything painted since the last clear
-    canvas.addEventListener("pointerdown", function (event) { self.down(event); });
-    canvas.addEventListener("pointermove", function (event) { self.move(event); });
-    ["pointerup", "pointercancel", "lostpointercapture"].forEach(function (type) {
-      canvas.addEventListener(type, function (event) { if (event.pointerId === self.pointer) self.up(); });
+    this.brush = new T2I.Brush(canvas, this.ctx, {
+      size: function () { return $("mask-brush").value; },
+      paint: function (ctx) {
+        ctx.globalCompositeOperation = self.erasing ? "destination-out" : "source-over";
+        ctx.strokeStyle = MASK_COLOUR;
+        if (!self.erasing) self.painted = true;
+      },
+      end: function () { self.changed(); },
     });
     $("mask-brush").addEventListener("input", function () { $("mask-brush-value").textContent = $("mask-brush").value; });
     $("mask-eraser").addEventListener("click", function () {
@@ -42,53 +43,6 @@
     this.canvas.height = height || 0;
     if (url) this.image.src = url; else this.image.removeAttribute("src");
     this.clear();
-  };
-
-  // Brush diameter in screen pixels, whatever the image's size on the screen.
-  MaskPainter.prototype.point = function (event) {
-    var box = this.canvas.getBoundingClientRect();
-    var scale = box.width ? this.canvas.width / box.width : 1;
-    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale,
-             width: Number($("mask-brush").value) * scale };
-  };
-
-  MaskPainter.prototype.down = function (event) {
-    if (event.button > 0 || this.pointer !== null) return;  // one stroke at a time; no right-button painting
-    event.preventDefault();
-    this.pointer = event.pointerId;
-    try { this.canvas.setPointerCapture(event.pointerId); } catch (e) { /* synthetic events */ }
-    this.last = this.point(event);
-    this.stroke(this.last, this.last);
-  };
-
-  MaskPainter.prototype.move = function (event) {
-    if (event.pointerId !== this.pointer || !this.last) return;
-    event.preventDefault();
-    var next = this.point(event);
-    this.stroke(this.last, next);
-    this.last = next;
-  };
-
-  MaskPainter.prototype.up = function () {
-    this.pointer = null;
-    this.last = null;
-    this.changed();
-  };
-
-  MaskPainter.prototype.stroke = function (from, to) {
-    var ctx = this.ctx;
-    ctx.save();
-    ctx.globalCompositeOperation = this.erasing ? "destination-out" : "source-over";
-    ctx.strokeStyle = MASK_COLOUR;
-    ctx.lineWidth = to.width;
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(from.x, from.y);
-    ctx.lineTo(to.x + (from === to ? 0.01 : 0), to.y);  // a tap paints a dot
-    ctx.stroke();
-    ctx.restore();
-    if (!this.erasing) this.painted = true;
   };
 
   MaskPainter.prototype.clear = function () {

@@ -71,10 +71,11 @@ def sketch_generator():
     return SketchGenerator()
 
 
-def anime_generator():
-    """The anime lineart network: pix2pix's U-Net generator with 8 levels (64 filters, at most 512),
-    instance norms without parameters (so its convolutions have biases). Each level's layers sit in a
-    ``model`` Sequential with the inner level at index 3 (index 1 in the outermost), as in ``netG.pth``."""
+def anime_generator(filters: int = 64):
+    """The anime lineart network: pix2pix's U-Net generator with 8 levels (``filters`` at the outermost,
+    doubling to 8 times that; ``netG.pth`` has 64), instance norms without parameters (so its convolutions
+    have biases). Each level's layers sit in a ``model`` Sequential with the inner level at index 3 (index 1
+    in the outermost), as in ``netG.pth``."""
     import torch
     from torch import nn
 
@@ -101,12 +102,13 @@ def anime_generator():
     class AnimeGenerator(nn.Module):
         def __init__(self):
             super().__init__()
-            level = Level(512, 512)
+            widest = filters * 8
+            level = Level(widest, widest)
             for _ in range(3):
-                level = Level(512, 512, level)
-            for outer in (256, 128, 64):
+                level = Level(widest, widest, level)
+            for outer in (filters * 4, filters * 2, filters):
                 level = Level(outer, outer * 2, level)
-            self.model = Level(1, 64, level, image_channels=3)
+            self.model = Level(1, filters, level, image_channels=3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.model(x)

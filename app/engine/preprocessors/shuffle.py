@@ -6,8 +6,9 @@ tests/test_preprocessors_lineart.py compares both with the extension's OpenCV ca
   256 pixels apart, bicubic in between), so the map keeps the image's colours and textures but not its
   layout. The extension draws the noise from numpy's global generator, unseeded, so each run differs; here
   the generator is seeded from the request (``shuffle_seed``: the scaled image's pixels and size), so the
-  same request gives the same map. Like the extension it shows no resolution slider (its default, 512, or
-  the pixel-perfect resolution applies).
+  same request gives the same map. Like the extension it shows no resolution slider (512 by default, or the
+  pixel-perfect resolution); a processor_res sent through the API is honoured, where the extension's bound
+  check puts it back to 512.
 - ``color``: the image shrunk 64 times with bicubic, then blown back up with nearest neighbour: a grid of
   64-pixel colour blocks.
 """

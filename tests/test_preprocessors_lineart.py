@@ -179,8 +179,9 @@ def test_shuffle_is_the_extensions_flow_field_seeded_by_the_request():
                                                              output_type="np")
     assert np.array_equal(np.asarray(out), expected)
     assert np.array_equal(np.asarray(run_module("shuffle", image, 64)), expected)  # the same request, the same map
-    other = drawing((128, 65))
-    assert shuffle_seed(np.asarray(other)) != shuffle_seed(array)
+    flipped = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)  # another picture, another flow field
+    assert shuffle_seed(np.asarray(flipped)) != shuffle_seed(array)
+    assert not np.array_equal(np.asarray(run_module("shuffle", flipped, 64))[::-1], expected)
 
 
 def test_color_grid_matches_the_extensions_opencv_calls():

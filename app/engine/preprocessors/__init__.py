@@ -9,7 +9,9 @@ does not list come after, by name):
 
 - ``none``: the image is the control map already; ``invert``: white background
   and black lines to the black/white a ControlNet expects (basic.py);
-- ``canny`` (canny.py), ``depth_anything`` (depth.py).
+- ``canny`` (canny.py), ``depth_anything`` (depth.py);
+- ``lineart`` (lineart_realistic), ``lineart_coarse``, ``lineart_anime``, ``lineart_standard`` (lineart.py),
+  ``shuffle`` and ``color`` (t2ia_color_grid) (shuffle.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ __all__ = ["MODULES", "RESOLUTION", "Module", "Slider", "find_module", "module_d
            "resolved_params", "run_module"]
 
 # The extension's module list order (its preprocessor registry), so /controlnet/module_list reads as it does.
-ORDER = ("none", "invert", "canny", "depth_anything")
+ORDER = ("none", "invert", "canny", "depth_anything",
+         "lineart_anime", "lineart_coarse", "lineart", "lineart_standard", "shuffle", "color")
 
 
 def _gather() -> dict[str, Module]:

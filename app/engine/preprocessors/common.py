@@ -33,7 +33,7 @@ Runner = Callable[[Image.Image, int, float, float], Image.Image]
 class Module:
     name: str  # the extension's module name (what API clients send)
     label: str  # its UI label (the extension takes both)
-    resolution: Slider | None = None  # None: the module keeps the image's size
+    resolution: Slider | None = None  # None: no slider (invert keeps the size; shuffle: 512 by default)
     sliders: tuple[Slider, ...] = field(default_factory=tuple)  # threshold_a, threshold_b
     model_free: bool = False
     run: Runner | None = None

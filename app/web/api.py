@@ -12,7 +12,7 @@ from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.admin import quota_charged
 from app.web.auth import client_id, is_authenticated, is_owner
 from app.web.body import check_int_size, json_object
-from app.web.controlnet import prepare_units
+from app.web.controlnet import UNIT_IMAGES, prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
@@ -122,7 +122,7 @@ def _shown_params(params: dict) -> dict:
     """The job's params without local paths (the owner's) and with ControlNet images left out (their size)."""
     shown = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
     if shown.get("controlnet"):
-        shown["controlnet"] = [{k: v for k, v in unit.items() if k != "image"} for unit in shown["controlnet"]]
+        shown["controlnet"] = [{k: v for k, v in unit.items() if k not in UNIT_IMAGES} for unit in shown["controlnet"]]
     return shown
 
 

@@ -124,6 +124,8 @@ class RedisImageStore(ImageStore):
         for n, path in pngs:
             with Image.open(path) as image:
                 text = read_parameters(image) or ""
+            if not text and images:  # a ControlNet map: they follow the images and carry no infotext
+                continue
             fields = request_from_infotext(text) if text else {}
             if params is None:
                 params = GenerationRequest.from_dict(fields).to_dict()

@@ -118,8 +118,10 @@ _FLAGS = ("pixel_perfect", "inpaint_crop_input_image", "save_detected_map")
 
 
 def _decode(data: str | None, mode: str) -> Image.Image | None:
-    if data is None:
-        return None
+    return None if data is None else _open(data, mode)
+
+
+def _open(data: str, mode: str) -> Image.Image:
     with Image.open(io.BytesIO(base64.b64decode(data))) as im:
         return im.convert(mode)
 
@@ -171,14 +173,14 @@ def check_units(value: Any) -> list[dict]:
                 raise ValidationError(f"{where}.{flag}", data[flag], "must be true or false")
         if not isinstance(data["model"], str) or data["model"] in ("", "None"):
             raise ValidationError(f"{where}.model", data["model"], "must name a ControlNet (see /controlnet/model_list)")
-        images = {}
+        images: dict[str, Image.Image] = {}
         for name in _IMAGE_FIELDS:
             if data[name] is None:
                 continue
             if not isinstance(data[name], str):
                 raise ValidationError(f"{where}.{name}", data[name], "must be a base64 PNG")
             try:
-                images[name] = _decode(data[name], "RGB")
+                images[name] = _open(data[name], "RGB")
             except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's bad image
                 raise ValidationError(f"{where}.{name}", data[name], f"is not an image ({exc})") from None
         if "mask" in images and "image" not in images:  # the extension asserts the same

@@ -120,7 +120,8 @@ class RedisImageStore(ImageStore):
             return {"job_id": folder.name, "client": str(data.get("client") or ""), "params": data["params"],
                     "images": data["images"], "created_at": data.get("created_at") or stamp,
                     "finished_at": data.get("finished_at") or stamp, "partial": bool(data.get("partial"))}
-        images, params = [], None
+        images: list[dict] = []
+        params = None
         for n, path in pngs:
             with Image.open(path) as image:
                 text = read_parameters(image) or ""

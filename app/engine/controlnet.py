@@ -113,7 +113,7 @@ class ControlUnit:
 
 
 UNIT_FIELDS = tuple(f.name for f in fields(ControlUnit))
-_IMAGE_FIELDS = ("image", "mask", "effective_region_mask")
+UNIT_IMAGES = ("image", "mask", "effective_region_mask")  # a unit's images (base64 PNG)
 _FLAGS = ("pixel_perfect", "inpaint_crop_input_image", "save_detected_map")
 
 
@@ -174,7 +174,7 @@ def check_units(value: Any) -> list[dict]:
         if not isinstance(data["model"], str) or data["model"] in ("", "None"):
             raise ValidationError(f"{where}.model", data["model"], "must name a ControlNet (see /controlnet/model_list)")
         images: dict[str, Image.Image] = {}
-        for name in _IMAGE_FIELDS:
+        for name in UNIT_IMAGES:
             if data[name] is None:
                 continue
             if not isinstance(data[name], str):

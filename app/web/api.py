@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from app.engine.controlnet import UNIT_IMAGES
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY, ModelChoice
@@ -12,7 +13,7 @@ from app.web import WEB_FIELDS, backend, form_defaults, models
 from app.web.admin import quota_charged
 from app.web.auth import client_id, is_authenticated, is_owner
 from app.web.body import check_int_size, json_object
-from app.web.controlnet import UNIT_IMAGES, prepare_units
+from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.engine.controlnet import UNIT_FIELDS, encode_png
+from app.engine.controlnet import UNIT_FIELDS, UNIT_IMAGES, encode_png
 from app.engine.preprocessors import MODULES, find_module, module_detail, run_module
 from app.models.controlnet import DEMO_CONTROLNET, list_models
 from app.models.demo import DEMO_MODEL_ID
@@ -25,7 +25,6 @@ bp = Blueprint("controlnet", __name__, url_prefix="/controlnet")
 API_VERSION = 3  # the extension's get_api_version()
 # Extension unit fields that do not change what this server makes: accepted and left alone.
 _IGNORED = ("low_vram", "lowvram", "is_ui", "input_mode", "batch_images", "output_dir", "loopback")
-UNIT_IMAGES = ("image", "mask", "effective_region_mask")  # a unit's images (base64 PNG once prepared)
 # The extension's legacy names (internal_controlnet/args.py legacy_field_alias, mask_alias).
 _ALIASES = {"input_image": "image", "mask_image": "mask", "guidance": "guidance_end"}
 

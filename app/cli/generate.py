@@ -179,8 +179,8 @@ def _out_of_memory_line(exc, args: argparse.Namespace) -> str:
 
 def _control_unit(index: int, text: str) -> dict:
     """``image=pose.png,model=NAME,weight=0.8`` as a unit: numbers and true/false converted, the image
-    file read (the request's validation checks the rest, naming ``controlnet[i].field``)."""
-    from app.engine.controlnet import encode_png, parse_value
+    files read (the request's validation checks the rest, naming ``controlnet[i].field``)."""
+    from app.engine.controlnet import UNIT_IMAGES, encode_png, parse_value
 
     unit: dict = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
@@ -188,8 +188,9 @@ def _control_unit(index: int, text: str) -> dict:
         if not sep:
             raise CLIError(f"controlnet[{index}]: {pair!r} is not key=value")
         unit[key.strip()] = parse_value(value.strip())
-    if "image" in unit:
-        unit["image"] = encode_png(_open_image(str(unit["image"]), f"controlnet[{index}].image"))
+    for name in UNIT_IMAGES:  # files, read as the web API decodes its base64
+        if name in unit:
+            unit[name] = encode_png(_open_image(str(unit[name]), f"controlnet[{index}].{name}"))
     return unit
 
 

@@ -26,6 +26,21 @@ ControlNet extension (sd-webui-controlnet ``scripts/hook.py``,
    the residuals to the conditional half of the batch only (the unconditional
    half gets none, so guidance pushes towards the control). In the hires pass
    canny units get the soft scales too, as the extension does.
+6. ``effective_region_mask`` (an image; its first channel / 255) limits where
+   a unit acts: each residual is multiplied by it, resized bilinearly to the
+   residual's size, as the extension's ``apply_effective_region_mask``.
+7. A unit's ``mask`` is the extension's alpha for its input image. Our
+   preprocessors are none of its inpaint ones, so it reads it as the
+   extension does for the others: a mask neither all black nor all white
+   ("canvas scribble") becomes the input image itself, grey.
+8. "Only masked" inpainting: the input image is fitted to the init image's
+   size, cropped to the inpaint crop box and resized to the pass's size
+   before the preprocessor runs (the extension's
+   ``try_crop_image_with_a1111_mask``; ``inpaint_crop_input_image`` off
+   keeps the whole image).
+9. Each unit's fitted maps (the hires pass's first, then the first pass's)
+   are the result's ``control_maps`` unless ``save_detected_map`` is off:
+   the extension appends them after the images of an API response.
 """
 from __future__ import annotations
 
@@ -70,12 +85,19 @@ class ControlUnit:
     resize_mode: str = "Crop and Resize"
     pixel_perfect: bool = False
     hr_option: str = "Both"
+    mask: str | None = None  # base64 PNG: the input image's alpha (section 7)
+    effective_region_mask: str | None = None  # base64 PNG: where the unit acts (section 6)
+    inpaint_crop_input_image: bool = True  # only-masked inpainting crops the input (section 8)
+    save_detected_map: bool = True  # its maps in the result (section 9)
 
     def pil_image(self) -> Image.Image | None:
-        if self.image is None:
-            return None
-        with Image.open(io.BytesIO(base64.b64decode(self.image))) as im:
-            return im.convert("RGB")
+        return _decode(self.image, "RGB")
+
+    def pil_mask(self) -> Image.Image | None:
+        return _decode(self.mask, "RGB")
+
+    def pil_region(self) -> Image.Image | None:
+        return _decode(self.effective_region_mask, "RGB")
 
     def infotext(self, model_label: str) -> str:
         """The extension's ``ControlNetUnit.serialize``: ``Module: canny, Model: ..., Weight: 1.0, ...``."""
@@ -91,6 +113,17 @@ class ControlUnit:
 
 
 UNIT_FIELDS = tuple(f.name for f in fields(ControlUnit))
+UNIT_IMAGES = ("image", "mask", "effective_region_mask")  # a unit's images (base64 PNG)
+_FLAGS = ("pixel_perfect", "inpaint_crop_input_image", "save_detected_map")
+
+
+def _decode(data: str | None, mode: str) -> Image.Image | None:
+    return None if data is None else _open(data, mode)
+
+
+def _open(data: str, mode: str) -> Image.Image:
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        return im.convert(mode)
 
 
 def encode_png(image: Image.Image) -> str:
@@ -135,17 +168,27 @@ def check_units(value: Any) -> list[dict]:
         data["control_mode"] = _choice(where, "control_mode", data["control_mode"], CONTROL_MODES, {})
         data["resize_mode"] = _choice(where, "resize_mode", data["resize_mode"], RESIZE_MODES, RESIZE_ALIASES)
         data["hr_option"] = _choice(where, "hr_option", data["hr_option"], HR_OPTIONS, {})
-        if not isinstance(data["pixel_perfect"], bool):
-            raise ValidationError(f"{where}.pixel_perfect", data["pixel_perfect"], "must be true or false")
+        for flag in _FLAGS:
+            if not isinstance(data[flag], bool):
+                raise ValidationError(f"{where}.{flag}", data[flag], "must be true or false")
         if not isinstance(data["model"], str) or data["model"] in ("", "None"):
             raise ValidationError(f"{where}.model", data["model"], "must name a ControlNet (see /controlnet/model_list)")
-        if data["image"] is not None:
-            if not isinstance(data["image"], str):
-                raise ValidationError(f"{where}.image", data["image"], "must be a base64 PNG")
+        images: dict[str, Image.Image] = {}
+        for name in UNIT_IMAGES:
+            if data[name] is None:
+                continue
+            if not isinstance(data[name], str):
+                raise ValidationError(f"{where}.{name}", data[name], "must be a base64 PNG")
             try:
-                ControlUnit(**data).pil_image()
+                images[name] = _open(data[name], "RGB")
             except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's bad image
-                raise ValidationError(f"{where}.image", data["image"], f"is not an image ({exc})") from None
+                raise ValidationError(f"{where}.{name}", data[name], f"is not an image ({exc})") from None
+        if "mask" in images and "image" not in images:  # the extension asserts the same
+            raise ValidationError(f"{where}.mask", "a mask", "needs the unit's own image (the init image takes none)")
+        if "mask" in images and images["mask"].size != images["image"].size:
+            raise ValidationError(f"{where}.mask", "x".join(map(str, images["mask"].size)),
+                                  "must be the size of the unit's image ("
+                                  + "x".join(map(str, images["image"].size)) + ")")
         out.append(data)
     return out
 
@@ -248,6 +291,7 @@ class ActiveUnit:
     end: float
     mode: str
     module: str
+    region: Any = None  # torch (1, 1, h, w) in 0..1: where the unit acts (None: everywhere)
 
 
 class ControlSet:
@@ -283,8 +327,8 @@ class ControlSet:
             scales = self.scales(unit, len(d) + 1)
             mark = cond_rows.to(x.device, model.dtype)[:, None, None, None]
             cfg_only = unit.mode == CONTROL_MODES[2]
-            d = [r * s * (mark if cfg_only else 1) for r, s in zip(d, scales)]
-            m = m * scales[-1] * (mark if cfg_only else 1)
+            d = [_in_region(r * s * (mark if cfg_only else 1), unit.region) for r, s in zip(d, scales)]
+            m = _in_region(m * scales[-1] * (mark if cfg_only else 1), unit.region)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         return None if down is None else (down, mid)
@@ -297,6 +341,45 @@ class ControlSet:
         return [unit.weight] * count
 
 
+def _in_region(residual: Any, region: Any) -> Any:
+    """A residual limited to the unit's effective region, the mask resized bilinearly to its size."""
+    if region is None:
+        return residual
+    import torch.nn.functional as F
+
+    mask = F.interpolate(region.to(residual.device, residual.dtype), size=residual.shape[-2:], mode="bilinear")
+    return residual * mask
+
+
+def input_image(unit: ControlUnit, fallback: Image.Image | None) -> Image.Image | None:
+    """What the unit's preprocessor reads: its image (or the init image); its mask instead where the
+    mask is neither all black nor all white (the extension's canvas scribble, its alpha <= 5 or >= 250)."""
+    image = unit.pil_image()
+    mask = unit.pil_mask()
+    if image is None:
+        return fallback
+    if mask is not None:
+        alpha = np.asarray(mask)[..., 0]
+        if not ((alpha <= 5).all() or (alpha >= 250).all()):
+            return Image.fromarray(alpha).convert("RGB")
+    return image
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Only-masked inpainting's crop (app/engine/inpaint.py): ``box`` of an image of ``size``."""
+
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+
+def crop_input(image: Image.Image, mode: str, crop: Crop, width: int, height: int) -> Image.Image:
+    """The input image as the only-masked pass sees the init image: fitted to the init image's size by
+    the resize mode, cropped to the box, resized to the pass's size."""
+    whole = image if image.size == crop.size else fit(image, mode, *crop.size)
+    return whole.crop(crop.box).resize((width, height), Image.Resampling.LANCZOS)
+
+
 ModelLoader = Callable[[str], Any]  # model name -> a loaded ControlNetModel on the engine's device
 
 
@@ -306,10 +389,12 @@ class ControlPlan:
     def __init__(self, units: list[ControlUnit], maps: list[Image.Image], models: list[Any], hires_run: bool = False):
         self.units, self.maps, self.models = units, maps, models
         self.hires_run = hires_run  # a hires-fix run: hr_option picks the passes (else every unit runs)
+        self.regions = [_region_tensor(u.pil_region()) for u in units]
+        self.fitted: dict[tuple[int, bool], Image.Image] = {}  # (unit, hires pass) -> the map the pass used
 
     @classmethod
     def build(cls, request: Any, width: int, height: int, load: ModelLoader,
-              init_image: Image.Image | None = None) -> "ControlPlan | None":
+              init_image: Image.Image | None = None, crop: Crop | None = None) -> "ControlPlan | None":
         from app.engine.types import ValidationError
         from app.models.loading import ModelLoadError
 
@@ -318,11 +403,11 @@ class ControlPlan:
             return None
         maps, models = [], []
         for i, unit in enumerate(units):
-            image = unit.pil_image()
-            if image is None:
-                image = init_image
+            image = input_image(unit, init_image)
             if image is None:
                 raise ValidationError(f"controlnet[{i}].image", None, "is required without an init image")
+            if crop is not None and unit.inpaint_crop_input_image:
+                image = crop_input(image, unit.resize_mode, crop, width, height)
             try:
                 maps.append(detect(unit, image, width, height))
             except ModelLoadError as exc:  # the depth preprocessor's weights, offline
@@ -334,14 +419,21 @@ class ControlPlan:
         import torch
 
         active = []
-        for unit, detected, model in zip(self.units, self.maps, self.models):
+        for i, (unit, detected, model) in enumerate(zip(self.units, self.maps, self.models)):
+            # Fitted for every unit, as the extension fits (and shows) both passes' maps whatever hr_option.
+            fitted = self.fitted[(i, hires)] = fit(detected, unit.resize_mode, width, height)
             if self.hires_run and unit.hr_option == HR_OPTIONS[1 if hires else 2]:
                 continue  # the extension's disabled_by_hr_option: "Low res only" in the hires pass, and back
-            fitted = np.asarray(fit(detected, unit.resize_mode, width, height), dtype=np.float32) / 255.0
-            hint = torch.from_numpy(fitted).permute(2, 0, 1)[None]
+            hint = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             active.append(ActiveUnit(model, hint, unit.weight, unit.guidance_start, unit.guidance_end,
-                                     unit.control_mode, unit.module))
+                                     unit.control_mode, unit.module, self.regions[i]))
         return ControlSet(active, hires)
+
+    def detected_maps(self) -> list[Image.Image]:
+        """The maps the passes used, per unit (the hires pass's first, as the extension lists them),
+        leaving out the units with ``save_detected_map`` off."""
+        return [self.fitted[(i, hires)] for i, unit in enumerate(self.units) if unit.save_detected_map
+                for hires in (True, False) if (i, hires) in self.fitted]
 
     def infotext_entries(self, labels: list[str]) -> dict:
         """``ControlNet 0: "Module: ..., Model: ..."`` per unit, as the extension writes them (quoted, as A1111
@@ -350,6 +442,15 @@ class ControlPlan:
 
         return {f"ControlNet {i}": Quoted(unit.infotext(label))
                 for i, (unit, label) in enumerate(zip(self.units, labels))}
+
+
+def _region_tensor(image: Image.Image | None) -> Any:
+    """An effective region mask as the extension takes it: its first channel, 0..1, (1, 1, h, w)."""
+    if image is None:
+        return None
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)[..., 0] / 255.0)[None, None]
 
 
 def parse_infotext_unit(text: str) -> dict:

@@ -304,7 +304,8 @@ class Engine:
         ]
         result = GenerationResult(images=images, seeds=seeds, infotexts=texts, request=request, model=self.model_name,
                                   width=width, height=height, seconds=time.perf_counter() - started,
-                                  step_images=step_frames if request.save_steps else [])
+                                  step_images=step_frames if request.save_steps else [],
+                                  control_maps=denoiser.control.detected_maps() if denoiser.control else [])
         if stopped:
             if progress["done"] == 0:
                 raise GenerationCancelled(0, progress["total"])
@@ -344,9 +345,12 @@ class Engine:
     def _control_plan(self, request: GenerationRequest, width: int, height: int) -> Any:
         """The request's ControlNet units with their maps and models; a model that cannot load is the
         request's error, naming the unit."""
-        from app.engine.controlnet import ControlPlan
+        from app.engine.controlnet import ControlPlan, Crop
+        from app.engine.inpaint import request_crop_box
         from app.models.loading import ModelLoadError
 
+        if not request.controlnet:
+            return None
         names = [u["model"] for u in request.controlnet]
 
         def load(name: str) -> Any:
@@ -355,7 +359,9 @@ class Engine:
             except ModelLoadError as exc:
                 raise ValidationError(f"controlnet[{names.index(name)}].model", name, str(exc)) from None
 
-        return ControlPlan.build(request, width, height, load, request.init_image)
+        box = request_crop_box(request, width, height)
+        crop = None if box is None else Crop(box, request.init_image.size)
+        return ControlPlan.build(request, width, height, load, request.init_image, crop)
 
     @staticmethod
     def _total_steps(request: GenerationRequest) -> int:

@@ -93,6 +93,22 @@ def expand_to_aspect(box: tuple[int, int, int, int], width: int, height: int,
     return x1, y1, x2, y2
 
 
+def only_masked_box(overlay: Image.Image, width: int, height: int, padding: int) -> tuple[int, int, int, int] | None:
+    """Only masked's crop box: around the (blurred) mask plus ``padding``, at the aspect of width x height."""
+    region = crop_region(overlay, padding)
+    return None if region is None else expand_to_aspect(region, width, height, *overlay.size)
+
+
+def request_crop_box(request: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The crop box of a request's only-masked inpainting (None: not one, or nothing masked), as ``plan``
+    finds it: what ControlNet units crop their input images to."""
+    if request.mask is None or not request.inpaint_full_res or request.init_image is None:
+        return None
+    overlay = blur_mask(binary_mask(request.mask, request.init_image.size, request.inpainting_mask_invert),
+                        request.mask_blur)
+    return only_masked_box(overlay, width, height, request.inpaint_full_res_padding)
+
+
 @dataclass
 class InpaintPlan:
     """What to denoise (``image``/``mask`` at the working size) and how to put
@@ -110,11 +126,8 @@ def plan(init: Image.Image, mask: Image.Image, width: int, height: int, *, blur:
     init = init.convert("RGB")
     box = None
     if full_res:
-        sharp = binary_mask(mask, init.size, invert)
-        overlay = blur_mask(sharp, blur)
-        region = crop_region(overlay, padding)
-        if region is not None:
-            box = expand_to_aspect(region, width, height, *init.size)
+        overlay = blur_mask(binary_mask(mask, init.size, invert), blur)
+        box = only_masked_box(overlay, width, height, padding)
         original = init
         if box is not None:
             image = init.crop(box).resize((width, height), Image.Resampling.LANCZOS)

@@ -588,6 +588,7 @@ class GenerationResult:
     height: int
     seconds: float
     step_images: list = field(default_factory=list)  # previews kept with save_steps
+    control_maps: list = field(default_factory=list)  # PIL: the ControlNet units' maps (app/engine/controlnet.py)
 
     def to_dict(self) -> dict:
         return {

@@ -36,18 +36,24 @@ EngineLoader = Callable[[], "Engine"]
 @dataclass(frozen=True)
 class JobOutput:
     """A finished run: one record per image (``n``, ``seed``, ``infotext``),
-    the PNGs with their metadata, and the size it ran at."""
+    the PNGs with their metadata (then those of its ControlNet maps, numbered
+    on after the images), and the size it ran at."""
 
     images: list[dict]
     pngs: list[bytes]
     width: int
     height: int
     seconds: float
+    control_maps: int = 0  # how many of ``pngs`` after the images are ControlNet maps
 
     @property
     def params_update(self) -> dict:
-        """What the job's params learn from the run: the size (None meant "the model's")."""
-        return {"width": self.width, "height": self.height}
+        """What the job's params learn from the run: the size (None meant "the model's"), and how
+        many ControlNet maps follow its images (what /sdapi appends to them, as the extension does)."""
+        update: dict = {"width": self.width, "height": self.height}
+        if self.control_maps:
+            update["control_maps"] = self.control_maps
+        return update
 
 
 def run_job(engine: "Engine", request: GenerationRequest, on_step: Callable[[StepInfo], None],
@@ -63,7 +69,8 @@ def job_output(result: "GenerationResult") -> JobOutput:
     for n, (image, seed, text) in enumerate(zip(result.images, result.seeds, result.infotexts)):
         images.append({"n": n, "seed": seed, "infotext": text})
         pngs.append(png_bytes(image, text))
-    return JobOutput(images, pngs, result.width, result.height, result.seconds)
+    maps = [png_bytes(image, None) for image in result.control_maps]
+    return JobOutput(images, pngs + maps, result.width, result.height, result.seconds, len(maps))
 
 
 INVALID_REQUEST = "invalid request: "  # how the reason of a job failed for its input starts

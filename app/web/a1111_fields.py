@@ -42,7 +42,7 @@ _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
 # Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them.
 _SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "randn_source", "eta_noise_seed_delta",
                       "CLIP_stop_at_last_layers", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise",
-                      "face_restoration_model", "code_former_weight")
+                      "face_restoration_model", "code_former_weight", "control_net_no_detectmap")
 
 
 def refuse_unsupported(body: dict, img2img: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from app.engine.controlnet import UNIT_IMAGES
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
 from app.jobs.base import READY, ModelChoice
@@ -122,7 +123,7 @@ def _shown_params(params: dict) -> dict:
     """The job's params without local paths (the owner's) and with ControlNet images left out (their size)."""
     shown = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
     if shown.get("controlnet"):
-        shown["controlnet"] = [{k: v for k, v in unit.items() if k != "image"} for unit in shown["controlnet"]]
+        shown["controlnet"] = [{k: v for k, v in unit.items() if k not in UNIT_IMAGES} for unit in shown["controlnet"]]
     return shown
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.engine.controlnet import UNIT_FIELDS, encode_png
+from app.engine.controlnet import UNIT_FIELDS, UNIT_IMAGES, encode_png
 from app.engine.preprocessors import MODULES, find_module, module_detail, run_module
 from app.models.controlnet import DEMO_CONTROLNET, list_models
 from app.models.demo import DEMO_MODEL_ID
@@ -24,8 +24,7 @@ bp = Blueprint("controlnet", __name__, url_prefix="/controlnet")
 
 API_VERSION = 3  # the extension's get_api_version()
 # Extension unit fields that do not change what this server makes: accepted and left alone.
-_IGNORED = ("low_vram", "lowvram", "save_detected_map", "is_ui", "input_mode", "batch_images", "output_dir",
-            "loopback", "inpaint_crop_input_image")
+_IGNORED = ("low_vram", "lowvram", "is_ui", "input_mode", "batch_images", "output_dir", "loopback")
 # The extension's legacy names (internal_controlnet/args.py legacy_field_alias, mask_alias).
 _ALIASES = {"input_image": "image", "mask_image": "mask", "guidance": "guidance_end"}
 
@@ -49,12 +48,15 @@ def prepare_units(units: Any, field: str = "controlnet") -> Any:
             out.append(unit)
             continue
         unit = dict(unit)
-        image = unit.get("image")
-        if isinstance(image, str) and image.strip():
-            unit["image"] = encode_png(decode_init_image(image, current_app.config, f"{field}[{i}].image"))
-        elif image is not None:
-            raise ApiError(400, f"{field}[{i}].image: must be a base64 image or a data URL, or left out for the "
-                                "img2img image", f"{field}[{i}].image", image)
+        for name in UNIT_IMAGES:
+            image = unit.get(name)
+            if isinstance(image, str) and image.strip():
+                # Shrunk as the image is (to the largest generation size), so a mask stays the image's size.
+                unit[name] = encode_png(decode_init_image(image, current_app.config, f"{field}[{i}].{name}"))
+            elif image is not None:
+                hint = ", or left out for the img2img image" if name == "image" else ", or null"
+                raise ApiError(400, f"{field}[{i}].{name}: must be a base64 image or a data URL{hint}",
+                               f"{field}[{i}].{name}", image)
         model = unit.get("model")
         if isinstance(model, str) and model not in names and model not in ("", "None") and "/" not in model:
             raise ApiError(400, f"{field}[{i}].model: no ControlNet {model!r} on this server; the models are "
@@ -89,20 +91,26 @@ def units_from_scripts(body: dict) -> list[dict] | None:
             name = _ALIASES.get(key, key)
             if name in ("enabled", *_IGNORED):
                 continue
-            if name == "mask":
-                if value not in (None, ""):
-                    raise ApiError(400, f"controlnet[{i}].mask: masks for ControlNet units are not supported",
-                                   f"controlnet[{i}].mask", "mask")
+            if name in ("mask", "effective_region_mask") and value in (None, ""):
                 continue
+            if name == "mask" and "mask" in unit:  # both mask and mask_image: the extension refuses it too
+                raise ApiError(400, f"controlnet[{i}].{key}: give mask or mask_image, not both",
+                               f"controlnet[{i}].{key}", "mask")
             if name == "image" and "image" in unit and value is None:
                 continue
             if name not in UNIT_FIELDS:
                 raise ApiError(400, f"controlnet[{i}].{key}: unknown field; the unit fields are "
-                                    + ", ".join(("input_image", *UNIT_FIELDS, "mask", "enabled")),
+                                    + ", ".join(("input_image", *UNIT_FIELDS, "mask_image", "enabled")),
                                f"controlnet[{i}].{key}", value)
             unit[name] = value
         if isinstance(unit.get("image"), dict):  # {"image": ..., "mask": ...}
-            unit["image"] = unit["image"].get("image")
+            pair = unit["image"]
+            unit["image"] = pair.get("image")
+            if pair.get("mask") not in (None, ""):
+                if "mask" in unit:
+                    raise ApiError(400, f"controlnet[{i}].mask: give the mask in image or in mask, not both",
+                                   f"controlnet[{i}].mask", "mask")
+                unit["mask"] = pair["mask"]
         units.append(unit)
     return units
 

@@ -242,8 +242,11 @@ def _run(body: dict, img2img: bool):
     if units:
         values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
+    hide_maps = no_detectmap(overrides)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
+    if not hide_maps:  # the units' maps after the images, as the ControlNet extension appends them
+        images += _control_maps_b64(job)
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
     if body.get("include_init_images"):
         parameters["init_images"] = body.get("init_images")
@@ -277,14 +280,37 @@ def _queue_and_wait(gen, choice: ModelChoice | None) -> Job:
 
 
 def _images_b64(job: Job) -> list[str]:
-    images = []
-    for im in job.images:
-        png = backend().read_image(job.id, im["n"])
-        if png is None:  # deleted from the image folder behind our back
-            raise ApiError(500, f"image {im['n']} of job {job.id} is missing from the image folder",
-                           "job_id", job.id)
-        images.append(base64.b64encode(png).decode("ascii"))
-    return images
+    return [_png_b64(job, im["n"]) for im in job.images]
+
+
+def _control_maps_b64(job: Job) -> list[str]:
+    """The job's ControlNet maps (app/jobs/runner.py: numbered on after its images)."""
+    first = len(job.images)
+    return [_png_b64(job, n) for n in range(first, first + int(job.params.get("control_maps") or 0))]
+
+
+def _png_b64(job: Job, n: int) -> str:
+    png = backend().read_image(job.id, n)
+    if png is None:  # deleted from the image folder behind our back
+        raise ApiError(500, f"image {n} of job {job.id} is missing from the image folder", "job_id", job.id)
+    return base64.b64encode(png).decode("ascii")
+
+
+# A1111 options this API honours beyond the model and VAE: set by POST /sdapi/v1/options for the web
+# process's life (as A1111 keeps them in memory until saved), or per request in override_settings.
+OPTIONS = {"control_net_no_detectmap": False}  # the ControlNet extension's "Do not append detectmap to output"
+
+
+def sdapi_options() -> dict:
+    return current_app.extensions.setdefault("sdapi_options", dict(OPTIONS))
+
+
+def no_detectmap(overrides: dict) -> bool:
+    value = overrides.get("control_net_no_detectmap", sdapi_options()["control_net_no_detectmap"])
+    if not isinstance(value, bool):
+        raise ApiError(400, "override_settings.control_net_no_detectmap: must be true or false",
+                       "override_settings.control_net_no_detectmap", value)
+    return value
 
 
 def _info(job: Job, img2img: bool) -> dict:
@@ -477,7 +503,7 @@ def get_options():
     current = models.entry(selected)
     return jsonify({"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256,
                     "sd_vae": models.vae_name(selected.vae), "samples_format": "png",
-                    "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0})
+                    "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, **sdapi_options()})
 
 
 @bp.post("/options")
@@ -485,6 +511,11 @@ def set_options():
     """Switch the model and/or VAE; answers once the switch is queued (see app/web/models.py):
     /sdapi/v1/progress counts the load until it is done."""
     body = json_object()
+    for name in OPTIONS:
+        if name in body:
+            if not isinstance(body[name], bool):
+                raise ApiError(400, f"{name}: must be true or false", name, body[name])
+            sdapi_options()[name] = body[name]
     wanted, vae = body.get("sd_model_checkpoint"), body.get("sd_vae")
     if wanted is not None or vae is not None:
         models.select(wanted, vae)

@@ -120,10 +120,13 @@ class RedisImageStore(ImageStore):
             return {"job_id": folder.name, "client": str(data.get("client") or ""), "params": data["params"],
                     "images": data["images"], "created_at": data.get("created_at") or stamp,
                     "finished_at": data.get("finished_at") or stamp, "partial": bool(data.get("partial"))}
-        images, params = [], None
+        images: list[dict] = []
+        params = None
         for n, path in pngs:
             with Image.open(path) as image:
                 text = read_parameters(image) or ""
+            if not text and images:  # a ControlNet map: they follow the images and carry no infotext
+                continue
             fields = request_from_infotext(text) if text else {}
             if params is None:
                 params = GenerationRequest.from_dict(fields).to_dict()

@@ -9,7 +9,9 @@ does not list come after, by name):
 
 - ``none``: the image is the control map already; ``invert``: white background
   and black lines to the black/white a ControlNet expects (basic.py);
-- ``canny`` (canny.py), ``depth_anything`` (depth.py).
+- ``canny`` (canny.py), ``depth_anything`` (depth.py);
+- soft edges and scribbles: ``hed``, ``hed_safe``, ``scribble_hed`` (hed.py), ``pidinet``, ``pidinet_safe``,
+  ``pidinet_scribble`` (pidinet.py), ``scribble_xdog`` (xdog.py); helpers shared in common.py.
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ __all__ = ["MODULES", "RESOLUTION", "Module", "Slider", "find_module", "module_d
            "resolved_params", "run_module"]
 
 # The extension's module list order (its preprocessor registry), so /controlnet/module_list reads as it does.
-ORDER = ("none", "invert", "canny", "depth_anything")
+ORDER = ("none", "invert", "canny", "depth_anything",
+         "hed", "hed_safe",
+         "pidinet", "pidinet_safe", "pidinet_scribble", "scribble_xdog", "scribble_hed")
 
 
 def _gather() -> dict[str, Module]:

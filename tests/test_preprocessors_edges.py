@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.engine.preprocessors import run_module
-from app.engine.preprocessors.common import gaussian_blur, nms, resize_short_side, safe_step, scribble
+from app.engine.preprocessors.common import gaussian_blur, gaussian_blur_uint8, nms, resize_short_side, safe_step, scribble
 from app.models import annotators
 
 torch = pytest.importorskip("torch")
@@ -77,15 +77,17 @@ def networks(ref):
 
     torch.manual_seed(0)
     their_hed = ref.hed.ControlNetHED_Apache2().float().eval()
-    with torch.no_grad():
+    their_pidi = ref.pidi.pidinet().eval()
+    with torch.no_grad():  # scaled so that the maps have contrast and the scribbles some lines, not all
         their_hed.norm.fill_(120.0)
         for p in their_hed.parameters():
             if p.ndim == 4:
                 p.mul_(1.4)  # keeps the activations alive through 13 ReLU layers
-    their_pidi = ref.pidi.pidinet().eval()
-    with torch.no_grad():
+        for block in (their_hed.block1, their_hed.block2, their_hed.block3, their_hed.block4, their_hed.block5):
+            block.projection.bias.sub_(4.0)
         for reduce in their_pidi.conv_reduces:
-            reduce.conv.weight.mul_(100.0)  # logits far enough from 0 for a map with contrast
+            reduce.conv.weight.mul_(300.0)
+        their_pidi.classifier.bias.sub_(1.5)
     our_hed, our_pidi = hed._network(), pidinet._network()
     our_hed.load_state_dict(their_hed.state_dict(), strict=True)
     our_pidi.load_state_dict(their_pidi.state_dict(), strict=True)
@@ -170,8 +172,8 @@ def test_soft_edges_match_controlnet_aux(ours, theirs, module):
 @pytest.mark.parametrize("module,soft", [("scribble_hed", "hed"), ("pidinet_scribble", "pidinet")])
 def test_network_scribbles_match_the_extensions_steps(ref, ours, theirs, module, soft):
     reference = their_scribble(ref, theirs[soft])
-    assert (reference == 255).mean() > 0.02
-    assert (grey(ours[module]) != reference).mean() < 0.01
+    assert 0.1 < (reference == 255).mean() < 0.6
+    assert (grey(ours[module]) != reference).mean() < 0.002
 
 
 @pytest.mark.parametrize("threshold", [32, 8, 64])
@@ -193,7 +195,9 @@ def test_helpers_match_opencv_and_controlnet_aux(ref):
     theirs_nms = ref.util.nms(soft, 127, 3.0)
     assert (theirs_nms == 255).sum() > 20
     assert (nms(soft, 127, 3.0) != theirs_nms).mean() < 0.002
-    assert (scribble(soft) != their_scribble(ref, soft)).mean() < 0.005
+    assert np.array_equal(gaussian_blur_uint8(theirs_nms, 3.0), cv2.GaussianBlur(theirs_nms, (0, 0), 3.0))
+    assert np.array_equal(gaussian_blur_uint8(soft, 1.0), cv2.GaussianBlur(soft, (0, 0), 1.0))
+    assert (scribble(soft) != their_scribble(ref, soft)).mean() < 0.002
     levels = rng.random((40, 50))
     assert np.array_equal(safe_step(levels), ref.util.safe_step(levels))
 

@@ -88,7 +88,7 @@ def networks(ref):
         for reduce in their_pidi.conv_reduces:
             reduce.conv.weight.mul_(300.0)
         their_pidi.classifier.bias.sub_(1.5)
-    our_hed, our_pidi = hed._network(), pidinet._network()
+    our_hed, our_pidi = hed.HED(), pidinet.PiDiNet()
     our_hed.load_state_dict(their_hed.state_dict(), strict=True)
     our_pidi.load_state_dict(their_pidi.state_dict(), strict=True)
     return {"hed": (their_hed, our_hed.eval()), "pidinet": (their_pidi, our_pidi.eval())}

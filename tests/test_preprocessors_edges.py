@@ -250,3 +250,18 @@ def test_missing_weights_are_a_400_naming_the_file(client, monkeypatch, tmp_path
     detect = client.post("/controlnet/detect", json={"controlnet_module": "softedge_pidinet",
                                                      "controlnet_input_images": [b64(picture())]})
     assert detect.status_code == 400 and "table5_pidinet.pth" in detect.get_json()["error"]
+
+
+def test_published_file_layouts_load(networks, ours, monkeypatch, tmp_path):
+    # The files as lllyasviel/Annotators has them: ControlNetHED.pth a plain state dict; table5_pidinet.pth
+    # PiDiNet's training checkpoint, {"state_dict": {"module.<name>": ...}, "epoch": ...} (DataParallel).
+    torch.save(networks["hed"][0].state_dict(), tmp_path / "ControlNetHED.pth")
+    torch.save({"epoch": 14, "state_dict": {f"module.{k}": v for k, v in networks["pidinet"][0].state_dict().items()}},
+               tmp_path / "table5_pidinet.pth")
+    monkeypatch.setenv("T2I_ANNOTATOR_DIR", str(tmp_path))
+    annotators.clear()
+    try:
+        for module in ("hed", "pidinet"):
+            assert np.array_equal(np.asarray(run_module(module, picture(), RES)), np.asarray(ours[module]))
+    finally:
+        annotators.clear()

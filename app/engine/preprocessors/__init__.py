@@ -4,14 +4,15 @@ resolution rule of A1111's ControlNet extension
 ``scripts/preprocessor/legacy/processor.py``).
 
 One file per family; each defines ``MODULES``, a list of ``Module`` with its
-``run``. This file gathers them in the extension's order (``ORDER``; modules it
-does not list come after, by name):
+``run``. This file gathers them in the extension's order (none, invert, then by label):
 
 - ``none``: the image is the control map already; ``invert``: white background
   and black lines to the black/white a ControlNet expects (basic.py);
 - ``canny`` (canny.py), ``depth_anything`` (depth.py);
 - ``lineart`` (lineart_realistic), ``lineart_coarse``, ``lineart_anime``, ``lineart_standard`` (lineart.py),
-  ``shuffle`` and ``color`` (t2ia_color_grid) (shuffle.py).
+  ``shuffle`` and ``color`` (t2ia_color_grid) (shuffle.py);
+- soft edges and scribbles: ``hed``, ``hed_safe``, ``scribble_hed`` (hed.py), ``pidinet``, ``pidinet_safe``,
+  ``pidinet_scribble`` (pidinet.py), ``scribble_xdog`` (xdog.py); helpers shared in common.py.
 """
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ from app.engine.preprocessors.common import RESOLUTION, Module, Slider, resize_s
 __all__ = ["MODULES", "RESOLUTION", "Module", "Slider", "find_module", "module_detail", "resize_short_side",
            "resolved_params", "run_module"]
 
-# The extension's module list order (its preprocessor registry), so /controlnet/module_list reads as it does.
-ORDER = ("none", "invert", "canny", "depth_anything",
-         "lineart_anime", "lineart_coarse", "lineart", "lineart_standard", "shuffle", "color")
+# The extension's order: none and invert first, then by UI label, so /controlnet/module_list reads as it does.
+FIRST = ("none", "invert")
 
 
 def _gather() -> dict[str, Module]:
@@ -36,8 +36,8 @@ def _gather() -> dict[str, Module]:
         if info.name != "common":
             for module in importlib.import_module(f"{__name__}.{info.name}").MODULES:
                 found[module.name] = module
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[1].label)))
 
 
 MODULES: dict[str, Module] = _gather()

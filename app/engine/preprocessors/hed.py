@@ -1,0 +1,95 @@
+"""HED soft edges (``softedge_hed``, ``softedge_hedsafe``) and the scribbles drawn from them (``scribble_hed``),
+as the extension's ``hed``, ``hed_safe`` and ``scribble_hed``: lllyasviel's Apache-2.0 HED network
+(``ControlNetHED.pth`` from lllyasviel/Annotators, app/models/annotators.py) on the RGB image at
+``processor_res``; tests/test_preprocessors_edges.py compares the maps with controlnet_aux's."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from app.engine.preprocessors.common import RESOLUTION, Module, detect_padded, safe_step, scribble
+
+WEIGHTS = "ControlNetHED.pth"
+
+
+class Stage(nn.Module):
+    """``layers`` 3x3 convolutions with ReLU (after a 2x2 max-pool, but for the first stage), and the 1x1
+    ``projection`` that scores the stage's features as edges."""
+
+    def __init__(self, channels_in: int, channels: int, layers: int):
+        super().__init__()
+        self.convs = nn.Sequential(*(nn.Conv2d(channels_in if i == 0 else channels, channels, 3, padding=1)
+                                     for i in range(layers)))
+        self.projection = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if pool:
+            x = F.max_pool2d(x, 2, 2)
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return x, self.projection(x)
+
+
+class HED(nn.Module):
+    """Five VGG-like stages; the edge logit is the mean of their projections upsampled to the input (attribute
+    names are the published state dict's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))  # the learned mean colour (0..255)
+        self.block1, self.block2 = Stage(3, 64, 2), Stage(64, 128, 2)
+        self.block3, self.block4, self.block5 = Stage(128, 256, 3), Stage(256, 512, 3), Stage(512, 512, 3)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Edge logits (N, 1, H, W) of RGB images in 0..255 (N, 3, H, W), H and W multiples of 16."""
+        x, logits = rgb - self.norm, []
+        for i, stage in enumerate((self.block1, self.block2, self.block3, self.block4, self.block5)):
+            x, projection = stage(x, pool=i > 0)
+            logits.append(F.interpolate(projection, size=rgb.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.cat(logits, 1).mean(1, keepdim=True)
+
+
+def build_network() -> HED:
+    """The HED network with the published weights (ModelLoadError naming the file where it cannot be had)."""
+    from app.models.annotators import load_state_dict
+
+    net = HED()
+    net.load_state_dict(load_state_dict(WEIGHTS), strict=True)
+    return net.float().eval()
+
+
+def network() -> HED:
+    from app.models.annotators import built
+
+    return built(WEIGHTS, build_network)
+
+
+def soft_edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
+    """The HED edge map (uint8, H x W) of an RGB uint8 array whose sides are multiples of 16; ``safe``:
+    quantized to three levels."""
+    with torch.no_grad():
+        logits = network()(torch.from_numpy(rgb).float().permute(2, 0, 1)[None])[0, 0].double().numpy()
+    edges = 1 / (1 + np.exp(-logits))  # sigmoid in float64, as theirs
+    if safe:
+        edges = safe_step(edges)
+    return (edges * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _soft(safe: bool):
+    def run(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
+        return Image.fromarray(detect_padded(image, res, lambda rgb: soft_edges(rgb, safe))).convert("RGB")
+    return run
+
+
+def _scribble(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
+    return Image.fromarray(scribble(detect_padded(image, res, soft_edges))).convert("RGB")
+
+
+MODULES = [
+    Module("hed", "softedge_hed", RESOLUTION, run=_soft(False)),
+    Module("hed_safe", "softedge_hedsafe", RESOLUTION, run=_soft(True)),
+    Module("scribble_hed", "scribble_hed", RESOLUTION, run=_scribble),
+]

@@ -9,7 +9,8 @@ does not list come after, by name):
 
 - ``none``: the image is the control map already; ``invert``: white background
   and black lines to the black/white a ControlNet expects (basic.py);
-- ``canny`` (canny.py), ``depth_anything`` (depth.py).
+- ``canny`` (canny.py), ``depth_anything`` (depth.py);
+- ``openpose``, ``openpose_face``, ``openpose_faceonly``, ``openpose_full``, ``openpose_hand`` (openpose.py).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ __all__ = ["MODULES", "RESOLUTION", "Module", "Slider", "find_module", "module_d
            "resolved_params", "run_module"]
 
 # The extension's module list order (its preprocessor registry), so /controlnet/module_list reads as it does.
-ORDER = ("none", "invert", "canny", "depth_anything")
+ORDER = ("none", "invert", "canny", "depth_anything",
+         "openpose", "openpose_face", "openpose_faceonly", "openpose_full", "openpose_hand")
 
 
 def _gather() -> dict[str, Module]:

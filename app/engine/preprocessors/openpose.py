@@ -493,6 +493,36 @@ def _disc(draw: ImageDraw.ImageDraw, x: int, y: int, radius: int, color: tuple[i
         draw.line([(x - half, y + dy), (x + half, y + dy)], fill=color)
 
 
+def _fill_convex(draw: ImageDraw.ImageDraw, points: list[tuple[int, int]], color: tuple[int, int, int]) -> None:
+    """OpenCV's fillConvexPoly, near enough: per row, the pixels between the edges' crossings rounded to the
+    nearest pixel (a little wider than PIL's fill, which keeps only centres inside), and the outline."""
+    p = np.array(points, dtype=float)
+    (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
+    rows = np.arange(int(p[:, 1].min()), int(p[:, 1].max()) + 1, dtype=float)[:, None]
+    flat = y0 == y1
+    crosses = (rows >= np.minimum(y0, y1)) & (rows <= np.maximum(y0, y1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(flat, x0, x0 + (rows - y0) * (x1 - x0) / np.where(flat, 1, y1 - y0))
+    left = np.where(crosses, x, np.inf).min(axis=1)
+    right = np.where(crosses, np.maximum(x, np.where(flat, x1, x)), -np.inf).max(axis=1)
+    left = np.minimum(left, np.where(crosses & flat, x1, np.inf).min(axis=1))
+    for y, a, b in zip(rows[:, 0], np.floor(left + 0.5), np.floor(right + 0.5)):
+        if a <= b:
+            draw.line([(int(a), int(y)), (int(b), int(y))], fill=color)
+    draw.line(points + points[:1], fill=color)
+
+
+def _thick_line(draw: ImageDraw.ImageDraw, x1: int, y1: int, x2: int, y2: int, color: tuple[int, int, int]) -> None:
+    """OpenCV's line of thickness 2: the segment widened by 1 px on each side, with round ends of radius 1."""
+    length = math.hypot(x2 - x1, y2 - y1)
+    if length > 0:
+        nx, ny = -(y2 - y1) / length, (x2 - x1) / length
+        corners = [(x1 + nx, y1 + ny), (x2 + nx, y2 + ny), (x2 - nx, y2 - ny), (x1 - nx, y1 - ny)]
+        _fill_convex(draw, [(round(x), round(y)) for x, y in corners], color)
+    _disc(draw, x1, y1, 1, color)
+    _disc(draw, x2, y2, 1, color)
+
+
 def draw_body(draw: ImageDraw.ImageDraw, keypoints: Sequence[Keypoint | None], height: int, width: int) -> None:
     """Limbs as ellipses 4 px thick in 60% of their colour, then a disc of radius 4 per keypoint."""
     for (a, b), color in zip(LIMBS[:17], BODY_COLORS):
@@ -504,7 +534,8 @@ def draw_body(draw: ImageDraw.ImageDraw, keypoints: Sequence[Keypoint | None], h
         length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
         angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
         polygon = ellipse_polygon(int(np.mean(xs)), int(np.mean(ys)), int(length / 2), 4, int(angle))
-        draw.polygon(polygon, fill=tuple(int(float(c) * 0.6) for c in color))
+        shade = tuple(int(float(c) * 0.6) for c in color)
+        _fill_convex(draw, polygon, shade)
     for keypoint, color in zip(keypoints, BODY_COLORS):
         if keypoint is not None:
             _disc(draw, int(keypoint.x * width), int(keypoint.y * height), 4, color)
@@ -526,7 +557,7 @@ def draw_hand(draw: ImageDraw.ImageDraw, keypoints: Sequence[Keypoint] | None, h
         x1, y1 = int(keypoints[e1].x * width), int(keypoints[e1].y * height)
         x2, y2 = int(keypoints[e2].x * width), int(keypoints[e2].y * height)
         if x1 > _EPS and y1 > _EPS and x2 > _EPS and y2 > _EPS:
-            draw.line([(x1, y1), (x2, y2)], fill=_hsv_color(ie / float(len(HAND_EDGES))), width=2)
+            _thick_line(draw, x1, y1, x2, y2, _hsv_color(ie / float(len(HAND_EDGES))))
     for k in keypoints:
         x, y = int(k.x * width), int(k.y * height)
         if x > _EPS and y > _EPS:

@@ -416,7 +416,8 @@ def hand_peaks(heatmaps: np.ndarray, height: int, width: int) -> np.ndarray:
 def face_box(body: Sequence[Keypoint | None], height: int, width: int) -> tuple[int, int, int] | None:
     """(x, y, side) of the face's square box from the nose, eyes and ears (pixels), or None (under 20 px)."""
     head = body[0]
-    marks = [(body[i], k) for i, k in ((14, 3.0), (15, 3.0), (16, 1.5), (17, 1.5)) if body[i] is not None]
+    marks = [(mark, k) for mark, k in ((body[14], 3.0), (body[15], 3.0), (body[16], 1.5), (body[17], 1.5))
+             if mark is not None]
     if head is None or not marks:
         return None
     side = 0.0
@@ -534,7 +535,8 @@ def draw_body(draw: ImageDraw.ImageDraw, keypoints: Sequence[Keypoint | None], h
         length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
         angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
         polygon = ellipse_polygon(int(np.mean(xs)), int(np.mean(ys)), int(length / 2), 4, int(angle))
-        shade = tuple(int(float(c) * 0.6) for c in color)
+        red, green, blue = (int(float(c) * 0.6) for c in color)
+        shade = (red, green, blue)
         _fill_convex(draw, polygon, shade)
     for keypoint, color in zip(keypoints, BODY_COLORS):
         if keypoint is not None:
@@ -546,7 +548,8 @@ def _hsv_color(hue: float) -> tuple[int, int, int]:
     i, f = int(hue * 6) % 6, hue * 6 - int(hue * 6)
     q, t = 1 - f, 1 - (1 - f)  # matplotlib's hsv_to_rgb arithmetic, so halves round alike
     rgb = [(1, t, 0), (q, 1, 0), (0, 1, t), (0, q, 1), (t, 0, 1), (1, 0, q)][i]
-    return tuple(int(np.rint(c * 255)) for c in rgb)
+    r, g, b = (int(np.rint(c * 255)) for c in rgb)
+    return r, g, b
 
 
 def draw_hand(draw: ImageDraw.ImageDraw, keypoints: Sequence[Keypoint] | None, height: int, width: int) -> None:

@@ -68,9 +68,13 @@ def resize(x: np.ndarray, height: int, width: int, factor: float | None = None) 
         return x.copy()
     shrink = (factor if factor is not None else (height + width) / (h + w)) < 1
     build = _area_matrix if shrink else _lanczos4_matrix
-    ay, ax = build(h, height).astype(np.float32), build(w, width).astype(np.float32)
-    planes = x.astype(np.float32).reshape(h, w, -1)
-    out = np.einsum("yi,ijc,xj->yxc", ay, planes, ax, optimize=True).reshape((height, width) + x.shape[2:])
+    from scipy.sparse import csr_matrix
+
+    # A handful of taps per output pixel: sparse matrices, rows first, then columns.
+    ay, ax = csr_matrix(build(h, height).astype(np.float32)), csr_matrix(build(w, width).astype(np.float32))
+    rows = (ay @ x.astype(np.float32).reshape(h, -1)).reshape(height, w, -1)
+    cols = ax @ np.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(w, -1)
+    out = np.ascontiguousarray(cols.reshape(width, height, -1).transpose(1, 0, 2)).reshape((height, width) + x.shape[2:])
     if x.dtype == np.uint8:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return out.astype(x.dtype)

@@ -498,32 +498,57 @@ def _disc(draw: ImageDraw.ImageDraw, x: int, y: int, radius: int, color: tuple[i
         draw.line([(x - half, y + dy), (x + half, y + dy)], fill=color)
 
 
-def _fill_convex(draw: ImageDraw.ImageDraw, points: list[tuple[int, int]], color: tuple[int, int, int]) -> None:
-    """OpenCV's fillConvexPoly, near enough: per row, the pixels between the edges' crossings rounded to the
-    nearest pixel (a little wider than PIL's fill, which keeps only centres inside), and the outline."""
-    p = np.array(points, dtype=float)
-    (x0, y0), (x1, y1) = p.T, np.roll(p, -1, axis=0).T
-    rows = np.arange(int(p[:, 1].min()), int(p[:, 1].max()) + 1, dtype=float)[:, None]
-    flat = y0 == y1
-    crosses = (rows >= np.minimum(y0, y1)) & (rows <= np.maximum(y0, y1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(flat, x0, x0 + (rows - y0) * (x1 - x0) / np.where(flat, 1, y1 - y0))
-    left = np.where(crosses, x, np.inf).min(axis=1)
-    right = np.where(crosses, np.maximum(x, np.where(flat, x1, x)), -np.inf).max(axis=1)
-    left = np.minimum(left, np.where(crosses & flat, x1, np.inf).min(axis=1))
-    for y, a, b in zip(rows[:, 0], np.floor(left + 0.5), np.floor(right + 0.5)):
-        if a <= b:
-            draw.line([(int(a), int(y)), (int(b), int(y))], fill=color)
-    draw.line(points + points[:1], fill=color)
+def _round_half_up(v: float) -> int:
+    return math.floor(v + 0.5)
+
+
+def _fill_convex(draw: ImageDraw.ImageDraw, points: Sequence[tuple[float, float]],
+                 color: tuple[int, int, int]) -> None:
+    """OpenCV's fillConvexPoly (8-connected): the outline, then a scan from the top vertex down two edge
+    walkers whose edges run between the vertices' rows (rounded) from their exact x; each row is filled
+    between the walkers' x, rounded. Corners may be fractional (OpenCV's sub-pixel ``shift``)."""
+    n = len(points)
+    outline = [(_round_half_up(x), _round_half_up(y)) for x, y in points]
+    draw.line(outline + outline[:1], fill=color)  # OpenCV's sub-pixel edges (Line2) differ by a pixel here and there
+    if n < 3:
+        return
+    top = min(range(n), key=lambda i: (points[i][1], i))
+    y = _round_half_up(points[top][1])
+    y_last = _round_half_up(max(p[1] for p in points))
+    walkers = [[top, 1, -1.0, 0.0, y], [top, n - 1, -1.0, 0.0, y]]  # vertex, step, x, dx, end row
+    budget = n
+    while True:
+        for w in walkers:
+            if y >= w[4]:
+                start, nxt = w[0], (w[0] + w[1]) % n
+                while budget > 0:
+                    budget -= 1
+                    end_row = _round_half_up(points[nxt][1])
+                    if end_row > y:
+                        xs, xe = points[start][0], points[nxt][0]
+                        w[:] = [nxt, w[1], xs, (xe - xs) / (end_row - y), end_row]
+                        break
+                    start, nxt = nxt, (nxt + w[1]) % n
+                else:
+                    budget = -1
+        if budget < 0:
+            break
+        left, right = sorted((walkers[0][2], walkers[1][2]))
+        draw.line([(_round_half_up(left), y), (_round_half_up(right), y)], fill=color)
+        for w in walkers:
+            w[2] += w[3]
+        y += 1
+        if y > y_last:
+            break
 
 
 def _thick_line(draw: ImageDraw.ImageDraw, x1: int, y1: int, x2: int, y2: int, color: tuple[int, int, int]) -> None:
-    """OpenCV's line of thickness 2: the segment widened by 1 px on each side, with round ends of radius 1."""
+    """OpenCV's line of thickness 2: the segment widened by 1 px on each side (sub-pixel corners), with round
+    ends of radius 1."""
     length = math.hypot(x2 - x1, y2 - y1)
     if length > 0:
-        nx, ny = -(y2 - y1) / length, (x2 - x1) / length
-        corners = [(x1 + nx, y1 + ny), (x2 + nx, y2 + ny), (x2 - nx, y2 - ny), (x1 - nx, y1 - ny)]
-        _fill_convex(draw, [(round(x), round(y)) for x, y in corners], color)
+        nx, ny = (y2 - y1) / length, (x1 - x2) / length
+        _fill_convex(draw, [(x1 + nx, y1 + ny), (x1 - nx, y1 - ny), (x2 - nx, y2 - ny), (x2 + nx, y2 + ny)], color)
     _disc(draw, x1, y1, 1, color)
     _disc(draw, x2, y2, 1, color)
 

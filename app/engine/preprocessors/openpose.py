@@ -502,6 +502,17 @@ def _round_half_up(v: float) -> int:
     return math.floor(v + 0.5)
 
 
+@dataclass
+class _Walker:
+    """One side of the convex fill's scan: the edge ending at ``vertex``, its x on the current row."""
+
+    vertex: int
+    step: int  # +1 or n - 1: around the polygon one way or the other
+    end: int  # the row where the edge ends
+    x: float = -1.0
+    dx: float = 0.0
+
+
 def _fill_convex(draw: ImageDraw.ImageDraw, points: Sequence[tuple[float, float]],
                  color: tuple[int, int, int]) -> None:
     """OpenCV's fillConvexPoly (8-connected): the outline, then a scan from the top vertex down two edge
@@ -515,28 +526,28 @@ def _fill_convex(draw: ImageDraw.ImageDraw, points: Sequence[tuple[float, float]
     top = min(range(n), key=lambda i: (points[i][1], i))
     y = _round_half_up(points[top][1])
     y_last = _round_half_up(max(p[1] for p in points))
-    walkers = [[top, 1, -1.0, 0.0, y], [top, n - 1, -1.0, 0.0, y]]  # vertex, step, x, dx, end row
+    walkers = [_Walker(top, 1, y), _Walker(top, n - 1, y)]
     budget = n
     while True:
         for w in walkers:
-            if y >= w[4]:
-                start, nxt = w[0], (w[0] + w[1]) % n
+            if y >= w.end:
+                start, nxt = w.vertex, (w.vertex + w.step) % n
                 while budget > 0:
                     budget -= 1
                     end_row = _round_half_up(points[nxt][1])
                     if end_row > y:
                         xs, xe = points[start][0], points[nxt][0]
-                        w[:] = [nxt, w[1], xs, (xe - xs) / (end_row - y), end_row]
+                        w.vertex, w.x, w.dx, w.end = nxt, xs, (xe - xs) / (end_row - y), end_row
                         break
-                    start, nxt = nxt, (nxt + w[1]) % n
+                    start, nxt = nxt, (nxt + w.step) % n
                 else:
                     budget = -1
         if budget < 0:
             break
-        left, right = sorted((walkers[0][2], walkers[1][2]))
+        left, right = sorted((walkers[0].x, walkers[1].x))
         draw.line([(_round_half_up(left), y), (_round_half_up(right), y)], fill=color)
         for w in walkers:
-            w[2] += w[3]
+            w.x += w.dx
         y += 1
         if y > y_last:
             break

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from app.models.loading import ModelLoadError
 
 REPO = "lllyasviel/Annotators"
-KEEP = 2  # networks kept built (the largest, openpose's body and hand, are ~200 MB each in fp32)
+KEEP = 3  # networks kept built: openpose_full uses three (body ~200 MB, hand ~150 MB, face ~150 MB in fp32)
 
 _built: OrderedDict[str, Any] = OrderedDict()
 _lock = threading.Lock()

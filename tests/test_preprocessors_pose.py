@@ -398,3 +398,21 @@ def test_drawing_helpers_fill_like_opencv():
     want = np.zeros((15, 15, 3), np.uint8)
     cv2.circle(want, (7, 7), 4, (255, 255, 255), thickness=-1)
     assert np.array_equal(np.asarray(canvas), want)
+
+
+def test_openpose_loads_the_published_file_by_name_and_runs(monkeypatch, tmp_path):
+    """The body network from ``body_pose_model.pth`` in T2I_ANNOTATOR_DIR (random weights under the published
+    names, read weights_only, loaded strictly): a black map at the requested size (random weights find
+    no one)."""
+    from app.models import annotators
+
+    with torch.device("meta"):
+        names = op.body_net().state_dict()
+    torch.save({k: torch.randn(v.shape) * 0.01 for k, v in names.items()}, tmp_path / op.BODY_FILE)
+    monkeypatch.setenv("T2I_ANNOTATOR_DIR", str(tmp_path))
+    annotators.clear()
+    try:
+        out = run_module("openpose", Image.fromarray(_image((90, 72))), 64)
+    finally:
+        annotators.clear()
+    assert out.size == (80, 64) and out.mode == "RGB"

@@ -132,7 +132,7 @@ def test_infotext_records_each_unit_as_the_extension(engine, small_request):
 
 
 @pytest.mark.parametrize("field,value", [("weight", 3), ("weight", "x"), ("guidance_start", -0.1),
-                                         ("control_mode", "Loud"), ("resize_mode", 7), ("module", "openpose"),
+                                         ("control_mode", "Loud"), ("resize_mode", 7), ("module", "no_such_module"),
                                          ("model", "None"), ("image", "not base64!"), ("colour", 1)])
 def test_bad_units_name_the_field(small_request, field, value):
     with pytest.raises(ValidationError) as info:

@@ -244,8 +244,9 @@ _depth_lock = threading.Lock()
 
 
 def depth_model(name: str | None = None) -> Any:
-    """The depth preprocessor's model (transformers' AutoModelForDepthEstimation), loaded once on the CPU
-    (a preprocessor runs once per request); offline without it, a ModelLoadError says where to put it."""
+    """The depth preprocessor's model (transformers' AutoModelForDepthEstimation), loaded once, on the GPU
+    when there is one, as the other preprocessors' networks (a preprocessor runs once per request); offline without it,
+    a ModelLoadError says where to put it."""
     name = name or DEPTH_MODEL
     with _depth_lock:
         if name not in _depth:
@@ -257,6 +258,8 @@ def depth_model(name: str | None = None) -> Any:
                 raise ModelLoadError(f"the depth preprocessor's model {name!r} could not be loaded "
                                      f"({str(exc).splitlines()[0][:160]}); download it on a machine with internet "
                                      "access (it is fetched on first use)") from exc
+            from app.models.annotators import device
+
             _depth.clear()  # one depth model at a time
-            _depth[name] = model.eval()
+            _depth[name] = model.eval().to(device())
         return _depth[name]

@@ -12,7 +12,8 @@ One file per family; each defines ``MODULES``, a list of ``Module`` with its
 - ``lineart`` (lineart_realistic), ``lineart_coarse``, ``lineart_anime``, ``lineart_standard`` (lineart.py),
   ``shuffle`` and ``color`` (t2ia_color_grid) (shuffle.py);
 - soft edges and scribbles: ``hed``, ``hed_safe``, ``scribble_hed`` (hed.py), ``pidinet``, ``pidinet_safe``,
-  ``pidinet_scribble`` (pidinet.py), ``scribble_xdog`` (xdog.py); helpers shared in common.py.
+  ``pidinet_scribble`` (pidinet.py), ``scribble_xdog`` (xdog.py); helpers shared in common.py;
+- ``openpose``, ``openpose_face``, ``openpose_faceonly``, ``openpose_full``, ``openpose_hand`` (openpose.py).
 """
 from __future__ import annotations
 

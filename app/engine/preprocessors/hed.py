@@ -70,8 +70,10 @@ def network() -> HED:
 def soft_edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
     """The HED edge map (uint8, H x W) of an RGB uint8 array whose sides are multiples of 16; ``safe``:
     quantized to three levels."""
+    net = network()
     with torch.no_grad():
-        logits = network()(torch.from_numpy(rgb).float().permute(2, 0, 1)[None])[0, 0].double().numpy()
+        x = torch.from_numpy(rgb).float().permute(2, 0, 1)[None].to(next(net.parameters()).device)
+        logits = net(x)[0, 0].double().cpu().numpy()
     edges = 1 / (1 + np.exp(-logits))  # sigmoid in float64, as theirs
     if safe:
         edges = safe_step(edges)

@@ -168,8 +168,9 @@ def soft_edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
     """The PiDiNet edge map (uint8, H x W) of an RGB uint8 array whose sides are multiples of 16; ``safe``:
     quantized to three levels."""
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).float() / 255.0
+    net = network()
     with torch.no_grad():
-        edges = network()(bgr.permute(2, 0, 1)[None])[-1][0, 0].numpy()
+        edges = net(bgr.permute(2, 0, 1)[None].to(next(net.parameters()).device))[-1][0, 0].cpu().numpy()
     if safe:
         edges = safe_step(edges)
     return (edges * 255.0).clip(0, 255).astype(np.uint8)

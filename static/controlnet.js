@@ -174,20 +174,25 @@
     }).catch(function (error) { self.status(0, "Could not load " + url + ": " + error.message); });
   };
 
-  function fill(select, names, keep) {
+  // labels: the names' UI labels in the same order (the extension's alias_names list), else the names.
+  function fill(select, names, keep, labels) {
     var current = select.value;
     select.replaceChildren.apply(select, keep.concat(names.filter(function (n) { return keep.indexOf(n) < 0; }))
-      .map(function (name) { return T2I.el("option", { value: name, text: name }); }));
+      .map(function (name) {
+        var label = labels ? labels[names.indexOf(name)] : null;
+        return T2I.el("option", { value: name, text: label || name });
+      }));
     if (names.indexOf(current) >= 0 || keep.indexOf(current) >= 0) select.value = current;
   }
 
   ControlNet.prototype.load = function () {
     var self = this;
-    return Promise.all([api("GET", "/controlnet/module_list"), api("GET", "/controlnet/model_list")])
+    return Promise.all([api("GET", "/controlnet/module_list"), api("GET", "/controlnet/model_list"),
+                        api("GET", "/controlnet/module_list?alias_names=true")])
       .then(function (answers) {
-        var modules = answers[0], models = answers[1];
+        var modules = answers[0], models = answers[1], labels = answers[2].ok ? answers[2].data.module_list : null;
         for (var i = 0; i < UNITS; i++) {
-          if (modules.ok) fill(field(i, "module"), modules.data.module_list, ["none"]);
+          if (modules.ok) fill(field(i, "module"), modules.data.module_list, ["none"], labels);
           if (models.ok) {
             fill(field(i, "model"), models.data.model_list, ["None"]);
             // One ControlNet on the server (the demo's): the obvious pick.

@@ -54,6 +54,8 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     # The lists come from the extension's routes: canny among the modules, the demo's ControlNet picked.
     page.wait_for_selector("#cn0_module option[value=canny]", state="attached")
     assert page.input_value("#cn0_model") == "demo-controlnet"
+    # The extension's UI labels, its API names as values (a client's "softedge_hed" is module "hed").
+    assert page.locator("#cn0_module option[value=hed]").text_content() == "softedge_hed"
 
     drop_file(page, "#cn0_drop", "square.png", edges_png())
     page.wait_for_function("() => document.getElementById('cn0_thumb').naturalWidth === 96")

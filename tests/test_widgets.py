@@ -182,7 +182,8 @@ def test_controlnet_tab_sends_its_unit_and_the_picture_records_it(engine, tmp_pa
 
     ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
     assert ui.request().controlnet == [] and not ui.controlnet.enabled.value
-    assert "demo-controlnet" in ui.controlnet.model.options and "canny" in ui.controlnet.module.options
+    assert "demo-controlnet" in ui.controlnet.model.options and ("canny", "canny") in ui.controlnet.module.options
+    assert ("softedge_hed", "hed") in ui.controlnet.module.options  # the extension's labels, its names as values
 
     square = Image.new("RGB", (64, 64), "black")
     square.paste((255, 255, 255), (16, 16, 48, 48))

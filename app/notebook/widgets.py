@@ -110,7 +110,8 @@ class ControlNetWidgets:
         self.enabled = w.Checkbox(value=False, description="Use ControlNet", indent=False)
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Control image")
         self.preview = w.Image(format="png", layout=w.Layout(max_width="256px"))
-        self.module = w.Dropdown(options=list(MODULES), value="canny", description="Preprocessor")
+        self.module = w.Dropdown(options=[(m.label, m.name) for m in MODULES.values()], value="canny",
+                                 description="Preprocessor")
         store = getattr(engine, "controlnets", None)
         names = store.names() if store is not None else []
         self.model = w.Dropdown(options=names or ["None"], description="Model",

@@ -91,14 +91,14 @@ def test_speedup_options_run_in_their_own_process_against_sdpa(report):
 @pytest.mark.slow
 def test_each_mode_runs_in_its_own_process(report):
     rows = {row["mode"]: row for row in report["modes"]}
-    assert set(rows) == {"txt2img", "img2img", "inpaint", "hires", "upscale"}
+    assert set(rows) == {"txt2img", "img2img", "inpaint", "hires", "upscale", "controlnet"}
     for row in rows.values():
         assert row["vram_limit_gb"] is None and "failed" not in row and "out_of_memory" not in row
         assert _finite_positive(row["median_s"]) and _finite_positive(row["peak_rss_mb"])
     # Each mode made its own kind of image: the hires fix and the upscale at twice the size (64 -> 128).
     sizes = {mode: Image.open(row["image"]).size for mode, row in rows.items()}
     assert sizes == {"txt2img": (64, 64), "img2img": (64, 64), "inpaint": (64, 64), "hires": (128, 128),
-                     "upscale": (128, 128)}
+                     "upscale": (128, 128), "controlnet": (64, 64)}
     from app.bench.paths import gradient_image
 
     with Image.open(rows["inpaint"]["image"]) as inpainted:  # the mask is the middle: the corners are kept

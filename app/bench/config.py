@@ -10,8 +10,10 @@ GPU_OPTIONS = ("sdpa", "no_sdpa", "channels_last", "fused_qkv", "channels_last+f
                "channels_last+fused_qkv+compile", "vae_tiling", "attention_slicing", "cpu_offload")
 # What the engine can be asked to do; each mode's peak VRAM is its own row. "inpaint": a
 # centred square mask on the img2img gradient; "hires": the hires fix at 2x (1536 px from 768,
-# latent upscaler); "upscale": txt2img, then the Lanczos upscale (CPU) to 2x.
-MODES = ("txt2img", "img2img", "inpaint", "hires", "upscale")
+# latent upscaler); "upscale": txt2img, then the Lanczos upscale (CPU) to 2x; "controlnet": txt2img
+# with two ControlNet units, two ControlNets made from the loaded UNet (from_unet: an SD 2.1 ControlNet
+# in size), so the peak is the model plus two ControlNets, the T4 question of issue #25.
+MODES = ("txt2img", "img2img", "inpaint", "hires", "upscale", "controlnet")
 HIRES_SCALE = 2.0
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 NEGATIVE = "blurry, low quality"

@@ -3,8 +3,8 @@
 #   bash app/bench/gpu_check.sh [OUT_DIR]
 # Full SD 2.1 768-v architecture (random weights), fp16, 768x768, 25 steps, in three parts:
 #   paths:   our paths (engine, http, sdapi) next to plain diffusers, load time and peak memory per path;
-#   modes:   peak VRAM per engine mode (txt2img, img2img, inpaint, hires fix to 1536, upscale), also
-#            under a 15 GB cap (a Colab T4's memory), each mode in a fresh process;
+#   modes:   peak VRAM per engine mode (txt2img, img2img, inpaint, hires fix to 1536, upscale, two ControlNets),
+#            also under a 15 GB cap (a Colab T4's memory), each mode in a fresh process;
 #   options: the speedup options, each in its own process;
 #   noise:   CUDA's torch.randn against the Philox port (A1111's "GPU"/"NV" noise) and the A1111-fidelity
 #            tests on the GPU (tests/test_sampling_rng.py's CUDA tests; needs pytest and k-diffusion).
@@ -30,7 +30,7 @@ for part in "${parts[@]}"; do
             --out docs/benchmarks.md --out "$out/paths.json" 2>&1 | tee "$out/paths.log" ;;
     modes)
         timeout "${MODES_SECONDS:-300}" python -m app.bench "${base[@]}" --runs 1 --paths engine --no-memory \
-            --options '' --option-runs "${MODE_RUNS:-2}" --modes "${MODES:-txt2img,img2img,inpaint,hires,upscale}" \
+            --options '' --option-runs "${MODE_RUNS:-2}" --modes "${MODES:-txt2img,img2img,inpaint,hires,upscale,controlnet}" \
             --vram-limit-gb 15 --out docs/benchmarks.md --section "${MODES_SECTION:-cuda-sd21-modes}" \
             --out "$out/modes.json" 2>&1 | tee "$out/modes.log" ;;
     options)

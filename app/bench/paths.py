@@ -140,6 +140,16 @@ def engine_runner(engine: Engine, cfg: BenchConfig, size: int, mode: str = "txt2
         extra["mask"] = mask
     if mode == "hires":
         extra.update(enable_hr=True, hr_scale=HIRES_SCALE, strength=0.7)
+    if mode == "controlnet":
+        from diffusers import ControlNetModel
+
+        from app.engine.controlnet import encode_png
+
+        hint = encode_png(gradient_image(size))
+        for name in ("bench-controlnet-1", "bench-controlnet-2"):
+            engine.controlnets.add(name, ControlNetModel.from_unet(engine.pipe.unet))
+        extra["controlnet"] = [{"image": hint, "module": "none", "model": name}
+                               for name in ("bench-controlnet-1", "bench-controlnet-2")]
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=cfg.steps,
                                 guidance_scale=cfg.guidance_scale, seed=cfg.seed, randn_source=BENCH_NOISE, **extra)
 

@@ -111,6 +111,12 @@ class ControlNetStore:
                 free_memory(self.placement.device)
             return model
 
+    def add(self, name: str, model: Any) -> None:
+        """A ControlNet built in memory (the benchmark's, from the loaded UNet), kept like a loaded one."""
+        with self._lock:
+            self._loaded[name] = model.to(self.placement.device, self.placement.torch_dtype).eval()
+            self._loaded.move_to_end(name)
+
     def clear(self) -> None:
         """Drop every loaded ControlNet (after an out-of-memory error)."""
         with self._lock:

@@ -124,3 +124,24 @@ def safe_step(edges: np.ndarray, step: int = 2) -> np.ndarray:
     truncation as theirs), which keeps hidden patterns out of the map."""
     levels = (edges.astype(np.float32) * float(step + 1)).astype(np.int32)
     return levels.astype(np.float32) / float(step)
+
+
+def soft_edge_modules(names: tuple[str, str, str], labels: tuple[str, str, str],
+                      probabilities: Callable[[np.ndarray], np.ndarray]) -> list[Module]:
+    """A soft-edge network's three modules (its map, the map quantized "safe", a scribble from the map)
+    from ``probabilities(rgb)``: the edge probability (float, 0..1, H x W) of an RGB uint8 array whose
+    sides are multiples of 16."""
+    def edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
+        found = probabilities(rgb)
+        return ((safe_step(found) if safe else found) * 255.0).clip(0, 255).astype(np.uint8)
+
+    def soft(safe: bool) -> Runner:
+        return lambda image, res, a, b: Image.fromarray(
+            detect_padded(image, res, lambda rgb: edges(rgb, safe))).convert("RGB")
+
+    def scribbled(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
+        return Image.fromarray(scribble(detect_padded(image, res, edges))).convert("RGB")
+
+    return [Module(names[0], labels[0], RESOLUTION, run=soft(False)),
+            Module(names[1], labels[1], RESOLUTION, run=soft(True)),
+            Module(names[2], labels[2], RESOLUTION, run=scribbled)]

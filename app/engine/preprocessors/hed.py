@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from app.engine.preprocessors.common import RESOLUTION, Module, detect_padded, safe_step, scribble
+from app.engine.preprocessors.common import soft_edge_modules
 
 WEIGHTS = "ControlNetHED.pth"
 
@@ -67,31 +66,14 @@ def network() -> HED:
     return built(WEIGHTS, build_network)
 
 
-def soft_edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
-    """The HED edge map (uint8, H x W) of an RGB uint8 array whose sides are multiples of 16; ``safe``:
-    quantized to three levels."""
+def probabilities(rgb: np.ndarray) -> np.ndarray:
+    """HED's edge probability (float64, H x W) of an RGB uint8 array whose sides are multiples of 16."""
     net = network()
     with torch.no_grad():
         x = torch.from_numpy(rgb).float().permute(2, 0, 1)[None].to(next(net.parameters()).device)
         logits = net(x)[0, 0].double().cpu().numpy()
-    edges = 1 / (1 + np.exp(-logits))  # sigmoid in float64, as theirs
-    if safe:
-        edges = safe_step(edges)
-    return (edges * 255.0).clip(0, 255).astype(np.uint8)
+    return 1 / (1 + np.exp(-logits))  # sigmoid in float64, as theirs
 
 
-def _soft(safe: bool):
-    def run(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
-        return Image.fromarray(detect_padded(image, res, lambda rgb: soft_edges(rgb, safe))).convert("RGB")
-    return run
-
-
-def _scribble(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
-    return Image.fromarray(scribble(detect_padded(image, res, soft_edges))).convert("RGB")
-
-
-MODULES = [
-    Module("hed", "softedge_hed", RESOLUTION, run=_soft(False)),
-    Module("hed_safe", "softedge_hedsafe", RESOLUTION, run=_soft(True)),
-    Module("scribble_hed", "scribble_hed", RESOLUTION, run=_scribble),
-]
+MODULES = soft_edge_modules(("hed", "hed_safe", "scribble_hed"), ("softedge_hed", "softedge_hedsafe", "scribble_hed"),
+                            probabilities)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from app.engine.preprocessors.common import RESOLUTION, Module, detect_padded, safe_step, scribble
+from app.engine.preprocessors.common import soft_edge_modules
 
 WEIGHTS = "table5_pidinet.pth"
 
@@ -164,30 +163,14 @@ def network() -> PiDiNet:
     return built(WEIGHTS, build_network)
 
 
-def soft_edges(rgb: np.ndarray, safe: bool = False) -> np.ndarray:
-    """The PiDiNet edge map (uint8, H x W) of an RGB uint8 array whose sides are multiples of 16; ``safe``:
-    quantized to three levels."""
+def probabilities(rgb: np.ndarray) -> np.ndarray:
+    """PiDiNet's edge probability (H x W) of an RGB uint8 array whose sides are multiples of 16 (fed BGR, as the
+    extension does)."""
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).float() / 255.0
     net = network()
     with torch.no_grad():
-        edges = net(bgr.permute(2, 0, 1)[None].to(next(net.parameters()).device))[-1][0, 0].cpu().numpy()
-    if safe:
-        edges = safe_step(edges)
-    return (edges * 255.0).clip(0, 255).astype(np.uint8)
+        return net(bgr.permute(2, 0, 1)[None].to(next(net.parameters()).device))[-1][0, 0].cpu().numpy()
 
 
-def _soft(safe: bool):
-    def run(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
-        return Image.fromarray(detect_padded(image, res, lambda rgb: soft_edges(rgb, safe))).convert("RGB")
-    return run
-
-
-def _scribble(image: Image.Image, res: int, a: float, b: float) -> Image.Image:
-    return Image.fromarray(scribble(detect_padded(image, res, soft_edges))).convert("RGB")
-
-
-MODULES = [
-    Module("pidinet", "softedge_pidinet", RESOLUTION, run=_soft(False)),
-    Module("pidinet_safe", "softedge_pidisafe", RESOLUTION, run=_soft(True)),
-    Module("pidinet_scribble", "scribble_pidinet", RESOLUTION, run=_scribble),
-]
+MODULES = soft_edge_modules(("pidinet", "pidinet_safe", "pidinet_scribble"),
+                            ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"), probabilities)

@@ -13,7 +13,7 @@ One file per family; each defines ``MODULES``, a list of ``Module`` with its
   ``shuffle`` and ``color`` (t2ia_color_grid) (shuffle.py);
 - soft edges and scribbles: ``hed``, ``hed_safe``, ``scribble_hed`` (hed.py), ``pidinet``, ``pidinet_safe``,
   ``pidinet_scribble`` (pidinet.py), ``scribble_xdog`` (xdog.py); helpers shared in common.py;
-- ``openpose``, ``openpose_face``, ``openpose_faceonly``, ``openpose_full``, ``openpose_hand`` (openpose.py).
+- ``openpose``, ``openpose_face``, ``openpose_faceonly``, ``openpose_full``, ``openpose_hand`` (openpose/).
 """
 from __future__ import annotations
 

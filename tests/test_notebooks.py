@@ -194,6 +194,8 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
         assert f'data-url="{links[0]}"' in block and "<svg" in block  # copy button and QR code
         log = tmp_path / "instance" / "app.log"
         assert log.is_file() and "WARNING" not in text and "INFO" not in text
+        # Nothing red: no cell wrote to stderr (the link's text itself mentions ngrok's warning page).
+        assert [o for i in code[:-1] for o in nb.cells[i].outputs if o.get("name") == "stderr"] == []
         agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
         assert len(agent_starts) == 1
 

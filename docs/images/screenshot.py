@@ -42,7 +42,8 @@ def main() -> None:
                 page.click("#generate")
                 page.wait_for_selector("#job[data-state=done]")
                 page.evaluate("window.scrollTo(0, 0)")  # the click scrolled down to Generate
-                page.wait_for_timeout(300)
+                page.wait_for_function("() => !document.getElementById('queue-size').textContent"  # the slower polls
+                                       " && document.getElementById('queue-strip').textContent.includes('empty')")
                 png = page.screenshot()
                 browser.close()
         finally:

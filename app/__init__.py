@@ -9,7 +9,7 @@ Layers, each importing only from those below it:
 - ``app.engine``: request/result types, validation, ``Engine``, samplers, PNG metadata
 - ``app.models``: loading (Hub, folder, single file, demo), devices, random-weight builders, export
 
-``create_app`` is importable from here (notebooks and the README use
+``create_app`` is importable from here (notebooks and docs/web-app.md use
 ``from app import create_app``); Flask is imported only when it is called,
 so ``python -m app generate`` never imports Flask.
 """

@@ -64,7 +64,7 @@ def test_a_lora_listed_as_usable_is_accepted_by_the_tag_the_picker_inserts(make_
 
 
 def test_serve_reads_lora_dir_from_the_environment(monkeypatch, tmp_path, demo_lora):
-    """README and .env.example document T2I_LORA_DIR (like every model option),
+    """docs/settings.md and .env.example document T2I_LORA_DIR (like every model option),
     but ``python -m app serve`` passes its argparse defaults (lora_dir=None)
     as explicit settings (app/cli/serve.py serve_config), which override the
     environment: the app looks in <instance>/models/loras instead.

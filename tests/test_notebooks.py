@@ -39,6 +39,14 @@ def venv_kernel(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+def _no_warnings(cells) -> None:
+    """What a Colab user sees in red: stderr streams and warning lines (issue #27)."""
+    stderr = [o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert stderr == []
+    text = "\n".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    assert not re.search(r"warn", text, re.I), text
+
+
 def _check_png(path: Path, size: tuple[int, int], prompt: str) -> dict:
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == size
@@ -68,8 +76,16 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
     # Every code cell is a titled form; the headless-only ones say so.
     assert all(c["source"][0].startswith("#@title ") for c in code)
     headless = [c for c in code if "if HEADLESS:" in "".join(c["source"])]
-    assert headless and all("Nothing to do here" in "".join(c["source"]) for c in headless)
+    assert len(headless) == 1 and "Nothing to do here" in "".join(headless[0]["source"])
+    # ... and it sits alone in a section Colab shows collapsed, not between the steps.
+    at = nb["cells"].index(headless[0])
+    heading = nb["cells"][at - 1]
+    assert heading["cell_type"] == "markdown" and "".join(heading["source"]).startswith("## Automated runs")
+    assert nb["metadata"]["colab"]["collapsed_sections"] == [heading["metadata"]["id"]]
+    assert at + 1 == len(nb["cells"]) or nb["cells"][at + 1]["cell_type"] == "markdown"  # the section ends here
     assert "RUN_EXAMPLE" not in path.read_text()
+    # The page's words: Sampler and Schedule type, not diffusers' "scheduler".
+    assert not re.search(r"SCHEDULER|Scheduler", "".join("".join(c["source"]) for c in nb["cells"]))
 
 
 def test_generator_form_offers_every_scheduler():
@@ -78,8 +94,8 @@ def test_generator_form_offers_every_scheduler():
 
     source = next("".join(c["source"]) for c in json.loads(GENERATOR.read_text())["cells"]
                   if "parameters" in c["metadata"].get("tags", []))
-    line = next(line for line in source.splitlines() if line.startswith("SCHEDULER = "))
-    default, options = re.match(r'SCHEDULER = "([^"]+)"  #@param (\[.*\])$', line).groups()
+    line = next(line for line in source.splitlines() if line.startswith("SAMPLER = "))
+    default, options = re.match(r'SAMPLER = "([^"]+)"  #@param (\[.*\])$', line).groups()
     assert json.loads(options) == scheduler_names() and default == GenerationRequest.defaults()["scheduler"]
     line = next(line for line in source.splitlines() if line.startswith("SCHEDULE_TYPE = "))
     default, options = re.match(r'SCHEDULE_TYPE = "([^"]+)"  #@param (\[.*\])$', line).groups()
@@ -121,6 +137,7 @@ def test_generator_notebook_runs_headless_and_writes_images(tmp_path):
     assert len(views) == 3
     text = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "Demo model" in text and str(out_dir) in text
+    _no_warnings(executed.cells)
 
 
 def _free_port() -> int:
@@ -177,6 +194,8 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
         assert f'data-url="{links[0]}"' in block and "<svg" in block  # copy button and QR code
         log = tmp_path / "instance" / "app.log"
         assert log.is_file() and "WARNING" not in text and "INFO" not in text
+        # Nothing red: no cell wrote to stderr (the link's text itself mentions ngrok's warning page).
+        assert [o for i in code[:-1] for o in nb.cells[i].outputs if o.get("name") == "stderr"] == []
         agent_starts = [e for e in map(json.loads, events.read_text().splitlines()) if "argv" in e]
         assert len(agent_starts) == 1
 
@@ -239,7 +258,7 @@ def test_install_cell_clones_then_calls_the_shared_set_up(path):
     source = cells[0]
     assert "from app.notebook.setup import prepare" in source and "prepare(REPO_DIR)" in source
     assert source.index('"clone"') < source.index("from app.notebook.setup")  # app/ exists only after the clone
-    assert "\"pip\"" not in source and len(source.splitlines()) <= 15  # the install logic lives in setup.py
+    assert "\"pip\"" not in source and len(source.splitlines()) <= 30  # the install logic lives in setup.py
 
 
 def test_install_plan_never_touches_torch_or_colabs_front_end(tmp_path):
@@ -338,6 +357,7 @@ def test_app_notebook_keeps_the_gallery_on_drive_across_sessions(tmp_path):
             parameters=dict(MODEL_ID="demo", DEVICE="cpu", PORT=_free_port(), PUBLIC_LINK=False, KEEP_ALIVE=False,
                             SAVE_TO_DRIVE=True, DRIVE_DIR=str(drive), INSTANCE_DIR=str(tmp_path / f"vm{n}"),
                             HEADLESS=True))
+        _no_warnings(executed.cells)
         return "\n".join(_outputs(c) for c in executed.cells)
 
     first = session(1)
@@ -362,12 +382,67 @@ def test_install_cell_says_what_to_set_when_the_clone_fails(tmp_path):
     source = next("".join(c["source"]) for c in json.loads(APP.read_text())["cells"]
                   if c["cell_type"] == "code" and "git\", \"clone" in "".join(c["source"]))
     missing = tmp_path / "no-such-repo"
-    script = f"REPO_URL = {str(missing)!r}\n" + source
+    script = f"REPO_URL = {str(missing)!r}\nPROJECT_ZIP = ''\n" + source
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"Could not clone {missing}: set REPO_URL in Settings to this project's GitHub URL.")
+        f"Could not clone {missing}: set it in Settings to this project's GitHub URL, or upload the project's zip "
+        "in the Files panel (or put it on Drive and set PROJECT_ZIP to its path).")
     assert not (tmp_path / "text-to-image").exists()
+
+    # The committed placeholder is not cloned at all: the cell says what to set.
+    script = "REPO_URL = 'https://github.com/OWNER/REPO.git'\nPROJECT_ZIP = ''\n" + source
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("REPO_URL is not set: set it")
+
+
+def _install_cell() -> str:
+    return next("".join(c["source"]) for c in json.loads(GENERATOR.read_text())["cells"]
+                if c["cell_type"] == "code" and "git\", \"clone" in "".join(c["source"]))
+
+
+def _project_zip(path: Path, top: str) -> Path:
+    """A zip laid out as GitHub's "Download ZIP" (everything under ``top``), holding a
+    stand-in project whose set-up step says where it runs."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{top}app/__init__.py", "")
+        archive.writestr(f"{top}app/notebook/__init__.py", "")
+        archive.writestr(f"{top}app/notebook/setup.py",
+                         "import os, types\n"
+                         "def prepare(folder):\n"
+                         "    os.chdir(folder); print('prepared', os.getcwd())\n"
+                         "    return types.SimpleNamespace(in_colab=False)\n")
+    return path
+
+
+@pytest.mark.parametrize("top", ["text-to-image-main/", ""], ids=["github-zip", "flat-zip"])
+def test_install_cell_takes_the_project_from_an_uploaded_zip(tmp_path, top):
+    """Opened alone with the placeholder REPO_URL and the project's zip uploaded
+    next to it (Colab's Files panel writes to the working folder): no clone, the
+    zip is unpacked into text-to-image/ and set up; a second run reuses it."""
+    import subprocess
+
+    (tmp_path / "photos.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # another, empty zip: not taken
+    _project_zip(tmp_path / "t2i.zip", top)
+    script = "REPO_URL = 'https://github.com/OWNER/REPO.git'\nPROJECT_ZIP = ''\n" + _install_cell()
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == f"prepared {tmp_path / 'text-to-image'}"
+    assert result.stdout.count("Unpacked") == 0  # the second run found the folder
+
+
+def test_install_cell_refuses_a_project_zip_without_the_project(tmp_path):
+    import subprocess
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "not the project")
+    script = f"REPO_URL = ''\nPROJECT_ZIP = {str(tmp_path / 'other.zip')!r}\n" + _install_cell()
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "is not a zip of this project" in result.stderr
 
 
 def test_the_install_cell_adds_torchsde_where_colab_lacks_it(monkeypatch):

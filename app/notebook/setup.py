@@ -24,6 +24,7 @@ library and ``packaging`` (in Colab, and pip's own dependency everywhere).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -165,6 +166,36 @@ class Setup:
     installed: list[str] = field(default_factory=list)  # requirements pip was asked to install
 
 
+# Library notices that print red in the notebooks' cells but ask nothing of a
+# user there: (logger, words in the message). transformers falls back to the
+# PIL image processors because the notebooks install no torchvision (on
+# purpose: requirements-no-deps.txt); diffusers' ``ModelMixin.to`` warns on
+# every cast to a dtype, even of a model with no fp32-only modules (it lists
+# ``[]``), and the engine casts models to the chosen dtype. Other records from
+# these loggers still show.
+QUIETED = (
+    ("transformers.utils.import_utils", "requires torchvision"),
+    ("diffusers.models.modeling_utils", "should be kept in float32"),
+)
+
+
+class _Quiet(logging.Filter):
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.words not in record.getMessage()
+
+
+def quiet_library_notices() -> None:
+    """Drop the ``QUIETED`` records where they are logged (idempotent)."""
+    for name, words in QUIETED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Quiet) and f.words == words for f in logger.filters):
+            logger.addFilter(_Quiet(words))
+
+
 def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = print,
             run: Callable[..., object] = subprocess.run) -> Setup:
     """Make ``repo_dir`` (the cloned or current project folder) the working
@@ -173,6 +204,7 @@ def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = p
     os.chdir(folder)
     if str(folder) not in {os.path.abspath(entry) for entry in sys.path}:
         sys.path.insert(0, str(folder))
+    quiet_library_notices()
     installed = install_missing(folder / "requirements.txt", say=say, run=run)
     if (folder / NO_DEPS).is_file() and missing_requirements(folder / NO_DEPS):
         installed += install_missing(folder / NO_DEPS, say=say, run=run, no_deps=True)
@@ -180,4 +212,4 @@ def prepare(repo_dir: str | os.PathLike = ".", *, say: Callable[[str], None] = p
 
 
 __all__ = ["FRONT_END", "KEEP", "NO_DEPS", "Plan", "Setup", "install_missing", "missing_requirements", "pinned",
-           "plan_install", "prepare"]
+           "plan_install", "prepare", "quiet_library_notices"]

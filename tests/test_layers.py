@@ -215,6 +215,26 @@ def test_blueprints_share_through_the_service_module():
             raise AssertionError(f"{path.relative_to(ROOT)} imports app/web/__init__.py; use app.web.service")
 
 
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py, shared helpers in helpers.py and browser_helpers.py:
+    a fixture imported from another test module is a second copy of it (a session-scoped one
+    made twice), and that module's tests are collected again under the importer's name."""
+    tests = ROOT / "tests"
+    names = {path.stem for path in tests.glob("test_*.py")}
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module in (None, "tests"):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                found = [node.module or ""]
+            else:
+                continue
+            bad = [name for name in found if name.removeprefix("tests.") in names]
+            assert not bad, f"tests/{path.name}:{node.lineno} imports {bad}: move what it needs to conftest.py or helpers.py"
+
+
 def test_engine_and_models_know_nothing_of_web_queue_or_cli():
     for layer, banned in FORBIDDEN.items():
         for path in (APP / layer).rglob("*.py"):

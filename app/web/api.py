@@ -12,6 +12,7 @@ from app.web import models
 from app.web.auth import client_id, is_authenticated
 from app.web.body import check_int_size, json_object
 from app.web.errors import ApiError
+from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
 from app.web.loras import lora_infos
 from app.web.service import (
     WEB_FIELDS,
@@ -187,8 +188,6 @@ def extras_job():
     """An Extras job (issue #24): A1111's extras fields (upscaler_1, upscaling_resize ...) on an uploaded
     ``image`` or a gallery image (``source_job``, ``source_image``); the answer is the queued job
     (``?wait=S`` as GET /api/jobs/<id>), whose image lands in the gallery."""
-    from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
-
     body = _known_fields(json_object(), (*EXTRAS_FIELDS, *SOURCE_FIELDS))
     return waited_job(queue_extras(extras_request(body)), 202)
 
@@ -197,8 +196,6 @@ def extras_job():
 def upscale_image():
     """The Upscale action (issue #12): ``scale``, or ``width``/``height`` (one of them: the other keeps
     the aspect) with ``crop``, by ``upscaler``; an Extras job (issue #24), answered as /api/extras."""
-    from app.web.extras import SOURCE_FIELDS, extras_request, queue_extras
-
     body = _known_fields(json_object(), UPSCALE_FIELDS)
     sized = body.get("width") is not None or body.get("height") is not None
     values = {name: body.get(name) for name in SOURCE_FIELDS}

@@ -147,7 +147,8 @@ def module_imports(path: Path) -> set[str]:
 
 
 def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """One chain (``a -> b -> a``) per strongly connected group of modules (Tarjan)."""
+    """The import cycles as chains (``a -> b -> a``): the modules that import each other round
+    a circle (Tarjan's strongly connected groups), and through each of them its shortest cycle."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -175,28 +176,32 @@ def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     for node in sorted(edges):
         if node not in index:
             connect(node)
-    chains = []
-    for group in groups:  # a shortest way back to the group's first module, through the group
-        start = min(group)
-        paths = {start: [start]}
-        queue = [start]
-        chain = None
-        while queue and chain is None:
-            here = queue.pop(0)
-            for target in sorted(edges[here] & group):
-                if target == start:
-                    chain = paths[here] + [start]
-                    break
-                if target not in paths:
-                    paths[target] = paths[here] + [target]
-                    queue.append(target)
-        chains.append(chain or sorted(group))
+    chains: list[list[str]] = []
+    for group in groups:  # through each module of the group, a shortest way back to it
+        for start in sorted(group):
+            paths = {start: [start]}
+            queue = [start]
+            chain = None
+            while queue and chain is None:
+                here = queue.pop(0)
+                for target in sorted(edges[here] & group):
+                    if target == start:
+                        chain = paths[here]
+                        break
+                    if target not in paths:
+                        paths[target] = paths[here] + [target]
+                        queue.append(target)
+            assert chain is not None
+            first = chain.index(min(chain))  # one spelling per cycle: from its smallest name
+            chain = chain[first:] + chain[:first]
+            if chain + [chain[0]] not in chains:
+                chains.append(chain + [chain[0]])
     return chains
 
 
 def test_import_cycles_are_found():
-    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}}
-    assert import_cycles(edges) == [["a", "b", "c", "a"], ["e", "f", "e"]]
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e", "g"}, "g": {"f"}}
+    assert import_cycles(edges) == [["a", "b", "c", "a"], ["e", "f", "e"], ["f", "g", "f"]]
 
 
 def test_no_module_imports_itself_back():

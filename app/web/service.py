@@ -50,6 +50,7 @@ def form_defaults() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def people_errors() -> Iterator[None]:
+    """A PeopleError raised in the block, as the ApiError a client sees (its status, field and value)."""
     try:
         yield
     except PeopleError as exc:

@@ -1,17 +1,28 @@
-"""Helpers shared by the tests (the fixtures are in conftest.py): request
-bodies, the error-shape check, waiting, free ports and test images."""
+"""Helpers shared by the tests (the fixtures are in conftest.py; the browser tests' own are in
+browser_helpers.py): request bodies, the error-shape check, waiting, free ports, test images, worker
+and redis-server processes, the views' HTML reader, a tiny LoRA and a tiny captioned data set.
+A test module imports these from here, never from another test module."""
 from __future__ import annotations
 
 import base64
+import csv
+import errno
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from PIL import Image
 
 FINISHED = ("done", "failed", "cancelled")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def small_job(**overrides) -> dict:
@@ -95,3 +106,213 @@ def peak_rss_growth(action) -> tuple[object, int]:
     before = status("VmRSS")
     result = action()
     return result, status("VmHWM") - before
+
+
+# --- processes: ``python -m app worker`` and redis-server ------------------------------------
+
+HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
+
+
+class Workers:
+    """``python -m app worker`` processes, by name."""
+
+    def __init__(self, url: str, logs: Path):
+        import torch
+
+        self.url, self.logs = url, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        # Same thread count as this process's engine, so CPU float sums match ours.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                    "PYTHONUNBUFFERED": "1"}
+
+    def start(self, name: str) -> None:
+        self.started[name] = time.time()
+        out = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "--redis", self.url, "--model", "demo", "--device", "cpu",
+             "--heartbeat", str(HEARTBEAT), "--name", name], cwd=ROOT, env=self.env, stdout=out,
+            stderr=subprocess.STDOUT)
+        out.close()
+
+    def wait_ready(self, *names: str, timeout: float = 90) -> None:
+        from redis import Redis
+
+        info = Redis.from_url(self.url)
+
+        def ready():
+            for name in names:
+                if self.procs[name].poll() is not None:
+                    raise AssertionError(f"worker {name} exited:\n{self.log(name)}")
+            # A heartbeat from this process, not one left by a killed worker of that name.
+            return all((info.zscore("t2i:t2i:workers", name) or 0) > self.started[name] for name in names)
+
+        wait_for(ready, timeout, f"workers {names} to load the model", interval=0.2)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen:
+    """A real ``python -m app worker`` process on the demo model."""
+    import torch
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen([sys.executable, "-m", "app", "worker", "--redis", redis_url, "--queue", queue,
+                             "--model", "demo", "--device", "cpu", "--heartbeat", "1", *extra],
+                            cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+class RedisServer:
+    """A redis-server of its own (append-only file on, as the docs advise), to stop and start."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port, self.proc = folder, free_port(), None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> float:
+        """Start it; returns the seconds until it answered."""
+        from redis import Redis
+
+        started = time.monotonic()
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                                      str(self.folder), "--appendonly", "yes", "--save", "",
+                                      "--logfile", str(self.folder / "redis.log")])
+
+        def up():
+            try:
+                return Redis(port=self.port).ping()
+            except Exception:
+                return False
+
+        wait_for(up, 20, "redis-server to start")
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+        self.proc.wait(20)
+
+
+class FullDiskFile:
+    """A file on a disk that fills up: some bytes go out, then ENOSPC."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+    def write(self, data):
+        self.real.write(data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# --- the views' HTML, and a job run by hand ---------------------------------------------------
+
+class Page(HTMLParser):
+    """Elements of an HTML page by id, plus every tag's attributes (an option's
+    ``_select``: the id of the select it is in)."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.by_id: dict[str, dict] = {}
+        self.tags: list[tuple[str, dict]] = []
+        self.select: str | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "select":
+            self.select = attrs.get("id")
+        elif tag == "option":
+            attrs["_select"] = self.select
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.by_id[attrs["id"]] = {"tag": tag, **attrs}
+
+    def all(self, tag: str, **match) -> list[dict]:
+        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in match.items())]
+
+
+def run_job(app, client, **params) -> dict:
+    """Submit through the JSON API and let the worker run it."""
+    body = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 7, **params}
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job"]["id"]
+    assert app.extensions["t2i"].worker.run_once()
+    return client.get(f"/api/jobs/{job_id}").get_json()["job"]
+
+
+# --- a tiny LoRA and a tiny captioned data set --------------------------------------------------
+
+RANK = 4
+
+
+def kohya_lora(pipe, seed: int, te: bool = True, scale: float = 0.3) -> dict:
+    """A kohya/A1111-format LoRA for the demo model: every attention projection of the UNet
+    (and the text encoder's), random down/up weights, alpha = rank."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    parts = [("lora_unet_", pipe.unet, "attn")]
+    if te:
+        parts.append(("lora_te_text_model_", pipe.text_encoder, "self_attn"))
+    for prefix, model, where in parts:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and where in name:
+                key = prefix + name.replace("text_model.", "").replace(".", "_")
+                tensors[key + ".lora_down.weight"] = torch.randn(RANK, module.in_features, generator=gen) * scale
+                tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, RANK, generator=gen) * scale
+                tensors[key + ".alpha"] = torch.tensor(float(RANK))
+    return tensors
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
+
+
+def make_images(folder, size=(80, 64)):
+    """Four small images, each a coloured square on grey, with a caption each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, colour in COLOURS.items():
+        image = Image.new("RGB", size, (128, 128, 128))
+        image.paste(Image.new("RGB", (size[0] // 2, size[1] // 2), colour), (size[0] // 4, size[1] // 4))
+        image.save(folder / f"{name}.png")
+        rows.append((f"{name}.png", f"a {name} square on a grey background"))
+    return rows
+
+
+def write_csv(path, rows, header=("image", "caption")):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -4,42 +4,12 @@ the dark colour scheme; keyboard-only use is driven with real key presses."""
 from __future__ import annotations
 
 import pytest
-from test_browser import TIMEOUT_MS, browser, serve, serve_people, shots, submit, watch_csp  # noqa: F401
+
+from browser_helpers import TIMEOUT_MS, axe_problems, serve_people, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-axe_sync = pytest.importorskip("axe_playwright_python.sync_playwright", reason="pip install axe-playwright-python")
-AXE = axe_sync.Axe()
-AA_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]},
-            "resultTypes": ["violations"]}
-
-
-def axe_problems(page, where: str, shots=None) -> list[str]:  # noqa: F811
-    """Serious and critical axe violations on the page as it is now, one line each
-    (and a screenshot of what was checked, when ``shots`` is the folder)."""
-    if shots is not None:
-        page.screenshot(path=str(shots / f"desktop-{page.scheme}-{where.replace(' ', '-')}.png"), full_page=True)
-    results = AXE.run(page, options=AA_RULES).response
-    return [f"{where}: {v['id']} ({v['impact']}): {v['help']} at "
-            + "; ".join(", ".join(n["target"]) + " " + (n.get("failureSummary") or "").replace("\n", " ")
-                        for n in v["nodes"][:4])
-            for v in results["violations"] if v["impact"] in ("serious", "critical")]
-
-
-@pytest.fixture(params=["light", "dark"])
-def scheme_page(request, browser):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=request.param)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    violations = watch_csp(context, page)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.scheme = request.param
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-    assert not violations, f"Content-Security-Policy violations: {violations}"
-
+pytest.importorskip("axe_playwright_python.sync_playwright", reason="pip install axe-playwright-python")
 
 def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F811
     page, problems = scheme_page, []

@@ -7,10 +7,7 @@ Redis cases skip only where redis-server is not installed; CI installs it.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +19,7 @@ from app.engine.metadata import read_parameters
 from app.engine.types import GenerationRequest
 from app.jobs.base import READY, Backend
 from app.jobs.job import QueueFull
-from helpers import wait_for
+from helpers import start_worker, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,25 +274,6 @@ class TestSQLiteBackend(BackendContract):
             return backend, backend.start
 
         return again
-
-
-def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen:
-    """A real ``python -m app worker`` process on the demo model."""
-    import torch
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    return subprocess.Popen([sys.executable, "-m", "app", "worker", "--redis", redis_url, "--queue", queue,
-                             "--model", "demo", "--device", "cpu", "--heartbeat", "1", *extra],
-                            cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,12 @@ the main states go to test-artifacts/screenshots (git-ignored; or
 """
 from __future__ import annotations
 
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import SCREENSHOT_DIRS
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from browser_helpers import CHROMIUM, STEPS, TIMEOUT_MS, serve_people, submit, watch_csp
 
 pytestmark = [
     pytest.mark.browser,
@@ -27,115 +21,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                       "(apt-get install -y chromium)"),
 ]
-
-# The page polls every 500 ms. The demo model's step time depends on the
-# machine (tens of ms at 64 px, more on a busy CPU), so each step gets PACE more
-# seconds: a STEPS job then runs for 1.8 s or more anywhere, and the page
-# sees it running, with previews, several times.
-STEPS = 30
-PACE = 0.06
-TIMEOUT_MS = 60_000
-
-# Records every progress value and every loaded preview frame, so the test
-# sees what the user saw while the job ran, however fast it went.
-RECORDER = """
-window.__seen = {progress: [], previews: 0, states: []};
-document.addEventListener("DOMContentLoaded", () => {
-  const bar = document.getElementById("progress");
-  const preview = document.getElementById("preview");
-  const job = document.getElementById("job");
-  if (!bar) return;
-  new MutationObserver(() => {
-    window.__seen.progress.push([Number(bar.getAttribute("aria-valuenow")), bar.max]);
-  }).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
-  new MutationObserver(() => {
-    window.__seen.states.push(job.getAttribute("data-state"));
-  }).observe(job, {attributes: true, attributeFilter: ["data-state"]});
-  preview.addEventListener("load", () => {
-    if (preview.naturalWidth > 0 && !preview.closest("[hidden]")) window.__seen.previews += 1;
-  });
-});
-"""
-
-
-class PacedEngine:
-    """The real demo engine, with PACE seconds added to each denoising step so
-    the job is observable on any machine. Everything else is the engine's own."""
-
-    def __init__(self, engine, pace: float):
-        self._engine = engine
-        self._pace = pace
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def generate(self, request, on_step=None, cancel=None):
-        def paced(info):
-            time.sleep(self._pace)
-            if on_step is not None:
-                on_step(info)
-
-        return self._engine.generate(request, on_step=paced, cancel=cancel)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def serve(tmp_path, engine):
-    """Start live servers on free ports. The loaded demo engine is handed in
-    (paced), so the worker does not load another."""
-    from app import create_app
-    from app.web.server import ServerHandle
-
-    servers = []
-
-    def start(**config) -> ServerHandle:
-        settings = {"INSTANCE": str(tmp_path / f"instance{len(servers)}"), "MODEL": "demo",
-                    "ENGINE": PacedEngine(engine, PACE), "SECRET_KEY": "browser-test"}
-        settings.update(config)
-        servers.append(ServerHandle(create_app(settings), host="127.0.0.1", port=0).start())
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-# Reports each Content-Security-Policy violation (the browser blocked something
-# the page tried to run, load or apply) to the test, across navigations.
-CSP_LISTENER = """
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__t2iCspViolation(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
-});
-"""
-
-
-def watch_csp(context, page) -> list[str]:
-    """The CSP violations seen on ``page``: the DOM event, and Chromium's console message."""
-    violations: list[str] = []
-    context.expose_function("__t2iCspViolation", lambda text: violations.append(text))
-    context.add_init_script(CSP_LISTENER)
-    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
-    return violations
-
-
-def serve_people(serve, page):
-    """An ``ACCESS = "people"`` server, and ``page`` logged in as its owner (with the password)."""
-    server = serve(ACCESS="people", PASSWORD="owner secret")
-    page.goto(server.url + "/login")
-    page.fill("#password", "owner secret")
-    page.click("#login")
-    page.wait_for_url(server.url + "/")
-    return server
-
 
 def test_the_owner_shares_a_personal_link_and_revokes_it(serve, page, browser):
     """ACCESS = "people": the owner logs in with the password, creates a friend's link on the People
@@ -168,41 +53,6 @@ def test_the_owner_shares_a_personal_link_and_revokes_it(serve, page, browser):
     theirs.goto(server.url + "/gallery")
     assert theirs.url.startswith(server.url + "/login")
     friend.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A page that fails its test on a JavaScript error or a CSP violation."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    context.add_init_script(RECORDER)
-    page = context.new_page()
-    violations = watch_csp(context, page)
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-    assert not violations, f"Content-Security-Policy violations: {violations}"
-
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-
-
-@pytest.fixture
-def shots(request):
-    folder = Path(os.environ.get("T2I_SCREENSHOTS") or SCREENSHOTS)
-    folder.mkdir(parents=True, exist_ok=True)
-    request.config.stash.setdefault(SCREENSHOT_DIRS, set()).add(str(folder))  # printed at the end (conftest)
-    return folder
-
-
-def submit(page, prompt: str, **fields) -> None:
-    """Type a prompt and settings (form field ids) as a user would, then press Generate."""
-    page.fill("#prompt", prompt)
-    for name, value in fields.items():
-        page.fill(f"#{name}", str(value))
-    page.click("#generate")
 
 
 def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):

@@ -9,7 +9,8 @@ import io
 import re
 
 import pytest
-from test_browser import TIMEOUT_MS, browser, page, serve, shots, submit, watch_csp  # noqa: F401
+
+from browser_helpers import TIMEOUT_MS, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -297,7 +297,8 @@ def test_full_sd21_export_and_load_bit_identical(tmp_path):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     from app.models.checkpoint import write_config_folder
-    from app.models.demo import SD21_SCHEDULER, build_tokenizer
+    from app.models.demo import SD21_SCHEDULER
+    from app.models.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     unet, vae, text_encoder = sd21_models("cpu")

@@ -9,9 +9,9 @@ import io
 
 import pytest
 from PIL import Image, ImageDraw
-from test_browser import CHROMIUM, browser, page, serve, submit  # noqa: F401
 
 from app.engine.metadata import parse_infotext, read_parameters
+from browser_helpers import CHROMIUM, submit
 
 pytestmark = [
     pytest.mark.browser,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import CHROMIUM_ARGS
 from helpers import assert_error, small_job, wait_for
 
 PASSWORD = "pw"
@@ -131,7 +132,6 @@ def browser_page():
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM_ARGS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -13,12 +13,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_faces import face_dir, faces_here  # noqa: F401  (tiny GFPGAN/CodeFormer, random weights)
-from test_upscalers import folder, model_files  # noqa: F401  (tiny ESRGAN/Compact/SwinIR models, random weights)
 
 from app.engine.metadata import parse_infotext
 from app.engine.sd_upscale import combine_grid, split_grid
-from helpers import assert_error, gradient, png_b64, small_job, wait_job
+from helpers import Workers, assert_error, gradient, png_b64, small_job, wait_job
 
 SOURCE_TEXT = "a lighthouse\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 40x30, Model: demo"
 
@@ -274,7 +272,6 @@ def test_split_and_combine_give_the_image_back():
 
 def test_extras_job_on_the_redis_queue(redis_url, tmp_path):
     """The Extras job travels through Redis to a GPU worker process and back to the gallery."""
-    from test_redis_queue import Workers
 
     from app import create_app
 

@@ -6,8 +6,8 @@ link opens the page on that image."""
 from __future__ import annotations
 
 import pytest
-from test_browser import browser, page, serve, shots, submit  # noqa: F401
 
+from browser_helpers import submit
 from helpers import gradient
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

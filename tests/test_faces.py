@@ -17,69 +17,19 @@ import http.server
 import io
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.cli import main
-from app.engine.faces import align, detect, restore, weights
-from app.engine.faces.retinaface import Face, RetinaFace, load_retinaface, run_detector
+from app.engine.faces import align, restore, weights
+from app.engine.faces.retinaface import load_retinaface, run_detector
 from app.engine.metadata import parse_infotext, read_parameters, request_from_infotext
 from app.engine.types import GenerationRequest
 from app.models.loading import ModelLoadError
+from browser_helpers import CHROMIUM, submit
 from helpers import assert_error, gradient, small_job, wait_job
-
-
-def _random(module):
-    import torch
-
-    torch.manual_seed(0)
-    for p in module.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    return module
-
-
-@pytest.fixture(scope="session")
-def face_dir(tmp_path_factory) -> Path:
-    """FACE_DIR with random-weight GFPGAN and CodeFormer files under A1111's names, and a
-    facexlib-shaped RetinaFace state dict (keys prefixed ``module.`` as facexlib's may be)."""
-    import torch
-
-    from app.models.spandrel_loader import spandrel
-
-    spandrel()  # installs the extra arches (CodeFormer)
-    from spandrel.architectures.GFPGAN import GFPGAN
-    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
-
-    folder = tmp_path_factory.mktemp("faces")
-    gfpgan = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
-                    fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
-    torch.save(_random(gfpgan).state_dict(), folder / weights.GFPGAN.name)
-    torch.manual_seed(0)  # CodeFormer's own initialisation: its fusion layers then make w matter
-    torch.save(CodeFormer().state_dict(), folder / weights.CODEFORMER.name)
-    state = {"module." + k: v for k, v in RetinaFace().state_dict().items()}
-    torch.save(state, folder / weights.DETECTOR.name)
-    return folder
-
-
-@pytest.fixture
-def faces_here(face_dir, monkeypatch):
-    """FACE_DIR is the session's folder; the detector (faked, see the module docstring) finds one
-    face: a box in the middle of the image with landmarks placed as the FFHQ template has them."""
-    weights.configure(face_dir)
-
-    def fake_detect(image, confidence=detect.RESTORE_CONFIDENCE):
-        w, h = image.size
-        box = (w * 0.3, h * 0.3, w * 0.7, h * 0.7)
-        marks = tuple((box[0] + x / 512 * (box[2] - box[0]), box[1] + y / 512 * (box[3] - box[1]))
-                      for x, y in align.TEMPLATE)
-        return [Face(box=box, score=0.99, landmarks=marks)]
-
-    monkeypatch.setattr(detect, "detect_faces", fake_detect)
-    yield face_dir
-    weights.configure(None)
 
 
 def faces_app(make_app, face_dir, **config):
@@ -322,7 +272,6 @@ def test_sdapi_unknown_ad_field_in_an_off_tab_is_fine(client):
 
 # --- the page, in a real Chromium (fixtures of test_browser.py; the detector faked as above) -----
 
-from test_browser import CHROMIUM, browser, page, serve, submit  # noqa: E402,F401
 
 
 @pytest.mark.browser

@@ -27,27 +27,7 @@ from app.training.captions import (
 from app.training.config import TrainConfig
 from app.training.losslog import read_loss_csv
 from app.training.trainer import Trainer, list_checkpoints
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
-
-
-def make_images(folder, size=(80, 64)):
-    """Four small images, each a coloured square on grey, with a caption each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, colour in COLOURS.items():
-        image = Image.new("RGB", size, (128, 128, 128))
-        image.paste(Image.new("RGB", (size[0] // 2, size[1] // 2), colour), (size[0] // 4, size[1] // 4))
-        image.save(folder / f"{name}.png")
-        rows.append((f"{name}.png", f"a {name} square on a grey background"))
-    return rows
-
-
-def write_csv(path, rows, header=("image", "caption")):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+from helpers import make_images, write_csv
 
 
 @pytest.fixture

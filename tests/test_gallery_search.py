@@ -3,7 +3,8 @@ page like the plain gallery (the filters travel with the pager's links)."""
 from __future__ import annotations
 
 import pytest
-from test_views import Page, run_job
+
+from helpers import Page, run_job
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import save_file
 
-from helpers import assert_error, small_job, wait_for
+from helpers import assert_error, kohya_lora, small_job, wait_for
 
 
 @pytest.fixture(scope="module")
 def demo_lora():
     """One kohya LoRA's tensors for the demo model (test_loras builds them the same way)."""
-    from test_loras import kohya_lora
 
     from app.models.demo import build_demo_pipeline
 
@@ -133,7 +132,6 @@ def test_more_loras_in_one_prompt_than_are_kept_loaded_is_not_a_diffusers_error(
     in the worker with diffusers' "ValueError: Adapter name(s) {'lora1'} not in
     the list of present adapters: {...}". Either all of them run (done), or the
     prompt is refused before queueing with 400 naming it and the limit."""
-    from test_loras import kohya_lora
 
     from app.models.demo import build_demo_pipeline
     from helpers import wait_job

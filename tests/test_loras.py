@@ -14,29 +14,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from test_browser import browser, serve  # noqa: F401
 
-from helpers import assert_error, small_job, wait_job
-
-RANK = 4
-
-
-def kohya_lora(pipe, seed: int, te: bool = True, scale: float = 0.3) -> dict:
-    """A kohya/A1111-format LoRA for the demo model: every attention projection of the UNet
-    (and the text encoder's), random down/up weights, alpha = rank."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    parts = [("lora_unet_", pipe.unet, "attn")]
-    if te:
-        parts.append(("lora_te_text_model_", pipe.text_encoder, "self_attn"))
-    for prefix, model, where in parts:
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and where in name:
-                key = prefix + name.replace("text_model.", "").replace(".", "_")
-                tensors[key + ".lora_down.weight"] = torch.randn(RANK, module.in_features, generator=gen) * scale
-                tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, RANK, generator=gen) * scale
-                tensors[key + ".alpha"] = torch.tensor(float(RANK))
-    return tensors
+from browser_helpers import TIMEOUT_MS, axe_problems, submit, watch_csp
+from helpers import RANK, assert_error, kohya_lora, make_images, small_job, wait_job, write_csv
 
 
 def sd1_shaped(pipe) -> dict:
@@ -96,7 +76,6 @@ def lora_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetuned(lora_dir, tmp_path_factory):
     """A LoRA made by ``python -m app finetune --mode lora`` on the demo model, copied into the folder."""
-    from test_finetune import make_images, write_csv
 
     from app.cli import main
 
@@ -449,8 +428,6 @@ def scheme(request):
 @pytest.mark.browser
 def test_the_picker_inserts_a_tag_at_the_cursor_by_keyboard_and_passes_axe(  # noqa: F811
         lora_engine, lora_dir, scheme, browser, serve):  # noqa: F811
-    from test_accessibility import axe_problems
-    from test_browser import TIMEOUT_MS, submit, watch_csp
 
     server = serve(ENGINE=lora_engine, LORA_DIR=str(lora_dir[0]))
     context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)

@@ -15,10 +15,10 @@ import weakref
 import pytest
 import torch
 from PIL import Image
-from test_browser import browser, serve  # noqa: F401  (fixtures of the browser test below)
 
 from app.engine.metadata import read_parameters
 from app.jobs.base import READY
+from browser_helpers import CHROMIUM, TIMEOUT_MS, axe_problems, watch_csp
 from helpers import assert_error, wait_for, wait_job
 
 TXT2IMG = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 7, "sampler_name": "Euler"}
@@ -249,8 +249,6 @@ def test_a_pickled_callable_is_refused_and_never_runs(switch_app, model_dirs):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser, model_dirs):  # noqa: F811
-    from test_accessibility import axe_problems
-    from test_browser import CHROMIUM, TIMEOUT_MS, watch_csp
 
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium")

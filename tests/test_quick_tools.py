@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from test_browser import CHROMIUM, STEPS, browser, page, serve, submit  # noqa: F401
+
+from browser_helpers import CHROMIUM, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]

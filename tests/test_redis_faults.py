@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_backend_contract import start_worker
-from test_storage_faults import RedisServer, _FullDiskFile
 
-from helpers import assert_error, small_job, wait_for, wait_job
+from helpers import FullDiskFile, RedisServer, assert_error, small_job, start_worker, wait_for, wait_job
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")]
@@ -108,7 +106,7 @@ def test_free_space_keeps_being_published_and_no_job_starts_on_a_full_disk(make_
     real_usage, real_fdopen = shutil.disk_usage, os.fdopen
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1024 * 1024))
     monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: (
-        _FullDiskFile(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
+        FullDiskFile(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
     wait_for(lambda: store.state_of(running) == "done", 300, "the long job to finish on the worker")
     assert store.is_unstored(running)  # its PNG waits in Redis: this disk cannot take it
     # The worker took the queued job off RQ's queue but does not start it: it stays queued.

@@ -8,11 +8,7 @@ installed (CI installs it from Debian: .ci/run).
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,70 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import wait_for
+from helpers import Workers, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="redis-server is not installed (apt-get install redis-server)")]
 
 ROOT = Path(__file__).resolve().parent.parent
-HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
 FINISHED = ("done", "failed", "cancelled")
 
 
-class Workers:
-    """``python -m app worker`` processes, by name."""
 
-    def __init__(self, url: str, logs: Path):
-        import torch
-
-        self.url, self.logs = url, logs
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.started: dict[str, float] = {}
-        # Same thread count as this process's engine, so CPU float sums match ours.
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
-                    "PYTHONUNBUFFERED": "1"}
-
-    def start(self, name: str) -> None:
-        self.started[name] = time.time()
-        out = open(self.logs / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "--redis", self.url, "--model", "demo", "--device", "cpu",
-             "--heartbeat", str(HEARTBEAT), "--name", name], cwd=ROOT, env=self.env, stdout=out,
-            stderr=subprocess.STDOUT)
-        out.close()
-
-    def wait_ready(self, *names: str, timeout: float = 90) -> None:
-        from redis import Redis
-
-        info = Redis.from_url(self.url)
-
-        def ready():
-            for name in names:
-                if self.procs[name].poll() is not None:
-                    raise AssertionError(f"worker {name} exited:\n{self.log(name)}")
-            # A heartbeat from this process, not one left by a killed worker of that name.
-            return all((info.zscore("t2i:t2i:workers", name) or 0) > self.started[name] for name in names)
-
-        wait_for(ready, timeout, f"workers {names} to load the model", interval=0.2)
-
-    def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait(10)
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.fixture(scope="module")

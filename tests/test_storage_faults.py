@@ -9,18 +9,15 @@ and started again, the worker a real ``python -m app worker`` process.
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_backend_contract import start_worker, stop
 
-from helpers import assert_error, free_port, small_job, wait_for, wait_job
+from helpers import FullDiskFile, RedisServer, assert_error, small_job, start_worker, stop, wait_for, wait_job
 
 
 def job_state(client, job_id: str) -> str:
@@ -62,23 +59,6 @@ def test_a_locked_database_answers_503_and_a_job_finishing_meanwhile_stays_done(
     assert wait_job(client, after)["state"] == "done"
 
 
-class _FullDiskFile:
-    """A file on a disk that fills up: some bytes go out, then ENOSPC."""
-
-    def __init__(self, real):
-        self.real = real
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.real.close()
-
-    def write(self, data):
-        self.real.write(data[:100])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-
 def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_partial_files(make_app, monkeypatch):
     app = make_app()
     client = app.test_client()
@@ -90,7 +70,7 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_partial_files(make
         if mode != "wb":
             return file
         opened.append(fd)
-        return _FullDiskFile(file) if len(opened) == 2 else file  # the second image hits the full disk
+        return FullDiskFile(file) if len(opened) == 2 else file  # the second image hits the full disk
 
     monkeypatch.setattr(os, "fdopen", fdopen)
     job = wait_job(client, client.post("/api/jobs", json=small_job(num_images=2)).get_json()["job"]["id"])
@@ -104,36 +84,6 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_partial_files(make
 
 
 # --- Redis ----------------------------------------------------------------------------------
-
-class RedisServer:
-    """A redis-server of its own (append-only file on, as the docs advise), to stop and start."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port, self.proc = folder, free_port(), None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> float:
-        """Start it; returns the seconds until it answered."""
-        from redis import Redis
-
-        started = time.monotonic()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                                      str(self.folder), "--appendonly", "yes", "--save", "",
-                                      "--logfile", str(self.folder / "redis.log")])
-
-        def up():
-            try:
-                return Redis(port=self.port).ping()
-            except Exception:
-                return False
-
-        wait_for(up, 20, "redis-server to start")
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
-        self.proc.wait(20)
-
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory):

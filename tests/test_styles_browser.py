@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 
 import pytest
-from test_accessibility import axe_problems, scheme_page  # noqa: F401
-from test_browser import browser, page, serve, submit  # noqa: F401
+
+from browser_helpers import axe_problems, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

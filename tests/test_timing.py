@@ -3,7 +3,8 @@ finished jobs of the same size, summed over the jobs ahead in the queue."""
 from __future__ import annotations
 
 import pytest
-from test_views import run_job
+
+from helpers import run_job
 
 
 @pytest.fixture

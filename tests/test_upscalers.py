@@ -28,53 +28,8 @@ from app.engine.types import ValidationError
 from app.engine.upscale import upscale
 from app.engine.upscalers import download, models, registry
 from app.models.devices import free_memory
-from app.models.spandrel_loader import spandrel
+from browser_helpers import CHROMIUM, submit
 from helpers import assert_error, gradient, small_job, wait_job
-
-
-def tiny_state_dicts() -> dict[str, dict]:
-    spandrel()  # spandrel's architectures import through our loader (torchvision stub where needed)
-    from spandrel.architectures.Compact import Compact
-    from spandrel.architectures.ESRGAN import ESRGAN
-    from spandrel.architectures.SwinIR import SwinIR
-
-    torch.manual_seed(0)
-    return {
-        "tiny-esrgan.pth": ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(),
-        "tiny-esrgan-2x.safetensors": ESRGAN(num_filters=8, num_blocks=1, scale=2).state_dict(),
-        "tiny-compact.pth": Compact(num_feat=8, num_conv=2, upscale=4).state_dict(),
-        "tiny-swinir.safetensors": SwinIR(img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4,
-                                          upscale=2, upsampler="pixelshuffle", mlp_ratio=2).state_dict(),
-    }
-
-
-def save(state: dict, path: Path) -> Path:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def model_files(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("upscalers")
-    return {name: save(state, folder / name) for name, state in tiny_state_dicts().items()}
-
-
-@pytest.fixture
-def folder(model_files, tmp_path):
-    """A fresh upscaler folder holding the tiny models; the registry points there while the test runs."""
-    target = tmp_path / "upscalers"
-    target.mkdir()
-    for path in model_files.values():
-        os.link(path, target / path.name)
-    upscalers.configure(target, tile=192, overlap=16)
-    yield target
-    upscalers.configure(registry.DEFAULT_FOLDER, tile=192, overlap=16)
-    models.free()
 
 
 class Evil:
@@ -314,7 +269,6 @@ def test_hires_with_a_built_in_model_offline_is_refused_at_submit(app_with_model
 
 # --- the page, in a real Chromium (fixtures of test_browser.py) -----------------------------------
 
-from test_browser import CHROMIUM, browser, page, serve, submit  # noqa: E402,F401
 
 
 @pytest.mark.browser

@@ -3,7 +3,6 @@ escaping of user text, and that everything the pages load is local."""
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -11,50 +10,16 @@ import pytest
 from app.engine.hires import hr_upscalers
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import FIELD_RANGES
+from helpers import Page, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"
-
-
-class Page(HTMLParser):
-    """Elements of an HTML page by id, plus every tag's attributes (an option's
-    ``_select``: the id of the select it is in)."""
-
-    def __init__(self, html: str):
-        super().__init__()
-        self.by_id: dict[str, dict] = {}
-        self.tags: list[tuple[str, dict]] = []
-        self.select: str | None = None
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "select":
-            self.select = attrs.get("id")
-        elif tag == "option":
-            attrs["_select"] = self.select
-        self.tags.append((tag, attrs))
-        if "id" in attrs:
-            self.by_id[attrs["id"]] = {"tag": tag, **attrs}
-
-    def all(self, tag: str, **match) -> list[dict]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in match.items())]
 
 
 @pytest.fixture
 def app(make_app):
     """The worker is driven by hand with run_once()."""
     return make_app(START_WORKER=False)
-
-
-def run_job(app, client, **params) -> dict:
-    """Submit through the JSON API and let the worker run it."""
-    body = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 7, **params}
-    response = client.post("/api/jobs", json=body)
-    assert response.status_code == 202, response.get_json()
-    job_id = response.get_json()["job"]["id"]
-    assert app.extensions["t2i"].worker.run_once()
-    return client.get(f"/api/jobs/{job_id}").get_json()["job"]
 
 
 def test_form_page_has_every_field_the_schedulers_and_the_model_defaults(client):

@@ -136,8 +136,8 @@ def encode_png(image: Image.Image) -> str:
 def check_units(value: Any) -> list[dict]:
     """The request's ``controlnet`` list, checked and normalized (mode names canonical, numbers as numbers);
     ValidationError naming ``controlnet[i].field`` otherwise."""
+    from app.engine.base import ValidationError
     from app.engine.preprocessors import find_module
-    from app.engine.types import ValidationError
 
     if value is None:
         return []
@@ -195,7 +195,7 @@ def check_units(value: Any) -> list[dict]:
 
 def _number(field: str, value: Any, low: float, high: float, integer: bool = False) -> float:
     """A unit's number within the extension's bounds (weight 0..2, guidance 0..1)."""
-    from app.engine.types import ValidationError
+    from app.engine.base import ValidationError
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise ValidationError(field, value, "must be " + ("an integer" if integer else "a number"))
@@ -206,7 +206,7 @@ def _number(field: str, value: Any, low: float, high: float, integer: bool = Fal
 
 def _choice(where: str, name: str, value: Any, names: tuple[str, ...], aliases: dict[str, str]) -> str:
     """A mode by its name (case-insensitive, old aliases too) or its index, as the extension takes both."""
-    from app.engine.types import ValidationError
+    from app.engine.base import ValidationError
 
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value < len(names):
@@ -395,7 +395,7 @@ class ControlPlan:
     @classmethod
     def build(cls, request: Any, width: int, height: int, load: ModelLoader,
               init_image: Image.Image | None = None, crop: Crop | None = None) -> "ControlPlan | None":
-        from app.engine.types import ValidationError
+        from app.engine.base import ValidationError
         from app.models.loading import ModelLoadError
 
         units = units_of(request)
@@ -438,7 +438,7 @@ class ControlPlan:
     def infotext_entries(self, labels: list[str]) -> dict:
         """``ControlNet 0: "Module: ..., Model: ..."`` per unit, as the extension writes them (quoted, as A1111
         quotes a value holding commas)."""
-        from app.engine.metadata import Quoted
+        from app.engine.base import Quoted
 
         return {f"ControlNet {i}": Quoted(unit.infotext(label))
                 for i, (unit, label) in enumerate(zip(self.units, labels))}

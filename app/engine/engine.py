@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from app.engine.base import GenerationCancelled
 from app.engine.denoise import ModelWrappers
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
@@ -37,17 +38,6 @@ from app.models.loading import DEFAULT_MODEL_ID, display_name, load_pipeline
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepInfo], None]
-
-
-class GenerationCancelled(Exception):
-    """Raised by ``Engine.generate`` when its cancel event is set mid-run."""
-
-    def __init__(self, step: int, total: int, partial: "GenerationResult | None" = None):
-        self.step, self.total = step, total
-        # The images the last step's latents decode to (A1111 keeps an interrupted image too);
-        # None when the run stopped before its first step.
-        self.partial = partial
-        super().__init__(f"cancelled after step {step} of {total}")
 
 
 class GenerationOutOfMemory(RuntimeError):

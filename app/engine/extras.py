@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
+from app.engine.base import GenerationResult, Limits, StepInfo, ValidationError
 from app.engine.metadata import parse_infotext, quote
-from app.engine.types import Limits, StepInfo, ValidationError
 
 if TYPE_CHECKING:
-    from app.engine.types import GenerationRequest, GenerationResult
+    from app.engine.types import GenerationRequest
 
 # A1111's API defaults (ExtrasBaseRequest), and ``source_infotext``: the source image's own infotext.
 EXTRAS_DEFAULTS: dict[str, Any] = {
@@ -131,8 +131,7 @@ def size_args(e: dict) -> dict:
 def run_extras(request: "GenerationRequest", limits: Limits, on_step: Callable[[StepInfo], None] | None = None,
                cancel: threading.Event | None = None, model: str = "") -> "GenerationResult":
     """The Extras job's one image; progress is counted in hundredths of each operation (upscale, restorers)."""
-    from app.engine.engine import GenerationCancelled
-    from app.engine.types import GenerationResult
+    from app.engine.base import GenerationCancelled
     from app.engine.upscale import upscale
 
     started = time.perf_counter()

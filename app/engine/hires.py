@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from app.engine import upscalers
-from app.engine.types import floor_size
+from app.engine.base import floor_size
 
 # A1111's upscaler name -> torch interpolate mode and antialias (modules/shared_items.py latent_upscale_modes).
 LATENT_UPSCALERS = {

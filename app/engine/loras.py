@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.engine.metadata import Quoted
+from app.engine.base import Quoted
 from app.models.files import HashCache, walk
 
 logger = logging.getLogger(__name__)
@@ -436,7 +436,7 @@ class LoraSet:
     def activate(self, tags: list[LoraTag]) -> dict:
         """Make the job's LoRAs (and only those) active; the infotext entries they add.
         ValidationError naming the prompt for a LoRA that is missing or does not fit."""
-        from app.engine.types import ValidationError
+        from app.engine.base import ValidationError
 
         if not tags:
             if self._loaded:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from app.engine.base import Quoted
 from app.engine.schedulers import find_scheduler, from_infotext, split_name
 
 PARAMETERS_KEY = "parameters"
@@ -25,11 +26,6 @@ _UNICODE_PREFIX = b"UNICODE\0"  # EXIF's character code for UCS-2; A1111 (piexif
 def _clean(value: object) -> str:
     # A ',' or ':' inside a value would split the settings line in the readers.
     return re.sub(r"[,:\n\r]", "", str(value)).strip()
-
-
-class Quoted(str):
-    """A settings value that may hold ',' or ':' (``Lora hashes: "a: 0123456789ab, b: ..."``):
-    written in JSON quotes when it does, as A1111's ``infotext_utils.quote``, instead of cleaned."""
 
 
 def quote(text: str) -> str:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
-from app.engine.types import MAX_SEED, Limits, StepInfo, ValidationError, floor_size
+from app.engine.base import MAX_SEED, GenerationResult, Limits, StepInfo, ValidationError, floor_size
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
-    from app.engine.types import GenerationRequest, GenerationResult
+    from app.engine.types import GenerationRequest
 
 SD_UPSCALE_DEFAULTS: dict[str, Any] = {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2, "batch_size": 1}
 MAX_OVERLAP = 256  # A1111's slider
@@ -136,8 +136,7 @@ def tile_size(request: "GenerationRequest", upscaled: tuple[int, int]) -> tuple[
 def run_sd_upscale(engine: "Engine", request: "GenerationRequest", on_step: Callable[[StepInfo], None] | None,
                    cancel: threading.Event | None) -> "GenerationResult":
     """``request``: validated, with its seed drawn. Each tile is one ``engine.generate`` img2img run."""
-    from app.engine.engine import GenerationCancelled
-    from app.engine.types import GenerationResult
+    from app.engine.base import GenerationCancelled
     from app.engine.upscale import upscale
 
     started = time.perf_counter()

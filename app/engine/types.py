@@ -7,65 +7,27 @@ way.
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.base import (
+    DEFAULT_LIMITS,
+    MAX_SEED,
+    SIZE_MULTIPLE,
+    GenerationResult,
+    Limits,
+    StepInfo,
+    ValidationError,
+    draw_seed,
+    floor_size,
+    short_repr,
+)
 from app.engine.loras import has_extra_networks, split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
 from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
 
-MAX_SEED = 2**32 - 1
-SIZE_MULTIPLE = 8  # the VAE's downscale factor: latents are width/8 x height/8
-
-
 _AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
 
-
-def draw_seed() -> int:
-    """A random seed in A1111's range. The only place one is drawn."""
-    return secrets.randbelow(MAX_SEED + 1)
-
-
-def floor_size(value: int) -> int:
-    """A pixel size rounded down to a multiple of SIZE_MULTIPLE (A1111 floors too)."""
-    return value - value % SIZE_MULTIPLE
-
-
-class ValidationError(ValueError):
-    """A request parameter is wrong. ``field`` and ``value`` say which and what."""
-
-    def __init__(self, field: str, value: Any, message: str):
-        self.field = field
-        self.value = value
-        self.message = message
-        super().__init__(f"{field}: {message} (got {short_repr(value)})")
-
-    def to_dict(self) -> dict:
-        return {"field": self.field, "value": short_repr(self.value), "message": self.message}
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Upper bounds on what one request may ask for. The web app tightens
-    these for public links; the CLI uses the generous defaults."""
-
-    max_width: int = 2048
-    max_height: int = 2048
-    max_pixels: int = 2048 * 2048
-    min_size: int = 64
-    max_steps: int = 150
-    max_images: int = 8
-    max_prompt_chars: int = 4000
-    max_guidance: float = 30.0
-
-
-DEFAULT_LIMITS = Limits()
 
 # Fixed bounds of request fields (the limits above are the settings' part): the one table
 # validation, the page's inputs and the notebook's widgets read.
@@ -566,41 +528,6 @@ def _check_int(name: str, value: Any) -> None:
 def _check_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ValidationError(name, value, "must be a number")
-
-
-@dataclass
-class StepInfo:
-    """What the progress callback gets after each denoising step."""
-
-    step: int  # 1-based count of finished steps
-    total: int
-    latents: Any  # torch.Tensor, the current latents (batch, 4, h/8, w/8)
-
-
-@dataclass
-class GenerationResult:
-    images: list  # PIL images
-    seeds: list[int]
-    infotexts: list[str]  # A1111-style "parameters" text of each image
-    request: GenerationRequest
-    model: str
-    width: int
-    height: int
-    seconds: float
-    step_images: list = field(default_factory=list)  # previews kept with save_steps
-    control_maps: list = field(default_factory=list)  # PIL: the ControlNet units' maps (app/engine/controlnet.py)
-
-    def to_dict(self) -> dict:
-        return {
-            "seeds": self.seeds,
-            "infotexts": self.infotexts,
-            "request": self.request.to_dict(),
-            "model": self.model,
-            "width": self.width,
-            "height": self.height,
-            "seconds": round(self.seconds, 3),
-            "num_step_images": len(self.step_images),
-        }
 
 
 __all__ = [

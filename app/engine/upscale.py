@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image
 
 from app.engine import upscalers
-from app.engine.types import DEFAULT_LIMITS, Limits, ValidationError
+from app.engine.base import DEFAULT_LIMITS, Limits, ValidationError
 
 MAX_FACTOR = 8.0
 

@@ -17,7 +17,7 @@ def build_components(unet: dict, vae: dict, text_encoder: dict, scheduler: dict,
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from app.models.demo import build_tokenizer
+    from app.models.tokenizer import build_tokenizer
 
     dtype = dtype or torch.float32
     with torch.device(device):

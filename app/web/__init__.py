@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 
 from app.engine import upscalers
-from app.engine.types import GenerationRequest, field_names
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
 from app.web.private_files import write_private
+from app.web.service import EXTENSION, WEB_FIELDS, backend, backend_of, form_defaults
 from app.web.settings import DEFAULTS, INSTANCE_PATHS, engine_limits, engine_options, from_environ, public_limits
 
 if TYPE_CHECKING:
@@ -25,17 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
-# The request's fields as the web takes them: step strips are a CLI and notebook option;
-# ``extras`` is set by the Extras routes (/api/extras), not sent as a job field.
-WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", "extras"))
-
-
-def backend() -> Backend:
-    """The current app's backend."""
-    return current_app.extensions[EXTENSION]
-
-
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
@@ -89,10 +78,6 @@ def instance_folder(given: str | os.PathLike | None = None) -> Path:
     return Path(given).resolve() if given else ROOT / "instance"
 
 
-def backend_of(app: Flask) -> Backend:
-    return app.extensions[EXTENSION]
-
-
 def make_backend(config: Any, instance: Path, catalogue: "Catalogue | None" = None) -> Backend:
     images = instance / "images"
     model, vae = config["MODEL"], config["VAE"]
@@ -142,18 +127,6 @@ def model_loader(config: Any, catalogue: "Catalogue | None" = None):
         return engine
 
     return load
-
-
-def form_defaults() -> dict[str, Any]:
-    """The form's starting values (the page, and /api/health for the page to
-    correct them): the request type's defaults, and the model's native size
-    once it is loaded (a guess before)."""
-    status = backend().status()
-    width, height = status.native_size or ((256, 256) if status.is_demo else (768, 768))
-    defaults = {k: v for k, v in GenerationRequest.defaults().items() if k in WEB_FIELDS and v is not None}
-    for free_text in ("negative_prompt", "seed"):  # the form starts them empty
-        defaults.pop(free_text, None)
-    return {**defaults, "width": width, "height": height}
 
 
 def page_context() -> dict[str, Any]:

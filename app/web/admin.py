@@ -2,45 +2,20 @@
 ``/api/people``, for the owner only (a friend gets 403; in password mode they do not exist: 404).
 Both are ordinary state-changing routes, so the app's same-origin check (app.web.csrf) covers them.
 
-Also the quota check every queued job passes (``quota_charged``, called by app.web.api.enqueue).
+The quota check every queued job passes is ``app.web.service.quota_charged``.
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 
 from app.jobs.job import QUEUED, RUNNING
-from app.web import backend
-from app.web.auth import is_owner, people_store, person_id
+from app.web.auth import is_owner, people_store
 from app.web.body import json_object
 from app.web.errors import ApiError
-from app.web.people import DEFAULT_QUOTA, PERSON, People, PeopleError, QuotaExceeded
+from app.web.people import DEFAULT_QUOTA, PERSON, People, PeopleError
+from app.web.service import backend, people_errors
 
 bp = Blueprint("admin", __name__)
-
-
-@contextlib.contextmanager
-def quota_charged(images: int) -> Iterator[None]:
-    """A person's ``images`` counted against their daily quota for the block (given back if it
-    raises); 429 naming "quota", with Retry-After (seconds to midnight UTC), when over it.
-    The owner and password-mode clients have no quota."""
-    store, who = people_store(), person_id()
-    if store is None or who is None:
-        yield
-        return
-    try:
-        with _checked():
-            store.reserve(who, images)
-    except QuotaExceeded as exc:
-        raise ApiError(429, str(exc), "quota", exc.person.quota,
-                       headers={"Retry-After": str(exc.retry_after)}) from exc
-    try:
-        yield
-    except BaseException:
-        store.release(who, images)  # nothing was queued
-        raise
 
 
 def _owners_store() -> People:
@@ -53,14 +28,6 @@ def _owners_store() -> People:
     return store
 
 
-@contextlib.contextmanager
-def _checked() -> Iterator[None]:
-    try:
-        yield
-    except PeopleError as exc:
-        raise ApiError(exc.status, str(exc), exc.field, exc.value) from exc
-
-
 def login_link(token: str) -> str:
     return url_for("auth.login", token=token, _external=True)
 
@@ -68,7 +35,7 @@ def login_link(token: str) -> str:
 def revoke(store: People, pid: str) -> tuple[dict, list[str]]:
     """Revoke, and cancel the person's queued and running jobs (their images would count for
     someone who may no longer use the app)."""
-    with _checked():
+    with people_errors():
         person = store.revoke(pid)
     cancelled = []
     for job in backend().list(limit=200, states=(QUEUED, RUNNING), client=PERSON + pid):
@@ -97,7 +64,7 @@ def create_person():
     for key in body:
         if key not in ("name", "quota"):
             raise ApiError(400, f"{key}: unknown field; the fields are name, quota", key, body[key])
-    with _checked():
+    with people_errors():
         person, token = store.add(body.get("name"), _quota_of(body))
     # The token is shown this once: only its hash is kept.
     return jsonify({"ok": True, "person": person.public(), "token": token, "link": login_link(token)}), 201
@@ -110,7 +77,7 @@ def change_person(pid: str):
     for key in body:
         if key != "quota":
             raise ApiError(400, f"{key}: unknown field; only quota can be changed", key, body[key])
-    with _checked():
+    with people_errors():
         person = store.set_quota(pid, body.get("quota"))
     return jsonify({"ok": True, "person": person.public()})
 
@@ -156,6 +123,6 @@ def admin_revoke(pid: str):
 @bp.post("/admin/<pid>/quota")
 def admin_quota(pid: str):
     store = _owners_store()
-    with _checked():
+    with people_errors():
         store.set_quota(pid, request.form.get("quota", ""))
     return redirect(url_for("admin.admin_page"), 303)

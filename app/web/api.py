@@ -4,127 +4,32 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.engine.controlnet import UNIT_IMAGES
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
-from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
-from app.jobs.base import READY, ModelChoice
-from app.jobs.job import DONE, STATES, Job, QueueFull
-from app.web import WEB_FIELDS, backend, form_defaults, models
-from app.web.admin import quota_charged
-from app.web.auth import client_id, is_authenticated, is_owner
+from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError
+from app.jobs.base import READY
+from app.jobs.job import STATES, Job
+from app.web import models
+from app.web.auth import client_id, is_authenticated
 from app.web.body import check_int_size, json_object
-from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
-from app.web.loras import check_loras, lora_infos
-from app.web.settings import engine_limits, public_limits
-from app.web.styles import styled_values
-from app.web.timing import timing
-from app.web.uploads import decode_init_image, decode_mask
+from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
+from app.web.loras import lora_infos
+from app.web.service import (
+    WEB_FIELDS,
+    backend,
+    build_request,
+    enqueue,
+    form_defaults,
+    is_mine,
+    job_json,
+)
+from app.web.settings import public_limits
 from app.web.waiting import RETRY_AFTER, wait_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 FIELDS = WEB_FIELDS
 _TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in FIELDS}
-
-
-# --- shared with the A1111 blueprint -------------------------------------------------
-
-def build_request(values: dict, init_value=None, mask_value=None) -> GenerationRequest:
-    """A validated GenerationRequest from already-named values (None: default);
-    the init image and the inpainting mask as uploaded (base64, data URL or bytes)."""
-    config = current_app.config
-    values = {k: v for k, v in values.items() if v is not None}
-    if "prompt" not in values:
-        raise ValidationError("prompt", None, "is required")
-    if "controlnet" in values:  # images decoded within the upload limits, models known (app/web/controlnet.py)
-        values["controlnet"] = prepare_units(values["controlnet"])
-    values = styled_values(values)  # before validation: the styled prompt is what runs and what is checked
-    init = None
-    if init_value is not None and init_value != "":
-        init = decode_init_image(init_value, config)
-        # img2img without a size: the init image's size, rounded down as the engine does.
-        values.setdefault("width", floor_size(init.width))
-        values.setdefault("height", floor_size(init.height))
-    mask = None
-    if mask_value is not None and mask_value != "":
-        if init is None:
-            raise ValidationError("mask", "mask", "needs an init image to inpaint")
-        mask = decode_mask(mask_value, config)
-    gen = GenerationRequest(init_image=init, mask=mask, **values).validate(engine_limits(config))
-    check_loras(gen)  # every <lora:name> names a usable file, before anything is queued
-    return gen
-
-
-def enqueue(gen: GenerationRequest, model: ModelChoice | None = None) -> Job:
-    """The one way a job is queued (the native and the A1111 routes): a person's images are
-    counted against their daily quota here (app.web.admin), given back if nothing was queued."""
-    with quota_charged(gen.num_images):
-        try:
-            return backend().submit(gen, client_id(), model)
-        except QueueFull as exc:
-            raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
-                           headers={"Retry-After": "10"}) from exc
-
-
-def image_url(job_id: str, n: int) -> str:
-    return f"/images/{job_id}/{n}.png"
-
-
-def is_mine(job: Job) -> bool:
-    return job.client == client_id()
-
-
-def sees_privately(job: Job) -> bool:
-    """Its owner, and the owner of an ``ACCESS = "people"`` app, who sees every private gallery."""
-    return is_mine(job) or is_owner()
-
-
-def shows_contents(job: Job) -> bool:
-    """Whose prompt, settings and images a client may see: its own jobs', and
-    with ``GALLERY = "shared"`` everyone's finished ones (the gallery's)."""
-    return sees_privately(job) or (job.state == DONE and current_app.config["GALLERY"] == "shared")
-
-
-def job_json(job: Job) -> dict:
-    """The job as the caller may see it: someone else's job shows only its
-    place in the queue (no prompt, preview or images) unless shows_contents.
-    Whose it is never shows, only whether it is the caller's."""
-    body = _job_fields(job)
-    body["mine"] = is_mine(job)
-    body.update(timing(job))  # its, eta_seconds: the page's speed and time-left display
-    if not shows_contents(job):
-        body.update(params=None, images=[], preview_url=None, error=None)
-    return body
-
-
-MODEL_PARAMS = ("sd_model", "sd_vae", "sd_model_hash", "sd_vae_hash")
-
-
-def _job_fields(job: Job) -> dict:
-    return {
-        "id": job.id,
-        "state": job.state,
-        "position": job.position,
-        "progress": {"step": job.progress.step, "total": job.progress.total, "fraction": job.progress.fraction},
-        "preview_url": f"/api/jobs/{job.id}/preview.png" if job.has_preview else None,
-        "params": _shown_params(job.params),
-        "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
-                   for im in job.images],
-        "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
-        "error": job.error,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def _shown_params(params: dict) -> dict:
-    """The job's params without local paths (the owner's) and with ControlNet images left out (their size)."""
-    shown = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
-    if shown.get("controlnet"):
-        shown["controlnet"] = [{k: v for k, v in unit.items() if k not in UNIT_IMAGES} for unit in shown["controlnet"]]
-    return shown
 
 
 def get_job_or_404(job_id: str) -> Job:
@@ -283,8 +188,6 @@ def extras_job():
     """An Extras job (issue #24): A1111's extras fields (upscaler_1, upscaling_resize ...) on an uploaded
     ``image`` or a gallery image (``source_job``, ``source_image``); the answer is the queued job
     (``?wait=S`` as GET /api/jobs/<id>), whose image lands in the gallery."""
-    from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
-
     body = _known_fields(json_object(), (*EXTRAS_FIELDS, *SOURCE_FIELDS))
     return waited_job(queue_extras(extras_request(body)), 202)
 
@@ -293,8 +196,6 @@ def extras_job():
 def upscale_image():
     """The Upscale action (issue #12): ``scale``, or ``width``/``height`` (one of them: the other keeps
     the aspect) with ``crop``, by ``upscaler``; an Extras job (issue #24), answered as /api/extras."""
-    from app.web.extras import SOURCE_FIELDS, extras_request, queue_extras
-
     body = _known_fields(json_object(), UPSCALE_FIELDS)
     sized = body.get("width") is not None or body.get("height") is not None
     values = {name: body.get(name) for name in SOURCE_FIELDS}

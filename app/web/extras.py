@@ -9,9 +9,8 @@ from flask import current_app
 from app.engine.extras import EXTRAS_DEFAULTS, check_extras_size, extras_values, source_prompts
 from app.engine.types import GenerationRequest
 from app.jobs.job import Job
-from app.web import backend
-from app.web.api import enqueue, shows_contents
 from app.web.errors import ApiError
+from app.web.service import backend, enqueue, shows_contents
 from app.web.settings import engine_limits
 from app.web.uploads import decode_init_image, png_info
 

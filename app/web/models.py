@@ -24,8 +24,8 @@ from flask import Flask, current_app
 from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice
 from app.models.loading import display_name
 from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
-from app.web import backend
 from app.web.errors import ApiError
+from app.web.service import backend
 
 EXTENSION = "t2i-models"
 logger = logging.getLogger(__name__)

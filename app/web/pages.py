@@ -21,10 +21,10 @@ from app.engine.schedulers import schedule_labels
 from app.engine.types import FIELD_RANGES, RANDN_SOURCES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
-from app.web import backend, models
-from app.web.api import job_json, shows_contents
+from app.web import models
 from app.web.auth import client_id, is_owner
 from app.web.errors import ApiError
+from app.web.service import backend, job_json, shows_contents
 
 bp = Blueprint("views", __name__)
 

@@ -200,7 +200,7 @@ class People:
 
     # --- changing -----------------------------------------------------------------------
 
-    def add(self, name: str, quota: int = DEFAULT_QUOTA) -> tuple[Person, str]:
+    def add(self, name: object, quota: object = DEFAULT_QUOTA) -> tuple[Person, str]:
         """A new person and their token (shown once: only its hash is kept)."""
         name, quota = check_name(name), check_quota(quota)
         token = secrets.token_urlsafe(32)

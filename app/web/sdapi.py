@@ -38,13 +38,13 @@ from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.jobs.runner import failed_for_input
-from app.web import backend, models
+from app.web import models
 from app.web.a1111_fields import adetailer_values, refuse_unsupported
-from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
+from app.web.service import backend, build_request, enqueue, is_mine
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
 from app.web.uploads import png_info

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 
-from app.web import backend_of
+from app.web.service import backend_of
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 
 from flask import g
 
+from app.jobs.base import Backend
 from app.jobs.job import DONE, QUEUED, RUNNING, Job
-from app.web import backend
 
 RECENT = 30       # finished jobs the speed is measured on
 ACTIVE_MAX = 200  # queued and running jobs looked at for a queued job's ETA
@@ -39,11 +39,11 @@ def _steps(job: Job) -> int:
     return int(job.progress.total or (job.params or {}).get("steps") or 0)
 
 
-def _recent() -> list[tuple[int, float]]:
+def _recent(jobs: Backend) -> list[tuple[int, float]]:
     """(work, seconds per step, all in: steps, decoding, saving) of recent finished jobs."""
     if "t2i_recent" not in g:
         recent = []
-        for job in backend().list(limit=RECENT, states=(DONE,)):
+        for job in jobs.list(limit=RECENT, states=(DONE,)):
             secs, steps = _seconds(job.started_at, job.finished_at), _steps(job)
             if secs and steps and _work(job.params):
                 recent.append((_work(job.params), secs / steps))
@@ -51,10 +51,10 @@ def _recent() -> list[tuple[int, float]]:
     return g.t2i_recent
 
 
-def seconds_per_step(params: dict | None) -> float | None:
+def seconds_per_step(jobs: Backend, params: dict | None) -> float | None:
     """Measured on finished jobs of the same size and image count; else
     scaled by pixels from the nearest size measured; None before any job."""
-    work, recent = _work(params), _recent()
+    work, recent = _work(params), _recent(jobs)
     if not work or not recent:
         return None
     same = [s for w, s in recent if w == work]
@@ -64,12 +64,12 @@ def seconds_per_step(params: dict | None) -> float | None:
     return secs * work / nearest_work
 
 
-def _remaining(job: Job) -> float | None:
+def _remaining(jobs: Backend, job: Job) -> float | None:
     """Seconds until the job ends, as far as one can tell now."""
     steps = _steps(job)
     if job.state == RUNNING and job.progress.step > 0:
         live = _seconds(job.started_at, _now())
-        per_step = seconds_per_step(job.params) or (live / job.progress.step if live else None)
+        per_step = seconds_per_step(jobs, job.params) or (live / job.progress.step if live else None)
         if per_step is None:
             return None
         # Blend the history with what this run shows: the live rate wins as the job goes on.
@@ -77,17 +77,17 @@ def _remaining(job: Job) -> float | None:
             weight = job.progress.step / max(steps, 1)
             per_step = weight * (live / job.progress.step) + (1 - weight) * per_step
         return max(0, steps - job.progress.step) * per_step
-    per_step = seconds_per_step(job.params)
+    per_step = seconds_per_step(jobs, job.params)
     return None if per_step is None else steps * per_step
 
 
-def _active() -> list[Job]:
+def _active(jobs: Backend) -> list[Job]:
     if "t2i_active" not in g:
-        g.t2i_active = backend().list(limit=ACTIVE_MAX, states=(QUEUED, RUNNING))
+        g.t2i_active = jobs.list(limit=ACTIVE_MAX, states=(QUEUED, RUNNING))
     return g.t2i_active
 
 
-def timing(job: Job) -> dict:
+def timing(jobs: Backend, job: Job) -> dict:
     """``its``: iterations per second (running: measured so far; done: over the
     whole job); ``eta_seconds``: time left until the job is done, for a queued
     job including every job ahead of it; None where there is nothing to go on."""
@@ -95,11 +95,11 @@ def timing(job: Job) -> dict:
     if job.state == RUNNING and job.progress.step > 0:
         live = _seconds(job.started_at, _now())
         its = job.progress.step / live if live else None
-        eta = _remaining(job)
+        eta = _remaining(jobs, job)
     elif job.state == QUEUED:
-        ahead = [j for j in _active() if j.id != job.id and
+        ahead = [j for j in _active(jobs) if j.id != job.id and
                  (j.state == RUNNING or (j.position or 0) < (job.position or 0))]
-        parts = [_remaining(j) for j in [*ahead, job]]
+        parts = [_remaining(jobs, j) for j in [*ahead, job]]
         eta = None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
     elif job.state == DONE:
         secs = _seconds(job.started_at, job.finished_at)

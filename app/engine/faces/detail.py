@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from app.engine.base import Quoted
 from app.engine.faces import detect
-from app.engine.metadata import Quoted
 
 DETECTOR_NAME = "retinaface"  # what "ADetailer model" says: our detector, not ADetailer's YOLO files
 

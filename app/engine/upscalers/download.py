@@ -8,7 +8,7 @@ import threading
 import urllib.error
 from pathlib import Path
 
-from app.engine.types import ValidationError
+from app.engine.base import ValidationError
 from app.models.downloads import TooBig, download, offline
 
 MAX_BYTES = 1 << 30  # the largest built-in (SwinIR-L) is about 136 MB; anything past 1 GiB is not an upscaler

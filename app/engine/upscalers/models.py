@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from app.engine.types import ValidationError
+from app.engine.base import ValidationError
 from app.engine.upscalers import download, registry
 from app.models.loading import ModelLoadError
 
@@ -39,19 +39,6 @@ def configure_tiles(tile: int | None = None, overlap: int | None = None) -> None
         _tiles["overlap"] = max(0, int(overlap))
 
 
-def check_upscaler(descriptor: Any, name: str) -> Any:
-    """The descriptor, if it is an image-to-image model for RGB pictures (not a face restorer, an
-    inpainting model or a grayscale one); otherwise the ValidationError a client sees as a 400."""
-    purpose = getattr(descriptor, "purpose", None)
-    arch = descriptor.architecture.name
-    if purpose not in ("SR", "Restoration"):
-        raise ValidationError("upscaler", name, f"{name} is a {arch} model for {purpose}, not an upscaler")
-    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
-        raise ValidationError("upscaler", name, f"{name} is a {arch} model for {descriptor.input_channels}-channel "
-                                                "images; upscalers here take RGB")
-    return descriptor
-
-
 def load(entry: registry.Upscaler, device: str) -> Any:
     """The spandrel descriptor on ``device`` (fp16 on CUDA where the architecture allows), from
     the cache of the last two used; a built-in is downloaded first."""
@@ -69,7 +56,7 @@ def load(entry: registry.Upscaler, device: str) -> Any:
             _cache.move_to_end(key)
             return _cache[key]
         try:
-            descriptor = check_upscaler(load_descriptor(path), entry.name)
+            descriptor = registry.check_upscaler(load_descriptor(path), entry.name)
         except ModelLoadError as exc:  # UnsafeCheckpoint included: a pickle that would run code is not run
             raise ValidationError("upscaler", entry.name, str(exc)) from exc
         descriptor.to(device)

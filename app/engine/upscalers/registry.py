@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engine.types import ValidationError
+from app.engine.base import ValidationError
 from app.models.loading import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,19 @@ def require(name: Any) -> Upscaler:
     return found
 
 
+def check_upscaler(descriptor: Any, name: str) -> Any:
+    """The descriptor, if it is an image-to-image model for RGB pictures (not a face restorer, an
+    inpainting model or a grayscale one); otherwise the ValidationError a client sees as a 400."""
+    purpose = getattr(descriptor, "purpose", None)
+    arch = descriptor.architecture.name
+    if purpose not in ("SR", "Restoration"):
+        raise ValidationError("upscaler", name, f"{name} is a {arch} model for {purpose}, not an upscaler")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise ValidationError("upscaler", name, f"{name} is a {arch} model for {descriptor.input_channels}-channel "
+                                                "images; upscalers here take RGB")
+    return descriptor
+
+
 def detected_scale(path: Path) -> int | None:
     """The model's scale, read once per file version; None (and a warning, once) for a file spandrel cannot use."""
     try:
@@ -156,7 +169,6 @@ def detected_scale(path: Path) -> int | None:
         known = _scales.get(path)
     if known is not None and known[0] == version:
         return known[1]
-    from app.engine.upscalers.models import check_upscaler
     from app.models.spandrel_loader import load_descriptor
 
     try:

@@ -1,0 +1,177 @@
+"""The web's service layer: what every blueprint shares, so that no blueprint imports another
+and none imports the app factory (``app/web/__init__.py``). Backend access, the request
+fields the web takes, building and queueing a request, and a job as JSON."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from flask import Flask, current_app
+
+from app.engine.controlnet import UNIT_IMAGES
+from app.engine.types import GenerationRequest, ValidationError, field_names, floor_size
+from app.jobs.base import Backend, ModelChoice
+from app.jobs.job import DONE, Job, QueueFull
+from app.web.auth import client_id, is_owner, people_store, person_id
+from app.web.controlnet import prepare_units
+from app.web.errors import ApiError
+from app.web.loras import check_loras
+from app.web.people import PeopleError, QuotaExceeded
+from app.web.settings import engine_limits
+from app.web.styles import styled_values
+from app.web.timing import timing
+from app.web.uploads import decode_init_image, decode_mask
+
+EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
+# The request's fields as the web takes them: step strips are a CLI and notebook option;
+# ``extras`` is set by the Extras routes (/api/extras), not sent as a job field.
+WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", "extras"))
+
+
+def backend() -> Backend:
+    """The current app's backend."""
+    return current_app.extensions[EXTENSION]
+
+
+def backend_of(app: Flask) -> Backend:
+    return app.extensions[EXTENSION]
+
+
+def form_defaults() -> dict[str, Any]:
+    """The form's starting values (the page, and /api/health for the page to
+    correct them): the request type's defaults, and the model's native size
+    once it is loaded (a guess before)."""
+    status = backend().status()
+    width, height = status.native_size or ((256, 256) if status.is_demo else (768, 768))
+    defaults = {k: v for k, v in GenerationRequest.defaults().items() if k in WEB_FIELDS and v is not None}
+    for free_text in ("negative_prompt", "seed"):  # the form starts them empty
+        defaults.pop(free_text, None)
+    return {**defaults, "width": width, "height": height}
+
+
+@contextlib.contextmanager
+def people_errors() -> Iterator[None]:
+    """A PeopleError raised in the block, as the ApiError a client sees (its status, field and value)."""
+    try:
+        yield
+    except PeopleError as exc:
+        raise ApiError(exc.status, str(exc), exc.field, exc.value) from exc
+
+
+@contextlib.contextmanager
+def quota_charged(images: int) -> Iterator[None]:
+    """A person's ``images`` counted against their daily quota for the block (given back if it
+    raises); 429 naming "quota", with Retry-After (seconds to midnight UTC), when over it.
+    The owner and password-mode clients have no quota."""
+    store, who = people_store(), person_id()
+    if store is None or who is None:
+        yield
+        return
+    try:
+        with people_errors():
+            store.reserve(who, images)
+    except QuotaExceeded as exc:
+        raise ApiError(429, str(exc), "quota", exc.person.quota,
+                       headers={"Retry-After": str(exc.retry_after)}) from exc
+    try:
+        yield
+    except BaseException:
+        store.release(who, images)  # nothing was queued
+        raise
+
+
+def build_request(values: dict, init_value=None, mask_value=None) -> GenerationRequest:
+    """A validated GenerationRequest from already-named values (None: default);
+    the init image and the inpainting mask as uploaded (base64, data URL or bytes)."""
+    config = current_app.config
+    values = {k: v for k, v in values.items() if v is not None}
+    if "prompt" not in values:
+        raise ValidationError("prompt", None, "is required")
+    if "controlnet" in values:  # images decoded within the upload limits, models known (app/web/controlnet.py)
+        values["controlnet"] = prepare_units(values["controlnet"])
+    values = styled_values(values)  # before validation: the styled prompt is what runs and what is checked
+    init = None
+    if init_value is not None and init_value != "":
+        init = decode_init_image(init_value, config)
+        # img2img without a size: the init image's size, rounded down as the engine does.
+        values.setdefault("width", floor_size(init.width))
+        values.setdefault("height", floor_size(init.height))
+    mask = None
+    if mask_value is not None and mask_value != "":
+        if init is None:
+            raise ValidationError("mask", "mask", "needs an init image to inpaint")
+        mask = decode_mask(mask_value, config)
+    gen = GenerationRequest(init_image=init, mask=mask, **values).validate(engine_limits(config))
+    check_loras(gen)  # every <lora:name> names a usable file, before anything is queued
+    return gen
+
+
+def enqueue(gen: GenerationRequest, model: ModelChoice | None = None) -> Job:
+    """The one way a job is queued (the native and the A1111 routes): a person's images are
+    counted against their daily quota here (``quota_charged``), given back if nothing was queued."""
+    with quota_charged(gen.num_images):
+        try:
+            return backend().submit(gen, client_id(), model)
+        except QueueFull as exc:
+            raise ApiError(429 if exc.per_client else 503, str(exc), None, None,
+                           headers={"Retry-After": "10"}) from exc
+
+
+def image_url(job_id: str, n: int) -> str:
+    return f"/images/{job_id}/{n}.png"
+
+
+def is_mine(job: Job) -> bool:
+    return job.client == client_id()
+
+
+def sees_privately(job: Job) -> bool:
+    """Its owner, and the owner of an ``ACCESS = "people"`` app, who sees every private gallery."""
+    return is_mine(job) or is_owner()
+
+
+def shows_contents(job: Job) -> bool:
+    """Whose prompt, settings and images a client may see: its own jobs', and
+    with ``GALLERY = "shared"`` everyone's finished ones (the gallery's)."""
+    return sees_privately(job) or (job.state == DONE and current_app.config["GALLERY"] == "shared")
+
+
+def job_json(job: Job) -> dict:
+    """The job as the caller may see it: someone else's job shows only its
+    place in the queue (no prompt, preview or images) unless shows_contents.
+    Whose it is never shows, only whether it is the caller's."""
+    body = _job_fields(job)
+    body["mine"] = is_mine(job)
+    body.update(timing(backend(), job))  # its, eta_seconds: the page's speed and time-left display
+    if not shows_contents(job):
+        body.update(params=None, images=[], preview_url=None, error=None)
+    return body
+
+
+MODEL_PARAMS = ("sd_model", "sd_vae", "sd_model_hash", "sd_vae_hash")
+
+
+def _job_fields(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "position": job.position,
+        "progress": {"step": job.progress.step, "total": job.progress.total, "fraction": job.progress.fraction},
+        "preview_url": f"/api/jobs/{job.id}/preview.png" if job.has_preview else None,
+        "params": _shown_params(job.params),
+        "images": [{"url": image_url(job.id, im["n"]), "seed": im["seed"], "infotext": im["infotext"]}
+                   for im in job.images],
+        "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _shown_params(params: dict) -> dict:
+    """The job's params without local paths (the owner's) and with ControlNet images left out (their size)."""
+    shown = {k: v for k, v in params.items() if k not in MODEL_PARAMS}
+    if shown.get("controlnet"):
+        shown["controlnet"] = [{k: v for k, v in unit.items() if k not in UNIT_IMAGES} for unit in shown["controlnet"]]
+    return shown

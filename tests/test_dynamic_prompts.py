@@ -166,6 +166,7 @@ def test_api_refuses_bad_templates_and_missing_wildcards_with_400(make_app, tmp_
     assert response.status_code == 200
     info = json.loads(response.get_json()["info"])
     assert "Template: a __colors__ fox" in info["infotexts"][0]
+    assert info["prompt"] == "a __colors__ fox" and info["all_prompts"][0] == parse_infotext(info["infotexts"][0])["prompt"]
     assert parse_infotext(info["infotexts"][0])["prompt"] == resolve("prompt", "a __colors__ fox", 3,
                                                                      WildcardFiles(wildcards), 1000)
 

@@ -360,9 +360,13 @@ def _info(job: Job, img2img: bool) -> dict:
     p = job.params
     seeds = [im["seed"] for im in job.images] or [p["seed"] + i for i in range(p["num_images"])]
     n = len(seeds)
+    # Each image's own prompts: a dynamic-prompt template (app/engine/dynamic_prompts.py) draws them per image
+    drawn = [parse_infotext(im["infotext"]) for im in job.images]
+    drawn = drawn if any("Template" in d or "Negative Template" in d for d in drawn) else []
     return {
-        "prompt": p["prompt"], "all_prompts": [p["prompt"]] * n,
-        "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
+        "prompt": p["prompt"], "all_prompts": [d["prompt"] for d in drawn] or [p["prompt"]] * n,
+        "negative_prompt": p["negative_prompt"],
+        "all_negative_prompts": [d["negative_prompt"] for d in drawn] or [p["negative_prompt"]] * n,
         "seed": seeds[0], "all_seeds": seeds, "subseed": _subseed(p), "all_subseeds": [_subseed(p, i) for i in range(n)],
         "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"], "height": p["height"], "sampler_name": split_name(p["scheduler"])[0],

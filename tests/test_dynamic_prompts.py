@@ -159,6 +159,8 @@ def test_each_batch_image_gets_its_seeds_prompt_and_the_infotext_keeps_the_templ
 def test_api_refuses_bad_templates_and_missing_wildcards_with_400(make_app, tmp_path, wildcards):
     client = make_app(WILDCARD_DIR=str(wildcards)).test_client()
     assert_error(client.post("/api/jobs", json=small_job(prompt="a {fox|cat")), 400, "prompt")
+    for prompt in ("a {x|__nope__}", "__../secret__"):  # refused before queueing, whichever option draws
+        assert_error(client.post("/api/jobs", json=small_job(negative_prompt=prompt)), 400, "negative_prompt")
     for prompt, words in (("a __nope__", "no nope.txt"), ("a __../secret__", "without '..'")):
         body = assert_error(client.post("/sdapi/v1/txt2img", json=small_job(prompt=prompt)), 400, "prompt")
         assert words in body["error"]

@@ -316,6 +316,22 @@ def resolve(name: str, template: str, seed: int, files: WildcardFiles, max_chars
     return "".join(resolver.out)
 
 
+def check_wildcards(name: str, text: str, folder: str | os.PathLike | None) -> None:
+    """ValidationError naming ``name`` for a wildcard the template names (in any option) whose file is not
+    in the folder, is outside it or is too large: what a request can be refused for before it is queued
+    (what the files' own lines name is found when the prompt is drawn)."""
+    if not has_template(text):
+        return
+    files = WildcardFiles(folder)
+    pending = list(parse_template(name, text))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Wildcard):
+            files.lines(name, text, node.name)
+        elif isinstance(node, Variant):
+            pending.extend(n for option in node.options for n in option)
+
+
 def resolve_prompts(request: GenerationRequest, seeds: list[int], folder: str | os.PathLike | None,
                     limits: Limits) -> list[tuple[str, str]] | None:
     """Each image's (prompt, negative prompt), resolved from its seed; None when neither is a template.

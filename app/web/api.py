@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.controlnet import UNIT_IMAGES
+from app.engine.dynamic_prompts import check_wildcards
 from app.engine.prompt_lines import line_values
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, floor_size
@@ -54,6 +55,9 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
         mask = decode_mask(mask_value, config)
     gen = GenerationRequest(init_image=init, mask=mask, **values).validate(engine_limits(config))
     check_loras(gen)  # every <lora:name> names a usable file, before anything is queued
+    if not config["REDIS_URL"]:  # the workers' folder is theirs: with Redis they find a missing wildcard
+        check_wildcards("prompt", gen.prompt, config["WILDCARD_DIR"])
+        check_wildcards("negative_prompt", gen.negative_prompt, config["WILDCARD_DIR"])
     return gen
 
 

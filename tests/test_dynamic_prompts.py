@@ -257,3 +257,9 @@ def test_cli_prompts_file(tmp_path, capsys):
     bad.write_text("--steps lots\n")
     assert main(["generate", "--prompts-file", str(bad), "--model", "demo", "-o", str(out)]) != 0
     assert "prompts-file: line 1" in capsys.readouterr().err
+
+
+def test_what_a_template_draws_is_checked_as_a_prompt(engine, small_request):
+    with pytest.raises(ValidationError) as caught:
+        engine.generate(small_request(prompt="a {(fox:1.2.3)|(cat:x.y)}"))
+    assert caught.value.field == "prompt" and "is not a number" in caught.value.message

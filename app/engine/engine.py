@@ -203,6 +203,8 @@ class Engine:
         seeds, subseeds = request.batch_seeds()
         # {a|b}, __name__ (app/engine/dynamic_prompts.py): each image's prompts from its seed; None: no template
         prompts = resolve_prompts(request, seeds, self.wildcard_dir, self.limits)
+        for prompt, negative in dict.fromkeys(prompts or []):  # what they resolved to: A1111's syntax, lengths
+            replace(request, prompt=prompt, negative_prompt=negative).validate(self.limits, templates=False)
         if request.sd_upscale is not None:  # tiles of img2img, each one a generate call of its own
             from app.engine.sd_upscale import run_sd_upscale
 
@@ -348,7 +350,6 @@ class Engine:
 
         for k, ((prompt, negative), indices) in enumerate(groups.items()):
             part = replace(request, prompt=prompt, negative_prompt=negative, num_images=len(indices))
-            part = part.validate(self.limits, templates=False)  # what the template resolved to: A1111's syntax, lengths
 
             def step(info: StepInfo, k: int = k) -> None:
                 if on_step is not None:

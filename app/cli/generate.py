@@ -13,7 +13,8 @@ from app.engine.types import RANDN_SOURCES, GenerationRequest, ValidationError
 def add_parser(subparsers) -> None:
     d = GenerationRequest.defaults()  # the defaults live in one place: the request type
     p = subparsers.add_parser("generate", help="make images from a prompt")
-    p.add_argument("prompt")
+    p.add_argument("prompt", nargs="?", default="",
+                   help="the prompt; {a|b}, {2$$a|b|c} and __wildcard__ are drawn per image from its seed")
     p.add_argument("-o", "--output", default="output.png",
                    help="image path ending in .png, .jpg, .jpeg or .webp (the settings go in the PNG text or the "
                         "EXIF UserComment, as A1111 writes them); several images get -1, -2 ... (default: output.png)")
@@ -95,14 +96,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--controlnet", action="append", default=[], metavar="UNIT",
                    help="a ControlNet unit as key=value pairs, e.g. 'image=pose.png,model=NAME,module=canny,"
                         "weight=0.8,guidance_end=0.6' (the API's unit fields; image: a file; repeat for several)")
+    lines = p.add_argument_group("prompts from file (A1111's \"Prompts from file or textbox\")")
+    lines.add_argument("--prompts-file", metavar="FILE",
+                       help="one job per non-empty line: a prompt, or options as A1111's script reads them "
+                            "(--prompt \"...\" --negative_prompt \"...\" --steps 10 --cfg_scale 5 --seed 1 ...); "
+                            "a line's prompt joins the PROMPT argument; line k's images go to OUTPUT-k")
+    lines.add_argument("--iterate-seed", action="store_true", help="line k gets seed + k x images (a random seed "
+                                                                   "drawn once when there is none)")
+    lines.add_argument("--same-seed", action="store_true", help="every line the same seed (drawn once if random)")
+    lines.add_argument("--prompt-position", choices=("start", "end"), default="start",
+                       help="where a line's prompt goes around PROMPT (default: start)")
     add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from app.engine.engine import GenerationOutOfMemory, output_path, save_result
+    from app.engine.engine import output_path
 
     # Checked before the model loads: bad input fails in a second, not a minute.
     if args.strength is not None and not (args.init_image or args.enable_hr):
@@ -137,15 +146,45 @@ def run(args: argparse.Namespace) -> int:
     )
     from app.engine import upscalers
     from app.engine.faces import weights as face_weights
-    from app.models.loading import ModelLoadError
 
     face_weights.configure(args.face_dir)  # before validating: a model missing offline is refused there
     upscalers.configure(args.upscaler_dir)
     try:
-        request.validate()
+        requests = _line_requests(request, args) if args.prompts_file else [request.validate()]
     except ValidationError as exc:
         raise CLIError(str(exc)) from exc
     engine = load_engine(args)
+    for k, request in enumerate(requests, 1):
+        out = output if len(requests) == 1 else output.with_name(f"{output.stem}-{k}{output.suffix}")
+        code = _generate(engine, request, out, args)
+        if code:
+            return code
+    return 0
+
+
+def _line_requests(request: GenerationRequest, args: argparse.Namespace) -> list[GenerationRequest]:
+    """A request per line of the prompts file, each validated before the model loads."""
+    from dataclasses import fields
+
+    from app.engine.prompt_lines import line_values
+
+    try:
+        with open(args.prompts_file, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise CLIError(f"prompts-file: cannot read {args.prompts_file!r}: {exc.strerror}") from exc
+    base = {f.name: getattr(request, f.name) for f in fields(request)}
+    lines = line_values(base, text, iterate_seed=args.iterate_seed, same_seed=args.same_seed,
+                        position=args.prompt_position, field="prompts-file")
+    return [GenerationRequest(**values).validate() for values in lines]
+
+
+def _generate(engine, request: GenerationRequest, output, args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from app.engine.engine import GenerationOutOfMemory, save_result
+    from app.models.loading import ModelLoadError
+
     out_of_memory = None
     with tqdm(total=None, desc="Generating", unit="step", file=sys.stderr) as bar:
         def on_step(info):

@@ -15,10 +15,11 @@ from typing import Any, Callable, Iterator
 
 from app.engine.base import GenerationCancelled
 from app.engine.denoise import ModelWrappers
+from app.engine.dynamic_prompts import resolve_prompts, template_entries
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
 from app.engine.loras import LoraSet, split_lora_tags
-from app.engine.metadata import image_format, infotext, save_image
+from app.engine.metadata import image_format, infotext, save_image, with_templates
 from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
 from app.engine.types import (
     DEFAULT_LIMITS,
@@ -79,6 +80,8 @@ class EngineOptions:
                                          "<instance>/models/loras")
     controlnet_dir: str | None = _option(None, "folder of ControlNet models (diffusers folders, .safetensors files) "
                                                "for ControlNet units; Hub ids download on first use")
+    wildcard_dir: str | None = _option(None, "folder of wildcard files (name.txt, one option a line) for __name__ in "
+                                             "prompts; web app default: <instance>/wildcards")
     preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
                                                 "download of madebyollin/taesd) for sharper live previews; "
                                                 "none: the cheap linear preview")
@@ -110,6 +113,8 @@ class Engine:
         self.model_hash: str | None = None
         self.vae_hash: str | None = None
         self.last_control: Any = None  # the last run's ControlSet (which units ran at which step): for tests
+        self.wildcard_dir: str | None = None  # where __name__ in a prompt finds name.txt (app/engine/dynamic_prompts.py)
+        self.wildcards_from_app = False  # wildcard_dir was set by a web app it was handed to (app/web/__init__.py)
 
     @classmethod
     def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
@@ -136,6 +141,7 @@ class Engine:
         engine.embeddings = embeddings
         engine.lora_dir = options.lora_dir
         engine.vae = options.vae
+        engine.wildcard_dir = options.wildcard_dir
         engine.controlnets.folder = options.controlnet_dir
         if options.preview_decoder:
             engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
@@ -184,9 +190,16 @@ class Engine:
             from app.engine.extras import run_extras
 
             return run_extras(request, self.limits, on_step, cancel, self.model_name)
+        seeds, subseeds = request.batch_seeds()
+        # {a|b}, __name__ (app/engine/dynamic_prompts.py): each image's prompts from its seed; None: no template
+        prompts = resolve_prompts(request, seeds, self.wildcard_dir, self.limits)
+        for prompt, negative in dict.fromkeys(prompts or []):  # what they resolved to: A1111's syntax, lengths
+            replace(request, prompt=prompt, negative_prompt=negative).validate(self.limits, templates=False)
         if request.sd_upscale is not None:  # tiles of img2img, each one a generate call of its own
             from app.engine.sd_upscale import run_sd_upscale
 
+            if prompts is not None:  # the tiles share the image's prompt
+                request = replace(request, prompt=prompts[0][0], negative_prompt=prompts[0][1])
             return run_sd_upscale(self, request, on_step, cancel)
         for name in ("prompt", "negative_prompt"):
             skipped = unusable_embedding(getattr(request, name), self.embeddings)
@@ -201,12 +214,13 @@ class Engine:
         check_size(width, height, self.limits)  # a size taken from the model or init image too
         if request.enable_hr:
             check_hires_size(request, width, height, self.limits)
-        seeds, subseeds = request.batch_seeds()
         import torch
 
         with self._lock:
             detail = None
             try:
+                if prompts is not None:
+                    return self._run_templated(request, prompts, width, height, seeds, subseeds, on_step, cancel)
                 result = self._run(request, width, height, seeds, subseeds, on_step, cancel)
                 return self._finish_faces(result, subseeds, cancel)
             except torch.OutOfMemoryError as exc:
@@ -301,6 +315,53 @@ class Engine:
                 raise GenerationCancelled(0, progress["total"])
             raise GenerationCancelled(progress["done"], progress["total"], partial=result)
         return result
+
+    def _run_templated(self, request: GenerationRequest, prompts: list[tuple[str, str]], width: int, height: int,
+                       seeds: list[int], subseeds: list[int], on_step: StepCallback | None,
+                       cancel: threading.Event | None) -> GenerationResult:
+        """A template request: the images that resolved to the same prompts run as one batch with their own
+        seeds (each image's noise comes from its own seed, so it is the image the whole batch would give it),
+        in the order of the images; the infotexts keep the templates as sd-dynamic-prompts writes them."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, pair in enumerate(prompts):
+            groups.setdefault(pair, []).append(i)
+        entries = template_entries(request.prompt, request.negative_prompt)
+        done: dict[int, tuple[Any, str, list]] = {}  # image index -> (image, infotext, step frames)
+        control_maps: list = []
+        started = time.perf_counter()
+
+        def combined() -> GenerationResult:
+            order = sorted(done)
+            return GenerationResult(images=[done[i][0] for i in order], seeds=[seeds[i] for i in order],
+                                    infotexts=[done[i][1] for i in order], request=request, model=self.model_name,
+                                    width=width, height=height, seconds=time.perf_counter() - started,
+                                    step_images=[done[i][2] for i in order] if request.save_steps else [],
+                                    control_maps=control_maps)
+
+        for k, ((prompt, negative), indices) in enumerate(groups.items()):
+            part = replace(request, prompt=prompt, negative_prompt=negative, num_images=len(indices))
+
+            def step(info: StepInfo, k: int = k) -> None:
+                if on_step is not None:
+                    on_step(replace(info, step=k * info.total + info.step, total=len(groups) * info.total))
+
+            try:
+                result = self._run(part, width, height, [seeds[i] for i in indices], [subseeds[i] for i in indices],
+                                   step, cancel)
+                result = self._finish_faces(result, [subseeds[i] for i in indices], cancel)
+            except GenerationCancelled as exc:
+                if exc.partial is not None:
+                    self._keep(done, indices, exc.partial, entries)
+                raise GenerationCancelled(exc.step, exc.total, combined() if done else None) from None
+            self._keep(done, indices, result, entries)
+            control_maps += result.control_maps
+        return combined()
+
+    @staticmethod
+    def _keep(done: dict, indices: list[int], result: GenerationResult, entries: dict[str, str]) -> None:
+        frames = result.step_images or [[] for _ in result.images]
+        for i, image, text, steps in zip(indices, result.images, result.infotexts, frames):
+            done[i] = (image, with_templates(text, entries), steps)
 
     def _finish_faces(self, result: GenerationResult, subseeds: list[int],
                       cancel: threading.Event | None) -> GenerationResult:

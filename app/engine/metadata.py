@@ -18,6 +18,9 @@ PARAMETERS_KEY = "parameters"
 # The file types an image can be saved as, by suffix.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 LOSSY_QUALITY = 90  # JPEG and WebP
+# sd-dynamic-prompts' infotext lines after the settings: the templates an image's prompts were drawn from
+TEMPLATE_LABEL = "Template"
+NEGATIVE_TEMPLATE_LABEL = "Negative Template"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\0"  # EXIF's character code for UCS-2; A1111 (piexif) writes big-endian after it
@@ -126,6 +129,34 @@ def read_parameters(image: Image.Image) -> str | None:
     return None
 
 
+def with_templates(infotext: str, entries: dict[str, str]) -> str:
+    """The infotext with ``Template: ...`` and ``Negative Template: ...`` lines after it, as the
+    extension writes them."""
+    return infotext + "".join(f"\n{key}: {value}" for key, value in entries.items())
+
+
+def split_templates(text: str) -> tuple[str, dict[str, str]]:
+    """An infotext without its template lines, and those lines' values by key. The template lines
+    follow the settings line: a line starting ``Template:`` or ``Negative Template:`` right after a line
+    of settings begins them."""
+    lines = text.rstrip("\n").split("\n")
+    labels = (TEMPLATE_LABEL + ":", NEGATIVE_TEMPLATE_LABEL + ":")
+    start = next((i for i in range(1, len(lines)) if lines[i].startswith(labels)
+                  and lines[i - 1].count(": ") >= 3), None)
+    if start is None:
+        return text, {}
+    found: dict[str, list[str]] = {}
+    key = None
+    for line in lines[start:]:
+        label = next((lb for lb in labels if line.startswith(lb)), None)
+        if label is not None:
+            key = label[:-1]
+            found[key] = [line[len(label):].lstrip()]
+        elif key is not None:
+            found[key].append(line)
+    return "\n".join(lines[:start]), {k: "\n".join(v).strip() for k, v in found.items()}
+
+
 # A value is plain text up to the next comma, or a JSON string (A1111's ``quote``; see Quoted).
 _SETTING = re.compile(r'\s*([^:,]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -135,7 +166,9 @@ def parse_infotext(text: str) -> dict:
     as A1111's ``parse_generation_parameters`` does: the last line is the
     settings if it holds at least three ``key: value`` pairs, each other line
     is stripped, and a line starting ``Negative prompt:`` begins the negative
-    prompt. (Prompts holding that separator are refused at validation.)"""
+    prompt. (Prompts holding that separator are refused at validation.) sd-dynamic-prompts' lines after
+    the settings (``Template:``, ``Negative Template:``) are read as those keys."""
+    text, templates = split_templates(text.strip())
     lines = text.strip().split("\n")
     settings_line = lines[-1] if len(_SETTING.findall(lines[-1])) >= 3 else ""
     body = lines[:-1] if settings_line else lines
@@ -150,6 +183,7 @@ def parse_infotext(text: str) -> dict:
         (negative if in_negative else prompt).append(line)
     result = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
     result.update({k.strip(): _unquote(v.strip()) for k, v in _SETTING.findall(settings_line)})
+    result.update(templates)
     if "Sampler" in result and "Schedule type" not in result:
         # Old infotexts name the schedule in the sampler ("DPM++ 2M Karras"); read them as 1.9+ writes them.
         # ``from_infotext(Sampler, Schedule type)`` gives the request's scheduler value back.
@@ -174,7 +208,9 @@ def request_from_infotext(text: str) -> dict:
     without it was made with A1111's default source, GPU), sampler settings, hires fix, inpainting,
     variation seeds. Keys the infotext lacks are left out; values it cannot give are left out too."""
     p = parse_infotext(text)
-    out: dict = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"]}
+    # An image of a dynamic-prompt template gives the template back: with the seed, the same prompt again
+    out: dict = {"prompt": p.get(TEMPLATE_LABEL, p["prompt"]),
+                 "negative_prompt": p.get(NEGATIVE_TEMPLATE_LABEL, p["negative_prompt"])}
 
     def number(key: str, kind: type = float) -> float | int | None:
         try:

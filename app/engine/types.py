@@ -135,9 +135,11 @@ class GenerationRequest:
     # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
     controlnet: list[dict] = field(default_factory=list)
 
-    def validate(self, limits: Limits = DEFAULT_LIMITS) -> "GenerationRequest":
+    def validate(self, limits: Limits = DEFAULT_LIMITS, templates: bool = True) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
-        Returns self with the scheduler name made canonical."""
+        Returns self with the scheduler name made canonical. ``templates``: the prompts may be
+        dynamic-prompt templates, checked as such (False: prompts a template resolved to, whose
+        braces are text)."""
         if self.extras is not None:  # a postprocessing job: no prompt, steps or sampler to check
             from app.engine.extras import validate_extras
 
@@ -147,6 +149,11 @@ class GenerationRequest:
         if not self.prompt.strip():
             raise ValidationError("prompt", self.prompt, "must not be empty")
         check_text("negative_prompt", self.negative_prompt, limits)
+        if templates:  # {a|b} and __name__ (app/engine/dynamic_prompts.py): the syntax and bounds, files aside
+            from app.engine.dynamic_prompts import template_problem
+
+            template_problem("prompt", self.prompt)
+            template_problem("negative_prompt", self.negative_prompt)
         # <lora:name:weight> tags (app/engine/loras.py): the prompt's are checked here and taken out
         # before the syntax check; the negative prompt's are refused (A1111 reads them from the prompt only).
         try:

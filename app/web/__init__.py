@@ -188,13 +188,29 @@ def _derive_lora_dir(app: Flask) -> bool:
     return True
 
 
+def _share_wildcard_dir(app: Flask) -> None:
+    """An ENGINE handed in (notebooks, tests) resolves templates with the app's WILDCARD_DIR: its own
+    folder when the setting is unset and it was loaded with one, else the setting (by default
+    <instance>/wildcards), so the page's folder and the engine's are one."""
+    engine = None if app.config["REDIS_URL"] else app.config["ENGINE"]
+    if engine is None or not hasattr(engine, "wildcard_dir"):
+        return
+    if engine.wildcard_dir != app.config["WILDCARD_DIR"]:
+        engine.wildcard_dir = app.config["WILDCARD_DIR"]
+        engine.wildcards_from_app = True
+
+
 def _derive_settings(app: Flask) -> None:
     config = app.config
     engine_decides = _derive_lora_dir(app)  # an ENGINE handed in decides LORA_DIR
+    engine = None if config["REDIS_URL"] else config["ENGINE"]
+    if engine is not None and config["WILDCARD_DIR"] is None and not getattr(engine, "wildcards_from_app", True):
+        config["WILDCARD_DIR"] = engine.wildcard_dir  # the engine's own folder (EngineOptions.wildcard_dir)
     for name, inside in INSTANCE_PATHS.items():  # a path setting left None: in the instance folder
         if config[name] is None and not (name == "LORA_DIR" and engine_decides):
             # (only the SQLite backend creates DATABASE)
             config[name] = os.path.join(app.instance_path, *inside.split("/"))
+    _share_wildcard_dir(app)
     from app.engine.faces import weights as face_weights
 
     face_weights.configure(config["FACE_DIR"])  # process-wide: the face models are shared by every engine

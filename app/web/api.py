@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from app.engine.prompt_lines import line_values
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError
 from app.jobs.base import READY
@@ -54,7 +55,7 @@ def _job_values() -> tuple[dict, object, object]:
     else:
         values = json_object(" or a form")
     for key in values:
-        if key not in FIELDS:
+        if key not in FIELDS and key not in LINE_FIELDS:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
     init, mask = values.pop("init_image", None), values.pop("mask", None)
     for name, value in (("init_image", init), ("mask", mask)):
@@ -91,11 +92,41 @@ def _from_form(name: str, text: str):
 
 # --- routes --------------------------------------------------------------------------
 
+# "Prompts from file or textbox" on the native API (app/engine/prompt_lines.py): these fields beside the
+# request's, one job per line of prompt_lines.
+LINE_FIELDS = ("prompt_lines", "iterate_seed", "same_seed", "prompt_position")
+
+
 @bp.post("/jobs")
 def submit_job():
     values, init, mask = _job_values()
+    lines = {k: values.pop(k) for k in LINE_FIELDS if k in values}
+    if lines:
+        return _submit_lines(values, lines, init, mask)
     job = enqueue(build_request(values, init, mask))
     return jsonify({"ok": True, "job": job_json(job)}), 202
+
+
+def _submit_lines(values: dict, lines: dict, init, mask):
+    """One job per line, every line checked before any is queued. Past the client's queue allowance the
+    lines queued so far stay queued and the answer says which line was refused and why."""
+    if "prompt_lines" not in lines:
+        raise ApiError(400, f"prompt_lines: is required with {', '.join(sorted(lines))}", "prompt_lines", None)
+    values.setdefault("prompt", "")
+    per_line = line_values(values, lines["prompt_lines"], iterate_seed=lines.get("iterate_seed") in (True, "true", "on"),
+                           same_seed=lines.get("same_seed") in (True, "true", "on"),
+                           position=lines.get("prompt_position") or "start", field="prompt_lines")
+    requests = [build_request(line, init, mask) for line in per_line]
+    jobs: list[Job] = []
+    for n, gen in enumerate(requests, 1):
+        try:
+            jobs.append(enqueue(gen))
+        except ApiError as exc:
+            if not jobs:
+                raise
+            return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs],
+                            "not_queued": {"line": n, "lines": len(requests), "error": exc.message}}), 202
+    return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]}), 202
 
 
 @bp.get("/jobs")

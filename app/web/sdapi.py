@@ -23,6 +23,8 @@ from flask import Blueprint, current_app, jsonify, request
 from app.engine.embeddings import a1111_listing
 from app.engine.embeddings import scan as scan_embeddings
 from app.engine.metadata import parse_infotext, request_from_infotext
+from app.engine.prompt_lines import SCRIPT_TITLE as PROMPT_LINES
+from app.engine.prompt_lines import line_values
 from app.engine.schedulers import (
     AUTOMATIC,
     DEFAULT_SCHEDULER,
@@ -231,6 +233,8 @@ SD_UPSCALE = "sd upscale"  # A1111's script title, as /sdapi/v1/scripts lists it
 
 def _run(body: dict, img2img: bool):
     script = body.get("script_name")
+    if isinstance(script, str) and script.strip().lower() == PROMPT_LINES:
+        return _run_prompt_lines(body, img2img)
     sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
     refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale else body, img2img)
     overrides = body.get("override_settings") or {}
@@ -251,6 +255,45 @@ def _run(body: dict, img2img: bool):
     if body.get("include_init_images"):
         parameters["init_images"] = body.get("init_images")
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(_info(job, img2img))})
+
+
+def _run_prompt_lines(body: dict, img2img: bool):
+    """A1111's "Prompts from file or textbox" (app/engine/prompt_lines.py): ``script_args`` [iterate seed,
+    same seed, prompt position, text] (A1111 1.6+) or [iterate seed, same seed, text]. Every line is
+    checked before the first is queued; then one job per line, each queued when the one before it ended
+    (a client's queue allowance is small), as A1111 runs them one after another. The answer holds every
+    line's images and infotexts; an interrupted line ends the run."""
+    args = body.get("script_args") or []
+    if not isinstance(args, list) or len(args) not in (3, 4):
+        raise ApiError(400, "script_args: must be [iterate_seed, same_seed, prompt_position, prompt_text] or "
+                            "[iterate_seed, same_seed, prompt_text]", "script_args", args)
+    iterate, same, *rest = args
+    position, text = (rest if len(rest) == 2 else ["start", rest[0]])
+    refuse_unsupported({k: v for k, v in body.items() if k not in ("script_name", "script_args")}, img2img)
+    overrides = body.get("override_settings") or {}
+    choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
+    base = _generation_values(body, img2img)
+    lines = line_values(base, text, iterate_seed=bool(iterate), same_seed=bool(same),
+                        position=str(position).lower(), field="script_args")
+    init = _init_image(body) if img2img else None
+    mask = body.get("mask") if img2img else None
+    for values in lines:  # all checked first: a bad line queues nothing
+        build_request(values, init, mask)
+    jobs = []
+    for values in lines:
+        jobs.append(_queue_and_wait(build_request(values, init, mask), choice))
+        if jobs[-1].state == CANCELLED:
+            break
+    images = [b64 for job in jobs for b64 in _images_b64(job)]
+    info = _info(jobs[0], img2img)
+    infotexts = [im["infotext"] for job in jobs for im in job.images]
+    info.update({"prompt": base["prompt"], "negative_prompt": base["negative_prompt"],
+                 "all_prompts": [p for job in jobs for p in _info(job, img2img)["all_prompts"]],
+                 "all_negative_prompts": [p for job in jobs for p in _info(job, img2img)["all_negative_prompts"]],
+                 "all_seeds": [im["seed"] for job in jobs for im in job.images], "infotexts": infotexts,
+                 "job_ids": [job.id for job in jobs], "interrupted": jobs[-1].state == CANCELLED})
+    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
 def _queue_and_wait(gen, choice: ModelChoice | None) -> Job:
@@ -317,9 +360,13 @@ def _info(job: Job, img2img: bool) -> dict:
     p = job.params
     seeds = [im["seed"] for im in job.images] or [p["seed"] + i for i in range(p["num_images"])]
     n = len(seeds)
+    # Each image's own prompts: a dynamic-prompt template (app/engine/dynamic_prompts.py) draws them per image
+    drawn = [parse_infotext(im["infotext"]) for im in job.images]
+    drawn = drawn if any("Template" in d or "Negative Template" in d for d in drawn) else []
     return {
-        "prompt": p["prompt"], "all_prompts": [p["prompt"]] * n,
-        "negative_prompt": p["negative_prompt"], "all_negative_prompts": [p["negative_prompt"]] * n,
+        "prompt": p["prompt"], "all_prompts": [d["prompt"] for d in drawn] or [p["prompt"]] * n,
+        "negative_prompt": p["negative_prompt"],
+        "all_negative_prompts": [d["negative_prompt"] for d in drawn] or [p["negative_prompt"]] * n,
         "seed": seeds[0], "all_seeds": seeds, "subseed": _subseed(p), "all_subseeds": [_subseed(p, i) for i in range(n)],
         "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"], "height": p["height"], "sampler_name": split_name(p["scheduler"])[0],
@@ -492,9 +539,11 @@ def schedulers():
 
 @bp.get("/scripts")
 def scripts():
-    # The scripts this server honours, A1111's titles in lower case: SD upscale is chosen by script_name,
+    # The scripts this server honours, A1111's titles in lower case: SD upscale and prompts from file are
+    # chosen by script_name,
     # ControlNet and ADetailer run through alwayson_scripts.
-    return jsonify({"txt2img": ["controlnet", "adetailer"], "img2img": [SD_UPSCALE, "controlnet", "adetailer"]})
+    return jsonify({"txt2img": [PROMPT_LINES, "controlnet", "adetailer"],
+                    "img2img": [SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
 
 
 @bp.get("/options")

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from flask import Flask, current_app
 
 from app.engine.controlnet import UNIT_IMAGES
+from app.engine.dynamic_prompts import check_wildcards
 from app.engine.types import GenerationRequest, ValidationError, field_names, floor_size
 from app.jobs.base import Backend, ModelChoice
 from app.jobs.job import DONE, Job, QueueFull
@@ -103,6 +104,9 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
         mask = decode_mask(mask_value, config)
     gen = GenerationRequest(init_image=init, mask=mask, **values).validate(engine_limits(config))
     check_loras(gen)  # every <lora:name> names a usable file, before anything is queued
+    if not config["REDIS_URL"]:  # the workers' folder is theirs: with Redis they find a missing wildcard
+        check_wildcards("prompt", gen.prompt, config["WILDCARD_DIR"])
+        check_wildcards("negative_prompt", gen.negative_prompt, config["WILDCARD_DIR"])
     return gen
 
 

@@ -28,9 +28,13 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.engine.base import Limits, ValidationError
 from app.engine.metadata import NEGATIVE_TEMPLATE_LABEL, TEMPLATE_LABEL
-from app.engine.types import GenerationRequest, Limits, ValidationError
+
+if TYPE_CHECKING:  # types.py's validation calls this module
+    from app.engine.types import GenerationRequest
 
 MAX_TEMPLATE_DEPTH = 8  # variants and wildcards inside one another
 MAX_VARIANT_OPTIONS = 1000  # options of one {...}

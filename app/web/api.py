@@ -17,6 +17,7 @@ from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras, lora_infos
 from app.web.settings import engine_limits, public_limits
+from app.web.slow import read_slowly
 from app.web.styles import styled_values
 from app.web.timing import timing
 from app.web.uploads import decode_init_image, decode_mask
@@ -337,6 +338,15 @@ def list_models():
     listing = [{"name": m["model_name"], "id": m["title"], "hash": m["hash"], "selected": m["title"] == state["selected"],
                 "loaded": m["filename"] == loaded.id and loaded.state == READY} for m in state.pop("models")]
     return jsonify({"ok": True, "models": listing, **state})
+
+
+@bp.post("/models/refresh")
+def refresh_models():
+    """Read the checkpoint and VAE folders again (what /sdapi/v1/refresh-checkpoints and refresh-vae
+    do), for the page's Refresh button; answers with the state as GET /api/models gives it."""
+    read_slowly("refresh-checkpoints", models.catalogue().refresh_checkpoints)  # a slow mount: the last list
+    read_slowly("refresh-vae", models.catalogue().refresh_vaes)
+    return list_models()
 
 
 @bp.post("/model")

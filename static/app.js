@@ -23,7 +23,7 @@
   }
 
   // ---------------------------------------------------------------- health
-  var health = { state: null, onReady: [], onState: [] };
+  var health = { state: null, onReady: [], onState: [], timer: null };
 
   function renderHealth(data) {
     var state = data.model_state || "loading";
@@ -44,15 +44,22 @@
     health.state = state;
   }
 
+  // One chain of polls: an early call (T2I.checkHealth) replaces the next scheduled one.
   function pollHealth() {
+    window.clearTimeout(health.timer);
     api("GET", "/api/health").then(function (result) {
       if (result.ok) renderHealth(result.data);
       var wait = health.state === "ready" ? HEALTH_READY_MS : HEALTH_LOADING_MS;
-      window.setTimeout(pollHealth, wait);
+      window.clearTimeout(health.timer);
+      health.timer = window.setTimeout(pollHealth, wait);
     }, function () {
-      window.setTimeout(pollHealth, HEALTH_READY_MS);
+      window.clearTimeout(health.timer);
+      health.timer = window.setTimeout(pollHealth, HEALTH_READY_MS);
     });
   }
+
+  // static/models.js calls this after a switch: the header names the new model at once.
+  T2I.checkHealth = function () { if ($("model-status")) pollHealth(); };
 
   // ------------------------------------------------------------------ form
   function GeneratePage(form) {
@@ -90,6 +97,8 @@
       button.addEventListener("click", function () { self.aspect(button.getAttribute("data-aspect")); });
     });
     $("swap-size").addEventListener("click", function () { self.swapSize(); });
+    this.shortcutHint();
+    this.keepFocusInSight();
     this.history = new PromptHistory(this);
     // A PNG dropped anywhere on the form, or pasted anywhere on the page, fills the form from its settings.
     this.form.addEventListener("dragover", function (event) {
@@ -125,6 +134,27 @@
     health.onState.push(function (state) { self.modelState(state); });
   };
 
+  // The shortcut as this keyboard writes it: ⌘ on a Mac (and an iPad's keyboard).
+  GeneratePage.prototype.shortcutHint = function () {
+    var platform = (navigator.userAgentData && navigator.userAgentData.platform) || navigator.platform || "";
+    if (/mac|iphone|ipad/i.test(platform)) $("generate-keys").querySelector("kbd").textContent = "⌘";
+  };
+
+  // The sticky prompt bar (or Generate bar, on phones) must not cover what gets the focus or
+  // is scrolled to: the page's scroll padding is its height (WCAG 2.4.11, focus not obscured).
+  GeneratePage.prototype.keepFocusInSight = function () {
+    var bar = $("prompt-bar");
+    var update = function () {
+      var sticky = [bar, bar.querySelector(".generate-bar")].filter(function (node) {
+        return window.getComputedStyle(node).position === "sticky";
+      })[0];
+      document.documentElement.style.scrollPaddingTop = sticky ? sticky.offsetHeight + 8 + "px" : "";
+    };
+    if (window.ResizeObserver) new ResizeObserver(update).observe(bar);
+    window.addEventListener("resize", update);
+    update();
+  };
+
   // A model that failed to load cannot run anything: Generate says why it is off.
   GeneratePage.prototype.modelState = function (state) {
     this.modelFailed = state === "failed";
@@ -154,9 +184,34 @@
   };
 
   GeneratePage.prototype.clearFieldError = function (input) {
+    if (!input.hasAttribute("aria-invalid")) return;
     input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-errormessage");
+    var message = $(input.id + "-error");
+    if (message) message.remove();
+    var described = (input.getAttribute("aria-describedby") || "").split(" ").filter(function (id) {
+      return id && id !== input.id + "-error";
+    }).join(" ");
+    if (described) input.setAttribute("aria-describedby", described);
+    else input.removeAttribute("aria-describedby");
     var field = input.closest(".field");
     if (field) field.classList.remove("invalid");
+  };
+
+  // The message at the field itself (the field may be far from Generate): under the outlined
+  // box, named by its aria-describedby, and the focus moved there (closed sections opened).
+  GeneratePage.prototype.markField = function (input, text) {
+    this.clearFieldError(input);
+    var field = input.closest(".field");
+    var message = el("p", { class: "field-error", id: input.id + "-error", text: text });
+    if (field) { field.classList.add("invalid"); field.appendChild(message); }
+    else input.insertAdjacentElement("afterend", message);
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-errormessage", message.id);
+    input.setAttribute("aria-describedby",
+                       ((input.getAttribute("aria-describedby") || "") + " " + message.id).trim());
+    for (var node = input.closest("details"); node; node = node.parentElement.closest("details")) node.open = true;
+    input.focus();
   };
 
   // Show an API error (the one JSON error shape) and mark its field.
@@ -174,13 +229,7 @@
     // The hires pass's denoising strength is the request's strength, in its own box when hires is on.
     if (id === "strength" && !this.initImage && $("enable_hr").checked) id = "hr_strength";
     var input = id && (this.config.fields || []).indexOf(data.field) >= 0 ? $(id) : null;
-    if (input) {
-      input.setAttribute("aria-invalid", "true");
-      input.setAttribute("aria-errormessage", "form-error");
-      var field = input.closest(".field");
-      if (field) field.classList.add("invalid");
-      input.focus();
-    }
+    if (input) this.markField(input, text);
   };
 
   function numberOrNull(id, parse) {
@@ -323,6 +372,21 @@
     show($("init-preview"), true);
     show($("init-tools"), true);
     $("strength").disabled = false;
+    this.hiresAvailable(false);
+  };
+
+  // Hires fix is a txt2img pass: the server refuses enable_hr with an init image (AUTOMATIC1111's
+  // img2img has no hires pass and ignores it). While one is set, the section is off and says why;
+  // the boxes keep their values for when the image is removed.
+  GeneratePage.prototype.hiresAvailable = function (available) {
+    var section = $("hires-section");
+    section.querySelectorAll("input, select").forEach(function (input) { input.disabled = !available; });
+    section.classList.toggle("off", !available);
+    show($("hires-off"), !available);
+    $("hires-hint").textContent = available ? "(without an init image: generate, upscale, refine)"
+      : "(off while an init image is set)";
+    if (available) $("enable_hr").removeAttribute("aria-describedby");
+    else $("enable_hr").setAttribute("aria-describedby", "hires-off");
   };
 
   // "Send to img2img": an image of this server (a result, a gallery image) becomes the init image.
@@ -410,6 +474,7 @@
     show($("init-tools"), false);
     this.mask.reset(null);
     $("strength").disabled = true;
+    this.hiresAvailable(true);
   };
 
   // Generate is off only while a request is on its way (no double submits) or

@@ -1,4 +1,4 @@
-"""WCAG 2.1 AA in a real browser: axe-core (the copy bundled with
+"""WCAG 2.2 AA in a real browser: axe-core (the copy bundled with
 axe-playwright-python) checks every page and its main states in the light and
 the dark colour scheme; keyboard-only use is driven with real key presses."""
 from __future__ import annotations
@@ -186,15 +186,15 @@ def test_keyboard_only_reaches_every_control_and_submits_with_ctrl_enter(serve, 
 
 def test_keyboard_only_from_the_login_page_to_a_finished_image(serve, browser):  # noqa: F811
     """Only key presses: Tab to the password, type it, Enter; Tab to the prompt, type, Tab on
-    to the size and steps and to Generate, Enter; the finished image is announced."""
+    to the size and steps, back (Shift+Tab) to Generate, Enter; the finished image is announced."""
     server = serve(PASSWORD="open sesame")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
 
-    def tab_to(element_id: str, limit: int = 40) -> None:
+    def tab_to(element_id: str, limit: int = 40, key: str = "Tab") -> None:
         for _ in range(limit):
-            page.keyboard.press("Tab")
+            page.keyboard.press(key)
             if page.evaluate("() => document.activeElement.id") == element_id:
                 return
         raise AssertionError(f"Tab never reached #{element_id}")
@@ -212,7 +212,7 @@ def test_keyboard_only_from_the_login_page_to_a_finished_image(serve, browser): 
             tab_to(field)
             page.keyboard.press("Control+A")
             page.keyboard.type(value)
-        tab_to("generate")
+        tab_to("generate", key="Shift+Tab")  # Generate sits under the prompts, above the settings
         page.keyboard.press("Enter")
         page.wait_for_selector("#job[data-state=done]")
         assert page.text_content("#job-announce").startswith("Done: 1 image")

@@ -310,6 +310,26 @@ def test_webuiapi_lists_refreshes_and_switches_models(switch_app, model_dirs, tm
         assert result.info["sd_model_name"] == "sd-b"
 
 
+
+def test_the_native_refresh_lists_files_added_to_the_folders(switch_app, model_dirs, tmp_path):
+    """POST /api/models/refresh (the page's Refresh button) reads both folders again and answers
+    the state GET /api/models gives."""
+    import shutil
+
+    folder, vaes = tmp_path / "checkpoints", tmp_path / "vae"
+    shutil.copytree(model_dirs["checkpoints"] / "sd-a", folder / "sd-a")
+    vaes.mkdir()
+    app = switch_app(CHECKPOINT_DIR=str(folder), VAE_DIR=str(vaes), START_WORKER=False)
+    client = app.test_client()
+    assert [m["id"] for m in client.get("/api/models").get_json()["models"]] == ["demo", "sd-a"]
+    shutil.copytree(model_dirs["checkpoints"] / "sd-b", folder / "sd-b")
+    shutil.copy(model_dirs["vae"] / "tiny.safetensors", vaes / "tiny.safetensors")
+    answer = client.post("/api/models/refresh")
+    assert answer.status_code == 200
+    state = answer.get_json()
+    assert state["ok"] and "sd-b" in [m["id"] for m in state["models"]] and "tiny.safetensors" in state["vaes"]
+    assert state["selected"] == "demo"  # a refresh switches nothing
+
 # --- memory: one model at a time --------------------------------------------------------------
 
 RSS_SCRIPT = r"""

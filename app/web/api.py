@@ -25,6 +25,7 @@ from app.web.service import (
     job_json,
 )
 from app.web.settings import public_limits
+from app.web.slow import read_slowly
 from app.web.waiting import RETRY_AFTER, wait_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -269,6 +270,15 @@ def list_models():
     listing = [{"name": m["model_name"], "id": m["title"], "hash": m["hash"], "selected": m["title"] == state["selected"],
                 "loaded": m["filename"] == loaded.id and loaded.state == READY} for m in state.pop("models")]
     return jsonify({"ok": True, "models": listing, **state})
+
+
+@bp.post("/models/refresh")
+def refresh_models():
+    """Read the checkpoint and VAE folders again (what /sdapi/v1/refresh-checkpoints and refresh-vae
+    do), for the page's Refresh button; answers with the state as GET /api/models gives it."""
+    read_slowly("refresh-checkpoints", models.catalogue().refresh_checkpoints)  # a slow mount: the last list
+    read_slowly("refresh-vae", models.catalogue().refresh_vaes)
+    return list_models()
 
 
 @bp.post("/model")

@@ -123,6 +123,9 @@ class EngineSlot:
             if self.engine is None:
                 return
             logger.info("unloading %s", self.engine.model_name)
+            close = getattr(self.engine, "close", None)  # its background compile, if any, stops (fakes have none)
+            if close is not None:
+                close()
             self.engine = None
             if self._on_unload is not None:
                 self._on_unload()

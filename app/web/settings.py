@@ -107,6 +107,7 @@ INSTANCE_PATHS: dict[str, str] = {
     "UPSCALER_DIR": "models/upscalers",
     "FACE_DIR": "models/faces",
     "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
+    "COMPILE_CACHE_DIR": "compile-cache",
 }
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

@@ -180,7 +180,7 @@ class Engine:
         return "off" if self.compiled is None else self.compiled.status
 
     def close(self) -> None:
-        """The engine is being dropped: no more compiles."""
+        """The engine is being dropped: no more compiles (one under way is waited for)."""
         if self.compiled is not None:
             self.compiled.stop()
 

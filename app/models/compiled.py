@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 COMPILE_CHOICES = ("off", "on", "auto")
 MAX_SHAPES = 4  # below Dynamo's recompile limit (8): every shape keeps its graph
 TOKENS = 77  # one CLIP chunk: the prompt length of nearly every job
+# Dynamo is process-wide (its compile stance, its caches, code shared by every UNet): one thread in it at
+# a time, whichever engine it works for (a model switch drops one while the next may start compiling).
+_DYNAMO = threading.Lock()
 
 
 def wants_compile(choice: str, device: str, cpu_offload: bool = False) -> bool:
@@ -166,7 +169,6 @@ class CompiledUNet:
 
         self.unet, self.cache, self.max_shapes = unet, cache, max_shapes
         self._compiled = torch.compile(unet, dynamic=False, fullgraph=True)
-        self._dynamo = threading.Lock()  # one thread in Dynamo at a time (module docstring)
         self._state = threading.Lock()  # guards the sets below against the worker's and the compiler's threads
         self._asked: set[Shape] = set()  # queued, compiling or compiled
         self._ready: set[Shape] = set()
@@ -213,16 +215,24 @@ class CompiledUNet:
         return True
 
     def stop(self) -> None:
-        """No more compiles (the engine is dropped); one under way finishes."""
+        """No more compiles: the engine is being dropped. Waits for a compile under way, then drops
+        Dynamo's compiled code (every entry counts towards its recompile limit, and the next model
+        compiles its own)."""
+        import torch
+
         with self._state:
             self._stopped = True
+            started = self._thread is not None
         self._queue.put(None)
+        if started:
+            with _DYNAMO:
+                torch._dynamo.reset()
 
     def __call__(self, sample: Any, timestep: Any, encoder_hidden_states: Any) -> Any:
         shape = Shape(tuple(sample.shape), tuple(encoder_hidden_states.shape))
         if shape not in self._ready:
             self.ask(shape)
-        elif self._dynamo.acquire(blocking=False):  # else the compiler is in Dynamo: eager this once
+        elif _DYNAMO.acquire(blocking=False):  # else the compiler is in Dynamo: eager this once
             try:
                 import torch
 
@@ -235,7 +245,7 @@ class CompiledUNet:
                 if "fail_on_recompile" not in str(exc):
                     raise
             finally:
-                self._dynamo.release()
+                _DYNAMO.release()
         self.calls["eager"] += 1
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
@@ -258,7 +268,9 @@ class CompiledUNet:
 
         param = next(self.unet.parameters())
         device, dtype = param.device, param.dtype
-        with self._dynamo:
+        with _DYNAMO:
+            if self._stopped:
+                return
             if not self._cache_loaded and self.cache is not None:
                 self._cache_loaded = True
                 loaded = self.cache.load()

@@ -178,3 +178,17 @@ def test_cache_key_names_device_torch_and_architecture():
     assert key.startswith("cpu-") and f"torch{torch.__version__.replace('+', '-')}" in key
     assert cache_key(build_demo_pipeline(seed=1).unet, "cpu") == key  # weights are inputs, not the key
     assert cache_key(unet.to(torch.bfloat16), "cpu") != key
+
+
+def test_web_app_keeps_the_cache_in_its_instance_folder(app):
+    assert app.config["COMPILE_CACHE_DIR"] == os.path.join(app.instance_path, "compile-cache")
+
+
+def test_drive_model_cache_holds_the_compile_cache_too(tmp_path, monkeypatch):
+    from app.notebook.drive import cache_model_on
+    from app.web.settings import from_environ
+
+    monkeypatch.delenv("T2I_COMPILE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    cache_model_on(tmp_path, say=lambda _: None)
+    assert from_environ()["COMPILE_CACHE_DIR"] == str(tmp_path / "compile-cache")

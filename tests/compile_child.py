@@ -20,4 +20,5 @@ engine = Engine.load(EngineOptions(model="demo", device="cpu", compile="on", com
                      compile_sizes=((64, 64),))
 assert engine.compiled.wait(timeout=1800), "no compile within 30 minutes"
 print(json.dumps({"status": engine.compile_status, "seconds": sum(engine.compiled.seconds.values()),
+                  "cpu_seconds": sum(engine.compiled.cpu_seconds.values()),
                   "files": [p.name for p in engine.compiled.cache.files()]}))

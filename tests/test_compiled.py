@@ -3,7 +3,7 @@ demo model: Inductor builds C++ kernels here as it builds Triton ones on a GPU.
 
 One compile of the demo UNet at 64x64 in a fresh process
 (tests/compile_child.py) writes the compile cache; this process then loads
-that cache, compiles the same shape, and must be faster. Each uses its own
+that cache, compiles the same shape, and must do less work. Each uses its own
 empty Inductor cache folder, so the cache file is the only thing they share.
 A compile takes about a minute on 2 busy cores (the first two or three)."""
 from __future__ import annotations
@@ -78,9 +78,14 @@ def test_second_process_compiles_faster_from_the_cache(compiled):
     assert first["status"] == "compiled"
     assert first["files"] == [f"unet-{key}-{shape.name}.bin"]
     assert engine.compiled.cache.path(shape).is_file()
-    second = engine.compiled.seconds[shape]
-    print(f"\nUNet compile at 64x64 on the CPU: {first['seconds']:.1f} s cold, {second:.1f} s from the cache")
-    assert second < first["seconds"]
+    second, second_cpu = engine.compiled.seconds[shape], engine.compiled.cpu_seconds[shape]
+    print(f"\nUNet compile at 64x64 on the CPU: {first['seconds']:.1f} s cold, {second:.1f} s from the cache "
+          f"(the compiling thread's CPU time: {first['cpu_seconds']:.1f} s, {second_cpu:.1f} s)")
+    # Asserted on the compiling thread's CPU time: what the cache saves (lowering and code generation),
+    # which other processes on a busy machine do not sway. The wall time is printed, not asserted: on the
+    # CPU the cached code's C++ kernels are built again by gcc (the artifacts hold no binaries; on a GPU
+    # they hold the Triton kernels), and on 2 shared cores that build's wall time varies by 2x.
+    assert second_cpu < 0.8 * first["cpu_seconds"]
 
 
 @pytest.mark.slow

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps, "status_at_start": status_first,
         "first_image_seconds": round(first_seconds, 3), "first_image_size": first.images[0].size,
         "compile_seconds": round(sum(compiled_unet.seconds.values()), 3), "ready_after_seconds": round(ready_after, 3),
+        "compile_thread_cpu_seconds": round(sum(compiled_unet.cpu_seconds.values()), 3),
         "status": engine.compile_status, "errors": {s.name: e for s, e in compiled_unet.errors.items()},
         "eager_seconds": [round(t, 3) for t in times["eager"]],
         "compiled_seconds": [round(t, 3) for t in times["compiled"]],

@@ -191,9 +191,6 @@ class CompiledUNet:
                 return "compiled"
             return "failed" if self.errors else "compiling"
 
-    def ready(self, shape: Shape) -> bool:
-        return shape in self._ready
-
     def ask(self, shape: Shape) -> None:
         """Compile ``shape`` in the background, unless asked before or the set is full."""
         with self._state:

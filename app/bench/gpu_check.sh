@@ -48,7 +48,7 @@ for part in "${parts[@]}"; do
         rm -rf "$out/compile-cache"
         for start in cold cached; do
             TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d) timeout "${COMPILE_SECONDS:-270}" \
-                python -m app.bench.compiled "${base[@]}" --runs "${COMPILE_RUNS:-3}" --cache-dir "$out/compile-cache" \
+                python -m app.cli.bench_compiled "${base[@]}" --runs "${COMPILE_RUNS:-3}" --cache-dir "$out/compile-cache" \
                 > "$out/compile-$start.json" 2> "$out/compile-$start.log"
             cat "$out/compile-$start.json"
         done ;;

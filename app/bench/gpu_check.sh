@@ -8,6 +8,10 @@
 #   options: the speedup options, each in its own process;
 #   noise:   CUDA's torch.randn against the Philox port (A1111's "GPU"/"NV" noise) and the A1111-fidelity
 #            tests on the GPU (tests/test_sampling_rng.py's CUDA tests; needs pytest and k-diffusion).
+#   compile: the compiled UNet (app/bench/compiled.py) started twice with one compile cache, each start with
+#            empty Inductor/Triton caches: a cold start, then one from the cache; first image (eager while
+#            compiling), compile seconds, eager vs compiled seconds per image, max pixel difference (JSON in
+#            OUT_DIR/compile-cold.json, compile-cached.json; about 3-5 minutes: run it as its own command).
 # PARTS picks and orders them (default "paths modes options"; all three take about 12-14 minutes, so
 # under a 10-minute limit per command run them as two commands, e.g. PARTS="paths modes" then
 # PARTS=options). Each part writes its section of docs/benchmarks.md and is copied to OUT_DIR at once,
@@ -40,7 +44,15 @@ for part in "${parts[@]}"; do
     noise)
         timeout "${NOISE_SECONDS:-120}" python -m pytest -q -p no:cacheprovider tests/test_sampling_rng.py -k cuda -rA \
             2>&1 | tee "$out/noise.log" ;;
-    *) echo "gpu_check: unknown part $part (paths, modes, options, noise)" >&2; exit 2 ;;
+    compile)
+        rm -rf "$out/compile-cache"
+        for start in cold cached; do
+            TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d) timeout "${COMPILE_SECONDS:-270}" \
+                python -m app.cli.bench_compiled "${base[@]}" --runs "${COMPILE_RUNS:-3}" --cache-dir "$out/compile-cache" \
+                > "$out/compile-$start.json" 2> "$out/compile-$start.log"
+            cat "$out/compile-$start.json"
+        done ;;
+    *) echo "gpu_check: unknown part $part (paths, modes, options, noise, compile)" >&2; exit 2 ;;
     esac
     cp docs/benchmarks.md "$out/benchmarks.md"
 done

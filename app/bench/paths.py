@@ -52,7 +52,9 @@ def load_engine(source: ModelSource, placement: Placement) -> Engine:
     if source.kind == "sd21":
         return Engine(load_plain(source, placement), "sd21", placement)
     assert source.folder is not None  # kind "folder"
-    return Engine.load(EngineOptions(model=source.folder, device=placement.device, dtype=placement.dtype))
+    # compile off: these paths measure the eager engine (the compiled one: app/bench/compiled.py)
+    return Engine.load(EngineOptions(model=source.folder, device=placement.device, dtype=placement.dtype,
+                                     compile="off"))
 
 
 def plain_runner(pipe: Any, cfg: BenchConfig, size: int) -> Runner:

@@ -48,6 +48,7 @@ class ModelWrappers:
         self.sigma = DiscreteDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
         self.timesteps = TimestepsDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
         self.lcm = LCMDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
+        self.compiled: Any = None  # app/models/compiled.py CompiledUNet: set when the engine compiles
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                     image_cond: torch.Tensor | None = None, control: tuple | None = None) -> torch.Tensor:
@@ -66,9 +67,10 @@ class ModelWrappers:
         if image_cond is not None:  # a 9-channel inpainting UNet: mask and masked-image latents
             x = torch.cat([x, image_cond.to(x)], dim=1)
         # Inputs stay on x's device (the pipeline's execution device; CPU offload hooks move the UNet there).
-        out = unet(x.to(unet.dtype), t.to(x.device, torch.float32), encoder_hidden_states=cond.to(x.device, unet.dtype),
-                   return_dict=False, **extra)[0]
-        return out.float()
+        x, t, cond = x.to(unet.dtype), t.to(x.device, torch.float32), cond.to(x.device, unet.dtype)
+        if self.compiled is not None and not extra:  # compiled where ready, else eager (ControlNet: eager)
+            return self.compiled(x, t, cond).float()
+        return unet(x, t, encoder_hidden_states=cond, return_dict=False, **extra)[0].float()
 
     def inner(self, choice: SchedulerChoice) -> Any:
         if choice.sampler.kind == TIMESTEPS:

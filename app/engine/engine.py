@@ -85,6 +85,11 @@ class EngineOptions:
     preview_decoder: str | None = _option(None, "folder of a TAESD tiny decoder (diffusers AutoencoderTiny, e.g. a "
                                                 "download of madebyollin/taesd) for sharper live previews; "
                                                 "none: the cheap linear preview")
+    compile: str = _option("auto", "off, on or auto: torch.compile the UNet in the background, jobs running eager "
+                                   "until it is ready (auto: on with CUDA)")
+    compile_cache_dir: str | None = _option(None, "folder of the compile cache kept between sessions (keyed by GPU, "
+                                                  "torch and model); web app default: <instance>/compile-cache, "
+                                                  "else ~/.cache/text-to-image-generator/compile")
 
 
 class Engine:
@@ -115,12 +120,18 @@ class Engine:
         self.last_control: Any = None  # the last run's ControlSet (which units ran at which step): for tests
         self.wildcard_dir: str | None = None  # where __name__ in a prompt finds name.txt (app/engine/dynamic_prompts.py)
         self.wildcards_from_app = False  # wildcard_dir was set by a web app it was handed to (app/web/__init__.py)
+        self.compiled: Any = None  # the UNet under torch.compile (app/models/compiled.py), or None
 
     @classmethod
-    def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS) -> "Engine":
+    def load(cls, options: EngineOptions | None = None, limits: Limits = DEFAULT_LIMITS,
+             compile_sizes: tuple[tuple[int, int], ...] | None = None) -> "Engine":
+        """``compile_sizes``: the sizes compiled first when compiling (None: the model's native size)."""
         options = options or EngineOptions()
         placement = choose_placement(options.device, options.dtype)
         offload = options.cpu_offload and placement.device.startswith("cuda")
+        from app.models.compiled import wants_compile
+
+        compile_unet = wants_compile(options.compile, placement.device, offload)  # a bad choice fails before loading
         # With offload the model stays in CPU memory and each part visits the GPU while it runs,
         # so it is loaded on the CPU (not copied to the GPU and back).
         where = Placement("cpu", placement.dtype) if offload else placement
@@ -145,7 +156,29 @@ class Engine:
         engine.controlnets.folder = options.controlnet_dir
         if options.preview_decoder:
             engine.preview_decoder = load_preview_decoder(options.preview_decoder, placement)
+        if compile_unet:
+            engine.start_compile(options.compile_cache_dir, compile_sizes or (engine.default_size,))
         return engine
+
+    def start_compile(self, cache_dir: str | None, sizes: tuple[tuple[int, int], ...]) -> None:
+        """Compile the UNet in the background for ``sizes`` (one image each); jobs run eager meanwhile."""
+        from app.models.compiled import CompileCache, CompiledUNet, Shape, cache_key, default_cache_dir
+
+        unet = self.pipe.unet
+        cache = CompileCache(cache_dir or default_cache_dir(), cache_key(unet, self.placement.device))
+        self.compiled = self.sampling.compiled = CompiledUNet(unet, cache)
+        for width, height in sizes:
+            self.compiled.ask(Shape.of_image(unet, width, height, factor=self.pipe.vae_scale_factor))
+
+    @property
+    def compile_status(self) -> str:
+        """off, compiling (jobs run eager), compiled or failed."""
+        return "off" if self.compiled is None else self.compiled.status
+
+    def close(self) -> None:
+        """The engine is being dropped: no more compiles (one under way is waited for)."""
+        if self.compiled is not None:
+            self.compiled.stop()
 
     @property
     def lora_dir(self) -> str | None:

@@ -125,6 +125,7 @@ class ModelStatus:
     error: str | None = None  # why it failed (may name paths: for the owner, not strangers)
     native_size: tuple[int, int] | None = None  # known once loaded
     vae: str | None = None  # the VAE file or folder in use (None: the model's own)
+    compile: str = "off"  # the UNet's torch.compile: off, compiling (jobs run eager), compiled or failed
 
     @classmethod
     def not_loaded(cls, model: str, state: str, error: str | None, vae: str | None = None) -> "ModelStatus":
@@ -134,7 +135,7 @@ class ModelStatus:
     @classmethod
     def of_engine(cls, engine: "Engine") -> "ModelStatus":
         return cls(engine.model_name, engine.model, engine.is_demo, READY, None, engine.default_size,
-                   vae=engine.vae)
+                   vae=engine.vae, compile=engine.compile_status)
 
 
 class JobStore(ABC):

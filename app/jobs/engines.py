@@ -123,6 +123,8 @@ class EngineSlot:
             if self.engine is None:
                 return
             logger.info("unloading %s", self.engine.model_name)
+            if hasattr(self.engine, "close"):  # its background compile, if any, stops (fakes have none)
+                self.engine.close()  # (no bound method kept in a local: it would keep the engine alive)
             self.engine = None
             if self._on_unload is not None:
                 self._on_unload()

@@ -73,6 +73,8 @@ def cache_model_on(folder: Path, *, say: Callable[[str], None] = print) -> Path:
     cache = folder / "hf-cache"
     cache.mkdir(parents=True, exist_ok=True)
     os.environ["HF_HUB_CACHE"] = str(cache)
+    # The compiled UNet's cache too (app/models/compiled.py): a new runtime skips most of the compile.
+    os.environ.setdefault("T2I_COMPILE_CACHE_DIR", str(folder / "compile-cache"))
     say(f"Model cache: {cache}")
     return cache
 

@@ -299,6 +299,7 @@ def health():
         "model_state": status.state,
         "model_error": status.error if is_authenticated() else None,  # may name paths: not for strangers
         "is_demo": status.is_demo,
+        "compile": status.compile,  # compiling: jobs run eager until the compiled UNet is ready
         "queue": backend().counts(),
         "limits": public_limits(current_app.config),
         "defaults": form_defaults(),

@@ -108,6 +108,7 @@ INSTANCE_PATHS: dict[str, str] = {
     "FACE_DIR": "models/faces",
     "LORA_DIR": "models/loras",  # unless an ENGINE handed in brings its own (create_app)
     "WILDCARD_DIR": "wildcards",  # an ENGINE handed in without its own folder takes this one (create_app)
+    "COMPILE_CACHE_DIR": "compile-cache",
 }
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

@@ -202,7 +202,8 @@ class RedisBackend(Backend):
             first = workers[0]
             size = first.get("default_size")
             return ModelStatus(first["model_name"], first["model"], first["is_demo"], first.get("state", READY),
-                               first.get("error"), tuple(size) if size else None, vae=first.get("vae"))
+                               first.get("error"), tuple(size) if size else None, vae=first.get("vae"),
+                               compile=first.get("compile", "off"))
         return ModelStatus.not_loaded(self.model, LOADING, NO_WORKER)
 
     def start(self) -> None:

@@ -185,7 +185,7 @@ class GPUWorker(SimpleWorker):
                 pipe.hset(info, self.name, json.dumps({
                     "model": status.id, "model_name": status.name, "is_demo": status.is_demo,
                     "default_size": list(status.native_size) if status.native_size else None,
-                    "state": status.state, "error": status.error, "vae": status.vae,
+                    "state": status.state, "error": status.error, "vae": status.vae, "compile": status.compile,
                     "heartbeat": self.heartbeat_seconds}))
             else:
                 pipe.zrem(workers, self.name)

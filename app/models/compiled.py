@@ -239,9 +239,16 @@ class CompiledUNet:
                                          return_dict=False)[0]
                 self.calls["compiled"] += 1
                 return out
-            except RuntimeError as exc:  # a guard failed (LoRA, tiling): eager, not a recompile here
-                if "fail_on_recompile" not in str(exc):
-                    raise
+            except RuntimeError as exc:
+                if "fail_on_recompile" not in str(exc):  # a guard failed (LoRA, tiling) is the expected one
+                    # Anything else from the compiled graph (a compiler or kernel fault): this shape runs
+                    # eager from now on, and this call too, rather than the job failing for it.
+                    if "out of memory" in str(exc).lower():
+                        raise
+                    logger.warning("the compiled UNet failed for %s; it runs eager", shape.name, exc_info=True)
+                    with self._state:
+                        self._ready.discard(shape)
+                        self.errors[shape] = str(exc) or type(exc).__name__
             finally:
                 _DYNAMO.release()
         self.calls["eager"] += 1

@@ -136,8 +136,9 @@ def get_job_or_404(job_id: str) -> Job:
 
 # --- input ---------------------------------------------------------------------------
 
-def _job_values() -> tuple[dict, object, object]:
-    """Fields from a JSON body or a multipart form; the init image and mask apart."""
+def _job_values(extra: tuple[str, ...] = ()) -> tuple[dict, object, object]:
+    """Fields from a JSON body or a multipart form; the init image and mask apart.
+    ``extra``: a route's own fields besides the generation's (``xyz``)."""
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         values = {k: _from_form(k, v) for k, v in request.form.items()}
         if "styles" in request.form:  # a list: one form field per style, as a multi-select sends them
@@ -149,7 +150,7 @@ def _job_values() -> tuple[dict, object, object]:
     else:
         values = json_object(" or a form")
     for key in values:
-        if key not in FIELDS:
+        if key not in FIELDS and key not in extra:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
     init, mask = values.pop("init_image", None), values.pop("mask", None)
     for name, value in (("init_image", init), ("mask", mask)):

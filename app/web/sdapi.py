@@ -38,7 +38,7 @@ from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.jobs.runner import failed_for_input
-from app.web import backend, models
+from app.web import backend, models, xyz
 from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.api import build_request, enqueue, is_mine
 from app.web.auth import client_id
@@ -232,7 +232,9 @@ SD_UPSCALE = "sd upscale"  # A1111's script title, as /sdapi/v1/scripts lists it
 def _run(body: dict, img2img: bool):
     script = body.get("script_name")
     sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
-    refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale else body, img2img)
+    plot = not img2img and isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
+    refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale or plot else body,
+                       img2img)
     overrides = body.get("override_settings") or {}
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
@@ -242,6 +244,8 @@ def _run(body: dict, img2img: bool):
     if units:
         values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
+    if plot:
+        return _plot(body, gen, choice)
     hide_maps = no_detectmap(overrides)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
@@ -251,6 +255,24 @@ def _run(body: dict, img2img: bool):
     if body.get("include_init_images"):
         parameters["init_images"] = body.get("init_images")
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(_info(job, img2img))})
+
+
+def _plot(body: dict, gen, choice: ModelChoice | None):
+    """A1111's X/Y/Z plot: the grid first, then (its "Include Sub Images") every cell's image."""
+    with wait_slot(sync=True) as waiting:
+        if not waiting:
+            raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
+                                "waiting for their images; try again shortly", headers={"Retry-After": SYNC_RETRY_AFTER})
+        grid, cells, with_cells = xyz.sdapi_plot(gen, body, choice, current_app.config["SYNC_TIMEOUT"])
+    shown = [job for job in cells if job.images] if with_cells else []
+    images = _images_b64(grid) + [_png_b64(job, 0) for job in shown]
+    info = _info(grid, img2img=False)
+    info["infotexts"] = [im["infotext"] for im in grid.images] + [job.images[0]["infotext"] for job in shown]
+    info["all_seeds"] = [im["seed"] for im in grid.images] + [job.images[0]["seed"] for job in shown]
+    info["index_of_first_image"] = len(grid.images) if shown else 0
+    info["interrupted"] = any(job.state == CANCELLED for job in cells)
+    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
 def _queue_and_wait(gen, choice: ModelChoice | None) -> Job:
@@ -494,7 +516,8 @@ def schedulers():
 def scripts():
     # The scripts this server honours, A1111's titles in lower case: SD upscale is chosen by script_name,
     # ControlNet and ADetailer run through alwayson_scripts.
-    return jsonify({"txt2img": ["controlnet", "adetailer"], "img2img": [SD_UPSCALE, "controlnet", "adetailer"]})
+    return jsonify({"txt2img": [xyz.SCRIPT_TITLE, "controlnet", "adetailer"],
+                    "img2img": [SD_UPSCALE, "controlnet", "adetailer"]})
 
 
 @bp.get("/options")

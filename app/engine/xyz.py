@@ -314,7 +314,7 @@ def make_plot(base: GenerationRequest, axes: list[tuple[Any, Any, str, str]], *,
     x, y, z = built
     count = len(x.values) * len(y.values) * len(z.values)
     if count > max_cells:
-        raise ValidationError("x_values", f"{len(x.values)}x{len(y.values)}x{len(z.values)}",
+        raise ValidationError(x.field, f"{len(x.values)}x{len(y.values)}x{len(z.values)}",
                               f"the plot has {count} cells; the limit is {max_cells}")
     if not isinstance(margin_size, int) or isinstance(margin_size, bool) or not 0 <= margin_size <= 500:
         raise ValidationError("margin_size", margin_size, "must be a whole number of pixels from 0 to 500")

@@ -222,3 +222,33 @@ def test_native_plot_runs_to_a_grid_in_the_gallery(client):
     assert Image.open(io.BytesIO(png.data)).size[0] == 128
     gallery = [job["id"] for job in client.get("/api/jobs?state=done").get_json()["jobs"]]
     assert group_id in gallery
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+def test_cli_plot_saves_the_grid_and_every_cell(tmp_path, capsys):
+    from app.cli import main
+
+    out = tmp_path / "plot.png"
+    code = main(["generate", "a lake", "--model", "demo", "--device", "cpu", "--steps", "1", "--seed", "4",
+                 "--width", "64", "--height", "64", "--xyz", "Steps=1-2", "--xyz", "Seed=4, 5", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "4 cells" in printed and "cell 4: Steps: 2, Seed: 5" in printed
+    grid = Image.open(out)
+    assert grid.width == 128 + 48 and grid.height > 128  # two cells wide plus the left legend band
+    cell = Image.open(tmp_path / "plot-4.png")
+    params = parse_infotext(cell.text["parameters"])
+    assert (params["Steps"], params["Seed"]) == ("2", "5")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--xyz", "Steps=1, two"], "error: xyz[0]: is not a valid Steps value"),
+    (["--xyz", "Stepz=1"], "error: xyz[0]: unknown axis type"),
+    (["--xyz", "Steps"], "error: xyz: write AXIS=VALUES"),
+])
+def test_cli_plot_bad_axes_are_one_line_errors(tmp_path, capsys, args, message):
+    from app.cli import main
+
+    code = main(["generate", "x", "--model", "demo", *args, "-o", str(tmp_path / "x.png")])
+    assert code == 2 and message in capsys.readouterr().err

@@ -243,7 +243,7 @@ def test_cli_plot_saves_the_grid_and_every_cell(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--xyz", "Steps=1, two"], "error: xyz[0]: is not a valid Steps value"),
+    (["--xyz", "Steps=1, two"], "error: xyz[0]: 'two' is not a valid Steps value"),
     (["--xyz", "Stepz=1"], "error: xyz[0]: unknown axis type"),
     (["--xyz", "Steps"], "error: xyz: write AXIS=VALUES"),
 ])

@@ -237,10 +237,10 @@ def parse_values(kind: AxisKind, text: Any, field_name: str) -> list[Any]:
         try:
             values.append(kind.type(value))
         except (TypeError, ValueError) as exc:
-            raise ValidationError(field_name, value, f"is not a valid {kind.label} value "
+            raise ValidationError(field_name, value, f"{value!r} is not a valid {kind.label} value "
                                                      f"({'a whole number' if kind.type is int else 'a number'})") from exc
         if kind.check is not None and not kind.check(values[-1]):
-            raise ValidationError(field_name, value, f"is not a known {kind.label}")
+            raise ValidationError(field_name, value, f"{value!r} is not a known {kind.label}")
     if not values:
         raise ValidationError(field_name, text, f"gives no {kind.label} values")
     return values

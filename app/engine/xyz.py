@@ -412,7 +412,7 @@ def annotate(grid: Image.Image, width: int, height: int, top: list[str], left: l
     pad_left = width * 3 // 4 if any(left) else 0
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
-    def lines_of(texts: list[str], allowed: int) -> list[list[tuple[str, int, int]]]:
+    def lines_of(texts: list[str], allowed: int) -> list[list[tuple[str, float, float]]]:
         out = []
         for text in texts:
             wrapped = []
@@ -425,7 +425,7 @@ def annotate(grid: Image.Image, width: int, height: int, top: list[str], left: l
     top_lines, left_lines = lines_of(top, width), lines_of(left, pad_left)
     top_heights = [sum(h + spacing for _, _, h in lines) - spacing if lines else 0 for lines in top_lines]
     left_heights = [sum(h for _, _, h in lines) for lines in left_lines]
-    pad_top = max(top_heights) + spacing * 2 if any(top_heights) else 0
+    pad_top = int(max(top_heights) + spacing * 2) if any(top_heights) else 0
     result = Image.new("RGB", (grid.width + pad_left + margin * (cols - 1), grid.height + pad_top + margin * (rows - 1)),
                        "white")
     for row in range(rows):
@@ -434,7 +434,7 @@ def annotate(grid: Image.Image, width: int, height: int, top: list[str], left: l
             result.paste(cell, (pad_left + (width + margin) * col, pad_top + (height + margin) * row))
     canvas = ImageDraw.Draw(result)
 
-    def write(x: float, y: float, lines: list[tuple[str, int, int]], allowed: int) -> None:
+    def write(x: float, y: float, lines: list[tuple[str, float, float]], allowed: int) -> None:
         for line, w, h in lines:
             size, f = fontsize, font
             while w > allowed and size > 1:  # a word longer than the band: a smaller font

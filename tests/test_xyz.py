@@ -252,3 +252,14 @@ def test_cli_plot_bad_axes_are_one_line_errors(tmp_path, capsys, args, message):
 
     code = main(["generate", "x", "--model", "demo", *args, "-o", str(tmp_path / "x.png")])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_sdapi_interrupt_stops_the_whole_plot(make_app):
+    app = make_app(START_WORKER=False)
+    client = app.test_client()
+    group_id = client.post("/api/xyz", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 1,
+                                             "xyz": {"x_type": "Seed", "x_values": "1-3"}}).get_json()["group"]["id"]
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    group = client.get(f"/api/groups/{group_id}").get_json()["group"]
+    assert [cell["state"] for cell in group["cells"]] == ["cancelled"] * 3 and group["grid"] is None
+    assert group["state"] == "cancelled"

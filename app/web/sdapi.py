@@ -457,6 +457,9 @@ def interrupt():
     mine.sort(key=lambda j: (j.state != RUNNING, j.created_at))
     if mine:
         backend().cancel(mine[0].id)
+        group = mine[0].params.get("group")
+        if isinstance(group, dict) and "id" in group:  # an X/Y/Z plot's cell: A1111 stops the whole plot
+            backend().cancel_group(group["id"], client_id())
     return jsonify({"interrupted": mine[0].id if mine else None})
 
 

@@ -242,9 +242,11 @@ class Backend(ABC):
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
-        """Queue ``request`` on ``model`` (a per-job override), else on the model selected now."""
-        return self.store.submit(request, client, model or self.store.selection())
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
+        """Queue ``request`` on ``model`` (a per-job override), else on the model selected now;
+        ``group``: see ``JobStore.submit``."""
+        return self.store.submit(request, client, model or self.store.selection(), group=group)
 
     # --- groups (an X/Y/Z plot: app/jobs/groups.py) ----------------------------------------
 

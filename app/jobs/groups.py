@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.engine.metadata import png_bytes
 from app.engine.xyz import draw_plot
-from app.jobs.job import DONE, QUEUED, RUNNING, Job, QueueFull, new_job_id
+from app.jobs.job import DONE, QUEUED, RUNNING, Job, new_job_id
 
 if TYPE_CHECKING:
     from app.engine.types import GenerationRequest
@@ -33,17 +33,17 @@ SCAN_LIMIT = 2000  # how far back the client's jobs are searched for a group's c
 def submit_group(backend: "Backend", cells: list[tuple["GenerationRequest", "ModelChoice | None"]], client: str,
                  info: dict) -> tuple[str, list[Job]]:
     """Queue the cells in order as one group (all or none: a full queue takes back the
-    cells already queued); ``info``: the grid's spec. Returns the group id and the jobs."""
+    cells already queued); ``info``: the grid's spec. Returns the group id and the jobs.
+    A cell's ``model`` None: the model selected now."""
     group_id = new_job_id()
     jobs: list[Job] = []
-    selected = backend.store.selection()
     try:
         for order, (request, model) in enumerate(cells):
             index = info["order"][order] if "order" in info else order
             group = {"id": group_id, "index": index, "order": order, "count": len(cells),
                      "grid": {k: v for k, v in info.items() if k != "order"}}
-            jobs.append(backend.store.submit(request, client, model or selected, group=group))
-    except QueueFull:
+            jobs.append(backend.submit(request, client, model, group=group))
+    except Exception:  # a full queue, the store or the disk unavailable: none of it stays queued
         for job in jobs:
             backend.store.cancel(job.id)
             backend.store.delete(job.id)

@@ -169,13 +169,14 @@ class RedisBackend(Backend):
         self.apply_retention()
         groups.collect_recent(self)
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
         """Refused before anything is queued while the image disk is nearly full: a worker
         would not start it, and a 503 must mean no job was queued."""
         no_room = disk_room_reason(self.images.free_mb(), self.min_free_mb)
         if no_room:
             raise StorageUnavailable(f"the web app's {no_room}")
-        return super().submit(request, client, model)
+        return super().submit(request, client, model, group)
 
     def get(self, job_id: str) -> Job | None:
         return self.images.ensure(self.store.get(job_id))

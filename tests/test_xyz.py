@@ -263,3 +263,17 @@ def test_sdapi_interrupt_stops_the_whole_plot(make_app):
     group = client.get(f"/api/groups/{group_id}").get_json()["group"]
     assert [cell["state"] for cell in group["cells"]] == ["cancelled"] * 3 and group["grid"] is None
     assert group["state"] == "cancelled"
+
+
+def test_webuiapi_client_runs_a_plot(app):
+    """The real webuiapi client, unmodified, against a live server: the grid, then the cells."""
+    webuiapi = pytest.importorskip("webuiapi")
+    from app.web.server import ServerHandle
+
+    with ServerHandle(app, port=0) as server:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+        result = api.txt2img(prompt="a fox", seed=3, steps=1, width=64, height=64, sampler_name="Euler",
+                             script_name="X/Y/Z plot", script_args=[1, "11, 12", [], 0, "", [], 0, "", [], True, True])
+    assert [im.size for im in result.images] == [(128, result.images[0].height), (64, 64), (64, 64)]
+    assert result.images[0].height > 64  # the legend band
+    assert [parse_infotext(text)["Seed"] for text in result.info["infotexts"]] == ["11", "11", "12"]

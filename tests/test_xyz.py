@@ -277,3 +277,33 @@ def test_webuiapi_client_runs_a_plot(app):
     assert [im.size for im in result.images] == [(128, result.images[0].height), (64, 64), (64, 64)]
     assert result.images[0].height > 64  # the legend band
     assert [parse_infotext(text)["Seed"] for text in result.info["infotexts"]] == ["11", "11", "12"]
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    from app.models.demo import save_demo_model
+
+    root = tmp_path_factory.mktemp("xyz-checkpoints")
+    save_demo_model(root / "sd-a", seed=1)
+    save_demo_model(root / "sd-b", seed=2)
+    return root
+
+
+def test_checkpoint_axis_queues_one_model_after_the_other(make_app, two_checkpoints):
+    app = make_app(CHECKPOINT_DIR=str(two_checkpoints), ENGINE=None, START_WORKER=False, PREVIEW_EVERY=0)
+    client = app.test_client()
+    response = client.post("/api/xyz", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 1,
+                                             "xyz": {"x_type": "Checkpoint name", "x_values": "sd-a, sd-b",
+                                                     "y_type": "Seed", "y_values": "1, 2"}})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    group = response.get_json()["group"]
+    assert group["x_labels"] == ["sd-a", "sd-b"] and group["y_labels"] == ["Seed: 1", "Seed: 2"]
+    queue = sorted(client.get("/api/jobs").get_json()["jobs"], key=lambda job: job["position"])
+    # sd-a's cells (indexes 0 and 2) first, then sd-b's: one model switch, not three.
+    assert [job["params"]["group"]["index"] for job in queue] == [0, 2, 1, 3]
+    models = app.extensions["t2i"].store
+    assert [models.get(job["id"]).params["sd_model"].endswith(name) for job, name in
+            zip(queue, ("sd-a", "sd-a", "sd-b", "sd-b"))] == [True] * 4
+    assert_error(client.post("/api/xyz", json={"prompt": "a", "xyz": {"x_type": "Checkpoint name",
+                                                                      "x_values": "sd-a, nope"}}), 400,
+                 "xyz.x_values")

@@ -307,3 +307,19 @@ def test_checkpoint_axis_queues_one_model_after_the_other(make_app, two_checkpoi
     assert_error(client.post("/api/xyz", json={"prompt": "a", "xyz": {"x_type": "Checkpoint name",
                                                                       "x_values": "sd-a, nope"}}), 400,
                  "xyz.x_values")
+
+
+def test_denoising_size_and_float_legends_as_a1111():
+    base = GenerationRequest(prompt="a fox", enable_hr=True, width=64, height=64)
+    plot = make_plot(base, [("Denoising", "0.3, 0.6", "x_type", "x_values"),
+                            ("CFG Scale", "7, 7.5", "y_type", "y_values"), ("Size", "64x96", "z_type", "z_values")])
+    assert [c.request.strength for c in plot.cells[:2]] == [0.3, 0.6]  # the hires pass's denoising
+    assert (plot.cells[0].request.width, plot.cells[0].request.height) == (64, 96)
+    # A1111 formats a float value as Python prints it, rounded to 8 places: "7.0", not "7".
+    assert plot.x.labels == ["Denoising: 0.3", "Denoising: 0.6"] and plot.y.labels == ["CFG Scale: 7.0",
+                                                                                      "CFG Scale: 7.5"]
+    # A1111's np.arange(0.1, 0.3 + 0.1, 0.1) has a fourth value (0.4, from float steps); so do we,
+    # and the legend shows the values rounded to 8 places.
+    labels = make_plot(base, [("CFG Scale", "0.1-0.3 (+0.1)", "", ""), (0, "", "", ""), (0, "", "", "")]).x.labels
+    assert len(labels) == len(np.arange(0.1, 0.3 + 0.1, 0.1))
+    assert labels[:3] == ["CFG Scale: 0.1", "CFG Scale: 0.2", "CFG Scale: 0.3"]

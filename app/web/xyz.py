@@ -41,6 +41,8 @@ def max_cells() -> int:
 
 def _flag(settings: dict, name: str, prefix: str) -> bool:
     value = settings.get(name, OPTIONS[name])
+    if type(value) is int and value in (0, 1):  # clients that send A1111's checkboxes as 0/1
+        value = bool(value)
     if not isinstance(value, bool):
         raise ApiError(400, f"{prefix}{name}: must be true or false", prefix + name, value)
     return value

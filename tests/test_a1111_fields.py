@@ -12,7 +12,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
 
 @pytest.mark.parametrize("extra,field", [
     ({"restore_faces": "yes"}, "restore_faces"),  # true is honoured (tests/test_faces.py)
-    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"script_name": "prompt matrix"}, "script_name"),  # X/Y/Z plot: tests/test_xyz.py
     ({"styles": ["cinematic"]}, "styles"),
     ({"alwayson_scripts": {"Regional Prompter": {"args": [True]}}}, "alwayson_scripts"),  # ADetailer, ControlNet: honoured
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),

@@ -157,6 +157,47 @@ class BackendContract:
             idle.submit(request(), "c")
         assert not full.value.per_client
 
+    def test_a_group_is_admitted_whole_cancelled_whole_and_ends_with_its_grid(self, make_backend):
+        """An X/Y/Z plot (app/jobs/groups.py): its cells pass the per-client limit as one job,
+        a full queue takes back the cells already queued, one cancel ends every unfinished cell,
+        and the grid is recorded done under the group's id, drawn from the done cells."""
+        idle = make_backend(running=False, max_per_client=2, max_queue=6)
+        spec = {"shape": [3, 1, 1], "x_labels": ["Seed: 1", "Seed: 2", "Seed: 3"], "y_labels": [""],
+                "z_labels": [""], "draw_legend": True, "margin_size": 0}
+        group_id, cells = idle.submit_group([(request(seed=i), None) for i in (1, 2, 3)], "me", spec)
+        assert [job.params["group"]["index"] for job in cells] == [0, 1, 2] and idle.counts()["queued"] == 3
+        assert [job.id for job in idle.group_jobs(group_id, "me")] == [job.id for job in cells]
+        assert idle.group_jobs(group_id, "someone else") == []
+        with pytest.raises(QueueFull):  # 3 + 4 > 6: nothing of it stays queued
+            idle.submit_group([(request(), None)] * 4, "you", spec)
+        assert idle.counts()["queued"] == 3 and idle.list(client="you") == []
+        assert idle.collect_group(group_id, "me") is None  # its cells have not run
+        cancelled = idle.cancel_group(group_id, "me")
+        assert len(cancelled) == 3 and all(idle.get(job.id).state == "cancelled" for job in cells)
+        assert idle.collect_group(group_id, "me") is None  # no cell made an image: no grid
+        # A grid recorded like the web app records it, from images written first.
+        assert idle.store.add_done(group_id, "me", {**cells[0].params, "group": {"id": group_id}}, [
+            {"n": 0, "seed": 1, "infotext": "x"}])
+        assert not idle.store.add_done(group_id, "me", cells[0].params, [])  # once only
+        assert not idle.store.add_done(cells[0].id, "me", cells[0].params, [])  # nor over a job
+        recorded = idle.get(group_id)
+        assert recorded.state == "done" and recorded.images[0]["infotext"] == "x" and recorded.finished_at
+
+    def test_a_group_of_done_cells_gets_its_grid(self, backend):
+        spec = {"shape": [2, 1, 1], "x_labels": ["Seed: 1", "Seed: 2"], "y_labels": [""], "z_labels": [""],
+                "draw_legend": True, "margin_size": 0}
+        group_id, cells = backend.submit_group([(request(seed=i), None) for i in (1, 2)], "me", spec)
+        for job in cells:
+            assert backend.wait(job.id, 120).state == "done"
+        # Drawn by the backend itself (no one asks for it): the worker's or the web app's upkeep.
+        grid = wait_for(lambda: backend.get(group_id), 60, "the grid")
+        assert backend.collect_group(group_id, "me").images == grid.images
+        assert grid.id == group_id and grid.state == "done" and grid.client == "me"
+        with Image.open(backend.image_path(group_id, "0.png")) as image:
+            assert image.width == 128 and image.height > 64  # two cells and the legend band on top
+            assert "Seed: 1" in read_parameters(image)  # the first cell's infotext
+        assert group_id in [job.id for job in backend.list(limit=5)]
+
     def test_a_restart_keeps_the_queue_and_finishes_it(self, make_backend, reopen):
         idle = make_backend(running=False)
         ids = [idle.submit(request(seed=i), "me").id for i in range(2)]

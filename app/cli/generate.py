@@ -6,8 +6,10 @@ import os
 import sys
 
 from app.cli.common import CLIError, add_model_options, load_engine
+from app.engine.metadata import save_image
 from app.engine.schedulers import sampler_names, schedule_labels
 from app.engine.types import RANDN_SOURCES, GenerationRequest, ValidationError
+from app.engine.xyz import Plot, draw_plot, make_plot
 
 
 def add_parser(subparsers) -> None:
@@ -96,6 +98,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--controlnet", action="append", default=[], metavar="UNIT",
                    help="a ControlNet unit as key=value pairs, e.g. 'image=pose.png,model=NAME,module=canny,"
                         "weight=0.8,guidance_end=0.6' (the API's unit fields; image: a file; repeat for several)")
+    p.add_argument("--xyz", action="append", default=[], metavar="AXIS=VALUES",
+                   help="an X/Y/Z plot axis, as A1111's script: 'Steps=10-30 (+10)', 'CFG Scale=5,7', "
+                        "'Prompt S/R=fox,cat', 'Sampler=Euler a,DPM++ 2M'; the first is X, then Y, then Z. "
+                        "The grid (with legends) goes to --output, each cell to <output>-1, -2 ...")
+    p.add_argument("--xyz-keep-seeds", action="store_true",
+                   help="plot: keep -1 seeds random per cell (A1111's 'Keep -1 for seeds')")
     lines = p.add_argument_group("prompts from file (A1111's \"Prompts from file or textbox\")")
     lines.add_argument("--prompts-file", metavar="FILE",
                        help="one job per non-empty line: a prompt, or options as A1111's script reads them "
@@ -151,9 +159,14 @@ def run(args: argparse.Namespace) -> int:
     upscalers.configure(args.upscaler_dir)
     try:
         requests = _line_requests(request, args) if args.prompts_file else [request.validate()]
+        plot = _plot(args, requests[0]) if args.xyz else None
     except ValidationError as exc:
         raise CLIError(str(exc)) from exc
+    if plot is not None and len(requests) > 1:
+        raise CLIError("xyz: a plot takes one prompt, not --prompts-file")
     engine = load_engine(args)
+    if plot is not None:
+        return _run_plot(plot, engine, output)
     for k, request in enumerate(requests, 1):
         out = output if len(requests) == 1 else output.with_name(f"{output.stem}-{k}{output.suffix}")
         code = _generate(engine, request, out, args)
@@ -203,6 +216,55 @@ def _generate(engine, request: GenerationRequest, output, args: argparse.Namespa
     for path, seed, image in zip(save_result(result, output), result.seeds, result.images):
         print(f"{path}  (seed {seed}, {image.width}x{image.height}, {request.steps} steps, {request.scheduler})")
     return 0
+
+
+def _plot(args: argparse.Namespace, request: GenerationRequest) -> Plot:
+    """The X/Y/Z plot ``--xyz`` asks for, checked before the model loads."""
+    if len(args.xyz) > 3:
+        raise CLIError(f"xyz: at most three axes (X, Y, Z) (got {len(args.xyz)})")
+    axes = []
+    for i, text in enumerate(args.xyz + ["Nothing="] * (3 - len(args.xyz))):
+        kind, sep, values = text.partition("=")
+        if not sep:
+            raise CLIError(f"xyz: write AXIS=VALUES, e.g. 'Steps=10,20' (got {text!r})")
+        if kind.strip().lower() == "checkpoint name":
+            raise CLIError("xyz: the CLI runs one model; plot checkpoints on the web app or /sdapi")
+        axes.append((kind.strip(), values, f"xyz[{i}]", f"xyz[{i}]"))
+    return make_plot(request, axes, no_fixed_seeds=args.xyz_keep_seeds, validate=lambda r: r.validate())
+
+
+def _run_plot(plot: Plot, engine, output) -> int:
+    """Every cell in turn, then the grid with its legends (A1111's look)."""
+    from tqdm.auto import tqdm
+
+    from app.engine.engine import GenerationOutOfMemory
+
+    images, texts = [], []
+    with tqdm(total=len(plot.cells), desc="X/Y/Z plot", unit="cell", file=sys.stderr) as bar:
+        for cell in plot.cells:
+            try:
+                result = engine.generate(cell.request)
+            except ValidationError as exc:
+                raise CLIError(str(exc)) from exc
+            except GenerationOutOfMemory as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            images.append(result.images[0])
+            texts.append(result.infotexts[0])
+            bar.update(1)
+    grid = draw_plot(images, plot.grid_spec())[0]
+    save_image(grid, output, texts[0])
+    print(f"{output}  (X/Y/Z plot, {grid.width}x{grid.height}, {len(images)} cells)")
+    for n, (image, text) in enumerate(zip(images, texts)):
+        path = output.with_name(f"{output.stem}-{n + 1}{output.suffix}")
+        save_image(image, path, text)
+        print(f"{path}  (cell {n + 1}: {', '.join(label for label in _labels(plot, n) if label)})")
+    return 0
+
+
+def _labels(plot: Plot, index: int) -> list[str]:
+    nx, ny, _ = plot.shape
+    return [plot.x.labels[index % nx], plot.y.labels[index // nx % ny], plot.z.labels[index // (nx * ny)]]
 
 
 def _out_of_memory_line(exc, args: argparse.Namespace) -> str:

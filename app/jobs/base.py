@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from app.engine.types import GenerationRequest
+from app.jobs import groups
 from app.jobs.images import ImageStore
 from app.jobs.job import FINISHED, Job
 from app.jobs.retention import GRACE, expired
@@ -142,9 +143,18 @@ class JobStore(ABC):
     """Where jobs wait and their records live, seen from the web app."""
 
     @abstractmethod
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
         """Queue a validated request (a random seed is drawn now, once) to run
-        on ``model`` (None: the worker's own); raise QueueFull over the limits."""
+        on ``model`` (None: the worker's own); raise QueueFull over the limits.
+        ``group``: kept as the job's ``params["group"]`` (an X/Y/Z plot's cell,
+        see ``Backend.submit_group``); a group's jobs after its first (``order`` > 0)
+        skip the per-client limit, so that a plot is admitted as a whole."""
+
+    @abstractmethod
+    def add_done(self, job_id: str, client: str, params: dict, images: builtins.list[dict]) -> bool:
+        """Record a job that ran nowhere (an X/Y/Z plot's grid, drawn from its cells' images,
+        written first) as done now; False if ``job_id`` has a record already."""
 
     @abstractmethod
     def selection(self) -> ModelChoice | None:
@@ -233,9 +243,29 @@ class Backend(ABC):
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
-        """Queue ``request`` on ``model`` (a per-job override), else on the model selected now."""
-        return self.store.submit(request, client, model or self.store.selection())
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
+        """Queue ``request`` on ``model`` (a per-job override), else on the model selected now;
+        ``group``: see ``JobStore.submit``."""
+        return self.store.submit(request, client, model or self.store.selection(), group=group)
+
+    # --- groups (an X/Y/Z plot: app/jobs/groups.py) ----------------------------------------
+
+    def submit_group(self, cells: builtins.list[tuple[GenerationRequest, ModelChoice | None]], client: str,
+                     info: dict) -> tuple[str, builtins.list[Job]]:
+        return groups.submit_group(self, cells, client, info)
+
+    def group_jobs(self, group_id: str, client: str | None = None) -> builtins.list[Job]:
+        return groups.group_jobs(self.store, group_id, client)
+
+    def cancel_group(self, group_id: str, client: str | None = None) -> builtins.list[Job]:
+        """Cancel the group's unfinished jobs; the jobs cancelled."""
+        return groups.cancel_group(self.store, group_id, client)
+
+    def collect_group(self, group_id: str, client: str | None = None) -> Job | None:
+        """The group's grid job, drawn now if its cells have all finished; None while they run
+        (or when none made an image)."""
+        return groups.collect_group(self, group_id, client)
 
     # --- the model ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import admin, api, auth, controlnet, csrf, errors, loras, models, pages, sdapi, slow, styles, waiting
+    from app.web import admin, api, auth, controlnet, csrf, errors, loras, models, pages, sdapi, slow, styles, waiting, xyz
 
     test_config = dict(test_config or {})
     app = Flask("app", instance_path=str(instance_folder(test_config.pop("INSTANCE", None))),
@@ -60,7 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
-    for blueprint in (api.bp, styles.bp, sdapi.bp, controlnet.bp, pages.bp, admin.bp):
+    for blueprint in (api.bp, styles.bp, sdapi.bp, controlnet.bp, pages.bp, admin.bp, xyz.bp):
         app.register_blueprint(blueprint)
     app.context_processor(page_context)
     app.after_request(security_headers)

@@ -43,8 +43,9 @@ def get_job_or_404(job_id: str) -> Job:
 
 # --- input ---------------------------------------------------------------------------
 
-def _job_values() -> tuple[dict, object, object]:
-    """Fields from a JSON body or a multipart form; the init image and mask apart."""
+def _job_values(extra: tuple[str, ...] = ()) -> tuple[dict, object, object]:
+    """Fields from a JSON body or a multipart form; the init image and mask apart.
+    ``extra``: a route's own fields besides the generation's (``xyz``)."""
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         values = {k: _from_form(k, v) for k, v in request.form.items()}
         if "styles" in request.form:  # a list: one form field per style, as a multi-select sends them
@@ -56,7 +57,7 @@ def _job_values() -> tuple[dict, object, object]:
     else:
         values = json_object(" or a form")
     for key in values:
-        if key not in FIELDS and key not in LINE_FIELDS:
+        if key not in FIELDS and key not in extra:
             raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
     init, mask = values.pop("init_image", None), values.pop("mask", None)
     for name, value in (("init_image", init), ("mask", mask)):
@@ -100,7 +101,7 @@ LINE_FIELDS = ("prompt_lines", "iterate_seed", "same_seed", "prompt_position")
 
 @bp.post("/jobs")
 def submit_job():
-    values, init, mask = _job_values()
+    values, init, mask = _job_values(extra=LINE_FIELDS)
     lines = {k: values.pop(k) for k in LINE_FIELDS if k in values}
     if lines:
         return _submit_lines(values, lines, init, mask)

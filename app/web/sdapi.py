@@ -40,7 +40,7 @@ from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
 from app.jobs.runner import failed_for_input
-from app.web import models
+from app.web import models, xyz
 from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
@@ -236,7 +236,9 @@ def _run(body: dict, img2img: bool):
     if isinstance(script, str) and script.strip().lower() == PROMPT_LINES:
         return _run_prompt_lines(body, img2img)
     sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
-    refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale else body, img2img)
+    plot = not img2img and isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
+    refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale or plot else body,
+                       img2img)
     overrides = body.get("override_settings") or {}
     choice = models.job_choice(overrides.get("sd_model_checkpoint"), overrides.get("sd_vae"))
     values = _generation_values(body, img2img)
@@ -246,6 +248,8 @@ def _run(body: dict, img2img: bool):
     if units:
         values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
+    if plot:
+        return _plot(body, gen, choice)
     hide_maps = no_detectmap(overrides)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
@@ -292,6 +296,24 @@ def _run_prompt_lines(body: dict, img2img: bool):
                  "all_negative_prompts": [p for job in jobs for p in _info(job, img2img)["all_negative_prompts"]],
                  "all_seeds": [im["seed"] for job in jobs for im in job.images], "infotexts": infotexts,
                  "job_ids": [job.id for job in jobs], "interrupted": jobs[-1].state == CANCELLED})
+    parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
+
+
+def _plot(body: dict, gen, choice: ModelChoice | None):
+    """A1111's X/Y/Z plot: the grid first, then (its "Include Sub Images") every cell's image."""
+    with wait_slot(sync=True) as waiting:
+        if not waiting:
+            raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
+                                "waiting for their images; try again shortly", headers={"Retry-After": SYNC_RETRY_AFTER})
+        grid, cells, with_cells = xyz.sdapi_plot(gen, body, choice, current_app.config["SYNC_TIMEOUT"])
+    shown = [job for job in cells if job.images] if with_cells else []
+    images = _images_b64(grid) + [_png_b64(job, 0) for job in shown]
+    info = _info(grid, img2img=False)
+    info["infotexts"] = [im["infotext"] for im in grid.images] + [job.images[0]["infotext"] for job in shown]
+    info["all_seeds"] = [im["seed"] for im in grid.images] + [job.images[0]["seed"] for job in shown]
+    info["index_of_first_image"] = len(grid.images) if shown else 0
+    info["interrupted"] = any(job.state == CANCELLED for job in cells)
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
@@ -482,6 +504,9 @@ def interrupt():
     mine.sort(key=lambda j: (j.state != RUNNING, j.created_at))
     if mine:
         backend().cancel(mine[0].id)
+        group = mine[0].params.get("group")
+        if isinstance(group, dict) and "id" in group:  # an X/Y/Z plot's cell: A1111 stops the whole plot
+            backend().cancel_group(group["id"], client_id())
     return jsonify({"interrupted": mine[0].id if mine else None})
 
 
@@ -539,10 +564,9 @@ def schedulers():
 
 @bp.get("/scripts")
 def scripts():
-    # The scripts this server honours, A1111's titles in lower case: SD upscale and prompts from file are
-    # chosen by script_name,
-    # ControlNet and ADetailer run through alwayson_scripts.
-    return jsonify({"txt2img": [PROMPT_LINES, "controlnet", "adetailer"],
+    # The scripts this server honours, A1111's titles in lower case: X/Y/Z plot, SD upscale and prompts from
+    # file are chosen by script_name, ControlNet and ADetailer run through alwayson_scripts.
+    return jsonify({"txt2img": [xyz.SCRIPT_TITLE, PROMPT_LINES, "controlnet", "adetailer"],
                     "img2img": [SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
 
 

@@ -75,6 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_UPLOAD_PIXELS", 4096 * 4096, "largest init image, in pixels (checked before decoding)"),
     Setting("MAX_QUEUED_PER_CLIENT", 5, "most unfinished (queued or running) jobs per client"),
     Setting("MAX_QUEUE", 100, "most queued jobs in all"),
+    Setting("XYZ_MAX_CELLS", 64, "most cells (one job each) in one X/Y/Z plot"),
     Setting("PREVIEW_EVERY", 1, "make a live preview every N steps (0: never)"),
     Setting("START_WORKER", True, "start the GPU worker thread (tests may drive it by hand)"),
     Setting("SYNC_TIMEOUT", 900, "seconds an A1111 /sdapi call waits for its job before answering 504"),

@@ -40,6 +40,7 @@ from PIL import Image
 
 from app.engine.metadata import read_parameters, request_from_infotext
 from app.engine.types import GenerationRequest, Limits
+from app.jobs import groups
 from app.jobs.base import LOADING, READY, Backend, ModelChoice, ModelStatus, StorageUnavailable
 from app.jobs.images import IMAGE_NAME, JOB_ID, ImageStore, disk_room_reason, is_image_name
 from app.jobs.job import Job
@@ -159,16 +160,23 @@ class RedisBackend(Backend):
         self.store.limits = limits
         self.images = RedisImageStore(image_root, self.store)
         self.keep_images, self.keep_days = keep_images, keep_days
-        self.upkeep = RedisUpkeep(self.store, self.images, min_free_mb=min_free_mb, retention=self.apply_retention)
+        self.upkeep = RedisUpkeep(self.store, self.images, min_free_mb=min_free_mb, retention=self._after_images)
         self._persistence: tuple[float, str | None] = (-1e9, None)
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+    def _after_images(self) -> None:
+        """Upkeep when jobs' images reach this disk: retention, and the grid of a plot whose
+        last cell's images just arrived (app/jobs/groups.py)."""
+        self.apply_retention()
+        groups.collect_recent(self)
+
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
         """Refused before anything is queued while the image disk is nearly full: a worker
         would not start it, and a 503 must mean no job was queued."""
         no_room = disk_room_reason(self.images.free_mb(), self.min_free_mb)
         if no_room:
             raise StorageUnavailable(f"the web app's {no_room}")
-        return super().submit(request, client, model)
+        return super().submit(request, client, model, group)
 
     def get(self, job_id: str) -> Job | None:
         return self.images.ensure(self.store.get(job_id))

@@ -253,15 +253,20 @@ class RedisJobStore(JobStore):
 
     # --- client side (the web app) ------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
         job_id = new_job_id()
         params, init_png = job_record(request)
         if model is not None:
             params.update(model.to_params())
+        if group is not None:
+            params["group"] = group
+        # A group is admitted as a whole: its later jobs skip the per-client limit.
+        per_client = 2 ** 31 if group and group.get("order", 0) > 0 else self.max_per_client
         seq, count = self._scripts["submit"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq"), self.key("queued"),
                   self.key("client", client), self.key("init", job_id)],
-            args=[job_id, client, json.dumps(params), now(), params["steps"], self.max_per_client, self.max_queue,
+            args=[job_id, client, json.dumps(params), now(), params["steps"], per_client, self.max_queue,
                   init_png or b"", json.dumps(asdict(self.limits)) if self.limits is not None else ""])
         if seq == -1:
             raise QueueFull.for_client(count, self.max_per_client)
@@ -482,6 +487,10 @@ class RedisJobStore(JobStore):
         return bool(self._scripts["restore"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq")],
             args=[job_id, client, json.dumps(params), json.dumps(images), created_at, finished_at, int(partial)]))
+
+    def add_done(self, job_id: str, client: str, params: dict, images: builtins.list[dict]) -> bool:
+        stamp = now()
+        return self.restore(job_id, client, params, images, stamp, stamp)
 
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""

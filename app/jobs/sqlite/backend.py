@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.jobs import groups
 from app.jobs.base import Backend, ModelChoice, ModelStatus
 from app.jobs.engines import ModelLoader
 from app.jobs.images import ImageStore
@@ -26,10 +27,15 @@ class SQLiteBackend(Backend):
         self.images = ImageStore(image_root)
         self.keep_images, self.keep_days = keep_images, keep_days
         self.worker = Worker(self.store, load_engine, self.images, preview_every=preview_every,
-                             min_free_mb=min_free_mb, after_job=self.apply_retention, load_model=load_model,
+                             min_free_mb=min_free_mb, after_job=self._after_job, load_model=load_model,
                              startup=ModelChoice(model, vae))
         # A (re)started server runs its startup model until told otherwise; jobs still queued keep theirs.
         self.store.select(None)
+
+    def _after_job(self) -> None:
+        """Upkeep after each job: retention, and the grid of a plot whose last cell just ended."""
+        self.apply_retention()
+        groups.collect_recent(self)
 
     def status(self) -> ModelStatus:
         return self.worker.slot.status(ModelChoice(self.model, self.vae))

@@ -129,16 +129,19 @@ class SQLiteJobStore(JobStore):
 
     # client side
 
-    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None) -> Job:
+    def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
+               group: dict | None = None) -> Job:
         job_id = new_job_id()
         params, init_png = job_record(request)
         if model is not None:
             params.update(model.to_params())
+        if group is not None:
+            params["group"] = group
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # the limit checks and the insert as one step
             mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')",
                                 (client,)).fetchone()[0]
-            if mine >= self.max_per_client:
+            if mine >= self.max_per_client and not (group and group.get("order", 0) > 0):
                 raise QueueFull.for_client(mine, self.max_per_client)
             queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if queued >= self.max_queue:
@@ -149,6 +152,16 @@ class SQLiteJobStore(JobStore):
                 conn.execute("INSERT INTO inputs (job_id, init_image) VALUES (?, ?)", (job_id, init_png))
         self._notify()
         return self._must_get(job_id)
+
+    def add_done(self, job_id: str, client: str, params: dict, images: builtins.list[dict]) -> bool:
+        stamp = now()
+        with self._connect() as conn:
+            added = conn.execute(
+                "INSERT OR IGNORE INTO jobs (id, client, state, params, images, created_at, started_at, finished_at)"
+                " VALUES (?, ?, 'done', ?, ?, ?, ?, ?)",
+                (job_id, client, json.dumps(params), json.dumps(images), stamp, stamp, stamp)).rowcount
+        self._notify()
+        return bool(added)
 
     def selection(self) -> ModelChoice | None:
         with self._connect() as conn:

@@ -238,7 +238,7 @@ def test_scale_is_of_the_uploaded_image_not_of_a_silently_shrunk_copy(client, pa
 def test_a_multipart_boolean_that_is_not_one_is_named_like_in_json(client, field):
     """JSON {"enable_hr": "maybe"} is a 400 naming enable_hr, but the same value
     in a multipart form (the page's upload path, curl -F) is read as false and
-    the job is queued (202) without the hires pass the user typed: _from_form
+    the job is queued (202) without the hires pass the user typed: from_form
     maps anything but 1/true/on/yes to False instead of leaving it for
     validation, as its docstring says it does for what does not convert."""
     assert_error(client.post("/api/jobs", json=small_job(**{field: "maybe"})), 400, field)

@@ -8,17 +8,17 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_accessibility import axe_problems, scheme_page  # noqa: F401
-from test_browser import browser, page, serve  # noqa: F401
+
+from browser_helpers import axe_problems
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _fetch_json(page, url: str):  # noqa: F811
+def _fetch_json(page, url: str):
     return page.evaluate("(u) => fetch(u).then(r => r.json())", url)
 
 
-def test_a_2x2_plot_from_the_page(serve, page):  # noqa: F811
+def test_a_2x2_plot_from_the_page(serve, page):
     server = serve()
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
@@ -59,7 +59,7 @@ def test_a_2x2_plot_from_the_page(serve, page):  # noqa: F811
 
 
 @pytest.mark.parametrize("scheme_page", ["light", "dark"], indirect=True)
-def test_the_plot_section_passes_axe(serve, scheme_page):  # noqa: F811
+def test_the_plot_section_passes_axe(serve, scheme_page):
     server = serve()
     scheme_page.goto(server.url + "/")
     scheme_page.wait_for_selector("#model-status[data-state=ready]")

@@ -6,12 +6,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.engine.prompt_lines import line_values
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
-from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError
+from app.engine.types import ValidationError
 from app.jobs.base import READY
 from app.jobs.job import STATES, Job
 from app.web import models
 from app.web.auth import client_id, is_authenticated
-from app.web.body import check_int_size, json_object
+from app.web.body import json_object
 from app.web.errors import ApiError
 from app.web.extras import EXTRAS_FIELDS, SOURCE_FIELDS, extras_request, queue_extras
 from app.web.loras import lora_infos
@@ -23,6 +23,7 @@ from app.web.service import (
     form_defaults,
     is_mine,
     job_json,
+    job_values,
 )
 from app.web.settings import public_limits
 from app.web.slow import read_slowly
@@ -31,7 +32,6 @@ from app.web.waiting import RETRY_AFTER, wait_slot
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 FIELDS = WEB_FIELDS
-_TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in FIELDS}
 
 
 def get_job_or_404(job_id: str) -> Job:
@@ -43,55 +43,6 @@ def get_job_or_404(job_id: str) -> Job:
 
 # --- input ---------------------------------------------------------------------------
 
-def _job_values(extra: tuple[str, ...] = ()) -> tuple[dict, object, object]:
-    """Fields from a JSON body or a multipart form; the init image and mask apart.
-    ``extra``: a route's own fields besides the generation's (``xyz``)."""
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        values = {k: _from_form(k, v) for k, v in request.form.items()}
-        if "styles" in request.form:  # a list: one form field per style, as a multi-select sends them
-            values["styles"] = [name.strip() for name in request.form.getlist("styles") if name.strip()]
-        for name in IMAGE_FIELDS:
-            upload = request.files.get(name)
-            if upload is not None and upload.filename:
-                values[name] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
-    else:
-        values = json_object(" or a form")
-    for key in values:
-        if key not in FIELDS and key not in extra:
-            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(FIELDS), key, values[key])
-    init, mask = values.pop("init_image", None), values.pop("mask", None)
-    for name, value in (("init_image", init), ("mask", mask)):
-        if isinstance(value, str) and not value.strip():
-            # null means "no image", like null for any field; an empty string is a broken upload.
-            raise ApiError(400, f"{name}: is empty; send a base64 string or a data URL, or leave it out",
-                           name, value)
-    return values, init, mask
-
-
-def _from_form(name: str, text: str):
-    """Form fields are text: numbers are converted as the request type
-    declares them; what does not convert is left as text for validation to name."""
-    text = text.strip()
-    if text == "":
-        return None
-    kind = str(_TYPES.get(name, ""))
-    if kind.startswith("bool"):  # a checkbox sends "on"; anything else unknown is named by validation
-        lowered = text.lower()
-        if lowered in ("1", "true", "on", "yes"):
-            return True
-        return False if lowered in ("0", "false", "off", "no") else text
-    try:
-        if kind.startswith("int"):
-            value = int(text)
-            check_int_size(name, value)  # as in a JSON body (app/web/body.py)
-            return value
-        if kind.startswith("float"):
-            return float(text)
-    except ValueError:
-        return text
-    return text
-
-
 # --- routes --------------------------------------------------------------------------
 
 # "Prompts from file or textbox" on the native API (app/engine/prompt_lines.py): these fields beside the
@@ -101,7 +52,7 @@ LINE_FIELDS = ("prompt_lines", "iterate_seed", "same_seed", "prompt_position")
 
 @bp.post("/jobs")
 def submit_job():
-    values, init, mask = _job_values(extra=LINE_FIELDS)
+    values, init, mask = job_values(extra=LINE_FIELDS)
     lines = {k: values.pop(k) for k in LINE_FIELDS if k in values}
     if lines:
         return _submit_lines(values, lines, init, mask)

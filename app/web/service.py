@@ -6,14 +6,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from app.engine.controlnet import UNIT_IMAGES
 from app.engine.dynamic_prompts import check_wildcards
-from app.engine.types import GenerationRequest, ValidationError, field_names, floor_size
+from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, field_names, floor_size
 from app.jobs.base import Backend, ModelChoice
 from app.jobs.job import DONE, Job, QueueFull
 from app.web.auth import client_id, is_owner, people_store, person_id
+from app.web.body import check_int_size, json_object
 from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras
@@ -179,3 +180,57 @@ def _shown_params(params: dict) -> dict:
     if shown.get("controlnet"):
         shown["controlnet"] = [{k: v for k, v in unit.items() if k not in UNIT_IMAGES} for unit in shown["controlnet"]]
     return shown
+
+
+# --- request bodies -------------------------------------------------------------------
+
+_TYPES = {f: GenerationRequest.__dataclass_fields__[f].type for f in WEB_FIELDS}
+
+
+def job_values(extra: tuple[str, ...] = ()) -> tuple[dict, object, object]:
+    """Fields from a JSON body or a multipart form; the init image and mask apart.
+    ``extra``: a route's own fields besides the generation's (``xyz``)."""
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        values = {k: from_form(k, v) for k, v in request.form.items()}
+        if "styles" in request.form:  # a list: one form field per style, as a multi-select sends them
+            values["styles"] = [name.strip() for name in request.form.getlist("styles") if name.strip()]
+        for name in IMAGE_FIELDS:
+            upload = request.files.get(name)
+            if upload is not None and upload.filename:
+                values[name] = upload.read(current_app.config["MAX_UPLOAD_BYTES"] + 1)
+    else:
+        values = json_object(" or a form")
+    for key in values:
+        if key not in WEB_FIELDS and key not in extra:
+            raise ApiError(400, f"{key}: unknown field; the fields are " + ", ".join(WEB_FIELDS), key, values[key])
+    init, mask = values.pop("init_image", None), values.pop("mask", None)
+    for name, value in (("init_image", init), ("mask", mask)):
+        if isinstance(value, str) and not value.strip():
+            # null means "no image", like null for any field; an empty string is a broken upload.
+            raise ApiError(400, f"{name}: is empty; send a base64 string or a data URL, or leave it out",
+                           name, value)
+    return values, init, mask
+
+
+def from_form(name: str, text: str):
+    """Form fields are text: numbers are converted as the request type
+    declares them; what does not convert is left as text for validation to name."""
+    text = text.strip()
+    if text == "":
+        return None
+    kind = str(_TYPES.get(name, ""))
+    if kind.startswith("bool"):  # a checkbox sends "on"; anything else unknown is named by validation
+        lowered = text.lower()
+        if lowered in ("1", "true", "on", "yes"):
+            return True
+        return False if lowered in ("0", "false", "off", "no") else text
+    try:
+        if kind.startswith("int"):
+            value = int(text)
+            check_int_size(name, value)  # as in a JSON body (app/web/body.py)
+            return value
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        return text
+    return text

@@ -18,12 +18,11 @@ from app.engine.types import GenerationRequest, ValidationError
 from app.engine.xyz import MAX_CELLS, SCRIPT_TITLE, Plot, make_plot
 from app.jobs.base import ModelChoice
 from app.jobs.job import QUEUED, RUNNING, Job, QueueFull
-from app.web import backend, models
-from app.web.admin import quota_charged
-from app.web.api import _job_values, build_request, job_json
+from app.web import models
 from app.web.auth import client_id
 from app.web.errors import ApiError
 from app.web.loras import check_loras
+from app.web.service import backend, build_request, job_json, job_values, quota_charged
 from app.web.settings import engine_limits
 
 bp = Blueprint("xyz", __name__, url_prefix="/api")
@@ -123,7 +122,7 @@ def group_json(group_id: str) -> dict:
 
 @bp.post("/xyz")
 def submit_plot():
-    values, init, mask = _job_values(extra=("xyz",))
+    values, init, mask = job_values(extra=("xyz",))
     settings = values.pop("xyz", None)
     if isinstance(settings, str):  # a form field: JSON text
         try:

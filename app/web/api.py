@@ -193,14 +193,29 @@ def submit_job():
     return jsonify({"ok": True, "job": job_json(job)}), 202
 
 
+def page_args(default: int, most: int) -> tuple[int, str | None]:
+    """A listing's page size (``limit``) and cursor (``before``: the id of the last job of the page
+    before, newest first), both checked: a 400 names the bad one."""
+    raw = request.args.get("limit")
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit", raw) from None
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit: must be between 1 and {most}", "limit", limit)
+    before = request.args.get("before") or None
+    if before is not None and not is_job_id(before):
+        raise ApiError(400, "before: must be a job id (32 hex digits)", "before", before)
+    return limit, before
+
+
+def is_job_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
 @bp.get("/jobs")
 def list_jobs():
-    try:
-        limit = int(request.args.get("limit", 50))
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit")) from None
-    if not 1 <= limit <= 200:
-        raise ApiError(400, "limit: must be between 1 and 200", "limit", limit)
+    limit, before = page_args(50, 200)
     states = None
     if request.args.get("state"):
         states = tuple(s.strip() for s in request.args["state"].split(","))
@@ -209,7 +224,7 @@ def list_jobs():
             raise ApiError(400, "state: must be one of " + ", ".join(STATES), "state", bad[0])
     # Own jobs by default; ?all=1: the whole queue, others' jobs as job_json shows them.
     everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
-    jobs = backend().list(limit=limit, before=request.args.get("before") or None, states=states,
+    jobs = backend().list(limit=limit, before=before, states=states,
                           client=None if everyone else client_id())
     return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
 

@@ -95,3 +95,10 @@ def peak_rss_growth(action) -> tuple[object, int]:
     before = status("VmRSS")
     result = action()
     return result, status("VmHWM") - before
+
+
+def tile_action(tile, name: str):
+    """A gallery tile's action (a Playwright locator of the item), its actions menu opened first:
+    the gallery keeps each tile's actions in one menu (issue #27)."""
+    tile.locator(".menu-button").click()
+    return tile.get_by_role("menuitem", name=name)

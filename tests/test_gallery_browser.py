@@ -19,15 +19,15 @@ SETTINGS = {"prompt": "a copper kettle", "negative_prompt": "blurry, dark", "wid
 
 
 def make_jobs(page, server, count: int, **fields) -> list[str]:  # noqa: F811
-    """Jobs of this browser (its client id: its own to delete), finished, oldest first."""
+    """Jobs of this browser (its client id: its own to delete), finished, oldest first; one at a
+    time (a client may have only a few queued)."""
     page.goto(server.url + "/")
     ids = []
     for n in range(count):
         body = {"prompt": f"tile {n}", "width": 64, "height": 64, "steps": 2, "seed": n, **fields}
         ids.append(page.request.post(server.url + "/api/jobs", data=body, headers={"Origin": server.url})
                    .json()["job"]["id"])
-    for job_id in ids:
-        assert requests.get(f"{server.url}/api/jobs/{job_id}?wait=60").json()["job"]["state"] == "done"
+        assert requests.get(f"{server.url}/api/jobs/{ids[-1]}?wait=60").json()["job"]["state"] == "done"
     return ids
 
 
@@ -214,20 +214,27 @@ def test_swipe_steps_through_the_lightbox_on_a_phone(serve, browser):  # noqa: F
 
 
 def test_the_gallery_loads_the_next_page_on_scroll(serve, page):  # noqa: F811
+    """More jobs than a page: the first page alone, then one page at a time as the user scrolls."""
     server = serve()
-    ids = make_jobs(page, server, 7)
-    page.set_viewport_size(DESKTOP)
-    page.goto(server.url + "/gallery?limit=3")
-    assert page.locator("article.tile").count() == 3
+    ids = make_jobs(page, server, 21)
+    page.set_viewport_size(PHONE)
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url) if "before=" in request.url else None)
+    page.goto(server.url + "/gallery?limit=10")
+    page.wait_for_timeout(1000)
+    assert page.locator("article.tile").count() == 10 and fetched == []  # nothing more until a scroll
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.wait_for_function("() => document.querySelectorAll('article.tile').length === 7")
+    page.wait_for_function("() => document.querySelectorAll('article.tile').length === 20")
+    assert len(fetched) == 1 and "limit=10" in fetched[0]
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("() => document.querySelectorAll('article.tile').length === 21")
     assert "that is all" in page.text_content("#gallery-loading")
-    assert page.query_selector("#older") is None
+    assert page.query_selector("#older") is None and len(fetched) == 2
     shown = page.eval_on_selector_all("article.tile", "tiles => tiles.map(t => t.getAttribute('data-job'))")
     assert shown == ids[::-1]  # newest first, each once
     # The loaded tiles work like the first page's: the lightbox walks all of them, their menus open.
     open_lightbox(page, ids[0])
-    assert "(7 of 7)" in page.text_content("#lightbox-title")
+    assert "(21 of 21)" in page.text_content("#lightbox-title")
     page.keyboard.press("Escape")
     menu_item(page, ids[0], "Reuse settings").wait_for()
     assert page.is_visible(f"#menu-{ids[0]}-0")

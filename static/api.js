@@ -66,12 +66,13 @@
     });
   };
 
-  // Copy text to the clipboard; the button says "Copied" for a moment.
-  T2I.copyText = function (text, button) {
+  // Copy text to the clipboard; the button says "Copied" for a moment, then copied() is called.
+  T2I.copyText = function (text, button, copied) {
     var done = function () {
       var label = button.textContent;
       button.textContent = "Copied";
       window.setTimeout(function () { button.textContent = label; }, 1500);
+      if (copied) copied();
     };
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(text).then(done, function () { copyFallback(text) && done(); });

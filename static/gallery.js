@@ -19,7 +19,9 @@
     root.addEventListener("click", function (event) {
       var button = event.target.closest(".menu-button");
       if (button) { self.toggle(button, 0); return; }
-      if (event.target.closest("[role=menuitem]")) self.close(false);
+      // A link goes elsewhere; after a button (Copy, Upscale, Delete) the focus is back on the menu's button.
+      var item = event.target.closest("[role=menuitem]");
+      if (item) self.close(item.tagName === "BUTTON");
     });
     root.addEventListener("keydown", function (event) { self.key(event); });
     document.addEventListener("click", function (event) {
@@ -45,6 +47,7 @@
     var button = this.open;
     if (!button) return;
     this.open = null;
+    if (!button.isConnected) return;  // its tile was deleted
     button.setAttribute("aria-expanded", "false");
     $(button.getAttribute("aria-controls")).hidden = true;
     if (refocus) button.focus();
@@ -84,7 +87,12 @@
 
   // Every tile of the job goes (a delete removes the job and all its images).
   function removeJob(root, jobId) {
+    var focused = document.activeElement && document.activeElement.closest("article.tile");
     tiles(root).forEach(function (tile) { if (tile.getAttribute("data-job") === jobId) tile.remove(); });
+    if (focused && !focused.isConnected) {  // the focus was in a deleted tile: the first tile's link takes it
+      var first = root.querySelector("a.tile-image");
+      (first || document.querySelector(".page-title")).focus();
+    }
     if (!tiles(root).length && !$("older")) {
       root.before(T2I.el("p", { class: "card empty", id: "gallery-empty", text: "No images left on this page." }));
     }
@@ -117,7 +125,12 @@
     new Menus(root);
     root.addEventListener("click", function (event) {
       var copy = event.target.closest("[data-copy]");
-      if (copy) { T2I.copyText($(copy.getAttribute("data-copy")).textContent, copy); return; }
+      if (copy) {  // the menu closes: the status line says it was copied
+        T2I.copyText($(copy.getAttribute("data-copy")).textContent, copy, function () {
+          $("gallery-loading").textContent = "Parameters copied.";
+        });
+        return;
+      }
       var upscale = event.target.closest("[data-upscale]");
       if (upscale) {
         T2I.upscale.into(upscale.closest(".tile-body"), upscale.getAttribute("data-upscale"), upscale);

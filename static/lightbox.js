@@ -62,6 +62,7 @@
     this.dialog.addEventListener("close", function () {
       var opener = self.opener;
       self.opener = null;
+      if (self.handedOver) { self.handedOver = false; return; }  // the host's action placed the focus
       if (opener && opener.isConnected) opener.focus();
       else if (self.host.focusAfterClose) self.host.focusAfterClose();
     });
@@ -138,6 +139,7 @@
   Lightbox.prototype.act = function (name, mode) {
     var item = this.items[this.index];
     if (this.host[name]) {
+      this.handedOver = true;
       this.dialog.close();
       this.host[name](item, mode);
       return;

@@ -236,6 +236,7 @@ def test_the_gallery_loads_the_next_page_on_scroll(serve, page):  # noqa: F811
     open_lightbox(page, ids[0])
     assert "(21 of 21)" in page.text_content("#lightbox-title")
     page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
     menu_item(page, ids[0], "Reuse settings").wait_for()
     assert page.is_visible(f"#menu-{ids[0]}-0")
 

@@ -82,6 +82,13 @@ def test_send_to_img2img_and_inpaint_keep_the_prompt_and_settings(serve, page): 
     assert page.evaluate("document.getElementById('mask-section').open")
     assert form_settings(page)["prompt"] == "a copper kettle"
 
+    # The lightbox's Send to img2img does the same.
+    page.goto(server.url + "/gallery")
+    open_lightbox(page, job_id)
+    page.click("#lightbox-img2img")
+    page.wait_for_function("() => document.getElementById('init-thumb').naturalWidth === 64")
+    assert form_settings(page) == EXPECTED_FORM
+
 
 def test_the_actions_menu_works_with_the_keyboard(serve, page):  # noqa: F811
     server = serve()

@@ -66,7 +66,8 @@
     });
   };
 
-  // Copy text to the clipboard; the button says "Copied" for a moment, then copied() is called.
+  // Copy text to the clipboard (the old way where the Clipboard API is missing: plain http); the
+  // button says "Copied" for a moment, then copied() is called.
   T2I.copyText = function (text, button, copied) {
     var done = function () {
       var label = button.textContent;

@@ -517,8 +517,7 @@
     });
   }
 
-  // Copy text to the clipboard; the old way where the Clipboard API is missing (plain http).
-  var copyText = T2I.copyText;
+  var copyText = T2I.copyText;  // static/api.js: shared with the gallery's menu
 
   // ---------------------------------------------------------------- history
   // The last 50 prompts sent from this browser (localStorage), searchable;
@@ -926,7 +925,7 @@
           // The settings when the job's images are this one's; else the image alone.
           if (job && job.images[index] && job.images[index].url === init) self.sendWithSettings(job, index, mode);
           else self.sendToImg2img(init, mode);
-        });
+        }, function () { self.sendToImg2img(init, mode); });
         return;
       } else this.sendToImg2img(init, mode);
     }

@@ -66,6 +66,31 @@
     });
   };
 
+  // Copy text to the clipboard (the old way where the Clipboard API is missing: plain http); the
+  // button says "Copied" for a moment, then copied() is called.
+  T2I.copyText = function (text, button, copied) {
+    var done = function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      window.setTimeout(function () { button.textContent = label; }, 1500);
+      if (copied) copied();
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { copyFallback(text) && done(); });
+    } else if (copyFallback(text)) done();
+  };
+
+  function copyFallback(text) {
+    var box = T2I.el("textarea", { class: "visually-hidden", "aria-hidden": "true", readonly: true });
+    box.value = text;
+    document.body.appendChild(box);
+    box.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    box.remove();
+    return ok;
+  }
+
   T2I.blobToDataURL = function (blob) {
     return new Promise(function (resolve, reject) {
       var reader = new FileReader();

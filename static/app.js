@@ -124,7 +124,17 @@
     $("init_image").addEventListener("change", function () { self.initImageChosen(); });
     $("random-subseed").addEventListener("click", function () { $("subseed").value = ""; $("subseed").focus(); });
     this.mask = new T2I.MaskPainter($("mask-canvas"), $("mask-image"));
-    this.lightbox = new T2I.Lightbox();
+    // The results' lightbox acts on this page: Reuse and Send fill the form in place.
+    this.lightbox = new T2I.Lightbox({
+      reuse: function (item) { self.reuse(item.source, item.n); },
+      send: function (item, mode) { self.sendWithSettings(item.source, item.n, mode); },
+      deleted: function (jobId) {
+        if (self.renderedResults !== jobId) return;
+        $("results").replaceChildren();
+        self.renderedResults = null;
+      },
+      focusAfterClose: function () { $("prompt").focus(); },
+    });
     $("clear-init").addEventListener("click", function () { self.clearInitImage(); });
     $("cancel").addEventListener("click", function () { self.cancel(); });
     $("reuse").addEventListener("click", function () {
@@ -389,8 +399,20 @@
     else $("enable_hr").setAttribute("aria-describedby", "hires-off");
   };
 
-  // "Send to img2img": an image of this server (a result, a gallery image) becomes the init image.
-  GeneratePage.prototype.sendToImg2img = function (url) {
+  // "Send to img2img" and "Send to inpaint" (A1111's buttons): the job's prompt and settings, with
+  // image ``index``'s seed, and the image as the init image. Hires fix stays off: it is txt2img's.
+  GeneratePage.prototype.sendWithSettings = function (job, index, mode) {
+    this.reuse(job, index);
+    if ($("enable_hr").checked) {
+      $("enable_hr").checked = false;
+      $("enable_hr").dispatchEvent(new Event("change", { bubbles: true }));
+    }
+    return this.sendToImg2img(job.images[index].url, mode);
+  };
+
+  // An image of this server (a result, a gallery image) becomes the init image; ``mode``
+  // "inpaint" opens the mask painter on it.
+  GeneratePage.prototype.sendToImg2img = function (url, mode) {
     var self = this;
     this.clearErrors();
     return fetch(url, { credentials: "same-origin" }).then(function (response) {
@@ -405,6 +427,13 @@
       return T2I.blobToDataURL(blob);
     }).then(function (dataUrl) {
       self.setInitImage(dataUrl);
+      if (mode === "inpaint") {
+        $("mask-section").open = true;
+        self.note("The image is the init image now: paint the area to repaint, then press Generate.");
+        $("mask-section").scrollIntoView({ behavior: "smooth", block: "start" });
+        $("mask-section").querySelector("summary").focus();
+        return;
+      }
       self.note("The image is the init image now: set the strength and press Generate.");
       $("init-preview").closest("fieldset").scrollIntoView({ behavior: "smooth", block: "start" });
       $("strength").focus();
@@ -553,28 +582,7 @@
     });
   }
 
-  // Copy text to the clipboard; the old way where the Clipboard API is missing (plain http).
-  function copyText(text, button) {
-    var done = function () {
-      var label = button.textContent;
-      button.textContent = "Copied";
-      window.setTimeout(function () { button.textContent = label; }, 1500);
-    };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done, function () { copyFallback(text) && done(); });
-    } else if (copyFallback(text)) done();
-  }
-
-  function copyFallback(text) {
-    var box = el("textarea", { class: "visually-hidden", "aria-hidden": "true", readonly: true });
-    box.value = text;
-    document.body.appendChild(box);
-    box.select();
-    var ok = false;
-    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-    box.remove();
-    return ok;
-  }
+  var copyText = T2I.copyText;  // static/api.js: shared with the gallery's menu
 
   // ---------------------------------------------------------------- history
   // The last 50 prompts sent from this browser (localStorage), searchable;
@@ -815,7 +823,7 @@
   GeneratePage.prototype.renderResults = function (job) {
     var self = this, p = job.params || {}, partial = job.state === "cancelled";
     var items = (job.images || []).map(function (image, index) {
-      return { url: image.url, infotext: image.infotext,
+      return { url: image.url, infotext: image.infotext, job: job.id, n: index, mine: !!job.mine, source: job,
                alt: (partial ? "Partial image " : "Generated image ") + (index + 1) + ", seed " + image.seed };
     });
     var figures = (job.images || []).map(function (image, index) {
@@ -839,7 +847,7 @@
           el("button", { type: "button", class: "secondary small copy-infotext", text: "Copy parameters",
                          onclick: function (event) { copyText(image.infotext, event.currentTarget); } }),
           el("button", { type: "button", class: "secondary small send-img2img", text: "Send to img2img",
-                         onclick: function () { self.sendToImg2img(image.url); } }),
+                         onclick: function () { self.sendWithSettings(job, index); } }),
           T2I.controlnet ? el("button", { type: "button", class: "secondary small send-controlnet",
                                           text: "Send to ControlNet",
                                           onclick: function () { T2I.controlnet.fromUrl(image.url); } }) : null,
@@ -964,21 +972,32 @@
 
   // After a reload (phones drop tabs), pick the last job up again; a gallery
   // "Reuse settings" link arrives as /?reuse=<job id>&image=<n>, its "Send to
-  // img2img" link as /?init=/images/<job id>/<n>.png.
+  // img2img" link as /?init=/images/<job id>/<n>.png&reuse=<job id>&image=<n>
+  // (the image and its settings; &mode=inpaint: Send to inpaint).
   GeneratePage.prototype.restore = function () {
     var self = this;
     var params = new URLSearchParams(window.location.search);
-    var reuseId = params.get("reuse"), init = params.get("init");
+    var reuseId = params.get("reuse"), init = params.get("init"), mode = params.get("mode");
+    var index = Number(params.get("image")) || 0;
     if (init) {
       window.history.replaceState(null, "", window.location.pathname);
       // Only this server's own images: the link must not make the page fetch anything else.
-      if (/^\/images\/[^/?#]+\/[^/?#]+$/.test(init)) this.sendToImg2img(init);
-      else this.showError({ error: "init: not an image of this server", field: "init_image", value: init });
+      if (!/^\/images\/[^/?#]+\/[^/?#]+$/.test(init)) {
+        this.showError({ error: "init: not an image of this server", field: "init_image", value: init });
+      } else if (reuseId) {
+        api("GET", "/api/jobs/" + encodeURIComponent(reuseId)).then(function (result) {
+          var job = result.ok && result.data.job;
+          // The settings when the job's images are this one's; else the image alone.
+          if (job && job.images[index] && job.images[index].url === init) self.sendWithSettings(job, index, mode);
+          else self.sendToImg2img(init, mode);
+        }, function () { self.sendToImg2img(init, mode); });
+        return;
+      } else this.sendToImg2img(init, mode);
     }
     if (reuseId) {
       window.history.replaceState(null, "", window.location.pathname);
       api("GET", "/api/jobs/" + encodeURIComponent(reuseId)).then(function (result) {
-        if (result.ok && result.data.job) self.reuse(result.data.job, Number(params.get("image")) || 0);
+        if (result.ok && result.data.job) self.reuse(result.data.job, index);
         else self.showError(result.data);
       });
       return;
@@ -1105,52 +1124,6 @@
     $("queue-strip").textContent = text;
   };
 
-  // --------------------------------------------------------------- gallery
-  // Delete buttons: DELETE /api/jobs/<id> removes the job and all its images,
-  // so every tile of that job goes. (No inline handlers: the page's CSP forbids them.)
-  function initGallery(root) {
-    var lightbox = null;
-    root.addEventListener("click", function (event) {
-      var copy = event.target.closest("[data-copy]");
-      if (copy) { copyText($(copy.getAttribute("data-copy")).textContent, copy); return; }
-      var upscale = event.target.closest("[data-upscale]");
-      if (upscale) { T2I.upscale.into(upscale.closest(".tile-body"), upscale.getAttribute("data-upscale"), upscale); return; }
-      var open = event.target.closest("a.tile-image");
-      if (open && !(event.ctrlKey || event.metaKey || event.shiftKey || event.button)) {
-        event.preventDefault();
-        var links = Array.prototype.slice.call(root.querySelectorAll("a.tile-image"));
-        var items = links.map(function (link) {
-          var info = $(link.getAttribute("data-info"));
-          return { url: link.getAttribute("href"), alt: link.querySelector("img").getAttribute("alt"),
-                   infotext: info ? info.textContent : "" };
-        });
-        lightbox = lightbox || new T2I.Lightbox();
-        lightbox.open(items, links.indexOf(open), open);
-        return;
-      }
-      var button = event.target.closest("[data-delete-job]");
-      if (!button) return;
-      var jobId = button.getAttribute("data-delete-job");
-      if (!window.confirm("Delete this job and all its images? This cannot be undone.")) return;
-      button.disabled = true;
-      api("DELETE", "/api/jobs/" + encodeURIComponent(jobId)).then(function (result) {
-        if (!result.ok) {
-          button.disabled = false;
-          window.alert(result.data.error || "Could not delete the job.");
-          return;
-        }
-        root.querySelectorAll("[data-job]").forEach(function (tile) {
-          if (tile.getAttribute("data-job") !== jobId) return;
-          T2I.upscale.discard(tile);
-          tile.remove();
-        });
-      }, function () {
-        button.disabled = false;
-        window.alert("The server could not be reached; the job was not deleted.");
-      });
-    });
-  }
-
   // ----------------------------------------------------------------- login
   // The password box's Show/Hide button (hidden without JavaScript, where it could not work).
   function initShowPassword(button) {
@@ -1180,7 +1153,6 @@
       if (page) { page.jobs = jobs; if (page.jobId) jobs.markCurrent(page.jobId); }
       jobs.refresh();
     }
-    if ($("gallery")) initGallery($("gallery"));
     if ($("show-password")) initShowPassword($("show-password"));
     if ($("model-status")) pollHealth();
   });

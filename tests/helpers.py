@@ -316,3 +316,10 @@ def write_csv(path, rows, header=("image", "caption")):
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def tile_action(tile, name: str):
+    """A gallery tile's action (a Playwright locator of the item), its actions menu opened first:
+    the gallery keeps each tile's actions in one menu (issue #27)."""
+    tile.locator(".menu-button").click()
+    return tile.get_by_role("menuitem", name=name)

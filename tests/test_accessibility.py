@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from browser_helpers import TIMEOUT_MS, axe_problems, serve_people, submit
+from helpers import tile_action
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def test_every_page_and_state_passes_axe(serve, scheme_page, shots):  # noqa: F8
     page.wait_for_selector("#gallery img")
     problems += axe_problems(page, "gallery", shots)
     # The Extras page (issue #24) on a gallery image, with its SD upscale options and a finished job.
-    page.locator("article.tile").first.get_by_role("link", name="Extras").click()
+    tile_action(page.locator("article.tile").first, "Extras").click()
     page.wait_for_function("() => document.getElementById('extras-source-image').naturalWidth > 0")
     page.select_option("#resize_mode", "1")
     page.check("#sd-upscale")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from browser_helpers import CHROMIUM, STEPS, TIMEOUT_MS, serve_people, submit, watch_csp
+from helpers import tile_action
 
 pytestmark = [
     pytest.mark.browser,
@@ -109,7 +110,7 @@ def test_generate_watch_progress_reuse_and_open_the_gallery(serve, page, shots):
     page.screenshot(path=str(shots / "gallery.png"), full_page=True)
 
     # The gallery's reuse link fills the form page the same way.
-    page.click("#gallery a:has-text('Reuse settings')")
+    tile_action(page.locator("#gallery article.tile").first, "Reuse settings").click()
     page.wait_for_function("() => document.getElementById('seed').value === '4242'")
     assert page.input_value("#prompt") == "a lighthouse at dawn"
 
@@ -430,7 +431,7 @@ def test_delete_a_job_from_the_gallery(serve, page):
         assert requests.get(f"{server.url}/api/jobs/{job_id}?wait=60").json()["job"]["state"] == "done"
     page.on("dialog", lambda dialog: dialog.accept())  # "Delete this job and all its images?"
     page.goto(server.url + "/gallery")
-    page.click(f"[data-delete-job='{ids[0]}']")
+    tile_action(page.locator(f"article.tile[data-job='{ids[0]}']"), "Delete").click()
     page.wait_for_selector(f"[data-job='{ids[0]}']", state="detached")
     assert requests.get(f"{server.url}/api/jobs/{ids[0]}").status_code == 404
     assert requests.get(f"{server.url}/images/{ids[0]}/0.png").status_code == 404

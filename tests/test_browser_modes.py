@@ -11,6 +11,7 @@ import re
 import pytest
 
 from browser_helpers import TIMEOUT_MS, submit
+from helpers import tile_action
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -215,10 +216,10 @@ def test_results_open_in_a_lightbox_upscale_and_go_to_img2img(serve, page, shots
     page.wait_for_selector("#lightbox", state="hidden")
     assert page.evaluate("document.activeElement.classList.contains('tile-image')")
     tile = page.locator(f"[data-job='{first_job['id']}']").first
-    tile.locator("[data-upscale]").click()
+    tile_action(tile, "Upscale ×2").click()
     tile.locator(".upscaled img").wait_for()
     page.wait_for_function("() => [...document.querySelectorAll('.upscaled img')].some(i => i.naturalWidth === 128)")
-    tile.get_by_text("Send to img2img").click()
+    tile_action(tile, "Send to img2img").click()
     page.wait_for_selector("#model-status")
     page.wait_for_function("() => document.getElementById('init-thumb').naturalWidth === 64")
     assert page.is_visible("#init-preview") and "/?" not in page.url

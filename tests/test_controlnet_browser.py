@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from app.engine.metadata import parse_infotext, read_parameters
 from browser_helpers import CHROMIUM, submit
+from helpers import tile_action
 
 pytestmark = [
     pytest.mark.browser,
@@ -96,7 +97,7 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     page.wait_for_selector("#model-status[data-state=ready]")
     assert not page.is_checked("#cn0_enabled")
     page.goto(server.url + "/gallery")
-    page.click("article.tile a:has-text('Reuse settings')")
+    tile_action(page.locator("article.tile").first, "Reuse settings").click()
     page.wait_for_function("() => document.getElementById('cn0_module').value === 'canny'")
     assert page.is_checked("#cn0_enabled") and page.is_visible("#cn0_weight")
     assert page.input_value("#cn0_model") == "demo-controlnet"
@@ -106,7 +107,7 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
 
     # The gallery's "Send to ControlNet": the picture is unit 0's control image; Generate takes it.
     page.goto(server.url + "/gallery")
-    page.click("article.tile a:has-text('Send to ControlNet')")
+    tile_action(page.locator("article.tile").first, "Send to ControlNet").click()
     page.wait_for_function("() => document.getElementById('cn0_thumb').naturalWidth === 64")
     assert page.is_checked("#cn0_enabled")
     body = page.evaluate("() => { const b = {}; window.T2I.controlnet.read(b); return b; }")
@@ -220,7 +221,7 @@ def test_edit_a_previewed_map_and_generate_with_it(serve, page):  # noqa: F811
     # Reuse from the gallery: the unit comes back with module none.
     page.goto(server.url + "/")
     page.goto(server.url + "/gallery")
-    page.click("article.tile a:has-text('Reuse settings')")
+    tile_action(page.locator("article.tile").first, "Reuse settings").click()
     page.wait_for_function("() => document.getElementById('cn0_enabled').checked")
     assert page.input_value("#cn0_module") == "none"
     assert page.input_value("#cn0_model") == "demo-controlnet"

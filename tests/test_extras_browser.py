@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from browser_helpers import submit
-from helpers import gradient
+from helpers import gradient, tile_action
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -44,13 +44,13 @@ def test_upscale_on_a_gallery_card_queues_a_job_and_extras_opens_the_page(serve,
     page.wait_for_selector("#job[data-state=done]")
     page.goto(server.url + "/gallery")
     tile = page.locator("article.tile").first
-    tile.locator("[data-upscale]").click()
+    tile_action(tile, "Upscale ×2").click()
     page.wait_for_function("() => { const i = document.querySelector('.upscaled img'); return i && i.naturalWidth === 128; }")
     assert page.get_attribute(".upscaled img", "src").startswith("/images/")
     assert "(in the gallery)" in page.text_content(".upscale-status")
     page.reload()
     assert page.locator("article.tile").count() == 2  # the upscaled copy is a gallery image of its own
-    page.locator("article.tile").last.get_by_role("link", name="Extras").click()
+    tile_action(page.locator("article.tile").last, "Extras").click()
     page.wait_for_function("() => document.getElementById('extras-source-image').naturalWidth === 64")
     assert page.input_value("#sd-prompt") == "a lighthouse"
     page.check("#sd-upscale")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -113,8 +114,12 @@ def test_gallery_lists_done_jobs_with_download_and_reuse_links(app, client):
     assert got.status_code == 200 and got.mimetype == "image/png"
     assert "attachment" in got.headers.get("Content-Disposition", "")
     assert b"parameters" in got.data and b"a red fox" in got.data  # the PNG carries its settings
-    reuse = [a["href"] for a in page.all("a") if "reuse=" in a.get("href", "")]
+    reuse = [a["href"] for a in page.all("a") if a.get("href", "").startswith("/?reuse=")]
     assert reuse == [f"/?reuse={done['id']}&image=0", f"/?reuse={done['id']}&image=1"]
+    # Send to img2img / inpaint carry the image and the job whose settings come with it (issue #27).
+    sends = [parse_qs(urlsplit(a["href"]).query) for a in page.all("a") if "init=" in a.get("href", "")]
+    assert sends == [{"init": [im["url"]], "reuse": [done["id"]], "image": [str(n)], **mode}
+                     for n, im in enumerate(done["images"]) for mode in ({}, {"mode": ["inpaint"]})]
 
 
 def test_gallery_pages_to_older_jobs(app, client, monkeypatch):

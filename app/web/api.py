@@ -24,6 +24,7 @@ from app.web.service import (
     is_mine,
     job_json,
     job_values,
+    page_args,
 )
 from app.web.settings import public_limits
 from app.web.slow import read_slowly
@@ -84,12 +85,7 @@ def _submit_lines(values: dict, lines: dict, init, mask):
 
 @bp.get("/jobs")
 def list_jobs():
-    try:
-        limit = int(request.args.get("limit", 50))
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit")) from None
-    if not 1 <= limit <= 200:
-        raise ApiError(400, "limit: must be between 1 and 200", "limit", limit)
+    limit, before = page_args(50, 200)
     states = None
     if request.args.get("state"):
         states = tuple(s.strip() for s in request.args["state"].split(","))
@@ -98,7 +94,7 @@ def list_jobs():
             raise ApiError(400, "state: must be one of " + ", ".join(STATES), "state", bad[0])
     # Own jobs by default; ?all=1: the whole queue, others' jobs as job_json shows them.
     everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
-    jobs = backend().list(limit=limit, before=request.args.get("before") or None, states=states,
+    jobs = backend().list(limit=limit, before=before, states=states,
                           client=None if everyone else client_id())
     return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
 

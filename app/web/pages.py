@@ -24,11 +24,12 @@ from app.models.demo import DEMO_NOTICE
 from app.web import models
 from app.web.auth import client_id, is_owner
 from app.web.errors import ApiError
-from app.web.service import backend, job_json, shows_contents
+from app.web.service import backend, job_json, page_args, shows_contents
 
 bp = Blueprint("views", __name__)
 
-GALLERY_PAGE_SIZE = 24
+GALLERY_PAGE_SIZE = 30  # five rows of six at 1366 px; the page's script loads the next page on scroll
+GALLERY_MAX_PAGE = 100
 # The CLI's notice ends with a --model hint that means nothing in a browser.
 WEB_DEMO_NOTICE = DEMO_NOTICE.split(" Use --model")[0]
 
@@ -58,17 +59,18 @@ def index() -> str:
 
 @bp.route("/gallery")
 def gallery() -> str:
-    """Finished jobs, newest first, a page at a time (``?before=<job id>``):
-    everyone's, or with ``GALLERY = "private"`` the client's own; searched by
-    prompt text (``q``) and filtered by sampler and finishing date (``from``,
-    ``to``: YYYY-MM-DD), on the server, a page at a time like the plain list."""
-    before = request.args.get("before") or None
+    """Finished jobs, newest first, a page of ``limit`` jobs at a time (``?before=<job id>``, the
+    "Older" link; static/gallery.js follows it on scroll): everyone's, or with ``GALLERY = "private"``
+    the client's own; searched by prompt text (``q``) and filtered by sampler and finishing date
+    (``from``, ``to``: YYYY-MM-DD), on the server, a page at a time like the plain list."""
+    limit, before = page_args(GALLERY_PAGE_SIZE, GALLERY_MAX_PAGE)
     search = GallerySearch.from_args(request.args)
     private = current_app.config["GALLERY"] == "private"
-    jobs, older = search.page(before, client_id() if private and not is_owner() else None)
+    jobs, older = search.page(before, client_id() if private and not is_owner() else None, limit)
     shown = [job_json(job) for job in jobs if job.images]
+    filters = {**search.args(), **({"limit": str(limit)} if "limit" in request.args else {})}
     return render_template("gallery.html", jobs=shown, older=older, before=before, search=search,
-                           filters=search.args(), **_page())
+                           filters=filters, **_page())
 
 
 @bp.route("/extras")
@@ -126,11 +128,11 @@ class GallerySearch:
                 and (not self.sampler or p.get("scheduler") == self.sampler)
                 and (not self.since or day >= self.since) and (not self.until or day <= self.until))
 
-    def page(self, before: str | None, client: str | None) -> tuple[list[Job], str | None]:
-        """A page of matching finished jobs, and the cursor for the next one (None: no more)."""
+    def page(self, before: str | None, client: str | None, size: int) -> tuple[list[Job], str | None]:
+        """A page of ``size`` matching finished jobs, and the cursor for the next one (None: no more)."""
         if not self.active:
-            jobs = backend().list(limit=GALLERY_PAGE_SIZE, before=before, states=(DONE,), client=client)
-            return jobs, jobs[-1].id if len(jobs) == GALLERY_PAGE_SIZE else None
+            jobs = backend().list(limit=size, before=before, states=(DONE,), client=client)
+            return jobs, jobs[-1].id if len(jobs) == size else None
         found: list[Job] = []
         cursor, scanned = before, 0
         while scanned < self.SCAN_MAX:
@@ -139,7 +141,7 @@ class GallerySearch:
                 scanned, cursor = scanned + 1, job.id
                 if self.matches(job):
                     found.append(job)
-                    if len(found) == GALLERY_PAGE_SIZE:
+                    if len(found) == size:
                         return found, job.id
             if len(batch) < self.BATCH:
                 return found, None

@@ -234,3 +234,23 @@ def from_form(name: str, text: str):
     except ValueError:
         return text
     return text
+
+
+def page_args(default: int, most: int) -> tuple[int, str | None]:
+    """A listing's page size (``limit``) and cursor (``before``: the id of the last job of the page
+    before, newest first), both checked: a 400 names the bad one."""
+    raw = request.args.get("limit")
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit", raw) from None
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit: must be between 1 and {most}", "limit", limit)
+    before = request.args.get("before") or None
+    if before is not None and not is_job_id(before):
+        raise ApiError(400, "before: must be a job id (32 hex digits)", "before", before)
+    return limit, before
+
+
+def is_job_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)

@@ -437,7 +437,8 @@ def test_queue_three_prompts_while_one_runs_and_watch_them_finish_in_order(serve
     prompts = ["second", "third", "fourth"]
     for prompt in prompts:
         submit(page, prompt, width=64, height=64, steps=STEPS)  # Generate stays on: each press queues
-        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+        page.wait_for_function("p => [...document.querySelectorAll('#queue-list li .what')]"
+                               ".some((what) => what.textContent === p)", arg=prompt)
     # The strip counts the whole queue, and what is ahead of this client's next job.
     page.wait_for_function("() => document.getElementById('queue-strip').textContent.includes('4 jobs')")
     assert "1 ahead of your next one" in page.text_content("#queue-strip")

@@ -475,7 +475,8 @@ def test_the_per_client_limit_shows_its_message(serve, page):
     page.wait_for_selector("#model-status[data-state=ready]")
     for prompt in ("one", "two"):
         submit(page, prompt, width=256, height=256, steps=100)
-        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+        page.wait_for_function("p => [...document.querySelectorAll('#queue-list li .what')]"
+                               ".some((what) => what.textContent === p)", arg=prompt)
     submit(page, "three", width=64, height=64, steps=2)
     error = page.wait_for_selector("#form-error:visible")
     assert "the limit is 2" in error.text_content() and "Wait for one to finish or cancel one" in error.text_content()

@@ -77,6 +77,16 @@ class BackendContract:
         assert [(j.id, j.position) for j in idle.list(client="browser:b", states=("queued",))] == [(b1.id, 2)]
         assert [j.id for j in idle.list()] == [a2.id, b1.id, a1.id]
 
+    def test_the_queue_view_has_the_whole_queue_and_one_clients_jobs(self, make_backend):
+        idle = make_backend(running=False)
+        a1, b1, a2 = idle.submit(request(), "key:a"), idle.submit(request(), "browser:b"), idle.submit(request(), "key:a")
+        idle.cancel(a1.id)
+        view = idle.queue_view("key:a", limit=5)
+        assert [(j.id, j.position) for j in view.active] == [(b1.id, 1), (a2.id, 2)]
+        assert [(j.id, j.state) for j in view.mine] == [(a2.id, "queued"), (a1.id, "cancelled")]
+        assert view.counts == idle.counts() == {"queued": 2, "running": 0} and view.ahead == 1
+        assert [j.id for j in idle.queue_view("key:a", limit=0).mine] == [a2.id]
+
     def test_cancel_a_queued_job(self, make_backend):
         idle = make_backend(running=False)
         first, second = idle.submit(request(), "me"), idle.submit(request(), "me")

@@ -132,8 +132,9 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
     assert page.locator("#results img").count() == 1
 
     # Another client's long job runs; ours waits in the queue with its position shown.
-    blocker = page.request.post(server.url + "/api/jobs", data={"prompt": "someone else", "width": 256,
-                                                                "height": 256, "steps": 100})
+    other = page.context.browser.new_context()  # its own cookies: another client
+    blocker = other.request.post(server.url + "/api/jobs", data={"prompt": "someone else", "width": 256,
+                                                                 "height": 256, "steps": 100})
     assert blocker.status == 202
     blocker_id = blocker.json()["job"]["id"]
     deadline = time.monotonic() + TIMEOUT_MS / 1000
@@ -142,14 +143,16 @@ def test_cancel_a_running_job_and_a_queued_one(serve, page, shots):
         time.sleep(0.05)
     submit(page, "waiting my turn", width=64, height=64, steps=2)
     page.wait_for_selector("#job[data-state=queued]")
-    assert page.text_content("#queue-position") == "Position in queue: 1"
+    # The place comes with the queue's next poll, the one the strip and the header show too.
+    page.wait_for_function("() => document.getElementById('queue-position').textContent === 'Position in queue: 1'")
     assert "waiting my turn" in page.text_content("#job-params")  # this job's settings, not the last one's
     assert "a slow painting" not in page.text_content("#job-params")
     page.screenshot(path=str(shots / "queued.png"), full_page=True)
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
     assert page.text_content("#job-state") == "Cancelled"
-    assert page.request.post(f"{server.url}/api/jobs/{blocker_id}/cancel").status == 200
+    assert other.request.post(f"{server.url}/api/jobs/{blocker_id}/cancel").status == 200
+    other.close()
 
 
 def test_a_reloaded_page_picks_its_running_job_up_again(serve, page):
@@ -288,7 +291,8 @@ def test_queue_three_prompts_while_one_runs_and_watch_them_finish_in_order(serve
     prompts = ["second", "third", "fourth"]
     for prompt in prompts:
         submit(page, prompt, width=64, height=64, steps=STEPS)  # Generate stays on: each press queues
-        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+        page.wait_for_function("p => [...document.querySelectorAll('#queue-list li .what')]"
+                               ".some((what) => what.textContent === p)", arg=prompt)
     # The strip counts the whole queue, and what is ahead of this client's next job.
     page.wait_for_function("() => document.getElementById('queue-strip').textContent.includes('4 jobs')")
     assert "1 ahead of your next one" in page.text_content("#queue-strip")
@@ -322,7 +326,8 @@ def test_the_per_client_limit_shows_its_message(serve, page):
     page.wait_for_selector("#model-status[data-state=ready]")
     for prompt in ("one", "two"):
         submit(page, prompt, width=256, height=256, steps=100)
-        page.wait_for_function("p => document.getElementById('job-params').textContent.includes(p)", arg=prompt)
+        page.wait_for_function("p => [...document.querySelectorAll('#queue-list li .what')]"
+                               ".some((what) => what.textContent === p)", arg=prompt)
     submit(page, "three", width=64, height=64, steps=2)
     error = page.wait_for_selector("#form-error:visible")
     assert "the limit is 2" in error.text_content() and "Wait for one to finish or cancel one" in error.text_content()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from app.engine.types import GenerationRequest
 from app.jobs import groups
 from app.jobs.images import ImageStore
-from app.jobs.job import FINISHED, Job
+from app.jobs.job import FINISHED, QUEUED, RUNNING, Job
 from app.jobs.retention import GRACE, expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
@@ -116,6 +116,25 @@ class ModelChoice:
 
 
 @dataclass(frozen=True)
+class QueueView:
+    """The whole queue and one client's jobs as of one read, so every count a page shows agrees."""
+
+    active: list[Job]  # every queued and running job, running first, then queued by position
+    mine: list[Job]  # the client's queued and running jobs (as in ``active``) and its newest finished ones
+
+    @property
+    def counts(self) -> dict[str, int]:
+        running = sum(job.state == RUNNING for job in self.active)
+        return {"queued": len(self.active) - running, "running": running}
+
+    @property
+    def ahead(self) -> int | None:
+        """How many jobs run before the client's next queued one; None: it has none queued."""
+        queued = [job.position or 0 for job in self.mine if job.state == QUEUED]
+        return self.counts["running"] + min(queued) - 1 if queued else None
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """The model the backend runs jobs on, as the pages and /api/health show it."""
 
@@ -201,6 +220,18 @@ class JobStore(ABC):
     def delete(self, job_id: str) -> bool:
         """Remove a finished job's record; False (and nothing removed) if it is
         queued, running or unknown."""
+
+    def queue_view(self, client: str, limit: int = 10, most: int = 1000) -> QueueView:
+        """The queue (at most ``most`` jobs) and ``client``'s jobs: all its unfinished ones and its
+        ``limit`` newest finished ones. The queue is read once and wins: a job that changed
+        between the two reads shows as the queue read has it, and one queued since waits for
+        the next view, so a position, a count and a job's state never disagree."""
+        active = self.list(limit=most, states=(QUEUED, RUNNING))
+        active.sort(key=lambda job: (job.state != RUNNING, job.position or 0, job.created_at))
+        live = {job.id for job in active}
+        finished = [job for job in self.list(limit=limit + len(live), client=client)
+                    if job.finished and job.id not in live][:limit]
+        return QueueView(active, [job for job in active if job.client == client] + finished)
 
     def finished_jobs(self) -> builtins.list[Job]:
         """Every finished job, newest first (retention walks them)."""
@@ -304,6 +335,9 @@ class Backend(ABC):
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()
+
+    def queue_view(self, client: str, limit: int = 10) -> QueueView:
+        return self.store.queue_view(client, limit)
 
     def running(self) -> Job | None:
         return self.store.running()

@@ -28,6 +28,7 @@ from app.web.service import (
 )
 from app.web.settings import public_limits
 from app.web.slow import read_slowly
+from app.web.timing import known_active
 from app.web.waiting import RETRY_AFTER, wait_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -97,6 +98,24 @@ def list_jobs():
     jobs = backend().list(limit=limit, before=before, states=states,
                           client=None if everyone else client_id())
     return jsonify({"ok": True, "jobs": [job_json(j) for j in jobs]})
+
+
+@bp.get("/queue")
+def queue():
+    """The queue as the page's header, strip and jobs panel show it, from one read of the backend
+    (``Backend.queue_view``): ``jobs``, every queued and running job in run order (others' without
+    their contents); ``mine``, the caller's unfinished jobs and its ``limit`` newest finished ones;
+    the counts and ``ahead``, how many jobs run before the caller's next queued one."""
+    try:
+        limit = int(request.args.get("limit", 10))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit")) from None
+    if not 0 <= limit <= 100:
+        raise ApiError(400, "limit: must be between 0 and 100", "limit", limit)
+    view = backend().queue_view(client_id(), limit)
+    known_active(view.active)  # the time-left estimates count the same queue
+    return jsonify({"ok": True, **view.counts, "ahead": view.ahead,
+                    "jobs": [job_json(j) for j in view.active], "mine": [job_json(j) for j in view.mine]})
 
 
 MAX_WAIT = 60.0

@@ -81,6 +81,11 @@ def _remaining(jobs: Backend, job: Job) -> float | None:
     return None if per_step is None else steps * per_step
 
 
+def known_active(jobs: list[Job]) -> None:
+    """This request has read the queue already (GET /api/queue): the ETAs count from that read."""
+    g.t2i_active = jobs
+
+
 def _active(jobs: Backend) -> list[Job]:
     if "t2i_active" not in g:
         g.t2i_active = jobs.list(limit=ACTIVE_MAX, states=(QUEUED, RUNNING))

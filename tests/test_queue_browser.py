@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser import CHROMIUM, TIMEOUT_MS, PacedEngine, browser, submit, watch_csp  # noqa: F401
+
+from browser_helpers import CHROMIUM, TIMEOUT_MS, PacedEngine, axe_problems, submit, watch_csp
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")]
 
-axe_sync = pytest.importorskip("axe_playwright_python.sync_playwright", reason="pip install axe-playwright-python")
+pytest.importorskip("axe_playwright_python.sync_playwright", reason="pip install axe-playwright-python")
 
 STEPS = 30
 PACE = 0.1  # seconds added to each step: a job runs 3 s or more, the page polls it several times
@@ -79,11 +80,8 @@ def disagreements(snap: dict) -> list[str]:
 
 
 def axe_serious(page, where: str) -> list[str]:
-    results = axe_sync.Axe().run(page, options={
-        "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]},
-        "resultTypes": ["violations"]}).response
-    return [f"{where}: {v['id']} ({v['impact']}): {v['help']} at " + "; ".join(", ".join(n["target"]) for n in v["nodes"][:4])
-            for v in results["violations"] if v["impact"] in ("serious", "critical")]
+    """The shared axe check (WCAG 2.2 AA with target size: browser_helpers.AA_RULES)."""
+    return axe_problems(page, where)
 
 
 @pytest.fixture
@@ -98,7 +96,7 @@ def paced_server(tmp_path, engine):
 
 
 @pytest.mark.parametrize("viewport", [(1366, 900), (390, 844)], ids=["desktop", "phone"])
-def test_three_jobs_header_strip_and_panel_agree_at_every_poll(paced_server, browser, viewport, tmp_path):  # noqa: F811
+def test_three_jobs_header_strip_and_panel_agree_at_every_poll(paced_server, browser, viewport, tmp_path):
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, color_scheme="light")
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()

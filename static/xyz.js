@@ -70,7 +70,7 @@
       }
       show($("xyz-grid-link"), false);
       self.follow(result.data.group);
-      if (page.jobs) page.jobs.refresh();
+      if (page.queue) page.queue.refresh();  // the page's one queue poll (app.js QueueState)
     }, function () {
       $("xyz-run").disabled = false;
       self.showError({ error: "Could not reach the server. Is it still running?" });

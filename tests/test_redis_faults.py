@@ -107,6 +107,9 @@ def test_free_space_keeps_being_published_and_no_job_starts_on_a_full_disk(make_
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1024 * 1024))
     monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: (
         FullDiskFile(real_fdopen(fd, mode, *a, **k)) if mode == "wb" else real_fdopen(fd, mode, *a, **k)))
+    # Published now, not at the upkeep's next round (within a second): a long job that ends sooner than
+    # that would otherwise hand the worker the queued one while the old figure still said there is room.
+    app.extensions["t2i"].upkeep.publish_disk()
     wait_for(lambda: store.state_of(running) == "done", 300, "the long job to finish on the worker")
     assert store.is_unstored(running)  # its PNG waits in Redis: this disk cannot take it
     # The worker took the queued job off RQ's queue but does not start it: it stays queued.

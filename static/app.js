@@ -543,6 +543,7 @@
         self.showError(result.data);  // a full queue says so here (the per-client limit's message)
         return;
       }
+      self.submitted = result.data.job.id;  // the panel ends on it (fromQueue), however fast it runs
       self.track(result.data.job);
       self.history.add(result.data.job.params.prompt, result.data.job.params.negative_prompt);
       if (self.queue) self.queue.refresh();
@@ -668,8 +669,14 @@
     var running = mine.filter(function (job) { return job.state === "running"; })[0];
     var current = mine.filter(function (job) { return job.id === id; })[0];
     this.failures = 0;
+    var submitted = this.submitted;
+    var latest = submitted && submitted !== id ? mine.filter(function (job) { return job.id === submitted; })[0] : null;
     if (running && running.id !== id && !this.pinned && !(current && current.state === "running")) {
       this.track(running, false, true);
+    } else if (latest && !running && !this.pinned && !(current && ACTIVE[current.state]) && !ACTIVE[latest.state]) {
+      // Nothing of the caller's runs now and the job just generated is over: show it, even when it ran
+      // and finished between two polls (the panel followed the job that ran before it meanwhile).
+      this.track(latest, false, true);
     } else if (current) {
       this.render(current, true);
     } else if (id && this.lastJob && ACTIVE[this.lastJob.state]) {

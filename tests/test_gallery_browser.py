@@ -174,7 +174,8 @@ def test_lightbox_keyboard_reuse_upscale_and_delete(serve, page, shots):
     assert requests.get(f"{server.url}/images/{ids[0]}/0.png").status_code == 404
     page.keyboard.press("Escape")
     page.wait_for_selector("#lightbox", state="hidden")
-    assert page.evaluate("document.activeElement.classList.contains('tile-image')")  # focus back on a tile
+    # Focus back on a tile: the dialog's close event (which places it) comes a task after it hides.
+    page.wait_for_function("() => document.activeElement.classList.contains('tile-image')")
 
     # Reuse: the form page with the image's settings.
     open_lightbox(page, ids[2])
@@ -244,6 +245,9 @@ def test_the_gallery_loads_the_next_page_on_scroll(serve, page):
     assert "(21 of 21)" in page.text_content("#lightbox-title")
     page.keyboard.press("Escape")
     page.wait_for_selector("#lightbox", state="hidden")
+    # The dialog's close event puts the focus back on the tile a task later: wait for it, or it would
+    # take the focus from the menu button the next line presses Enter on.
+    page.wait_for_function("() => document.activeElement.classList.contains('tile-image')")
     menu_item(page, ids[0], "Reuse settings").wait_for()
     assert page.is_visible(f"#menu-{ids[0]}-0")
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from app.engine.preprocessors import MODULES, run_module
 from app.engine.preprocessors import openpose as op
+from app.engine.preprocessors.common import gaussian_blur_uint8
 
 cv2 = pytest.importorskip("cv2")
 torch = pytest.importorskip("torch")
@@ -303,7 +304,7 @@ def test_resize_and_blur_match_opencv():
     image = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
     assert np.abs(op.resize(image, 184, 184).astype(int)
                   - cv2.resize(image, (184, 184), interpolation=cv2.INTER_LANCZOS4)).max() <= 1
-    assert np.abs(op._gaussian_blur_u8(image, 0.8).astype(int) - cv2.GaussianBlur(image, (0, 0), 0.8)).max() <= 1
+    assert np.abs(gaussian_blur_uint8(image, 0.8).astype(int) - cv2.GaussianBlur(image, (0, 0), 0.8)).max() <= 1
 
 
 def _random_pose(ref, rng, height, width):

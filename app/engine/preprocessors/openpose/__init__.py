@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.engine.preprocessors.common import RESOLUTION, Module, resize_short_side
-from app.engine.preprocessors.openpose.cv import _gaussian_blur_u8, resize
+from app.engine.preprocessors.openpose.cv import resize
 from app.engine.preprocessors.openpose.draw import _disc, draw_body, draw_face, draw_hand, ellipse_polygon
 from app.engine.preprocessors.openpose.keypoints import (
     LIMBS,
@@ -38,7 +38,7 @@ from app.engine.preprocessors.openpose.keypoints import (
 from app.engine.preprocessors.openpose.networks import BODY_FILE, FACE_FILE, HAND_FILE, _load, body_net, face_net, hand_net
 
 __all__ = ["BODY_FILE", "FACE_FILE", "HAND_FILE", "LIMBS", "MODULES", "PAF_CHANNELS", "Keypoint", "Pose", "_disc",
-           "_gaussian_blur_u8", "associate", "body_heatmaps", "body_net", "detect", "draw_poses", "ellipse_polygon",
+           "associate", "body_heatmaps", "body_net", "detect", "draw_poses", "ellipse_polygon",
            "face_box", "face_heatmaps", "face_net", "face_peaks", "find_peaks", "hand_boxes", "hand_heatmaps",
            "hand_net", "hand_peaks", "resize"]
 

@@ -1,4 +1,4 @@
-"""OpenCV's resize (INTER_AREA down, INTER_LANCZOS4 up), 8-bit Gaussian blur and padding as the pose
+"""OpenCV's resize (INTER_AREA down, INTER_LANCZOS4 up) and padding as the pose
 networks' pre- and post-processing uses them, on numpy (no OpenCV at run time)."""
 from __future__ import annotations
 
@@ -62,20 +62,6 @@ def resize(x: np.ndarray, height: int, width: int, factor: float | None = None) 
     if x.dtype == np.uint8:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return out.astype(x.dtype)
-
-
-def _gaussian_blur_u8(x: np.ndarray, sigma: float) -> np.ndarray:
-    """``cv2.GaussianBlur(x, (0, 0), sigma)`` on uint8: OpenCV's kernel size for 8-bit (6 sigma + 1, odd),
-    mirrored borders (BORDER_REFLECT_101)."""
-    from scipy import ndimage
-
-    size = int(round(sigma * 3 * 2 + 1)) | 1
-    t = np.arange(size) - (size - 1) / 2
-    kernel = np.exp(-t * t / (2 * sigma * sigma))
-    kernel /= kernel.sum()
-    out = ndimage.convolve1d(x.astype(np.float64), kernel, axis=0, mode="mirror")
-    out = ndimage.convolve1d(out, kernel, axis=1, mode="mirror")
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _pad_right_down(image: np.ndarray, stride: int, value: int) -> tuple[np.ndarray, int, int]:

@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from app.engine.preprocessors.openpose.cv import _gaussian_blur_u8, _pad_right_down, resize
+from app.engine.preprocessors.common import gaussian_blur_uint8
+from app.engine.preprocessors.openpose.cv import _pad_right_down, resize
 from app.engine.preprocessors.openpose.networks import _forward
 
 
@@ -170,7 +171,7 @@ def hand_boxes(body: Sequence[Keypoint | None], height: int, width: int) -> list
 def hand_heatmaps(network, crop_bgr: np.ndarray) -> np.ndarray:
     """The hand's 22 maps (128, 128): the crop blurred (sigma 0.8), averaged over squares of 184, 368, 552
     and 736 px."""
-    blurred = _gaussian_blur_u8(crop_bgr, 0.8)
+    blurred = gaussian_blur_uint8(crop_bgr, 0.8)
     total = np.zeros((128, 128, 22))
     for size in (184, 368, 552, 736):
         scaled = resize(blurred, size, size)

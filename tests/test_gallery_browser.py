@@ -252,11 +252,6 @@ def test_the_gallery_loads_the_next_page_on_scroll(serve, page):
     assert page.is_visible(f"#menu-{ids[0]}-0")
 
 
-def axe_serious(page, where: str) -> list[str]:
-    """The shared axe check (WCAG 2.2 AA, target size on: browser_helpers.AA_RULES)."""
-    return axe_problems(page, where)
-
-
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_menu_and_lightbox_pass_axe(serve, browser, shots, scheme):
     server = serve()
@@ -270,14 +265,14 @@ def test_menu_and_lightbox_pass_axe(serve, browser, shots, scheme):
             ids = make_jobs(tab, server, 2)
         tab.goto(server.url + "/gallery")
         tab.wait_for_selector("#gallery img")
-        problems += axe_serious(tab, f"{name} {scheme} gallery")
+        problems += axe_problems(tab, f"{name} {scheme} gallery")
         menu_item(tab, ids[1], "Download").wait_for()
         tab.screenshot(path=str(shots / f"{name}-{scheme}-gallery-menu.png"))
-        problems += axe_serious(tab, f"{name} {scheme} menu open")
+        problems += axe_problems(tab, f"{name} {scheme} menu open")
         tab.keyboard.press("Escape")
         open_lightbox(tab, ids[1])
         tab.screenshot(path=str(shots / f"{name}-{scheme}-gallery-lightbox.png"))
-        problems += axe_serious(tab, f"{name} {scheme} lightbox open")
+        problems += axe_problems(tab, f"{name} {scheme} lightbox open")
         context.close()
         assert not violations, violations
     assert not problems, "\n".join(problems)

@@ -79,11 +79,6 @@ def disagreements(snap: dict) -> list[str]:
     return [f"poll {snap['polls']}: {p}" for p in problems]
 
 
-def axe_serious(page, where: str) -> list[str]:
-    """The shared axe check (WCAG 2.2 AA with target size: browser_helpers.AA_RULES)."""
-    return axe_problems(page, where)
-
-
 @pytest.fixture
 def paced_server(tmp_path, engine):
     from app import create_app
@@ -123,9 +118,9 @@ def test_three_jobs_header_strip_and_panel_agree_at_every_poll(paced_server, bro
         assert page.get_attribute("#job", "data-job") == ids["third"]
         assert page.is_hidden("#preview-box") and page.locator("#results img").count() == 0
         page.screenshot(path=str(tmp_path / "queued.png"))
-        problems = axe_serious(page, "queued, light")
+        problems = axe_problems(page, "queued, light")
         page.emulate_media(color_scheme="dark")
-        problems += axe_serious(page, "queued, dark")
+        problems += axe_problems(page, "queued, dark")
         page.emulate_media(color_scheme="light")
 
         page.wait_for_function("() => document.querySelectorAll('#queue-list li[data-state=done]').length === 3",
@@ -133,9 +128,9 @@ def test_three_jobs_header_strip_and_panel_agree_at_every_poll(paced_server, bro
         # Finished jobs show a thumbnail of their image.
         page.wait_for_function("() => [...document.querySelectorAll('#queue-list li img.thumb')]"
                                ".filter((img) => img.complete && img.naturalWidth === 64).length === 3")
-        problems += axe_serious(page, "done, light")
+        problems += axe_problems(page, "done, light")
         page.emulate_media(color_scheme="dark")
-        problems += axe_serious(page, "done, dark")
+        problems += axe_problems(page, "done, dark")
         assert not problems, "\n".join(problems)
 
         seen = page.evaluate("window.__queue")

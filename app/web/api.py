@@ -21,6 +21,7 @@ from app.web.service import (
     build_request,
     enqueue,
     form_defaults,
+    int_arg,
     is_mine,
     job_json,
     job_values,
@@ -106,13 +107,7 @@ def queue():
     (``Backend.queue_view``): ``jobs``, every queued and running job in run order (others' without
     their contents); ``mine``, the caller's unfinished jobs and its ``limit`` newest finished ones;
     the counts and ``ahead``, how many jobs run before the caller's next queued one."""
-    try:
-        limit = int(request.args.get("limit", 10))
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit", request.args.get("limit")) from None
-    if not 0 <= limit <= 100:
-        raise ApiError(400, "limit: must be between 0 and 100", "limit", limit)
-    view = backend().queue_view(client_id(), limit)
+    view = backend().queue_view(client_id(), int_arg("limit", 10, 0, 100))
     known_active(view.active)  # the time-left estimates count the same queue
     return jsonify({"ok": True, **view.counts, "ahead": view.ahead,
                     "jobs": [job_json(j) for j in view.active], "mine": [job_json(j) for j in view.mine]})

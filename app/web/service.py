@@ -236,16 +236,23 @@ def from_form(name: str, text: str):
     return text
 
 
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """The query argument ``name`` as a whole number from ``low`` to ``high`` (``default`` when absent);
+    a 400 names it otherwise."""
+    raw = request.args.get(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: must be an integer", name, raw) from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name}: must be between {low} and {high}", name, value)
+    return value
+
+
 def page_args(default: int, most: int) -> tuple[int, str | None]:
     """A listing's page size (``limit``) and cursor (``before``: the id of the last job of the page
     before, newest first), both checked: a 400 names the bad one."""
-    raw = request.args.get("limit")
-    try:
-        limit = default if raw is None else int(raw)
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit", raw) from None
-    if not 1 <= limit <= most:
-        raise ApiError(400, f"limit: must be between 1 and {most}", "limit", limit)
+    limit = int_arg("limit", default, 1, most)
     before = request.args.get("before") or None
     if before is not None and not is_job_id(before):
         raise ApiError(400, "before: must be a job id (32 hex digits)", "before", before)

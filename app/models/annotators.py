@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from app.models.loading import ModelLoadError
+from app.models.loading import ModelLoadError, read_weights
 
 REPO = "lllyasviel/Annotators"
 KEEP = 3  # networks kept built: openpose_full uses three (body ~200 MB, hand ~150 MB, face ~150 MB in fp32)
@@ -81,15 +81,8 @@ def built(key: str, build: Callable[[], Any]) -> Any:
 
 
 def load_state_dict(filename: str) -> dict:
-    """The tensors of an annotator file, read without running code (``weights_only``)."""
-    import torch
-
-    path = weights_path(filename)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    """The tensors of an annotator file, read as every weight file here is (``read_weights``: no code runs)."""
+    return read_weights(weights_path(filename))
 
 
 def clear() -> None:

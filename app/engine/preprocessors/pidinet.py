@@ -150,8 +150,7 @@ def build_network() -> PiDiNet:
     ``state_dict``); ModelLoadError naming the file where it cannot be had."""
     from app.models.annotators import load_state_dict
 
-    saved = load_state_dict(WEIGHTS)
-    saved = saved.get("state_dict", saved)
+    saved = load_state_dict(WEIGHTS)  # read_weights takes the file's "state_dict" out
     net = PiDiNet()
     net.load_state_dict({k.removeprefix("module."): v for k, v in saved.items()}, strict=True)
     return net.float().eval()

@@ -18,6 +18,7 @@ from app.engine.denoise import ModelWrappers
 from app.engine.dynamic_prompts import resolve_prompts, template_entries
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
+from app.engine.hires import check_hires_size
 from app.engine.loras.runtime import LoraSet
 from app.engine.loras.tags import split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image, with_templates
@@ -29,7 +30,6 @@ from app.engine.types import (
     Limits,
     StepInfo,
     ValidationError,
-    check_hires_size,
     check_size,
     floor_size,
 )
@@ -240,9 +240,9 @@ class Engine:
             if skipped is not None:
                 raise ValidationError(name, skipped.name, f"embedding {skipped.name!r} cannot be used: {skipped.error}")
         if request.outpaint:  # outpainting is inpainting on a larger canvas
-            from app.engine.inpaint import outpaint_canvas
+            from app.engine.inpaint import outpaint_canvas, outpaint_sides
 
-            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, request.outpaint_sides())
+            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, outpaint_sides(request.outpaint_directions))
             request = replace(request, init_image=canvas, mask=mask, width=None, height=None)
         width, height = self.resolve_size(request)
         check_size(width, height, self.limits)  # a size taken from the model or init image too

@@ -7,6 +7,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.engine.base import Limits, ValidationError
+
+if TYPE_CHECKING:
+    from app.engine.types import GenerationRequest
 
 MAX_TAGS = 10  # LoRAs in one prompt
 MAX_WEIGHT = 10.0  # |weight|; A1111 sets no bound, but far beyond this the image is noise or NaN
@@ -88,3 +94,15 @@ def _parse_tag(text: str, args: str) -> LoraTag:
 def has_extra_networks(prompt: str) -> bool:
     return bool(_extra_networks(prompt))
 
+
+
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The prompt's tags, which the engine takes out before the prompt's syntax is checked; the
+    negative prompt's are refused (A1111 reads them from the prompt only)."""
+    try:
+        split_lora_tags(request.prompt)
+    except ValueError as exc:
+        raise ValidationError("prompt", request.prompt, str(exc)) from None
+    if has_extra_networks(request.negative_prompt):
+        raise ValidationError("negative_prompt", request.negative_prompt,
+                              "<lora:...> tags work only in the prompt; move them there")

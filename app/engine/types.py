@@ -2,7 +2,8 @@
 
 Validation runs before any heavy work and every error names the field and the
 value, so the CLI, the web app and the notebooks all report bad input the same
-way.
+way. The common fields are checked here; each feature checks its own in its
+module (``check(request, limits)``: inpaint.py, hires.py, sampling/, faces/, ...).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from helpers import assert_error
+from browser_helpers import CHROMIUM, TIMEOUT_MS, axe_problems, watch_csp
+from helpers import assert_error, wait_for
 
 PASSWORD, OWNER_PASSWORD = "friends pw", "owner pw"
 OTHER = "someone/other-model"  # a Hub id listed by MODELS: switchable without a file (no worker loads it)
@@ -182,3 +183,55 @@ def test_the_owner_password_is_generated_when_public_and_checked(make_app):
         make_app(ACCESS="people", OWNER_PASSWORD="x", START_WORKER=False)
     with pytest.raises(ValueError, match="OWNER_PASSWORD needs a PASSWORD"):
         make_app(OWNER_PASSWORD="x", START_WORKER=False)
+
+
+# --- the page, in a real browser ------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_friend_sees_the_picker_disabled_with_the_reason_and_the_owner_can_switch(serve, browser):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium")
+    server = serve(PUBLIC=True, TRUST_PROXY=1, PASSWORD=PASSWORD, OWNER_PASSWORD=OWNER_PASSWORD, ENGINE=None,
+                   MODELS=(OTHER,), START_WORKER=False)
+    problems: list[str] = []
+    for scheme in ("light", "dark"):
+        # The friend's browser reaches the app through the tunnel: its requests carry X-Forwarded-For.
+        context = browser.new_context(viewport={"width": 1366, "height": 900}, color_scheme=scheme,
+                                      extra_http_headers={"X-Forwarded-For": "203.0.113.7"})
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        violations, errors = watch_csp(context, page), []
+        page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+        page.scheme = scheme
+        page.goto(server.url + "/login")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_url(server.url + "/")
+        for control in ("#sd-model", "#sd-vae", "#sd-refresh"):
+            assert page.locator(control).is_disabled(), control
+        note = page.locator("#model-switch-note")
+        assert note.is_visible() and note.get_attribute("data-state") == "refused"
+        text = note.inner_text()
+        assert text.startswith("Model switching is off on this public server except for its owner"), text
+        assert "owner password" in text
+        page.wait_for_timeout(1500)  # the page's own /api/models poll keeps the picker as the server says
+        assert page.locator("#sd-model").is_disabled() and note.inner_text() == text
+        problems += axe_problems(page, f"model picker for a friend {scheme}")
+        context.close()
+        assert not errors and not violations, (errors, violations)
+    # The owner, on the same link: logged in with the owner password, the picker is open and switches.
+    context = browser.new_context(viewport={"width": 1366, "height": 900},
+                                  extra_http_headers={"X-Forwarded-For": "203.0.113.8"})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(server.url + "/login")
+    page.fill("#password", OWNER_PASSWORD)
+    page.click("#login")
+    page.wait_for_url(server.url + "/")
+    model = page.locator("#sd-model")
+    assert not model.is_disabled() and page.locator("#model-switch-note").get_attribute("data-state") != "refused"
+    model.select_option(OTHER)
+    wait_for(lambda: server.app.extensions["t2i"].selection().model == OTHER, 30, "the owner's switch")
+    context.close()
+    assert not problems, "\n".join(problems)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 
 import pytest
+import requests
 
 from browser_helpers import CHROMIUM, TIMEOUT_MS, axe_problems, watch_csp
-from helpers import assert_error, wait_for
+from helpers import assert_error, serve_process, wait_for
 
 PASSWORD, OWNER_PASSWORD = "friends pw", "owner pw"
 OTHER = "someone/other-model"  # a Hub id listed by MODELS: switchable without a file (no worker loads it)
@@ -183,6 +184,29 @@ def test_the_owner_password_is_generated_when_public_and_checked(make_app):
         make_app(ACCESS="people", OWNER_PASSWORD="x", START_WORKER=False)
     with pytest.raises(ValueError, match="OWNER_PASSWORD needs a PASSWORD"):
         make_app(OWNER_PASSWORD="x", START_WORKER=False)
+
+
+@pytest.mark.slow
+def test_serve_public_prints_the_owner_password_and_the_real_server_tells_the_tunnel_from_local(tmp_path):
+    """``serve --public`` over real sockets (waitress, TRUST_PROXY 1): what reaches it from
+    127.0.0.1 with ngrok's headers is a friend's, without them the owner's machine."""
+    env = {"T2I_MODELS": OTHER, "HF_HUB_OFFLINE": "1"}  # the switched-to Hub id fails to load at once; no matter
+    with serve_process(tmp_path, "--public", "--password", PASSWORD, **env) as (_, url):
+        log = (tmp_path / "serve.log").read_text()
+        found = wait_for(lambda: re.search(r"^Owner password \(.*\): (\S+)$", (tmp_path / "serve.log").read_text(),
+                                           re.M), 30, "the owner password line")
+        owner_password = found.group(1)
+        assert owner_password != PASSWORD and f"Password: {PASSWORD}" not in log  # given, so not printed
+
+        def switch(secret: str, headers: dict) -> int:
+            return requests.post(url + "/api/model", json={"model": OTHER}, timeout=30,
+                                 headers={**headers, **bearer(secret)}).status_code
+
+        assert switch(PASSWORD, NGROK) == 403
+        assert switch(PASSWORD, {"X-Forwarded-For": "203.0.113.7"}) == 403
+        assert switch(owner_password, NGROK) == 200
+        assert switch(PASSWORD, LOCAL) == 200
+        assert requests.post(url + "/api/model", json={"model": OTHER}, timeout=30).status_code == 401
 
 
 # --- the page, in a real browser ------------------------------------------------------------

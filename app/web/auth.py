@@ -15,8 +15,9 @@ next request.
 
 Who started the app (``has_owner_rights``), who alone may switch models on a
 public server: the ``ACCESS = "people"`` owner; in password mode whoever logged
-in with the ``OWNER_PASSWORD``; in either mode a logged-in request made on this
-machine itself, not through a proxy (a local browser, Colab's proxy link).
+in with the ``OWNER_PASSWORD``, and any logged-in request made on this machine
+itself, not through a proxy (a local browser; Colab's proxy link where it adds
+no proxy header).
 
 Who a client is (``client_id``), which owns its jobs and its private gallery:
 with ``ACCESS = "people"``, "owner" or "person:<id>"; with the shared
@@ -205,9 +206,7 @@ def check_password(given: str | None, password: str, owner_password: str | None 
     time, so no throttle locks it out); False for a wrong one; ApiError 429
     with Retry-After for a wrong one inside the client's or the global backoff."""
     who = client_address()
-    right = _matches(given, password)
-    owners = bool(owner_password) and _matches(given, owner_password or "")
-    if right or owners:
+    if _matches(given, password) or (owner_password and _matches(given, owner_password)):
         _throttle().succeeded(who)
         return True
     _failed(who)
@@ -270,7 +269,7 @@ def login():
         return _login_with_link(token, next_url)
     if request.method == "POST":
         try:
-            given, owner_password = request.form.get("password"), current_app.config.get("OWNER_PASSWORD")
+            given, owner_password = request.form.get("password"), str(current_app.config.get("OWNER_PASSWORD") or "")
             right = check_password(given, password, owner_password)
         except ApiError as exc:
             error, status, headers = f"Too many wrong passwords. Wait {exc.headers['Retry-After']} seconds.", 429, exc.headers
@@ -278,8 +277,8 @@ def login():
             if right:
                 session.clear()
                 # The owner password's tag marks the owner's session (has_owner_rights).
-                owners = bool(owner_password) and _matches(given, owner_password or "")
-                session["auth"] = _token_tag(owner_password if owners and owner_password else password)
+                owners = bool(owner_password) and _matches(given, owner_password)
+                session["auth"] = _token_tag(owner_password if owners else password)
                 session["cid"] = secrets.token_urlsafe(16)
                 session.permanent = True
                 return redirect(next_url)

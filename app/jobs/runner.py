@@ -25,6 +25,8 @@ from app.jobs.images import DiskFull
 from app.jobs.job import CANCELLED, DONE, FAILED
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from app.engine.engine import Engine
     from app.engine.types import GenerationResult
 
@@ -63,14 +65,15 @@ def run_job(engine: "Engine", request: GenerationRequest, on_step: Callable[[Ste
     return job_output(engine.generate(request, on_step=on_step, cancel=cancel))
 
 
-def job_output(result: "GenerationResult") -> JobOutput:
-    """The records and PNGs (with their infotext) of a run's result, finished or partial."""
-    images, pngs = [], []
-    for n, (image, seed, text) in enumerate(zip(result.images, result.seeds, result.infotexts)):
-        images.append({"n": n, "seed": seed, "infotext": text})
-        pngs.append(png_bytes(image, text))
-    maps = [png_bytes(image, None) for image in result.control_maps]
-    return JobOutput(images, pngs + maps, result.width, result.height, result.seconds, len(maps))
+def job_output(result: "GenerationResult", encoders: "Executor | None" = None) -> JobOutput:
+    """The records and PNGs (with their infotext) of a run's result, finished or partial;
+    ``encoders``: a pool that encodes the PNGs side by side (``app.jobs.finisher``)."""
+    made = list(zip(result.images, result.seeds, result.infotexts))
+    images = [{"n": n, "seed": seed, "infotext": text} for n, (_, seed, text) in enumerate(made)]
+    encode = encoders.map if encoders is not None else map
+    pngs = list(encode(png_bytes, [image for image, _, _ in made] + list(result.control_maps),
+                       [text for _, _, text in made] + [None] * len(result.control_maps)))
+    return JobOutput(images, pngs, result.width, result.height, result.seconds, len(result.control_maps))
 
 
 INVALID_REQUEST = "invalid request: "  # how the reason of a job failed for its input starts

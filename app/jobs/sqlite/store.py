@@ -243,8 +243,10 @@ class SQLiteJobStore(JobStore):
         return {"queued": found.get(QUEUED, 0), "running": found.get(RUNNING, 0)}
 
     def running(self) -> Job | None:
+        """The job the worker runs; the newest, since an older one still running is
+        having its PNGs written (the finisher) while the next one generates."""
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY seq LIMIT 1").fetchone()
+            row = conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else self._job(row)
 
     def preview(self, job_id: str) -> bytes | None:

@@ -5,21 +5,29 @@ one in order of arrival.
 Model switching: each job carries the model selected when it was submitted
 (``ModelChoice``); before a job the worker loads that model if another is
 loaded, freeing the old engine first (one model in memory at a time), and
-when idle it loads a newly selected model at once."""
+when idle it loads a newly selected model at once.
+
+A finished run's PNGs are encoded, stored and recorded by a ``Finisher``
+(app/jobs/finisher.py) while the worker already runs the next job; the
+upkeep after a job (retention, plot grids) runs there too, after its end."""
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from app.engine.engine import Engine
 from app.engine.types import StepInfo
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
+from app.jobs.finisher import Finisher
 from app.jobs.images import ImageStore, disk_room_reason
 from app.jobs.job import CANCELLED, DONE, FAILED, Job
-from app.jobs.runner import EngineLoader, JobOutput, free_memory, job_end, live_preview, run_job
+from app.jobs.runner import EngineLoader, JobOutput, free_memory, job_end, job_output, live_preview
 from app.jobs.sqlite.store import SQLiteJobStore
+
+if TYPE_CHECKING:
+    from app.engine.types import GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ class Worker(threading.Thread):
         self.retry_seconds = retry_seconds
         self.after_job = after_job
         self._unrecorded: list[Callable[[], None]] = []  # end states not yet written (the store was down)
+        self.finisher = Finisher()
         self._stop_event = threading.Event()
 
     # 1. put back jobs a killed process left running, 2. load the model, 3. run jobs until stopped.
@@ -58,7 +67,7 @@ class Worker(threading.Thread):
         self.ensure_engine()
         while not self._stop_event.is_set():
             try:
-                busy = self.run_once()
+                busy = self.run_once(overlap=True)
             except Exception:  # the store itself failed (disk full, say): the thread must not die
                 logger.exception("the worker hit an error outside a job; going on")
                 self._stop_event.wait(max(self.poll_seconds, 1.0))
@@ -66,6 +75,7 @@ class Worker(threading.Thread):
             if not busy:
                 self.follow_selection()
                 self.store.wait_for_change(self.poll_seconds)
+        self.finisher.wait()  # the runs that finished are recorded before the thread ends
 
     def stop(self, timeout: float = 30) -> None:
         """Stop after the current step; the interrupted job goes back to the queue
@@ -97,8 +107,10 @@ class Worker(threading.Thread):
             return
         self.slot.follow(selected)
 
-    def run_once(self) -> bool:
-        """Run the next queued job, if any. Returns whether there was one."""
+    def run_once(self, overlap: bool = False) -> bool:
+        """Run the next queued job, if any. Returns whether there was one.
+        ``overlap``: return once its run is over, its end still being written
+        by the finisher (the worker's loop); else once it has ended."""
         while self._unrecorded:  # first the end of a job the store missed; raises while it is still down
             self._unrecorded[0]()
             self._unrecorded.pop(0)
@@ -107,12 +119,17 @@ class Worker(threading.Thread):
             return False
         if not self._run_job(job):
             free_memory()  # a failed or stopped run may leave big tensors behind
+        self.finisher.submit(self._after_job, holds_run=False)  # after the job's end, which may be on its way
+        if not overlap:
+            self.finisher.wait()
+        return True
+
+    def _after_job(self) -> None:
         if self.after_job is not None:
             try:
                 self.after_job()
             except Exception:
                 logger.exception("after-job upkeep (retention) failed")
-        return True
 
     def _record(self, job: Job, what: str, write: Callable[[], None]) -> None:
         """A job's end state, retried while the store is unavailable; if it
@@ -159,8 +176,7 @@ class Worker(threading.Thread):
 
         try:
             request = retry_store(lambda: self.store.request_for(job), self.retry_seconds, f"job {job.id}: reading it")
-            output = run_job(engine, request, on_step, stop)
-            self.images.write(job.id, output.pngs)
+            result = engine.generate(request, on_step=on_step, cancel=stop)
         except Exception as exc:
             end = job_end(job.id, exc, skipped=self.store.skipped(job.id))
             if end.state != FAILED and not asked.is_set():
@@ -177,7 +193,18 @@ class Worker(threading.Thread):
             else:
                 self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
             return False
-        # Outside the try: a job whose images are written is recorded done, never failed.
-        self._record(job, "done", lambda: self.store.finish(job.id, output.images, output.params_update))
-        logger.info("job %s done in %.1fs", job.id, output.seconds)
+        self.finisher.submit(lambda: self._finish(job, result))
         return True
+
+    def _finish(self, job: Job, result: "GenerationResult") -> None:
+        """A finished run's end, on the finisher's thread: its PNGs encoded and
+        stored, then the job recorded done (failed when they cannot be stored)."""
+        try:
+            output = job_output(result, self.finisher.encoders)
+            self.images.write(job.id, output.pngs)
+        except Exception as exc:  # a full disk ...
+            end = job_end(job.id, exc)
+            self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
+        else:  # a job whose images are written is recorded done, never failed
+            self._record(job, "done", lambda: self.store.finish(job.id, output.images, output.params_update))
+            logger.info("job %s done in %.1fs", job.id, output.seconds)

@@ -340,3 +340,77 @@ def test_a_job_database_from_before_partial_images_opens_and_keeps_its_jobs(tmp_
                      ("a" * 32, json.dumps(small_request().to_dict()), json.dumps([{"n": 0, "seed": 1, "infotext": "t"}])))
     job = SQLiteJobStore(path).get("a" * 32)
     assert job.state == "done" and job.images[0]["seed"] == 1 and job.partial is False
+
+
+def _pixels(png: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB").tobytes(), im.text.get("parameters", "")
+
+
+def test_the_next_job_runs_while_the_last_ones_pngs_are_written(tmp_path, small_request, engine, monkeypatch):
+    """The worker hands a finished run to its finisher and takes the next job at once: the
+    second job runs (and is the running one /sdapi/v1/progress shows) while the first's PNG
+    is still being encoded (a slowed encoder); both end done, in order, with their own images."""
+    from app.jobs import runner
+    from app.jobs.images import ImageStore
+
+    gate, encoding = threading.Event(), threading.Event()
+    real_png_bytes = runner.png_bytes
+
+    def slow_png_bytes(image, text):
+        if text and "Seed: 1," in text:  # the first job's image
+            encoding.set()
+            assert gate.wait(60)
+        return real_png_bytes(image, text)
+
+    monkeypatch.setattr(runner, "png_bytes", slow_png_bytes)
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    worker = Worker(store, lambda: engine, ImageStore(tmp_path / "images"), preview_every=0, poll_seconds=0.05)
+    first, second = store.submit(small_request(seed=1), "me"), store.submit(small_request(seed=2), "me")
+    worker.start()
+    try:
+        assert encoding.wait(60)
+        deadline = time.monotonic() + 60
+        while store.get(second.id).progress.step < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.get(second.id).progress.step == 2  # the second ran to its last step ...
+        assert store.get(first.id).state == "running"  # ... while the first's PNG was not written yet
+        assert not (tmp_path / "images" / first.id).exists()
+        assert store.running().id == second.id
+        gate.set()
+        ends = [store.wait(job.id, timeout=60) for job in (first, second)]
+    finally:
+        gate.set()
+        worker.stop()
+    assert [job.state for job in ends] == ["done", "done"]
+    assert ends[0].finished_at <= ends[1].finished_at
+    for job, seed in zip(ends, (1, 2)):
+        pixels, text = _pixels((tmp_path / "images" / job.id / "0.png").read_bytes())
+        expected = engine.generate(small_request(seed=seed)).images[0]
+        assert pixels == expected.convert("RGB").tobytes()
+        assert f"Seed: {seed}," in text and job.images[0]["seed"] == seed
+
+
+def test_a_finished_run_whose_pngs_cannot_be_stored_fails_and_the_next_runs(store, small_request, tmp_path, engine):
+    """The store's failure still fails the job (a full disk: its reason), now on the finisher."""
+    import errno
+
+    from app.jobs.images import DiskFull, ImageStore
+
+    class FullOnce(ImageStore):
+        full = True
+
+        def write(self, job_id, pngs):
+            if self.full:
+                self.full = False
+                raise DiskFull(errno.ENOSPC, "disk full: the images could not be saved")
+            return super().write(job_id, pngs)
+
+    worker = Worker(store, lambda: engine, FullOnce(tmp_path / "images"), preview_every=0)
+    first, second = store.submit(small_request(), "me"), store.submit(small_request(), "me")
+    assert worker.run_once() and worker.run_once()
+    failed, done = store.get(first.id), store.get(second.id)
+    assert failed.state == "failed" and failed.error.startswith("disk full") and not failed.images
+    assert done.state == "done" and (tmp_path / "images" / second.id / "0.png").is_file()

@@ -83,3 +83,26 @@ def test_the_live_preview_shows_every_image_of_the_batch(engine, small_request):
     # Many images stay bounded: nine in a 3x3 grid no larger than the limit.
     nine = preview_grid([Image.new("RGB", (768, 768), (i, 0, 0)) for i in range(9)])
     assert nine.size == (PREVIEW_GRID_SIDE, PREVIEW_GRID_SIDE) and nine.getpixel((PREVIEW_GRID_SIDE - 1, 0))[0] == 2
+
+
+def test_a_redis_worker_ships_at_most_one_preview_png_per_half_second_and_always_the_last(engine):
+    """The Redis worker must encode a preview to ship it: the due steps inside half a second
+    of the last one shipped ship none (the last stays), the last step's always ships, and
+    each job's first due step ships one."""
+    from app.engine.types import StepInfo
+    from app.jobs.runner import ShippedPreviews
+
+    now = [100.0]
+    previews = ShippedPreviews(every=1, seconds=0.5, clock=lambda: now[0])
+    latents = torch.zeros(1, 4, 8, 8)
+
+    def step(n, total=10, after=0.1):
+        now[0] += after
+        return previews.png(engine, StepInfo(step=n, total=total, latents=latents))
+
+    shipped = [n for n in range(1, 11) if step(n) is not None]
+    assert shipped == [1, 6, 10]  # 0.1 s a step: steps 1 and 6, then the last one
+    previews.start()  # the next job
+    assert step(1, after=0.01) is not None and step(2, after=0.01) is None
+    every_third = ShippedPreviews(every=3, seconds=0.5, clock=lambda: now[0])
+    assert [n for n in range(1, 8) if every_third.png(engine, StepInfo(step=n, total=7, latents=latents))] == [3, 7]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -191,3 +193,28 @@ def preview_png(engine: "Engine", info: StepInfo, every: int) -> bytes | None:
     (the Redis backend), which must ship bytes."""
     preview = live_preview(engine, info, every)
     return None if preview is None else preview.png()
+
+
+class ShippedPreviews:
+    """The live previews a worker in another process (the Redis backend) ships
+    as PNG bytes: it must encode one to send it (2-11 ms holding the interpreter
+    lock, more at large sizes), while a browser looks about every half second.
+    So at most one every ``seconds`` of the due ones (``preview_due``), and
+    always the last step's (what a job shows once done); ``start`` at each job
+    (its first due step ships one)."""
+
+    def __init__(self, every: int, seconds: float = 0.5, clock: Callable[[], float] = time.monotonic):
+        self.every, self.seconds, self._clock = every, seconds, clock
+        self._at = -math.inf
+
+    def start(self) -> None:
+        self._at = -math.inf
+
+    def png(self, engine: "Engine", info: StepInfo) -> bytes | None:
+        """None: none this step (the one shipped last stays)."""
+        if info.step != info.total and self._clock() - self._at < self.seconds:
+            return None
+        png = preview_png(engine, info, self.every)
+        if png is not None:
+            self._at = self._clock()
+        return png

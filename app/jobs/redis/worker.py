@@ -47,7 +47,7 @@ from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.images import disk_room_reason
 from app.jobs.job import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from app.jobs.redis.store import RedisJobStore
-from app.jobs.runner import free_memory, job_end, preview_png
+from app.jobs.runner import ShippedPreviews, free_memory, job_end
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class GPUWorker(SimpleWorker):
         self.job_queue = job_queue
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
+        self.previews = ShippedPreviews(preview_every)
         # How long a job's store writes are retried while Redis is away; a longer outage hands the job back.
         self.retry_seconds = retry_seconds
         self._beat_lock = threading.Lock()
@@ -206,6 +207,7 @@ class GPUWorker(SimpleWorker):
         if before == RUNNING:
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
         cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
+        self.previews.start()
         if self._stopping.is_set():  # a SIGTERM came before this job began: it goes back to the queue
             cancel.set()
         try:
@@ -327,7 +329,7 @@ class GPUWorker(SimpleWorker):
     def _on_step(self, job_id: str, attempt: int, info: StepInfo, cancel: threading.Event,
                  lost: threading.Event, skip: threading.Event) -> None:
         engine = self.slot.engine
-        preview = preview_png(engine, info, self.preview_every) if engine is not None else None
+        preview = self.previews.png(engine, info) if engine is not None else None
         answer = self._retried(job_id, "progress",
                                lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:

@@ -96,12 +96,12 @@ def test_a_redis_worker_ships_at_most_one_preview_png_per_half_second_and_always
     previews = ShippedPreviews(every=1, seconds=0.5, clock=lambda: now[0])
     latents = torch.zeros(1, 4, 8, 8)
 
-    def step(n, total=10, after=0.1):
+    def step(n, total=10, after=0.125):
         now[0] += after
         return previews.png(engine, StepInfo(step=n, total=total, latents=latents))
 
     shipped = [n for n in range(1, 11) if step(n) is not None]
-    assert shipped == [1, 6, 10]  # 0.1 s a step: steps 1 and 6, then the last one
+    assert shipped == [1, 5, 9, 10]  # 1/8 s a step: every fourth, and the last one
     previews.start()  # the next job
     assert step(1, after=0.01) is not None and step(2, after=0.01) is None
     every_third = ShippedPreviews(every=3, seconds=0.5, clock=lambda: now[0])

@@ -52,6 +52,20 @@ def test_break_starts_a_new_chunk(pipe):
     assert len(tokenize_chunks(tok, parse_prompt_attention("a cat a dog"))) == 1
 
 
+def test_the_tokenizers_vocabulary_is_read_once_not_per_prompt(pipe, tmp_path):
+    """``get_vocab()`` builds a dict of the whole vocabulary (0.1-0.15 s): the comma's id is
+    looked up once per tokenizer, not for each of an image's prompts."""
+    pipe.tokenizer.save_pretrained(tmp_path)
+    tok = type(pipe.tokenizer).from_pretrained(tmp_path)  # a fresh one, not looked up yet
+    calls = []
+    real = tok.get_vocab
+    tok.get_vocab = lambda: calls.append(1) or real()
+    chunks = [tokenize_chunks(tok, parse_prompt_attention(" ".join(["a red fox,"] * 30))) for _ in range(4)]
+    assert len(calls) == 1
+    comma = real()[",</w>"]
+    assert chunks[0] == chunks[3] and comma in chunks[0][0].tokens
+
+
 def test_long_prompt_fills_chunks_of_75_and_backtracks_to_a_comma(pipe):
     tok = pipe.tokenizer
     text = " ".join(["a quick red fox in snow,"] * 25)  # 7 tokens a piece: 175 tokens

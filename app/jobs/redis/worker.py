@@ -24,7 +24,12 @@ again.) What it adds to RQ:
 - faults handed back, not failed: a Redis outage longer than
   ``outage_seconds`` during a run stops it, and once Redis answers again the
   job is queued again (once; a second such outage fails it); a SIGTERM
-  (warm shutdown) lets the running job finish, then the worker exits.
+  (warm shutdown) lets the running job finish, then the worker exits;
+- a finished run's PNGs encoded and written to Redis by a ``Finisher``
+  thread (app/jobs/finisher.py) while this worker already runs the next
+  job: the RQ task returns when the run is over, the job stays ``running``
+  until its PNGs are in Redis. Should the worker die in between, the web
+  app's upkeep queues the job again (``RedisUpkeep``).
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -35,7 +40,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -44,13 +49,18 @@ from app.engine.types import DEFAULT_LIMITS, StepInfo
 from app.jobs import runner
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
+from app.jobs.finisher import Finisher
 from app.jobs.images import disk_room_reason
 from app.jobs.job import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from app.jobs.redis.store import RedisJobStore
 from app.jobs.runner import ShippedPreviews, free_memory, job_end
 
+if TYPE_CHECKING:
+    from app.engine.types import GenerationResult
+
 logger = logging.getLogger(__name__)
 
+FINISHING = "finishing"  # what run_t2i_job returns for a finished run whose PNGs are on their way
 REQUEUED = "requeued"  # what run_t2i_job returns for a job handed back to the queue
 OUTAGE_REQUEUES = 1  # a job is queued again after a long Redis outage this many times, then failed
 
@@ -81,6 +91,7 @@ class GPUWorker(SimpleWorker):
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
         self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
+        self.finisher = Finisher()
         GPUWorker.current = self
 
     # --- RQ hooks -----------------------------------------------------------------------
@@ -147,6 +158,7 @@ class GPUWorker(SimpleWorker):
                                                        exception_handler=self._pubsub_exception_handler)
 
     def teardown(self) -> None:
+        self.finisher.wait()  # the runs that finished are recorded before the worker goes
         self._stop_beats.set()
         self._publish(alive=False)
         super().teardown()
@@ -224,9 +236,9 @@ class GPUWorker(SimpleWorker):
                 # The web app that accepted the job set its limits (one source). This process runs
                 # one job at a time on its engine, so the engine's limits are this job's meanwhile.
                 engine.limits = limits or DEFAULT_LIMITS
-                output = runner.run_job(engine, request,
-                                        lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
-                                        cancel)
+                result = engine.generate(
+                    request, on_step=lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
+                    cancel=cancel)
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
                 logger.warning("job %s is no longer this worker's; stopped", job_id)
@@ -250,13 +262,24 @@ class GPUWorker(SimpleWorker):
                 # job refcounting has freed them, and gc.collect() costs about a second.
                 free_memory()
             return CANCELLED if end.state == DONE and kept is None else end.state
-        # Outside the try: a finished run is recorded done (with its images), never failed.
+        self.finisher.submit(lambda: self._finish(job_id, attempt, result))
+        return FINISHING
+
+    def _finish(self, job_id: str, attempt: int, result: "GenerationResult") -> None:
+        """A finished run's end, on the finisher's thread: its PNGs encoded and
+        written to Redis with the job done (a finished run is never failed)."""
+        queue = self.job_queue
+        try:
+            output = runner.job_output(result, self.finisher.encoders)
+        except Exception as exc:  # encoding a PNG in memory: out of memory, at most
+            end = job_end(job_id, exc)
+            self._written(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
+            return
         if not self._written(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
                                                                      output.params_update)):
-            logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
-            return "dropped"
+            logger.warning("job %s was handed to another worker; its result is dropped", job_id)
+            return
         logger.info("job %s done in %.1fs", job_id, output.seconds)
-        return DONE
 
     def _retried(self, job_id: str, what: str, call):
         return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")

@@ -18,7 +18,8 @@ from app.engine.dynamic_prompts import (
     WildcardFiles,
     resolve,
 )
-from app.engine.metadata import parse_infotext, request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import parse_infotext
 from app.engine.prompt_lines import MAX_PROMPT_LINES, line_values
 from app.engine.types import GenerationRequest, ValidationError
 from helpers import assert_error, small_job, wait_job

@@ -7,7 +7,7 @@ way.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
 from app.engine.base import (
@@ -22,6 +22,7 @@ from app.engine.base import (
     floor_size,
     short_repr,
 )
+from app.engine.fields import ELSEWHERE, About, about, facts, kind, size_pair
 from app.engine.loras import has_extra_networks, split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
 from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
@@ -29,33 +30,32 @@ from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_schedul
 _AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
 
 
-# Fixed bounds of request fields (the limits above are the settings' part): the one table
-# validation, the page's inputs and the notebook's widgets read.
-FIELD_RANGES: dict[str, tuple[float, float]] = {
-    "mask_blur": (0, 64),  # pixels
-    "inpaint_full_res_padding": (0, 256),  # pixels
-    "outpaint": (0, 512),  # pixels
-    "hr_scale": (1, 4),
-    "subseed_strength": (0, 1),
-    # Sampler settings (app/engine/sampling): A1111's slider ranges.
-    "eta": (0, 1),
-    "s_churn": (0, 100),
-    "s_tmin": (0, 10),
-    "s_tmax": (0, 999),  # 0: infinity
-    "s_noise": (0, 1.1),
-    "clip_skip": (1, 12),
-    # Faces (issue #24; app/engine/faces): CodeFormer's w, ADetailer's slider ranges.
-    "code_former_weight": (0, 1),
-    "face_detail_strength": (0, 1),
-    "face_detail_confidence": (0, 1),
-    "face_detail_dilate": (-128, 128),  # pixels
-    "face_detail_mask_blur": (0, 64),  # pixels
-    "face_detail_padding": (0, 256),  # pixels
-}
+def _seed_resize_entry(request: "GenerationRequest") -> str | None:
+    w, h = request.seed_resize_from_w, request.seed_resize_from_h
+    return f"{w}x{h}" if w > 0 and h > 0 else None
 
 
-def field_range(name: str) -> tuple[float, float]:
-    return FIELD_RANGES[name]
+def _seed_resize_read(text: str) -> dict:
+    return dict(zip(("seed_resize_from_w", "seed_resize_from_h"), size_pair(text)))
+
+
+def _ensd_entry(request: "GenerationRequest") -> int | None:
+    """A1111 writes ENSD only where it changed the noise: a sampler that draws noise, with eta not 0."""
+    choice = find_scheduler(request.scheduler)
+    if not request.eta_noise_seed_delta or choice is None or not choice.sampler.uses_ensd:
+        return None
+    eta = request.eta if request.eta is not None else choice.sampler.eta_default
+    return request.eta_noise_seed_delta if eta != 0 else None
+
+
+def _churn_entry(name: str):
+    """A churn setting's entry: written for the samplers that take them (Euler, Heun, DPM2), when not default."""
+    def entry(request: "GenerationRequest") -> str | None:
+        choice = find_scheduler(request.scheduler)
+        value = getattr(request, name)
+        default = GenerationRequest.__dataclass_fields__[name].default
+        return f"{value:g}" if choice is not None and choice.sampler.takes_churn and value != default else None
+    return entry
 
 
 @dataclass
@@ -71,49 +71,80 @@ class GenerationRequest:
     negative_prompt: str = ""
     width: int | None = None
     height: int | None = None
-    steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int | None = None
+    steps: int = field(default=25, metadata=about(label="Steps", write=ELSEWHERE))
+    guidance_scale: float = field(default=7.5, metadata=about(label="CFG scale", write=ELSEWHERE))
+    seed: int | None = field(default=None, metadata=about(label="Seed", write=ELSEWHERE))
     scheduler: str = DEFAULT_SCHEDULER
     num_images: int = 1
     init_image: Any = None  # PIL.Image.Image
-    strength: float = 0.75
+    strength: float = field(default=0.75, metadata=about(label="Denoising strength", write=ELSEWHERE))
     save_steps: int = 0  # keep a preview every N steps (0: none)
-    tiling: bool = False  # seamless: the image wraps around left/right and top/bottom (A1111's "Tiling")
+    # seamless: the image wraps around left/right and top/bottom
+    tiling: bool = field(default=False, metadata=about(
+        label="Tiling", api=True, cli="--tiling", help="seamless: the image tiles left/right and top/bottom"))
     # --- inpainting (issue #12; app/engine/inpaint.py): needs init_image; white in the mask repaints ---
     mask: Any = None  # PIL.Image.Image
-    mask_blur: int = 4  # pixels
+    mask_blur: int = field(default=4, metadata=about(label="Mask blur", write=ELSEWHERE, range=(0, 64)))  # pixels
     inpainting_fill: int = 1  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
     inpaint_full_res: bool = False  # "only masked": the masked region alone at full size, pasted back
-    inpaint_full_res_padding: int = 32  # pixels around the masked region, only masked
+    inpaint_full_res_padding: int = field(default=32, metadata=about(  # pixels around the masked region, only masked
+        label="Masked area padding", write=ELSEWHERE, range=(0, 256)))
     inpainting_mask_invert: bool = False  # repaint the black area instead
-    outpaint: int = 0  # pixels to extend the init image by, then inpaint the new area (needs no mask)
+    # pixels to extend the init image by, then inpaint the new area (needs no mask)
+    outpaint: int = field(default=0, metadata=about(range=(0, 512)))
     outpaint_directions: str = "left,right,up,down"  # comma-separated sides to extend
     # --- hires fix (issue #12; app/engine/hires.py): txt2img, then upscale and img2img at ``strength`` ---
     enable_hr: bool = False
-    hr_scale: float = 2.0  # used when hr_resize_x and hr_resize_y are 0
+    hr_scale: float = field(default=2.0, metadata=about(range=(1, 4)))  # used when hr_resize_x and hr_resize_y are 0
     hr_resize_x: int = 0  # target width (0: from hr_scale, or keep the aspect)
     hr_resize_y: int = 0
     hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
     hr_second_pass_steps: int = 0  # 0: the first pass's steps
     # --- variation seeds (issue #12; app/engine/sampling/rng.py) ---
     subseed: int | None = None  # None or -1: random, drawn with the seed
-    subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
-    seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
+    subseed_strength: float = field(default=0.0, metadata=about(range=(0, 1)))  # 0: the seed's noise, 1: the variation seed's
+    # the noise this seed gives at another size (0: off)
+    seed_resize_from_w: int = field(default=0, metadata=about(label="Seed resize from", write=_seed_resize_entry,
+                                                              read=_seed_resize_read))
     seed_resize_from_h: int = 0
     # --- prompt styles (issue #15; app/engine/styles.py) ---
     # The names of the styles already applied to prompt and negative_prompt (by the web API, from styles.csv):
     # a record of how the prompt was made, as A1111's infotext keeps the styled prompt. Nothing here applies them.
     styles: list[str] = field(default_factory=list)
     # --- sampler settings (issue #21; app/engine/sampling), A1111's names ---
-    eta: float | None = None  # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM)
-    s_churn: float = 0.0  # Euler, Heun, DPM2 only, as A1111
-    s_tmin: float = 0.0
-    s_tmax: float = 0.0  # 0: infinity
-    s_noise: float = 1.0
-    randn_source: str = "GPU"  # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
-    eta_noise_seed_delta: int = 0  # A1111's ENSD: offsets the noise drawn after the initial noise
-    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    eta: float | None = field(default=None, metadata=about(range=(0, 1)))  # None: the sampler's default (1 for
+    # the ancestral and SDE samplers, 0 for DDIM); its infotext label is the sampler's (sampling/run.py)
+    # Euler, Heun, DPM2 only, as A1111
+    s_churn: float = field(default=0.0, metadata=about(label="Sigma churn", write=_churn_entry("s_churn"), range=(0, 100),
+                                                       cli="--s-churn", help="sigma churn (Euler, Heun, DPM2)",
+                                                       api=True, option="s_churn"))
+    s_tmin: float = field(default=0.0, metadata=about(label="Sigma tmin", write=_churn_entry("s_tmin"), range=(0, 10),
+                                                      cli="--s-tmin", help="sigma tmin (Euler, Heun, DPM2)",
+                                                      api=True, option="s_tmin"))
+    s_tmax: float = field(default=0.0, metadata=about(  # 0: infinity
+        label="Sigma tmax", write=_churn_entry("s_tmax"), range=(0, 999), cli="--s-tmax",
+        help="sigma tmax, 0: infinity (Euler, Heun, DPM2)", api=True, option="s_tmax"))
+    s_noise: float = field(default=1.0, metadata=about(label="Sigma noise", write=_churn_entry("s_noise"), range=(0, 1.1),
+                                                       cli="--s-noise", help="sigma noise (Euler, Heun, DPM2)",
+                                                       api=True, option="s_noise"))
+    # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
+    randn_source: str = field(default="GPU", metadata=about(
+        label="RNG", choices=RANDN_SOURCES, cli="--randn-source", option="randn_source",
+        help="noise source as A1111's RNG setting (default: GPU, CUDA's numbers on any device)"))
+    # A1111's ENSD: offsets the noise drawn after the initial noise
+    eta_noise_seed_delta: int = field(default=0, metadata=about(
+        label="ENSD", write=_ensd_entry, cli="--ensd", help="A1111's eta noise seed delta",
+        option="eta_noise_seed_delta"))
+    # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    clip_skip: int = field(default=1, metadata=about(label="Clip skip", range=(1, 12), cli="--clip-skip",
+                                                      help="A1111's clip skip (SD 1.x models)",
+                                                      option="CLIP_stop_at_last_layers"))
+    # A1111's negative guidance minimum sigma (NGMS): below this sigma every other model call skips the
+    # negative prompt (sampling/cfg.py); 0: off. A1111's slider range.
+    s_min_uncond: float = field(default=0.0, metadata=about(
+        label="NGMS", range=(0, 15), cli="--s-min-uncond", api=True, option="s_min_uncond",
+        help="A1111's negative guidance minimum sigma (NGMS): below it every other step skips the negative "
+             "prompt, faster (0: off)"))
     # --- SD upscale (issue #24; app/engine/sd_upscale.py): img2img only. A1111's script args by name:
     # {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2}; the tiles are width x height ---
     sd_upscale: dict | None = None
@@ -121,17 +152,20 @@ class GenerationRequest:
     # (upscale, face restoration), A1111's extras fields by name; the web layer sets it, never a form ---
     extras: dict | None = None
     # --- faces (issue #24; app/engine/faces), after generation: restoration as A1111, then detailing ---
-    restore_faces: bool = False
-    face_restorer: str = "CodeFormer"  # CodeFormer or GFPGAN (A1111's face_restoration_model)
-    code_former_weight: float = 0.5  # CodeFormer's w: 0 strongest, 1 most faithful to the image
+    restore_faces: bool = field(default=False, metadata=about(api=True))
+    face_restorer: str = field(default="CodeFormer", metadata=about(  # CodeFormer or GFPGAN
+        option="face_restoration_model"))
+    code_former_weight: float = field(default=0.5, metadata=about(  # CodeFormer's w: 0 strongest, 1 most faithful
+        range=(0, 1), option="code_former_weight"))
     face_detail: bool = False  # ADetailer's core: each face found inpainted again, only masked, at full size
-    face_detail_strength: float = 0.4  # ADetailer's defaults from here on
+    face_detail_strength: float = field(default=0.4, metadata=about(range=(0, 1)))  # ADetailer's defaults from here
     face_detail_prompt: str = ""  # empty: the image's prompt
     face_detail_negative_prompt: str = ""  # empty: the image's negative prompt
-    face_detail_confidence: float = 0.3  # the detector's score threshold
-    face_detail_dilate: int = 4  # pixels the face's box grows by (negative: shrinks), ADetailer's dilate/erode
-    face_detail_mask_blur: int = 4  # pixels
-    face_detail_padding: int = 32  # pixels around the face, only masked
+    face_detail_confidence: float = field(default=0.3, metadata=about(range=(0, 1)))  # the detector's threshold
+    # pixels the face's box grows by (negative: shrinks), ADetailer's dilate/erode
+    face_detail_dilate: int = field(default=4, metadata=about(range=(-128, 128)))
+    face_detail_mask_blur: int = field(default=4, metadata=about(range=(0, 64)))  # pixels
+    face_detail_padding: int = field(default=32, metadata=about(range=(0, 256)))  # pixels around the face
     # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
     controlnet: list[dict] = field(default_factory=list)
 
@@ -224,7 +258,19 @@ class GenerationRequest:
         if self.controlnet and self.sd_upscale is not None:  # each tile would get the whole image's map
             raise ValidationError("controlnet", f"{len(self.controlnet)} unit(s)",
                                   "SD upscale runs its tiles without ControlNet: leave out one or the other")
+        self._check_ranges()
         return self
+
+    def _check_ranges(self) -> None:
+        """Every field given a range (``about(range=...)``) within it: a new number field needs no code here.
+        (Most are checked earlier by their feature's checks, with their own words; None: the field's "unset".)"""
+        for name, (f, about_) in described().items():
+            value = getattr(self, name)
+            if about_.range is None or value is None:
+                continue
+            if kind(f) is int:
+                _check_int(name, value)
+            _check_range(name, value)
 
     def _validate_inpaint(self, limits: Limits) -> None:
         _check_int("mask_blur", self.mask_blur)
@@ -447,6 +493,21 @@ class GenerationRequest:
 
 
 IMAGE_FIELDS = ("init_image", "mask")  # images: stored apart from the JSON params
+
+
+def described() -> dict[str, tuple[Field, About]]:
+    """Each request field with its facts (app/engine/fields.py), in declaration order."""
+    return {f.name: (f, facts(f)) for f in fields(GenerationRequest)}
+
+
+# Fixed bounds of request fields (the limits are the settings' part): validation, the page's inputs and the
+# notebook's widgets read them. Given with each field (``about(range=...)``).
+FIELD_RANGES: dict[str, tuple[float, float]] = {name: about_.range for name, (_, about_) in described().items()
+                                                if about_.range is not None}
+
+
+def field_range(name: str) -> tuple[float, float]:
+    return FIELD_RANGES[name]
 
 
 def field_names() -> tuple[str, ...]:

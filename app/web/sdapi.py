@@ -22,7 +22,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.engine.embeddings import a1111_listing
 from app.engine.embeddings import scan as scan_embeddings
-from app.engine.metadata import parse_infotext, request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import parse_infotext
 from app.engine.prompt_lines import SCRIPT_TITLE as PROMPT_LINES
 from app.engine.prompt_lines import line_values
 from app.engine.schedulers import (

@@ -43,9 +43,15 @@ def facts(f: Field) -> About:
     return f.metadata.get("about") or About()
 
 
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def kind(f: Field) -> type:
-    """The field's plain type, from its default (int, float, bool or str)."""
-    return type(f.default)
+    """The field's plain type (int, float, bool or str): its default's, or its annotation's first type where
+    the default is None (``seed: int | None``)."""
+    if f.default is not None:
+        return type(f.default)
+    return _KINDS.get(str(f.type).split("|")[0].strip(), type(None))
 
 
 def parse_value(kind_: type, text: str) -> Any:

@@ -72,7 +72,7 @@ def parse_value(kind_: type, text: str) -> Any:
 
 def entry_text(value: Any) -> object:
     """A value as the infotext writes it: floats as %g, True as "True"."""
-    return f"{value:g}" if isinstance(value, float) else value
+    return f"{value:g}" if isinstance(value, float) else (str(value) if isinstance(value, bool) else value)
 
 
 def size_pair(text: str | None) -> tuple[int | None, int | None]:

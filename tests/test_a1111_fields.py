@@ -17,7 +17,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"alwayson_scripts": {"Regional Prompter": {"args": [True]}}}, "alwayson_scripts"),  # ADetailer, ControlNet: honoured
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
-    ({"s_min_uncond": 0.5}, "s_min_uncond"),
+    ({"s_min_uncond": 16}, "s_min_uncond"),  # honoured within A1111's range (tests/test_ngms.py)
     ({"hr_prompt": "other"}, "hr_prompt"),
 ])
 def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):

@@ -21,6 +21,7 @@ from app.engine.infotext_fields import request_from_infotext
 from app.engine.metadata import read_parameters
 from app.engine.sampling.rng import ImageRNG
 from app.engine.types import GenerationRequest, ValidationError
+from helpers import assert_error, small_job, wait_job
 
 SIZE = 64  # 8x8 latents
 STEPS = 8
@@ -173,3 +174,13 @@ def test_the_cli_takes_s_min_uncond(tmp_path):
 def test_the_page_has_the_ngms_input(client):
     page = client.get("/").get_data(as_text=True)
     assert 'name="s_min_uncond"' in page and "Negative guidance minimum sigma (NGMS)" in page
+
+
+def test_the_native_api_keeps_it_on_the_job_for_reuse(client):
+    job = client.post("/api/jobs", json=small_job(scheduler="Euler", steps=4, s_min_uncond=2)).get_json()["job"]
+    assert job["params"]["s_min_uncond"] == 2
+    done = wait_job(client, job["id"])
+    assert ", NGMS: 2" in done["images"][0]["infotext"]
+    # "reuse settings" fills the form from the job's params, which the gallery's job keeps
+    assert client.get(f"/api/jobs/{job['id']}").get_json()["job"]["params"]["s_min_uncond"] == 2
+    assert_error(client.post("/api/jobs", json=small_job(s_min_uncond="a lot")), 400, "s_min_uncond")

@@ -71,6 +71,18 @@ def read_lines(text: Any, field: str = "prompt_txt") -> list[dict]:
             for n, line in enumerate(lines, 1)]
 
 
+def line_fields(text: Any, field: str = "prompt_txt") -> list[set[str]]:
+    """The request fields each line sets itself (a line's prompt joins the request's: always its own),
+    so that an error in one of them can name the line rather than the request's field."""
+    own = []
+    for options in read_lines(text, field):
+        fields = set(options) | {"prompt", "negative_prompt"}
+        if fields & {"batch_size", "n_iter"}:
+            fields.add("num_images")
+        own.append(fields)
+    return own
+
+
 def _options(line: str, number: int, field: str) -> dict:
     def refuse(why: str) -> ValidationError:
         return ValidationError(field, line, f"line {number}: {why}")

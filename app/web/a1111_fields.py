@@ -18,9 +18,9 @@ from app.web.errors import ApiError
 
 # name -> (accepted values besides None, why another value is refused). None is always accepted.
 _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
-    # "X/Y/Z plot" on txt2img, "SD upscale" on img2img and "Prompts from file or textbox" are taken out before
+    # "X/Y/Z plot", "SD upscale" on img2img and "Prompts from file or textbox" are taken out before
     # this check (app/web/sdapi.py).
-    "script_name": (("",), "the scripts on this server are \"X/Y/Z plot\" on txt2img, \"SD upscale\" on img2img and "
+    "script_name": (("",), "the scripts on this server are \"X/Y/Z plot\", \"SD upscale\" on img2img and "
                            "\"Prompts from file or textbox\" (see /sdapi/v1/scripts)"),
     "refiner_checkpoint": (("", "None"), "refiner models are not supported"),
     "firstpass_image": (("",), "a first-pass image is not supported"),

@@ -237,7 +237,7 @@ def _run(body: dict, img2img: bool):
     if isinstance(script, str) and script.strip().lower() == PROMPT_LINES:
         return _run_prompt_lines(body, img2img)
     sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
-    plot = not img2img and isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
+    plot = isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
     refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale or plot else body,
                        img2img)
     overrides = body.get("override_settings") or {}
@@ -250,7 +250,7 @@ def _run(body: dict, img2img: bool):
         values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     if plot:
-        return _plot(body, gen, choice)
+        return _plot(body, gen, choice, img2img)
     hide_maps = no_detectmap(overrides)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
@@ -301,8 +301,9 @@ def _run_prompt_lines(body: dict, img2img: bool):
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
-def _plot(body: dict, gen, choice: ModelChoice | None):
-    """A1111's X/Y/Z plot: the grid first, then (its "Include Sub Images") every cell's image."""
+def _plot(body: dict, gen, choice: ModelChoice | None, img2img: bool):
+    """A1111's X/Y/Z plot, on txt2img or img2img (every cell from the same init image): the grid
+    first, then (its "Include Sub Images") every cell's image."""
     with wait_slot(sync=True) as waiting:
         if not waiting:
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
@@ -310,12 +311,14 @@ def _plot(body: dict, gen, choice: ModelChoice | None):
         grid, cells, with_cells = xyz.sdapi_plot(gen, body, choice, current_app.config["SYNC_TIMEOUT"])
     shown = [job for job in cells if job.images] if with_cells else []
     images = _images_b64(grid) + [_png_b64(job, 0) for job in shown]
-    info = _info(grid, img2img=False)
+    info = _info(grid, img2img)
     info["infotexts"] = [im["infotext"] for im in grid.images] + [job.images[0]["infotext"] for job in shown]
     info["all_seeds"] = [im["seed"] for im in grid.images] + [job.images[0]["seed"] for job in shown]
     info["index_of_first_image"] = len(grid.images) if shown else 0
     info["interrupted"] = any(job.state == CANCELLED for job in cells)
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    if body.get("include_init_images"):
+        parameters["init_images"] = body.get("init_images")
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
@@ -568,7 +571,7 @@ def scripts():
     # The scripts this server honours, A1111's titles in lower case: X/Y/Z plot, SD upscale and prompts from
     # file are chosen by script_name, ControlNet and ADetailer run through alwayson_scripts.
     return jsonify({"txt2img": [xyz.SCRIPT_TITLE, PROMPT_LINES, "controlnet", "adetailer"],
-                    "img2img": [SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
+                    "img2img": [xyz.SCRIPT_TITLE, SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
 
 
 @bp.get("/options")
@@ -667,12 +670,12 @@ for _path in ("hypernetworks", "face-restorers"):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])
 
 
-# --- LoRAs (app/engine/loras.py) ---------------------------------------------------------
+# --- LoRAs (app/engine/loras/) ---------------------------------------------------------
 
 @bp.get("/loras")
 def loras():
     """A1111's list: name, alias, path (here: inside the LoRA folder, not the server's file system), metadata."""
-    from app.engine.loras import a1111_listing
+    from app.engine.loras.files import a1111_listing
     from app.web.loras import lora_infos
 
     return jsonify(a1111_listing(lora_infos()))

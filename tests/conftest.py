@@ -52,6 +52,7 @@ def make_app(engine, tmp_path):
     """create_app with the session's demo engine and a fresh instance folder;
     every app's worker is stopped afterwards."""
     from app import create_app
+    from helpers import backend_of
 
     apps = []
 
@@ -64,7 +65,7 @@ def make_app(engine, tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 @pytest.fixture

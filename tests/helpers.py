@@ -25,6 +25,20 @@ FINISHED = ("done", "failed", "cancelled")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def backend_of(app) -> Any:
+    """The app's backend: its services' (app/web/services.py), the one object the web layer calls."""
+    from app.web.services import services_of
+
+    return services_of(app).backend
+
+
+def services_of(app) -> Any:
+    """The app's services (backend, catalogue, wait slots ...; app/web/services.py)."""
+    from app.web.services import services_of
+
+    return services_of(app)
+
+
 def small_job(**overrides) -> dict:
     body = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 2, "seed": 1}
     body.update(overrides)
@@ -267,7 +281,7 @@ def run_job(app, client, **params) -> dict:
     response = client.post("/api/jobs", json=body)
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job"]["id"]
-    assert app.extensions["t2i"].worker.run_once()
+    assert backend_of(app).worker.run_once()
     return client.get(f"/api/jobs/{job_id}").get_json()["job"]
 
 

@@ -125,6 +125,7 @@ def peak_rss_growth(action) -> tuple[object, int]:
 # --- processes: ``python -m app worker`` and redis-server ------------------------------------
 
 HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
+STOP_WAIT = 10  # seconds a stopped worker may take before it is killed: it exits within a few (a step's)
 
 
 class Workers:
@@ -171,15 +172,14 @@ class Workers:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def stop_all(self) -> None:
+        """SIGTERM to all at once (a busy worker hands its job back and exits within seconds),
+        then SIGKILL to any still running after STOP_WAIT, all counted from the same start."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT
         for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc, signalled=True, wait=max(0.1, deadline - time.monotonic()))
 
 
 def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen:
@@ -192,10 +192,12 @@ def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subproce
                             cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def stop(proc: subprocess.Popen, signalled: bool = False, wait: float = STOP_WAIT) -> None:
+    """SIGTERM (unless ``signalled`` already), then SIGKILL if it is still running after ``wait`` s."""
+    if not signalled:
+        proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)

@@ -192,7 +192,7 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_within_seconds(
     store = backend_of(app).store
     proc, log = workers("sigterm")
     _ready(proc, log)
-    job_id = _submit(client, steps=100, seed=4)  # long: the SIGTERM lands mid-run
+    job_id = _submit(client, steps=50, seed=4)  # long: the SIGTERM lands mid-run
     wait_for(lambda: _running(store, job_id), 120, "the job to run")
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)

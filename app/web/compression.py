@@ -54,7 +54,8 @@ def gzip_static(response: Response, cache: GzipCache) -> Response:
     response.headers.pop("Accept-Ranges", None)  # ranges are offered on the file as it is, not on this body
     # The client's copy may be this compressed one: its If-None-Match names the gzip ETag, which
     # send_file compared with the file's own; compare again.
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    return response
 
 
 def _accepts_gzip() -> bool:

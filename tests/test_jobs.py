@@ -15,7 +15,7 @@ from app.cli.serve import serve_config
 from app.jobs.job import QueueFull
 from app.jobs.sqlite.store import SQLiteJobStore
 from app.jobs.sqlite.worker import Worker
-from helpers import small_job
+from helpers import backend_of, small_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ def test_stopping_the_worker_requeues_the_running_job(make_app):
     while client.get(f"/api/jobs/{job['id']}").get_json()["job"]["progress"]["step"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    app.extensions["t2i"].stop()
+    backend_of(app).stop()
     after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert after["state"] == "queued" and after["position"] == 1
     assert after["images"] == [] and after["partial"] is False  # a server stop keeps no partial image

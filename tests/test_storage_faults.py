@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FullDiskFile, RedisServer, assert_error, small_job, start_worker, stop, wait_for, wait_job
+from helpers import FullDiskFile, RedisServer, assert_error, backend_of, small_job, start_worker, stop, wait_for, wait_job
 
 
 def job_state(client, job_id: str) -> str:
@@ -54,7 +54,7 @@ def test_a_locked_database_answers_503_and_a_job_finishing_meanwhile_stays_done(
     done = wait_job(client, job_id, 30)
     assert done["state"] == "done" and done["error"] is None
     assert client.get(done["images"][0]["url"]).data == image.read_bytes()
-    assert app.extensions["t2i"].worker.is_alive()
+    assert backend_of(app).worker.is_alive()
     after = client.post("/api/jobs", json=small_job()).get_json()["job"]["id"]
     assert wait_job(client, after)["state"] == "done"
 

@@ -11,7 +11,7 @@ import pytest
 from app.engine.hires import hr_upscalers
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import FIELD_RANGES
-from helpers import Page, run_job
+from helpers import Page, backend_of, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"
@@ -71,7 +71,7 @@ def test_form_page_for_sd21_shows_768_and_the_loading_state(make_app):
 
 
 def test_form_page_says_ready_once_the_model_is_loaded(app, client):
-    app.extensions["t2i"].worker.ensure_engine()
+    backend_of(app).worker.ensure_engine()
     page = Page(client.get("/").get_data(as_text=True))
     assert page.by_id["model-status"]["data-state"] == "ready"
     assert "hidden" in page.by_id["model-loading"]

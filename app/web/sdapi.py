@@ -49,6 +49,7 @@ from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
 from app.web.service import backend, build_request, enqueue, is_mine
+from app.web.services import services
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
 from app.web.uploads import png_info
@@ -371,7 +372,7 @@ OPTIONS = {"control_net_no_detectmap": False}  # the ControlNet extension's "Do 
 
 
 def sdapi_options() -> dict:
-    return current_app.extensions.setdefault("sdapi_options", dict(OPTIONS))
+    return services().sdapi_options
 
 
 def no_detectmap(overrides: dict) -> bool:

@@ -19,12 +19,12 @@ from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras
 from app.web.people import PeopleError, QuotaExceeded
+from app.web.services import services, services_of
 from app.web.settings import engine_limits
 from app.web.styles import styled_values
 from app.web.timing import timing
 from app.web.uploads import decode_init_image, decode_mask
 
-EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
 # The request's fields as the web takes them: step strips are a CLI and notebook option;
 # ``extras`` is set by the Extras routes (/api/extras), not sent as a job field.
 WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", "extras"))
@@ -32,11 +32,11 @@ WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", 
 
 def backend() -> Backend:
     """The current app's backend."""
-    return current_app.extensions[EXTENSION]
+    return services().backend
 
 
 def backend_of(app: Flask) -> Backend:
-    return app.extensions[EXTENSION]
+    return services_of(app).backend
 
 
 def form_defaults() -> dict[str, Any]:

@@ -24,7 +24,8 @@ again.) What it adds to RQ:
 - faults handed back, not failed: a Redis outage longer than
   ``outage_seconds`` during a run stops it, and once Redis answers again the
   job is queued again (once; a second such outage fails it); a SIGTERM
-  (warm shutdown) lets the running job finish, then the worker exits.
+  (warm shutdown) stops the running job at its next step and hands it back
+  to the queue, then the worker exits: within seconds, not after the job.
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -80,6 +81,7 @@ class GPUWorker(SimpleWorker):
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
         self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
+        self._cancel: threading.Event | None = None  # the running job's, for a SIGTERM to stop it
         GPUWorker.current = self
 
     # --- RQ hooks -----------------------------------------------------------------------
@@ -95,6 +97,7 @@ class GPUWorker(SimpleWorker):
         try:
             self.perform_job(job, queue, execution)
         finally:
+            self._cancel = None
             with self._beat_lock:
                 self._beating = None
         self._give_rq_back(job.id)
@@ -110,12 +113,17 @@ class GPUWorker(SimpleWorker):
             logger.exception("job %s: could not be queued again", job_id)
 
     def handle_warm_shutdown_request(self) -> None:
-        """SIGTERM or Ctrl+C: RQ's warm shutdown, the running job finishes first (compose gives it
-        ``stop_grace_period``, 2 minutes; a SIGKILL after that is a dead worker, whose job runs
-        again elsewhere). A job this worker has taken but not begun is handed back instead, and a
-        job waiting for disk space is queued again."""
+        """SIGTERM or Ctrl+C: RQ's warm shutdown waits for the running job, which may take
+        minutes (a hires batch); a container's stop or a test's teardown would wait that long, or
+        kill the worker and leave the job to be noticed dead. So the running job is cancelled at
+        its next step and handed back to the queue (``_hand_back``), like a job this worker has
+        taken but not begun, and a job waiting for disk space: another worker, or this one
+        restarted, runs it from the start. Then RQ's loop ends, and the worker exits."""
         super().handle_warm_shutdown_request()
         self._stopping.set()
+        cancel = self._cancel
+        if cancel is not None:
+            cancel.set()
 
     @property
     def engine(self) -> Engine | None:
@@ -206,6 +214,7 @@ class GPUWorker(SimpleWorker):
         if before == RUNNING:
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
         cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
+        self._cancel = cancel  # first: a SIGTERM from now on sets it
         if self._stopping.is_set():  # a SIGTERM came before this job began: it goes back to the queue
             cancel.set()
         try:

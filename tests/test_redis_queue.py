@@ -269,11 +269,13 @@ def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis
     from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
 
+    from app.jobs.redis.protocol import WorkerProtocol
+
     app = make_redis_app("locks", REDIS_QUEUE="locks", START_WORKER=False)
     queue, upkeep = app.extensions["t2i"].store, app.extensions["t2i"].upkeep
     job_id = _submit(app.test_client())["id"]
     queue.rq.remove(job_id)  # a worker took it ...
-    assert queue.begin(job_id, "ghost")[0] == 1
+    assert WorkerProtocol(queue).begin(job_id, "ghost")[0] == 1
     rq_job = queue.rq.fetch_job(job_id)
     rq_job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queue=queue.rq)

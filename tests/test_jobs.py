@@ -340,3 +340,30 @@ def test_a_job_database_from_before_partial_images_opens_and_keeps_its_jobs(tmp_
                      ("a" * 32, json.dumps(small_request().to_dict()), json.dumps([{"n": 0, "seed": 1, "infotext": "t"}])))
     job = SQLiteJobStore(path).get("a" * 32)
     assert job.state == "done" and job.images[0]["seed"] == 1 and job.partial is False
+
+
+def test_a_job_database_from_before_failures_were_data_opens_and_keeps_its_reasons(tmp_path, small_request):
+    """A jobs.sqlite made before the ``failure`` column: opened, the column is added, an old
+    failed job keeps its reason line and has no failure data; a new failure is kept as data."""
+    import json
+    import sqlite3
+
+    from app.jobs.job import DISK_FULL, Failure
+    from app.jobs.sqlite import store as sqlite_store
+
+    old_schema = sqlite_store.SCHEMA.replace(
+        "    failure TEXT,                           -- JSON of Failure.to_dict() when failed\n", "")
+    assert "failure" not in old_schema
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO jobs (id, client, state, params, error, created_at) VALUES (?, 'me', 'failed', ?, ?, 'x')",
+                     ("a" * 32, json.dumps(small_request().to_dict()), "invalid request: prompt: bad (got 'x')"))
+    store = SQLiteJobStore(path)
+    old = store.get("a" * 32)
+    assert old.state == "failed" and old.error == "invalid request: prompt: bad (got 'x')" and old.failure is None
+    store.submit(small_request(), "me")
+    job = store.claim()
+    store.fail(job.id, Failure(DISK_FULL, "disk full: no room"))
+    assert store.get(job.id).failure == Failure(DISK_FULL, "disk full: no room")
+    assert store.get(job.id).error == "disk full: no room"

@@ -296,7 +296,7 @@ class GPUWorker(SimpleWorker):
         engine = self.slot.engine
         preview = preview_png(engine, info, self.preview_every) if engine is not None else None
         answer = self.retried(job_id, "progress",
-                               lambda: self.jobs.progress(job_id, attempt, info.step, info.total, preview))
+                              lambda: self.jobs.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:
             lost.set()
         if answer == 3:  # a skip: the run stops like a cancel, and the job ends done with its images

@@ -171,6 +171,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
 
     assert job["state"] == "failed"
     assert f"the worker {victim} stopped" in job["error"] and "gave up after 1 attempt" in job["error"]
+    assert job["failure"] == {"kind": "worker_lost", "message": job["error"], "field": None, "value": None}
     assert job["finished_at"] and job["images"] == []
     assert queue.counts() == {"queued": 0, "running": 0}
     # Restarted under the same name, it takes over the dead worker's name.

@@ -176,6 +176,7 @@ def test_model_load_failure_is_reported_and_jobs_fail(make_app, tmp_path):
     job = client.post("/api/jobs", json=small_job()).get_json()["job"]
     done = wait_job(client, job["id"])
     assert done["state"] == "failed" and "could not be loaded" in done["error"]
+    assert done["failure"]["kind"] == "model" and done["failure"]["message"] == done["error"]
     health = client.get("/api/health").get_json()
     assert health["model_state"] == "failed" and "no such file or folder" in health["model_error"]
 

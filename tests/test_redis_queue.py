@@ -171,6 +171,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
 
     assert job["state"] == "failed"
     assert f"the worker {victim} stopped" in job["error"] and "gave up after 1 attempt" in job["error"]
+    assert job["failure"] == {"kind": "worker_lost", "message": job["error"], "field": None, "value": None}
     assert job["finished_at"] and job["images"] == []
     assert queue.counts() == {"queued": 0, "running": 0}
     # Restarted under the same name, it takes over the dead worker's name.
@@ -269,11 +270,13 @@ def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis
     from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
 
+    from app.jobs.redis.protocol import WorkerProtocol
+
     app = make_redis_app("locks", REDIS_QUEUE="locks", START_WORKER=False)
     queue, upkeep = backend_of(app).store, backend_of(app).upkeep
     job_id = _submit(app.test_client())["id"]
     queue.rq.remove(job_id)  # a worker took it ...
-    assert queue.begin(job_id, "ghost")[0] == 1
+    assert WorkerProtocol(queue).begin(job_id, "ghost")[0] == 1
     rq_job = queue.rq.fetch_job(job_id)
     rq_job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queue=queue.rq)

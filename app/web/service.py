@@ -149,7 +149,7 @@ def job_json(job: Job) -> dict:
     body["mine"] = is_mine(job)
     body.update(timing(backend(), job))  # its, eta_seconds: the page's speed and time-left display
     if not shows_contents(job):
-        body.update(params=None, images=[], preview_url=None, error=None)
+        body.update(params=None, images=[], preview_url=None, error=None, failure=None)
     return body
 
 
@@ -168,6 +168,7 @@ def _job_fields(job: Job) -> dict:
                    for im in job.images],
         "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
         "error": job.error,
+        "failure": job.failure.to_dict() if job.failure else None,  # why it failed, as data (docs/api.md)
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

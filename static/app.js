@@ -243,116 +243,98 @@
     var id = data.field;
     // The hires pass's denoising strength is the request's strength, in its own box when hires is on.
     if (id === "strength" && !this.initImage && $("enable_hr").checked) id = "hr_strength";
-    var input = id && (this.config.fields || []).indexOf(data.field) >= 0 ? $(id) : null;
+    var input = id && this.fields().indexOf(data.field) >= 0 ? $(id) : null;
     if (input) this.markField(input, text);
   };
 
-  function numberOrNull(id, parse) {
-    var raw = $(id).value.trim();
-    if (raw === "") return null;
-    var value = parse(raw);
-    return isNaN(value) ? raw : value; // the server names a bad value; do not hide it
+  // ----------------------------------------------------------- field list
+  // The form's controls named by the request's field names (the page config's ``fields``, from the
+  // request type) are the request: a new field needs only its input in templates/index.html.
+  // Controls in a disabled fieldset (a mode that does not apply) drop out, as in a form submission.
+  function namedControls(form, fields) {
+    return Array.prototype.filter.call(form.elements, function (control) {
+      return control.name && fields.indexOf(control.name) >= 0 && control.type !== "file";
+    });
   }
 
-  GeneratePage.prototype.readForm = function () {
-    var body = {
-      prompt: $("prompt").value,
-      negative_prompt: $("negative_prompt").value,
-      width: numberOrNull("width", Number),
-      height: numberOrNull("height", Number),
-      steps: numberOrNull("steps", Number),
-      guidance_scale: numberOrNull("guidance_scale", Number),
-      scheduler: samplerValue(),
-      num_images: numberOrNull("num_images", Number),
-      tiling: $("tiling").checked,
-    };
-    // Sampler settings (A1111's): sent only when they differ from the defaults, so a job's params stay short.
-    var d = this.config.defaults || {};
-    ["eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta", "clip_skip"].forEach(function (id) {
-      var value = numberOrNull(id, Number);
-      if (value !== null && value !== d[id]) body[id] = value;
+  // A control's value as the request takes it: numbers for number and range boxes (and for a select
+  // whose field's default is a number), true/false for a checkbox, nothing for an empty box.
+  function controlValue(control, defaults) {
+    if (control.type === "checkbox") return control.checked;
+    var raw = control.value;
+    if (control.type === "number" || control.type === "range" ||
+        (control.tagName === "SELECT" && typeof defaults[control.name] === "number")) {
+      raw = raw.trim();
+      if (raw === "") return undefined;
+      var value = Number(raw);
+      return isNaN(value) ? raw : value;  // the server names a bad value; do not hide it
+    }
+    return raw === "" ? undefined : raw;
+  }
+
+  function readFields(form, fields, defaults) {
+    var body = {};
+    namedControls(form, fields).forEach(function (control) {
+      if (control.matches(":disabled")) return;
+      var value = controlValue(control, defaults);
+      if (value !== undefined) body[control.name] = value;
     });
-    if ($("randn_source").value !== d.randn_source) body.randn_source = $("randn_source").value;
-    var seed = numberOrNull("seed", Number);
-    if (seed !== null) body.seed = seed;
+    return body;
+  }
+
+  // Set every named control from ``params``; a field they lack takes the page's default. Returns the
+  // controls set, and opens each closed section that now holds a value other than its default.
+  function fillFields(form, fields, params, defaults) {
+    var given = function (value) { return value !== null && value !== undefined; };
+    var changed = [];
+    namedControls(form, fields).forEach(function (control) {
+      var name = control.name, value = given(params[name]) ? params[name] : defaults[name];
+      if (control.type === "checkbox") control.checked = !!value;
+      else if (control.tagName === "SELECT") {
+        // A job from another server may name what this one lacks: the select keeps its value.
+        if (Array.prototype.some.call(control.options, function (o) { return o.value === String(value); })) {
+          control.value = String(value);
+        }
+      } else control.value = given(value) ? value : "";
+      if (given(params[name]) && params[name] !== defaults[name]) changed.push(control);
+    });
+    form.querySelectorAll("output[for]").forEach(function (output) {
+      var input = document.getElementById(output.htmlFor.value);
+      if (input) output.textContent = input.value;
+    });
+    changed.forEach(function (control) {
+      for (var node = control.closest("details"); node; node = node.parentElement.closest("details")) node.open = true;
+    });
+    return namedControls(form, fields);
+  }
+
+  GeneratePage.prototype.fields = function () { return this.config.fields || []; };
+
+  GeneratePage.prototype.readForm = function () {
+    var body = readFields(this.form, this.fields(), this.config.defaults || {});
+    // The widgets that are not one named box each:
+    body.scheduler = samplerValue();
     var styles = $("styles") ? JSON.parse($("styles").value || "[]") : [];  // picked by static/styles.js
     if (styles.length) body.styles = styles;
-    Object.keys(body).forEach(function (key) { if (body[key] === null) delete body[key]; });
-    this.readFaceTools(body);
     if (T2I.controlnet) T2I.controlnet.read(body);  // static/controlnet.js: the enabled units
     if (this.initImage) {
       body.init_image = this.initImage;
-      body.strength = Number($("strength").value);
-      this.readInitTools(body);
-    } else {
-      this.readTxt2imgTools(body);
+      if (body.outpaint) {
+        // Outpainting keeps the init image's size and adds to it: the server sizes the canvas.
+        body.outpaint_directions = Array.prototype.map.call(
+          this.form.querySelectorAll("[data-outpaint-side]:checked"),
+          function (box) { return box.getAttribute("data-outpaint-side"); }).join(",");
+        delete body.width;
+        delete body.height;
+      } else {
+        var mask = this.mask.toDataURL();  // only when something is painted
+        if (mask) body.mask = mask;
+      }
+    } else if (body.enable_hr) {
+      var denoise = controlValue($("hr_strength"), {});
+      if (denoise !== undefined) body.strength = denoise;  // A1111's denoising strength is the request's strength
     }
     return body;
-  };
-
-  // Faces (txt2img and img2img): sent only when ticked.
-  GeneratePage.prototype.readFaceTools = function (body) {
-    if ($("restore_faces").checked) {
-      body.restore_faces = true;
-      body.face_restorer = $("face_restorer").value;
-      var weight = numberOrNull("code_former_weight", Number);
-      if (weight !== null) body.code_former_weight = weight;
-    }
-    if ($("face_detail").checked) {
-      body.face_detail = true;
-      body.face_detail_strength = Number($("face_detail_strength").value);
-      if ($("face_detail_prompt").value) body.face_detail_prompt = $("face_detail_prompt").value;
-      ["face_detail_confidence", "face_detail_dilate", "face_detail_mask_blur", "face_detail_padding"]
-        .forEach(function (name) { body[name] = Number($(name).value); });
-    }
-  };
-
-  // Inpainting and outpainting: only with an init image; a mask only when something is painted.
-  GeneratePage.prototype.readInitTools = function (body) {
-    var outpaint = numberOrNull("outpaint", Number);
-    if (outpaint) {
-      // Outpainting keeps the init image's size and adds to it: the server sizes the canvas.
-      body.outpaint = outpaint;
-      body.outpaint_directions = Array.prototype.map.call(
-        this.form.querySelectorAll("[data-outpaint-side]:checked"),
-        function (box) { return box.getAttribute("data-outpaint-side"); }).join(",");
-      delete body.width;
-      delete body.height;
-    } else {
-      var mask = this.mask.toDataURL();
-      if (mask) body.mask = mask;
-    }
-    if (body.mask || body.outpaint) {
-      ["mask_blur", "inpainting_fill", "inpaint_full_res_padding"].forEach(function (id) {
-        var value = numberOrNull(id, Number);
-        if (value !== null) body[id] = value;
-      });
-      body.inpaint_full_res = $("inpaint_full_res").checked;
-      body.inpainting_mask_invert = $("inpainting_mask_invert").checked;
-    }
-  };
-
-  // Hires fix and variation seeds: txt2img only (the server refuses them with an init image).
-  GeneratePage.prototype.readTxt2imgTools = function (body) {
-    var number = function (id) { return numberOrNull(id, Number); };
-    var strength = number("subseed_strength"), fromW = number("seed_resize_from_w"), fromH = number("seed_resize_from_h");
-    if (strength || fromW || fromH) {
-      var subseed = number("subseed");
-      if (subseed !== null) body.subseed = subseed;
-      if (strength !== null) body.subseed_strength = strength;
-      if (fromW !== null) body.seed_resize_from_w = fromW;
-      if (fromH !== null) body.seed_resize_from_h = fromH;
-    }
-    if ($("enable_hr").checked) {
-      body.enable_hr = true;
-      ["hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps"].forEach(function (id) {
-        var value = number(id);
-        if (value !== null) body[id] = value;
-      });
-      body.hr_upscaler = $("hr_upscaler").value;
-      var denoise = number("hr_strength");
-      if (denoise !== null) body.strength = denoise;  // A1111's denoising strength is the request's strength
-    }
   };
 
   GeneratePage.prototype.initImageChosen = function () {
@@ -386,16 +368,22 @@
     thumb.src = dataUrl;
     show($("init-preview"), true);
     show($("init-tools"), true);
-    $("strength").disabled = false;
-    this.hiresAvailable(false);
+    this.setMode("img2img");
+  };
+
+  // The sections of the other mode (data-mode="txt2img" or "img2img") are disabled: their fields
+  // drop out of the request, and the boxes keep their values for when the mode comes back.
+  GeneratePage.prototype.setMode = function (mode) {
+    this.form.querySelectorAll("[data-mode]").forEach(function (node) {
+      node.disabled = node.getAttribute("data-mode") !== mode;
+    });
+    this.hiresAvailable(mode === "txt2img");
   };
 
   // Hires fix is a txt2img pass: the server refuses enable_hr with an init image (AUTOMATIC1111's
-  // img2img has no hires pass and ignores it). While one is set, the section is off and says why;
-  // the boxes keep their values for when the image is removed.
+  // img2img has no hires pass and ignores it). While one is set, the section is off (setMode) and says why.
   GeneratePage.prototype.hiresAvailable = function (available) {
     var section = $("hires-section");
-    section.querySelectorAll("input, select").forEach(function (input) { input.disabled = !available; });
     section.classList.toggle("off", !available);
     show($("hires-off"), !available);
     $("hires-hint").textContent = available ? "(without an init image: generate, upscale, refine)"
@@ -507,8 +495,7 @@
     show($("init-preview"), false);
     show($("init-tools"), false);
     this.mask.reset(null);
-    $("strength").disabled = true;
-    this.hiresAvailable(true);
+    this.setMode("txt2img");
   };
 
   // Generate is off only while a request is on its way (no double submits) or
@@ -529,11 +516,11 @@
       return;
     }
     // A number box with text in it reads as empty: say so instead of silently using the default.
-    var bad = ["width", "height", "steps", "guidance_scale", "seed", "num_images"].filter(function (id) {
-      return $(id).validity && $(id).validity.badInput;
+    var bad = namedControls(this.form, this.fields()).filter(function (control) {
+      return !control.matches(":disabled") && control.validity && control.validity.badInput;
     })[0];
     if (bad) {
-      this.showError({ error: bad + ": must be a number", field: bad });
+      this.showError({ error: bad.name + ": must be a number", field: bad.name });
       return;
     }
     this.setSending(true);
@@ -925,28 +912,20 @@
     show(list, true);
   };
 
-  // Fill the form from a job's parameters, with the seed of image ``index``.
+  // Fill the form from a job's parameters (or a PNG's, read by the server), with the seed of image
+  // ``index``: every named control from its field (fillFields), then the widgets that are not one box.
   GeneratePage.prototype.reuse = function (job, index) {
-    var p = job.params || {};
-    var set = function (id, value) {
-      if (value === null || value === undefined) return;
-      $(id).value = value;
-      this.touched[id] = true;
-    }.bind(this);
-    set("prompt", p.prompt);
-    set("negative_prompt", p.negative_prompt || "");
-    set("width", p.width);
-    set("height", p.height);
-    set("steps", p.steps);
-    set("guidance_scale", p.guidance_scale);
-    set("num_images", p.num_images);
-    $("tiling").checked = !!p.tiling;
+    var p = job.params || {}, d = this.config.defaults || {};
+    fillFields(this.form, this.fields(), p, d).forEach(function (control) { this.touched[control.id] = true; }, this);
     if (p.scheduler) setSampler(p.scheduler);
     var image = (job.images || [])[index || 0];
     var seed = image ? image.seed : p.seed;
     $("seed").value = seed === null || seed === undefined ? "" : seed;
-    if (p.strength) { $("strength").value = p.strength; $("strength-value").textContent = p.strength; }
-    this.reuseTools(p, set);
+    if (p.enable_hr && p.strength) $("hr_strength").value = p.strength;  // the hires pass's denoising
+    var sides = String(p.outpaint_directions || d.outpaint_directions || "").split(",");
+    this.form.querySelectorAll("[data-outpaint-side]").forEach(function (box) {
+      box.checked = sides.indexOf(box.getAttribute("data-outpaint-side")) >= 0;
+    });
     this.clearErrors();
     this.note(p.has_init_image
       ? "Settings restored. The init image" + (p.has_mask ? " and the mask are" : " is") +
@@ -956,49 +935,6 @@
     this.form.scrollIntoView({ behavior: "smooth", block: "start" });
     // The prompt is back as it ran, styles already applied: static/styles.js unpicks its styles.
     document.dispatchEvent(new CustomEvent("t2i:reuse", { detail: { job: job, index: index || 0 } }));
-  };
-
-  // A <select>'s value, when it offers it (a job from another server may name what this one lacks).
-  function selectIfOffered(id, value) {
-    Array.prototype.forEach.call($(id).options, function (option) {
-      if (option.value === value) $(id).value = value;
-    });
-  }
-
-  // The inpaint, outpaint, hires and variation fields; what the params lack keeps its default.
-  GeneratePage.prototype.reuseTools = function (p, set) {
-    var d = this.config.defaults || {};
-    var pick = function (name) { return p[name] === null || p[name] === undefined ? d[name] : p[name]; };
-    ["mask_blur", "inpainting_fill", "inpaint_full_res_padding", "outpaint", "hr_scale", "hr_resize_x",
-     "hr_resize_y", "hr_second_pass_steps", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
-      .forEach(function (name) { set(name, pick(name)); });
-    ["inpaint_full_res", "inpainting_mask_invert", "enable_hr"].forEach(function (name) {
-      $(name).checked = !!pick(name);
-    });
-    var sides = String(pick("outpaint_directions") || "").split(",");
-    this.form.querySelectorAll("[data-outpaint-side]").forEach(function (box) {
-      box.checked = sides.indexOf(box.getAttribute("data-outpaint-side")) >= 0;
-    });
-    selectIfOffered("hr_upscaler", pick("hr_upscaler"));
-    $("subseed").value = p.subseed === null || p.subseed === undefined ? "" : p.subseed;
-    ["s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta", "clip_skip"].forEach(function (name) {
-      set(name, pick(name));
-    });
-    $("eta").value = p.eta === null || p.eta === undefined ? "" : p.eta;
-    $("randn_source").value = pick("randn_source") || "GPU";
-    $("sampler-section").open = ["eta", "s_churn", "eta_noise_seed_delta"].some(function (name) {
-      return p[name] !== null && p[name] !== undefined && p[name] !== d[name];
-    }) || p.randn_source && p.randn_source !== d.randn_source || $("sampler-section").open;
-    if (p.enable_hr && p.strength) set("hr_strength", p.strength);
-    ["restore_faces", "face_detail"].forEach(function (name) { $(name).checked = !!pick(name); });
-    ["code_former_weight", "face_detail_strength", "face_detail_confidence", "face_detail_dilate",
-      "face_detail_mask_blur", "face_detail_padding"].forEach(function (name) { set(name, pick(name)); });
-    $("face_detail_strength-value").textContent = $("face_detail_strength").value;
-    $("face_detail_prompt").value = pick("face_detail_prompt") || "";
-    selectIfOffered("face_restorer", pick("face_restorer"));
-    $("faces-section").open = !!(p.restore_faces || p.face_detail) || $("faces-section").open;
-    $("hires-section").open = !!p.enable_hr || $("hires-section").open;
-    $("variation-section").open = !!(p.subseed_strength || p.seed_resize_from_w) || $("variation-section").open;
   };
 
   // After a reload (phones drop tabs), pick the last job up again; a gallery

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_helpers import submit
+from browser_helpers import sent_job_body, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,19 +15,12 @@ NEW_FIELD = """() => { const box = document.createElement('input');
     document.getElementById('face_detail_prompt').after(box); }"""
 
 
-def sent_body(page, action):
-    """The JSON body of the POST /api/jobs that ``action`` makes the page send."""
-    with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as sent:
-        action()
-    return sent.value.post_data_json
-
-
 def test_a_new_field_needs_only_its_input_and_other_modes_drop_out(serve, page):
     server = serve()
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
     page.evaluate(NEW_FIELD)
-    body = sent_body(page, lambda: submit(page, "a fox", width=64, height=64, steps=2, seed=3))
+    body = sent_job_body(page, lambda: submit(page, "a fox", width=64, height=64, steps=2, seed=3))
     assert body["face_detail_negative_prompt"] == "blurry face"
     assert (body["width"], body["steps"], body["seed"], body["tiling"]) == (64, 2, 3, False)  # typed by the input
     # No init image: img2img's fields (a disabled fieldset) are not sent, nor the init strength.
@@ -59,7 +52,7 @@ def test_hires_fields_drop_out_with_an_init_image(serve, page, tmp_path):
     page.set_input_files("#init_image", str(tmp_path / "init.png"))
     page.wait_for_function("() => document.getElementById('mask-canvas').width > 0")
     assert page.is_disabled("#enable_hr") and page.is_disabled("#subseed_strength") and page.is_enabled("#mask_blur")
-    body = sent_body(page, lambda: submit(page, "a fox", steps=2))
+    body = sent_job_body(page, lambda: submit(page, "a fox", steps=2))
     assert body["init_image"].startswith("data:image/png;base64,") and body["strength"] == 0.75
     assert not {"enable_hr", "hr_scale", "subseed_strength"} & set(body)
     assert body["mask_blur"] == 4 and body["inpainting_fill"] == 1  # a select typed by its field's default

@@ -56,3 +56,31 @@ def test_hires_fields_drop_out_with_an_init_image(serve, page, tmp_path):
     assert body["init_image"].startswith("data:image/png;base64,") and body["strength"] == 0.75
     assert not {"enable_hr", "hr_scale", "subseed_strength"} & set(body)
     assert body["mask_blur"] == 4 and body["inpainting_fill"] == 1  # a select typed by its field's default
+
+
+def test_ngms_round_trips_form_job_gallery_and_reuse(serve, page):
+    """The issue's demonstration field (A1111's NGMS, s_min_uncond), added with no JavaScript: typed in
+    the form, on the job and in its image's infotext, shown in the gallery, and put back by Reuse."""
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.click("#sampler-section > summary")
+    page.fill("#s_min_uncond", "2.5")
+    body = sent_job_body(page, lambda: submit(page, "a lighthouse", width=64, height=64, steps=3, seed=5))
+    assert body["s_min_uncond"] == 2.5
+    page.wait_for_selector("#job[data-state=done]")
+    job_id = page.get_attribute("#job", "data-job")
+    job = page.request.get(f"{server.url}/api/jobs/{job_id}").json()["job"]
+    assert job["params"]["s_min_uncond"] == 2.5
+    assert "NGMS: 2.5" in job["images"][0]["infotext"]
+
+    page.goto(server.url + "/gallery")
+    tile = page.locator(f"article.tile[data-job='{job_id}']").first
+    assert "NGMS: 2.5" in tile.locator("pre.infotext").text_content()
+    tile.locator(".menu-button").focus()
+    page.keyboard.press("Enter")
+    tile.get_by_role("menuitem", name="Reuse settings").click()
+    page.wait_for_function("() => document.getElementById('prompt').value === 'a lighthouse'")
+    assert page.input_value("#s_min_uncond") == "2.5"
+    assert page.get_attribute("#sampler-section", "open") is not None  # opened: it holds a changed value
+    assert page.input_value("#seed") == "5"

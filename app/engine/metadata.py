@@ -238,6 +238,8 @@ def request_from_infotext(text: str) -> dict:
         put(field, number(key))
     put("eta_noise_seed_delta", number("ENSD", int))
     put("clip_skip", number("Clip skip", int))
+    put("deepcache_interval", number("DeepCache", int))
+    put("tome_ratio", number("ToMe"))
     out["randn_source"] = p.get("RNG", "GPU")
     if p.get("Tiling") in ("True", "true"):
         out["tiling"] = True

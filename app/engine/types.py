@@ -51,6 +51,9 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "face_detail_dilate": (-128, 128),  # pixels
     "face_detail_mask_blur": (0, 64),  # pixels
     "face_detail_padding": (0, 256),  # pixels
+    # Fast modes (issue #26; docs/speed.md): DeepCache's full-call interval (0 off, 2..5), ToMe's merge ratio.
+    "deepcache_interval": (0, 5),
+    "tome_ratio": (0, 0.75),
 }
 
 
@@ -134,6 +137,9 @@ class GenerationRequest:
     face_detail_padding: int = 32  # pixels around the face, only masked
     # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
     controlnet: list[dict] = field(default_factory=list)
+    # --- fast modes (issue #26; docs/speed.md): each trades some fidelity to the full run for time ---
+    deepcache_interval: int = 0  # DeepCache: the whole UNet every N model calls, its shallow branch between (0: off)
+    tome_ratio: float = 0.0  # ToMe: share of the full-resolution tokens merged before self-attention (0: off)
 
     def validate(self, limits: Limits = DEFAULT_LIMITS, templates: bool = True) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -209,6 +215,7 @@ class GenerationRequest:
 
             validate_sd_upscale(self, limits)
         self._validate_faces(limits)
+        self._validate_fast_modes()
         if not isinstance(self.styles, (list, tuple)) or not all(isinstance(n, str) for n in self.styles):
             raise ValidationError("styles", self.styles, "must be a list of style names")
         self.styles = list(self.styles)
@@ -349,6 +356,14 @@ class GenerationRequest:
             raise ValidationError("eta_noise_seed_delta", self.eta_noise_seed_delta, f"must be between 0 and {MAX_SEED}")
         _check_int("clip_skip", self.clip_skip)
         _check_range("clip_skip", self.clip_skip)
+
+    def _validate_fast_modes(self) -> None:
+        _check_int("deepcache_interval", self.deepcache_interval)
+        _check_range("deepcache_interval", self.deepcache_interval)
+        if self.deepcache_interval == 1:
+            raise ValidationError("deepcache_interval", 1, "must be 0 (off) or 2 to 5: 1 would run every call in full")
+        _check_number("tome_ratio", self.tome_ratio)
+        _check_range("tome_ratio", self.tome_ratio)
 
     def _validate_faces(self, limits: Limits) -> None:
         from app.engine.faces.restore import RESTORERS, find_restorer, weights_needed

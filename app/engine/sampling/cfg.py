@@ -65,6 +65,9 @@ class CFGDenoiser:
         # that decide when they are active: the index of the sampler's last finished step, and the pass's steps.
         self.control: Any = None
         self.sampling_step, self.sampling_steps = 0, 1
+        # DeepCache (app/engine/sampling/deepcache.py FeatureCache): which model call and batch this is decides
+        # whether the UNet runs full or reuses its deep features.
+        self.feature_cache: Any = None
         # Inpainting: ``mask`` keeps (1: original latents), ``nmask`` = 1 - mask repaints.
         self.init_latent: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
@@ -93,13 +96,13 @@ class CFGDenoiser:
         rows = torch.arange(2 * batch) < batch  # which rows carry the prompt (ControlNet's cond-only mode)
         if cond.shape[1] == uncond.shape[1]:
             out = self.inner(x_in, sigma_in, cond=torch.cat([cond, uncond]), image_cond=image_cond,
-                             **self._control(rows))
+                             **self._control(rows), **self._cache(0))
         else:  # A1111's default: no padding, two model calls
             halves = (slice(0, batch), slice(batch, 2 * batch))
             out = torch.cat([self.inner(x_in[h], sigma_in[h], cond=c,
                                         image_cond=None if image_cond is None else image_cond[h],
-                                        **self._control(rows[h]))
-                             for h, c in zip(halves, (cond, uncond))])
+                                        **self._control(rows[h]), **self._cache(slot))
+                             for slot, (h, c) in enumerate(zip(halves, (cond, uncond)))])
         out_cond, out_uncond = out[:batch], out[batch:]
         if self.need_last_noise_uncond:
             self.last_noise_uncond = out_uncond.clone()
@@ -119,6 +122,9 @@ class CFGDenoiser:
             return {}
         self.control.step, self.control.steps = self.sampling_step, self.sampling_steps
         return {"control": (self.control, rows)}
+
+    def _cache(self, slot: int) -> dict:
+        return {} if self.feature_cache is None else {"cache": (self.feature_cache, self.step, slot)}
 
     def _blend(self, latent: torch.Tensor) -> torch.Tensor:
         assert self.init_latent is not None and self.mask is not None and self.nmask is not None

@@ -31,11 +31,13 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _split_indices(h: int, w: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token indices (destinations, sources) of an h x w grid: one random destination per full 2x2 cell;
-    the rows and columns left over by an odd size are sources."""
+def _split_indices(h: int, w: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token indices (destinations, sources) of an h x w grid: one random destination per full 2x2 cell
+    (no generator: the top-left one, tomesd's ``use_rand=False``); the rows and columns left over by an
+    odd size are sources."""
     ch, cw = h // CELL, w // CELL
-    pick = torch.randint(CELL * CELL, (ch, cw), generator=generator)
+    pick = torch.zeros((ch, cw), dtype=torch.long) if generator is None \
+        else torch.randint(CELL * CELL, (ch, cw), generator=generator)
     rows = torch.arange(ch)[:, None] * CELL + pick // CELL
     cols = torch.arange(cw)[None, :] * CELL + pick % CELL
     dst = (rows * w + cols).flatten()
@@ -45,7 +47,7 @@ def _split_indices(h: int, w: int, generator: torch.Generator) -> tuple[torch.Te
 
 
 def bipartite_merge(metric: torch.Tensor, h: int, w: int, ratio: float,
-                    generator: torch.Generator) -> tuple[Merge, Merge]:
+                    generator: torch.Generator | None) -> tuple[Merge, Merge]:
     """(merge, unmerge) for tokens ``metric`` (batch, h*w, channels), ToMe's random-2d bipartite matching.
     One partition for the whole batch, as tomesd."""
     batch, tokens, _ = metric.shape

@@ -1,0 +1,158 @@
+"""The fast modes (issue #26): DeepCache and ToMe for SD. Off, a job's image is the full run's to the bit;
+on, it differs by a bounded amount and the UNet's deep blocks (DeepCache) run fewer times; afterwards the
+UNet is as it was. ToMe's matching is checked against tomesd's from the same tokens."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from app.engine.controlnet import encode_png
+from app.engine.metadata import request_from_infotext
+from app.engine.sampling.deepcache import FeatureCache, shallow_forward, unsupported
+from app.engine.tome import bipartite_merge
+from app.engine.types import GenerationRequest, ValidationError
+
+
+@pytest.fixture(scope="module")
+def sdlike():
+    """An engine whose tiny UNet has SD 2.x's layout: transformers at the full latent resolution (the demo
+    model's first level has none, so ToMe would have nothing to merge there)."""
+    from app.engine.engine import Engine
+    from app.models.demo import DEMO_TEXT_ENCODER, DEMO_UNET, DEMO_VAE, SD21_SCHEDULER
+    from app.models.devices import Placement
+    from app.models.random_weights import build_components, build_pipeline
+
+    unet = dict(DEMO_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    pipe = build_pipeline(build_components(unet, DEMO_VAE, DEMO_TEXT_ENCODER, SD21_SCHEDULER))
+    return Engine(pipe, "sdlike", Placement("cpu", "float32"))
+
+
+def job(**overrides) -> GenerationRequest:
+    params = dict(prompt="a red fox in the snow", width=64, height=64, steps=6, seed=7)
+    params.update(overrides)
+    return GenerationRequest(**params)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def count_calls(module):
+    calls = []
+    return calls, module.register_forward_hook(lambda *_: calls.append(1))
+
+
+def hooks_on(unet) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules())
+
+
+def test_modes_off_leave_the_image_as_it_was_and_on_change_it_by_a_bounded_amount(sdlike):
+    unet = sdlike.pipe.unet
+    plain = sdlike.generate(job())
+    base = pixels(plain)
+    mids, handle = count_calls(unet.mid_block)
+    try:
+        sdlike.generate(job())
+        full_mid_calls = len(mids)
+        mids.clear()
+        cached = sdlike.generate(job(deepcache_interval=3))
+        cached_mid_calls = len(mids)
+    finally:
+        handle.remove()
+    merged = sdlike.generate(job(tome_ratio=0.5))
+    both = sdlike.generate(job(deepcache_interval=2, tome_ratio=0.5))
+    assert full_mid_calls == 6 and cached_mid_calls == 2  # DPM++ 2M: one batched call a step; full at 0 and 3
+    for result in (cached, merged, both):
+        diff = np.abs(pixels(result) - base)
+        assert 0 < diff.max() and diff.mean() < 12, diff.mean()
+    # the UNet as before: no hook left, and the next job without a mode is the same image to the bit
+    assert hooks_on(unet) == 0
+    assert np.array_equal(pixels(sdlike.generate(job())), base)
+    assert "DeepCache" not in plain.infotexts[0] and "ToMe" not in plain.infotexts[0]
+
+
+def test_the_same_job_twice_is_the_same_image(sdlike):
+    first = sdlike.generate(job(deepcache_interval=2, tome_ratio=0.3, seed=11))
+    second = sdlike.generate(job(deepcache_interval=2, tome_ratio=0.3, seed=11))
+    assert np.array_equal(pixels(first), pixels(second))
+
+
+def test_the_infotext_records_the_modes_and_reads_them_back(sdlike):
+    text = sdlike.generate(job(deepcache_interval=4, tome_ratio=0.25, steps=2)).infotexts[0]
+    assert "DeepCache: 4" in text and "ToMe: 0.25" in text
+    fields = request_from_infotext(text)
+    assert fields["deepcache_interval"] == 4 and fields["tome_ratio"] == 0.25
+
+
+def test_a_shallow_call_on_its_own_full_calls_feature_is_the_full_output(sdlike):
+    """The shallow branch is exact where the deep feature is current: the kept feature of a call, fed back
+    with the same inputs, gives that call's output, with a ControlNet's residuals on the skips too."""
+    unet = sdlike.pipe.unet
+    torch.manual_seed(0)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        ref_down = [torch.randn(2, 32, 8, 8) * 0.1 for _ in range(3)] + [torch.randn(2, 32, 4, 4) * 0.1] + \
+                   [torch.randn(2, 64, 4, 4) * 0.1 for _ in range(2)]
+        extra = {"down_block_additional_residuals": ref_down,
+                 "mid_block_additional_residual": torch.randn(2, 64, 4, 4) * 0.1}
+        cache = FeatureCache(2)
+        full = cache.run(unet, x, t, cond, extra, call=0, slot=0)
+        again = shallow_forward(unet, x, t, cond, cache.features[0], ref_down)
+        later = cache.run(unet, x, t, cond, extra, call=1, slot=0)
+    assert torch.allclose(full, again, atol=1e-5) and torch.allclose(full, later, atol=1e-5)
+    assert (cache.full_calls, cache.shallow_calls) == (1, 1)
+    assert hooks_on(unet) == 0
+
+
+def test_both_modes_run_with_a_controlnet_on_the_demo_model(engine, small_request):
+    image = Image.new("RGB", (64, 64), (20, 30, 40))
+    ImageDraw.Draw(image).ellipse((8, 8, 52, 58), fill=(230, 200, 40))
+    unit = {"image": encode_png(image), "module": "canny", "model": "demo-controlnet"}
+    plain = engine.generate(small_request(steps=4, controlnet=[unit]))
+    fast = engine.generate(small_request(steps=4, controlnet=[unit], deepcache_interval=2, tome_ratio=0.5))
+    diff = np.abs(pixels(fast) - pixels(plain))
+    assert 0 < diff.max() and diff.mean() < 12
+    assert hooks_on(engine.pipe.unet) == 0
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
+@pytest.mark.parametrize("size", [(8, 8), (6, 10), (7, 5)])
+@pytest.mark.parametrize("random", [False, True])
+def test_token_merging_matches_tomesd(ratio, size, random):
+    from tomesd.merge import bipartite_soft_matching_random2d
+
+    h, w = size
+    torch.manual_seed(1)
+    tokens = torch.randn(2, h * w, 16)
+    r = int(h * w * ratio)
+    ours = bipartite_merge(tokens, h, w, ratio, torch.Generator().manual_seed(3) if random else None)
+    theirs = bipartite_soft_matching_random2d(tokens, w, h, 2, 2, r, no_rand=not random,
+                                              generator=torch.Generator().manual_seed(3))
+    for merge, _ in (ours, theirs):
+        assert merge(tokens).shape == (2, h * w - r, 16)
+
+    def per_token(x):  # what attention does to a merged token, as far as the bookkeeping can tell
+        return torch.tanh(x) * 2 + 1
+
+    got = ours[1](per_token(ours[0](tokens)))
+    want = theirs[1](per_token(theirs[0](tokens)))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("deepcache_interval", 1), ("deepcache_interval", 6),
+                                          ("deepcache_interval", 2.5), ("tome_ratio", 0.9), ("tome_ratio", -0.1),
+                                          ("tome_ratio", "half")])
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValidationError) as caught:
+        job(**{field: value}).validate()
+    assert caught.value.field == field
+
+
+def test_a_unet_deepcache_cannot_take_is_refused_naming_the_field(sdlike, monkeypatch):
+    assert unsupported(sdlike.pipe.unet) is None
+    monkeypatch.setattr("app.engine.sampling.deepcache.unsupported", lambda unet: "not this layout")
+    with pytest.raises(ValidationError) as caught:
+        sdlike.generate(job(deepcache_interval=3, steps=2))
+    assert caught.value.field == "deepcache_interval"
+

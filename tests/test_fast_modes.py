@@ -11,6 +11,7 @@ from app.engine.metadata import request_from_infotext
 from app.engine.sampling.deepcache import FeatureCache, shallow_forward, unsupported
 from app.engine.tome import bipartite_merge
 from app.engine.types import GenerationRequest, ValidationError
+from helpers import assert_error, run_job, small_job
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,17 @@ def test_a_unet_deepcache_cannot_take_is_refused_naming_the_field(sdlike, monkey
         sdlike.generate(job(deepcache_interval=3, steps=2))
     assert caught.value.field == "deepcache_interval"
 
+
+
+# --- the page and the APIs ------------------------------------------------------------------------
+
+def test_the_page_has_an_input_per_mode_and_the_json_api_takes_them(app, client):
+    page = client.get("/").get_data(as_text=True)
+    for name in ("deepcache_interval", "tome_ratio"):
+        assert f'name="{name}"' in page
+    job = run_job(app, client, deepcache_interval=2, tome_ratio=0.25)
+    assert job["state"] == "done", job
+    text = job["images"][0]["infotext"]
+    assert "DeepCache: 2" in text and "ToMe: 0.25" in text
+    assert_error(client.post("/api/jobs", json=small_job(deepcache_interval=1)), 400, "deepcache_interval")
+    assert_error(client.post("/api/jobs", json=small_job(tome_ratio=2)), 400, "tome_ratio")

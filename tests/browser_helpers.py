@@ -55,6 +55,12 @@ class PacedEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
+    def __setattr__(self, name, value):  # what the web app sets (wildcard_dir) reaches the engine that runs
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._engine, name, value)
+
     def generate(self, request, on_step=None, cancel=None):
         def paced(info):
             time.sleep(self._pace)

@@ -9,14 +9,16 @@ import csv
 import errno
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from PIL import Image
@@ -323,3 +325,25 @@ def tile_action(tile, name: str):
     the gallery keeps each tile's actions in one menu (issue #27)."""
     tile.locator(".menu-button").click()
     return tile.get_by_role("menuitem", name=name)
+
+
+@contextmanager
+def serve_process(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m app serve --model demo --port 0`` in its own process (its
+    threads, descriptors and memory are then its own); yields it and its URL."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--model", "demo", "--port", "0",
+             "--instance", str(tmp_path / "instance"), *args],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **env})
+    try:
+        def listening():
+            assert proc.poll() is None, log.read_text()
+            return re.search(r"Serving on (http://\S+)", log.read_text())
+
+        yield proc, wait_for(listening, 120, "serve to listen").group(1)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)

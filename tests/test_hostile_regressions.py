@@ -24,7 +24,7 @@ def demo_lora():
 def test_a_symlink_loop_in_the_lora_folder_is_not_a_500(make_app, tmp_path, demo_lora):
     """A link that points at itself (or a loop of links) in LORA_DIR made every
     LoRA listing and every job with a <lora:> tag a 500: Path.resolve() raises
-    RuntimeError("Symlink loop") in app/engine/loras.py lora_files.
+    RuntimeError("Symlink loop") in app/engine/loras/files.py lora_files.
 
     Repro: ln -s loop.safetensors instance/models/loras/loop.safetensors;
     curl /api/loras -> 500 {"error": "internal error (RuntimeError)"};

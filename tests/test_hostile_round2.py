@@ -187,7 +187,7 @@ def test_slow_folder_scans_leave_health_and_the_gallery_answering(make_app, tmp_
     we own: the three functions that list the folders sleep, as a Drive mount's listing does."""
     import requests
 
-    from app.engine import loras
+    from app.engine.loras import files as loras
     from app.models import registry
     from app.web.server import ServerHandle
 

@@ -1,4 +1,4 @@
-"""LoRA at generation time (app/engine/loras.py): <lora:name:weight> tags in
+"""LoRA at generation time (app/engine/loras/): <lora:name:weight> tags in
 prompts, on the demo model, with LoRA files built here (kohya format, a .pt
 holding tensors only) and one made by ``python -m app finetune --mode lora``;
 files that are no LoRA or another model's are skipped with the reason; the
@@ -233,7 +233,7 @@ def test_a_lora_file_that_vanished_fails_the_job_clearly(lora_engine, lora_dir):
 def test_a_job_may_use_more_loras_than_are_kept_between_jobs(lora_engine, monkeypatch):
     """MAX_TAGS (10) tags are allowed and MAX_LOADED (8) adapters kept: making room for a job's
     second LoRA must not unload its first."""
-    from app.engine import loras
+    from app.engine.loras import runtime as loras
 
     both = f"{PROMPT} <lora:kohya:1> <lora:other:0.5>"
     expected = pixels(lora_engine, both)
@@ -290,7 +290,7 @@ def test_lora_hashes_are_kept_in_the_instance_folder(make_app, lora_engine, lora
     """A restarted server does not read every LoRA file through again to list them."""
     import json
 
-    from app.engine import loras
+    from app.engine.loras import files as loras
 
     read: list[str] = []
     real = loras.file_hash

@@ -188,6 +188,9 @@ def test_app_notebook_serves_the_api_behind_a_link_and_stops(tmp_path, monkeypat
         # The password is in a widget (Colab does not save widget state with the notebook), never printed.
         [password] = [state["value"] for state in client.widget_state.values() if state.get("description") == "Password"]
         assert password and password not in text
+        # So is the owner's own password (ACCESS "password": it switches models on the link).
+        [owner] = [state["value"] for state in client.widget_state.values() if state.get("description") == "Owner"]
+        assert owner and owner != password and owner not in text
         links = re.findall(r"^Public link \(ngrok\): (https://\S+)$", text, re.M)
         assert len(links) == 1 and links[0].endswith(".ngrok-free.app")  # printed once
         [block] = [state["value"] for state in client.widget_state.values() if "Copy link" in str(state.get("value"))]

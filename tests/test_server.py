@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
 import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
 from app.cli import main
 from app.web.server import ServerHandle
-from helpers import assert_error, small_job, wait_for
+from helpers import assert_error, serve_process, small_job, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 IDLE = 12_000
 
 # N threads long-poll the jobs whose ids come on stdin (n % len(ids)) until each sees
@@ -56,28 +52,6 @@ for t in threads:
     t.join()
 print(json.dumps({"early": early, "errors": errors}))
 """
-
-
-@contextmanager
-def serve_process(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python -m app serve --model demo --port 0`` in its own process (its
-    threads, descriptors and memory are then its own); yields it and its URL."""
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--model", "demo", "--port", "0",
-             "--instance", str(tmp_path / "instance"), *args],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **env})
-    try:
-        def listening():
-            assert proc.poll() is None, log.read_text()
-            return re.search(r"Serving on (http://\S+)", log.read_text())
-
-        yield proc, wait_for(listening, 120, "serve to listen").group(1)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
 
 
 def proc_status(pid: int) -> dict[str, str]:

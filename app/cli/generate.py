@@ -7,8 +7,8 @@ import sys
 
 from app.cli.common import CLIError, add_model_options, load_engine
 from app.engine.metadata import save_image
-from app.engine.schedulers import sampler_names, schedule_labels
-from app.engine.types import RANDN_SOURCES, GenerationRequest, ValidationError
+from app.engine.schedulers import RANDN_SOURCES, sampler_names, schedule_labels
+from app.engine.types import GenerationRequest, ValidationError
 from app.engine.xyz import Plot, draw_plot, make_plot
 
 

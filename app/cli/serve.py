@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 
 from app.cli.common import CLIError, add_model_options
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Serving on {handle.url}  (instance folder: {app.instance_path})", flush=True)
     if app.config["PASSWORD"] and not args.password:
         print(f"Password: {app.config['PASSWORD']}", flush=True)
+    if app.config["OWNER_PASSWORD"] and not os.environ.get("T2I_OWNER_PASSWORD"):
+        print(f"Owner password (yours, not for friends: it lets you switch models on the public link; "
+              f"a browser on this machine needs only the password): {app.config['OWNER_PASSWORD']}", flush=True)
     if app.config["ACCESS"] == "people":
         print(f"Personal links for friends: log in with the password and open {handle.url}/admin, "
               "or run `python -m app people add NAME`", flush=True)

@@ -47,10 +47,14 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from app.engine.base import Limits
+    from app.engine.types import GenerationRequest
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -131,6 +135,20 @@ def encode_png(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The request's units (normalized in place), each with an image to control by, and none with
+    SD upscale, which runs its tiles without ControlNet."""
+    from app.engine.base import ValidationError
+
+    request.controlnet = check_units(request.controlnet)
+    for i, unit in enumerate(request.controlnet):  # img2img's units may use the init image (the extension's rule)
+        if unit.get("image") is None and request.init_image is None and unit.get("enabled", True):
+            raise ValidationError(f"controlnet[{i}].image", None, "is required without an init image")
+    if request.controlnet and request.sd_upscale is not None:  # each tile would get the whole image's map
+        raise ValidationError("controlnet", f"{len(request.controlnet)} unit(s)",
+                              "SD upscale runs its tiles without ControlNet: leave out one or the other")
 
 
 def check_units(value: Any) -> list[dict]:

@@ -18,7 +18,9 @@ from app.engine.denoise import ModelWrappers
 from app.engine.dynamic_prompts import resolve_prompts, template_entries
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
-from app.engine.loras import LoraSet, split_lora_tags
+from app.engine.hires import check_hires_size
+from app.engine.loras.runtime import LoraSet
+from app.engine.loras.tags import split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image, with_templates
 from app.engine.previews import filmstrip, latents_to_rgb, load_preview_decoder, save_gif, taesd_previews
 from app.engine.types import (
@@ -28,7 +30,6 @@ from app.engine.types import (
     Limits,
     StepInfo,
     ValidationError,
-    check_hires_size,
     check_size,
     floor_size,
 )
@@ -104,7 +105,7 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.embeddings: list[EmbeddingInfo] = []  # textual inversions loaded into the pipeline
         self.preview_decoder: Any = None  # a TAESD AutoencoderTiny, or None: the linear preview
-        # The LoRAs loaded into the pipeline (app/engine/loras.py). Made here, once, before any thread
+        # The LoRAs loaded into the pipeline (app/engine/loras/runtime.py). Made here, once, before any thread
         # can use the engine: its layer shapes are read before an adapter wraps a layer.
         self.loras = LoraSet(pipe)
         self.vae: str | None = None  # the VAE file or folder loaded instead of the model's own
@@ -239,9 +240,9 @@ class Engine:
             if skipped is not None:
                 raise ValidationError(name, skipped.name, f"embedding {skipped.name!r} cannot be used: {skipped.error}")
         if request.outpaint:  # outpainting is inpainting on a larger canvas
-            from app.engine.inpaint import outpaint_canvas
+            from app.engine.inpaint import outpaint_canvas, outpaint_sides
 
-            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, request.outpaint_sides())
+            canvas, mask = outpaint_canvas(request.init_image, request.outpaint, outpaint_sides(request.outpaint_directions))
             request = replace(request, init_image=canvas, mask=mask, width=None, height=None)
         width, height = self.resolve_size(request)
         check_size(width, height, self.limits)  # a size taken from the model or init image too

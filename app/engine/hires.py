@@ -15,10 +15,13 @@ larger size on the same components.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from app.engine import upscalers
-from app.engine.base import floor_size
+from app.engine.base import DEFAULT_LIMITS, Limits, ValidationError, check_bool, check_int, check_number, field_range, floor_size
+
+if TYPE_CHECKING:
+    from app.engine.types import GenerationRequest
 
 # A1111's upscaler name -> torch interpolate mode and antialias (modules/shared_items.py latent_upscale_modes).
 LATENT_UPSCALERS = {
@@ -138,3 +141,47 @@ def _infotext_entries(request: Any) -> dict:
         extra["Hires steps"] = request.hr_second_pass_steps
     extra["Hires upscaler"] = request.hr_upscaler
     return extra
+
+
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The hires fix's fields (``hr_upscaler`` made canonical); with ``enable_hr``, what it cannot
+    run with and its final size. Also run without ``enable_hr``: the fields are the form's."""
+    check_bool("enable_hr", request.enable_hr)
+    check_number("hr_scale", request.hr_scale)
+    low, high = field_range("hr_scale")
+    if not low <= request.hr_scale <= high:
+        raise ValidationError("hr_scale", request.hr_scale, f"must be between {low} and {high}")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        check_int(name, getattr(request, name))
+        if getattr(request, name) < 0:
+            raise ValidationError(name, getattr(request, name), "must be 0 (from hr_scale) or a size in pixels")
+    check_int("hr_second_pass_steps", request.hr_second_pass_steps)
+    if not 0 <= request.hr_second_pass_steps <= limits.max_steps:
+        raise ValidationError("hr_second_pass_steps", request.hr_second_pass_steps,
+                              f"must be between 0 (the first pass's) and {limits.max_steps}")
+    upscaler = find_upscaler(request.hr_upscaler) if isinstance(request.hr_upscaler, str) else None
+    if upscaler is None:
+        raise ValidationError("hr_upscaler", request.hr_upscaler, "no such upscaler on this server: a latent mode "
+                              "or a name from /sdapi/v1/upscalers")
+    request.hr_upscaler = upscaler
+    if not request.enable_hr:
+        return
+    from app.engine.upscalers.download import check_reachable
+
+    check_reachable("hr_upscaler", upscaler)  # offline and not downloaded: say so now, not after the first pass
+    if request.init_image is not None:
+        raise ValidationError("enable_hr", True, "hires fix is for txt2img; leave out the init image")
+    if request.save_steps:
+        raise ValidationError("save_steps", request.save_steps, "step previews are not kept with hires fix")
+    if request.width and request.height:
+        check_hires_size(request, request.width, request.height, limits)
+
+
+def check_hires_size(request: GenerationRequest, width: int, height: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The hires fix's final size against the limits, naming the field that set it."""
+    w, h = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+    field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+    value = getattr(request, field)
+    if min(w, h) < limits.min_size or w > limits.max_width or h > limits.max_height or w * h > limits.max_pixels:
+        raise ValidationError(field, value, f"makes a {w}x{h} image; the limits are {limits.max_width}x"
+                                            f"{limits.max_height} and {limits.max_pixels} pixels")

@@ -20,10 +20,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+
+from app.engine.base import Limits, ValidationError, check_bool, check_int, field_range, floor_size
+
+if TYPE_CHECKING:
+    from app.engine.types import GenerationRequest
 
 FILL_MODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
@@ -211,7 +216,7 @@ def run(denoiser: Any, request: Any, width: int, height: int, prompt: str,
         extra["Mask mode"] = "Inpaint not masked"
     extra["Masked content"] = FILL_MODES[fill]
     if request.outpaint:
-        extra["Outpaint"] = f"{request.outpaint}px {' '.join(request.outpaint_sides())}"
+        extra["Outpaint"] = f"{request.outpaint}px {' '.join(outpaint_sides(request.outpaint_directions))}"
     if request.inpaint_full_res:
         extra["Inpaint area"] = "Only masked"
         extra["Masked area padding"] = request.inpaint_full_res_padding
@@ -239,3 +244,65 @@ def outpaint_canvas(init: Image.Image, pixels: int, directions: tuple[str, ...])
     mask = Image.new("L", canvas_size, 255)
     mask.paste(0, (left, top, left + w, top + h))
     return canvas, mask
+
+
+def outpaint_sides(directions: str) -> tuple[str, ...]:
+    """``outpaint_directions`` ("left,up") as its sides, lower case."""
+    return tuple(side.strip().lower() for side in directions.split(",") if side.strip())
+
+
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The inpainting and outpainting fields, and the mask."""
+    check_int("mask_blur", request.mask_blur)
+    low, high = field_range("mask_blur")
+    if not low <= request.mask_blur <= high:
+        raise ValidationError("mask_blur", request.mask_blur, f"must be between {low} and {high} pixels")
+    check_int("inpainting_fill", request.inpainting_fill)
+    if request.inpainting_fill not in FILL_MODES:
+        raise ValidationError("inpainting_fill", request.inpainting_fill,
+                              "must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
+    check_int("inpaint_full_res_padding", request.inpaint_full_res_padding)
+    low, high = field_range("inpaint_full_res_padding")
+    if not low <= request.inpaint_full_res_padding <= high:
+        raise ValidationError("inpaint_full_res_padding", request.inpaint_full_res_padding,
+                              f"must be between {low} and {high} pixels")
+    check_bool("inpaint_full_res", request.inpaint_full_res)
+    check_bool("inpainting_mask_invert", request.inpainting_mask_invert)
+    check_int("outpaint", request.outpaint)
+    low, high = field_range("outpaint")
+    if not low <= request.outpaint <= high:
+        raise ValidationError("outpaint", request.outpaint, f"must be between {low} (off) and {high} pixels")
+    if request.outpaint:
+        _check_outpaint(request, limits)
+    if request.mask is None:
+        return
+    if not (hasattr(request.mask, "size") and hasattr(request.mask, "convert")):
+        raise ValidationError("mask", type(request.mask).__name__, "must be an image")
+    if request.init_image is None:
+        raise ValidationError("mask", "mask", "needs an init image to inpaint")
+    w, h = request.mask.size
+    if w * h > limits.max_pixels:
+        raise ValidationError("mask", f"{w}x{h}", f"is more than {limits.max_pixels} pixels")
+
+
+def _check_outpaint(request: GenerationRequest, limits: Limits) -> None:
+    directions = request.outpaint_directions
+    sides = outpaint_sides(directions) if isinstance(directions, str) else ()
+    if not sides or any(side not in OUTPAINT_DIRECTIONS for side in sides):
+        raise ValidationError("outpaint_directions", directions,
+                              "must name one or more of " + ", ".join(OUTPAINT_DIRECTIONS) + ", comma-separated")
+    if request.init_image is None:
+        raise ValidationError("outpaint", request.outpaint, "needs an init image to extend")
+    if request.mask is not None:
+        raise ValidationError("mask", "mask", "outpainting makes its own mask; send one or the other")
+    w, h = request.init_image.size
+    if request.width not in (None, floor_size(w)) or request.height not in (None, floor_size(h)):
+        raise ValidationError("width", request.width, "outpainting keeps the init image's size and adds to it; "
+                                                      "leave out width and height")
+    grow_w = request.outpaint * sum(side in sides for side in ("left", "right"))
+    grow_h = request.outpaint * sum(side in sides for side in ("up", "down"))
+    new_w, new_h = w + grow_w + 8, h + grow_h + 8  # the most rounding to 8 can add
+    if new_w > limits.max_width or new_h > limits.max_height or new_w * new_h > limits.max_pixels:
+        raise ValidationError("outpaint", request.outpaint, f"makes a canvas of about {new_w}x{new_h}; the "
+                                                            f"limits are {limits.max_width}x{limits.max_height} "
+                                                            f"and {limits.max_pixels} pixels")

@@ -94,10 +94,13 @@ def settings(request: "GenerationRequest") -> dict:
     return {**SD_UPSCALE_DEFAULTS, **(request.sd_upscale or {})}
 
 
-def validate_sd_upscale(request: "GenerationRequest", limits: Limits) -> None:
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The script's settings (its upscaler made canonical) and what it cannot run with; None: no script."""
     from app.engine.extras import check_upscaler
     from app.engine.upscale import upscale_size
 
+    if request.sd_upscale is None:
+        return
     if not isinstance(request.sd_upscale, dict):
         raise ValidationError("sd_upscale", request.sd_upscale,
                               'must be an object: {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2}')

@@ -1,6 +1,6 @@
 """What the app notebook shows, kept quiet: the app's logs go to a file in
 its instance folder (nothing in the cells but what the user needs), one line
-per finished job, and the link block (link, copy button, QR code, password)
+per finished job, and the link block (link, copy button, QR code, passwords)
 shown once.
 
 The password is shown in a text widget, not printed: Colab saves a
@@ -78,9 +78,10 @@ def qr_svg(url: str) -> str | None:
     return str(segno.make(url, error="m").svg_inline(scale=4, border=2))
 
 
-def link_block(url: str, password: str) -> Any:
+def link_block(url: str, password: str, owner_password: str | None = None) -> Any:
     """The widget that shows the link once: the link with a copy button, a
-    QR code, and the password in a text field."""
+    QR code, the password in a text field, and the owner password (yours: it
+    switches models on the shared link, which the password does not) in another."""
     import ipywidgets as w
 
     safe = html.escape(url, quote=True)
@@ -90,9 +91,13 @@ def link_block(url: str, password: str) -> Any:
     parts = [f"<b>Open the app:</b> <a href=\"{safe}\" target=\"_blank\">{html.escape(url)}</a> {copy}"]
     if qr:
         parts.append(f"<div>Scan on a phone:<br>{qr}</div>")
-    secret = w.Text(value=password, description="Password", disabled=False,
-                    layout=w.Layout(width="24em"))
-    return w.VBox([w.HTML("<br>".join(parts)), secret])
+    fields: list[Any] = [w.HTML("<br>".join(parts)),
+                         w.Text(value=password, description="Password", disabled=False, layout=w.Layout(width="24em"))]
+    if owner_password:
+        fields += [w.Text(value=owner_password, description="Owner", disabled=False, layout=w.Layout(width="24em")),
+                   w.HTML("Share the link and the <b>password</b>. The <b>owner</b> password is yours: log in with "
+                          "it instead to switch models on the shared link; friends with the password cannot.")]
+    return w.VBox(fields)
 
 
 __all__ = ["JobLines", "job_line", "link_block", "log_to_file", "person_block", "qr_svg"]

@@ -226,6 +226,7 @@ def _derive_settings(app: Flask) -> None:
         config["PASSWORD"] = secrets.token_urlsafe(9)
         logger.warning("%s without a password: generated password %s",
                        "PUBLIC" if config["PUBLIC"] else "ACCESS=people", config["PASSWORD"])
+    _owner_password(config)
     if not config["SECRET_KEY"]:  # kept in the instance folder: a restart must not log everyone out
         config["SECRET_KEY"] = instance_secret_key(Path(app.instance_path) / SECRET_KEY_FILE)
     # A base64 init image in JSON is 4/3 of its bytes, plus the other fields.
@@ -239,6 +240,24 @@ def _derive_settings(app: Flask) -> None:
 
         app.wsgi_app = LocalProxyFix(app.wsgi_app, int(config["TRUST_PROXY"]),  # type: ignore[method-assign]
                                      networks(config["PROXY_ADDRESSES"]))
+
+
+def _owner_password(config: Any) -> None:
+    """OWNER_PASSWORD: the password-mode owner's (people mode has its own owner: the PASSWORD's
+    holder); generated when PUBLIC, where only the owner may switch models."""
+    owner = config["OWNER_PASSWORD"]
+    if config["ACCESS"] == "people":
+        if owner:
+            raise ValueError("OWNER_PASSWORD is for ACCESS=password; with ACCESS=people the PASSWORD is the owner's")
+        return
+    if owner and owner == config["PASSWORD"]:
+        raise ValueError("OWNER_PASSWORD must differ from PASSWORD: everyone with the PASSWORD would be the owner")
+    if owner and not config["PASSWORD"]:
+        raise ValueError("OWNER_PASSWORD needs a PASSWORD: without one nobody logs in (everyone is trusted)")
+    if config["PUBLIC"] and not owner:
+        config["OWNER_PASSWORD"] = secrets.token_urlsafe(9)
+        logger.warning("PUBLIC without an owner password: generated OWNER_PASSWORD %s (it lets you switch models; "
+                       "do not share it)", config["OWNER_PASSWORD"])
 
 
 SECRET_KEY_FILE = "secret_key"

@@ -13,6 +13,12 @@ browser in, or API clients send it as the Bearer token (or the Basic
 password). Revoking a person ends their token and their sessions at the
 next request.
 
+Who started the app (``has_owner_rights``), who alone may switch models on a
+public server: the ``ACCESS = "people"`` owner; in password mode whoever logged
+in with the ``OWNER_PASSWORD``, and any logged-in request made on this machine
+itself, not through a proxy (a local browser; Colab's proxy link where it adds
+no proxy header).
+
 Who a client is (``client_id``), which owns its jobs and its private gallery:
 with ``ACCESS = "people"``, "owner" or "person:<id>"; with the shared
 password, its API credential (the password itself: a Basic user name is not
@@ -35,6 +41,7 @@ from flask.sessions import SecureCookieSessionInterface
 from app.web.errors import ApiError, wants_json
 from app.web.people import EXTENSION as PEOPLE
 from app.web.people import OWNER, PERSON, People, Person, session_tag
+from app.web.proxy import LOOPBACK, is_within
 from app.web.throttle import FailureThrottle
 
 bp = Blueprint("auth", __name__)
@@ -77,6 +84,45 @@ def is_owner() -> bool:
     return people_store() is not None and identify() == OWNER
 
 
+def has_owner_rights() -> bool:
+    """The one who started the app (see the module's text): may switch models on a public server."""
+    if not is_authenticated():
+        return False
+    if people_store() is not None:
+        return is_owner()  # a person is never the owner, not even on this machine
+    return holds_owner_password() or is_direct_local()
+
+
+def holds_owner_password() -> bool:
+    """Logged in with (or sent) the ``OWNER_PASSWORD`` of a password-mode app."""
+    owner = current_app.config.get("OWNER_PASSWORD")
+    if not owner or not is_authenticated():
+        return False
+    if _matches(session.get("auth"), _token_tag(owner)):
+        return True
+    return bool(request.headers.get("Authorization")) and _matches(_credentials(), owner)
+
+
+# Headers a proxy or tunnel adds on its way to the app: ngrok's agent adds X-Forwarded-For (and -Proto,
+# -Host), Cloudflare's tunnel Cf-Connecting-Ip, nginx X-Real-Ip when so told. A client cannot take
+# them away, only add them, so their absence on a loopback connection means nothing forwarded it.
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+                      "X-Forwarded-Prefix", "X-Real-Ip", "Forwarded", "Via", "Cf-Connecting-Ip",
+                      "True-Client-Ip", "X-Original-Forwarded-For")
+
+
+def is_direct_local() -> bool:
+    """The TCP peer is this machine and no proxy header came with it: a browser or script on
+    the machine running the app, or Colab's port proxy. A tunnel agent also connects from
+    loopback, but it adds X-Forwarded-For, so a friend's request through ngrok is not local."""
+    environ = request.environ
+    peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", environ.get("REMOTE_ADDR"))
+    if not is_within(peer, LOOPBACK):
+        return False
+    return not any(name in request.headers for name in FORWARDING_HEADERS) and not any(
+        name.lower().startswith("ngrok-") for name in request.headers.keys())
+
+
 def person_id() -> str | None:
     who = identify()
     return who[len(PERSON):] if who and who.startswith(PERSON) else None
@@ -99,6 +145,9 @@ def _identify() -> str | None:
             return PERSON + person.id
     if password and session.get("auth") == _token_tag(password):
         return OWNER if store is not None else _anonymous_id()
+    owner_password = current_app.config.get("OWNER_PASSWORD")
+    if password and owner_password and session.get("auth") == _token_tag(owner_password):
+        return _anonymous_id()  # the owner is a browser like any other, with more rights
     if not password:
         return _anonymous_id()
     if not request.headers.get("Authorization"):
@@ -108,7 +157,7 @@ def _identify() -> str | None:
     if person is not None:
         _throttle().succeeded(client_address())
         return PERSON + person.id
-    if check_password(secret, password):
+    if check_password(secret, password, current_app.config.get("OWNER_PASSWORD")):
         return OWNER if store is not None else _anonymous_id()
     return None
 
@@ -152,12 +201,12 @@ def _throttle() -> FailureThrottle:
     return current_app.extensions[THROTTLE]
 
 
-def check_password(given: str | None, password: str) -> bool:
-    """True for the right password, always (it is checked first, in constant
+def check_password(given: str | None, password: str, owner_password: str | None = None) -> bool:
+    """True for the right password (or the owner's), always (it is checked first, in constant
     time, so no throttle locks it out); False for a wrong one; ApiError 429
     with Retry-After for a wrong one inside the client's or the global backoff."""
     who = client_address()
-    if _matches(given, password):
+    if _matches(given, password) or (owner_password and _matches(given, owner_password)):
         _throttle().succeeded(who)
         return True
     _failed(who)
@@ -220,13 +269,16 @@ def login():
         return _login_with_link(token, next_url)
     if request.method == "POST":
         try:
-            right = check_password(request.form.get("password"), password)
+            given, owner_password = request.form.get("password"), str(current_app.config.get("OWNER_PASSWORD") or "")
+            right = check_password(given, password, owner_password)
         except ApiError as exc:
             error, status, headers = f"Too many wrong passwords. Wait {exc.headers['Retry-After']} seconds.", 429, exc.headers
         else:
             if right:
                 session.clear()
-                session["auth"] = _token_tag(password)
+                # The owner password's tag marks the owner's session (has_owner_rights).
+                owners = bool(owner_password) and _matches(given, owner_password)
+                session["auth"] = _token_tag(owner_password if owners else password)
                 session["cid"] = secrets.token_urlsafe(16)
                 session.permanent = True
                 return redirect(next_url)

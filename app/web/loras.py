@@ -3,7 +3,7 @@ every ``<lora:name>`` of a request names a usable file, before the job is
 queued. Only the files are checked here (their format, SDXL's layers): the
 web layer does not know which model runs the job (a switch, Redis workers),
 so the engine checks that the layers fit that model when the job runs
-(app/engine/loras.py), failing the job with the reason.
+(app/engine/loras/), failing the job with the reason.
 
 The folder is listed, its new files' headers read and hashed, in the slow-work
 pool (app/web/slow.py), never on a request thread: a request answers from the
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from app.engine.loras import LoraInfo, by_name, hash_cache, lora_problem, scan, split_lora_tags
+from app.engine.loras.files import LoraInfo, by_name, hash_cache, lora_problem, scan
+from app.engine.loras.tags import split_lora_tags
 from app.engine.types import GenerationRequest
 from app.web.errors import ApiError
 from app.web.slow import read_slowly, slow_work

@@ -1,7 +1,8 @@
 """The model catalogue and switching, as both APIs and the page use them.
 
 One source for the rules: which names select a checkpoint or a VAE (A1111's:
-title, name, short hash ...), who may switch (``ALLOW_MODEL_SWITCH``), and
+title, name, short hash ...), who may switch (``ALLOW_MODEL_SWITCH``, and on a
+public server the owner: ``app.web.auth.has_owner_rights``), and
 what the current selection looks like. The views in ``api``, ``sdapi`` and
 ``pages`` only translate.
 
@@ -24,6 +25,7 @@ from flask import Flask, current_app
 from app.jobs.base import FAILED_TO_LOAD, LOADING, READY, ModelChoice
 from app.models.loading import display_name
 from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
+from app.web.auth import has_owner_rights
 from app.web.errors import ApiError
 from app.web.service import backend
 
@@ -55,27 +57,34 @@ def catalogue_of(app: Flask) -> Catalogue:
     return app.extensions[EXTENSION]
 
 
-def switch_allowed(config: Any) -> bool:
-    """ALLOW_MODEL_SWITCH (a bool, parsed by the settings): None (the default) allows it on a
-    local server and refuses it when PUBLIC. Never with an ENGINE handed in (see ``refusal``)."""
+def switch_allowed(config: Any) -> bool | None:
+    """The server's rule, whoever asks: True (everyone), False (no one), or None (the owner only).
+    ALLOW_MODEL_SWITCH (a bool, parsed by the settings) decides when set; left None, a local server
+    lets everyone switch and a PUBLIC one only its owner. Never with an ENGINE handed in (see ``refusal``)."""
     if config.get("ENGINE") is not None and not config.get("REDIS_URL"):
         return False
     value = config.get("ALLOW_MODEL_SWITCH")
     if value is None:
-        return not config.get("PUBLIC")
+        return True if not config.get("PUBLIC") else None
     return bool(value)
 
 
 def refusal() -> str | None:
-    """Why this server does not switch models, or None when it does."""
+    """Why this request may not switch models, or None when it may."""
     config = current_app.config
-    if switch_allowed(config):
+    rule = switch_allowed(config)
+    if rule or (rule is None and has_owner_rights()):
         return None
     if config.get("ENGINE") is not None and not config.get("REDIS_URL"):
         # The engine handed in belongs to its caller (a notebook, a test), who keeps it: the
         # worker cannot free it, so a switch would keep two models in memory.
         return "model switching is off: this app runs the ENGINE it was handed (start it with MODEL to switch)"
-    return "model switching is off on this public server (the owner can allow it with ALLOW_MODEL_SWITCH)"
+    if rule is False:
+        return "model switching is off on this server (ALLOW_MODEL_SWITCH is false)"
+    who = ("logged in with the app's password" if config.get("ACCESS") == "people"
+           else "logged in with the owner password, or in a browser on the machine that runs it")
+    return (f"model switching is off on this public server except for its owner ({who}); "
+            "ALLOW_MODEL_SWITCH=true would allow everyone")
 
 
 def find_checkpoint(value: Any, field: str) -> Checkpoint:

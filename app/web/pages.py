@@ -17,8 +17,8 @@ from app.engine.controlnet import CONTROL_MODES, RESIZE_MODES
 from app.engine.faces.restore import RESTORERS
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
-from app.engine.schedulers import schedule_labels
-from app.engine.types import FIELD_RANGES, RANDN_SOURCES
+from app.engine.schedulers import RANDN_SOURCES, schedule_labels
+from app.engine.types import FIELD_RANGES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import models

@@ -26,6 +26,9 @@ def networks(specs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
 
 
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
+
+
 def is_within(address: str | None, nets: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address((address or "").split("%")[0])

@@ -666,12 +666,12 @@ for _path in ("hypernetworks", "face-restorers"):
     bp.add_url_rule(f"/{_path}", f"empty_{_path.replace('-', '_')}", (lambda: jsonify([])), methods=["GET"])
 
 
-# --- LoRAs (app/engine/loras.py) ---------------------------------------------------------
+# --- LoRAs (app/engine/loras/) ---------------------------------------------------------
 
 @bp.get("/loras")
 def loras():
     """A1111's list: name, alias, path (here: inside the LoRA folder, not the server's file system), metadata."""
-    from app.engine.loras import a1111_listing
+    from app.engine.loras.files import a1111_listing
     from app.web.loras import lora_infos
 
     return jsonify(a1111_listing(lora_infos()))

@@ -35,6 +35,9 @@ SETTINGS: tuple[Setting, ...] = (
     *engine_option_settings(),
     Setting("ENGINE", None, "an already loaded app.engine.engine.Engine to use instead of loading MODEL (notebooks, tests)"),
     Setting("PASSWORD", None, "password (or API token) every page and API call needs; None: no auth"),
+    Setting("OWNER_PASSWORD", None, "with ACCESS=password: the owner's own password (log in with it, or send it as "
+            "the API token) to switch models on a public server, which friends with the PASSWORD cannot; None: one is "
+            "generated when PUBLIC"),
     Setting("ACCESS", "password", "password: everyone with the PASSWORD is one trust group; people: the PASSWORD is the "
             "owner's, who gives each friend a personal, revocable link with a daily image quota (/admin, "
             "`python -m app people`)"),
@@ -69,8 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
             "files by name: ControlNetHED.pth, sk_model.pth, body_pose_model.pth...), looked at before the Hub, "
             "which they are fetched from on first use; None: the Hub cache only"),
     Setting("MODELS", (), "Hub ids to list as switchable models besides the folder's (comma separated)"),
-    Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server, "
-            "no when PUBLIC; true/false to decide"),
+    Setting("ALLOW_MODEL_SWITCH", None, "may clients switch the model (and VAE)? None: yes on a local server; "
+            "when PUBLIC only the owner (OWNER_PASSWORD, the ACCESS=people owner, or a browser on this machine); "
+            "true: everyone, false: no one"),
     Setting("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, "largest init image file, in bytes"),
     Setting("MAX_UPLOAD_PIXELS", 4096 * 4096, "largest init image, in pixels (checked before decoding)"),
     Setting("MAX_QUEUED_PER_CLIENT", 5, "most unfinished (queued or running) jobs per client"),

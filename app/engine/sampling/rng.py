@@ -16,12 +16,16 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 
+from app.engine.base import Limits, ValidationError, check_int, check_number, check_seed, field_range
 from app.engine.sampling import philox
 from app.engine.schedulers import RANDN_SOURCES
+
+if TYPE_CHECKING:
+    from app.engine.types import GenerationRequest
 
 SOURCES = RANDN_SOURCES
 LATENT_FACTOR = 8  # pixels per latent cell, for "resize seed from"
@@ -216,3 +220,23 @@ def brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seeds: Sequenc
     """A1111's create_noise_sampler for the SDE samplers: the Brownian tree between the smallest positive sigma and
     the largest, one per seed of this batch (``seeds`` are the batch's image seeds, one per row of ``x``)."""
     return BrownianNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seeds, source, device)
+
+
+def check(request: GenerationRequest, limits: Limits) -> None:
+    """The variation seed fields (A1111's "Extra" seed options); -1 means random or off, as A1111."""
+    request.subseed = check_seed("subseed", request.subseed)
+    check_number("subseed_strength", request.subseed_strength)
+    low, high = field_range("subseed_strength")
+    if not low <= request.subseed_strength <= high:
+        raise ValidationError("subseed_strength", request.subseed_strength, f"must be between {low} and {high}")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        value = getattr(request, name)
+        check_int(name, value)
+        if value == -1:  # A1111's "off"
+            setattr(request, name, 0)
+        elif value < 0 or value > max(limits.max_width, limits.max_height):
+            raise ValidationError(name, value, "must be 0 (off) or a size in pixels within the limits")
+    resize = request.seed_resize_from_w or request.seed_resize_from_h
+    if resize and not (request.seed_resize_from_w and request.seed_resize_from_h):
+        raise ValidationError("seed_resize_from_w" if not request.seed_resize_from_w else "seed_resize_from_h", 0,
+                              "seed resize needs both seed_resize_from_w and seed_resize_from_h")

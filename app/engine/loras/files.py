@@ -1,130 +1,31 @@
-"""LoRA networks from a folder, used in prompts with AUTOMATIC1111's tags:
-``<lora:name>`` (weight 1), ``<lora:name:0.8>``, ``<lora:name:te:unet>``
-(text-encoder and UNet weights apart, as A1111's ``te=``/``unet=``).
+"""The LoRA folder: its files, what each holds (the layers, whether they fit the loaded model),
+and A1111's hashes of them, for the listings (/api/loras, /sdapi/v1/loras) and the infotext.
 
-The tags are taken out of the prompt before it is encoded (A1111's extra
-networks), and kept in the infotext's prompt with a ``Lora hashes`` entry, as
-A1111 writes them. Tags in the negative prompt are refused: A1111 reads extra
-networks from the prompt only and would encode them there as text.
-
-Files: ``.safetensors`` in kohya/A1111 format (``lora_unet_*``/``lora_te_*``
-with ``lora_down``/``lora_up``/``alpha``) or diffusers/PEFT format (this
-project's ``finetune --mode lora`` output included). ``.pt``/``.ckpt`` are
-read with ``torch.load(weights_only=True)``: tensors only, never code. A file
-that is not a LoRA, or whose layers do not fit the loaded model (SD 1.x's
-768-wide text encoder, SDXL's second text encoder...), is listed as skipped
-with the reason, like the embeddings (app/engine/embeddings.py).
-
-At run time each LoRA is loaded once into the pipeline as a PEFT adapter
-(diffusers' ``load_lora_weights``, which converts kohya keys) and kept; each
-job activates its own with ``set_adapters``, and a job without tags runs with
-the adapters disabled, which is the plain model bit for bit (PEFT's disabled
-layers call only the base layer).
+Files: ``.safetensors`` in kohya/A1111 format (``lora_unet_*``/``lora_te_*`` with
+``lora_down``/``lora_up``/``alpha``) or diffusers/PEFT format (this project's ``finetune --mode lora``
+output included). ``.pt``/``.ckpt`` are read with ``torch.load(weights_only=True)``: tensors only,
+never code. A file that is not a LoRA, or whose layers do not fit the loaded model (SD 1.x's 768-wide
+text encoder, SDXL's second text encoder...), is listed as skipped with the reason, like the
+embeddings (app/engine/embeddings.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.engine.base import Quoted
 from app.models.files import HashCache, walk
 
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
 UNTAGGABLE = re.compile(r"[:<>]")  # what a file name may not hold to be named in a tag
-MAX_TAGS = 10  # LoRAs in one prompt
-MAX_WEIGHT = 10.0  # |weight|; A1111 sets no bound, but far beyond this the image is noise or NaN
-MAX_LOADED = 8  # adapters kept between jobs; the least recently used go first (a job's own stay)
 SHORT_HASH = 12  # hex digits in the infotext, as A1111's shorthash
-
-# A1111's extra-network syntax (modules/extra_networks.py, re_extra_net): <kind:args>.
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-LORA_KINDS = ("lora", "lyco")  # A1111 reads <lyco:...> as <lora:...> since 1.5
-
-
-def _extra_networks(prompt: str) -> list[re.Match]:
-    """The tags, as A1111's pattern finds them. The search ends at the last ">": from a "<"
-    with none after it, "[^>]+" scanned to the end of the text, once per "<" (quadratic)."""
-    return list(_EXTRA_NETWORK.finditer(prompt, 0, prompt.rfind(">") + 1))
-
-
-@dataclass(frozen=True)
-class LoraTag:
-    name: str
-    te_weight: float = 1.0
-    unet_weight: float = 1.0
-
-
-def split_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
-    """The prompt without its extra-network tags, and its LoRA tags.
-    ValueError with the reason for a tag this server cannot honour. The tags are
-    counted before any is parsed, so a prompt of hundreds costs one scan."""
-    matches = _extra_networks(prompt)
-    if len(matches) > MAX_TAGS:
-        raise ValueError(f"has {len(matches)} LoRA tags; the limit is {MAX_TAGS}")
-    tags: list[LoraTag] = []
-    for match in matches:
-        kind, args = match.group(1), match.group(2)
-        if kind.lower() not in LORA_KINDS:
-            raise ValueError(f"{match.group(0)!r}: only <lora:name:weight> extra networks are supported here")
-        tags.append(_parse_tag(match.group(0), args))
-    names = [t.name for t in tags]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"the LoRA {name!r} is named twice; give it once with the weight you want")
-    kept, last = [], 0
-    for match in matches:
-        kept.append(prompt[last:match.start()])
-        last = match.end()
-    return "".join(kept) + prompt[last:], tags
-
-
-def _parse_tag(text: str, args: str) -> LoraTag:
-    positional, named = [], {}
-    for item in args.split(":"):
-        key, eq, value = item.partition("=")
-        if eq:
-            named[key.strip()] = value
-        else:
-            positional.append(item)
-    name = positional[0].strip() if positional else ""
-    if not name:
-        raise ValueError(f"{text!r}: the LoRA has no name; write <lora:name> or <lora:name:weight>")
-    unknown = set(named) - {"te", "unet"}
-    if unknown or len(positional) > 3:
-        what = f"{sorted(unknown)[0]}=" if unknown else "a fourth value (dyn)"
-        raise ValueError(f"{text!r}: {what} is not supported; write <lora:name:weight> or <lora:name:te:unet>")
-
-    def weight(raw: str, what: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"{text!r}: the {what} {raw.strip()!r} is not a number") from None
-        if not math.isfinite(value) or abs(value) > MAX_WEIGHT:
-            raise ValueError(f"{text!r}: the {what} must be between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
-        return value
-
-    te = weight(positional[1], "weight") if len(positional) > 1 else 1.0
-    te = weight(named["te"], "te weight") if "te" in named else te
-    unet = weight(positional[2], "unet weight") if len(positional) > 2 else te
-    unet = weight(named["unet"], "unet weight") if "unet" in named else unet
-    return LoraTag(name, te, unet)
-
-
-def has_extra_networks(prompt: str) -> bool:
-    return bool(_extra_networks(prompt))
-
-
-# --- files -------------------------------------------------------------------
 
 @dataclass
 class LoraInfo:
@@ -405,101 +306,3 @@ def lora_problem(name: str, infos: dict[str, LoraInfo]) -> str | None:
 def a1111_listing(infos: list[LoraInfo]) -> list[dict]:
     """``/sdapi/v1/loras``'s answer: the usable LoRAs."""
     return [info.to_a1111() for info in infos if not info.error]
-
-
-def hashes_entry(tags: list[LoraTag], infos: dict[str, LoraInfo]) -> str:
-    """The infotext's ``Lora hashes`` value, A1111's way: ``name: shorthash`` joined by ", ",
-    the names without ':' or ','."""
-    return ", ".join(f"{t.name.replace(':', '').replace(',', '')}: {lora_hash(infos[t.name])[:SHORT_HASH]}"
-                     for t in tags)
-
-
-# --- run time ----------------------------------------------------------------
-
-@dataclass
-class _Loaded:
-    adapter: str
-    key: tuple[str, int, int]
-
-
-class LoraSet:
-    """The LoRAs loaded into one pipeline (its UNet and text encoder, shared with the img2img and
-    inpaint pipelines ``from_pipe`` makes), and which of them the current job uses."""
-
-    def __init__(self, pipe, folder: str | None = None):
-        self.pipe = pipe
-        self.folder = folder
-        self.shapes = model_shapes(pipe)  # before any adapter wraps a layer
-        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # by absolute path, least recently used first
-        self._count = 0
-
-    def activate(self, tags: list[LoraTag]) -> dict:
-        """Make the job's LoRAs (and only those) active; the infotext entries they add.
-        ValidationError naming the prompt for a LoRA that is missing or does not fit."""
-        from app.engine.base import ValidationError
-
-        if not tags:
-            if self._loaded:
-                self.pipe.disable_lora()  # the base layers alone: the plain model, bit for bit
-            return {}
-        if not self.folder:  # e.g. a Redis worker started without --lora-dir while the web lists its LORA_DIR
-            raise ValidationError("prompt", tags[0].name, f"cannot use the LoRA {tags[0].name!r}: this model was "
-                                  "loaded without a LoRA folder (--lora-dir; LORA_DIR in the web app)")
-        infos = by_name(scan(self.folder, self.shapes))
-        for tag in tags:
-            problem = lora_problem(tag.name, infos)
-            if problem:
-                raise ValidationError("prompt", tag.name, problem)
-        job = {infos[t.name].path for t in tags}
-        adapters = [self._load(infos[t.name], keep=job) for t in tags]
-        self.pipe.enable_lora()
-        self.pipe.set_adapters(adapters, [{"unet": t.unet_weight, "text_encoder": t.te_weight}
-                                          for t in tags])
-        entry = hashes_entry(tags, infos)
-        return {"Lora hashes": Quoted(entry)} if entry else {}
-
-    def _load(self, info: LoraInfo, keep: set[str]) -> str:
-        """The adapter of ``info``'s file, loaded unless it is already. To make room the least
-        recently used adapters go, never one of ``keep`` (the paths of the job's other LoRAs):
-        a job may use more LoRAs (MAX_TAGS) than are kept between jobs (MAX_LOADED)."""
-        stat = os.stat(info.path)
-        key = (info.path, stat.st_size, stat.st_mtime_ns)
-        loaded = self._loaded.get(info.path)
-        if loaded is not None and loaded.key == key:
-            self._loaded.move_to_end(info.path)
-            return loaded.adapter
-        if loaded is not None:  # the file changed: load it again
-            self._drop(info.path)
-        spare = [path for path in self._loaded if path not in keep]  # least recently used first
-        for path in spare[:max(0, len(self._loaded) + 1 - MAX_LOADED)]:
-            self._drop(path)
-        self._count += 1
-        adapter = f"lora{self._count}"
-        source: Any = info.path
-        if not info.path.lower().endswith(".safetensors"):
-            source, _ = read_tensors(info.path)  # weights_only: diffusers is never handed the pickle
-        with _quiet_transformers():
-            self.pipe.load_lora_weights(source, adapter_name=adapter)
-        self._loaded[info.path] = _Loaded(adapter, key)
-        logger.info("LoRA %s loaded as adapter %s", info.relpath, adapter)
-        return adapter
-
-    def _drop(self, path: str) -> None:
-        loaded = self._loaded.pop(path)
-        self.pipe.delete_adapters([loaded.adapter])
-
-
-class _quiet_transformers:
-    """transformers prints a load report listing every base weight as "missing" when a LoRA is
-    injected into the text encoder; the weights are there. Quiet for the load only."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self._level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self._level)

@@ -171,3 +171,17 @@ def test_the_page_has_an_input_per_mode_and_the_json_api_takes_them(app, client)
     assert "DeepCache: 2" in text and "ToMe: 0.25" in text
     assert_error(client.post("/api/jobs", json=small_job(deepcache_interval=1)), 400, "deepcache_interval")
     assert_error(client.post("/api/jobs", json=small_job(tome_ratio=2)), 400, "tome_ratio")
+
+
+@pytest.mark.slow
+def test_the_t4_estimate_counts_the_reference_flops_and_each_mode_costs_less():
+    """The count on the real SD 2.1 configs gives the FLOP floor the speed reference gives (113.3 TFLOP
+    for a 768 px, 25-step guided image with its decode); every fast mode costs less than the full run."""
+    from app.bench.estimate import estimate
+
+    report = estimate(768, 25)
+    rows = {row["mode"]: row for row in report["modes"]}
+    assert abs(rows["full"]["tflop"] - 113.3) < 0.5
+    assert 8 < rows["full"]["t4_estimate_s"] < 13
+    assert all(row["t4_estimate_s"] < rows["full"]["t4_estimate_s"] for name, row in rows.items() if name != "full")
+    assert rows["deepcache=3"]["full_unet_calls"] == 9

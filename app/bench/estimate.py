@@ -1,6 +1,6 @@
 """A T4 estimate per fast mode (docs/speed.md), from the FLOPs and memory traffic the modes really run:
 
-    python -m app.bench.estimate [--size 768] [--steps 25]
+    python -m app.cli.bench_estimate [--size 768] [--steps 25] [--json]
 
 The method:
 
@@ -22,8 +22,6 @@ counted as they run (app/engine/sampling/deepcache.py, app/engine/tome.py); fewe
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -197,7 +195,7 @@ def estimate(size: int = 768, steps: int = 25) -> dict:
 
 
 def to_markdown(report: dict) -> str:
-    lines = [f"T4 estimate, SD 2.1 at {report['size']} px, guidance on, fp16 (`python -m app.bench.estimate`; "
+    lines = [f"T4 estimate, SD 2.1 at {report['size']} px, guidance on, fp16 (`python -m app.cli.bench_estimate`; "
              f"roofline at {report['t4_compute_tflops']:.0f} TFLOP/s and {report['t4_bandwidth_gbs']:.0f} GB/s, "
              f"scaled by {report['calibration_factor']:.2f} to the published SD 1.5 512 px T4 figure):", "",
              "| mode | steps | full UNet calls | TFLOP | GB moved | roofline s | T4 estimate s |",
@@ -206,19 +204,3 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {row['mode']} | {row['steps']} | {row['full_unet_calls']} | {row['tflop']:.1f} "
                      f"| {row['gb_moved']:.0f} | {row['roofline_s']:.2f} | {row['t4_estimate_s']:.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m app.bench.estimate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=768)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--json", action="store_true", help="the whole report as JSON instead of the Markdown table")
-    args = p.parse_args(argv)
-    report = estimate(args.size, args.steps)
-    print(json.dumps(report, indent=1) if args.json else to_markdown(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -121,7 +121,7 @@ def _unet(config: dict) -> Any:
         return UNet2DConditionModel(**config).to(torch.float16).eval()
 
 
-def _inputs(latent: int, context: int, device: str = "meta") -> tuple:
+def _inputs(latent: int, context: Any, device: str = "meta") -> tuple:
     import torch
 
     return (torch.empty(2, 4, latent, latent, device=device, dtype=torch.float16),

@@ -185,3 +185,18 @@ def test_the_t4_estimate_counts_the_reference_flops_and_each_mode_costs_less():
     assert 8 < rows["full"]["t4_estimate_s"] < 13
     assert all(row["t4_estimate_s"] < rows["full"]["t4_estimate_s"] for name, row in rows.items() if name != "full")
     assert rows["deepcache=3"]["full_unet_calls"] == 9
+
+
+def test_the_notebook_form_sets_the_modes(engine, tmp_path):
+    from app.notebook.widgets import GeneratorUI
+
+    ui = GeneratorUI(engine, tmp_path, steps=2, width=64, height=64)
+    assert (ui.deepcache_interval.value, ui.tome_ratio.value) == (0, 0.0)
+    assert (ui.deepcache_interval.max, ui.tome_ratio.max) == (5, 0.75)
+    ui.prompt.value, ui.seed.value = "a lighthouse", 3
+    ui.deepcache_interval.value, ui.tome_ratio.value = 2, 0.5
+    request = ui.request()
+    assert (request.deepcache_interval, request.tome_ratio) == (2, 0.5)
+    ui.button.click()
+    with Image.open(ui.saved[0]) as saved:
+        assert "DeepCache: 2, ToMe: 0.5" in saved.info["parameters"]

@@ -210,6 +210,15 @@ class GeneratorUI:
         self.face_detail_strength = w.FloatSlider(value=defaults["face_detail_strength"],
                                                   **bounds("face_detail_strength"), step=0.05,
                                                   description="Face denoise")
+        # Fast modes (docs/speed.md): sooner images that differ a little from the full run; 0 is off.
+        self.deepcache_interval = w.BoundedIntText(
+            value=defaults["deepcache_interval"], **bounds("deepcache_interval"), description="DeepCache",
+            **tooltip("0: off; 2-5: the whole UNet every N calls, only its outer layers between "
+                      "(about 1.5-2x faster, fine detail drifts)"))
+        self.tome_ratio = w.BoundedFloatText(
+            value=defaults["tome_ratio"], **bounds("tome_ratio"), step=0.05, description="ToMe",
+            **tooltip("token merging, 0: off; share of full-resolution tokens merged before self-attention "
+                      "(a little faster, texture softens)"))
         self.controlnet = ControlNetWidgets(engine)
         self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
                                              **tooltip("upscale of the last result, saved next to it"))
@@ -236,6 +245,7 @@ class GeneratorUI:
             *hires,
             w.HBox([self.restore_faces, self.face_restorer, self.code_former_weight]),
             w.HBox([self.face_detail, self.face_detail_strength]),
+            w.HBox([self.deepcache_interval, self.tome_ratio]),
             self.controlnet.widget,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
@@ -258,6 +268,7 @@ class GeneratorUI:
             restore_faces=self.restore_faces.value, face_restorer=self.face_restorer.value,
             code_former_weight=self.code_former_weight.value, face_detail=self.face_detail.value,
             face_detail_strength=self.face_detail_strength.value, controlnet=self.controlnet.units(),
+            deepcache_interval=self.deepcache_interval.value, tome_ratio=self.tome_ratio.value,
         )
         if self.offers_hires and self.enable_hr.value:
             request.enable_hr, request.hr_scale = True, self.hr_scale.value

@@ -11,7 +11,7 @@ from app.engine.metadata import request_from_infotext
 from app.engine.sampling.deepcache import FeatureCache, shallow_forward, unsupported
 from app.engine.tome import bipartite_merge
 from app.engine.types import GenerationRequest, ValidationError
-from helpers import assert_error, run_job, small_job
+from helpers import assert_error, kohya_lora, run_job, small_job
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +200,34 @@ def test_the_notebook_form_sets_the_modes(engine, tmp_path):
     ui.button.click()
     with Image.open(ui.saved[0]) as saved:
         assert "DeepCache: 2, ToMe: 0.5" in saved.info["parameters"]
+
+
+def test_deepcache_runs_with_a_lora_and_leaves_both_as_they_were(tmp_path):
+    """With a LoRA's adapters on, the shallow branch still reproduces its own full call (the adapters sit
+    in the same layers both run); the job runs, says both in its infotext, and leaves the LoRA job as it was.
+    (A random LoRA on the random demo model moves DeepCache's image further than a trained pair would, so
+    no pixel bound here: the exactness is the check.)"""
+    from safetensors.torch import save_file
+
+    from app.engine.engine import Engine, EngineOptions
+    from app.engine.loras import split_lora_tags
+    from app.models.demo import build_demo_pipeline
+
+    save_file(kohya_lora(build_demo_pipeline(), 1), str(tmp_path / "kohya.safetensors"))
+    lora_engine = Engine.load(EngineOptions(model="demo", device="cpu", lora_dir=str(tmp_path)))
+    tagged = job(prompt="a red fox, <lora:kohya:1>", steps=3)
+    with_lora = pixels(lora_engine.generate(tagged))
+    fast = lora_engine.generate(job(prompt="a red fox, <lora:kohya:1>", steps=3, deepcache_interval=2))
+    assert not np.array_equal(pixels(fast), with_lora)
+    assert "DeepCache: 2" in fast.infotexts[0] and "Lora hashes" in fast.infotexts[0]
+    assert np.array_equal(pixels(lora_engine.generate(tagged)), with_lora)
+    unet = lora_engine.pipe.unet
+    lora_engine.loras.activate(split_lora_tags(tagged.prompt)[1])
+    torch.manual_seed(0)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([300.0, 300.0]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        cache = FeatureCache(2)
+        full = cache.run(unet, x, t, cond, {}, call=0, slot=0)
+        shallow = cache.run(unet, x, t, cond, {}, call=1, slot=0)
+    lora_engine.loras.activate([])
+    assert cache.shallow_calls == 1 and torch.allclose(full, shallow, atol=1e-5)

@@ -17,7 +17,6 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"alwayson_scripts": {"Regional Prompter": {"args": [True]}}}, "alwayson_scripts"),  # ADetailer, ControlNet: honoured
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
-    ({"s_min_uncond": 0.5}, "s_min_uncond"),
     ({"hr_prompt": "other"}, "hr_prompt"),
 ])
 def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
@@ -42,6 +41,8 @@ def test_img2img_refuses_what_it_cannot_honour(client, extra, field):
     ({"override_settings": {"randn_source": "TPU"}}, "randn_source"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "clip_skip"),
     ({"override_settings": {"eta_noise_seed_delta": -5}}, "eta_noise_seed_delta"),
+    ({"s_min_uncond": 16}, "s_min_uncond"),  # A1111's slider ends at 15; within it, honoured (tests/test_ngms.py)
+    ({"override_settings": {"s_min_uncond_all": True}}, "override_settings.s_min_uncond_all"),
 ])
 def test_sampler_settings_out_of_range_are_refused(client, extra, field):
     assert_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}), 400, field)

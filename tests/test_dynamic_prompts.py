@@ -18,7 +18,8 @@ from app.engine.dynamic_prompts import (
     WildcardFiles,
     resolve,
 )
-from app.engine.metadata import parse_infotext, request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import parse_infotext
 from app.engine.prompt_lines import MAX_PROMPT_LINES, line_values
 from app.engine.types import GenerationRequest, ValidationError
 from helpers import assert_error, small_job, wait_job
@@ -237,6 +238,28 @@ def test_native_api_prompt_lines_queue_a_job_per_line(client):
     assert [j["params"]["prompt"] for j in done] == ["a fox snow", "a hare snow"]
     assert [j["params"]["seed"] for j in done] == [1, 2]
     assert_error(client.post("/api/jobs", json=small_job(prompt_lines="--nope 1")), 400, "prompt_lines")
+
+
+def test_prompt_lines_from_the_pages_form_name_a_bad_line(make_app):
+    """As static/prompts.js posts them: the form's fields as text (a ticked box "on"), the lines, the
+    options. A line's own bad value names prompt_lines and the line; a bad setting of the form, its field."""
+    client = make_app(START_WORKER=False).test_client()
+    form = {"prompt": "snow", "negative_prompt": "", "width": "64", "height": "64", "steps": "2", "tiling": "on",
+            "prompt_lines": 'a fox\n--prompt "a hare" --steps 3 --cfg_scale 5', "same_seed": "true",
+            "prompt_position": "end"}
+    response = client.post("/api/jobs", data=form)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    jobs = response.get_json()["jobs"]
+    assert [(j["params"]["prompt"], j["params"]["steps"], j["params"]["tiling"]) for j in jobs] == [
+        ("snow a fox", 2, True), ("snow a hare", 3, True)]
+    assert jobs[0]["params"]["seed"] == jobs[1]["params"]["seed"] and jobs[1]["params"]["guidance_scale"] == 5
+    body = assert_error(client.post("/api/jobs", data={**form, "prompt_lines": "a fox\n--steps 0"}), 400,
+                        "prompt_lines")
+    assert body["error"].startswith("prompt_lines: line 2: steps:") and str(body["value"]) == "0"
+    assert_error(client.post("/api/jobs", data={**form, "width": "12"}), 400, "width")
+    assert_error(client.post("/api/jobs", data={**form, "prompt": "", "prompt_lines": "--steps 3"}), 400,
+                 "prompt_lines")  # line 1 has no prompt, nor has the form
+    assert len(client.get("/api/jobs").get_json()["jobs"]) == 2  # the refused requests queued nothing
 
 
 def test_cli_prompts_file(tmp_path, capsys):

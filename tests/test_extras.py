@@ -222,7 +222,8 @@ def test_sdapi_sd_upscale_script(client):
     parsed = parse_infotext(text)
     assert parsed["SD upscale overlap"] == "16" and parsed["SD upscale upscaler"] == "Lanczos"
     assert parsed["Size"] == "64x64" and parsed["Seed"] == "7"  # the tiles' size, as A1111 writes it
-    assert client.get("/sdapi/v1/scripts").get_json()["img2img"] == ["sd upscale", "prompts from file or textbox", "controlnet",
+    assert client.get("/sdapi/v1/scripts").get_json()["img2img"] == ["x/y/z plot", "sd upscale",
+                                                                   "prompts from file or textbox", "controlnet",
                                                                    "adetailer"]
     assert_error(client.post("/sdapi/v1/img2img", json={**body, "script_args": [None, 16, 999, 2]}), 400,
                  "script_args")

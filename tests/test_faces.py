@@ -25,7 +25,8 @@ from PIL import Image
 from app.cli import main
 from app.engine.faces import align, restore, weights
 from app.engine.faces.retinaface import load_retinaface, run_detector
-from app.engine.metadata import parse_infotext, read_parameters, request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import parse_infotext, read_parameters
 from app.engine.types import GenerationRequest
 from app.models.loading import ModelLoadError
 from browser_helpers import CHROMIUM, submit

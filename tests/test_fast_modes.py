@@ -1,6 +1,8 @@
 """The fast modes (issue #26): DeepCache and ToMe for SD. Off, a job's image is the full run's to the bit;
 on, it differs by a bounded amount and the UNet's deep blocks (DeepCache) run fewer times; afterwards the
 UNet is as it was. ToMe's matching is checked against tomesd's from the same tokens."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from app.engine.metadata import request_from_infotext
 from app.engine.sampling.deepcache import FeatureCache, shallow_forward, unsupported
 from app.engine.tome import bipartite_merge
 from app.engine.types import GenerationRequest, ValidationError
-from helpers import assert_error, kohya_lora, run_job, small_job
+from helpers import assert_error, gradient, kohya_lora, png_b64, run_job, small_job
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +233,29 @@ def test_deepcache_runs_with_a_lora_and_leaves_both_as_they_were(tmp_path):
         shallow = cache.run(unet, x, t, cond, {}, call=1, slot=0)
     lora_engine.loras.activate([])
     assert cache.shallow_calls == 1 and torch.allclose(full, shallow, atol=1e-5)
+
+
+@pytest.mark.parametrize("route", ["txt2img", "img2img"])
+def test_the_a1111_api_takes_the_modes_by_their_field_names(client, route):
+    body = {"prompt": "a fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "deepcache_interval": 2,
+            "tome_ratio": 0.5}
+    if route == "img2img":
+        body["init_images"] = [png_b64(gradient(64, 64))]
+    response = client.post(f"/sdapi/v1/{route}", json=body)
+    assert response.status_code == 200, response.get_json()
+    info = json.loads(response.get_json()["info"])
+    assert "DeepCache: 2" in info["infotexts"][0] and "ToMe: 0.5" in info["infotexts"][0]
+    assert_error(client.post(f"/sdapi/v1/{route}", json={**body, "deepcache_interval": 9}), 400, "deepcache_interval")
+
+
+def test_the_cli_takes_the_modes(tmp_path, capsys):
+    from app.cli import main
+
+    code = main(["generate", "a lake", "--model", "demo", "--device", "cpu", "--steps", "3", "--seed", "9",
+                 "--width", "64", "--height", "64", "--deepcache-interval", "3", "--tome-ratio", "0.25",
+                 "-o", str(tmp_path / "lake.png")])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "lake.png") as saved:
+        assert "DeepCache: 3, ToMe: 0.25" in saved.info["parameters"]
+    code = main(["generate", "a lake", "--model", "demo", "--tome-ratio", "0.9", "-o", str(tmp_path / "x.png")])
+    assert code == 2 and "error: tome_ratio: must be between 0 and 0.75" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 
 import numpy as np
@@ -12,8 +13,8 @@ from PIL import Image
 
 from app.engine.metadata import parse_infotext, read_parameters
 from app.engine.types import GenerationRequest, ValidationError
-from app.engine.xyz import AXES, AXIS_LABELS, annotate, axis_kind, draw_plot, make_plot, parse_values, split_values
-from helpers import assert_error
+from app.engine.xyz import AXES, AXIS_LABELS, IMG2IMG_AXIS_LABELS, annotate, axis_kind, draw_plot, make_plot, parse_values, split_values
+from helpers import assert_error, gradient, png_b64
 
 SMALL = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 2, "seed": 5,
          "sampler_name": "Euler"}
@@ -180,6 +181,74 @@ def test_sdapi_plot_bad_args_are_400(client, args, field):
                                                                 "script_args": args}), 400, field)
     assert body["error"].startswith(field)
     assert client.get("/api/jobs").get_json()["jobs"] == []  # nothing queued
+
+
+def test_img2img_axes_are_a1111s_img2img_list():
+    # A1111's img2img tab lists no hires axes, so its indexes differ from txt2img's after Steps.
+    assert [IMG2IMG_AXIS_LABELS[i] for i in (1, 4, 5, 7, 9, 10, 16, 24, 40)] == [
+        "Seed", "Steps", "CFG Scale", "Prompt S/R", "Sampler", "Checkpoint name", "Schedule type", "Denoising", "Size"]
+    assert axis_kind(5, "x_type", img2img=True).label == "CFG Scale" and axis_kind(5, "x_type").label == "Hires steps"
+    with pytest.raises(ValidationError, match="'Hires steps' axis is for txt2img only"):
+        axis_kind("Hires steps", "y_type", img2img=True)
+    with pytest.raises(ValidationError, match="must be an axis index 0-40"):
+        axis_kind(41, "x_type", img2img=True)
+    base = GenerationRequest(prompt="a fox", width=64, height=64, init_image=gradient(64, 64))
+    plot = make_plot(base, [(24, "0.25, 0.75", "x_type", "x_values"), (0, "", "", ""), (0, "", "", "")])
+    assert [c.request.strength for c in plot.cells] == [0.25, 0.75]
+    assert all(c.request.init_image is base.init_image for c in plot.cells)
+
+
+IMG2IMG = {**SMALL, "steps": 4,
+           "init_images": [png_b64(gradient(64, 64))]}
+
+
+def test_sdapi_img2img_plot_2x2_grid_and_four_gallery_jobs(client):
+    assert "x/y/z plot" in client.get("/sdapi/v1/scripts").get_json()["img2img"]
+    # X: Denoising (index 24 on img2img), Y: CFG Scale (index 5 there), Include Sub Images on.
+    args = [24, "0.25, 0.75", [], 5, "5, 7", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    response = client.post("/sdapi/v1/img2img", json={**IMG2IMG, "script_name": "X/Y/Z plot", "script_args": args})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert len(body["images"]) == 5 and "init_images" not in body["parameters"]
+    info = json.loads(body["info"])
+    assert info["denoising_strength"] == 0.25 and info["index_of_first_image"] == 1
+    grid = _png(body["images"][0]).convert("RGB")
+    pad_left = 64 * 3 // 4
+    assert grid.width == 2 * 64 + pad_left and grid.height > 2 * 64
+    pad_top = grid.height - 128
+    legend = np.asarray(grid.crop((pad_left, 0, grid.width, pad_top)).convert("L"))
+    assert (legend < 128).sum() > 20 and (np.asarray(grid.crop((0, pad_top, pad_left, grid.height)).convert("L"))
+                                          < 128).sum() > 20
+    init = np.asarray(gradient(64, 64), dtype=float)
+    distance = {}
+    for n, (x, y) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        cell = _png(body["images"][1 + n]).convert("RGB")
+        box = (pad_left + 64 * x, pad_top + 64 * y, pad_left + 64 * (x + 1), pad_top + 64 * (y + 1))
+        assert np.abs(np.asarray(grid.crop(box), dtype=int) - np.asarray(cell, dtype=int)).max() <= 1
+        params = parse_infotext(read_parameters(_png(body["images"][1 + n])))
+        assert (params["Denoising strength"], params["CFG scale"], params["Seed"]) == (
+            ("0.25", "0.75")[x], ("5", "7")[y], "5")
+        distance[x, y] = np.abs(np.asarray(cell, dtype=float) - init).mean()
+    # every cell started from the init image: less denoising stays nearer to it
+    assert distance[0, 0] < distance[1, 0] and distance[0, 1] < distance[1, 1]
+    jobs = client.get("/api/jobs?limit=10").get_json()["jobs"]
+    assert len(jobs) == 5 and all(job["state"] == "done" for job in jobs)
+    cells = [job for job in jobs if "index" in job["params"]["group"]]
+    assert sorted((j["params"]["strength"], j["params"]["guidance_scale"]) for j in cells) == [
+        (0.25, 5.0), (0.25, 7.0), (0.75, 5.0), (0.75, 7.0)]
+
+
+@pytest.mark.parametrize("args, field, message", [
+    ([5, "1, 2", [], 0, "", [], 0, "", []], "script_args[1] (x_values)", "CFG Scale"),  # 5: CFG Scale here
+    (["Hires steps", "1, 2", []], "script_args[0] (x_type)", "for txt2img only"),
+    ([41, "64x64", []], "script_args[0] (x_type)", "0-40"),
+])
+def test_sdapi_img2img_plot_bad_args_are_400(client, args, field, message):
+    args = [args[0], "1, x" if args[0] == 5 else args[1], *args[2:]]
+    body = assert_error(client.post("/sdapi/v1/img2img", json={**IMG2IMG, "script_name": "x/y/z plot",
+                                                                "script_args": args}), 400, field)
+    assert body["error"].startswith(field) and message in body["error"]
+    assert client.get("/api/jobs").get_json()["jobs"] == []
 
 
 def test_native_plot_and_group_cancel(make_app):

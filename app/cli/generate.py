@@ -6,9 +6,10 @@ import os
 import sys
 
 from app.cli.common import CLIError, add_model_options, load_engine
+from app.engine.fields import kind
 from app.engine.metadata import save_image
-from app.engine.schedulers import RANDN_SOURCES, sampler_names, schedule_labels
-from app.engine.types import GenerationRequest, ValidationError
+from app.engine.schedulers import sampler_names, schedule_labels
+from app.engine.types import GenerationRequest, ValidationError, described
 from app.engine.xyz import Plot, draw_plot, make_plot
 
 
@@ -31,15 +32,7 @@ def add_parser(subparsers) -> None:
                         + ", ".join(sampler_names()) + "; schedule types: " + ", ".join(schedule_labels()))
     p.add_argument("--eta", type=float, help="eta of the ancestral, SDE and DDIM samplers (default: theirs, "
                                              "1 and 0; 0 makes Euler a into Euler)")
-    p.add_argument("--s-churn", type=float, default=d["s_churn"], help="sigma churn (Euler, Heun, DPM2)")
-    p.add_argument("--s-tmin", type=float, default=d["s_tmin"], help="sigma tmin (Euler, Heun, DPM2)")
-    p.add_argument("--s-tmax", type=float, default=d["s_tmax"], help="sigma tmax, 0: infinity (Euler, Heun, DPM2)")
-    p.add_argument("--s-noise", type=float, default=d["s_noise"], help="sigma noise (Euler, Heun, DPM2)")
-    p.add_argument("--randn-source", default=d["randn_source"], choices=RANDN_SOURCES,
-                   help="noise source as A1111's RNG setting (default: GPU, CUDA's numbers on any device)")
-    p.add_argument("--ensd", type=int, default=d["eta_noise_seed_delta"], dest="eta_noise_seed_delta",
-                   help="A1111's eta noise seed delta")
-    p.add_argument("--clip-skip", type=int, default=d["clip_skip"], help="A1111's clip skip (SD 1.x models)")
+    _add_field_flags(p)
     p.add_argument("--num-images", type=int, default=d["num_images"])
     p.add_argument("--init-image", help="image to start from (img2img)")
     p.add_argument("--strength", type=float,
@@ -75,7 +68,6 @@ def add_parser(subparsers) -> None:
                         "tiles of --width x --height at --strength, blended")
     p.add_argument("--sd-upscale-overlap", type=int, default=64, help="tile overlap in pixels (default: 64)")
     p.add_argument("--sd-upscale-upscaler", default="Lanczos", help="upscaler before the tiles (default: Lanczos)")
-    p.add_argument("--tiling", action="store_true", help="seamless: the image tiles left/right and top/bottom")
     faces = p.add_argument_group("faces", "after generation: restoration (A1111's), then detailing (ADetailer's)")
     faces.add_argument("--restore-faces", action="store_true", help="restore faces with --face-restorer")
     faces.add_argument("--face-restorer", default=d["face_restorer"], help="CodeFormer or GFPGAN")
@@ -118,6 +110,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _flag_fields() -> list[str]:
+    """The request fields whose flag is made from their facts (``about(cli=...)`` in app/engine/types.py)."""
+    return [name for name, (_, about) in described().items() if about.cli]
+
+
+def _add_field_flags(p: argparse.ArgumentParser) -> None:
+    """A flag per such field: its type and default are the field's, a bool is a switch."""
+    for name in _flag_fields():
+        f, about = described()[name]
+        if kind(f) is bool:
+            p.add_argument(about.cli, action="store_true", dest=name, help=about.help)
+        else:
+            p.add_argument(about.cli, type=kind(f), default=f.default, dest=name, choices=about.choices or None,
+                           metavar=None if about.choices else about.cli[2:].upper().replace("-", "_"), help=about.help)
+
+
 def run(args: argparse.Namespace) -> int:
     from app.engine.engine import output_path
 
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
         steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        num_images=args.num_images, save_steps=args.save_steps, tiling=args.tiling,
+        num_images=args.num_images, save_steps=args.save_steps,
         init_image=_open_image(args.init_image) if args.init_image else None,
         mask=_open_image(args.mask, "mask", keep_alpha=True) if args.mask else None, mask_blur=args.mask_blur,
         enable_hr=args.enable_hr, hr_scale=args.hires_scale, hr_resize_x=args.hires_width,
@@ -141,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
         outpaint=args.outpaint, outpaint_directions=args.outpaint_directions,
         inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res,
         inpaint_full_res_padding=args.only_masked_padding, inpainting_mask_invert=args.invert_mask,
-        eta=args.eta, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise,
-        randn_source=args.randn_source, eta_noise_seed_delta=args.eta_noise_seed_delta, clip_skip=args.clip_skip,
+        eta=args.eta, **{name: getattr(args, name) for name in _flag_fields()},
         restore_faces=args.restore_faces, face_restorer=args.face_restorer, code_former_weight=args.code_former_weight,
         face_detail=args.face_detail, face_detail_strength=args.face_detail_strength,
         face_detail_prompt=args.face_detail_prompt, face_detail_negative_prompt=args.face_detail_negative_prompt,

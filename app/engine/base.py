@@ -136,9 +136,6 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "face_detail_dilate": (-128, 128),  # pixels
     "face_detail_mask_blur": (0, 64),  # pixels
     "face_detail_padding": (0, 256),  # pixels
-    # Fast modes (issue #26; app/engine/fast_modes.py): DeepCache's full-call interval (0 off, 2..5), ToMe's ratio.
-    "deepcache_interval": (0, 5),
-    "tome_ratio": (0, 0.75),
 }
 
 

@@ -115,8 +115,7 @@ class Denoiser:
         assert choice is not None  # validated
         self.choice = choice
         self.device = pipe._execution_device  # the GPU under CPU offload too
-        self.settings = run.SamplerSettings(eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
-                                            s_tmax=request.s_tmax, s_noise=request.s_noise)
+        self.settings = run.SamplerSettings.from_request(request)
         self.control: Any = None  # the request's ControlNet units (app/engine/controlnet.py ControlPlan)
         self.last_control: Any = None  # the last pass's ControlSet: what it did, for tests
         self.last_cache: FeatureCache | None = None  # the last pass's DeepCache calls, for tests and the bench

@@ -19,6 +19,7 @@ from app.engine.dynamic_prompts import resolve_prompts, template_entries
 from app.engine.embeddings import EmbeddingInfo, unusable_embedding
 from app.engine.embeddings import install as install_embeddings
 from app.engine.hires import check_hires_size
+from app.engine.infotext_fields import request_entries
 from app.engine.loras.runtime import LoraSet
 from app.engine.loras.tags import split_lora_tags
 from app.engine.metadata import image_format, infotext, save_image, with_templates
@@ -472,25 +473,8 @@ class Engine:
         """A1111's entries for the sampler settings, noise and text encoder, in create_infotext's order."""
         from app.engine.sampling.run import SamplerSettings, infotext_entries
 
-        settings = SamplerSettings(eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
-                                   s_tmax=request.s_tmax, s_noise=request.s_noise)
-        extra = infotext_entries(choice, settings)
-        if request.clip_skip > 1:
-            extra["Clip skip"] = request.clip_skip
-        if request.tiling:
-            extra["Tiling"] = "True"
-        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
-            extra["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
-        eta = request.eta if request.eta is not None else choice.sampler.eta_default
-        if request.eta_noise_seed_delta and choice.sampler.uses_ensd and eta != 0:
-            extra["ENSD"] = request.eta_noise_seed_delta
-        if request.randn_source != "GPU":
-            extra["RNG"] = request.randn_source
-        # The fast modes (issue #26): not A1111's, so labels of our own; app/engine/metadata.py reads them back.
-        if request.deepcache_interval:
-            extra["DeepCache"] = request.deepcache_interval
-        if request.tome_ratio:
-            extra["ToMe"] = f"{request.tome_ratio:g}"
+        extra = infotext_entries(choice, SamplerSettings.from_request(request))
+        extra.update(request_entries(request))  # the fields' own entries (app/engine/fields.py)
         return extra
 
     def preview(self, latents, max_side: int = 256) -> list:

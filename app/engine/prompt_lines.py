@@ -18,7 +18,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Callable
 
-from app.engine.types import ValidationError, draw_seed
+from app.engine.fields import kind
+from app.engine.types import ValidationError, described, draw_seed
 
 MAX_PROMPT_LINES = 100  # jobs one request makes
 SCRIPT_TITLE = "prompts from file or textbox"  # A1111's title in lower case, as /sdapi/v1/scripts lists it
@@ -29,31 +30,27 @@ def _boolean(text: str) -> bool:
     return text == "true"  # A1111: anything else is false
 
 
-# A1111's option -> (our request field, conversion); None: accepted and ignored (files and grids
-# are not the server's to name from a request).
-_OPTIONS: dict[str, tuple[str, Callable[[str], Any]] | None] = {
-    "prompt": ("prompt", str),
-    "negative_prompt": ("negative_prompt", str),
-    "seed": ("seed", int),
-    "subseed": ("subseed", int),
-    "subseed_strength": ("subseed_strength", float),
-    "seed_resize_from_h": ("seed_resize_from_h", int),
-    "seed_resize_from_w": ("seed_resize_from_w", int),
-    "sampler_name": ("scheduler", str),
-    "batch_size": ("batch_size", int),
-    "n_iter": ("n_iter", int),
-    "steps": ("steps", int),
-    "cfg_scale": ("guidance_scale", float),
-    "width": ("width", int),
-    "height": ("height", int),
-    "restore_faces": ("restore_faces", _boolean),
-    "tiling": ("tiling", _boolean),
-    "outpath_samples": None,
-    "outpath_grids": None,
-    "prompt_for_display": None,
-    "do_not_save_samples": None,
+# A1111's options (its script's ``prompt_tags``) -> our request field, read as the field's type; None:
+# accepted and ignored (files and grids are not the server's to name from a request).
+_OPTIONS: dict[str, str | None] = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "subseed": "subseed",
+    "subseed_strength": "subseed_strength", "seed_resize_from_h": "seed_resize_from_h",
+    "seed_resize_from_w": "seed_resize_from_w", "sampler_name": "scheduler", "batch_size": "batch_size",
+    "n_iter": "n_iter", "steps": "steps", "cfg_scale": "guidance_scale", "width": "width", "height": "height",
+    "restore_faces": "restore_faces", "tiling": "tiling",
+    "outpath_samples": None, "outpath_grids": None, "prompt_for_display": None, "do_not_save_samples": None,
     "do_not_save_grid": None,
 }
+_COUNTS = ("batch_size", "n_iter")  # not request fields: a line's images (see line_values)
+
+
+def _converter(name: str) -> Callable[[str], Any]:
+    if name in _COUNTS:
+        return int
+    convert = kind(described()[name][0])
+    return _boolean if convert is bool else convert
+
+
 _REFUSED = {"sd_model": "one request runs on one model; send a request per model",
             "sampler_index": "use --sampler_name",
             "styles": "give the request's styles instead"}
@@ -72,6 +69,18 @@ def read_lines(text: Any, field: str = "prompt_txt") -> list[dict]:
         raise ValidationError(field, f"{len(lines)} lines", f"has {len(lines)} lines; the limit is {MAX_PROMPT_LINES}")
     return [_options(line, n, field) if line.startswith("--") else {"prompt": line}
             for n, line in enumerate(lines, 1)]
+
+
+def line_fields(text: Any, field: str = "prompt_txt") -> list[set[str]]:
+    """The request fields each line sets itself (a line's prompt joins the request's: always its own),
+    so that an error in one of them can name the line rather than the request's field."""
+    own = []
+    for options in read_lines(text, field):
+        fields = set(options) | {"prompt", "negative_prompt"}
+        if fields & {"batch_size", "n_iter"}:
+            fields.add("num_images")
+        own.append(fields)
+    return own
 
 
 def _options(line: str, number: int, field: str) -> dict:
@@ -103,9 +112,9 @@ def _options(line: str, number: int, field: str) -> dict:
                 pos += 1
             found[tag] = " ".join(words)
             continue
-        spec = _OPTIONS[tag]
-        if spec is not None:
-            name, convert = spec
+        name = _OPTIONS[tag]
+        if name is not None:
+            convert = _converter(name)
             try:
                 found[name] = convert(args[pos + 1])
             except ValueError:

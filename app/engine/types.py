@@ -8,7 +8,7 @@ module (``check(request, limits)``: inpaint.py, hires.py, sampling/, faces/, ...
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable
 
 from app.engine.base import (
@@ -23,6 +23,7 @@ from app.engine.base import (
     check_bool,
     check_int,
     check_number,
+    check_range,
     check_seed,
     check_text,
     draw_seed,
@@ -30,12 +31,41 @@ from app.engine.base import (
     floor_size,
     short_repr,
 )
+from app.engine.fields import ELSEWHERE, About, about, facts, kind, size_pair
 from app.engine.loras import tags as lora_tags
 from app.engine.loras.tags import split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
-from app.engine.schedulers import DEFAULT_SCHEDULER, find_scheduler, schedule_labels, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
 
 _AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
+
+
+def _seed_resize_entry(request: "GenerationRequest") -> str | None:
+    w, h = request.seed_resize_from_w, request.seed_resize_from_h
+    return f"{w}x{h}" if w > 0 and h > 0 else None
+
+
+def _seed_resize_read(text: str) -> dict:
+    return dict(zip(("seed_resize_from_w", "seed_resize_from_h"), size_pair(text)))
+
+
+def _ensd_entry(request: "GenerationRequest") -> int | None:
+    """A1111 writes ENSD only where it changed the noise: a sampler that draws noise, with eta not 0."""
+    choice = find_scheduler(request.scheduler)
+    if not request.eta_noise_seed_delta or choice is None or not choice.sampler.uses_ensd:
+        return None
+    eta = request.eta if request.eta is not None else choice.sampler.eta_default
+    return request.eta_noise_seed_delta if eta != 0 else None
+
+
+def _churn_entry(name: str) -> Callable[["GenerationRequest"], str | None]:
+    """A churn setting's entry: written for the samplers that take them (Euler, Heun, DPM2), when not default."""
+    def entry(request: "GenerationRequest") -> str | None:
+        choice = find_scheduler(request.scheduler)
+        value = getattr(request, name)
+        default = GenerationRequest.__dataclass_fields__[name].default
+        return f"{value:g}" if choice is not None and choice.sampler.takes_churn and value != default else None
+    return entry
 
 
 @dataclass
@@ -51,21 +81,24 @@ class GenerationRequest:
     negative_prompt: str = ""
     width: int | None = None
     height: int | None = None
-    steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int | None = None
+    steps: int = field(default=25, metadata=about(label="Steps", write=ELSEWHERE))
+    guidance_scale: float = field(default=7.5, metadata=about(label="CFG scale", write=ELSEWHERE))
+    seed: int | None = field(default=None, metadata=about(label="Seed", write=ELSEWHERE))
     scheduler: str = DEFAULT_SCHEDULER
     num_images: int = 1
     init_image: Any = None  # PIL.Image.Image
-    strength: float = 0.75
+    strength: float = field(default=0.75, metadata=about(label="Denoising strength", write=ELSEWHERE))
     save_steps: int = 0  # keep a preview every N steps (0: none)
-    tiling: bool = False  # seamless: the image wraps around left/right and top/bottom (A1111's "Tiling")
+    # seamless: the image wraps around left/right and top/bottom
+    tiling: bool = field(default=False, metadata=about(
+        label="Tiling", api=True, cli="--tiling", help="seamless: the image tiles left/right and top/bottom"))
     # --- inpainting (issue #12; app/engine/inpaint.py): needs init_image; white in the mask repaints ---
     mask: Any = None  # PIL.Image.Image
-    mask_blur: int = 4  # pixels
+    mask_blur: int = field(default=4, metadata=about(label="Mask blur", write=ELSEWHERE))  # pixels
     inpainting_fill: int = 1  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
     inpaint_full_res: bool = False  # "only masked": the masked region alone at full size, pasted back
-    inpaint_full_res_padding: int = 32  # pixels around the masked region, only masked
+    inpaint_full_res_padding: int = field(default=32, metadata=about(  # pixels around the masked region, only masked
+        label="Masked area padding", write=ELSEWHERE))
     inpainting_mask_invert: bool = False  # repaint the black area instead
     outpaint: int = 0  # pixels to extend the init image by, then inpaint the new area (needs no mask)
     outpaint_directions: str = "left,right,up,down"  # comma-separated sides to extend
@@ -79,21 +112,48 @@ class GenerationRequest:
     # --- variation seeds (issue #12; app/engine/sampling/rng.py) ---
     subseed: int | None = None  # None or -1: random, drawn with the seed
     subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
-    seed_resize_from_w: int = 0  # the noise this seed gives at another size (0: off)
+    # the noise this seed gives at another size (0: off)
+    seed_resize_from_w: int = field(default=0, metadata=about(label="Seed resize from", write=_seed_resize_entry,
+                                                              read=_seed_resize_read))
     seed_resize_from_h: int = 0
     # --- prompt styles (issue #15; app/engine/styles.py) ---
     # The names of the styles already applied to prompt and negative_prompt (by the web API, from styles.csv):
     # a record of how the prompt was made, as A1111's infotext keeps the styled prompt. Nothing here applies them.
     styles: list[str] = field(default_factory=list)
     # --- sampler settings (issue #21; app/engine/sampling), A1111's names ---
-    eta: float | None = None  # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM)
-    s_churn: float = 0.0  # Euler, Heun, DPM2 only, as A1111
-    s_tmin: float = 0.0
-    s_tmax: float = 0.0  # 0: infinity
-    s_noise: float = 1.0
-    randn_source: str = "GPU"  # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
-    eta_noise_seed_delta: int = 0  # A1111's ENSD: offsets the noise drawn after the initial noise
-    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    eta: float | None = None  # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM);
+    # its infotext label is the sampler's (sampling/run.py)
+    # Euler, Heun, DPM2 only, as A1111
+    s_churn: float = field(default=0.0, metadata=about(label="Sigma churn", write=_churn_entry("s_churn"),
+                                                       cli="--s-churn", help="sigma churn (Euler, Heun, DPM2)",
+                                                       api=True, option="s_churn"))
+    s_tmin: float = field(default=0.0, metadata=about(label="Sigma tmin", write=_churn_entry("s_tmin"),
+                                                      cli="--s-tmin", help="sigma tmin (Euler, Heun, DPM2)",
+                                                      api=True, option="s_tmin"))
+    s_tmax: float = field(default=0.0, metadata=about(  # 0: infinity
+        label="Sigma tmax", write=_churn_entry("s_tmax"), cli="--s-tmax",
+        help="sigma tmax, 0: infinity (Euler, Heun, DPM2)", api=True, option="s_tmax"))
+    s_noise: float = field(default=1.0, metadata=about(label="Sigma noise", write=_churn_entry("s_noise"),
+                                                       cli="--s-noise", help="sigma noise (Euler, Heun, DPM2)",
+                                                       api=True, option="s_noise"))
+    # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
+    randn_source: str = field(default="GPU", metadata=about(
+        label="RNG", choices=RANDN_SOURCES, cli="--randn-source", option="randn_source",
+        help="noise source as A1111's RNG setting (default: GPU, CUDA's numbers on any device)"))
+    # A1111's ENSD: offsets the noise drawn after the initial noise
+    eta_noise_seed_delta: int = field(default=0, metadata=about(
+        label="ENSD", write=_ensd_entry, cli="--ensd", help="A1111's eta noise seed delta",
+        option="eta_noise_seed_delta"))
+    # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
+    clip_skip: int = field(default=1, metadata=about(label="Clip skip", cli="--clip-skip",
+                                                      help="A1111's clip skip (SD 1.x models)",
+                                                      option="CLIP_stop_at_last_layers"))
+    # A1111's negative guidance minimum sigma (NGMS): below this sigma every other model call skips the
+    # negative prompt (sampling/cfg.py); 0: off. A1111's slider range.
+    s_min_uncond: float = field(default=0.0, metadata=about(
+        label="NGMS", range=(0, 15), cli="--s-min-uncond", api=True, option="s_min_uncond",
+        help="A1111's negative guidance minimum sigma (NGMS): below it every other step skips the negative "
+             "prompt, faster (0: off)"))
     # --- SD upscale (issue #24; app/engine/sd_upscale.py): img2img only. A1111's script args by name:
     # {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2}; the tiles are width x height ---
     sd_upscale: dict | None = None
@@ -101,9 +161,11 @@ class GenerationRequest:
     # (upscale, face restoration), A1111's extras fields by name; the web layer sets it, never a form ---
     extras: dict | None = None
     # --- faces (issue #24; app/engine/faces), after generation: restoration as A1111, then detailing ---
-    restore_faces: bool = False
-    face_restorer: str = "CodeFormer"  # CodeFormer or GFPGAN (A1111's face_restoration_model)
-    code_former_weight: float = 0.5  # CodeFormer's w: 0 strongest, 1 most faithful to the image
+    restore_faces: bool = field(default=False, metadata=about(api=True))
+    face_restorer: str = field(default="CodeFormer", metadata=about(  # CodeFormer or GFPGAN
+        option="face_restoration_model"))
+    code_former_weight: float = field(default=0.5, metadata=about(  # CodeFormer's w: 0 strongest, 1 most faithful
+        option="code_former_weight"))
     face_detail: bool = False  # ADetailer's core: each face found inpainted again, only masked, at full size
     face_detail_strength: float = 0.4  # ADetailer's defaults from here on
     face_detail_prompt: str = ""  # empty: the image's prompt
@@ -115,8 +177,16 @@ class GenerationRequest:
     # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
     controlnet: list[dict] = field(default_factory=list)
     # --- fast modes (issue #26; app/engine/fast_modes.py, docs/speed.md): each trades some fidelity for time ---
-    deepcache_interval: int = 0  # DeepCache: the whole UNet every N model calls, its shallow branch between (0: off)
-    tome_ratio: float = 0.0  # ToMe: share of the full-resolution tokens merged before self-attention (0: off)
+    # DeepCache: the whole UNet every N model calls, its shallow branch between (0: off; 1 is refused)
+    deepcache_interval: int = field(default=0, metadata=about(
+        label="DeepCache", range=(0, 5), cli="--deepcache-interval", api=True,
+        help="DeepCache: the whole UNet every N model calls (2-5), only its outer layers between; faster, fine "
+             "detail drifts (0: off)"))
+    # ToMe for SD: the share of the full-resolution tokens merged before self-attention (0: off)
+    tome_ratio: float = field(default=0.0, metadata=about(
+        label="ToMe", range=(0, 0.75), cli="--tome-ratio", api=True,
+        help="token merging (ToMe): share of the full-resolution tokens merged before self-attention, "
+             "0-0.75; a little faster, texture softens (0: off)"))
 
     def validate(self, limits: Limits = DEFAULT_LIMITS, templates: bool = True) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -186,7 +256,19 @@ class GenerationRequest:
         from app.engine import controlnet
 
         controlnet.check(self, limits)
+        self._check_ranges()
         return self
+
+    def _check_ranges(self) -> None:
+        """Each field whose range is given with it (``about(range=...)``) within it: a new number field needs
+        no check of its own. (None: the field's "unset".)"""
+        for name, (f, about_) in described().items():
+            value = getattr(self, name)
+            if about_.range is None or value is None:
+                continue
+            if kind(f) is int:
+                check_int(name, value)
+            check_range(name, value)
 
     def batch_seeds(self) -> tuple[list[int], list[int]]:
         """Each image's seed and variation seed, by A1111's batch rule: without a variation the seeds
@@ -227,6 +309,16 @@ class GenerationRequest:
 
 
 IMAGE_FIELDS = ("init_image", "mask")  # images: stored apart from the JSON params
+
+
+def described() -> dict[str, tuple[Field, About]]:
+    """Each request field with its facts (app/engine/fields.py), in declaration order."""
+    return {f.name: (f, facts(f)) for f in fields(GenerationRequest)}
+
+
+# The ranges given with the fields join base's table (where the features' checks read theirs), so that
+# validation, the page's inputs and the notebook's widgets know them.
+FIELD_RANGES.update({name: about_.range for name, (_, about_) in described().items() if about_.range is not None})
 
 
 def feature_checks() -> tuple[Callable[[GenerationRequest, Limits], None], ...]:

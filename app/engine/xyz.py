@@ -44,6 +44,17 @@ AXIS_LABELS = (
     "Face restore", "Token merging ratio", "Token merging ratio high-res", "Always discard next-to-last sigma",
     "SGM noise multiplier", "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size",
 )
+# The img2img tab's list, which script_args index on /sdapi/v1/img2img: no hires axes, and A1111's
+# img2img-only "Image CFG Scale" and "Cond. Image Mask Weight" in their places.
+IMG2IMG_AXIS_LABELS = (
+    "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "CFG Scale", "Image CFG Scale", "Prompt S/R",
+    "Prompt order", "Sampler", "Checkpoint name", "Negative Guidance minimum sigma", "Sigma Churn", "Sigma min",
+    "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma", "Schedule max sigma", "Schedule rho",
+    "Beta schedule alpha", "Beta schedule beta", "Eta", "Clip skip", "Denoising", "Initial noise multiplier",
+    "Extra noise", "Cond. Image Mask Weight", "VAE", "Styles", "UniPC Order", "Face restore", "Token merging ratio",
+    "Token merging ratio high-res", "Always discard next-to-last sigma", "SGM noise multiplier",
+    "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size",
+)
 
 Apply = Callable[[GenerationRequest, Any, list], GenerationRequest]
 
@@ -149,21 +160,29 @@ AXES: dict[str, AxisKind] = {kind.label: kind for kind in (
 )}
 
 
-def axis_kind(value: Any, field_name: str) -> AxisKind:
-    """An axis by A1111's index (script_args) or its label (any case)."""
+def axis_kind(value: Any, field_name: str, img2img: bool = False) -> AxisKind:
+    """An axis by A1111's index (script_args: in the txt2img or the img2img tab's list) or its label (any case)."""
+    labels = IMG2IMG_AXIS_LABELS if img2img else AXIS_LABELS
+    offered = [label for label in AXES if label in labels]
     label = None
     if isinstance(value, bool):
         label = None
     elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        label = AXIS_LABELS[int(value)] if 0 <= int(value) < len(AXIS_LABELS) else None
+        label = labels[int(value)] if 0 <= int(value) < len(labels) else None
     elif isinstance(value, str):
-        label = next((known for known in AXIS_LABELS if known.lower() == value.strip().lower()), None)
+        label = next((known for known in (*AXIS_LABELS, *IMG2IMG_AXIS_LABELS)
+                      if known.lower() == value.strip().lower()), None)
         if label is None:
-            raise ValidationError(field_name, value, "unknown axis type; one of " + ", ".join(AXES))
+            raise ValidationError(field_name, value, "unknown axis type; one of " + ", ".join(offered))
+        if label not in labels:
+            tab, other = ("img2img", "txt2img") if img2img else ("txt2img", "img2img")
+            raise ValidationError(field_name, value, f"the {label!r} axis is for {other} only; on {tab} one of "
+                                                     + ", ".join(offered))
     if label is None:
-        raise ValidationError(field_name, value, f"must be an axis index 0-{len(AXIS_LABELS) - 1} or an axis name")
+        raise ValidationError(field_name, value, f"must be an axis index 0-{len(labels) - 1} or an axis name")
     if label not in AXES:
-        raise ValidationError(field_name, value, f"the {label!r} axis is not supported here; one of " + ", ".join(AXES))
+        raise ValidationError(field_name, value, f"the {label!r} axis is not supported here; one of "
+                                                 + ", ".join(offered))
     return AXES[label]
 
 
@@ -303,12 +322,13 @@ def make_plot(base: GenerationRequest, axes: list[tuple[Any, Any, str, str]], *,
               max_cells: int = MAX_CELLS, validate: Callable[[GenerationRequest], GenerationRequest] | None = None
               ) -> Plot:
     """The plot of ``base`` over three axes, each (type, values, type field, values field).
-    ``validate``: checks each cell's request (the server's limits)."""
+    ``validate``: checks each cell's request (the server's limits). With an init image the
+    axes are the img2img tab's (A1111 shows each tab its own list; an index names an axis there)."""
     if base.num_images != 1:
         raise ValidationError("batch_size", base.num_images, "must be 1 for an X/Y/Z plot (one image per cell)")
     built = []
     for kind_value, text, type_field, values_field in axes:
-        kind = axis_kind(kind_value, type_field)
+        kind = axis_kind(kind_value, type_field, img2img=base.init_image is not None)
         axis = Axis(kind, parse_values(kind, text, values_field), values_field)
         built.append(axis if no_fixed_seeds else _fixed_seeds(axis))
     x, y, z = built

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.engine.types import described
 from app.web.errors import ApiError
 
 # name -> (accepted values besides None, why another value is refused). None is always accepted.
 _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
-    # "X/Y/Z plot" on txt2img, "SD upscale" on img2img and "Prompts from file or textbox" are taken out before
+    # "X/Y/Z plot", "SD upscale" on img2img and "Prompts from file or textbox" are taken out before
     # this check (app/web/sdapi.py).
-    "script_name": (("",), "the scripts on this server are \"X/Y/Z plot\" on txt2img, \"SD upscale\" on img2img and "
+    "script_name": (("",), "the scripts on this server are \"X/Y/Z plot\", \"SD upscale\" on img2img and "
                            "\"Prompts from file or textbox\" (see /sdapi/v1/scripts)"),
-    "s_min_uncond": ((0,), "negative guidance minimum sigma (NGMS) is not supported"),
     "refiner_checkpoint": (("", "None"), "refiner models are not supported"),
     "firstpass_image": (("",), "a first-pass image is not supported"),
     "hr_checkpoint_name": (("", "Use same checkpoint"), "the hires pass runs on the loaded model only"),
@@ -41,10 +41,10 @@ _IMG2IMG: dict[str, tuple[tuple[Any, ...], str]] = {
 _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "samples_format": ("png",),
 }
-# Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them.
-_SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "randn_source", "eta_noise_seed_delta",
-                      "CLIP_stop_at_last_layers", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise",
-                      "face_restoration_model", "code_former_weight", "control_net_no_detectmap")
+# Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them; the
+# request fields' options (``about(option=...)`` in app/engine/types.py) and these.
+_SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "eta_ancestral", "eta_ddim", "control_net_no_detectmap",
+                      *(about.option for _, about in described().values() if about.option))
 
 
 def refuse_unsupported(body: dict, img2img: bool) -> None:

@@ -22,7 +22,9 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.engine.embeddings import a1111_listing
 from app.engine.embeddings import scan as scan_embeddings
-from app.engine.metadata import parse_infotext, request_from_infotext
+from app.engine.fields import kind
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import parse_infotext
 from app.engine.prompt_lines import SCRIPT_TITLE as PROMPT_LINES
 from app.engine.prompt_lines import line_values
 from app.engine.schedulers import (
@@ -35,7 +37,7 @@ from app.engine.schedulers import (
     split_name,
     with_schedule,
 )
-from app.engine.types import MAX_SEED, floor_size
+from app.engine.types import MAX_SEED, described, floor_size
 from app.jobs.base import ModelChoice
 from app.jobs.images import failed_for_disk
 from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
@@ -111,13 +113,12 @@ def _generation_values(body: dict, img2img: bool) -> dict:
         "width": _size(body, "width"),
         "height": _size(body, "height"),
         "num_images": batch * n_iter,
-        "tiling": body.get("tiling") or False,  # A1111 clients send false or null by default
         "subseed": _int(body, "subseed", -1),
-        "subseed_strength": body.get("subseed_strength", 0.0),
         "seed_resize_from_w": _int(body, "seed_resize_from_w", 0),
         "seed_resize_from_h": _int(body, "seed_resize_from_h", 0),
-        **_sampler_settings(body),
-        **_face_values(body),
+        **_field_values(body),
+        **_eta(body),
+        **adetailer_values(body),
     }
     if img2img:
         values["strength"] = body.get("denoising_strength", 0.75)
@@ -127,41 +128,41 @@ def _generation_values(body: dict, img2img: bool) -> dict:
     return values
 
 
-def _sampler_settings(body: dict) -> dict:
-    """eta, the churn settings and the noise/text-encoder settings A1111 keeps as options: from the
-    request's fields, else from ``override_settings`` (A1111: ``eta_ancestral``/``eta_ddim`` when eta is
-    null, ``randn_source``, ``eta_noise_seed_delta``, ``CLIP_stop_at_last_layers``). Null fields take
-    A1111's defaults; webuiapi sends ``s_tmax: 0`` and ``s_noise: 1``, which are those defaults."""
-    overrides = body.get("override_settings") or {}
+def _field_values(body: dict) -> dict:
+    """The request fields A1111's API takes by name (``about(api=...)`` in app/engine/types.py: ``tiling``,
+    ``subseed_strength``, the churn settings, ``s_min_uncond``, ``restore_faces``...) or keeps as options that
+    ``override_settings`` sets per job (``about(option=...)``: ``randn_source``, ``CLIP_stop_at_last_layers``,
+    ``face_restoration_model``...): the field's value, else the option's. Null takes the field's default, which
+    is A1111's (webuiapi sends ``tiling: false``, ``s_tmax: 0``, ``s_noise: 1``)."""
+    overrides = body.get("override_settings")
+    overrides = overrides if isinstance(overrides, dict) else {}
     values: dict = {}
+    for name, (f, about) in described().items():
+        key = name if about.api is True else about.api
+        value = body.get(key) if key else None
+        if value is None and about.option:
+            value = overrides.get(about.option)
+        if value is None:
+            continue
+        if kind(f) is int:  # A1111 (pydantic) takes 20.0 for an int
+            value = _int({name: value}, name, value)
+        elif kind(f) is bool and type(value) is int and value in (0, 1):  # and 0/1 for a bool
+            value = bool(value)
+        values[name] = value
+    return values
+
+
+def _eta(body: dict) -> dict:
+    """eta from the request, else the option A1111 reads for the sampler when it is null (``eta_ddim`` for
+    DDIM's kind, ``eta_ancestral`` for the others)."""
+    overrides = body.get("override_settings")
+    overrides = overrides if isinstance(overrides, dict) else {}
     eta = body.get("eta")
     if eta is None:
         choice = find_scheduler(body.get("sampler_name") or body.get("sampler_index") or DEFAULT_SCHEDULER)
         option = "eta_ddim" if choice and choice.sampler.eta_label == "Eta DDIM" else "eta_ancestral"
         eta = overrides.get(option)
-    if eta is not None:
-        values["eta"] = eta
-    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
-        value = body.get(name, overrides.get(name))
-        if value is not None:
-            values[name] = value
-    for option, field in (("randn_source", "randn_source"), ("eta_noise_seed_delta", "eta_noise_seed_delta"),
-                          ("CLIP_stop_at_last_layers", "clip_skip")):
-        if overrides.get(option) is not None:
-            values[field] = overrides[option]
-    return values
-
-
-def _face_values(body: dict) -> dict:
-    """Face restoration (A1111: ``restore_faces``, the model and CodeFormer's weight as options, which
-    ``override_settings`` sets per job) and ADetailer's always-on script as our face detailing."""
-    overrides = body.get("override_settings") or {}
-    values: dict = {"restore_faces": body.get("restore_faces") or False}  # webuiapi sends false or null
-    for option, field in (("face_restoration_model", "face_restorer"), ("code_former_weight", "code_former_weight")):
-        if overrides.get(option) is not None:
-            values[field] = overrides[option]
-    values.update(adetailer_values(body))
-    return values
+    return {} if eta is None else {"eta": eta}
 
 
 def _hires_values(body: dict) -> dict:
@@ -236,7 +237,7 @@ def _run(body: dict, img2img: bool):
     if isinstance(script, str) and script.strip().lower() == PROMPT_LINES:
         return _run_prompt_lines(body, img2img)
     sd_upscale = img2img and isinstance(script, str) and script.strip().lower() == SD_UPSCALE
-    plot = not img2img and isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
+    plot = isinstance(script, str) and script.strip().lower() == xyz.SCRIPT_TITLE
     refuse_unsupported({k: v for k, v in body.items() if k != "script_name"} if sd_upscale or plot else body,
                        img2img)
     overrides = body.get("override_settings") or {}
@@ -249,7 +250,7 @@ def _run(body: dict, img2img: bool):
         values["controlnet"] = units
     gen = build_request(values, _init_image(body) if img2img else None, body.get("mask") if img2img else None)
     if plot:
-        return _plot(body, gen, choice)
+        return _plot(body, gen, choice, img2img)
     hide_maps = no_detectmap(overrides)
     job = _queue_and_wait(gen, choice)
     images = _images_b64(job)
@@ -300,8 +301,9 @@ def _run_prompt_lines(body: dict, img2img: bool):
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
-def _plot(body: dict, gen, choice: ModelChoice | None):
-    """A1111's X/Y/Z plot: the grid first, then (its "Include Sub Images") every cell's image."""
+def _plot(body: dict, gen, choice: ModelChoice | None, img2img: bool):
+    """A1111's X/Y/Z plot, on txt2img or img2img (every cell from the same init image): the grid
+    first, then (its "Include Sub Images") every cell's image."""
     with wait_slot(sync=True) as waiting:
         if not waiting:
             raise ApiError(503, f"the server is busy: {current_app.config['WAIT_SLOTS']} requests are already "
@@ -309,12 +311,14 @@ def _plot(body: dict, gen, choice: ModelChoice | None):
         grid, cells, with_cells = xyz.sdapi_plot(gen, body, choice, current_app.config["SYNC_TIMEOUT"])
     shown = [job for job in cells if job.images] if with_cells else []
     images = _images_b64(grid) + [_png_b64(job, 0) for job in shown]
-    info = _info(grid, img2img=False)
+    info = _info(grid, img2img)
     info["infotexts"] = [im["infotext"] for im in grid.images] + [job.images[0]["infotext"] for job in shown]
     info["all_seeds"] = [im["seed"] for im in grid.images] + [job.images[0]["seed"] for job in shown]
     info["index_of_first_image"] = len(grid.images) if shown else 0
     info["interrupted"] = any(job.state == CANCELLED for job in cells)
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
+    if body.get("include_init_images"):
+        parameters["init_images"] = body.get("init_images")
     return jsonify({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
@@ -567,7 +571,7 @@ def scripts():
     # The scripts this server honours, A1111's titles in lower case: X/Y/Z plot, SD upscale and prompts from
     # file are chosen by script_name, ControlNet and ADetailer run through alwayson_scripts.
     return jsonify({"txt2img": [xyz.SCRIPT_TITLE, PROMPT_LINES, "controlnet", "adetailer"],
-                    "img2img": [SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
+                    "img2img": [xyz.SCRIPT_TITLE, SD_UPSCALE, PROMPT_LINES, "controlnet", "adetailer"]})
 
 
 @bp.get("/options")

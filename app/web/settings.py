@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from app.engine.engine import EngineOptions
+from app.engine.prompt_lines import MAX_PROMPT_LINES
 from app.engine.types import SIZE_MULTIPLE, Limits
 
 
@@ -157,4 +158,5 @@ def public_limits(config: Any) -> dict:
         "max_steps": config["MAX_STEPS"], "max_images": config["MAX_IMAGES"],
         "max_prompt_chars": config["MAX_PROMPT_CHARS"], "max_upload_bytes": config["MAX_UPLOAD_BYTES"],
         "max_upload_pixels": config["MAX_UPLOAD_PIXELS"], "max_queued_per_client": config["MAX_QUEUED_PER_CLIENT"],
+        "max_prompt_lines": MAX_PROMPT_LINES,  # jobs one "Prompts from file or textbox" request makes
     }

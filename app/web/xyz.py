@@ -1,7 +1,7 @@
 """The X/Y/Z plot on the web: ``POST /api/xyz`` (a generation's fields plus
 ``xyz``), ``GET /api/groups/<id>`` (its cells and, once they have all
 finished, its grid), ``POST /api/groups/<id>/cancel``; and A1111's
-``script_name: "x/y/z plot"`` for /sdapi/v1/txt2img (``sdapi_plot``).
+``script_name: "x/y/z plot"`` for /sdapi/v1/txt2img and img2img (``sdapi_plot``).
 
 A plot is queued as one group of ordinary jobs, one per cell (app/jobs/groups.py);
 its grid becomes a gallery job of its own when the last cell ends.

@@ -15,6 +15,12 @@ prompt per batch:
 - inpainting keeps the original latents outside the mask: blended into
   the output (sigma samplers) or into the input (timestep samplers), as
   A1111's ``mask_before_denoising``;
+- NGMS (A1111's ``s_min_uncond``, "negative guidance minimum sigma"): on
+  odd-numbered calls (A1111's ``step % 2``) whose sigma is below it, the
+  uncond pass is skipped and the cond output stands in for it, so that call's
+  result is the cond output alone; for the timestep samplers the value
+  compared is the timestep, as in A1111. A1111's option ``s_min_uncond_all``
+  (every call, not every other) is not offered;
 - every call first checks the cancel event: a cancelled run stops between
   model calls and keeps its last denoised estimate (A1111's interrupt
   keeps its last latent too).
@@ -61,6 +67,8 @@ class CFGDenoiser:
         self.image_cond = image_cond  # inpainting UNets: mask and masked-image latents, concatenated to x
         self.cancel = cancel
         self.step = 0  # model calls so far in this pass
+        self.s_min_uncond = 0.0  # NGMS (0: off), set per pass by run.py from the request
+        self.uncond_skipped = 0  # calls that skipped the uncond pass: what NGMS saved, for tests
         # ControlNet units (app/engine/controlnet.py ControlSet), and A1111's state.sampling_step/sampling_steps
         # that decide when they are active: the index of the sampler's last finished step, and the pass's steps.
         self.control: Any = None
@@ -90,6 +98,11 @@ class CFGDenoiser:
         if self.predicts_eps and self.mask is not None:
             x = self._blend(x)
         cond = cond_at(self.cond, self.step).expand(batch, -1, -1)
+        if self.step % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond:  # A1111's rule
+            self.uncond_skipped += 1
+            out_cond = self.inner(x, sigma, cond=cond, image_cond=self.image_cond,
+                                  **self._control(torch.ones(batch, dtype=torch.bool)), **self._cache(0))
+            return self._finish(x, sigma, out_cond, out_cond.clone(), 1.0)
         uncond = cond_at(self.uncond, self.step).expand(batch, -1, -1)
         x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
         image_cond = None if self.image_cond is None else torch.cat([self.image_cond, self.image_cond])
@@ -103,10 +116,14 @@ class CFGDenoiser:
                                         image_cond=None if image_cond is None else image_cond[h],
                                         **self._control(rows[h]), **self._cache(slot))
                              for slot, (h, c) in enumerate(zip(halves, (cond, uncond)))])
-        out_cond, out_uncond = out[:batch], out[batch:]
+        return self._finish(x, sigma, out[:batch], out[batch:], self.cond_scale)
+
+    def _finish(self, x: torch.Tensor, sigma: torch.Tensor, out_cond: torch.Tensor, out_uncond: torch.Tensor,
+                cond_scale: float) -> torch.Tensor:
+        """Guidance on the model's outputs, the inpainting blend and the denoised estimate."""
         if self.need_last_noise_uncond:
             self.last_noise_uncond = out_uncond.clone()
-        guided = out_uncond + (out_cond - out_uncond) * (self.cond_scale * self.cond_scale_multiplier)
+        guided = out_uncond + (out_cond - out_uncond) * (cond_scale * self.cond_scale_multiplier)
         if not self.predicts_eps and self.mask is not None:
             guided = self._blend(guided)
         if self.predicts_eps:

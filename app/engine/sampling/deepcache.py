@@ -11,11 +11,12 @@ UNet2DConditionModel:
   (their outputs are the skips the last up block still needs; L is layers_per_block, 2 on SD 2.1), then
   the last up block from its second layer on, starting from the kept state, and the output convolutions.
 
-On SD 2.1 that is 2 of 25 resnet+transformer layers, at the finest resolution. The full calls are
+On SD 2.1 that is three resnet+transformer layers, all at the finest resolution. The full calls are
 ``call % interval == 0`` (DeepCache's uniform schedule), counted per pass from the CFG denoiser's model
 calls, and the kept state is per slot: one per UNet batch of a CFG call (two when cond and uncond go
-separately). A ControlNet's residuals still apply to the skips the shallow call makes; the ControlNet
-itself still runs on every call.
+separately); a call that skips the negative prompt (NGMS) uses and refreshes the prompt's rows of it.
+A ControlNet's residuals still apply to the skips the shallow call makes; the ControlNet itself still
+runs on every call.
 
 Nothing on the UNet changes: a hook lives only for the length of a full call.
 """
@@ -105,13 +106,20 @@ class FeatureCache:
             slot: int) -> torch.Tensor:
         """The UNet's output for model call ``call`` of the pass; ``slot``: which batch of that call."""
         kept = self.features.get(slot)
-        if call % self.interval and kept is not None and kept.shape[0] == x.shape[0] \
-                and kept.shape[-2:] == x.shape[-2:]:
+        rows = x.shape[0]  # fewer than kept: a cond-only call (NGMS), whose rows lead the guided batch
+        if kept is not None and (kept.shape[0] < rows or kept.shape[-2:] != x.shape[-2:]):
+            kept = None
+        if call % self.interval and kept is not None:
             self.shallow_calls += 1
-            return shallow_forward(unet, x, t, cond, kept, extra.get("down_block_additional_residuals"))
+            return shallow_forward(unet, x, t, cond, kept[:rows], extra.get("down_block_additional_residuals"))
         box: dict = {}
         with _keep_feature(unet, box):
             out = unet(x, t, encoder_hidden_states=cond, return_dict=False, **extra)[0]
-        self.features[slot] = box["feature"]
+        if kept is not None and kept.shape[0] > rows:  # refresh the prompt's rows, keep the negative prompt's
+            kept = kept.clone()
+            kept[:rows] = box["feature"]
+            self.features[slot] = kept
+        else:
+            self.features[slot] = box["feature"]
         self.full_calls += 1
         return out

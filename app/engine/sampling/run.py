@@ -18,7 +18,7 @@ samplers' Brownian noise, the Heun solver of "DPM++ 2M SDE Heun".
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -40,6 +40,12 @@ class SamplerSettings:
     s_tmin: float = 0.0
     s_tmax: float = 0.0  # 0: infinity, as A1111
     s_noise: float = 1.0
+    s_min_uncond: float = 0.0  # NGMS: below this sigma every other model call skips the uncond pass (cfg.py)
+
+    @classmethod
+    def from_request(cls, request: Any) -> "SamplerSettings":
+        """The request's fields of these names (GenerationRequest uses A1111's names too)."""
+        return cls(**{f.name: getattr(request, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -73,18 +79,13 @@ def _kwargs(choice: SchedulerChoice, func: Callable, settings: SamplerSettings) 
 
 
 def infotext_entries(choice: SchedulerChoice, settings: SamplerSettings) -> dict:
-    """What A1111 writes for these settings: a non-default eta for a sampler that takes it, and the
-    churn settings that differ from their defaults."""
+    """What A1111 writes for eta: a non-default eta for a sampler that takes it, under the sampler's label
+    (the other settings' entries are the request fields' own, app/engine/types.py)."""
     out: dict = {}
     func = function(choice)
     if settings.eta is not None and "eta" in inspect.signature(func).parameters \
             and settings.eta != choice.sampler.eta_default:
         out[choice.sampler.eta_label] = f"{settings.eta:g}"
-    if choice.sampler.takes_churn:
-        for label, value, default in (("Sigma churn", settings.s_churn, 0.0), ("Sigma tmin", settings.s_tmin, 0.0),
-                                      ("Sigma tmax", settings.s_tmax, 0.0), ("Sigma noise", settings.s_noise, 1.0)):
-            if value != default:
-                out[label] = f"{value:g}"
     return out
 
 
@@ -119,6 +120,7 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
+    model.s_min_uncond = settings.s_min_uncond
     model.sampling_steps = steps  # A1111's launch_sampling(steps)
     if choice.sampler.kind == TIMESTEPS:
         return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step, model),
@@ -152,6 +154,7 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
+    model.s_min_uncond = settings.s_min_uncond
     model.sampling_steps = img2img_steps(steps, strength, fixed_steps)[1] + 1  # A1111's launch_sampling(t_enc + 1)
     model.init_latent = init_latent
     model.last_denoised = init_latent

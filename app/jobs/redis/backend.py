@@ -38,7 +38,8 @@ from typing import Callable
 
 from PIL import Image
 
-from app.engine.metadata import read_parameters, request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
+from app.engine.metadata import read_parameters
 from app.engine.types import GenerationRequest, Limits
 from app.jobs import groups
 from app.jobs.base import LOADING, READY, Backend, ModelChoice, ModelStatus, StorageUnavailable

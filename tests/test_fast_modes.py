@@ -9,11 +9,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from app.engine.controlnet import encode_png
-from app.engine.metadata import request_from_infotext
+from app.engine.infotext_fields import request_from_infotext
 from app.engine.sampling.deepcache import FeatureCache, shallow_forward, unsupported
 from app.engine.tome import bipartite_merge
 from app.engine.types import GenerationRequest, ValidationError
-from helpers import assert_error, gradient, kohya_lora, png_b64, run_job, small_job
+from helpers import assert_error, gradient, kohya_lora, png_b64, small_job, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +163,13 @@ def test_a_unet_deepcache_cannot_take_is_refused_naming_the_field(sdlike, monkey
 
 # --- the page and the APIs ------------------------------------------------------------------------
 
-def test_the_page_has_an_input_per_mode_and_the_json_api_takes_them(app, client):
+def test_the_page_has_an_input_per_mode_and_the_json_api_takes_them(client):
     page = client.get("/").get_data(as_text=True)
     for name in ("deepcache_interval", "tome_ratio"):
         assert f'name="{name}"' in page
-    job = run_job(app, client, deepcache_interval=2, tome_ratio=0.25)
+    response = client.post("/api/jobs", json=small_job(deepcache_interval=2, tome_ratio=0.25))
+    assert response.status_code == 202, response.get_json()
+    job = wait_job(client, response.get_json()["job"]["id"])
     assert job["state"] == "done", job
     text = job["images"][0]["infotext"]
     assert "DeepCache: 2" in text and "ToMe: 0.25" in text

@@ -261,3 +261,23 @@ def test_the_cli_takes_the_modes(tmp_path, capsys):
         assert "DeepCache: 3, ToMe: 0.25" in saved.info["parameters"]
     code = main(["generate", "a lake", "--model", "demo", "--tome-ratio", "0.9", "-o", str(tmp_path / "x.png")])
     assert code == 2 and "error: tome_ratio: must be between 0 and 0.75" in capsys.readouterr().err
+
+
+def test_deepcache_with_ngms_reuses_the_prompts_rows_of_the_kept_feature(sdlike):
+    """NGMS's cond-only calls (half the batch) take the prompt's rows of the guided call's kept feature,
+    and a full cond-only call refreshes only those rows."""
+    unet = sdlike.pipe.unet
+    torch.manual_seed(0)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([400.0, 400.0]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        cache = FeatureCache(2)
+        full = cache.run(unet, x, t, cond, {}, call=0, slot=0)
+        half = cache.run(unet, x[:1], t[:1], cond[:1], {}, call=1, slot=0)  # shallow, on the prompt's rows
+        kept_uncond = cache.features[0][1].clone()
+        cache.run(unet, x[:1] * 0.5, t[:1], cond[:1], {}, call=2, slot=0)  # full, cond-only
+    assert torch.allclose(half, full[:1], atol=1e-5)
+    assert cache.features[0].shape[0] == 2 and torch.equal(cache.features[0][1], kept_uncond)
+    plain = pixels(sdlike.generate(job(s_min_uncond=15.0)))
+    both = sdlike.generate(job(s_min_uncond=15.0, deepcache_interval=3))
+    diff = np.abs(pixels(both) - plain)
+    assert 0 < diff.max() and diff.mean() < 12 and "NGMS: 15" in both.infotexts[0]

@@ -2,17 +2,18 @@
 // A change is sent to POST /api/model, which queues the switch; the note then
 // says "Loading <model>…" until GET /api/models reports it loaded (or failed).
 // Jobs queued before the switch still run on the model they were queued with.
-(function () {
-  "use strict";
+import { api, el } from "./api.js";
+import { checkHealth } from "./health.js";
 
-  var POLL_MS = 1000;
+var POLL_MS = 1000;
+
+export function initModelPicker() {
   var model = document.getElementById("sd-model");
   var vae = document.getElementById("sd-vae");
   var note = document.getElementById("model-switch-note");
   var refresh = document.getElementById("sd-refresh");
   if (!model || !vae || !note) return;
   var timer = null;
-  var api = window.T2I.api;
 
   function say(text, state) {
     note.textContent = text;
@@ -24,7 +25,7 @@
     var have = Array.prototype.map.call(select.options, function (option) { return option.value; });
     if (have.join("\n") === values.join("\n")) return;
     select.replaceChildren.apply(select, values.map(function (value) {
-      return T2I.el("option", { value: value, "data-picker": true, text: value });
+      return el("option", { value: value, "data-picker": true, text: value });
     }));
   }
 
@@ -36,7 +37,7 @@
     model.value = state.selected;
     vae.value = state.selected_vae;
     // The header names the loaded model: tell it now rather than at its next slow poll.
-    if (T2I.checkHealth) T2I.checkHealth();
+    checkHealth();
     if (!state.switch_allowed) {
       model.disabled = vae.disabled = true;
       if (refresh) refresh.disabled = true;
@@ -107,4 +108,4 @@
   model.addEventListener("change", function () { change(model, "model"); });
   vae.addEventListener("change", function () { change(vae, "vae"); });
   if (note.getAttribute("data-state") === "loading") poll();
-})();
+}

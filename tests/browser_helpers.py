@@ -4,6 +4,8 @@ Their fixtures (``browser``, ``serve``, ``page``, ``shots``, ``scheme_page``) ar
 from __future__ import annotations
 
 import functools
+import json
+import re
 import time
 from pathlib import Path
 
@@ -107,6 +109,59 @@ def submit(page, prompt: str, **fields) -> None:
     for name, value in fields.items():
         page.fill(f"#{name}", str(value))
     page.click("#generate")
+
+
+def shown_job(page) -> dict:
+    """The job the result panel shows (its #job[data-job]), as GET /api/jobs/<id> has it now."""
+    return page.evaluate("""async () => { const id = document.getElementById('job').dataset.job;
+        return (await (await fetch('/api/jobs/' + encodeURIComponent(id))).json()).job; }""")
+
+
+def wait_for_next_job(page, after: str | None = None) -> dict:
+    """Wait until the result panel shows a finished job other than ``after`` (a job id); that job."""
+    page.wait_for_function("""(after) => { const job = document.getElementById('job');
+        return job.dataset.job && job.dataset.job !== after && job.dataset.state === 'done'; }""", arg=after)
+    return shown_job(page)
+
+
+def paste_png(page, url: str) -> None:
+    """Paste the image at ``url`` onto the page, as Ctrl+V would: the form reads its settings (PNG Info)."""
+    page.evaluate("""async (url) => { const blob = await (await fetch(url)).blob();
+        const data = new DataTransfer(); data.items.add(new File([blob], 'x.png', {type: 'image/png'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true})); }""", url)
+
+
+def goto_with_page_config(page, url: str, change) -> None:
+    """Open ``url`` with its #page-config JSON changed by ``change(config)`` in place, as another
+    server (another model's size, other limits) would have rendered it."""
+    def rewrite(route):
+        response = route.fetch()
+        html = response.text()
+        found = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)
+        config = json.loads(found.group(1))
+        change(config)
+        text = json.dumps(config).replace("<", "\\u003c")
+        route.fulfill(response=response, body=html[:found.start(1)] + text + html[found.end(1):])
+
+    page.route(url, rewrite)
+    try:
+        page.goto(url)
+    finally:
+        page.unroute(url)
+
+
+def sent_job_body(page, action, stop: bool = False) -> dict:
+    """The JSON body of the POST /api/jobs that ``action`` makes the page send, read off the wire;
+    ``stop``: the request ends there (nothing is queued, the page says the server is unreachable)."""
+    if stop:
+        page.route("**/api/jobs", lambda route: route.abort())
+    try:
+        with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as sent:
+            action()
+        return sent.value.post_data_json
+    finally:
+        if stop:
+            page.unroute("**/api/jobs")
 
 
 # WCAG 2.2 AA too (issue #27): axe ships its target-size rule (24 px, or room around) disabled; it is turned on.

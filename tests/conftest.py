@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 # The Hub cannot be reached from CI; fail fast instead of waiting on timeouts.
@@ -52,6 +53,7 @@ def make_app(engine, tmp_path):
     """create_app with the session's demo engine and a fresh instance folder;
     every app's worker is stopped afterwards."""
     from app import create_app
+    from helpers import backend_of
 
     apps = []
 
@@ -64,7 +66,7 @@ def make_app(engine, tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 @pytest.fixture
@@ -299,6 +301,38 @@ def folder(model_files, tmp_path):
     yield target
     upscalers.configure(registry.DEFAULT_FOLDER, tile=192, overlap=16)
     models.free()
+
+
+# --- no slow teardown (issue #23) ---------------------------------------------------------------
+
+TEARDOWN_LIMIT = 5.0  # seconds one fixture's own teardown may take
+# Fixtures allowed longer, each with the reason; none today. A worker or server that is slow to stop
+# is a bug to fix (a Redis worker that waited for its job made a module's teardown wait 20 s), not
+# a name to add here.
+SLOW_TEARDOWNS: dict[str, str] = {}
+_teardown_started: dict[int, float] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    value = yield
+    # Finalizers run last-in first-out: this one runs just before the fixture's own teardown (the
+    # code after its ``yield``, and the finalizers it added), after those of the fixtures using it.
+    fixturedef.addfinalizer(lambda: _teardown_started.__setitem__(id(fixturedef), time.perf_counter()))
+    return value
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    """A fixture whose teardown took over TEARDOWN_LIMIT fails the test it ended with (an error in
+    its teardown phase), naming the fixture and the time."""
+    started = _teardown_started.pop(id(fixturedef), None)
+    if started is None:  # its setup failed, or it was torn down already
+        return
+    took = time.perf_counter() - started
+    if took > TEARDOWN_LIMIT and fixturedef.argname not in SLOW_TEARDOWNS:
+        pytest.fail(f"the fixture {fixturedef.argname!r} took {took:.1f} s to tear down (over "
+                    f"{TEARDOWN_LIMIT:g} s): make it stop faster, or say why in conftest.SLOW_TEARDOWNS",
+                    pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

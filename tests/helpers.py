@@ -27,6 +27,20 @@ FINISHED = ("done", "failed", "cancelled")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def backend_of(app) -> Any:
+    """The app's backend: its services' (app/web/services.py), the one object the web layer calls."""
+    from app.web.services import services_of
+
+    return services_of(app).backend
+
+
+def services_of(app) -> Any:
+    """The app's services (backend, catalogue, wait slots ...; app/web/services.py)."""
+    from app.web.services import services_of
+
+    return services_of(app)
+
+
 def small_job(**overrides) -> dict:
     body = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 2, "seed": 1}
     body.update(overrides)
@@ -113,6 +127,7 @@ def peak_rss_growth(action) -> tuple[object, int]:
 # --- processes: ``python -m app worker`` and redis-server ------------------------------------
 
 HEARTBEAT = 1  # seconds: a killed worker's job is noticed after ~3 s, not RQ's default minutes
+STOP_WAIT = 10  # seconds a stopped worker may take before it is killed: it exits within a few (a step's)
 
 
 class Workers:
@@ -159,15 +174,14 @@ class Workers:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def stop_all(self) -> None:
+        """SIGTERM to all at once (a busy worker hands its job back and exits within seconds),
+        then SIGKILL to any still running after STOP_WAIT, all counted from the same start."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT
         for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc, signalled=True, wait=max(0.1, deadline - time.monotonic()))
 
 
 def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen:
@@ -180,10 +194,12 @@ def start_worker(redis_url: str, queue: str, log: Path, *extra: str) -> subproce
                             cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def stop(proc: subprocess.Popen, signalled: bool = False, wait: float = STOP_WAIT) -> None:
+    """SIGTERM (unless ``signalled`` already), then SIGKILL if it is still running after ``wait`` s."""
+    if not signalled:
+        proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
@@ -269,7 +285,7 @@ def run_job(app, client, **params) -> dict:
     response = client.post("/api/jobs", json=body)
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job"]["id"]
-    assert app.extensions["t2i"].worker.run_once()
+    assert backend_of(app).worker.run_once()
     return client.get(f"/api/jobs/{job_id}").get_json()["job"]
 
 

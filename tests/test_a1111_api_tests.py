@@ -16,7 +16,7 @@ import requests
 from PIL import Image
 
 from app.web.server import ServerHandle
-from helpers import gradient, png_b64
+from helpers import backend_of, gradient, png_b64
 
 TXT2IMG = {
     "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": False, "eta": 0, "firstphase_height": 0,
@@ -61,7 +61,7 @@ def server(engine, tmp_path_factory):
         with ServerHandle(app, port=0) as handle:
             yield f"http://127.0.0.1:{handle.port}"
     finally:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 @pytest.mark.parametrize("case", list(TXT2IMG_CASES))

@@ -18,6 +18,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
     ({"hr_prompt": "other"}, "hr_prompt"),
+    ({"disable_extra_networks": True}, "disable_extra_networks"),  # A1111 would leave the <lora:...> tags off
 ])
 def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
     body = assert_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}), 400, field)
@@ -79,7 +80,8 @@ def test_defaults_and_harmless_settings_are_accepted(client):
     body = {**SMALL, "restore_faces": False, "styles": [], "script_name": None, "script_args": [], "eta": 1.0,
             "s_churn": 0, "s_tmax": 0, "s_tmin": 0, "s_noise": 1, "alwayson_scripts": {"ADetailer": {"args": [False]}},
             "override_settings": {"sd_model_checkpoint": "demo", "CLIP_stop_at_last_layers": 1},
-            "firstphase_width": 0, "hr_sampler_name": None, "send_images": True, "save_images": False}
+            "firstphase_width": 0, "hr_sampler_name": None, "send_images": True, "save_images": False,
+            "disable_extra_networks": False}
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.get_json()
     assert len(response.get_json()["images"]) == 1

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app.engine.metadata import parse_infotext, read_parameters
-from helpers import assert_error, gradient, png_b64, small_job, wait_job
+from helpers import assert_error, backend_of, gradient, png_b64, small_job, wait_job
 
 
 def test_submit_returns_job_at_once_then_done_with_image(client):
@@ -67,7 +67,7 @@ def test_queue_positions_and_cancel_queued(make_app):
     assert response.status_code == 200 and response.get_json()["job"]["state"] == "cancelled"
     assert [client.get(f"/api/jobs/{i}").get_json()["job"]["position"] for i in ids[1:]] == [1, 2]
 
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     worker.ensure_engine()
     assert worker.run_once() is True  # runs ids[1]; the cancelled one is skipped
     states = [client.get(f"/api/jobs/{i}").get_json()["job"]["state"] for i in ids]
@@ -176,6 +176,7 @@ def test_model_load_failure_is_reported_and_jobs_fail(make_app, tmp_path):
     job = client.post("/api/jobs", json=small_job()).get_json()["job"]
     done = wait_job(client, job["id"])
     assert done["state"] == "failed" and "could not be loaded" in done["error"]
+    assert done["failure"]["kind"] == "model" and done["failure"]["message"] == done["error"]
     health = client.get("/api/health").get_json()
     assert health["model_state"] == "failed" and "no such file or folder" in health["model_error"]
 
@@ -192,7 +193,7 @@ def test_a_job_that_fails_in_the_worker_does_not_stop_it(make_app):
     with conn:
         conn.execute("DELETE FROM inputs WHERE job_id = ?", (bad["id"],))
     conn.close()
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     worker.start()
     assert wait_job(client, bad["id"])["state"] == "failed"
     assert "init_image" in client.get(f"/api/jobs/{bad['id']}").get_json()["job"]["error"]
@@ -223,7 +224,7 @@ def test_health_gives_the_form_defaults_with_the_model_size(make_app, engine):
         4, 1, False, "Latent")
     assert "mask" not in guessed and "init_image" not in guessed
     app = make_app(START_WORKER=False)
-    app.extensions["t2i"].worker.ensure_engine()
+    backend_of(app).worker.ensure_engine()
     loaded = app.test_client().get("/api/health").get_json()["defaults"]
     assert (loaded["width"], loaded["height"]) == tuple(engine.default_size)
 

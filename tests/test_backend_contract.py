@@ -265,6 +265,7 @@ class BackendContract:
         job = backend.wait(backend.submit(request(), "me").id, 120)
         assert job.state == "failed" and job.error.startswith("disk nearly full: ")
         assert job.error.endswith("free, need 1000000000 MB (delete old images, or set KEEP_IMAGES)")
+        assert job.failure is not None and (job.failure.kind, job.failure.message) == ("disk_full", job.error)
         assert backend.image_path(job.id, "0.png") is None and job.started_at is not None
 
 

@@ -146,11 +146,27 @@ def test_gpu_options_are_skipped_with_a_reason_on_cpu(tmp_path):
     (["--modes", "txt2img,outpaint-the-moon"], "modes"),
     (["--modes", "txt2img", "--vram-limit-gb", "fifteen"], "vram-limit-gb"),
     (["--vram-limit-gb", "15"], "vram-limit-gb"),
+    (["--fast-modes", "deepcache=3+warp=9"], "fast-modes"),
+    (["--fast-modes", "tome=half"], "fast-modes"),
 ])
 def test_bad_arguments_name_the_option(argv, field, capsys):
     assert cli_bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {field}:")
+
+
+def test_fast_modes_are_timed_against_the_full_run(tmp_path):
+    """Each fast mode next to the full run: the full run's own difference is 0, a mode's is not, and
+    DeepCache runs the deep blocks fewer times."""
+    cfg = bench.BenchConfig(short=True, paths=(), threads=1, options=(), memory=False,
+                            fast_modes=("deepcache=2", "steps=1"), command="python -m app.bench --short")
+    report = bench.run(cfg, workdir=tmp_path)
+    rows = {row["mode"]: row for row in report["fast_modes"]}
+    assert list(rows) == ["full", "deepcache=2", "steps=1"] and report["paths"] == {}
+    assert rows["full"]["max_pixel_diff"] == 0 and rows["full"]["deep_calls"] == 2
+    assert rows["deepcache=2"]["deep_calls"] == 1 and rows["deepcache=2"]["max_pixel_diff"] > 0
+    assert rows["steps=1"]["steps"] == 1 and all(_finite_positive(row["median_s"]) for row in rows.values())
+    assert "| deepcache=2 | 2 |" in bench.to_markdown(report)
 
 
 def test_app_bench_subcommand_rebuilds_its_command_line(monkeypatch):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from browser_helpers import CHROMIUM, STEPS, TIMEOUT_MS, serve_people, submit, watch_csp
-from helpers import tile_action
+from helpers import backend_of, tile_action
 
 pytestmark = [
     pytest.mark.browser,
@@ -194,7 +194,7 @@ def test_model_loading_state_turns_ready_without_a_reload(serve, page):
     page.goto(server.url + "/")
     assert page.is_visible("#model-loading")
     assert page.get_attribute("#model-status", "data-state") == "loading"
-    server.app.extensions["t2i"].worker.ensure_engine()  # what the worker thread does first
+    backend_of(server.app).worker.ensure_engine()  # what the worker thread does first
     page.wait_for_selector("#model-status[data-state=ready]")
     assert page.is_hidden("#model-loading")
     assert page.text_content("#model-state") == "ready"
@@ -260,7 +260,7 @@ def test_jobs_queued_from_a_failed_load_fail_without_the_details(serve, page, tm
     page.goto(server.url + "/")
     submit(page, "anything", width=64, height=64, steps=2)
     page.wait_for_selector("#job[data-state=queued]")
-    server.app.extensions["t2i"].start()  # the worker starts, tries to load, fails
+    backend_of(server.app).start()  # the worker starts, tries to load, fails
     page.wait_for_selector("#job[data-state=failed]")
     assert page.text_content("#job-state") == ("Failed: the model could not be loaded; "
                                                "the person running this app must restart it.")

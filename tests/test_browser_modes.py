@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from browser_helpers import TIMEOUT_MS, submit
+from browser_helpers import TIMEOUT_MS, paste_png, shown_job, submit, wait_for_next_job
 from helpers import tile_action
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -79,7 +79,7 @@ def test_paint_a_mask_with_the_mouse_and_inpaint_only_there(serve, page, tmp_pat
     page.fill("#strength", "1")
     page.click("#generate")
     page.wait_for_function(RESULT_LOADED, arg=1)
-    params = page.evaluate("t2iPage.lastJob.params")
+    params = shown_job(page)["params"]
     assert params["has_mask"] and params["mask_blur"] == 0 and params["inpainting_fill"] == 2
 
     out = png_at(page, server.url + page.get_attribute("#results img", "src"))
@@ -107,9 +107,10 @@ def test_paint_a_mask_with_the_mouse_and_inpaint_only_there(serve, page, tmp_pat
     page.fill("#outpaint", "16")
     for side in ("right", "up", "down"):
         page.uncheck(f"#outpaint-{side}")
+    inpainted = page.get_attribute("#job", "data-job")
     page.click("#generate")
-    page.wait_for_function("() => t2iPage.lastJob.params.outpaint === 16 && t2iPage.lastJob.state === 'done'")
-    params = page.evaluate("t2iPage.lastJob.params")
+    params = wait_for_next_job(page, inpainted)["params"]
+    assert params["outpaint"] == 16
     assert params["outpaint_directions"] == "left" and not params["has_mask"]
     page.wait_for_function(RESULT_LOADED, arg=1)
     out = png_at(page, server.url + page.get_attribute("#results img", "src"))
@@ -168,7 +169,7 @@ def test_results_open_in_a_lightbox_upscale_and_go_to_img2img(serve, page, shots
     page.wait_for_selector("#model-status[data-state=ready]")
     submit(page, "two tiles", width=64, height=64, steps=2, num_images=2, seed=77)
     page.wait_for_function(RESULT_LOADED, arg=2)
-    first_job = page.evaluate("t2iPage.lastJob")
+    first_job = shown_job(page)
 
     # The lightbox: the image full size with its settings; arrows step through the batch; Esc closes.
     page.click("#results figure:nth-child(1) a.open-lightbox")
@@ -201,9 +202,7 @@ def test_results_open_in_a_lightbox_upscale_and_go_to_img2img(serve, page, shots
     assert page.evaluate("document.activeElement.id") == "strength"
     page.fill("#strength", "0.5")
     page.click("#generate")
-    page.wait_for_function("() => t2iPage.lastJob && t2iPage.lastJob.id !== '%s' && "
-                           "t2iPage.lastJob.state === 'done'" % first_job["id"])
-    assert page.evaluate("t2iPage.lastJob.params.has_init_image") is True
+    assert wait_for_next_job(page, first_job["id"])["params"]["has_init_image"] is True
 
     # The gallery: the same lightbox, Upscale, and Send to img2img carried over to the form page.
     page.goto(server.url + "/gallery")
@@ -241,7 +240,7 @@ def test_hires_fix_and_variation_seed_fields_reach_the_job(serve, page):  # noqa
     submit(page, "bigger", width=64, height=64, steps=2, seed=5)
     page.wait_for_function(RESULT_LOADED, arg=1)
     assert page.eval_on_selector("#results img", "i => [i.naturalWidth, i.naturalHeight]") == [128, 128]
-    job = page.evaluate("t2iPage.lastJob")
+    job = shown_job(page)
     p = job["params"]
     assert (p["enable_hr"], p["hr_scale"], p["hr_upscaler"], p["hr_second_pass_steps"], p["strength"]) == (
         True, 2, "Lanczos", 2, 0.6)
@@ -253,8 +252,7 @@ def test_hires_fix_and_variation_seed_fields_reach_the_job(serve, page):  # noqa
     page.select_option("#hr_upscaler", "Latent")
     for field in ("#hr_scale", "#hr_second_pass_steps", "#hr_strength", "#subseed", "#subseed_strength", "#width"):
         page.fill(field, "")
-    page.evaluate("""async (url) => { const blob = await (await fetch(url)).blob();
-        t2iPage.fillFromPng(new File([blob], 'x.png', {type: 'image/png'})); }""", job["images"][0]["url"])
+    paste_png(page, job["images"][0]["url"])
     page.wait_for_function("() => document.getElementById('form-note').textContent.startsWith('Settings read')")
     assert page.is_checked("#enable_hr")
     assert [page.input_value(f) for f in ("#hr_scale", "#hr_upscaler", "#hr_second_pass_steps", "#hr_strength",
@@ -276,11 +274,11 @@ def test_a_cancelled_job_shows_its_partial_image(serve, page):  # noqa: F811
     assert "makes a 128x128 image" in page.text_content("#results .upscale-status")
     assert page.is_enabled("#results button.upscale") and page.query_selector("#results .upscaled img") is None
     submit(page, "slow", width=64, height=64, steps=60)
-    page.wait_for_function("() => t2iPage.lastJob && t2iPage.lastJob.state === 'running' && "
-                           "t2iPage.lastJob.progress.step >= 2")
+    page.wait_for_function("() => document.getElementById('job').dataset.state === 'running' && "
+                           "Number(document.getElementById('progress').getAttribute('aria-valuenow')) >= 2")
     page.click("#cancel")
     page.wait_for_selector("#job[data-state=cancelled]")
-    job = page.request.get(f"{server.url}/api/jobs/{page.evaluate('t2iPage.lastJob.id')}?wait=30").json()["job"]
+    job = page.request.get(f"{server.url}/api/jobs/{page.get_attribute('#job', 'data-job')}?wait=30").json()["job"]
     assert job["partial"] is True and re.fullmatch(r"cancelled after step \d+ of 60", job["error"])
     page.wait_for_function(RESULT_LOADED, arg=len(job["images"]))
     assert page.text_content("#results .partial-label") == "partial, " + job["error"]
@@ -302,7 +300,7 @@ def test_sampler_schedule_type_and_sampler_settings_reach_the_job_and_come_back(
     page.fill("#eta_noise_seed_delta", "31337")
     submit(page, "a [fox:cat:1] in snow", width=64, height=64, steps=3, seed=7)
     page.wait_for_function(RESULT_LOADED, arg=1)
-    job = page.evaluate("t2iPage.lastJob")
+    job = shown_job(page)
     p = job["params"]
     assert (p["scheduler"], p["eta"], p["randn_source"], p["eta_noise_seed_delta"]) == ("Euler a Karras", 0.5, "CPU",
                                                                                           31337)
@@ -315,8 +313,7 @@ def test_sampler_schedule_type_and_sampler_settings_reach_the_job_and_come_back(
     page.fill("#eta", "")
     page.select_option("#randn_source", "GPU")
     page.fill("#eta_noise_seed_delta", "0")
-    page.evaluate("""async (url) => { const blob = await (await fetch(url)).blob();
-        t2iPage.fillFromPng(new File([blob], 'x.png', {type: 'image/png'})); }""", job["images"][0]["url"])
+    paste_png(page, job["images"][0]["url"])
     page.wait_for_function("() => document.getElementById('form-note').textContent.startsWith('Settings read')")
     assert [page.input_value(f) for f in ("#scheduler", "#schedule_type", "#eta", "#randn_source",
                                           "#eta_noise_seed_delta", "#prompt")] == [

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.engine.metadata import parse_infotext, read_parameters
-from browser_helpers import CHROMIUM, submit
+from browser_helpers import CHROMIUM, sent_job_body, submit
 from helpers import tile_action
 
 pytestmark = [
@@ -110,7 +110,8 @@ def test_drop_preview_generate_and_reuse_a_controlnet_unit(serve, page):  # noqa
     tile_action(page.locator("article.tile").first, "Send to ControlNet").click()
     page.wait_for_function("() => document.getElementById('cn0_thumb').naturalWidth === 64")
     assert page.is_checked("#cn0_enabled")
-    body = page.evaluate("() => { const b = {}; window.T2I.controlnet.read(b); return b; }")
+    page.fill("#prompt", "a kettle")
+    body = sent_job_body(page, lambda: page.click("#generate"), stop=True)
     assert body["controlnet"][0]["image"].startswith("data:image/png;base64,")
     assert body["controlnet"][0]["model"] == "demo-controlnet"
 

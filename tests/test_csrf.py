@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from browser_helpers import CHROMIUM_ARGS
-from helpers import assert_error, small_job, wait_for
+from helpers import assert_error, backend_of, small_job, wait_for
 
 PASSWORD = "pw"
 BEARER = {"Authorization": f"Bearer {PASSWORD}"}
@@ -171,7 +171,7 @@ def test_a_form_on_another_site_starts_no_job(served, browser_page):
     server = served()  # no password: nothing else would stop it
     text = attack(browser_page, "localhost", server.url + "/api/jobs", {"prompt": "from evil", "steps": "2"})
     assert "cross-site request refused" in text and "403" in text
-    assert server.app.extensions["t2i"].list() == []
+    assert backend_of(server.app).list() == []
 
 
 @pytest.mark.browser
@@ -184,7 +184,7 @@ def test_a_page_on_another_port_of_the_same_host_can_neither_start_nor_cancel(se
     page.wait_for_url(server.url + "/")
     page.fill("#prompt", "mine")
     page.click("#generate")  # the app's own page still works
-    backend = server.app.extensions["t2i"]
+    backend = backend_of(server.app)
     job = wait_for(lambda: backend.list(), 30, "the page's job")[0]
     # Same host, another port: the same *site*, so the Lax login cookie goes along.
     text = attack(page, "127.0.0.1", server.url + "/api/jobs", {"prompt": "from the other port"})

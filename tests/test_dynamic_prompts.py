@@ -241,7 +241,7 @@ def test_native_api_prompt_lines_queue_a_job_per_line(client):
 
 
 def test_prompt_lines_from_the_pages_form_name_a_bad_line(make_app):
-    """As static/prompts.js posts them: the form's fields as text (a ticked box "on"), the lines, the
+    """As an HTML form posts them: the fields as text (a ticked box "on"), the lines, the
     options. A line's own bad value names prompt_lines and the line; a bad setting of the form, its field."""
     client = make_app(START_WORKER=False).test_client()
     form = {"prompt": "snow", "negative_prompt": "", "width": "64", "height": "64", "steps": "2", "tiling": "on",

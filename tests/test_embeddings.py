@@ -118,6 +118,11 @@ def test_a_prompt_naming_a_skipped_embedding_is_refused_naming_it(emb_engine, ma
                                                       "steps": 2})
     body = response.get_json()
     assert response.status_code == 400 and body["field"] == "prompt" and "embedding 'wide' cannot be used" in body["error"]
+    assert body["value"] == repr("wide")  # shown as a 400 before queueing shows it
+    # The job keeps the cause as data, which is what the 400 came from (no text parsed back).
+    job = client.get("/api/jobs?limit=1").get_json()["jobs"][0]
+    assert job["state"] == "failed" and job["error"] == "invalid request: " + body["error"]
+    assert job["failure"] == {"kind": "invalid", "field": "prompt", "value": repr("wide"), "message": body["error"]}
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "a payload fox", "width": 64, "height": 64,
                                                       "steps": 2})
     assert response.status_code == 400 and "pickled code" in response.get_json()["error"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.engine.metadata import parse_infotext
 from app.engine.sd_upscale import combine_grid, split_grid
-from helpers import Workers, assert_error, gradient, png_b64, small_job, wait_job
+from helpers import Workers, assert_error, backend_of, gradient, png_b64, small_job, wait_job
 
 SOURCE_TEXT = "a lighthouse\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 40x30, Model: demo"
 
@@ -290,7 +290,7 @@ def test_extras_job_on_the_redis_queue(redis_url, tmp_path):
         assert fetch(client, job["images"][0]["url"]).size == (80, 60)
         assert job["images"][0]["infotext"].endswith("Postprocess upscale by: 2, Postprocess upscaler: Lanczos")
     finally:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
         group.stop_all()
 
 

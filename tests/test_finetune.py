@@ -24,9 +24,10 @@ from app.training.captions import (
     load_caption_data,
     load_image,
 )
+from app.training.checkpoints import list_checkpoints
 from app.training.config import TrainConfig
 from app.training.losslog import read_loss_csv
-from app.training.trainer import Trainer, list_checkpoints
+from app.training.trainer import Trainer
 from helpers import make_images, write_csv
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from browser_helpers import TIMEOUT_MS, axe_problems, watch_csp
+from browser_helpers import TIMEOUT_MS, axe_problems, wait_for_next_job, watch_csp
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -69,9 +69,9 @@ def test_send_to_img2img_and_inpaint_keep_the_prompt_and_settings(serve, page):
     assert "/?" not in page.url
     # The job it makes is an img2img job with the source's settings.
     page.fill("#strength", "0.5")
+    before = page.get_attribute("#job", "data-job")
     page.click("#generate")
-    page.wait_for_function("() => t2iPage.lastJob && t2iPage.lastJob.state === 'done'")
-    params = page.evaluate("t2iPage.lastJob.params")
+    params = wait_for_next_job(page, before)["params"]
     assert params["has_init_image"] and params["prompt"] == "a copper kettle"
     assert params["negative_prompt"] == "blurry, dark" and params["steps"] == 3
     assert params["guidance_scale"] == 6.5 and params["scheduler"].startswith("DDIM")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import save_file
 
-from helpers import assert_error, kohya_lora, small_job, wait_for
+from helpers import assert_error, backend_of, kohya_lora, small_job, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_serve_reads_lora_dir_from_the_environment(monkeypatch, tmp_path, demo_l
         names = [item["name"] for item in app.test_client().get("/api/loras").get_json()["loras"]]
         assert names == ["good"]
     finally:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 # --- styles ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import assert_error, peak_rss_growth, small_job, wait_for, wait_job
+from helpers import assert_error, backend_of, peak_rss_growth, services_of, small_job, wait_for, wait_job
 
 MB = 1 << 20
 
@@ -101,8 +101,6 @@ def _key(name: str) -> dict:
 
 def _hold_long_polls(app, who: str, job_id: str, count: int) -> list[threading.Thread]:
     """``count`` long-polls by ``who`` on its job, each in its own thread, once they all wait."""
-    from app.web.waiting import EXTENSION
-
     def poll():
         app.test_client().get(f"/api/jobs/{job_id}?wait=30", headers=_key(who))
 
@@ -113,7 +111,7 @@ def _hold_long_polls(app, who: str, job_id: str, count: int) -> list[threading.T
 
     with app.test_request_context(headers=_key(who)):
         client = client_id()  # the identity the app gives this credential
-    wait_for(lambda: app.extensions[EXTENSION].held(client) == count, 10, f"{who}'s long-polls to wait")
+    wait_for(lambda: services_of(app).wait_slots.held(client) == count, 10, f"{who}'s long-polls to wait")
     return threads
 
 
@@ -141,7 +139,7 @@ def test_one_client_cannot_take_every_wait_slot_nor_starve_the_sdapi(make_app):
     sync = threading.Thread(target=lambda: answer.update(response=app.test_client().post(
         "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64}, headers=_key("sync"))))
     sync.start()
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     worker.ensure_engine()
     deadline = time.monotonic() + 60
     while sync.is_alive() and time.monotonic() < deadline:

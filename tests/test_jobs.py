@@ -15,7 +15,7 @@ from app.cli.serve import serve_config
 from app.jobs.job import QueueFull
 from app.jobs.sqlite.store import SQLiteJobStore
 from app.jobs.sqlite.worker import Worker
-from helpers import small_job
+from helpers import backend_of, small_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ def test_stopping_the_worker_requeues_the_running_job(make_app):
     while client.get(f"/api/jobs/{job['id']}").get_json()["job"]["progress"]["step"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    app.extensions["t2i"].stop()
+    backend_of(app).stop()
     after = client.get(f"/api/jobs/{job['id']}").get_json()["job"]
     assert after["state"] == "queued" and after["position"] == 1
     assert after["images"] == [] and after["partial"] is False  # a server stop keeps no partial image
@@ -414,3 +414,102 @@ def test_a_finished_run_whose_pngs_cannot_be_stored_fails_and_the_next_runs(stor
     failed, done = store.get(first.id), store.get(second.id)
     assert failed.state == "failed" and failed.error.startswith("disk full") and not failed.images
     assert done.state == "done" and (tmp_path / "images" / second.id / "0.png").is_file()
+
+
+def test_a_job_database_from_before_failures_were_data_opens_and_keeps_its_reasons(tmp_path, small_request):
+    """A jobs.sqlite made before the ``failure`` column: opened, the column is added, an old
+    failed job keeps its reason line and has no failure data; a new failure is kept as data."""
+    import json
+    import sqlite3
+
+    from app.jobs.job import DISK_FULL, Failure
+    from app.jobs.sqlite import store as sqlite_store
+
+    old_schema = sqlite_store.SCHEMA.replace(
+        "    failure TEXT,                           -- JSON of Failure.to_dict() when failed\n", "")
+    assert "failure" not in old_schema
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO jobs (id, client, state, params, error, created_at) VALUES (?, 'me', 'failed', ?, ?, 'x')",
+                     ("a" * 32, json.dumps(small_request().to_dict()), "invalid request: prompt: bad (got 'x')"))
+    store = SQLiteJobStore(path)
+    old = store.get("a" * 32)
+    assert old.state == "failed" and old.error == "invalid request: prompt: bad (got 'x')" and old.failure is None
+    store.submit(small_request(), "me")
+    job = store.claim()
+    store.fail(job.id, Failure(DISK_FULL, "disk full: no room"))
+    assert store.get(job.id).failure == Failure(DISK_FULL, "disk full: no room")
+    assert store.get(job.id).error == "disk full: no room"
+
+
+class EndLog:
+    """A worker's store as ``end_job`` sees it: each write it was asked for, in order."""
+
+    def __init__(self, save: bool = True, handed: str = "queued"):
+        self.writes: list[tuple] = []
+        self.save, self.handed = save, handed
+
+    def save_partial(self, output):
+        self.writes.append(("save_partial", len(output.pngs)))
+        return self.save
+
+    def done(self, output, partial):
+        self.writes.append(("done", len(output.images), partial))
+        return True
+
+    def cancelled(self, reason, output):
+        self.writes.append(("cancelled", reason, len(output.images) if output else 0))
+
+    def failed(self, failure):
+        self.writes.append(("failed", failure))
+
+    def requeued(self, note, counted):
+        self.writes.append(("requeued", note, counted))
+        return self.handed
+
+
+def test_both_workers_end_a_job_one_way_freeing_memory_after_all_but_a_finished_run(monkeypatch):
+    """``end_job``: the end state, the write and the memory rule both workers share."""
+    from PIL import Image
+
+    from app.engine.engine import GenerationCancelled, GenerationOutOfMemory
+    from app.engine.types import GenerationRequest, GenerationResult, ValidationError
+    from app.jobs import runner
+    from app.jobs.images import DiskFull
+    from app.jobs.job import DISK_FULL, ERROR, INVALID, MODEL, OUT_OF_MEMORY, Failure
+
+    freed = []
+    monkeypatch.setattr(runner, "free_memory", lambda: freed.append(1))
+    result = GenerationResult([Image.new("RGB", (8, 8))], [1], ["t"], GenerationRequest(prompt="x"), "demo", 8, 8, 0.1)
+
+    def end(job_end, **record):
+        log, freed[:] = EndLog(**record), []
+        state = runner.end_job("a" * 32, job_end, log)
+        return state, log.writes, bool(freed)
+
+    assert end(runner.JobEnd.finished(runner.job_output(result))) == ("done", [("done", 1, False)], False)
+    stopped = GenerationCancelled(1, 2, result)
+    assert end(runner.job_end(stopped)) == (
+        "cancelled", [("save_partial", 1), ("cancelled", "cancelled after step 1 of 2", 1)], True)
+    assert end(runner.job_end(stopped, skipped=True)) == ("done", [("save_partial", 1), ("done", 1, True)], True)
+    # A skip whose images cannot be saved ends cancelled without them.
+    assert end(runner.job_end(stopped, skipped=True), save=False) == (
+        "cancelled", [("save_partial", 1), ("cancelled", "skipped after step 1 of 2", 0)], True)
+    assert end(runner.job_end(GenerationCancelled(0, 2))) == (
+        "cancelled", [("cancelled", "cancelled after step 0 of 2", 0)], True)
+
+    bad = ValidationError("prompt", "a fox <lora:x>", "the LoRA 'x' is for SD 1.x")
+    failures = [(bad, Failure(INVALID, str(bad), "prompt", repr("a fox <lora:x>"))),
+                (DiskFull(28, "disk full: no room"), Failure(DISK_FULL, "disk full: no room")),
+                (GenerationOutOfMemory(64, 64, 1, "cuda"), Failure(OUT_OF_MEMORY, str(GenerationOutOfMemory(
+                    64, 64, 1, "cuda")))),
+                (RuntimeError("boom\nmore"), Failure(ERROR, "RuntimeError: boom"))]
+    for exc, failure in failures:
+        assert end(runner.job_end(exc)) == ("failed", [("failed", failure)], True)
+    assert failures[0][1].reason == "invalid request: " + str(bad)
+    assert end(runner.JobEnd.failed(Failure(MODEL, "the model could not be loaded: x"))) == (
+        "failed", [("failed", Failure(MODEL, "the model could not be loaded: x"))], True)
+    assert end(runner.JobEnd.handed_back("stopped; queued again", counted=True)) == (
+        "queued", [("requeued", "stopped; queued again", True)], True)
+    assert end(runner.JobEnd(runner.DROPPED)) == ("dropped", [], True)

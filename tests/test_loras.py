@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from browser_helpers import TIMEOUT_MS, axe_problems, submit, watch_csp
-from helpers import RANK, assert_error, kohya_lora, make_images, small_job, wait_job, write_csv
+from helpers import RANK, assert_error, backend_of, kohya_lora, make_images, small_job, wait_job, write_csv
 
 
 def sd1_shaped(pipe) -> dict:
@@ -385,7 +385,7 @@ def test_lora_dir_defaults_to_the_instance_folder(make_app, tmp_path):
         assert app.config["LORA_DIR"] == str(tmp_path / "inst" / "models" / "loras")
         assert app.test_client().get("/api/loras").get_json() == {"ok": True, "loras": [], "skipped": []}
     finally:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 def test_without_the_engine_in_process_the_files_are_still_checked(lora_dir, tmp_path):
@@ -402,7 +402,7 @@ def test_without_the_engine_in_process_the_files_are_still_checked(lora_dir, tmp
             assert words in body["error"]
         assert client.post("/api/jobs", json=small_job(prompt="a <lora:kohya:0.5>")).status_code == 202
     finally:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 def test_webuiapi_get_loras_against_a_running_server(lora_app):

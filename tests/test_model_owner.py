@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from browser_helpers import CHROMIUM, TIMEOUT_MS, axe_problems, watch_csp
-from helpers import assert_error, serve_process, wait_for
+from helpers import assert_error, backend_of, serve_process, wait_for
 
 PASSWORD, OWNER_PASSWORD = "friends pw", "owner pw"
 OTHER = "someone/other-model"  # a Hub id listed by MODELS: switchable without a file (no worker loads it)
@@ -256,6 +256,6 @@ def test_a_friend_sees_the_picker_disabled_with_the_reason_and_the_owner_can_swi
     model = page.locator("#sd-model")
     assert not model.is_disabled() and page.locator("#model-switch-note").get_attribute("data-state") != "refused"
     model.select_option(OTHER)
-    wait_for(lambda: server.app.extensions["t2i"].selection().model == OTHER, 30, "the owner's switch")
+    wait_for(lambda: backend_of(server.app).selection().model == OTHER, 30, "the owner's switch")
     context.close()
     assert not problems, "\n".join(problems)

@@ -19,7 +19,7 @@ from PIL import Image
 from app.engine.metadata import read_parameters
 from app.jobs.base import READY
 from browser_helpers import CHROMIUM, TIMEOUT_MS, axe_problems, watch_csp
-from helpers import assert_error, wait_for, wait_job
+from helpers import assert_error, backend_of, services_of, wait_for, wait_job
 
 TXT2IMG = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 7, "sampler_name": "Euler"}
 
@@ -73,7 +73,7 @@ def switch_app(make_app, model_dirs):
                     "PREVIEW_EVERY": 0, "ENGINE": None, **config}
         app = make_app(**settings)
         # Files are hashed in the background; these tests look at the hashes, so wait for them.
-        assert not wait_hashed or app.extensions["t2i-models"].wait_hashed(60)
+        assert not wait_hashed or services_of(app).catalogue.wait_hashed(60)
         return app
 
     return make
@@ -137,7 +137,7 @@ def test_refresh_finds_new_files_and_listing_stays_inside_the_folder(make_app, m
 def test_a_switch_changes_the_model_and_the_image_and_frees_the_old_model(switch_app):
     app = switch_app()
     client = app.test_client()
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sd-a"}).status_code == 200
     assert settled(client)["loaded"] == "sd-a"
     info_a, png_a = txt2img(client)
@@ -160,7 +160,7 @@ def test_jobs_queued_before_a_switch_run_on_the_old_model_and_after_it_on_the_ne
     before = client.post("/api/jobs", json=job).get_json()["job"]["id"]
     assert client.post("/api/model", json={"model": "sd-b"}).status_code == 200
     after = client.post("/api/jobs", json=job).get_json()["job"]["id"]
-    app.extensions["t2i"].start()
+    backend_of(app).start()
     first, second = wait_job(client, before), wait_job(client, after)
     assert "Model: demo" in first["images"][0]["infotext"]
     assert "Model: sd-b" in second["images"][0]["infotext"]
@@ -256,7 +256,7 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
         pytest.skip("needs Debian's chromium")
     server = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), VAE_DIR=str(model_dirs["vae"]), PREVIEW_EVERY=0,
                    ENGINE=None)
-    assert server.app.extensions["t2i-models"].wait_hashed(60)  # the page shows the hashes known when it loads
+    assert services_of(server.app).catalogue.wait_hashed(60)  # the page shows the hashes known when it loads
     refusing = serve(CHECKPOINT_DIR=str(model_dirs["checkpoints"]), ALLOW_MODEL_SWITCH=False, ENGINE=None)
     problems: list[str] = []
     for scheme in ("light", "dark"):
@@ -276,7 +276,7 @@ def test_the_page_switches_the_model_with_a_visible_loading_state(serve, browser
             page.wait_for_function("document.getElementById('model-switch-note').textContent.includes('sd-a')")
             page.locator("#model-switch-note", has_text="Ready: sd-a.").wait_for()
             page.locator("#model-name", has_text="sd-a").wait_for()  # the header follows /api/health
-            assert server.app.extensions["t2i"].status().name == "sd-a"
+            assert backend_of(server.app).status().name == "sd-a"
         problems += axe_problems(page, f"model picker {scheme}")
         page.goto(refusing.url)
         assert page.locator("#sd-model").is_disabled() and page.locator("#sd-vae").is_disabled()
@@ -306,7 +306,7 @@ def test_webuiapi_lists_refreshes_and_switches_models(switch_app, model_dirs, tm
         assert "sd-b" in api.util_get_model_names()
         api.util_set_model("sd-b")
         api.util_wait_for_ready(check_interval=0.2)
-        assert app.extensions["t2i"].status().name == "sd-b"  # ready means loaded
+        assert backend_of(app).status().name == "sd-b"  # ready means loaded
         assert api.util_get_current_model() == "sd-b"
         result = api.txt2img(prompt="a lighthouse", width=64, height=64, seed=3)
         assert result.info["sd_model_name"] == "sd-b"
@@ -397,7 +397,7 @@ def test_while_a_switched_to_model_loads_every_status_names_it(switch_app):
 
     app = switch_app()
     client = app.test_client()
-    slot = app.extensions["t2i"].worker.slot
+    slot = backend_of(app).worker.slot
     wait_for(lambda: slot.engine is not None, 60, "the startup model")
     gate, loads = threading.Event(), []
 
@@ -467,7 +467,7 @@ def test_selecting_the_loaded_model_by_another_name_loads_nothing(switch_app, mo
     monkeypatch.chdir(model_dirs["checkpoints"].parent)
     app = switch_app(MODEL="checkpoints/sd-a")
     client = app.test_client()
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     wait_for(lambda: worker.engine is not None, 60, "the startup model")
     engine, loads = worker.engine, []
     worker.slot._load_model = lambda choice: loads.append(choice)
@@ -519,7 +519,7 @@ def test_pages_do_not_wait_for_files_to_be_hashed_and_an_unreadable_file_is_list
         assert page.status_code == health.status_code == 200 and time.monotonic() - began < 10
     finally:
         gate.set()
-    assert client.application.extensions["t2i-models"].wait_hashed(30)
+    assert services_of(client.application).catalogue.wait_hashed(30)
     listed = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").get_json()}
     assert listed["evil"]["hash"] is None and listed["evil"]["title"] == "evil.ckpt"
     assert listed["sd-c"]["hash"] == sha256(model_dirs["checkpoints"] / "sd-c.safetensors")[:10]
@@ -556,7 +556,7 @@ def test_listing_models_never_waits_for_a_file_being_hashed(make_app, model_dirs
         assert response.status_code == 200 and took < hashing / 2, took  # none waited for the hash
         new = {m["model_name"]: m for m in response.get_json()}["new"]
         assert (new["title"], new["hash"], new["sha256"]) == ("new.safetensors", None, None)  # as A1111: null
-    assert app.extensions["t2i-models"].wait_hashed(60)
+    assert services_of(app).catalogue.wait_hashed(60)
     digest = sha256(folder / "new.safetensors")
     new = {m["model_name"]: m for m in app.test_client().get("/sdapi/v1/sd-models").get_json()}["new"]
     assert (new["title"], new["hash"], new["sha256"]) == (f"new.safetensors [{digest[:10]}]", digest[:10], digest)

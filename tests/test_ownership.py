@@ -9,7 +9,7 @@ import base64
 import pytest
 
 from app.web.throttle import FailureThrottle
-from helpers import assert_error, small_job
+from helpers import assert_error, backend_of, small_job
 
 PASSWORD = "shared secret"
 
@@ -162,7 +162,7 @@ def finished(make_app):
         app = make_app(PASSWORD=PASSWORD, START_WORKER=False, GALLERY=gallery)
         alice, bob = script(app), browser(app)
         job = submit(alice)
-        assert app.extensions["t2i"].worker.run_once()
+        assert backend_of(app).worker.run_once()
         return alice, bob, alice.get(f"/api/jobs/{job['id']}").get_json()["job"]
 
     return make
@@ -200,7 +200,7 @@ def test_a_restart_keeps_each_browser_logged_in_and_owning_its_jobs(make_app, tm
     assert browser.post("/login", data={"password": PASSWORD}).status_code == 302
     same_site = {"Origin": "http://localhost"}
     job = submit(browser, same_site)
-    assert first.extensions["t2i"].worker.run_once()
+    assert backend_of(first).worker.run_once()
     url = browser.get(f"/api/jobs/{job['id']}").get_json()["job"]["images"][0]["url"]
     cookie = browser.get_cookie("session").value
 

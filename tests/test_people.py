@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from app.cli import main as cli_main
-from helpers import assert_error, small_job
+from helpers import assert_error, backend_of, small_job
 
 PASSWORD = "owner secret"
 OWNER = {"Authorization": f"Bearer {PASSWORD}"}
@@ -143,7 +143,7 @@ def test_the_private_gallery_is_each_persons_and_the_owner_sees_all(people_app):
     client = app.test_client()
     (_, alice_token), (_, bob_token) = add(client, "Alice"), add(client, "Bob")
     job = submit(client, bearer(alice_token))
-    assert app.extensions["t2i"].worker.run_once()
+    assert backend_of(app).worker.run_once()
     url = client.get(f"/api/jobs/{job['id']}", headers=bearer(alice_token)).get_json()["job"]["images"][0]["url"]
     assert client.get(url, headers=bearer(alice_token)).status_code == 200
     assert_error(client.get(url, headers=bearer(bob_token)), 404)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_error, small_job
+from helpers import assert_error, backend_of, small_job
 
 
 def as_client(app, name: str):
@@ -46,7 +46,7 @@ def test_the_queue_answer_counts_positions_and_the_callers_jobs(idle):
     assert all(j["params"] is None and j["preview_url"] is None and j["images"] == [] for j in others)
 
     # The first job runs, then ends: the counts, positions and "ahead" move together.
-    store = idle.extensions["t2i"].store
+    store = backend_of(idle).store
     assert store.claim().id == a1
     body = bob.get("/api/queue").get_json()
     assert (body["queued"], body["running"], body["ahead"]) == (3, 1, 2)
@@ -81,7 +81,7 @@ def test_the_view_reads_the_queue_once_and_it_wins(idle, small_request):
     and one queued between them waits for the next view: nothing is counted twice or missed."""
     from app.jobs.base import JobStore
 
-    store = idle.extensions["t2i"].store
+    store = backend_of(idle).store
     alice = as_client(idle, "alice")
     first = alice.submit("first")
     client = store.get(first).client

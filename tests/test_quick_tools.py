@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from browser_helpers import CHROMIUM, submit
+from browser_helpers import CHROMIUM, goto_with_page_config, submit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
@@ -25,9 +25,11 @@ def test_aspect_presets_keep_the_native_pixel_count(serve, page):  # noqa: F811
     page.click("#swap-size")
     assert (int(page.input_value("#width")), int(page.input_value("#height"))) == (h, w)
     # On SD 2.1's 768x768, 16:9 is 1024x576 and 2:3 is 632x944-ish; 1:1 is back to 768x768.
-    page.evaluate("window.t2iPage.config.defaults = Object.assign(window.t2iPage.config.defaults, "
-                  "{width: 768, height: 768}); window.t2iPage.config.limits.max_width = 2048; "
-                  "window.t2iPage.config.limits.max_height = 2048;")
+    def sd21(config):
+        config["defaults"].update(width=768, height=768)
+        config["limits"].update(max_width=2048, max_height=2048)
+
+    goto_with_page_config(page, server.url + "/", sd21)
     page.click("[data-aspect='16:9']")
     assert (page.input_value("#width"), page.input_value("#height")) == ("1024", "576")
     page.click("[data-aspect='9:16']")

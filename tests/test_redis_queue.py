@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import Workers, wait_for
+from helpers import Workers, backend_of, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -59,7 +59,7 @@ def make_redis_app(redis_url, tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["t2i"].stop()
+        backend_of(app).stop()
 
 
 def _submit(client, **fields) -> dict:
@@ -126,7 +126,7 @@ def test_thirty_jobs_spread_over_two_workers(workers, make_redis_app, engine):
         assert np.abs(images[seed] - expected).max() <= 2
         assert np.abs(images[seed + 1] - expected).mean() > 10
 
-    queue = app.extensions["t2i"].store
+    queue = backend_of(app).store
     used = {queue.worker_of(job_id) for job_id in ids}
     assert used == {"w1", "w2"}
     assert queue.counts() == {"queued": 0, "running": 0}
@@ -145,7 +145,7 @@ def _running_on(client, queue, ids, min_step: int = 2):
 def test_a_killed_worker_loses_no_job(workers, make_redis_app):
     app = make_redis_app()
     client = app.test_client()
-    queue = app.extensions["t2i"].store
+    queue = backend_of(app).store
     # Long enough (a second or more each) that the kill lands mid-run.
     ids = [_submit(client, steps=40, seed=seed)["id"] for seed in (2000, 2001, 2002)]
     victim_job, victim = wait_for(lambda: _running_on(client, queue, ids), 60, "a job to be mid-run")
@@ -163,7 +163,7 @@ def test_a_killed_worker_loses_no_job(workers, make_redis_app):
 def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redis_app):
     app = make_redis_app(REDIS_RETRIES=0)
     client = app.test_client()
-    queue = app.extensions["t2i"].store
+    queue = backend_of(app).store
     job_id = _submit(client, steps=80, seed=3000)["id"]
     _, victim = wait_for(lambda: _running_on(client, queue, [job_id]), 60, "the job to be mid-run")
     workers.kill(victim)
@@ -171,6 +171,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_the_reason(workers, make_redi
 
     assert job["state"] == "failed"
     assert f"the worker {victim} stopped" in job["error"] and "gave up after 1 attempt" in job["error"]
+    assert job["failure"] == {"kind": "worker_lost", "message": job["error"], "field": None, "value": None}
     assert job["finished_at"] and job["images"] == []
     assert queue.counts() == {"queued": 0, "running": 0}
     # Restarted under the same name, it takes over the dead worker's name.
@@ -184,20 +185,20 @@ def test_cancel_queued_and_running_jobs(workers, make_redis_app):
     idle = idle_app.test_client()
     queued = _submit(idle)
     assert queued["state"] == "queued" and queued["position"] == 1
-    assert idle_app.extensions["t2i"].store.rq.fetch_job(queued["id"]) is not None
+    assert backend_of(idle_app).store.rq.fetch_job(queued["id"]) is not None
     response = idle.post(f"/api/jobs/{queued['id']}/cancel")
     assert response.status_code == 200
     job = response.get_json()["job"]
     assert job["state"] == "cancelled" and job["error"] == "cancelled before it started" and job["position"] is None
     assert idle.get("/api/health").get_json()["queue"] == {"queued": 0, "running": 0}
     # RQ's record of the job is gone too (a queued RQ job has no expiry).
-    assert idle_app.extensions["t2i"].store.rq.fetch_job(queued["id"]) is None
-    assert idle_app.extensions["t2i"].store.rq.job_ids == []
+    assert backend_of(idle_app).store.rq.fetch_job(queued["id"]) is None
+    assert backend_of(idle_app).store.rq.job_ids == []
 
     app = make_redis_app()
     client = app.test_client()
     job_id = _submit(client, steps=100, seed=4000)["id"]
-    wait_for(lambda: _running_on(client, app.extensions["t2i"].store, [job_id], min_step=1), 60, "the job to start")
+    wait_for(lambda: _running_on(client, backend_of(app).store, [job_id], min_step=1), 60, "the job to start")
     assert _job(client, job_id)["preview_url"] == f"/api/jobs/{job_id}/preview.png"
     assert _png(client, f"/api/jobs/{job_id}/preview.png").size[0] > 0  # the live preview, sent by the worker
     assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
@@ -211,7 +212,7 @@ def test_a_restarted_web_app_lists_and_serves_everything(workers, make_redis_app
     first = make_redis_app("kept", START_WORKER=False)
     client = first.test_client()
     ids = [_submit(client, seed=seed)["id"] for seed in (5000, 5001, 5002)]
-    queue = first.extensions["t2i"].store
+    queue = backend_of(first).store
     for job_id in ids:
         assert queue.wait(job_id, 60).state == "done"
     images_dir = Path(first.instance_path) / "images"
@@ -247,7 +248,7 @@ def test_img2img_and_several_images_travel_through_redis(workers, make_redis_app
     assert len(job["images"]) == 2 and job["images"][0]["seed"] == 6000
     for image in job["images"]:
         assert _png(client, image["url"]).size == (64, 64)
-    queue = app.extensions["t2i"].store
+    queue = backend_of(app).store
     assert not queue.redis.exists(queue.key("init", job["id"]))  # the init image is dropped once used
 
 
@@ -269,11 +270,13 @@ def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis
     from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
 
+    from app.jobs.redis.protocol import WorkerProtocol
+
     app = make_redis_app("locks", REDIS_QUEUE="locks", START_WORKER=False)
-    queue, upkeep = app.extensions["t2i"].store, app.extensions["t2i"].upkeep
+    queue, upkeep = backend_of(app).store, backend_of(app).upkeep
     job_id = _submit(app.test_client())["id"]
     queue.rq.remove(job_id)  # a worker took it ...
-    assert queue.begin(job_id, "ghost")[0] == 1
+    assert WorkerProtocol(queue).begin(job_id, "ghost")[0] == 1
     rq_job = queue.rq.fetch_job(job_id)
     rq_job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queue=queue.rq)

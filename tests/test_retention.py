@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.jobs.job import Job
 from app.jobs.retention import expired
-from helpers import assert_error, small_job, wait_for, wait_job
+from helpers import assert_error, backend_of, small_job, wait_for, wait_job
 
 
 def finished_job(n: int, images: int, days_ago: float, now: datetime) -> Job:
@@ -35,7 +35,6 @@ def test_expired_takes_the_oldest_first_by_count_and_by_age():
 
 
 def test_keep_images_deletes_the_oldest_jobs_and_their_files_after_each_job(make_app):
-    from app.web import backend_of
 
     app = make_app(KEEP_IMAGES=2)
     backend_of(app).keep_grace = timedelta(0)  # the fresh-result grace would keep all three for 10 minutes
@@ -55,7 +54,7 @@ def test_keep_images_deletes_the_oldest_jobs_and_their_files_after_each_job(make
 def test_delete_a_job_409_while_unfinished_404_when_unknown_200_when_finished(make_app):
     app = make_app(START_WORKER=False)  # nothing runs: the job stays queued until we run it
     client = app.test_client()
-    backend = app.extensions["t2i"]
+    backend = backend_of(app)
     job_id = client.post("/api/jobs", json=small_job()).get_json()["job"]["id"]
 
     body = assert_error(client.delete(f"/api/jobs/{job_id}"), 409, "id")

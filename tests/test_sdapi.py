@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.engine.metadata import parse_infotext, read_parameters
 from app.web.server import ServerHandle
-from helpers import assert_error, gradient, png_b64
+from helpers import assert_error, backend_of, gradient, png_b64
 
 webuiapi = pytest.importorskip("webuiapi")
 
@@ -201,7 +201,7 @@ def test_a_missing_image_file_is_a_clear_error(app, client):
         def path(self, job_id, name):
             return None
 
-    app.extensions["t2i"].images = EmptyFolder()
+    backend_of(app).images = EmptyFolder()
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 64, "height": 64, "steps": 2})
     body = assert_error(response, 500, "job_id")
     assert "missing from the image folder" in body["error"]

@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from app.web.server import ServerHandle
-from helpers import assert_error, gradient, png_b64, small_job, wait_job
+from helpers import assert_error, backend_of, gradient, png_b64, small_job, wait_job
 
 
 def bomb_png(width: int = 40000, height: int = 40000) -> bytes:
@@ -267,7 +267,7 @@ def test_health_is_no_password_oracle(make_app, tmp_path):
     """/api/health is open and shows model_error only to a client with the
     password: wrong passwords there count like anywhere else."""
     app = make_app(PASSWORD="pw", ENGINE=None, MODEL=str(tmp_path / "no-such-model"), START_WORKER=False)
-    app.extensions["t2i"].worker.ensure_engine()  # the load fails: there is a model_error to hide
+    backend_of(app).worker.ensure_engine()  # the load fails: there is a model_error to hide
     attacker = app.test_client()
     far = {"REMOTE_ADDR": "203.0.113.9"}
     for n in range(5):
@@ -284,7 +284,7 @@ def test_images_are_cached_privately(locked):
     client = locked.test_client()
     auth = {"Authorization": "Bearer s3cret pass"}
     job = client.post("/api/jobs", json=small_job(), headers=auth).get_json()["job"]
-    assert locked.extensions["t2i"].worker.run_once()
+    assert backend_of(locked).worker.run_once()
     url = client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["job"]["images"][0]["url"]
     response = client.get(url, headers=auth)
     assert response.status_code == 200

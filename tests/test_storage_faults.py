@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FullDiskFile, RedisServer, assert_error, small_job, start_worker, stop, wait_for, wait_job
+from helpers import FullDiskFile, RedisServer, assert_error, backend_of, small_job, start_worker, stop, wait_for, wait_job
 
 
 def job_state(client, job_id: str) -> str:
@@ -54,7 +54,7 @@ def test_a_locked_database_answers_503_and_a_job_finishing_meanwhile_stays_done(
     done = wait_job(client, job_id, 30)
     assert done["state"] == "done" and done["error"] is None
     assert client.get(done["images"][0]["url"]).data == image.read_bytes()
-    assert app.extensions["t2i"].worker.is_alive()
+    assert backend_of(app).worker.is_alive()
     after = client.post("/api/jobs", json=small_job()).get_json()["job"]["id"]
     assert wait_job(client, after)["state"] == "done"
 
@@ -78,9 +78,24 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_partial_files(make
     assert len(opened) == 2 and job["state"] == "failed" and job["images"] == []
     assert job["error"] == ("disk full: the images could not be saved (No space left on device); "
                             "free some space or set KEEP_IMAGES")
+    assert job["failure"] == {"kind": "disk_full", "message": job["error"], "field": None, "value": None}
     assert not (images / job["id"]).exists() and list(images.rglob("*")) == []  # not the first image, no temp file
     again = wait_job(client, client.post("/api/jobs", json=small_job()).get_json()["job"]["id"])
     assert again["state"] == "done" and (images / again["id"] / "0.png").is_file()
+
+
+def test_a_full_disk_is_a_503_to_try_again_on_the_a1111_api(make_app, monkeypatch):
+    """The server's disk, not the request: the synchronous call answers 503 with Retry-After."""
+    app = make_app()
+    client = app.test_client()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **kw: FullDiskFile(real_fdopen(fd, mode, *a, **kw))
+                        if mode == "wb" else real_fdopen(fd, mode, *a, **kw))
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
+    monkeypatch.undo()
+    body = assert_error(response, 503, "job_id")
+    assert body["error"].startswith("generation failed: disk full: the images could not be saved")
+    assert response.headers["Retry-After"] == "60"
 
 
 # --- Redis ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from app.engine.types import ValidationError
 from app.engine.upscale import upscale
 from app.engine.upscalers import download, models, registry
 from app.models.devices import free_memory
-from browser_helpers import CHROMIUM, submit
+from browser_helpers import CHROMIUM, shown_job, submit
 from helpers import assert_error, gradient, small_job, wait_job
 
 
@@ -286,7 +286,7 @@ def test_the_page_runs_the_hires_fix_with_a_model_upscaler(serve, page, folder):
     submit(page, "a lake", width=64, height=64, steps=2, seed=5)
     page.wait_for_selector("#job[data-state=done]", timeout=240_000)
     assert page.eval_on_selector("#results img", "i => [i.naturalWidth, i.naturalHeight]") == [128, 128]
-    job = page.evaluate("t2iPage.lastJob")
+    job = shown_job(page)
     assert job["params"]["hr_upscaler"] == "tiny-esrgan"
     assert "Hires upscaler: tiny-esrgan" in job["images"][0]["infotext"]
 

@@ -11,7 +11,7 @@ import pytest
 from app.engine.hires import hr_upscalers
 from app.engine.schedulers import DEFAULT_SCHEDULER, scheduler_names
 from app.engine.types import FIELD_RANGES
-from helpers import Page, run_job
+from helpers import Page, backend_of, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS = "<script>alert(1)</script>"
@@ -71,7 +71,7 @@ def test_form_page_for_sd21_shows_768_and_the_loading_state(make_app):
 
 
 def test_form_page_says_ready_once_the_model_is_loaded(app, client):
-    app.extensions["t2i"].worker.ensure_engine()
+    backend_of(app).worker.ensure_engine()
     page = Page(client.get("/").get_data(as_text=True))
     assert page.by_id["model-status"]["data-state"] == "ready"
     assert "hidden" in page.by_id["model-loading"]
@@ -150,12 +150,30 @@ def test_pages_load_only_local_files(client):
         for attrs in page.all(tag):
             url = attrs.get(attr) or ""
             assert not re.match(r"^(https?:)?//", url), f"<{tag} {attr}={url}> is not local"
-    for name in ("app.js", "app.css"):
-        response = client.get(f"/static/{name}")
+    for path in sorted((ROOT / "static").glob("*.[jc]s*")):
+        response = client.get(f"/static/{path.name}")
         assert response.status_code == 200
-        assert not re.search(r"https?://|@import|//cdn", response.get_data(as_text=True)), name
-    js = (ROOT / "static" / "app.js").read_text()
-    assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
+        assert not re.search(r"https?://|@import|//cdn", response.get_data(as_text=True)), path.name
+    for path in sorted((ROOT / "static").glob("*.js")):
+        js = path.read_text()
+        assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js, path.name
+
+
+def test_each_page_loads_only_its_own_module(client):
+    """ES modules without a build step (issue #23): one entry module per page, imported modules
+    served as JavaScript (a module with another type does not run), and no globals between them."""
+    entries = {"/": "generate.js", "/gallery": "gallery.js", "/extras": "extras.js"}
+    for url, entry in entries.items():
+        scripts = [attrs for attrs in Page(client.get(url).get_data(as_text=True)).all("script") if attrs.get("src")]
+        assert [(a["src"].rsplit("/", 1)[-1], a.get("type")) for a in scripts] == [(entry, "module")], url
+    for path in sorted((ROOT / "static").glob("*.js")):
+        response = client.get(f"/static/{path.name}")
+        assert response.mimetype == "text/javascript", path.name
+        js = path.read_text()
+        assert not re.search(r"window\.[A-Za-z_$][\w$]*\s*=[^=]", js), f"{path.name} sets a global"
+        assert "(function () {" not in js[:400], f"{path.name} is still a script (an IIFE), not a module"
+        for imported in re.findall(r'from "\./([\w.]+)"', js):
+            assert (ROOT / "static" / imported).is_file(), f"{path.name} imports {imported}"
 
 
 def test_browsers_get_an_error_page_and_api_clients_the_error_shape(client):

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 from PIL import Image
 
+from app.engine.fields import about
 from app.engine.metadata import read_parameters
-from app.engine.types import SIZE_MULTIPLE, GenerationRequest
+from app.engine.types import SIZE_MULTIPLE, GenerationRequest, described
+from app.notebook import widgets
 from app.notebook.widgets import GeneratorUI, Img2ImgUI, InpaintUI, output_folder, uploaded_files
 
 
@@ -209,3 +212,41 @@ def test_controlnet_tab_sends_its_unit_and_the_picture_records_it(engine, tmp_pa
     ui.controlnet.model.options = ["None"]
     ui.button.click()
     assert "controlnet[0].model" in ui.status.value and len(ui.saved) == 1
+
+
+def test_ngms_has_its_widget_from_its_facts_and_reaches_the_picture(engine, tmp_path):
+    ui = InpaintUI(engine, tmp_path)  # the subclasses' forms have it too
+    ngms = ui.advanced.inputs["s_min_uncond"]
+    assert (type(ngms).__name__, ngms.description, ngms.min, ngms.max, ngms.value) == (
+        "BoundedFloatText", "NGMS", 0, 15, 0)
+    assert "negative guidance minimum sigma" in ngms.tooltip
+    assert ui.advanced.widget in ui.widget.children and ui.advanced.widget.selected_index is None  # closed
+    # The other flagged fields: a choice is a Dropdown, a flag a Checkbox, a number bounded by its range.
+    assert ui.advanced.inputs["randn_source"].options == ("GPU", "CPU", "NV")
+    assert type(ui.advanced.inputs["tiling"]).__name__ == "Checkbox"
+    assert (ui.advanced.inputs["clip_skip"].min, ui.advanced.inputs["clip_skip"].max) == (1, 12)
+
+    t2i = GeneratorUI(engine, tmp_path, steps=3, width=64, height=64)
+    t2i.prompt.value = "a lighthouse"
+    t2i.advanced.inputs["s_min_uncond"].value = 99  # clamped to A1111's maximum, as the page's input
+    t2i.advanced.inputs["eta_noise_seed_delta"].value = 31337
+    assert (t2i.request().s_min_uncond, t2i.request().eta_noise_seed_delta) == (15, 31337)
+    t2i.advanced.inputs["s_min_uncond"].value = 2
+    t2i.button.click()
+    with Image.open(t2i.saved[0]) as saved:
+        text = read_parameters(saved)
+    assert "NGMS: 2" in text  # (ENSD is written for the samplers it changes only, as A1111)
+
+
+def test_a_new_field_with_facts_appears_with_no_widgets_edit(engine, tmp_path, monkeypatch):
+    knob = dataclasses.field(default=3, metadata=about(label="Knob", range=(1, 9), cli="--knob", help="a new knob"))
+    knob.name, knob.type = "knob", "int"
+    monkeypatch.setattr(widgets, "described", lambda: {**described(), "knob": (knob, knob.metadata["about"])})
+
+    ui = GeneratorUI(engine, tmp_path)
+    widget = ui.advanced.inputs["knob"]
+    assert (type(widget).__name__, widget.description, widget.min, widget.max, widget.value, widget.tooltip) == (
+        "BoundedIntText", "Knob", 1, 9, 3, "a new knob")
+    widget.value = 5
+    ui.prompt.value = "a lighthouse"
+    assert ui.request().knob == 5

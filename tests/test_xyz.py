@@ -14,7 +14,7 @@ from PIL import Image
 from app.engine.metadata import parse_infotext, read_parameters
 from app.engine.types import GenerationRequest, ValidationError
 from app.engine.xyz import AXES, AXIS_LABELS, IMG2IMG_AXIS_LABELS, annotate, axis_kind, draw_plot, make_plot, parse_values, split_values
-from helpers import assert_error, gradient, png_b64
+from helpers import assert_error, backend_of, gradient, png_b64
 
 SMALL = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 2, "seed": 5,
          "sampler_name": "Euler"}
@@ -260,7 +260,7 @@ def test_native_plot_and_group_cancel(make_app):
     assert response.status_code == 202, response.get_data(as_text=True)
     group = response.get_json()["group"]
     assert group["state"] == "queued" and len(group["cells"]) == 4 and group["grid"] is None
-    worker = app.extensions["t2i"].worker
+    worker = backend_of(app).worker
     assert worker.run_once()  # one cell runs, three wait
     cancelled = client.post(f"/api/groups/{group['id']}/cancel").get_json()["group"]
     states = sorted(cell["state"] for cell in cancelled["cells"])
@@ -370,7 +370,7 @@ def test_checkpoint_axis_queues_one_model_after_the_other(make_app, two_checkpoi
     queue = sorted(client.get("/api/jobs").get_json()["jobs"], key=lambda job: job["position"])
     # sd-a's cells (indexes 0 and 2) first, then sd-b's: one model switch, not three.
     assert [job["params"]["group"]["index"] for job in queue] == [0, 2, 1, 3]
-    models = app.extensions["t2i"].store
+    models = backend_of(app).store
     assert [models.get(job["id"]).params["sd_model"].endswith(name) for job, name in
             zip(queue, ("sd-a", "sd-a", "sd-b", "sd-b"))] == [True] * 4
     assert_error(client.post("/api/xyz", json={"prompt": "a", "xyz": {"x_type": "Checkpoint name",

@@ -25,6 +25,9 @@ per path (peak RSS: the process's ``VmHWM``; on CUDA also
 ``torch.cuda.max_memory_allocated``), so no path inherits another's memory.
 On CUDA the speedup options of ``app.models.speedups`` are measured the same way,
 each in its own subprocess on the plain path, against the ``sdpa`` default.
+``--fast-modes`` times the fast modes (DeepCache, ToMe, fewer steps) against
+the full run on the engine, with their pixel difference (``app.bench.fast``);
+``--paths ''`` leaves the paths out.
 """
 # The docstring above is the --help text. The package, by job:
 #   config   settings, results, the model source every path loads
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from app.bench.child import child_main
 from app.bench.config import GPU_OPTIONS, MODES, PATHS, BenchConfig, ModelSource, PathResult, Sample, log, prepare_model
+from app.bench.fast import measure_fast_modes
 from app.bench.http import HttpStack, client_main, http_unavailable_reason, poll_interval
 from app.bench.measure import measure_memory, measure_modes, measure_options, measure_speed
 from app.bench.paths import prepare_process
@@ -64,10 +68,17 @@ def run(cfg: BenchConfig, workdir: Path | None = None) -> dict:
         workdir = Path(workdir or tmp)
         source = prepare_model(cfg.model, workdir)
         log(f"timing {', '.join(cfg.paths)} on {source.name} ({placement.device} {placement.dtype})")
-        results, size = measure_speed(cfg, source, placement, workdir)
-        if cfg.memory:
+        results: dict = {}
+        size = cfg.size or 0
+        if cfg.paths:
+            results, size = measure_speed(cfg, source, placement, workdir)
+        if cfg.memory and results:
             log("load time, first image and peak memory: one fresh process per path")
             measure_memory(cfg, source, workdir, results)
+        fast_modes = None
+        if cfg.fast_modes:
+            log(f"fast modes against the full run: {', '.join(cfg.fast_modes)}")
+            fast_modes, size = measure_fast_modes(cfg, source, placement)
         modes = None
         if cfg.modes:
             log(f"modes: {', '.join(cfg.modes)}" + (f"; also under VRAM caps {cfg.vram_limits_gb} GB" if cfg.vram_limits_gb else ""))
@@ -84,4 +95,5 @@ def run(cfg: BenchConfig, workdir: Path | None = None) -> dict:
                                "--size 768 --steps 25` on a GPU to measure them")
         report = summarize(cfg, source, placement, size, results, options, options_skipped)
         report["modes"] = modes
+        report["fast_modes"] = fast_modes
         return report

@@ -43,6 +43,7 @@ class BenchConfig:
     memory: bool = True  # the fresh-subprocess measurements
     modes: tuple[str, ...] = ()  # engine modes measured for peak VRAM, each in a fresh process (see MODES)
     vram_limits_gb: tuple[float, ...] = ()  # also run the modes under these per-process VRAM caps (a T4: 15)
+    fast_modes: tuple[str, ...] = ()  # fast modes against the full run (app/bench/fast.py), e.g. "deepcache=3"
     short: bool = False
     command: str = ""
 

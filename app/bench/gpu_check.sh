@@ -8,6 +8,9 @@
 #   options: the speedup options, each in its own process;
 #   noise:   CUDA's torch.randn against the Philox port (A1111's "GPU"/"NV" noise) and the A1111-fidelity
 #            tests on the GPU (tests/test_sampling_rng.py's CUDA tests; needs pytest and k-diffusion).
+#   fast:    the fast modes (DeepCache, ToMe, fewer steps: app/bench/fast.py) against the full run on the engine,
+#            interleaved, with seconds per image and the pixel difference from the full run (about 2 minutes;
+#            FAST_MODES picks them, default: app.bench.fast.DEFAULT_FAST_MODES).
 #   compile: the compiled UNet (app/bench/compiled.py) started twice with one compile cache, each start with
 #            empty Inductor/Triton caches: a cold start, then one from the cache; first image (eager while
 #            compiling), compile seconds, eager vs compiled seconds per image, max pixel difference (JSON in
@@ -41,6 +44,10 @@ for part in "${parts[@]}"; do
         timeout "${OPTIONS_SECONDS:-270}" python -m app.bench "${base[@]}" --runs 1 --paths plain --no-memory \
             --options "${OPTIONS:-sdpa,no_sdpa,channels_last,fused_qkv,channels_last+fused_qkv,compile,vae_tiling,attention_slicing,cpu_offload}" \
             --out docs/benchmarks.md --section cuda-sd21-options --out "$out/options.json" 2>&1 | tee "$out/options.log" ;;
+    fast)
+        timeout "${FAST_SECONDS:-300}" python -m app.bench "${base[@]}" --runs "${FAST_RUNS:-3}" --paths '' --no-memory \
+            --options '' --fast-modes "${FAST_MODES:-default}" --out docs/benchmarks.md --section cuda-sd21-fast-modes \
+            --out "$out/fast.json" 2>&1 | tee "$out/fast.log" ;;
     noise)
         timeout "${NOISE_SECONDS:-120}" python -m pytest -q -p no:cacheprovider tests/test_sampling_rng.py -k cuda -rA \
             2>&1 | tee "$out/noise.log" ;;
@@ -52,7 +59,7 @@ for part in "${parts[@]}"; do
                 > "$out/compile-$start.json" 2> "$out/compile-$start.log"
             cat "$out/compile-$start.json"
         done ;;
-    *) echo "gpu_check: unknown part $part (paths, modes, options, noise, compile)" >&2; exit 2 ;;
+    *) echo "gpu_check: unknown part $part (paths, modes, options, fast, noise, compile)" >&2; exit 2 ;;
     esac
     cp docs/benchmarks.md "$out/benchmarks.md"
 done

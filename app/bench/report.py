@@ -190,6 +190,10 @@ def to_markdown(report: dict) -> str:
                          f"| {_fmt(row.get('vram_after_load_mb'), 0)} | {_fmt(row.get('peak_vram_mb'), 0)} "
                          f"| {_fmt(row.get('peak_vram_reserved_mb'), 0)} | {_fmt(row.get('peak_rss_mb'), 0)} |")
         lines.append("")
+    if report.get("fast_modes"):
+        from app.bench.fast import fast_modes_markdown
+
+        lines += fast_modes_markdown(report["fast_modes"])
     return "\n".join(lines)
 
 

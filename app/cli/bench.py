@@ -10,6 +10,7 @@ from pathlib import Path
 
 import app.bench as bench
 from app.bench import GPU_OPTIONS, MODES, PATHS, BenchConfig, child_main, client_main, to_markdown, write_section
+from app.bench.fast import DEFAULT_FAST_MODES, parse_fast_mode
 from app.models.speedups import SPEEDUPS, parse_option
 
 
@@ -40,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "a fresh process: " + ", ".join(MODES) + " (default: none)")
     p.add_argument("--vram-limit-gb", default="", help="comma list of VRAM caps in GB: the modes run again under each "
                    "(15: a Colab T4), through torch.cuda.set_per_process_memory_fraction (CUDA only)")
+    p.add_argument("--fast-modes", default="", help="comma list of fast modes timed against the full run on the "
+                   "engine, with their pixel difference: request fields joined by '+', deepcache=N, tome=R, steps=N, "
+                   "sampler=NAME (e.g. deepcache=3+tome=0.5); 'default': " + ",".join(DEFAULT_FAST_MODES))
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the fresh-process load/first-image/peak-memory measurements")
     p.add_argument("--short", action="store_true", help="CI mode: demo model, 64x64, 2 steps, 2 runs")
@@ -110,12 +114,18 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
         raise ValueError(f"vram-limit-gb: expected numbers in GB, comma separated (got {args.vram_limit_gb!r})") from None
     if limits and not modes:
         raise ValueError("vram-limit-gb: needs --modes (the caps apply to the mode runs)")
+    fast = tuple(m.strip() for m in args.fast_modes.split(",") if m.strip())
+    if fast == ("default",):
+        fast = DEFAULT_FAST_MODES
+    for spec in fast:
+        parse_fast_mode(spec)
     if args.size is not None and (args.size < 64 or args.size % 8):
         raise ValueError(f"size: must be a multiple of 8, at least 64 (got {args.size})")
     return BenchConfig(model=args.model, steps=args.steps, size=args.size, runs=args.runs, warmup=args.warmup,
                        paths=paths, options=options, option_runs=args.option_runs, device=args.device,
                        dtype=args.dtype, threads=args.threads, poll=args.poll, slow_poll=args.slow_poll, long_poll=args.long_poll,
                        preview_every=args.preview_every, memory=args.memory, modes=modes, vram_limits_gb=limits,
+                       fast_modes=fast,
                        short=args.short, command=" ".join(["python -m app.bench", *map(shlex.quote, argv)]))
 
 

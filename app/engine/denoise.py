@@ -17,8 +17,9 @@ scheduler runs; the algorithms are in ``app/engine/sampling``.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from PIL import Image
 from app.engine.prompts import encode_schedule
 from app.engine.sampling import run
 from app.engine.sampling.cfg import CFGDenoiser
+from app.engine.sampling.deepcache import FeatureCache
 from app.engine.sampling.denoisers import DiscreteDenoiser, LCMDenoiser, alphas_cumprod_from_config
 from app.engine.sampling.rng import ImageRNG, brownian_noise_sampler
 from app.engine.sampling.timesteps import TimestepsDenoiser
@@ -49,13 +51,25 @@ class ModelWrappers:
         self.timesteps = TimestepsDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
         self.lcm = LCMDenoiser(self.alphas_cumprod, self.prediction, self.apply_model)
         self.compiled: Any = None  # app/models/compiled.py CompiledUNet: set when the engine compiles
+        self.eager = False  # a job whose hooks the compiled graph would not see (ToMe) runs the eager UNet
+
+    @contextmanager
+    def eager_while(self, on: Any) -> Iterator[None]:
+        """The eager UNet for the block's length when ``on`` is truthy."""
+        self.eager = bool(on)
+        try:
+            yield
+        finally:
+            self.eager = False
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                    image_cond: torch.Tensor | None = None, control: tuple | None = None) -> torch.Tensor:
+                    image_cond: torch.Tensor | None = None, control: tuple | None = None,
+                    cache: tuple | None = None) -> torch.Tensor:
         """The UNet's output for latents ``x`` at (fractional) timesteps ``t``; the sampling math stays in
         float32 while the UNet runs in its own dtype (A1111's autocast). ``control``: the pass's ControlNet
         units and which rows are the prompt's (app/engine/controlnet.py); they see the 4 latent channels
-        only, as the extension gives an inpainting UNet's ControlNet."""
+        only, as the extension gives an inpainting UNet's ControlNet. ``cache``: DeepCache's kept features, the
+        pass's model call and the batch's slot (app/engine/sampling/deepcache.py); it runs eager."""
         unet = self.unet
         extra: dict = {}
         if control is not None:
@@ -68,7 +82,10 @@ class ModelWrappers:
             x = torch.cat([x, image_cond.to(x)], dim=1)
         # Inputs stay on x's device (the pipeline's execution device; CPU offload hooks move the UNet there).
         x, t, cond = x.to(unet.dtype), t.to(x.device, torch.float32), cond.to(x.device, unet.dtype)
-        if self.compiled is not None and not extra:  # compiled where ready, else eager (ControlNet: eager)
+        if cache is not None:
+            features, call, slot = cache
+            return features.run(unet, x, t, cond, extra, call, slot).float()
+        if self.compiled is not None and not extra and not self.eager:  # compiled where ready, else eager (ControlNet: eager)
             return self.compiled(x, t, cond).float()
         return unet(x, t, encoder_hidden_states=cond, return_dict=False, **extra)[0].float()
 
@@ -101,6 +118,7 @@ class Denoiser:
         self.settings = run.SamplerSettings.from_request(request)
         self.control: Any = None  # the request's ControlNet units (app/engine/controlnet.py ControlPlan)
         self.last_control: Any = None  # the last pass's ControlSet: what it did, for tests
+        self.last_cache: FeatureCache | None = None  # the last pass's DeepCache calls, for tests and the bench
 
     # 1. conditioning
     def conditioning(self, prompt: str, steps: int, hires_steps: int | None = None) -> tuple[list, list]:
@@ -133,6 +151,8 @@ class Denoiser:
                             image_cond=image_cond, cancel=self.cancel)
         if self.control is not None and size is not None:
             model.control = self.last_control = self.control.for_pass(*size, hires=hires)
+        if self.request.deepcache_interval:  # kept for one pass: the hires pass starts its own
+            model.feature_cache = self.last_cache = FeatureCache(self.request.deepcache_interval)
         return model
 
     def txt2img(self, conds: tuple[list, list], width: int, height: int, on_step: OnStep | None,

@@ -271,7 +271,9 @@ class Engine:
 
         from app.engine import hires, inpaint
         from app.engine.denoise import Denoiser
+        from app.engine.sampling import deepcache
         from app.engine.sampling import run as sampling
+        from app.engine.tome import token_merging
 
         started = time.perf_counter()
         out_w, out_h = (width, height)
@@ -306,7 +308,12 @@ class Engine:
         lora_entries = self.loras.activate(tags)
         plan = None
         images: list = []
-        with torch.no_grad(), circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling):
+        if request.deepcache_interval:
+            why = deepcache.unsupported(self.pipe.unet)
+            if why:
+                raise ValidationError("deepcache_interval", request.deepcache_interval, f"DeepCache is off here: {why}")
+        with torch.no_grad(), circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling), \
+                token_merging(self.pipe.unet, request.tome_ratio, seeds[0]) as tome, self.sampling.eager_while(tome):
             if request.mask is not None:  # inpainting (app/engine/inpaint.py)
                 latents, plan, extra_mode, stopped = inpaint.run(denoiser, request, width, height, prompt, step)
             elif request.enable_hr:  # hires fix (app/engine/hires.py)

@@ -176,6 +176,17 @@ class GenerationRequest:
     face_detail_padding: int = 32  # pixels around the face, only masked
     # --- ControlNet units (issue #25; app/engine/controlnet.py): dicts of ControlUnit's fields, images as base64 PNG ---
     controlnet: list[dict] = field(default_factory=list)
+    # --- fast modes (issue #26; app/engine/fast_modes.py, docs/speed.md): each trades some fidelity for time ---
+    # DeepCache: the whole UNet every N model calls, its shallow branch between (0: off; 1 is refused)
+    deepcache_interval: int = field(default=0, metadata=about(
+        label="DeepCache", range=(0, 5), cli="--deepcache-interval", api=True,
+        help="DeepCache: the whole UNet every N model calls (2-5), only its outer layers between; faster, fine "
+             "detail drifts (0: off)"))
+    # ToMe for SD: the share of the full-resolution tokens merged before self-attention (0: off)
+    tome_ratio: float = field(default=0.0, metadata=about(
+        label="ToMe", range=(0, 0.75), cli="--tome-ratio", api=True,
+        help="token merging (ToMe): share of the full-resolution tokens merged before self-attention, "
+             "0-0.75; a little faster, texture softens (0: off)"))
 
     def validate(self, limits: Limits = DEFAULT_LIMITS, templates: bool = True) -> "GenerationRequest":
         """Check every field; raise ValidationError on the first bad one.
@@ -313,12 +324,12 @@ FIELD_RANGES.update({name: about_.range for name, (_, about_) in described().ite
 def feature_checks() -> tuple[Callable[[GenerationRequest, Limits], None], ...]:
     """Each feature's ``check(request, limits)``, in the order ``validate`` runs them: the first
     error a request gets depends on it. Imported when asked for, as the features bring torch."""
-    from app.engine import hires, inpaint, sd_upscale
+    from app.engine import fast_modes, hires, inpaint, sd_upscale
     from app.engine.faces import checks as faces
     from app.engine.sampling import checks as sampler
     from app.engine.sampling import rng
 
-    return inpaint.check, hires.check, rng.check, sampler.check, sd_upscale.check, faces.check
+    return inpaint.check, hires.check, rng.check, sampler.check, sd_upscale.check, faces.check, fast_modes.check
 
 
 def field_names() -> tuple[str, ...]:

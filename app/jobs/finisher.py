@@ -21,6 +21,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
+FINISHING = "finishing"  # a worker's end state for a finished run handed to its finisher
+
 
 class Finisher:
     """``backlog``: how many finished runs may wait for their end (their

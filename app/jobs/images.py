@@ -35,12 +35,6 @@ def disk_room_reason(free_mb: int, need_mb: int) -> str | None:
     return None
 
 
-def failed_for_disk(error: str | None) -> bool:
-    """A job's failure reason says the disk was full (the two reasons above): a storage
-    condition the caller may retry once space is freed, not a failed generation."""
-    return error is not None and error.startswith(("disk nearly full:", "disk full:"))
-
-
 def is_image_name(job_id: str, name: str) -> bool:
     return (isinstance(job_id, str) and bool(JOB_ID.match(job_id)) and isinstance(name, str)
             and bool(IMAGE_NAME.match(name)))

@@ -11,11 +11,21 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from app.engine.types import GenerationRequest, ValidationError
+from app.engine.types import GenerationRequest, ValidationError, short_repr
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 FINISHED = (DONE, FAILED, CANCELLED)
+
+# Why a job failed (``Failure.kind``): what the web layer answers depends on it, never on the text.
+INVALID = "invalid"  # its input, found only when it ran (a LoRA for another model ...): the caller's to fix
+DISK_FULL = "disk_full"  # no room for its images: the server's disk, worth a retry once space is freed
+OUT_OF_MEMORY = "out_of_memory"  # the GPU's memory: a smaller size or fewer images may run
+MODEL = "model"  # the model it asked for could not be loaded
+WORKER_LOST = "worker_lost"  # its worker died, or lost the queue (Redis) for too long
+ERROR = "error"  # anything else: a bug or a fault, logged with its traceback
+FAILURE_KINDS = (INVALID, DISK_FULL, OUT_OF_MEMORY, MODEL, WORKER_LOST, ERROR)
+INVALID_REQUEST = "invalid request: "  # how the reason shown for an INVALID failure starts
 
 
 class QueueFull(Exception):
@@ -45,6 +55,37 @@ class Progress:
         return round(self.step / self.total, 4) if self.total else 0.0
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a failed job failed, as data: ``kind`` (one of FAILURE_KINDS), ``message`` (one
+    line a user can act on) and, for INVALID, the request ``field`` and its ``value`` as
+    shown (``short_repr``, as ``ValidationError.to_dict`` shows it)."""
+
+    kind: str
+    message: str
+    field: str | None = None
+    value: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """The job's ``error`` line."""
+        return INVALID_REQUEST + self.message if self.kind == INVALID else self.message
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "field": self.field, "value": self.value}
+
+    @classmethod
+    def of_dict(cls, data: dict | None) -> "Failure | None":
+        """A stored failure again; None for none (a record from before failures were kept)."""
+        if not data:
+            return None
+        return cls(str(data["kind"]), str(data["message"]), data.get("field"), data.get("value"))
+
+    @classmethod
+    def invalid(cls, exc: ValidationError) -> "Failure":
+        return cls(INVALID, str(exc), exc.field, short_repr(exc.value))
+
+
 @dataclass
 class Job:
     id: str
@@ -52,7 +93,8 @@ class Job:
     client: str
     params: dict  # GenerationRequest.to_dict(), then the size it ran at
     images: list[dict] = field(default_factory=list)  # {"n", "seed", "infotext"}
-    error: str | None = None
+    error: str | None = None  # why it failed or was cancelled, one line (a failure's ``reason``)
+    failure: Failure | None = None  # why it failed, as data; None unless failed
     created_at: str = ""
     started_at: str | None = None
     finished_at: str | None = None

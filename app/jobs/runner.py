@@ -4,27 +4,37 @@ the SQLite backend and the GPU worker processes of the Redis backend).
 ``run_job`` turns the job's request into image records and PNG bytes;
 ``job_end`` says how a job that raised ends, with the images of a run that
 was stopped early (a user's cancel keeps them, as A1111 keeps an interrupted
-image; a skip ends the job done with them). Failures are handled at this one
-boundary: the worker catches per job, logs, marks it failed with a reason a
-user can read, frees memory and goes on.
+image; a skip ends the job done with them), and ``end_job`` ends it: both
+workers end every job through it. Failures are handled at this one boundary:
+the worker catches per job, and ``end_job`` logs, marks it failed with its
+cause as data (``Failure``: a kind, and a reason a user can read), frees
+memory and goes on.
 """
 from __future__ import annotations
 
 import io
 import logging
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from app.engine.engine import GenerationCancelled, GenerationOutOfMemory
 from app.engine.metadata import png_bytes
 from app.engine.previews import preview_grid
 from app.engine.types import GenerationRequest, StepInfo, ValidationError
 from app.jobs.images import DiskFull
-from app.jobs.job import CANCELLED, DONE, FAILED
+from app.jobs.job import (
+    CANCELLED,
+    DISK_FULL,
+    DONE,
+    ERROR,
+    FAILED,
+    OUT_OF_MEMORY,
+    QUEUED,
+    Failure,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -78,66 +88,150 @@ def job_output(result: "GenerationResult", encoders: "Executor | None" = None) -
     return JobOutput(images, pngs, result.width, result.height, result.seconds, len(result.control_maps))
 
 
-INVALID_REQUEST = "invalid request: "  # how the reason of a job failed for its input starts
+class JobRecord(Protocol):
+    """How one worker writes a job's end into its store (each write retried as that worker
+    retries its store). ``end_job`` decides which, and when."""
+
+    def save_partial(self, output: JobOutput) -> bool:
+        """Keep the images of a run stopped early, like a done job's (all or nothing); False
+        when they cannot be (the job then ends without them)."""
+
+    def done(self, output: JobOutput, partial: bool) -> bool:
+        """Done with its images; False when the job was no longer this worker's (dropped)."""
+
+    def cancelled(self, reason: str, output: JobOutput | None) -> None:
+        """Cancelled, with the images of the run so far if it made any."""
+
+    def failed(self, failure: Failure) -> None: ...
+
+    def requeued(self, note: str, counted: bool) -> str:
+        """Back in the queue, with a note why (``counted``: a Redis outage, allowed once);
+        returns the state the job is in after it: QUEUED, or FAILED when handed back too often."""
 
 
-def failed_for_input(error: str | None) -> tuple[str, str, str | None] | None:
-    """(field, message, value) when a job's failure reason says it failed for its input
-    (a ValidationError found while it ran: the caller's to fix, a 400); else None."""
-    if error is None or not error.startswith(INVALID_REQUEST):
-        return None
-    message = error[len(INVALID_REQUEST):]
-    value = re.search(r"\(got (.*)\)$", message)
-    return message.split(":", 1)[0], message, value.group(1) if value else None
+DROPPED = "dropped"  # an end with nothing to write: the job was handed to another worker meanwhile
 
 
 @dataclass(frozen=True)
 class JobEnd:
-    """How a job that raised ends: ``state`` CANCELLED, FAILED or (a skipped
-    run with images) DONE, the reason shown to the user, whether the error
-    was unexpected (logged with its traceback; the worker frees memory after
-    it), and ``output``: the images of a run stopped early, to be written and
-    recorded like a done job's (None when it stopped before its first step,
-    or failed)."""
+    """How a job ends: ``state`` DONE, CANCELLED, FAILED, QUEUED (handed back to the queue) or
+    DROPPED; ``reason``: the line shown for a cancel (or a hand-back's note); ``output``: the
+    run's images (a finished run's, or those of a run stopped early; None when it stopped
+    before its first step, or failed); ``failure``: why it failed; ``error``: the exception
+    it raised, logged with its traceback when it was unexpected (``unexpected``)."""
 
     state: str
-    reason: str
-    unexpected: bool
+    reason: str | None = None
     output: JobOutput | None = None
+    failure: Failure | None = None
+    error: BaseException | None = None
+    unexpected: bool = False
+    partial: bool = False  # ``output`` is a run stopped early
+    counted: bool = False  # a hand-back after a Redis outage (allowed once per job)
+
+    @classmethod
+    def finished(cls, output: JobOutput) -> "JobEnd":
+        return cls(DONE, output=output)
+
+    @classmethod
+    def failed(cls, failure: Failure) -> "JobEnd":
+        """A job that fails before it runs (its model could not be loaded, no room for its images ...)."""
+        return cls(FAILED, failure=failure)
+
+    @classmethod
+    def handed_back(cls, note: str, counted: bool = False) -> "JobEnd":
+        return cls(QUEUED, reason=note, counted=counted)
+
+    @property
+    def ended_well(self) -> bool:
+        """A run that finished: nothing raised mid-run, so refcounting has freed its tensors."""
+        return self.state == DONE and not self.partial
 
 
-def job_end(job_id: str, exc: BaseException, skipped: bool = False) -> JobEnd:
-    """``skipped``: the stop was a skip (``/sdapi/v1/skip``), not a cancel."""
+def job_end(exc: BaseException, skipped: bool = False) -> JobEnd:
+    """How a job whose run raised ``exc`` ends. ``skipped``: the stop was a skip
+    (``/sdapi/v1/skip``), not a cancel."""
     if isinstance(exc, GenerationCancelled):
         output = None if exc.partial is None else job_output(exc.partial)
         if skipped and output is not None:
-            return JobEnd(DONE, f"skipped after step {exc.step} of {exc.total}", False, output)
+            return JobEnd(DONE, f"skipped after step {exc.step} of {exc.total}", output, partial=True)
         verb = "skipped" if skipped else "cancelled"
-        return JobEnd(CANCELLED, f"{verb} after step {exc.step} of {exc.total}", False, output)
-    if isinstance(exc, ValidationError):  # found when it ran (a LoRA that does not fit the model ...)
-        return JobEnd(FAILED, INVALID_REQUEST + str(exc), False)
+        return JobEnd(CANCELLED, f"{verb} after step {exc.step} of {exc.total}", output, partial=True)
+    return JobEnd(FAILED, failure=failure_of(exc), error=exc, unexpected=not isinstance(exc, (ValidationError, DiskFull)))
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The failure a run's exception is: a ValidationError found when it ran (a LoRA that does
+    not fit the model ...) is the request's, with its field and value; then a full disk, out of
+    memory, or else an error, each in one line a user can act on."""
+    if isinstance(exc, ValidationError):
+        return Failure.invalid(exc)
     if isinstance(exc, DiskFull):
-        logger.error("job %s: %s", job_id, exc.strerror)
-        return JobEnd(FAILED, exc.strerror or "disk full", False)
-    logger.exception("job %s failed", job_id, exc_info=exc)  # out of memory, a timeout ...
-    return JobEnd(FAILED, failure_reason(exc), True)
+        return Failure(DISK_FULL, exc.strerror or "disk full")
+    name = type(exc).__name__
+    if isinstance(exc, GenerationOutOfMemory):  # its message names the size, the images and what to lower
+        return Failure(OUT_OF_MEMORY, str(exc))
+    if "OutOfMemory" in name:
+        return Failure(OUT_OF_MEMORY, f"out of GPU memory ({name}); try a smaller size or fewer images")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return Failure(ERROR, f"{name}: {text[:300]}" if text else name)
 
 
 def failure_reason(exc: BaseException) -> str:
     """One line a user can act on, from any exception."""
-    name = type(exc).__name__
-    if isinstance(exc, GenerationOutOfMemory):  # its message names the size, the images and what to lower
-        return str(exc)
-    if "OutOfMemory" in name:
-        return f"out of GPU memory ({name}); try a smaller size or fewer images"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{name}: {text[:300]}" if text else name
+    return failure_of(exc).message
+
+
+def end_job(job_id: str, end: JobEnd, record: JobRecord) -> str:
+    """The one way both workers end a job: write ``end`` through ``record``, log it, and free
+    GPU memory after every end but a finished run (a cancel, a skip, a failure, a hand-back:
+    the frames of what it raised can hold GPU tensors in cycles; after a finished run
+    refcounting has freed them, and gc.collect() costs about a second). Returns the state the
+    job ended in (or DROPPED)."""
+    try:
+        return _write_end(job_id, end, record)
+    finally:
+        if not end.ended_well:
+            free_memory()
+
+
+def _write_end(job_id: str, end: JobEnd, record: JobRecord) -> str:
+    if end.state == DONE and not end.partial:
+        assert end.output is not None
+        if not record.done(end.output, partial=False):
+            logger.warning("job %s was cancelled or handed to another worker; its result is dropped", job_id)
+            return DROPPED
+        logger.info("job %s done in %.1fs", job_id, end.output.seconds)
+        return DONE
+    if end.state in (DONE, CANCELLED):
+        kept = end.output if end.output is not None and record.save_partial(end.output) else None
+        if end.state == DONE and kept is not None:  # skipped: done with the images so far
+            if not record.done(kept, partial=True):
+                logger.warning("job %s was handed to another worker; its images are dropped", job_id)
+                return DROPPED
+            logger.info("job %s %s: done with %d image(s)", job_id, end.reason, len(kept.images))
+            return DONE
+        record.cancelled(end.reason or CANCELLED, kept)
+        logger.info("job %s %s%s", job_id, end.reason, f", keeping {len(kept.images)} image(s)" if kept else "")
+        return CANCELLED
+    if end.state == FAILED:
+        assert end.failure is not None
+        if end.unexpected:
+            logger.error("job %s failed", job_id, exc_info=end.error)
+        else:
+            logger.warning("job %s failed (%s): %s", job_id, end.failure.kind, end.failure.reason)
+        record.failed(end.failure)
+        return FAILED
+    if end.state == QUEUED:
+        logger.warning("job %s: %s", job_id, end.reason)
+        return record.requeued(end.reason or "", end.counted)
+    logger.warning("job %s is no longer this worker's; stopped", job_id)
+    return DROPPED
 
 
 def free_memory() -> None:
-    """After a failed run: a traceback's frames can hold GPU tensors in cycles.
-    (After a good job refcounting has freed them, and gc.collect() costs about
-    a second, so only then.) The workers run on any GPU, so CUDA's cache is emptied when there is one."""
+    """Collect garbage and empty CUDA's cache (when there is one: the workers run on any GPU);
+    ``end_job`` says when it is worth its second."""
     from app.models.devices import free_memory as give_back
 
     give_back("cuda")

@@ -109,9 +109,10 @@ def person_block(web_app: Any, name: str, quota: int, base_url: str) -> Any:
     not widgets); the link is shown this once: only its token's hash is kept."""
     import ipywidgets as w
 
-    from app.web.people import EXTENSION, PeopleError
+    from app.web.people import PeopleError
+    from app.web.services import services_of
 
-    store = web_app.extensions.get(EXTENSION)
+    store = services_of(web_app).people
     if store is None:
         return w.HTML('ACCESS is "password": everyone uses the password. For personal links, set ACCESS = '
                       '"people" in Settings and run the cells again.')

@@ -1,7 +1,8 @@
 """ipywidgets front end for the notebooks: a form, a Generate button, a
 progress bar fed by the engine's step callback, the image, a strip of
 intermediate steps and an Upscale button for the last result. The
-text-to-image form has the hires fix; the inpainting form takes its mask
+text-to-image form has the hires fix; the simple fields with facts (a CLI flag, app/engine/fields.py)
+get their widgets in "Advanced settings" from those facts; the inpainting form takes its mask
 as an upload (ipywidgets has no drawing canvas). Generation runs in the button's click handler, so a
 headless run can press the button with ``button.click()`` and get real files.
 
@@ -20,6 +21,7 @@ from app.engine import upscalers
 from app.engine.controlnet import encode_png
 from app.engine.engine import Engine, GenerationCancelled, save_result
 from app.engine.faces.restore import RESTORERS
+from app.engine.fields import About, kind
 from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES
 from app.engine.metadata import save_image
@@ -27,11 +29,13 @@ from app.engine.preprocessors import MODULES
 from app.engine.previews import filmstrip
 from app.engine.schedulers import sampler_names, schedule_labels
 from app.engine.types import (
+    FIELD_RANGES,
     SIZE_MULTIPLE,
     GenerationRequest,
     GenerationResult,
     StepInfo,
     ValidationError,
+    described,
     field_range,
     floor_size,
 )
@@ -96,6 +100,47 @@ def _png(image: Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def fact_fields() -> dict[str, tuple[type, Any, About]]:
+    """The request's simple fields whose facts give them a flag (``about(cli=...)``): a number, a flag or
+    a choice with a default a widget can hold (not None), each with its plain type and default. Their widgets
+    are made from the facts, so a new such field appears in the form with no edit here."""
+    return {name: (kind(f), f.default, about) for name, (f, about) in described().items()
+            if about.cli and isinstance(f.default, (int, float, bool, str))}
+
+
+class FactWidgets:
+    """The form's "Advanced settings" (closed at first): one widget per ``fact_fields()`` field, its label
+    the infotext's, its bounds the field's range (FIELD_RANGES), its tooltip the flag's help; read back into
+    the request by name. The fields with a real UI (prompt, size, sampler, images, ControlNet) keep theirs."""
+
+    def __init__(self) -> None:
+        import ipywidgets as w
+
+        self.inputs: dict[str, Any] = {}
+        for name, (type_, default, about) in fact_fields().items():
+            common = {"value": default, "description": about.label or name.replace("_", " ").capitalize(),
+                      **tooltip(about.help), "style": {"description_width": "initial"}}
+            if about.choices:
+                widget = w.Dropdown(options=list(about.choices), **common)
+            elif type_ is bool:
+                widget = w.Checkbox(indent=False, **common)
+            elif type_ is str:
+                widget = w.Text(**common)
+            elif span := about.range or FIELD_RANGES.get(name):  # its own, or its feature's check's
+                low, high = span
+                widget = (w.BoundedIntText if type_ is int else w.BoundedFloatText)(min=low, max=high, **common)
+            else:
+                widget = (w.IntText if type_ is int else w.FloatText)(**common)
+            self.inputs[name] = widget
+        rows = [w.HBox(list(self.inputs.values())[i:i + 3]) for i in range(0, len(self.inputs), 3)]
+        self.widget = w.Accordion(children=[w.VBox(rows)], selected_index=None)
+        self.widget.set_title(0, "Advanced settings")
+
+    def fill(self, request: GenerationRequest) -> None:
+        for name, widget in self.inputs.items():
+            setattr(request, name, widget.value)
 
 
 class ControlNetWidgets:
@@ -211,6 +256,7 @@ class GeneratorUI:
                                                   **bounds("face_detail_strength"), step=0.05,
                                                   description="Face denoise")
         self.controlnet = ControlNetWidgets(engine)
+        self.advanced = FactWidgets()
         self.upscale_by = w.BoundedFloatText(value=2.0, min=1.0, max=MAX_FACTOR, step=0.5, description="Upscale x",
                                              **tooltip("upscale of the last result, saved next to it"))
         self.upscaler = w.Dropdown(options=upscalers.names(), value="Lanczos", description="with",
@@ -236,6 +282,7 @@ class GeneratorUI:
             *hires,
             w.HBox([self.restore_faces, self.face_restorer, self.code_former_weight]),
             w.HBox([self.face_detail, self.face_detail_strength]),
+            self.advanced.widget,
             self.controlnet.widget,
             w.HBox([self.save_steps, self.button]),
             self.progress, self.status, self.image, self.strip,
@@ -259,6 +306,7 @@ class GeneratorUI:
             code_former_weight=self.code_former_weight.value, face_detail=self.face_detail.value,
             face_detail_strength=self.face_detail_strength.value, controlnet=self.controlnet.units(),
         )
+        self.advanced.fill(request)
         if self.offers_hires and self.enable_hr.value:
             request.enable_hr, request.hr_scale = True, self.hr_scale.value
             request.hr_upscaler, request.hr_second_pass_steps = self.hr_upscaler.value, self.hr_steps.value

@@ -10,16 +10,15 @@ Two modes:
 The output folder is a complete diffusers pipeline (``--model OUT`` loads it
 in the CLI, the web app and the notebooks); its ``text_encoder/`` also works
 alone with ``--text-encoder OUT``. Checkpoints under ``OUT/checkpoints/step-N``
-hold everything a resumed run needs to reproduce an uninterrupted one: the
-data order and the noise of every step are drawn from generators seeded by
-``(seed, step)``, never from state that a restart would lose.
+(app/training/checkpoints.py) hold everything a resumed run needs to reproduce
+an uninterrupted one: the data order and the noise of every step are drawn from
+generators seeded by ``(seed, step)``, never from state that a restart would lose.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,8 @@ from typing import Any, Callable
 
 from app.engine.types import ValidationError
 from app.training.captions import CaptionData, Example, image_to_tensor, load_caption_data, load_image
-from app.training.config import EVAL_EXAMPLES, LORA_TARGETS, RESUME_KEYS, TrainConfig
+from app.training.checkpoints import RunState, check_resume, find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from app.training.config import EVAL_EXAMPLES, LORA_TARGETS, TrainConfig
 from app.training.losslog import StepLog, append_loss_csv, plot_losses, write_loss_csv
 from app.training.saving import prefix_text_encoder_keys
 
@@ -74,7 +74,7 @@ class Trainer:
                            self.data.num_rows, self.data.source, self.data.skips.summary(), self.out / "skipped.csv")
         self._resume_dir = find_checkpoint(self.out, config.resume) if config.resume else None
         if self._resume_dir is not None:
-            self._check_resume(self._resume_dir)
+            check_resume(self._resume_dir, self.config)
         self._order: dict[int, list[int]] = {}
         self._bad_images: set[Path] = set()
 
@@ -106,7 +106,8 @@ class Trainer:
         losses: list[StepLog] = []
         start = 0
         if self._resume_dir is not None:
-            start, losses = self._load_checkpoint(self._resume_dir)
+            resumed = load_checkpoint(self._resume_dir, self._run_state(), self.device, len(self.data.examples))
+            start, losses, self.resolution = resumed.step, resumed.losses, resumed.resolution
             logger.info("resumed from %s (step %d)", self._resume_dir, start)
         eval_before = self.eval_loss()
         write_loss_csv(self.out / "loss.csv", losses)
@@ -335,83 +336,13 @@ class Trainer:
             candidate = examples[(origin + attempt) % len(examples)]
         raise ValidationError("data", self.config.data, "no image could be read any more")
 
-    # -- checkpoints --------------------------------------------------------
+    # -- checkpoints (app/training/checkpoints.py) -------------------------
     def save_checkpoint(self, step: int, losses: list[StepLog]) -> Path:
-        """Write ``checkpoints/step-N`` atomically (a crash mid-save keeps the previous one)."""
-        import torch
-        from safetensors.torch import save_file
+        return save_checkpoint(self.out, step, self._run_state(), losses, self.config, self.resolution,
+                               len(self.data.examples))
 
-        root = self.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{step}"
-        tmp = root / f".step-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        named = dict(self.trained.named_parameters())
-        save_file({n: named[n].detach().to("cpu", copy=True).contiguous() for n in self.trainable_names},
-                  str(tmp / "trainable.safetensors"))
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {
-            "step": step,
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "losses": [asdict(log) for log in losses],
-            "config": {k: getattr(self.config, k) for k in RESUME_KEYS},
-            "resolution": self.resolution,
-            "examples": len(self.data.examples),
-        }
-        torch.save(state, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        self._prune_checkpoints()
-        return final
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        if keep:
-            for old in list_checkpoints(self.out)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def _check_resume(self, folder: Path) -> None:
-        """Before the model loads: the options that fix the data order and the noise must match."""
-
-        state = load_state(folder / "state.pt")
-        for key, saved in state["config"].items():
-            ours = getattr(self.config, key)
-            if saved != ours and not (key == "resolution" and ours is None):
-                raise ValidationError(key.replace("_", "-"), ours, f"differs from the checkpoint {str(folder)!r}, "
-                                      f"which used {saved!r}; a resumed run must use the same value")
-        if state["step"] >= self.config.steps:
-            raise ValidationError("steps", self.config.steps, f"is not more than the checkpoint's step "
-                                  f"{state['step']}; raise --steps to train further")
-
-    def _load_checkpoint(self, folder: Path) -> tuple[int, list[StepLog]]:
-        import torch
-        from safetensors.torch import load_file
-
-        state = load_state(folder / "state.pt")
-        self.resolution = state["resolution"]  # the run's size, also when it came from the model's default
-        if state["examples"] != len(self.data.examples):
-            logger.warning("the checkpoint saw %d usable examples, this data has %d: the order will differ",
-                           state["examples"], len(self.data.examples))
-        weights = load_file(str(folder / "trainable.safetensors"))
-        missing = set(self.trainable_names) - set(weights)
-        if missing:
-            raise ValidationError("resume", str(folder), f"has no weights for {sorted(missing)[:3]}")
-        named = dict(self.trained.named_parameters())
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                named[name].copy_(tensor)
-        self.optimizer.load_state_dict(load_state(folder / "optimizer.pt", map_location=self.device))
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        return state["step"], [StepLog(**log) for log in state["losses"]]
+    def _run_state(self) -> RunState:
+        return RunState(self.trained, self.trainable_names, self.optimizer, self.lr_scheduler, self.scaler)
 
     # -- 6. export ----------------------------------------------------------
     def export(self) -> None:
@@ -488,48 +419,6 @@ def resolve_mixed_precision(choice: str, device: str):
     return torch.float16 if choice == "fp16" else torch.bfloat16
 
 
-def load_state(path: Path, map_location: Any = "cpu") -> dict:
-    """A checkpoint's ``state.pt`` or ``optimizer.pt``, read with
-    ``weights_only=True``: tensors, numbers, strings, lists and dicts only.
-    A checkpoint folder may come from someone else (a shared Drive folder),
-    and a full unpickle would run any code stored in it."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValidationError("resume", str(path.parent), f"{path.name} is not a checkpoint this program wrote "
-                              f"or is damaged; it was not loaded ({reason[:160]})") from exc
-
-
 def _step_seed(seed: int, step: int, micro: int) -> int:
     # Distinct, reproducible seeds per (seed, step, micro-batch); step 0 is the evaluation batch.
     return (seed * 1_000_003 + step) * 1_009 + micro
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    """``OUT/checkpoints/step-N`` folders, oldest first."""
-    root = Path(out) / "checkpoints"
-    found = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / "state.pt").is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    found = list_checkpoints(out)
-    return found[-1] if found else None
-
-
-def find_checkpoint(out: Path, resume: str) -> Path:
-    """``resume`` is "latest" (the newest under ``out``) or a checkpoint folder."""
-    if resume == "latest":
-        found = latest_checkpoint(out)
-        if found is None:
-            raise ValidationError("resume", resume, f"there is no checkpoint in {str(out / 'checkpoints')!r}")
-        return found
-    path = Path(resume)
-    if not (path / "state.pt").is_file():
-        raise ValidationError("resume", resume, "is not a checkpoint folder (no state.pt)")
-    return path

@@ -16,7 +16,8 @@ from app.engine import upscalers
 from app.jobs.base import Backend
 from app.jobs.runner import EngineLoader
 from app.web.private_files import write_private
-from app.web.service import EXTENSION, WEB_FIELDS, backend, backend_of, form_defaults
+from app.web.service import WEB_FIELDS, backend, backend_of, form_defaults
+from app.web.services import KEY, Services
 from app.web.settings import DEFAULTS, INSTANCE_PATHS, engine_limits, engine_options, from_environ, public_limits
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The web app (flaskr style). Settings: app/web/settings.py; ``test_config``
     overrides them (``INSTANCE`` picks the instance folder)."""
-    from app.web import admin, api, auth, controlnet, csrf, errors, loras, models, pages, sdapi, slow, styles, waiting, xyz
+    from app.web import admin, api, auth, compression, controlnet, csrf, errors, pages, sdapi, styles, xyz
 
     test_config = dict(test_config or {})
     app = Flask("app", instance_path=str(instance_folder(test_config.pop("INSTANCE", None))),
@@ -42,19 +43,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _derive_settings(app)
 
-    if app.config["ACCESS"] == "people":
-        from app.web.people import EXTENSION as PEOPLE
-        from app.web.people import PEOPLE_FILE, People
-
-        app.extensions[PEOPLE] = People(Path(app.instance_path) / PEOPLE_FILE)
-
-    # 2. the pool for slow reads, the model catalogue, and the one backend: in-process (SQLite) by default,
-    # or Redis with GPU workers.
-    slow.init_app(app)
-    waiting.init_app(app)
-    models.init_app(app)
-    loras.init_app(app)
-    app.extensions[EXTENSION] = make_backend(app.config, Path(app.instance_path), models.catalogue_of(app))
+    # 2. the services the requests share (app/web/services.py): the model catalogue, the one backend
+    # (in-process SQLite by default, or Redis with GPU workers), the pools, counters and caches.
+    app.extensions[KEY] = make_services(app)
 
     # 3. blueprints and error handling.
     errors.init_app(app)
@@ -64,12 +55,28 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.context_processor(page_context)
     app.after_request(security_headers)
+    compression.init_app(app)  # the static scripts and style sheets, gzip-compressed
 
     for warning in backend_of(app).warnings():  # e.g. a Redis that loses everything on restart
         logger.warning("%s", warning)
     if app.config["START_WORKER"]:
         backend_of(app).start()
     return app
+
+
+def make_services(app: Flask) -> Services:
+    from app.web import loras, models, sdapi, slow, throttle, waiting
+
+    config, instance = app.config, Path(app.instance_path)
+    people = None
+    if config["ACCESS"] == "people":
+        from app.web.people import PEOPLE_FILE, People
+
+        people = People(instance / PEOPLE_FILE)
+    catalogue = models.catalogue_for(app)
+    return Services(backend=make_backend(config, instance, catalogue), catalogue=catalogue, slow=slow.SlowWork(),
+                    wait_slots=waiting.wait_slots_for(config), throttle=throttle.FailureThrottle(),
+                    lora_hashes=loras.lora_hashes_for(app), people=people, sdapi_options=dict(sdapi.OPTIONS))
 
 
 def instance_folder(given: str | os.PathLike | None = None) -> Path:

@@ -39,15 +39,14 @@ from flask import Blueprint, current_app, g, has_request_context, redirect, rend
 from flask.sessions import SecureCookieSessionInterface
 
 from app.web.errors import ApiError, wants_json
-from app.web.people import EXTENSION as PEOPLE
 from app.web.people import OWNER, PERSON, People, Person, session_tag
 from app.web.proxy import LOOPBACK, is_within
+from app.web.services import services
 from app.web.throttle import FailureThrottle
 
 bp = Blueprint("auth", __name__)
 
 OPEN_ENDPOINTS = {"auth.login", "auth.logout", "static", "api.health"}
-THROTTLE = "t2i_auth_throttle"  # app.extensions key of the FailureThrottle
 
 
 def client_address() -> str:
@@ -75,7 +74,7 @@ def _anonymous_id() -> str:
 
 def people_store() -> People | None:
     """The people of an ``ACCESS = "people"`` app, else None."""
-    return current_app.extensions.get(PEOPLE)
+    return services().people
 
 
 def is_owner() -> bool:
@@ -198,7 +197,7 @@ def _credentials() -> str | None:
 
 
 def _throttle() -> FailureThrottle:
-    return current_app.extensions[THROTTLE]
+    return services().throttle
 
 
 def check_password(given: str | None, password: str, owner_password: str | None = None) -> bool:
@@ -335,6 +334,5 @@ class _HttpsAwareSessions(SecureCookieSessionInterface):
 
 def init_app(app) -> None:
     app.session_interface = _HttpsAwareSessions()
-    app.extensions[THROTTLE] = FailureThrottle()
     app.before_request(require_auth)
     app.register_blueprint(bp)

@@ -23,10 +23,11 @@ class ApiError(Exception):
     """Raised by views and services; turned into the error shape."""
 
     def __init__(self, status: int, message: str, field: str | None = None, value: Any = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, shown_value: str | None = None):
         super().__init__(message)
         self.status, self.message, self.field, self.value = status, message, field, value
         self.headers = headers or {}
+        self.shown_value = shown_value  # the value already as shown (a job's Failure keeps it so)
 
 
 def wants_json() -> bool:
@@ -38,9 +39,10 @@ def wants_json() -> bool:
 
 
 def error_response(status: int, message: str, field: str | None = None, value: Any = None,
-                   headers: dict[str, str] | None = None):
-    body = {"ok": False, "error": message, "status": status, "field": field,
-            "value": None if value is None else short_repr(value)}
+                   headers: dict[str, str] | None = None, shown_value: str | None = None):
+    if shown_value is None and value is not None:
+        shown_value = short_repr(value)
+    body = {"ok": False, "error": message, "status": status, "field": field, "value": shown_value}
     if wants_json():
         response = jsonify(body)
     else:
@@ -53,7 +55,7 @@ def error_response(status: int, message: str, field: str | None = None, value: A
 
 def _handle(exc: Exception):
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.message, exc.field, exc.value, exc.headers)
+        return error_response(exc.status, exc.message, exc.field, exc.value, exc.headers, exc.shown_value)
     if isinstance(exc, ValidationError):
         return error_response(400, f"{exc.field}: {exc.message}", exc.field, exc.value)
     if isinstance(exc, StorageUnavailable):  # passing (a lock, a restart): no traceback, and "try again"

@@ -17,15 +17,16 @@ from flask import Flask, current_app
 from app.engine.loras.files import LoraInfo, by_name, hash_cache, lora_problem, scan
 from app.engine.loras.tags import split_lora_tags
 from app.engine.types import GenerationRequest
+from app.models.files import HashCache
 from app.web.errors import ApiError
+from app.web.services import services
 from app.web.slow import read_slowly, slow_work
 
-EXTENSION = "t2i.lora_hashes"
 CACHE_FILE = "cache-lora.json"  # in the instance folder, next to the catalogue's cache.json
 
 
-def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION] = hash_cache(Path(app.instance_path) / CACHE_FILE)
+def lora_hashes_for(app: Flask) -> HashCache:
+    return hash_cache(Path(app.instance_path) / CACHE_FILE)
 
 
 def _read_name(hashes: bool) -> str:
@@ -35,7 +36,7 @@ def _read_name(hashes: bool) -> str:
 def lora_infos(hashes: bool = False) -> list[LoraInfo]:
     """The LORA_DIR listing (``hashes``: with each file's hash, kept in the instance folder),
     read again in the slow-work pool; the last one known when that takes long."""
-    folder, cache = current_app.config["LORA_DIR"], current_app.extensions[EXTENSION]
+    folder, cache = current_app.config["LORA_DIR"], services().lora_hashes
     known = slow_work().results.get(_read_name(False), [])  # hashes pending: the plain listing meanwhile
     return read_slowly(_read_name(hashes), lambda: scan(folder, hashes=hashes, cache=cache), default=known)
 

@@ -28,19 +28,20 @@ from app.models.registry import AUTOMATIC, NO_VAE, Catalogue, Checkpoint, Vae
 from app.web.auth import has_owner_rights
 from app.web.errors import ApiError
 from app.web.service import backend
+from app.web.services import services
 
-EXTENSION = "t2i-models"
 logger = logging.getLogger(__name__)
 
 
-def init_app(app: Flask) -> None:
+def catalogue_for(app: Flask) -> Catalogue:
+    """The app's catalogue (``create_app``), its folders listed and new files hashed from now on."""
     config, instance = app.config, Path(app.instance_path)
-    catalogue = app.extensions[EXTENSION] = Catalogue(
-        config["CHECKPOINT_DIR"], config["MODEL"], hub_models=tuple(config["MODELS"] or ()),
-        vae_dir=config["VAE_DIR"], cache_file=instance / "cache.json")
-    # List the folders and start hashing new files now: nothing waits for them (pages and
-    # /sdapi/v1/sd-models show the hashes known; a 5 GB file takes minutes, then it is cached in cache.json).
+    catalogue = Catalogue(config["CHECKPOINT_DIR"], config["MODEL"], hub_models=tuple(config["MODELS"] or ()),
+                          vae_dir=config["VAE_DIR"], cache_file=instance / "cache.json")
+    # Nothing waits for them (pages and /sdapi/v1/sd-models show the hashes known; a 5 GB file takes
+    # minutes, then it is cached in cache.json).
     threading.Thread(target=_list_and_hash, args=(catalogue,), name="t2i-catalogue", daemon=True).start()
+    return catalogue
 
 
 def _list_and_hash(catalogue: Catalogue) -> None:
@@ -50,11 +51,7 @@ def _list_and_hash(catalogue: Catalogue) -> None:
 
 
 def catalogue() -> Catalogue:
-    return catalogue_of(current_app)
-
-
-def catalogue_of(app: Flask) -> Catalogue:
-    return app.extensions[EXTENSION]
+    return services().catalogue
 
 
 def switch_allowed(config: Any) -> bool | None:

@@ -30,7 +30,6 @@ from app.web.private_files import write_private
 logger = logging.getLogger(__name__)
 
 PEOPLE_FILE = "people.json"
-EXTENSION = "t2i_people"  # app.extensions key of the People store
 DEFAULT_QUOTA = 50
 MAX_QUOTA = 100_000
 MAX_NAME_CHARS = 64

@@ -39,9 +39,7 @@ from app.engine.schedulers import (
 )
 from app.engine.types import MAX_SEED, described, floor_size
 from app.jobs.base import ModelChoice
-from app.jobs.images import failed_for_disk
-from app.jobs.job import CANCELLED, DONE, QUEUED, RUNNING, Job
-from app.jobs.runner import failed_for_input
+from app.jobs.job import CANCELLED, DISK_FULL, DONE, INVALID, QUEUED, RUNNING, Job
 from app.web import models, xyz
 from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.auth import client_id
@@ -49,6 +47,7 @@ from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
 from app.web.service import backend, build_request, enqueue, is_mine
+from app.web.services import services
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
 from app.web.uploads import png_info
@@ -338,12 +337,11 @@ def _queue_and_wait(gen, choice: ModelChoice | None) -> Job:
         raise ApiError(504, f"the job is still {job.state} after {current_app.config['SYNC_TIMEOUT']}s; "
                             f"follow it at /api/jobs/{job.id}", "job_id", job.id)
     if job.state not in (DONE, CANCELLED):
-        if failed_for_disk(job.error):  # the server's disk, not the request: try again later
+        kind = job.failure.kind if job.failure else None
+        if kind == DISK_FULL:  # the server's disk, not the request: try again later
             raise ApiError(503, f"generation failed: {job.error}", "job_id", job.id, headers={"Retry-After": "60"})
-        invalid = failed_for_input(job.error)
-        if invalid:  # found only when it ran, e.g. a LoRA that does not fit the model: still the request's fault
-            field, message, value = invalid
-            raise ApiError(400, message, field, value)
+        if kind == INVALID and job.failure:  # found only when it ran, e.g. a LoRA that does not fit the model
+            raise ApiError(400, job.failure.message, job.failure.field, shown_value=job.failure.value)
         raise ApiError(500, f"generation failed: {job.error}", "job_id", job.id)
     return job
 
@@ -371,7 +369,7 @@ OPTIONS = {"control_net_no_detectmap": False}  # the ControlNet extension's "Do 
 
 
 def sdapi_options() -> dict:
-    return current_app.extensions.setdefault("sdapi_options", dict(OPTIONS))
+    return services().sdapi_options
 
 
 def no_detectmap(overrides: dict) -> bool:

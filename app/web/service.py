@@ -19,12 +19,12 @@ from app.web.controlnet import prepare_units
 from app.web.errors import ApiError
 from app.web.loras import check_loras
 from app.web.people import PeopleError, QuotaExceeded
+from app.web.services import services, services_of
 from app.web.settings import engine_limits
 from app.web.styles import styled_values
 from app.web.timing import timing
 from app.web.uploads import decode_init_image, decode_mask
 
-EXTENSION = "t2i"  # app.extensions[EXTENSION] is the Backend
 # The request's fields as the web takes them: step strips are a CLI and notebook option;
 # ``extras`` is set by the Extras routes (/api/extras), not sent as a job field.
 WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", "extras"))
@@ -32,11 +32,11 @@ WEB_FIELDS = tuple(name for name in field_names() if name not in ("save_steps", 
 
 def backend() -> Backend:
     """The current app's backend."""
-    return current_app.extensions[EXTENSION]
+    return services().backend
 
 
 def backend_of(app: Flask) -> Backend:
-    return app.extensions[EXTENSION]
+    return services_of(app).backend
 
 
 def form_defaults() -> dict[str, Any]:
@@ -149,7 +149,7 @@ def job_json(job: Job) -> dict:
     body["mine"] = is_mine(job)
     body.update(timing(backend(), job))  # its, eta_seconds: the page's speed and time-left display
     if not shows_contents(job):
-        body.update(params=None, images=[], preview_url=None, error=None)
+        body.update(params=None, images=[], preview_url=None, error=None, failure=None)
     return body
 
 
@@ -168,6 +168,7 @@ def _job_fields(job: Job) -> dict:
                    for im in job.images],
         "partial": job.partial,  # the images are those of a run stopped early (cancelled or skipped)
         "error": job.error,
+        "failure": job.failure.to_dict() if job.failure else None,  # why it failed, as data (docs/api.md)
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -13,11 +13,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
-from flask import Flask, current_app
-
+from app.web.services import services
 from app.web.waiting import wait_slot
 
-EXTENSION = "t2i-slow"
 SLOW_THREADS = 2
 SLOW_WAIT = 10.0  # seconds a request waits for a slow read before answering from what is known
 
@@ -48,12 +46,8 @@ class SlowWork:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION] = SlowWork()
-
-
 def slow_work() -> SlowWork:
-    return current_app.extensions[EXTENSION]
+    return services().slow
 
 
 def read_slowly(name: str, read: Callable[[], Any], default: Any = None) -> Any:

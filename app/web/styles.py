@@ -26,6 +26,7 @@ from app.engine.styles import (
 )
 from app.web.body import json_object
 from app.web.errors import ApiError
+from app.web.services import services
 from app.web.settings import engine_limits
 
 bp = Blueprint("styles", __name__, url_prefix="/api/styles")
@@ -38,9 +39,6 @@ def styles_path() -> str:
     return current_app.config["STYLES"]
 
 
-CACHE = "t2i.styles"  # app.extensions[CACHE]: (the file's path, mtime and size, its styles)
-
-
 def current_styles() -> dict[str, Style]:
     """The styles file as last read: read again only when its modification time or size
     changed (one stat per request, not a CSV parse of up to MAX_STYLES rows)."""
@@ -50,9 +48,10 @@ def current_styles() -> dict[str, Style]:
         version: tuple = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
     except OSError:
         version = (path, None, None, None)  # no file (yet): no styles
-    cached = current_app.extensions.get(CACHE)
+    kept = services()
+    cached = kept.styles
     if cached is None or cached[0] != version:
-        cached = current_app.extensions[CACHE] = (version, load_styles(path))
+        cached = kept.styles = (version, load_styles(path))
     return dict(cached[1])
 
 
@@ -99,7 +98,7 @@ def put_style(name: str):
                         engine_limits(current_app.config))
     try:
         created = save_style(styles_path(), style)
-        current_app.extensions.pop(CACHE, None)  # a file system with coarse times may show the same version
+        services().styles = None  # a file system with coarse times may show the same version
     except TooManyStyles as exc:
         raise ApiError(409, str(exc), "name", name) from None
     except OSError as exc:  # the message leaves out the path: the caller may be anyone with the link
@@ -114,7 +113,7 @@ def put_style(name: str):
 def remove_style(name: str):
     try:
         found = delete_style(styles_path(), name)
-        current_app.extensions.pop(CACHE, None)
+        services().styles = None
     except OSError as exc:
         raise ApiError(503, f"the styles file could not be written ({exc.strerror or exc})", None, None) from None
     if not found:

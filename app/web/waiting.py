@@ -12,14 +12,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
-
-from flask import Flask, current_app
+from typing import Any, Iterator
 
 from app.web.auth import client_id
 from app.web.errors import ApiError
+from app.web.services import services
 
-EXTENSION = "t2i_wait_slots"
 RETRY_AFTER = "1"  # seconds a long-poll that got no slot is told to wait before asking again
 SYNC_RETRY_AFTER = "5"  # the same for a synchronous call, refused before its job was queued
 
@@ -61,16 +59,14 @@ class WaitSlots:
                 del self._by_client[client]
 
 
-def init_app(app: Flask) -> None:
-    """One counter per app, made with it: made on a first request instead, two first
-    requests could each make one, and nothing could look at it before then."""
-    config = app.config
-    app.extensions[EXTENSION] = WaitSlots(config["WAIT_SLOTS"], config["SYNC_WAIT_SLOTS"],
-                                          config["WAIT_SLOTS_PER_CLIENT"])
+def wait_slots_for(config: Any) -> WaitSlots:
+    """The app's counter, made with it (``create_app``): made on a first request instead, two
+    first requests could each make one, and nothing could look at it before then."""
+    return WaitSlots(config["WAIT_SLOTS"], config["SYNC_WAIT_SLOTS"], config["WAIT_SLOTS_PER_CLIENT"])
 
 
 def _slots() -> WaitSlots:
-    return current_app.extensions[EXTENSION]
+    return services().wait_slots
 
 
 @contextmanager

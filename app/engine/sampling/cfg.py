@@ -73,6 +73,9 @@ class CFGDenoiser:
         # that decide when they are active: the index of the sampler's last finished step, and the pass's steps.
         self.control: Any = None
         self.sampling_step, self.sampling_steps = 0, 1
+        # DeepCache (app/engine/sampling/deepcache.py FeatureCache): which model call and batch this is decides
+        # whether the UNet runs full or reuses its deep features.
+        self.feature_cache: Any = None
         # Inpainting: ``mask`` keeps (1: original latents), ``nmask`` = 1 - mask repaints.
         self.init_latent: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
@@ -98,7 +101,7 @@ class CFGDenoiser:
         if self.step % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond:  # A1111's rule
             self.uncond_skipped += 1
             out_cond = self.inner(x, sigma, cond=cond, image_cond=self.image_cond,
-                                  **self._control(torch.ones(batch, dtype=torch.bool)))
+                                  **self._control(torch.ones(batch, dtype=torch.bool)), **self._cache(0))
             return self._finish(x, sigma, out_cond, out_cond.clone(), 1.0)
         uncond = cond_at(self.uncond, self.step).expand(batch, -1, -1)
         x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
@@ -106,13 +109,13 @@ class CFGDenoiser:
         rows = torch.arange(2 * batch) < batch  # which rows carry the prompt (ControlNet's cond-only mode)
         if cond.shape[1] == uncond.shape[1]:
             out = self.inner(x_in, sigma_in, cond=torch.cat([cond, uncond]), image_cond=image_cond,
-                             **self._control(rows))
+                             **self._control(rows), **self._cache(0))
         else:  # A1111's default: no padding, two model calls
             halves = (slice(0, batch), slice(batch, 2 * batch))
             out = torch.cat([self.inner(x_in[h], sigma_in[h], cond=c,
                                         image_cond=None if image_cond is None else image_cond[h],
-                                        **self._control(rows[h]))
-                             for h, c in zip(halves, (cond, uncond))])
+                                        **self._control(rows[h]), **self._cache(slot))
+                             for slot, (h, c) in enumerate(zip(halves, (cond, uncond)))])
         return self._finish(x, sigma, out[:batch], out[batch:], self.cond_scale)
 
     def _finish(self, x: torch.Tensor, sigma: torch.Tensor, out_cond: torch.Tensor, out_uncond: torch.Tensor,
@@ -136,6 +139,9 @@ class CFGDenoiser:
             return {}
         self.control.step, self.control.steps = self.sampling_step, self.sampling_steps
         return {"control": (self.control, rows)}
+
+    def _cache(self, slot: int) -> dict:
+        return {} if self.feature_cache is None else {"cache": (self.feature_cache, self.step, slot)}
 
     def _blend(self, latent: torch.Tensor) -> torch.Tensor:
         assert self.init_latent is not None and self.mask is not None and self.nmask is not None

@@ -1,23 +1,19 @@
-"""The Redis job queue: job records in Redis, dispatch through RQ.
+"""The Redis job queue, web side: job records in Redis, dispatch through RQ.
 
 ``RedisJobStore`` is the ``JobStore`` of the Redis backend
 (``app.jobs.redis.backend``); the web app and every GPU worker
 (``python -m app worker --redis URL``) share it through Redis:
 
 - a job record is a hash ``t2i:<queue>:job:<id>`` (state, params, progress,
-  images, error, timestamps, worker, attempt); a sorted set orders all jobs,
-  sets hold the queued and running ids and each client's unfinished ids;
+  images, error, failure, timestamps, worker, attempt); a sorted set orders
+  all jobs, sets hold the queued and running ids and each client's unfinished ids;
 - the RQ job has the same id and runs ``app.jobs.redis.worker.run_job(id)``;
-- every state change is one Lua script, so a cancel racing a worker's start,
-  or a late worker racing a retry, cannot leave a record half-changed; a
-  worker's writes carry its ``attempt`` number and are dropped once the job
-  has been handed to another worker;
-- progress and the preview PNG (with a TTL) are written by the worker on
-  each step, and the same call tells it whether a cancel was asked for;
+- every state change is one Lua script (``app.jobs.redis.scripts``);
+- a worker's writes (``app.jobs.redis.protocol``) carry its ``attempt``
+  number and are dropped once the job has been handed to another worker;
 - finished PNGs (with their ``parameters`` metadata) travel through Redis
   and stay there until the web app has written them into its image folder,
-  so workers need no shared disk and a web app that was down collects them
-  when it starts again.
+  so a web app that was down collects them when it starts again.
 
 A worker that dies mid-job stops renewing its RQ heartbeat; RQ's
 StartedJobRegistry cleanup then retries the job (``Retry``) or fails it, and
@@ -31,7 +27,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from redis import Redis
 from redis.backoff import ConstantBackoff
@@ -46,9 +42,12 @@ from app.jobs.base import JobStore, ModelChoice, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
+    ERROR,
     FAILED,
     QUEUED,
     RUNNING,
+    WORKER_LOST,
+    Failure,
     Job,
     Progress,
     QueueFull,
@@ -57,153 +56,14 @@ from app.jobs.job import (
     now,
     request_of,
 )
+from app.jobs.redis.scripts import register as register_scripts
 from app.jobs.runner import failure_reason
 
 logger = logging.getLogger(__name__)
 
 TASK = "app.jobs.redis.worker.run_job"
 FAILURE_CALLBACK = "app.jobs.redis.store.on_rq_failure"
-PREVIEW_TTL = 3600  # seconds a live preview outlives its last update
 CANCEL_TTL = 24 * 3600
-
-# KEYS: job, jobs, seq, queued, client, init.
-# ARGV: id, client, params, created_at, steps, max_per_client, max_queue, init_png or "", limits (JSON).
-_SUBMIT = """
-local mine = redis.call('SCARD', KEYS[5])
-if mine >= tonumber(ARGV[6]) then return {-1, mine} end
-local queued = redis.call('SCARD', KEYS[4])
-if queued >= tonumber(ARGV[7]) then return {-2, queued} end
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'client', ARGV[2], 'state', 'queued', 'params', ARGV[3],
-           'images', '[]', 'created_at', ARGV[4], 'seq', seq, 'attempt', 0, 'step', 0, 'total', ARGV[5],
-           'limits', ARGV[9])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[1])
-if ARGV[8] ~= '' then redis.call('SET', KEYS[6], ARGV[8]) end
-return {seq, 0}
-"""
-
-# A worker takes the job. "running" is accepted too: RQ only hands a running
-# job out again after its worker was found dead. KEYS: job, queued, running.
-# ARGV: id, worker, started_at. Returns {attempt or 0, state before}.
-_BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return {0, state or ''} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'started_at', ARGV[3], 'step', 0, 'has_preview', 0)
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-return {attempt, state}
-"""
-
-# KEYS: job, cancel flag, preview. ARGV: attempt, step, total, preview png or "", preview ttl.
-# Returns 0: go on, 1: cancel asked for, 2: the job is no longer this attempt's, 3: skip asked for.
-_REPORT = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then
-  return 2
-end
-redis.call('HSET', KEYS[1], 'step', ARGV[2], 'total', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
-  redis.call('HSET', KEYS[1], 'has_preview', 1)
-end
-local flag = redis.call('GET', KEYS[2])
-if not flag then return 0 end
-if flag == 'skip' then return 3 end
-return 1
-"""
-
-# KEYS: job, running, unstored, pngs, init, cancel. ARGV: id, attempt, images, params,
-# finished_at, key prefix, partial (0/1), then one PNG per image.
-_FINISH = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
-  return 0
-end
-redis.call('DEL', KEYS[4])
-for i = 8, #ARGV do redis.call('HSET', KEYS[4], i - 8, ARGV[i]) end
-redis.call('HSET', KEYS[1], 'state', 'done', 'images', ARGV[3], 'params', ARGV[4], 'finished_at', ARGV[5], 'error', '',
-           'partial', ARGV[7])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SREM', ARGV[6] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[1])
-redis.call('DEL', KEYS[5], KEYS[6])
-return 1
-"""
-
-# failed / cancelled. KEYS: job, queued, running, init, cancel, unstored, pngs. ARGV: id, state,
-# reason, finished_at, key prefix, attempt ('' any), only from this state ('' queued or running),
-# then for a run stopped early its images (JSON), params (JSON) and one PNG per image.
-_END = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
-if ARGV[7] ~= '' and state ~= ARGV[7] then return 0 end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[6] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'error', ARGV[3], 'finished_at', ARGV[4])
-if #ARGV > 9 then  -- the partial images, kept for the web app like a done job's
-  redis.call('DEL', KEYS[7])
-  for i = 10, #ARGV do redis.call('HSET', KEYS[7], i - 10, ARGV[i]) end
-  redis.call('HSET', KEYS[1], 'images', ARGV[8], 'params', ARGV[9], 'partial', 1)
-  redis.call('SADD', KEYS[6], ARGV[1])
-end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('SREM', ARGV[5] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[1])
-redis.call('DEL', KEYS[4], KEYS[5])
-return 1
-"""
-
-# The job back in the queue, its progress reset, with a note why (ARGV[note]).
-_BACK_IN_QUEUE = """
-redis.call('HSET', KEYS[1], 'state', 'queued', 'step', 0, 'has_preview', 0, 'note', ARGV[{note}])
-redis.call('HDEL', KEYS[1], 'started_at')
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# A running job whose worker died goes back to the queue (RQ re-enqueues it).
-# KEYS: job, queued, running. ARGV: id, note.
-_REQUEUE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
-""" + _BACK_IN_QUEUE.format(note=2)
-
-# A running attempt gives its job back to the queue: a long Redis outage stopped it, or its
-# worker was asked to stop. KEYS: job, queued, running. ARGV: id, attempt, note, counted (0/1),
-# most counted hand-backs. Returns 1: queued again, 0: no longer this attempt's, -1: handed back
-# too often (the caller fails it).
-_HAND_BACK = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
-  return 0
-end
-if ARGV[4] == '1' then
-  if tonumber(redis.call('HGET', KEYS[1], 'outages') or '0') >= tonumber(ARGV[5]) then return -1 end
-  redis.call('HINCRBY', KEYS[1], 'outages', 1)
-end
-""" + _BACK_IN_QUEUE.format(note=3)
-
-# A job record rebuilt from its images on disk (Redis lost the records). KEYS: job, jobs, seq.
-# ARGV: id, client, params, images, created_at, finished_at, partial. Returns 0 if it exists.
-_RESTORE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'client', ARGV[2], 'state', 'done', 'params', ARGV[3], 'images', ARGV[4],
-           'created_at', ARGV[5], 'finished_at', ARGV[6], 'seq', seq, 'attempt', 0, 'step', 0, 'total', 0,
-           'partial', ARGV[7], 'error', '', 'restored', 1)
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-return 1
-"""
-
-# A finished job and everything it left. KEYS: job, jobs, unstored, pngs, preview, init, cancel. ARGV: id.
-_DELETE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'done' and state ~= 'failed' and state ~= 'cancelled' then return 0 end
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-return 1
-"""
 
 NO_PERSISTENCE = ("Redis has no persistence (appendonly no, save \"\"): a Redis restart loses every queued job "
                   "and every record; set appendonly yes (or a save schedule) on the Redis server")
@@ -237,9 +97,7 @@ class RedisJobStore(JobStore):
         self.retries = retries
         self.job_timeout = job_timeout
         self.rq = Queue(name, connection=self.redis)
-        self._scripts = {name: self.redis.register_script(text) for name, text in (
-            ("submit", _SUBMIT), ("begin", _BEGIN), ("report", _REPORT), ("finish", _FINISH), ("end", _END),
-            ("requeue", _REQUEUE), ("delete", _DELETE), ("hand_back", _HAND_BACK), ("restore", _RESTORE))}
+        self.scripts = register_scripts(self.redis)
         # The web app's limits, written into each job it queues: a worker validates with
         # these, not its own defaults (one source). None: a store that only runs jobs.
         self.limits: Limits | None = None
@@ -263,7 +121,7 @@ class RedisJobStore(JobStore):
             params["group"] = group
         # A group is admitted as a whole: its later jobs skip the per-client limit.
         per_client = 2 ** 31 if group and group.get("order", 0) > 0 else self.max_per_client
-        seq, count = self._scripts["submit"](
+        seq, count = self.scripts["submit"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq"), self.key("queued"),
                   self.key("client", client), self.key("init", job_id)],
             args=[job_id, client, json.dumps(params), now(), params["steps"], per_client, self.max_queue,
@@ -273,13 +131,13 @@ class RedisJobStore(JobStore):
         if seq == -2:
             raise QueueFull.for_queue(count)
         try:
-            self._enqueue(job_id)
+            self.enqueue(job_id)
         except Exception as exc:  # Redis went away between the two calls
-            self.fail(job_id, f"could not be queued: {failure_reason(exc)}")
+            self.fail(job_id, Failure(ERROR, f"could not be queued: {failure_reason(exc)}"))
             raise
         return self._must_get(job_id)
 
-    def _enqueue(self, job_id: str, at_front: bool = False) -> None:
+    def enqueue(self, job_id: str, at_front: bool = False) -> None:
         self.rq.enqueue_call(
             TASK, args=(job_id,), job_id=job_id, timeout=self.job_timeout, result_ttl=600,
             failure_ttl=7 * 24 * 3600, description=f"t2i job {job_id}",
@@ -338,7 +196,7 @@ class RedisJobStore(JobStore):
         return found
 
     def cancel(self, job_id: str) -> Job | None:
-        if self._end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
+        if self.end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
             # Off the RQ queue, and RQ's job record too: a queued job's has no expiry. A worker
             # that got it anyway finds no RQ job, or our record cancelled, and skips it.
             rq_job = self.rq.fetch_job(job_id)
@@ -377,7 +235,7 @@ class RedisJobStore(JobStore):
     def delete(self, job_id: str) -> bool:
         if not isinstance(job_id, str) or not job_id:
             return False
-        gone = bool(self._scripts["delete"](
+        gone = bool(self.scripts["delete"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("unstored"), self.key("png", job_id),
                   self.key("preview", job_id), self.key("init", job_id), self.key("cancel", job_id)], args=[job_id]))
         if gone:  # RQ's own record of it (a finished one expires anyway)
@@ -442,49 +300,10 @@ class RedisJobStore(JobStore):
             pipe.srem(self.key("unstored"), job_id)
             pipe.execute()
 
-    # --- worker side (app/rq_worker.py) -------------------------------------------------
-    # Scoped to one attempt: once a job was handed to another worker (its first one
-    # presumed dead), the first one's late writes change nothing.
-
-    def begin(self, job_id: str, worker: str) -> tuple[int, str]:
-        """Mark the job running on ``worker``. Returns (attempt, state before);
-        attempt 0 means the job must not run (cancelled or already finished)."""
-        attempt, before = self._scripts["begin"](
-            keys=[self.job_key(job_id), self.key("queued"), self.key("running")], args=[job_id, worker, now()])
-        return int(attempt), before.decode() if isinstance(before, bytes) else str(before)
-
-    def job_limits(self, job_id: str) -> Limits | None:
-        """The limits of the web app that queued the job (None: a record from before they were kept)."""
-        raw = self.redis.hget(self.job_key(job_id), "limits")
-        if not raw:
-            return None
-        known = {f.name for f in fields(Limits)}
-        return Limits(**{k: v for k, v in json.loads(raw).items() if k in known})
-
-    def hand_back(self, job_id: str, attempt: int, note: str, counted: bool = False, most: int = 1) -> int:
-        """Put a running attempt's job back in the queue (``counted``: a Redis outage, at most
-        ``most`` times a job). Returns 1 (queued again), 0 (no longer this attempt's) or -1
-        (counted too often: the caller fails it). RQ gets the job again from ``requeue_rq``."""
-        return int(self._scripts["hand_back"](
-            keys=[self.job_key(job_id), self.key("queued"), self.key("running")],
-            args=[job_id, attempt, note, int(counted), most]))
-
-    def requeue_rq(self, job_id: str) -> bool:
-        """Give RQ the job again, at the front, when our record says queued: after its run ended
-        (RQ has marked its own job finished or failed, with an expiry). True if queued again."""
-        if self.state_of(job_id) != QUEUED:
-            return False
-        self.rq.remove(job_id)  # at most one entry: a cleanup's RQ retry may have pushed it already
-        rq_job = self.rq.fetch_job(job_id)
-        if rq_job is not None:
-            rq_job.delete()
-        self._enqueue(job_id, at_front=True)
-        return True
-
     def restore(self, job_id: str, client: str, params: dict, images: builtins.list[dict], created_at: str,
                 finished_at: str, partial: bool = False) -> bool:
         """A done job's record rebuilt from its images on disk; False if the job has a record."""
-        return bool(self._scripts["restore"](
+        return bool(self.scripts["restore"](
             keys=[self.job_key(job_id), self.key("jobs"), self.key("seq")],
             args=[job_id, client, json.dumps(params), json.dumps(images), created_at, finished_at, int(partial)]))
 
@@ -492,54 +311,29 @@ class RedisJobStore(JobStore):
         stamp = now()
         return self.restore(job_id, client, params, images, stamp, stamp)
 
+    # --- ends every side may write (the worker's, scoped to its attempt: app.jobs.redis.protocol) ---
+
     def request_for(self, job: Job) -> GenerationRequest:
         """The job's request, with its init image decoded again."""
         return request_of(job, self.redis.get(self.key("init", job.id)))
 
-    def progress(self, job_id: str, attempt: int, step: int, total: int, preview_png: bytes | None = None) -> int:
-        """Progress of a running attempt. Returns 0 (go on), 1 (cancel asked for)
-        or 2 (the job is no longer this attempt's: stop quietly)."""
-        return int(self._scripts["report"](
-            keys=[self.job_key(job_id), self.key("cancel", job_id), self.key("preview", job_id)],
-            args=[attempt, step, total, preview_png or b"", PREVIEW_TTL]))
-
-    def complete(self, job_id: str, attempt: int, images: builtins.list[dict], pngs: builtins.list[bytes],
-                 params_update: dict | None = None, partial: bool = False) -> bool:
-        """Done: the image records, and the PNGs for the web app to store
-        (``partial``: a skipped run's)."""
-        return bool(self._scripts["finish"](
-            keys=[self.job_key(job_id), self.key("running"), self.key("unstored"), self.key("png", job_id),
-                  self.key("init", job_id), self.key("cancel", job_id)],
-            args=[job_id, attempt, json.dumps(images), json.dumps(self._params(job_id, params_update)), now(),
-                  self.prefix, int(partial), *pngs]))
-
-    def _params(self, job_id: str, update: dict | None) -> dict:
-        row = self.redis.hget(self.job_key(job_id), "params")
-        return {**json.loads(row or b"{}"), **(update or {})}
-
-    def fail(self, job_id: str, reason: str, attempt: int | None = None) -> bool:
-        return self._end(job_id, FAILED, reason, attempt=attempt)
-
-    def mark_cancelled(self, job_id: str, reason: str = "cancelled", attempt: int | None = None,
-                       images: builtins.list[dict] | None = None, pngs: builtins.list[bytes] | None = None,
-                       params_update: dict | None = None) -> bool:
-        """Cancelled; with ``images`` and ``pngs``, the partial images of the interrupted run,
-        stored by the web app like a done job's."""
-        kept = [json.dumps(images), json.dumps(self._params(job_id, params_update)), *pngs] if images and pngs else []
-        return self._end(job_id, CANCELLED, reason, attempt=attempt, kept=kept)
+    def fail(self, job_id: str, failure: Failure, attempt: int | None = None) -> bool:
+        return self.end(job_id, FAILED, failure.reason, attempt=attempt, failure=failure)
 
     def requeue(self, job_id: str, note: str = "") -> bool:
         """Back to queued (RQ is re-enqueueing the job after its worker died)."""
-        return bool(self._scripts["requeue"](
+        return bool(self.scripts["requeue"](
             keys=[self.job_key(job_id), self.key("queued"), self.key("running")], args=[job_id, note]))
 
-    def _end(self, job_id: str, state: str, reason: str, attempt: int | None = None, only_from: str = "",
-             kept: builtins.list | None = None) -> bool:
-        return bool(self._scripts["end"](
+    def end(self, job_id: str, state: str, reason: str, attempt: int | None = None, only_from: str = "",
+            failure: Failure | None = None, kept: builtins.list | None = None) -> bool:
+        """Failed or cancelled (``END``); ``attempt``: only if still that attempt's; ``kept``: a
+        stopped run's images (JSON), params (JSON) and PNGs."""
+        return bool(self.scripts["end"](
             keys=[self.job_key(job_id), self.key("queued"), self.key("running"), self.key("init", job_id),
                   self.key("cancel", job_id), self.key("unstored"), self.key("png", job_id)],
             args=[job_id, state, reason, now(), self.prefix, "" if attempt is None else attempt, only_from,
-                  *(kept or [])]))
+                  json.dumps(failure.to_dict()) if failure else "", *(kept or [])]))
 
     def _job(self, row: dict) -> Job | None:
         if not row:
@@ -549,6 +343,7 @@ class RedisJobStore(JobStore):
         params = json.loads(row["params"])
         job = Job(id=text["id"], state=text["state"], client=text["client"], params=params,
                   images=json.loads(row["images"]), error=text.get("error") or None,
+                  failure=Failure.of_dict(json.loads(text["failure"]) if text.get("failure") else None),
                   created_at=text["created_at"], started_at=text.get("started_at") or None,
                   finished_at=text.get("finished_at") or None, has_preview=text.get("has_preview") == "1",
                   partial=text.get("partial") == "1")
@@ -570,13 +365,13 @@ def on_rq_failure(rq_job, connection, exc_type, exc_value, traceback) -> None:
     job_id = rq_job.id
     worker = queue.worker_of(job_id) or "a worker"
     if exc_type is not None and issubclass(exc_type, AbandonedJobError):
-        reason = f"the worker {worker} stopped (killed or disconnected) while running it"
+        kind, reason = WORKER_LOST, f"the worker {worker} stopped (killed or disconnected) while running it"
     else:
-        reason = f"the worker {worker} failed: {failure_reason(exc_value)}" if exc_value else f"{worker} failed"
+        kind, reason = ERROR, f"the worker {worker} failed: {failure_reason(exc_value)}" if exc_value else f"{worker} failed"
     if rq_job.retries_left and rq_job.retries_left > 0:
         logger.warning("job %s: %s; queued again (%d retries left)", job_id, reason, rq_job.retries_left)
         queue.requeue(job_id, reason)
     else:
         tries = queue.attempts(job_id)
         logger.warning("job %s: %s; failed after %d attempt(s)", job_id, reason, tries)
-        queue.fail(job_id, f"{reason}; gave up after {tries} attempt(s)")
+        queue.fail(job_id, Failure(kind, f"{reason}; gave up after {tries} attempt(s)"))

@@ -24,12 +24,14 @@ again.) What it adds to RQ:
 - faults handed back, not failed: a Redis outage longer than
   ``outage_seconds`` during a run stops it, and once Redis answers again the
   job is queued again (once; a second such outage fails it); a SIGTERM
-  (warm shutdown) lets the running job finish, then the worker exits;
+  (warm shutdown) stops the running job at its next step and hands it back
+  to the queue, then the worker exits: within seconds, not after the job;
 - a finished run's PNGs encoded and written to Redis by a ``Finisher``
   thread (app/jobs/finisher.py) while this worker already runs the next
   job: the RQ task returns when the run is over, the job stays ``running``
   until its PNGs are in Redis. Should the worker die in between, the web
-  app's upkeep queues the job again (``RedisUpkeep``).
+  app's upkeep queues the job again (``RedisUpkeep``);
+- live previews: at most one PNG encoded every half second (``ShippedPreviews``).
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
 """
@@ -49,18 +51,18 @@ from app.engine.types import DEFAULT_LIMITS, StepInfo
 from app.jobs import runner
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
-from app.jobs.finisher import Finisher
+from app.jobs.finisher import FINISHING, Finisher
 from app.jobs.images import disk_room_reason
-from app.jobs.job import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from app.jobs.job import FAILED, MODEL, QUEUED, RUNNING, WORKER_LOST, Failure
+from app.jobs.redis.protocol import WorkerProtocol
 from app.jobs.redis.store import RedisJobStore
-from app.jobs.runner import ShippedPreviews, free_memory, job_end
+from app.jobs.runner import DROPPED, JobEnd, JobOutput, ShippedPreviews, end_job, job_end
 
 if TYPE_CHECKING:
     from app.engine.types import GenerationResult
 
 logger = logging.getLogger(__name__)
 
-FINISHING = "finishing"  # what run_t2i_job returns for a finished run whose PNGs are on their way
 REQUEUED = "requeued"  # what run_t2i_job returns for a job handed back to the queue
 OUTAGE_REQUEUES = 1  # a job is queued again after a long Redis outage this many times, then failed
 
@@ -82,9 +84,9 @@ class GPUWorker(SimpleWorker):
         self.slot = EngineSlot(load_startup, startup, load_model)
         self.slot.ensure()
         self.job_queue = job_queue
+        self.jobs = WorkerProtocol(job_queue)  # this worker's writes to its jobs
         self.heartbeat_seconds = heartbeat
         self.preview_every = preview_every
-        self.previews = ShippedPreviews(preview_every)
         # How long a job's store writes are retried while Redis is away; a longer outage hands the job back.
         self.retry_seconds = retry_seconds
         self._beat_lock = threading.Lock()
@@ -92,6 +94,8 @@ class GPUWorker(SimpleWorker):
         self._stop_beats = threading.Event()
         self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
         self.finisher = Finisher()
+        self.previews = ShippedPreviews(preview_every)
+        self._cancel: threading.Event | None = None  # the running job's, for a SIGTERM to stop it
         GPUWorker.current = self
 
     # --- RQ hooks -----------------------------------------------------------------------
@@ -107,6 +111,7 @@ class GPUWorker(SimpleWorker):
         try:
             self.perform_job(job, queue, execution)
         finally:
+            self._cancel = None
             with self._beat_lock:
                 self._beating = None
         self._give_rq_back(job.id)
@@ -116,18 +121,23 @@ class GPUWorker(SimpleWorker):
         """RQ has just marked its job finished (or failed); if our record is queued (handed back
         by this run, or re-queued by a cleanup that thought this worker dead), RQ gets it again."""
         try:
-            if self._retried(job_id, "queuing it again", lambda: self.job_queue.requeue_rq(job_id)):
+            if self.retried(job_id, "queuing it again", lambda: self.jobs.requeue_rq(job_id)):
                 logger.warning("job %s is queued again", job_id)
         except StorageUnavailable:  # Redis away again: the StartedJobRegistry cleanup will find it
             logger.exception("job %s: could not be queued again", job_id)
 
     def handle_warm_shutdown_request(self) -> None:
-        """SIGTERM or Ctrl+C: RQ's warm shutdown, the running job finishes first (compose gives it
-        ``stop_grace_period``, 2 minutes; a SIGKILL after that is a dead worker, whose job runs
-        again elsewhere). A job this worker has taken but not begun is handed back instead, and a
-        job waiting for disk space is queued again."""
+        """SIGTERM or Ctrl+C: RQ's warm shutdown waits for the running job, which may take
+        minutes (a hires batch); a container's stop or a test's teardown would wait that long, or
+        kill the worker and leave the job to be noticed dead. So the running job is cancelled at
+        its next step and handed back to the queue (``_hand_back``), like a job this worker has
+        taken but not begun, and a job waiting for disk space: another worker, or this one
+        restarted, runs it from the start. Then RQ's loop ends, and the worker exits."""
         super().handle_warm_shutdown_request()
         self._stopping.set()
+        cancel = self._cancel
+        if cancel is not None:
+            cancel.set()
 
     @property
     def engine(self) -> Engine | None:
@@ -209,10 +219,10 @@ class GPUWorker(SimpleWorker):
 
     def run_t2i_job(self, job_id: str) -> str:
         """Run one job of the queue; returns the state it ended in."""
-        queue = self.job_queue
+        jobs = self.jobs
         if not self._wait_for_room(job_id):
             return QUEUED  # left queued: RQ gets it back (``_give_rq_back``) unless it was cancelled
-        attempt, before = self._retried(job_id, "starting", lambda: queue.begin(job_id, self.name))
+        attempt, before = self.retried(job_id, "starting", lambda: jobs.begin(job_id, self.name))
         if not attempt:
             logger.info("job %s is %s: skipped", job_id, before or "gone")
             return before or "gone"
@@ -220,79 +230,69 @@ class GPUWorker(SimpleWorker):
             logger.warning("job %s: its last worker died; running it again (attempt %d)", job_id, attempt)
         cancel, lost, skip = threading.Event(), threading.Event(), threading.Event()
         self.previews.start()
+        self._cancel = cancel  # first: a SIGTERM from now on sets it
         if self._stopping.is_set():  # a SIGTERM came before this job began: it goes back to the queue
             cancel.set()
         try:
-            job = self._retried(job_id, "reading it", lambda: queue.get(job_id))
+            job = self.retried(job_id, "reading it", lambda: jobs.get(job_id))
             if job is None:
                 return "gone"
-            request = self._retried(job_id, "reading it", lambda: queue.request_for(job))
-            limits = self._retried(job_id, "reading it", lambda: queue.job_limits(job_id))
+            request = self.retried(job_id, "reading it", lambda: jobs.request_for(job))
+            limits = self.retried(job_id, "reading it", lambda: jobs.job_limits(job_id))
             with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the job ends
                 if engine is None:  # fails the jobs that asked for it; the worker goes on
-                    reason = f"the model could not be loaded: {self.slot.error}"
-                    self._retried(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
-                    return FAILED
-                # The web app that accepted the job set its limits (one source). This process runs
-                # one job at a time on its engine, so the engine's limits are this job's meanwhile.
-                engine.limits = limits or DEFAULT_LIMITS
-                result = engine.generate(
-                    request, on_step=lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
-                    cancel=cancel)
+                    end = JobEnd.failed(Failure(MODEL, f"the model could not be loaded: {self.slot.error}"))
+                else:
+                    # The web app that accepted the job set its limits (one source). This process runs
+                    # one job at a time on its engine, so the engine's limits are this job's meanwhile.
+                    engine.limits = limits or DEFAULT_LIMITS
+                    result = engine.generate(
+                        request, on_step=lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
+                        cancel=cancel)
+                    self.finisher.submit(lambda: self._finish(job_id, attempt, result))
+                    return FINISHING
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
-            if lost.is_set():  # handed to another attempt (this worker was thought dead): write nothing
-                logger.warning("job %s is no longer this worker's; stopped", job_id)
-                return "dropped"
-            handed = self._hand_back(job_id, attempt, exc)
-            if handed is not None:
-                return handed
-            end = job_end(job_id, exc, skipped=skip.is_set())
-            kept = end.output
-            if end.state == DONE and kept is not None:  # skipped: done with the images so far
-                self._written(job_id, "done (skipped)", lambda: queue.complete(
-                    job_id, attempt, kept.images, kept.pngs, kept.params_update, partial=True))
-            elif end.state in (DONE, CANCELLED):  # with the interrupted run's images, if it made any
-                self._written(job_id, "cancelled", lambda: queue.mark_cancelled(
-                    job_id, end.reason, attempt, kept.images if kept else None, kept.pngs if kept else None,
-                    kept.params_update if kept else None))
-            else:
-                self._written(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
-            if end.unexpected:
-                # Only here: a traceback's frames can hold GPU tensors in cycles. After a good
-                # job refcounting has freed them, and gc.collect() costs about a second.
-                free_memory()
-            return CANCELLED if end.state == DONE and kept is None else end.state
-        self.finisher.submit(lambda: self._finish(job_id, attempt, result))
-        return FINISHING
+            end = self._stopped(job_id, exc, lost, skip)
+        return end_job(job_id, end, _Record(self, job_id, attempt))
 
     def _finish(self, job_id: str, attempt: int, result: "GenerationResult") -> None:
-        """A finished run's end, on the finisher's thread: its PNGs encoded and
-        written to Redis with the job done (a finished run is never failed)."""
-        queue = self.job_queue
+        """A finished run's end, on the finisher's thread: its PNGs encoded and written to
+        Redis with the job done (a finished run is recorded done, never failed)."""
         try:
-            output = runner.job_output(result, self.finisher.encoders)
-        except Exception as exc:  # encoding a PNG in memory: out of memory, at most
-            end = job_end(job_id, exc)
-            self._written(job_id, "failed", lambda: queue.fail(job_id, end.reason, attempt))
-            return
-        if not self._written(job_id, "done", lambda: queue.complete(job_id, attempt, output.images, output.pngs,
-                                                                     output.params_update)):
-            logger.warning("job %s was handed to another worker; its result is dropped", job_id)
-            return
-        logger.info("job %s done in %.1fs", job_id, output.seconds)
+            end = JobEnd.finished(runner.job_output(result, self.finisher.encoders))
+        except Exception as exc:  # encoding PNGs in memory: out of memory, at most
+            end = job_end(exc)
+        end_job(job_id, end, _Record(self, job_id, attempt))
 
-    def _retried(self, job_id: str, what: str, call):
+    def _stopped(self, job_id: str, exc: BaseException, lost: threading.Event, skip: threading.Event) -> JobEnd:
+        """How a run that raised ends. Handed to another attempt (this worker was thought dead):
+        nothing to write. Stopped by a Redis outage longer than ``retry_seconds`` or by a warm
+        shutdown: back to the queue (an outage: once; a second fails it). Else as ``job_end`` says."""
+        if lost.is_set():
+            return JobEnd(DROPPED)
+        if isinstance(exc, StorageUnavailable):
+            logger.warning("job %s: %s; handing it back once Redis answers", job_id, self.outage)
+            return JobEnd.handed_back(f"{self.outage}; queued again", counted=True)
+        if isinstance(exc, GenerationCancelled) and self._stopping.is_set():
+            return JobEnd.handed_back(f"its worker {self.name} was stopped (SIGTERM) while running it; queued again")
+        return job_end(exc, skipped=skip.is_set())
+
+    @property
+    def outage(self) -> str:
+        return f"Redis was unavailable for more than {self.retry_seconds:g} s while the worker {self.name} ran it"
+
+    def retried(self, job_id: str, what: str, call):
         return retry_store(call, self.retry_seconds, f"job {job_id}: {what}")
 
-    def _written(self, job_id: str, what: str, call):
+    def written(self, job_id: str, what: str, call):
         """A job's last write: retried past a long Redis outage too, since the run it records
         (its images, or why it ended) is over and would be lost."""
         try:
-            return self._retried(job_id, what, call)
+            return self.retried(job_id, what, call)
         except StorageUnavailable:
             logger.warning("job %s: %s waits for Redis to answer", job_id, what)
-            self._until_redis_answers()
-            return self._retried(job_id, what, call)
+            self.until_redis_answers()
+            return self.retried(job_id, what, call)
 
     def _wait_for_room(self, job_id: str) -> bool:
         """Wait, the job still queued, while the web app's image disk is nearly full (checked
@@ -300,7 +300,7 @@ class GPUWorker(SimpleWorker):
         the job was cancelled, or this worker is shutting down (the job stays queued)."""
         queue, warned = self.job_queue, False
         while True:
-            disk = self._retried(job_id, "reading the disk space", queue.disk)
+            disk = self.retried(job_id, "reading the disk space", queue.disk)
             no_room = disk_room_reason(*disk) if disk else None  # None: no web app published it lately
             if not no_room:
                 return True
@@ -309,36 +309,12 @@ class GPUWorker(SimpleWorker):
                 warned = True
             if self._stopping.wait(1.0):
                 # Running: its last worker died and RQ gave it to this one; queued again like a hand-back.
-                self._retried(job_id, "queuing it again", lambda: queue.requeue(job_id, "its worker was stopped"))
+                self.retried(job_id, "queuing it again", lambda: self.jobs.requeue(job_id, "its worker was stopped"))
                 return False
-            if self._retried(job_id, "reading it", lambda: queue.state_of(job_id)) not in (QUEUED, RUNNING):
+            if self.retried(job_id, "reading it", lambda: queue.state_of(job_id)) not in (QUEUED, RUNNING):
                 return False  # cancelled meanwhile
 
-    def _hand_back(self, job_id: str, attempt: int, exc: BaseException) -> str | None:
-        """A run stopped by a warm shutdown or by a Redis outage longer than ``retry_seconds``:
-        the job goes back to the queue (an outage: once; a second fails it). None: ``exc`` is
-        neither, the job ends as ``job_end`` says."""
-        queue = self.job_queue
-        if isinstance(exc, StorageUnavailable):
-            outage = (f"Redis was unavailable for more than {self.retry_seconds:g} s while the worker "
-                      f"{self.name} ran it")
-            logger.warning("job %s: %s; handing it back once Redis answers", job_id, outage)
-            self._until_redis_answers()
-            handed = self._retried(job_id, "queuing it again", lambda: queue.hand_back(
-                job_id, attempt, f"{outage}; queued again", counted=True, most=OUTAGE_REQUEUES))
-            if handed == -1:
-                reason = f"{outage}, the second time; it was queued again once already"
-                self._written(job_id, "failed", lambda: queue.fail(job_id, reason, attempt))
-                return FAILED
-            return REQUEUED
-        if isinstance(exc, GenerationCancelled) and self._stopping.is_set():
-            note = f"its worker {self.name} was stopped (SIGTERM) while running it; queued again"
-            logger.warning("job %s: %s", job_id, note)
-            self._retried(job_id, "queuing it again", lambda: queue.hand_back(job_id, attempt, note))
-            return REQUEUED
-        return None
-
-    def _until_redis_answers(self) -> None:
+    def until_redis_answers(self) -> None:
         pause = 0.5
         while True:
             try:
@@ -353,14 +329,48 @@ class GPUWorker(SimpleWorker):
                  lost: threading.Event, skip: threading.Event) -> None:
         engine = self.slot.engine
         preview = self.previews.png(engine, info) if engine is not None else None
-        answer = self._retried(job_id, "progress",
-                               lambda: self.job_queue.progress(job_id, attempt, info.step, info.total, preview))
+        answer = self.retried(job_id, "progress",
+                              lambda: self.jobs.progress(job_id, attempt, info.step, info.total, preview))
         if answer == 2:
             lost.set()
         if answer == 3:  # a skip: the run stops like a cancel, and the job ends done with its images
             skip.set()
         if answer:  # 1: cancel asked for
             cancel.set()
+
+
+class _Record:
+    """``end_job``'s writes for one attempt of a job on a GPU worker: the PNGs travel in
+    the end write, and a write past a long Redis outage waits for Redis (``written``)."""
+
+    def __init__(self, worker: GPUWorker, job_id: str, attempt: int):
+        self.worker, self.jobs, self.job_id, self.attempt = worker, worker.jobs, job_id, attempt
+
+    def save_partial(self, output: JobOutput) -> bool:
+        return True  # they go with the end write, for the web app to store
+
+    def done(self, output: JobOutput, partial: bool) -> bool:
+        return bool(self.worker.written(self.job_id, "done (skipped)" if partial else "done", lambda: self.jobs.complete(
+            self.job_id, self.attempt, output.images, output.pngs, output.params_update, partial=partial)))
+
+    def cancelled(self, reason: str, output: JobOutput | None) -> None:
+        self.worker.written(self.job_id, "cancelled", lambda: self.jobs.mark_cancelled(
+            self.job_id, reason, self.attempt, output.images if output else None, output.pngs if output else None,
+            output.params_update if output else None))
+
+    def failed(self, failure: Failure) -> None:
+        self.worker.written(self.job_id, "failed", lambda: self.jobs.fail(self.job_id, failure, self.attempt))
+
+    def requeued(self, note: str, counted: bool) -> str:
+        worker, jobs, job_id, attempt = self.worker, self.jobs, self.job_id, self.attempt
+        if counted:
+            worker.until_redis_answers()
+        handed = worker.retried(job_id, "queuing it again", lambda: jobs.hand_back(
+            job_id, attempt, note, counted=counted, most=OUTAGE_REQUEUES))
+        if handed == -1:
+            self.failed(Failure(WORKER_LOST, f"{worker.outage}, the second time; it was queued again once already"))
+            return FAILED
+        return REQUEUED
 
 
 def run_job(job_id: str) -> str:

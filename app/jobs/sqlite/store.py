@@ -25,6 +25,7 @@ from app.jobs.job import (
     FAILED,
     QUEUED,
     RUNNING,
+    Failure,
     Job,
     Progress,
     QueueFull,
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     params TEXT NOT NULL,                   -- JSON of GenerationRequest.to_dict() (no init image)
     images TEXT NOT NULL DEFAULT '[]',      -- JSON list of {"n", "seed", "infotext"}
     partial INTEGER NOT NULL DEFAULT 0,     -- 1: the images of a run stopped early
-    error TEXT,
+    error TEXT,                             -- why it failed or was cancelled, one line
+    failure TEXT,                           -- JSON of Failure.to_dict() when failed
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT
@@ -84,6 +86,8 @@ def init_db(path: str | Path) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "partial" not in columns:  # a database made before partial images were kept
             conn.execute("ALTER TABLE jobs ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+        if "failure" not in columns:  # before failures were kept as data: their jobs keep only the line
+            conn.execute("ALTER TABLE jobs ADD COLUMN failure TEXT")
         conn.commit()
     finally:
         conn.close()
@@ -265,7 +269,9 @@ class SQLiteJobStore(JobStore):
 
     def _job(self, row) -> Job:
         job = Job(id=row["id"], state=row["state"], client=row["client"], params=json.loads(row["params"]),
-                  images=json.loads(row["images"]), error=row["error"], created_at=row["created_at"],
+                  images=json.loads(row["images"]), error=row["error"],
+                  failure=Failure.of_dict(json.loads(row["failure"]) if row["failure"] else None),
+                  created_at=row["created_at"],
                   started_at=row["started_at"], finished_at=row["finished_at"], partial=bool(row["partial"]))
         with self._live_lock:
             live = self._progress.get(job.id)
@@ -341,13 +347,13 @@ class SQLiteJobStore(JobStore):
             row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
             params = {**json.loads(row["params"]), **(params_update or {})}
             conn.execute("UPDATE jobs SET state = 'done', images = ?, params = ?, finished_at = ?, error = NULL,"
-                         " partial = ? WHERE id = ?", (json.dumps(images), json.dumps(params), now(), int(partial),
-                                                       job_id))
+                         " failure = NULL, partial = ? WHERE id = ?",
+                         (json.dumps(images), json.dumps(params), now(), int(partial), job_id))
             conn.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
         self._forget(job_id, keep_preview=True)
 
-    def fail(self, job_id: str, reason: str) -> None:
-        self._end(job_id, FAILED, reason)
+    def fail(self, job_id: str, failure: Failure) -> None:
+        self._end(job_id, FAILED, failure.reason, failure=failure)
 
     def mark_cancelled(self, job_id: str, reason: str = "cancelled", images: builtins.list[dict] | None = None,
                        params_update: dict | None = None) -> None:
@@ -362,10 +368,10 @@ class SQLiteJobStore(JobStore):
         self._forget(job_id)
 
     def _end(self, job_id: str, state: str, reason: str, images: builtins.list[dict] | None = None,
-             params_update: dict | None = None) -> None:
+             params_update: dict | None = None, failure: Failure | None = None) -> None:
         with self._connect() as conn:
-            conn.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
-                         (state, reason, now(), job_id))
+            conn.execute("UPDATE jobs SET state = ?, error = ?, failure = ?, finished_at = ? WHERE id = ?",
+                         (state, reason, json.dumps(failure.to_dict()) if failure else None, now(), job_id))
             if images:  # in the same transaction: no reader sees the end without its images
                 row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 params = {**json.loads(row["params"]), **(params_update or {})}

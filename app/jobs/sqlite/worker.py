@@ -7,7 +7,7 @@ Model switching: each job carries the model selected when it was submitted
 loaded, freeing the old engine first (one model in memory at a time), and
 when idle it loads a newly selected model at once.
 
-A finished run's PNGs are encoded, stored and recorded by a ``Finisher``
+A finished run's PNGs are encoded, stored and its job ended by a ``Finisher``
 (app/jobs/finisher.py) while the worker already runs the next job; the
 upkeep after a job (retention, plot grids) runs there too, after its end."""
 from __future__ import annotations
@@ -20,10 +20,10 @@ from app.engine.engine import Engine
 from app.engine.types import StepInfo
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
-from app.jobs.finisher import Finisher
+from app.jobs.finisher import FINISHING, Finisher
 from app.jobs.images import ImageStore, disk_room_reason
-from app.jobs.job import CANCELLED, DONE, FAILED, Job
-from app.jobs.runner import EngineLoader, JobOutput, free_memory, job_end, job_output, live_preview
+from app.jobs.job import DISK_FULL, FAILED, MODEL, QUEUED, Failure, Job
+from app.jobs.runner import EngineLoader, JobEnd, JobOutput, end_job, job_end, job_output, live_preview
 from app.jobs.sqlite.store import SQLiteJobStore
 
 if TYPE_CHECKING:
@@ -117,8 +117,7 @@ class Worker(threading.Thread):
         job = self.store.claim()
         if job is None:
             return False
-        if not self._run_job(job):
-            free_memory()  # a failed or stopped run may leave big tensors behind
+        self._run_job(job)
         self.finisher.submit(self._after_job, holds_run=False)  # after the job's end, which may be on its way
         if not overlap:
             self.finisher.wait()
@@ -131,7 +130,7 @@ class Worker(threading.Thread):
             except Exception:
                 logger.exception("after-job upkeep (retention) failed")
 
-    def _record(self, job: Job, what: str, write: Callable[[], None]) -> None:
+    def record(self, job: Job, what: str, write: Callable[[], None]) -> None:
         """A job's end state, retried while the store is unavailable; if it
         stays down, kept and written before the next job is claimed."""
         try:
@@ -140,30 +139,21 @@ class Worker(threading.Thread):
             self._unrecorded.append(write)
             raise
 
-    def _write_partial(self, job: Job, output: JobOutput) -> bool:
-        """The images of a run stopped early, written like a done job's (all or
-        nothing); False (and the job ends without them) when they cannot be."""
-        try:
-            self.images.write(job.id, output.pngs)
-            return True
-        except OSError as exc:
-            logger.error("job %s: its partial images could not be saved: %s", job.id, exc)
-            return False
-
-    def _run_job(self, job: Job) -> bool:
-        """Run one job to its end state; False if it did not finish well."""
-        with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the job ends
+    def _run_job(self, job: Job) -> str:
+        """Run one job to its end; returns the state it ended in (FINISHING: its run
+        finished, the finisher ends it)."""
+        with self.slot.use(ModelChoice.of_params(job.params)) as engine:  # not unloaded until the run ends
             if engine is None:
-                self._record(job, "failed", lambda: self.store.fail(
-                    job.id, f"the model could not be loaded: {self.model_error}"))
-                return False
-            return self._run_on(engine, job)
+                failure = Failure(MODEL, f"the model could not be loaded: {self.model_error}")
+                return end_job(job.id, JobEnd.failed(failure), _Record(self, job))
+            end = self._run_on(engine, job)
+        return FINISHING if end is None else end_job(job.id, end, _Record(self, job))
 
-    def _run_on(self, engine: Engine, job: Job) -> bool:
+    def _run_on(self, engine: Engine, job: Job) -> JobEnd | None:
+        """How the job ends; None: its run finished and is handed to the finisher."""
         no_room = self.min_free_mb and disk_room_reason(self.images.free_mb(), self.min_free_mb)
         if no_room:
-            self._record(job, "failed", lambda: self.store.fail(job.id, no_room))
-            return False
+            return JobEnd.failed(Failure(DISK_FULL, no_room))
         # The run stops when the user cancels (``asked``) or the server stops; kept apart
         # so that a user's cancel during shutdown stays a cancel and is not re-queued.
         asked = self.store.cancel_event(job.id)
@@ -178,33 +168,53 @@ class Worker(threading.Thread):
             request = retry_store(lambda: self.store.request_for(job), self.retry_seconds, f"job {job.id}: reading it")
             result = engine.generate(request, on_step=on_step, cancel=stop)
         except Exception as exc:
-            end = job_end(job.id, exc, skipped=self.store.skipped(job.id))
-            if end.state != FAILED and not asked.is_set():
-                self._record(job, "re-queued", lambda: self.store.requeue(job.id))  # stopped by the server
-                return False
-            kept = end.output if end.output is not None and self._write_partial(job, end.output) else None
-            if end.state == DONE and kept is not None:  # skipped: done with the images so far
-                self._record(job, "done (skipped)", lambda: self.store.finish(
-                    job.id, kept.images, kept.params_update, partial=True))
-                return True
-            elif end.state in (DONE, CANCELLED):
-                self._record(job, "cancelled", lambda: self.store.mark_cancelled(
-                    job.id, end.reason, kept.images if kept else None, kept.params_update if kept else None))
-            else:
-                self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
-            return False
+            end = job_end(exc, skipped=self.store.skipped(job.id))
+            if end.state != FAILED and not asked.is_set():  # stopped by the server, not by its user
+                return JobEnd.handed_back("the server stopped while it ran; queued again")
+            return end
         self.finisher.submit(lambda: self._finish(job, result))
-        return True
+        return None
 
     def _finish(self, job: Job, result: "GenerationResult") -> None:
-        """A finished run's end, on the finisher's thread: its PNGs encoded and
-        stored, then the job recorded done (failed when they cannot be stored)."""
+        """A finished run's end, on the finisher's thread: its PNGs encoded and stored,
+        then the job done; failed when they cannot be stored (a full disk ...)."""
         try:
             output = job_output(result, self.finisher.encoders)
             self.images.write(job.id, output.pngs)
-        except Exception as exc:  # a full disk ...
-            end = job_end(job.id, exc)
-            self._record(job, "failed", lambda: self.store.fail(job.id, end.reason))
+        except Exception as exc:
+            end = job_end(exc)
         else:  # a job whose images are written is recorded done, never failed
-            self._record(job, "done", lambda: self.store.finish(job.id, output.images, output.params_update))
-            logger.info("job %s done in %.1fs", job.id, output.seconds)
+            end = JobEnd.finished(output)
+        end_job(job.id, end, _Record(self, job))
+
+
+class _Record:
+    """``end_job``'s writes for one job of the SQLite worker, each retried (``Worker.record``)."""
+
+    def __init__(self, worker: Worker, job: Job):
+        self.worker, self.store, self.job = worker, worker.store, job
+
+    def save_partial(self, output: JobOutput) -> bool:
+        """Written to the image folder like a done job's (all or nothing)."""
+        try:
+            self.worker.images.write(self.job.id, output.pngs)
+            return True
+        except OSError as exc:
+            logger.error("job %s: its partial images could not be saved: %s", self.job.id, exc)
+            return False
+
+    def done(self, output: JobOutput, partial: bool) -> bool:
+        self.worker.record(self.job, "done", lambda: self.store.finish(
+            self.job.id, output.images, output.params_update, partial=partial))
+        return True
+
+    def cancelled(self, reason: str, output: JobOutput | None) -> None:
+        self.worker.record(self.job, "cancelled", lambda: self.store.mark_cancelled(
+            self.job.id, reason, output.images if output else None, output.params_update if output else None))
+
+    def failed(self, failure: Failure) -> None:
+        self.worker.record(self.job, "failed", lambda: self.store.fail(self.job.id, failure))
+
+    def requeued(self, note: str, counted: bool) -> str:
+        self.worker.record(self.job, "re-queued", lambda: self.store.requeue(self.job.id))
+        return QUEUED

@@ -47,6 +47,7 @@ from app.jobs import groups
 from app.jobs.base import LOADING, READY, Backend, ModelChoice, ModelStatus, StorageUnavailable
 from app.jobs.images import IMAGE_NAME, JOB_ID, ImageStore, disk_room_reason, is_image_name
 from app.jobs.job import Job
+from app.jobs.redis.protocol import WorkerProtocol
 from app.jobs.redis.store import RedisJobStore
 
 logger = logging.getLogger(__name__)
@@ -362,7 +363,8 @@ class RedisUpkeep(threading.Thread):
             if rq_job is not None and rq_job.get_status(refresh=False) != JobStatus.FINISHED:
                 continue  # RQ's: started (its cleanup above), or queued again already
             note = f"the worker {worker} stopped before its images were saved; queued again"
-            if queue.requeue(job_id, note) and queue.requeue_rq(job_id):
+            # Ended for RQ as a worker's hand-back is: the same way back to RQ.
+            if queue.requeue(job_id, note) and WorkerProtocol(queue).requeue_rq(job_id):
                 logger.warning("job %s: %s", job_id, note)
 
     def _forget_dead_workers(self, after: float = 600) -> None:

@@ -301,11 +301,13 @@ def test_a_job_whose_worker_died_while_saving_its_images_is_queued_again(make_re
 
     from rq.job import JobStatus
 
+    from app.jobs.redis.protocol import WorkerProtocol
+
     app = make_redis_app("finishing", REDIS_QUEUE="finishing", START_WORKER=False)
-    queue, upkeep = app.extensions["t2i"].store, app.extensions["t2i"].upkeep
+    queue, upkeep = backend_of(app).store, backend_of(app).upkeep
     job_id = _submit(app.test_client())["id"]
     queue.rq.remove(job_id)
-    assert queue.begin(job_id, "finisher")[0] == 1
+    assert WorkerProtocol(queue).begin(job_id, "finisher")[0] == 1
     queue.rq.fetch_job(job_id).set_status(JobStatus.FINISHED)  # its task returned; its PNGs are on their way
     workers, info = queue.key("workers"), queue.key("worker-info")
 

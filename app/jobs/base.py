@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from app.engine.types import GenerationRequest
 from app.jobs import groups
 from app.jobs.images import ImageStore
-from app.jobs.job import FINISHED, QUEUED, RUNNING, Job
+from app.jobs.job import FINISHED, QUEUED, RUNNING, Job, job_record, new_job_id
 from app.jobs.retention import GRACE, expired
 from app.models.demo import DEMO_MODEL_ID
 from app.models.loading import display_name
@@ -113,6 +113,18 @@ class ModelChoice:
         if not isinstance(model, str) or not model:
             return None
         return cls(model, params.get("sd_vae"), params.get("sd_model_hash"), params.get("sd_vae_hash"))
+
+
+def submitted_record(request: GenerationRequest, model: ModelChoice | None,
+                     group: dict | None) -> tuple[str, dict, bytes | None]:
+    """A new job's id, params and init PNG, as both stores keep them: job_record's, with the model chosen at
+    submission and the group the job belongs to."""
+    params, init_png = job_record(request)
+    if model is not None:
+        params.update(model.to_params())
+    if group is not None:
+        params["group"] = group
+    return new_job_id(), params, init_png
 
 
 @dataclass(frozen=True)

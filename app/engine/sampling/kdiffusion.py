@@ -13,7 +13,7 @@ k-diffusion's default, an unseeded Brownian tree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchsde
@@ -91,115 +91,105 @@ def _churn(x: Tensor, sigmas: Tensor, i: int, s_churn: float, s_tmin: float, s_t
     return x, sigma_hat
 
 
-def _heun(model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_next: Tensor, s_in: Tensor,
+# A step from sigma to sigma_next given the denoiser output at sigma: (model, x, denoised, sigma, sigma_next, s_in,
+# extra_args) -> x. The samplers below that differ only in this step share one loop.
+Step = Callable[[Denoiser, Tensor, Tensor, Tensor, Tensor, Tensor, dict], Tensor]
+
+
+def _euler(model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, s_in: Tensor,
+           extra_args: dict) -> Tensor:
+    return x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+
+
+def _heun(model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, s_in: Tensor,
           extra_args: dict) -> Tensor:
-    """Heun's step (Euler when it lands on sigma 0), given the derivative d already taken at sigma."""
-    dt = sigma_next - sigma
+    """Heun's step (Euler when it lands on sigma 0)."""
     if sigma_next == 0:
-        return x + d * dt
-    x_2 = x + d * dt
+        return _euler(model, x, denoised, sigma, sigma_next, s_in, extra_args)
+    d = to_d(x, sigma, denoised)
+    x_2 = x + d * (sigma_next - sigma)
     d_2 = to_d(x_2, sigma_next, model(x_2, sigma_next * s_in, **extra_args))
-    return x + (d + d_2) / 2 * dt
+    return x + (d + d_2) / 2 * (sigma_next - sigma)
 
 
-def _dpm2(model: Denoiser, x: Tensor, d: Tensor, sigma: Tensor, sigma_to: Tensor, s_in: Tensor,
+def _dpm2(model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, s_in: Tensor,
           extra_args: dict) -> Tensor:
-    """DPM-Solver-2 style step: derivative at the log-space midpoint sigma, applied over the whole step."""
-    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
-    x_2 = x + d * (sigma_mid - sigma)
+    """DPM-Solver-2 style step (Euler when it lands on sigma 0): derivative at the log-space midpoint sigma,
+    applied over the whole step."""
+    if sigma_next == 0:
+        return _euler(model, x, denoised, sigma, sigma_next, s_in, extra_args)
+    sigma_mid = sigma.log().lerp(sigma_next.log(), 0.5).exp()
+    x_2 = x + to_d(x, sigma, denoised) * (sigma_mid - sigma)
     d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
-    return x + d_2 * (sigma_to - sigma)
+    return x + d_2 * (sigma_next - sigma)
 
 
-@torch.no_grad()
-def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                 callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        x = x + d * (sigmas[i + 1] - sigma_hat)
-    return x
+def _dpmpp_2s(model: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, s_in: Tensor,
+              extra_args: dict) -> Tensor:
+    """DPM-Solver++(2S) (Euler when it lands on sigma 0): one data-prediction evaluation at the log-sigma midpoint."""
+    if sigma_next == 0:
+        return _euler(model, x, denoised, sigma, sigma_next, s_in, extra_args)
+    t, t_next = _t(sigma), _t(sigma_next)
+    h = t_next - t
+    s = t + 0.5 * h
+    x_mid = (_sigma(s) / _sigma(t)) * x - (-h * 0.5).expm1() * denoised
+    denoised_mid = model(x_mid, _sigma(s) * s_in, **extra_args)
+    return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_mid
 
 
-@torch.no_grad()
-def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                           callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+def _churned_sampler(name: str, step: Step) -> Callable[..., Tensor]:
+    """k-diffusion's sample_euler / sample_heun / sample_dpm_2: the same loop (churn, denoise at sigma_hat, report)
+    around a different step from sigma_hat to the next sigma."""
+    @torch.no_grad()
+    def sample(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+               callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
+               s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+               noise_sampler: NoiseSampler | None = None) -> Tensor:
+        extra_args = extra_args or {}
+        noise = noise_or_randn(x, noise_sampler)
+        s_in = x.new_ones([x.shape[0]])
+        for i in range(len(sigmas) - 1):
+            x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise)
+            denoised = model(x, sigma_hat * s_in, **extra_args)
+            _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+            x = step(model, x, denoised, sigma_hat, sigmas[i + 1], s_in, extra_args)
+        return x
+
+    sample.__name__ = sample.__qualname__ = name
+    return sample
 
 
-@torch.no_grad()
-def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        x = _heun(model, x, d, sigma_hat, sigmas[i + 1], s_in, extra_args)
-    return x
+def _ancestral_sampler(name: str, step: Step, noise_after_euler: bool = True) -> Callable[..., Tensor]:
+    """k-diffusion's sample_euler_ancestral / sample_dpm_2_ancestral / sample_dpmpp_2s_ancestral: the same loop
+    (denoise, split the step into sigma_down and sigma_up, step down, add sigma_up of noise) around a different step.
+    noise_after_euler=False: dpm_2_ancestral adds no noise on a step where sigma_down is 0 (its Euler fallback),
+    even when sigma_next is not."""
+    @torch.no_grad()
+    def sample(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+               callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+               s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> Tensor:
+        extra_args = extra_args or {}
+        noise = noise_or_randn(x, noise_sampler)
+        s_in = x.new_ones([x.shape[0]])
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, sigmas[i] * s_in, **extra_args)
+            sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+            _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+            x = step(model, x, denoised, sigmas[i], sigma_down, s_in, extra_args)
+            if sigmas[i + 1] > 0 and (noise_after_euler or sigma_down != 0):
+                x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        return x
+
+    sample.__name__ = sample.__qualname__ = name
+    return sample
 
 
-@torch.no_grad()
-def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                 callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigma_hat)
-        else:
-            x = _dpm2(model, x, d, sigma_hat, sigmas[i + 1], s_in, extra_args)
-    return x
-
-
-@torch.no_grad()
-def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                           callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        d = to_d(x, sigmas[i], denoised)
-        if sigma_down == 0:
-            x = x + d * (sigma_down - sigmas[i])
-        else:
-            x = _dpm2(model, x, d, sigmas[i], sigma_down, s_in, extra_args)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+sample_euler = _churned_sampler("sample_euler", _euler)
+sample_heun = _churned_sampler("sample_heun", _heun)
+sample_dpm_2 = _churned_sampler("sample_dpm_2", _dpm2)
+sample_euler_ancestral = _ancestral_sampler("sample_euler_ancestral", _euler)
+sample_dpm_2_ancestral = _ancestral_sampler("sample_dpm_2_ancestral", _dpm2, noise_after_euler=False)
+sample_dpmpp_2s_ancestral = _ancestral_sampler("sample_dpmpp_2s_ancestral", _dpmpp_2s)
 
 
 def _lms_coefficient(order: int, sigmas: Sequence[float], i: int, j: int) -> float:
@@ -228,32 +218,6 @@ def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | No
         cur = min(i + 1, order)
         coeffs = [_lms_coefficient(cur, nodes, i, j) for j in range(cur)]
         x = x + sum(c * d for c, d in zip(coeffs, reversed(history)))
-    return x
-
-
-@torch.no_grad()
-def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-                              callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
-                              s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> Tensor:
-    extra_args = extra_args or {}
-    noise = noise_or_randn(x, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
-            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        else:
-            # DPM-Solver++(2S): one data-prediction evaluation at the log-sigma midpoint s
-            t, t_next = _t(sigmas[i]), _t(sigma_down)
-            h = t_next - t
-            s = t + 0.5 * h
-            x_mid = (_sigma(s) / _sigma(t)) * x - (-h * 0.5).expm1() * denoised
-            denoised_mid = model(x_mid, _sigma(s) * s_in, **extra_args)
-            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_mid
-        if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -421,9 +385,8 @@ def restart_sampler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict
         if last_sigma is not None and last_sigma < sigma:
             x = x + noise(last_sigma, sigma) * s_noise * (sigma**2 - last_sigma**2) ** 0.5
         denoised = model(x, sigma * s_in, **extra_args)
-        d = to_d(x, sigma, denoised)
         _report(callback, x, step, sigma_next, sigma, denoised)
-        x = _heun(model, x, d, sigma, sigma_next, s_in, extra_args)
+        x = _heun(model, x, denoised, sigma, sigma_next, s_in, extra_args)
         last_sigma = sigma_next
     return x
 

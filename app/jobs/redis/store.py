@@ -38,7 +38,7 @@ from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
 
 from app.engine.types import GenerationRequest, Limits
-from app.jobs.base import JobStore, ModelChoice, translate_errors
+from app.jobs.base import JobStore, ModelChoice, submitted_record, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -51,8 +51,6 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
-    job_record,
-    new_job_id,
     now,
     request_of,
 )
@@ -113,12 +111,7 @@ class RedisJobStore(JobStore):
 
     def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
                group: dict | None = None) -> Job:
-        job_id = new_job_id()
-        params, init_png = job_record(request)
-        if model is not None:
-            params.update(model.to_params())
-        if group is not None:
-            params["group"] = group
+        job_id, params, init_png = submitted_record(request, model, group)
         # A group is admitted as a whole: its later jobs skip the per-client limit.
         per_client = 2 ** 31 if group and group.get("order", 0) > 0 else self.max_per_client
         seq, count = self.scripts["submit"](

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from app.engine.types import GenerationRequest
-from app.jobs.base import JobStore, ModelChoice, translate_errors
+from app.jobs.base import JobStore, ModelChoice, submitted_record, translate_errors
 from app.jobs.job import (
     CANCELLED,
     DONE,
@@ -29,8 +29,6 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
-    job_record,
-    new_job_id,
     now,
     request_of,
 )
@@ -135,12 +133,7 @@ class SQLiteJobStore(JobStore):
 
     def submit(self, request: GenerationRequest, client: str, model: ModelChoice | None = None,
                group: dict | None = None) -> Job:
-        job_id = new_job_id()
-        params, init_png = job_record(request)
-        if model is not None:
-            params.update(model.to_params())
-        if group is not None:
-            params["group"] = group
+        job_id, params, init_png = submitted_record(request, model, group)
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # the limit checks and the insert as one step
             mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')",

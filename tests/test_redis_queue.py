@@ -291,38 +291,3 @@ def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis
     upkeep.run_once(cleanup=True)
     assert queue.get(job_id).state == "queued" and queue.rq.job_ids == [job_id]
     assert not queue.redis.exists(lock)  # released for the workers
-
-
-def test_a_job_whose_worker_died_while_saving_its_images_is_queued_again(make_redis_app):
-    """A worker's RQ task returns when the run is over and its PNGs go to Redis after: should
-    the worker die in between, RQ is done with the job, and the web app queues it again once
-    the worker has missed its heartbeats; never while that worker is alive. Simulated in Redis."""
-    import json
-
-    from rq.job import JobStatus
-
-    from app.jobs.redis.protocol import WorkerProtocol
-
-    app = make_redis_app("finishing", REDIS_QUEUE="finishing", START_WORKER=False)
-    queue, upkeep = backend_of(app).store, backend_of(app).upkeep
-    job_id = _submit(app.test_client())["id"]
-    queue.rq.remove(job_id)
-    assert WorkerProtocol(queue).begin(job_id, "finisher")[0] == 1
-    queue.rq.fetch_job(job_id).set_status(JobStatus.FINISHED)  # its task returned; its PNGs are on their way
-    workers, info = queue.key("workers"), queue.key("worker-info")
-
-    def beat(name, ago):
-        queue.redis.zadd(workers, {name: time.time() - ago})
-        queue.redis.hset(info, name, json.dumps({"heartbeat": 1}))
-        upkeep._seen = (0.0, [])  # read the workers again
-
-    beat("finisher", 0)
-    beat("other", 0)
-    upkeep.run_once(cleanup=True)
-    assert queue.get(job_id).state == "running" and queue.rq.job_ids == []  # alive: still saving them
-    beat("finisher", 60)  # missed its heartbeats: dead
-    upkeep.run_once(cleanup=True)
-    job = queue.get(job_id)
-    assert job.state == "queued" and queue.rq.job_ids == [job_id]
-    assert queue.redis.hget(queue.job_key(job_id), "note").decode() == (
-        "the worker finisher stopped before its images were saved; queued again")

@@ -43,7 +43,15 @@ class Finisher:
             self._room.acquire()
         with self._idle:
             self._pending += 1
-        self._ends.submit(self._run, end, holds_run)
+        try:
+            self._ends.submit(self._run, end, holds_run)
+        except BaseException:  # shut down already: nothing will run it, so nothing may wait for it
+            if holds_run:
+                self._room.release()
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+            raise
 
     def _run(self, end: Callable[[], None], holds_run: bool) -> None:
         try:

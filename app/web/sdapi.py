@@ -500,10 +500,16 @@ def progress():
     })
 
 
+def _generating_first(jobs: list) -> list:
+    """The caller's running jobs, the last started first (an older one still running may be having its
+    PNGs written while the next generates: app/jobs/finisher.py), then the queued ones, oldest first."""
+    running = sorted((j for j in jobs if j.state == RUNNING), key=lambda j: j.started_at or "", reverse=True)
+    return running + sorted((j for j in jobs if j.state != RUNNING), key=lambda j: j.created_at)
+
+
 @bp.post("/interrupt")
 def interrupt():
-    mine = backend().list(limit=200, states=(RUNNING, QUEUED), client=client_id())
-    mine.sort(key=lambda j: (j.state != RUNNING, j.created_at))
+    mine = _generating_first(backend().list(limit=200, states=(RUNNING, QUEUED), client=client_id()))
     if mine:
         backend().cancel(mine[0].id)
         group = mine[0].params.get("group")
@@ -524,8 +530,7 @@ def skip():
     finished job's. A queued job is not skipped (A1111's skip touches only the
     running one); ``skipped`` names the job, or is null when the caller had
     none running."""
-    mine = backend().list(limit=200, states=(RUNNING,), client=client_id())
-    mine.sort(key=lambda j: j.created_at)
+    mine = _generating_first(backend().list(limit=200, states=(RUNNING,), client=client_id()))
     if mine:
         backend().skip(mine[0].id)
     return jsonify({"skipped": mine[0].id if mine else None})

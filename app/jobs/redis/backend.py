@@ -9,8 +9,6 @@ it keeps ``RedisUpkeep``, a thread that
    works the moment its job is done);
 2. cleans RQ's StartedJobRegistry every second, so a job whose worker died
    is retried or failed within seconds even while every other worker is busy;
-   and queues again a job whose worker died after its run, before its PNGs
-   reached Redis (RQ is done with it by then: ``_requeue_unfinished``);
 3. tells /api/health which model the connected workers serve;
 4. publishes the image disk's free space every second for the workers' disk
    check (first, so a full disk that stops images being stored cannot stop
@@ -47,7 +45,6 @@ from app.jobs import groups
 from app.jobs.base import LOADING, READY, Backend, ModelChoice, ModelStatus, StorageUnavailable
 from app.jobs.images import IMAGE_NAME, JOB_ID, ImageStore, disk_room_reason, is_image_name
 from app.jobs.job import Job
-from app.jobs.redis.protocol import WorkerProtocol
 from app.jobs.redis.store import RedisJobStore
 
 logger = logging.getLogger(__name__)
@@ -334,38 +331,11 @@ class RedisUpkeep(threading.Thread):
         try:
             # A thread cannot use RQ's default SIGALRM timeouts.
             StartedJobRegistry(queue=self.queue.rq, death_penalty_class=TimerDeathPenalty).cleanup()
-            self._requeue_unfinished()
         finally:
             try:
                 lock.release()
             except LockError:  # expired meanwhile (a very slow cleanup): nothing to release
                 pass
-
-    def _requeue_unfinished(self) -> None:
-        """A worker's RQ task returns once its run is over; its PNGs are encoded and written
-        after (app/jobs/finisher.py). A job still running whose RQ job is finished (or gone)
-        and whose worker is dead (three missed heartbeats) lost its images with that worker:
-        it is queued again, at the front. (RQ's own cleanup only sees jobs it thinks started.)"""
-        from rq.job import JobStatus
-
-        queue = self.queue
-        running = [job_id.decode() for job_id in queue.redis.smembers(queue.key("running"))]
-        if not running:
-            return
-        alive = {worker["name"] for worker in self.workers()}
-        if not alive:  # none to run it again (or their records could not be read): later
-            return
-        for job_id in running:
-            worker = queue.worker_of(job_id)
-            if worker in alive:
-                continue
-            rq_job = queue.rq.fetch_job(job_id)
-            if rq_job is not None and rq_job.get_status(refresh=False) != JobStatus.FINISHED:
-                continue  # RQ's: started (its cleanup above), or queued again already
-            note = f"the worker {worker} stopped before its images were saved; queued again"
-            # Ended for RQ as a worker's hand-back is: the same way back to RQ.
-            if queue.requeue(job_id, note) and WorkerProtocol(queue).requeue_rq(job_id):
-                logger.warning("job %s: %s", job_id, note)
 
     def _forget_dead_workers(self, after: float = 600) -> None:
         """Drop workers silent for ``after`` seconds from /api/health's list for good."""

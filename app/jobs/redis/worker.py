@@ -26,11 +26,11 @@ again.) What it adds to RQ:
   job is queued again (once; a second such outage fails it); a SIGTERM
   (warm shutdown) stops the running job at its next step and hands it back
   to the queue, then the worker exits: within seconds, not after the job;
-- a finished run's PNGs encoded and written to Redis by a ``Finisher``
-  thread (app/jobs/finisher.py) while this worker already runs the next
-  job: the RQ task returns when the run is over, the job stays ``running``
-  until its PNGs are in Redis. Should the worker die in between, the web
-  app's upkeep queues the job again (``RedisUpkeep``);
+- a finished run's PNGs encoded side by side (the images of a batch in the
+  finisher's pool, app/jobs/finisher.py) and written to Redis before the RQ
+  task returns: RQ's own retry and failure rules cover every write, so a
+  worker that dies or a write that fails never leaves a job ``running``
+  (the SQLite worker, in-process, overlaps the next job with them);
 - live previews: at most one PNG encoded every half second (``ShippedPreviews``).
 
 This module imports RQ and the engine; the CLI imports it only to run a worker.
@@ -42,7 +42,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -51,15 +51,12 @@ from app.engine.types import DEFAULT_LIMITS, StepInfo
 from app.jobs import runner
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
-from app.jobs.finisher import FINISHING, Finisher
+from app.jobs.finisher import Finisher
 from app.jobs.images import disk_room_reason
 from app.jobs.job import FAILED, MODEL, QUEUED, RUNNING, WORKER_LOST, Failure
 from app.jobs.redis.protocol import WorkerProtocol
 from app.jobs.redis.store import RedisJobStore
 from app.jobs.runner import DROPPED, JobEnd, JobOutput, ShippedPreviews, end_job, job_end
-
-if TYPE_CHECKING:
-    from app.engine.types import GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -249,20 +246,13 @@ class GPUWorker(SimpleWorker):
                     result = engine.generate(
                         request, on_step=lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
                         cancel=cancel)
-                    self.finisher.submit(lambda: self._finish(job_id, attempt, result))
-                    return FINISHING
+                    # Its PNGs, a batch's side by side in the finisher's pool; written with the end
+                    # below, in the RQ task, so RQ's rules cover a write that fails.
+                    end = JobEnd.finished(runner.job_output(result, self.finisher.encoders))
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = self._stopped(job_id, exc, lost, skip)
+        # Outside the try: a finished run is recorded done (with its images), never failed.
         return end_job(job_id, end, _Record(self, job_id, attempt))
-
-    def _finish(self, job_id: str, attempt: int, result: "GenerationResult") -> None:
-        """A finished run's end, on the finisher's thread: its PNGs encoded and written to
-        Redis with the job done (a finished run is recorded done, never failed)."""
-        try:
-            end = JobEnd.finished(runner.job_output(result, self.finisher.encoders))
-        except Exception as exc:  # encoding PNGs in memory: out of memory, at most
-            end = job_end(exc)
-        end_job(job_id, end, _Record(self, job_id, attempt))
 
     def _stopped(self, job_id: str, exc: BaseException, lost: threading.Event, skip: threading.Event) -> JobEnd:
         """How a run that raised ends. Handed to another attempt (this worker was thought dead):

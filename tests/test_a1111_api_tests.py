@@ -93,7 +93,8 @@ def test_a1111_img2img_suite(server):
 @pytest.mark.parametrize("route,changes,field", [
     ("txt2img", {"restore_faces": True, "override_settings": {"face_restoration_model": "RestoreFormer"}},
      "face_restorer"),  # face restoration is honoured (tests/test_faces.py); a restorer we lack is not
-    ("img2img", {"script_name": "x/y/z plot"}, "script_name"),  # SD upscale runs: below
+    ("img2img", {"script_name": "loopback"}, "script_name"),  # SD upscale runs: below; the X/Y/Z plot: test_xyz
+    ("img2img", {"script_name": "x/y/z plot"}, "script_args"),  # a plot with no axes
 ])
 def test_what_needs_issue_24_is_refused_naming_the_field(server, route, changes, field):
     body = {**(TXT2IMG if route == "txt2img" else _img2img(png_b64(gradient(64, 64)))), **changes}

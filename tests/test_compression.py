@@ -17,7 +17,7 @@ def client(make_app):
     return make_app(START_WORKER=False).test_client()
 
 
-@pytest.mark.parametrize("name", ["app.js", "app.css"])
+@pytest.mark.parametrize("name", ["generate.js", "app.css"])
 def test_a_client_that_accepts_gzip_gets_the_file_compressed(client, name):
     original = (ROOT / "static" / name).read_bytes()
     response = client.get(f"/static/{name}", headers=GZIP)
@@ -33,31 +33,31 @@ def test_a_client_that_accepts_gzip_gets_the_file_compressed(client, name):
 
 
 def test_a_client_without_gzip_gets_the_file_as_it_is(client):
-    original = (ROOT / "static" / "app.js").read_bytes()
+    original = (ROOT / "static" / "generate.js").read_bytes()
     for headers in ({}, {"Accept-Encoding": "identity"}, {"Accept-Encoding": "gzip;q=0, identity"}):
-        response = client.get("/static/app.js", headers=headers)
+        response = client.get("/static/generate.js", headers=headers)
         assert response.status_code == 200 and response.data == original, headers
         assert "Content-Encoding" not in response.headers
         assert "Accept-Encoding" in response.headers["Vary"]
 
 
 def test_each_encoding_has_its_own_etag_and_304(client):
-    plain = client.get("/static/app.js")
-    packed = client.get("/static/app.js", headers=GZIP)
+    plain = client.get("/static/generate.js")
+    packed = client.get("/static/generate.js", headers=GZIP)
     assert plain.headers["ETag"] != packed.headers["ETag"]
-    again = client.get("/static/app.js", headers={**GZIP, "If-None-Match": packed.headers["ETag"]})
+    again = client.get("/static/generate.js", headers={**GZIP, "If-None-Match": packed.headers["ETag"]})
     assert again.status_code == 304 and again.data == b""
     assert "Accept-Encoding" in again.headers["Vary"]
-    again = client.get("/static/app.js", headers={"If-None-Match": plain.headers["ETag"]})
+    again = client.get("/static/generate.js", headers={"If-None-Match": plain.headers["ETag"]})
     assert again.status_code == 304
     # A client holding the compressed copy that no longer accepts gzip gets the file itself.
-    changed = client.get("/static/app.js", headers={"If-None-Match": packed.headers["ETag"]})
+    changed = client.get("/static/generate.js", headers={"If-None-Match": packed.headers["ETag"]})
     assert changed.status_code == 200 and "Content-Encoding" not in changed.headers
 
 
 def test_a_range_request_gets_bytes_of_the_file_itself(client):
-    original = (ROOT / "static" / "app.js").read_bytes()
-    response = client.get("/static/app.js", headers={**GZIP, "Range": "bytes=10-29"})
+    original = (ROOT / "static" / "generate.js").read_bytes()
+    response = client.get("/static/generate.js", headers={**GZIP, "Range": "bytes=10-29"})
     assert response.status_code == 206
     assert response.data == original[10:30] and "Content-Encoding" not in response.headers
 

@@ -155,7 +155,7 @@ def page_context() -> dict[str, Any]:
 
 
 # The pages load only their own files: no inline script or style attribute
-# (app.js sets element.style, which CSP allows), images also from the page's
+# (the page scripts set element.style, which CSP allows), images also from the page's
 # own data:/blob: URLs (init image previews), no plugins, no <base>, no framing.
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'",

@@ -111,7 +111,7 @@ class GenerationRequest:
     hr_second_pass_steps: int = 0  # 0: the first pass's steps
     # --- variation seeds (issue #12; app/engine/sampling/rng.py) ---
     subseed: int | None = None  # None or -1: random, drawn with the seed
-    subseed_strength: float = 0.0  # 0: the seed's noise, 1: the variation seed's
+    subseed_strength: float = field(default=0.0, metadata=about(api=True))  # 0: the seed's noise, 1: the variation seed's
     # the noise this seed gives at another size (0: off)
     seed_resize_from_w: int = field(default=0, metadata=about(label="Seed resize from", write=_seed_resize_entry,
                                                               read=_seed_resize_read))

@@ -214,12 +214,17 @@ def test_controlnet_tab_sends_its_unit_and_the_picture_records_it(engine, tmp_pa
     assert "controlnet[0].model" in ui.status.value and len(ui.saved) == 1
 
 
+def hover(widget) -> str:
+    """A widget's hover text: ``tooltip`` in ipywidgets 8, ``description_tooltip`` in 7 (Colab's)."""
+    return widget.tooltip if hasattr(widget, "tooltip") else widget.description_tooltip
+
+
 def test_ngms_has_its_widget_from_its_facts_and_reaches_the_picture(engine, tmp_path):
     ui = InpaintUI(engine, tmp_path)  # the subclasses' forms have it too
     ngms = ui.advanced.inputs["s_min_uncond"]
     assert (type(ngms).__name__, ngms.description, ngms.min, ngms.max, ngms.value) == (
         "BoundedFloatText", "NGMS", 0, 15, 0)
-    assert "negative guidance minimum sigma" in ngms.tooltip
+    assert "negative guidance minimum sigma" in hover(ngms)
     assert ui.advanced.widget in ui.widget.children and ui.advanced.widget.selected_index is None  # closed
     # The other flagged fields: a choice is a Dropdown, a flag a Checkbox, a number bounded by its range.
     assert ui.advanced.inputs["randn_source"].options == ("GPU", "CPU", "NV")
@@ -245,7 +250,7 @@ def test_a_new_field_with_facts_appears_with_no_widgets_edit(engine, tmp_path, m
 
     ui = GeneratorUI(engine, tmp_path)
     widget = ui.advanced.inputs["knob"]
-    assert (type(widget).__name__, widget.description, widget.min, widget.max, widget.value, widget.tooltip) == (
+    assert (type(widget).__name__, widget.description, widget.min, widget.max, widget.value, hover(widget)) == (
         "BoundedIntText", "Knob", 1, 9, 3, "a new knob")
     widget.value = 5
     ui.prompt.value = "a lighthouse"

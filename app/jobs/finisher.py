@@ -24,13 +24,18 @@ logger = logging.getLogger(__name__)
 FINISHING = "finishing"  # a worker's end state for a finished run handed to its finisher
 
 
+def png_encoders(name: str = "t2i", workers: int = 2) -> Executor:
+    """A pool that encodes a run's PNGs side by side (``runner.job_output``)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-png")
+
+
 class Finisher:
     """``backlog``: how many finished runs may wait for their end (their
     images are held in memory meanwhile); handing over one more waits."""
 
     def __init__(self, name: str = "t2i-finish", backlog: int = 2, encoders: int = 2):
         self._ends = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)  # one: ends stay in order
-        self.encoders: Executor = ThreadPoolExecutor(max_workers=encoders, thread_name_prefix=f"{name}-png")
+        self.encoders = png_encoders(name, encoders)
         self._room = threading.BoundedSemaphore(backlog)
         self._pending = 0
         self._idle = threading.Condition()
@@ -69,8 +74,3 @@ class Finisher:
         """Wait until every run handed over has ended; False on timeout."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
-
-    @property
-    def busy(self) -> bool:
-        with self._idle:
-            return self._pending > 0

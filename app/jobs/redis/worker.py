@@ -26,8 +26,8 @@ again.) What it adds to RQ:
   job is queued again (once; a second such outage fails it); a SIGTERM
   (warm shutdown) stops the running job at its next step and hands it back
   to the queue, then the worker exits: within seconds, not after the job;
-- a finished run's PNGs encoded side by side (the images of a batch in the
-  finisher's pool, app/jobs/finisher.py) and written to Redis before the RQ
+- a finished run's PNGs encoded side by side (the images of a batch in a
+  pool, app/jobs/finisher.py) and written to Redis before the RQ
   task returns: RQ's own retry and failure rules cover every write, so a
   worker that dies or a write that fails never leaves a job ``running``
   (the SQLite worker, in-process, overlaps the next job with them);
@@ -51,7 +51,7 @@ from app.engine.types import DEFAULT_LIMITS, StepInfo
 from app.jobs import runner
 from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
-from app.jobs.finisher import Finisher
+from app.jobs.finisher import png_encoders
 from app.jobs.images import disk_room_reason
 from app.jobs.job import FAILED, MODEL, QUEUED, RUNNING, WORKER_LOST, Failure
 from app.jobs.redis.protocol import WorkerProtocol
@@ -90,7 +90,7 @@ class GPUWorker(SimpleWorker):
         self._beating: tuple | None = None  # (rq job, execution) while one runs
         self._stop_beats = threading.Event()
         self._stopping = threading.Event()  # a warm shutdown (SIGTERM) was asked for
-        self.finisher = Finisher()
+        self.encoders = png_encoders()  # a finished run's PNGs, a batch's side by side
         self.previews = ShippedPreviews(preview_every)
         self._cancel: threading.Event | None = None  # the running job's, for a SIGTERM to stop it
         GPUWorker.current = self
@@ -165,7 +165,6 @@ class GPUWorker(SimpleWorker):
                                                        exception_handler=self._pubsub_exception_handler)
 
     def teardown(self) -> None:
-        self.finisher.wait()  # the runs that finished are recorded before the worker goes
         self._stop_beats.set()
         self._publish(alive=False)
         super().teardown()
@@ -246,9 +245,8 @@ class GPUWorker(SimpleWorker):
                     result = engine.generate(
                         request, on_step=lambda info: self._on_step(job_id, attempt, info, cancel, lost, skip),
                         cancel=cancel)
-                    # Its PNGs, a batch's side by side in the finisher's pool; written with the end
-                    # below, in the RQ task, so RQ's rules cover a write that fails.
-                    end = JobEnd.finished(runner.job_output(result, self.finisher.encoders))
+                    # Written with the end below, in the RQ task, so RQ's rules cover a write that fails.
+                    end = JobEnd.finished(runner.job_output(result, self.encoders))
         except Exception as exc:  # a cancel, a bad input, out of memory, a timeout (RQ's JobTimeoutException) ...
             end = self._stopped(job_id, exc, lost, skip)
         # Outside the try: a finished run is recorded done (with its images), never failed.

@@ -323,19 +323,27 @@ def test_live_previews_are_encoded_only_when_asked_for(tmp_path, small_request, 
     assert counting.previews == 1
 
 
-def test_a_job_database_from_before_partial_images_opens_and_keeps_its_jobs(tmp_path, small_request):
-    """A jobs.sqlite made before the ``partial`` column: opened, the column is added, old jobs read as not partial."""
-    import json
+def _database_without(path, column_line: str):
+    """A connection to a jobs.sqlite at ``path`` made with today's schema less one column's line (a
+    database from before that column), for the caller to insert its old rows into."""
     import sqlite3
 
     from app.jobs.sqlite import store as sqlite_store
 
-    old_schema = sqlite_store.SCHEMA.replace(
-        "    partial INTEGER NOT NULL DEFAULT 0,     -- 1: the images of a run stopped early\n", "")
-    assert "partial" not in old_schema
+    old_schema = sqlite_store.SCHEMA.replace(column_line, "")
+    assert column_line.split()[0] not in old_schema  # the column is gone from it, nowhere else named
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    return conn
+
+
+def test_a_job_database_from_before_partial_images_opens_and_keeps_its_jobs(tmp_path, small_request):
+    """A jobs.sqlite made before the ``partial`` column: opened, the column is added, old jobs read as not partial."""
+    import json
+
     path = tmp_path / "jobs.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(old_schema)
+    with _database_without(path, "    partial INTEGER NOT NULL DEFAULT 0,     -- 1: the images of a run stopped early\n") \
+            as conn:
         conn.execute("INSERT INTO jobs (id, client, state, params, images, created_at) VALUES (?, 'me', 'done', ?, ?, 'x')",
                      ("a" * 32, json.dumps(small_request().to_dict()), json.dumps([{"n": 0, "seed": 1, "infotext": "t"}])))
     job = SQLiteJobStore(path).get("a" * 32)
@@ -420,17 +428,11 @@ def test_a_job_database_from_before_failures_were_data_opens_and_keeps_its_reaso
     """A jobs.sqlite made before the ``failure`` column: opened, the column is added, an old
     failed job keeps its reason line and has no failure data; a new failure is kept as data."""
     import json
-    import sqlite3
 
     from app.jobs.job import DISK_FULL, Failure
-    from app.jobs.sqlite import store as sqlite_store
 
-    old_schema = sqlite_store.SCHEMA.replace(
-        "    failure TEXT,                           -- JSON of Failure.to_dict() when failed\n", "")
-    assert "failure" not in old_schema
     path = tmp_path / "jobs.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(old_schema)
+    with _database_without(path, "    failure TEXT,                           -- JSON of Failure.to_dict() when failed\n") as conn:
         conn.execute("INSERT INTO jobs (id, client, state, params, error, created_at) VALUES (?, 'me', 'failed', ?, ?, 'x')",
                      ("a" * 32, json.dumps(small_request().to_dict()), "invalid request: prompt: bad (got 'x')"))
     store = SQLiteJobStore(path)

@@ -19,21 +19,27 @@ def _fetch_json(page, url: str):
     return page.evaluate("(u) => fetch(u).then(r => r.json())", url)
 
 
-def test_a_2x2_plot_from_the_page(serve, page):
-    server = serve()
-    page.goto(server.url + "/")
+def _bad_plot(page, url: str, press) -> None:
+    """Open the page, fill the form's settings, open the plot section and ask for a 2x2 plot whose
+    second Y value is not a number; ``press`` is how the user presses (click, or tap on a phone)."""
+    page.goto(url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
     page.fill("#prompt", "a red fox")
     for name, value in (("width", 64), ("height", 64), ("steps", 1), ("seed", 7)):
         page.fill(f"#{name}", str(value))
-    page.click("#xyz-section > summary")
-    # A bad value first: the message shows at the Y axis, nothing is queued.
+    press("#xyz-section > summary")
     page.select_option("#xyz-x-type", "Steps")
     page.fill("#xyz-x-values", "1, 2")
     page.select_option("#xyz-y-type", "CFG Scale")
     page.fill("#xyz-y-values", "5, seven")
-    page.click("#xyz-run")
+    press("#xyz-run")
     page.wait_for_selector("#xyz-y-error:visible")
+
+
+def test_a_2x2_plot_from_the_page(serve, page):
+    server = serve()
+    # A bad value first: the message shows at the Y axis, nothing is queued.
+    _bad_plot(page, server.url, page.click)
     assert "seven" in page.inner_text("#xyz-y-error")
     assert page.get_attribute("#xyz-y-values", "aria-invalid") == "true"
     assert _fetch_json(page, "/api/jobs")["jobs"] == []
@@ -104,18 +110,7 @@ def test_a_2x2_plot_on_a_phone_light_and_dark(serve, browser, tmp_path):
         page.emulate_media(color_scheme="light")
 
     try:
-        page.goto(server.url + "/")
-        page.wait_for_selector("#model-status[data-state=ready]")
-        page.fill("#prompt", "a red fox")
-        for name, value in (("width", 64), ("height", 64), ("steps", 1), ("seed", 7)):
-            page.fill(f"#{name}", str(value))
-        page.tap("#xyz-section > summary")
-        page.select_option("#xyz-x-type", "Steps")
-        page.fill("#xyz-x-values", "1, 2")
-        page.select_option("#xyz-y-type", "CFG Scale")
-        page.fill("#xyz-y-values", "5, seven")
-        page.tap("#xyz-run")
-        page.wait_for_selector("#xyz-y-error:visible")
+        _bad_plot(page, server.url, page.tap)
         assert page.evaluate(OVERFLOW) <= 0
         for axis in ("x", "y", "z"):  # each axis's type and values within the screen, one under the other
             for part in ("type", "values"):

@@ -45,12 +45,8 @@ def request_from_infotext(text: str) -> dict:
     out: dict = {"prompt": p.get(TEMPLATE_LABEL, p["prompt"]),
                  "negative_prompt": p.get(NEGATIVE_TEMPLATE_LABEL, p["negative_prompt"])}
 
-    def number(key: str, kind: type = float) -> float | int | None:
-        try:
-            value = float(p[key])
-        except (KeyError, ValueError):
-            return None
-        return int(value) if kind is int and value.is_integer() else (value if kind is float else None)
+    def number(key: str, kind_: type = float) -> float | int | None:
+        return parse_value(kind_, p[key]) if key in p else None
 
     def put(field: str, value: object) -> None:
         if value is not None:

@@ -392,3 +392,27 @@ def test_denoising_size_and_float_legends_as_a1111():
     labels = make_plot(base, [("CFG Scale", "0.1-0.3 (+0.1)", "", ""), (0, "", "", ""), (0, "", "", "")]).x.labels
     assert len(labels) == len(np.arange(0.1, 0.3 + 0.1, 0.1))
     assert labels[:3] == ["CFG Scale: 0.1", "CFG Scale: 0.2", "CFG Scale: 0.3"]
+
+
+def test_field_axes_come_from_the_fields_facts():
+    """Every plain axis is a request field's ``about(xyz=...)``: NGMS is plotted without any X/Y/Z code of its own."""
+    from app.engine.types import described
+    named = {about.xyz: name for name, (_, about) in described().items() if about.xyz}
+    assert {"Seed", "Steps", "Eta", "Negative Guidance minimum sigma"} <= set(named)
+    base = GenerationRequest(prompt="a fox", width=64, height=64, scheduler="Euler")
+    for label in named:
+        assert label in AXIS_LABELS and AXES[label].label == label
+    plot = make_plot(base, [(12, "0, 2.5", "x_type", "x_values"),  # 12: A1111's index of NGMS
+                            ("Sigma Churn", "1, 3", "y_type", "y_values"), (0, "", "", "")])
+    assert [(c.request.s_min_uncond, c.request.s_churn) for c in plot.cells] == [(0, 1), (2.5, 1), (0, 3), (2.5, 3)]
+    assert plot.x.labels == ["Negative Guidance minimum sigma: 0.0", "Negative Guidance minimum sigma: 2.5"]
+
+
+def test_page_offers_the_field_axes_after_the_most_used(client):
+    page = client.get("/").get_data(as_text=True)
+    x_select = page[page.index('id="xyz-x-type"'):]
+    x_select = x_select[:x_select.index("</select>")]
+    offered = [part.split('"')[1] for part in x_select.split("<option value=")[1:]]
+    assert offered[:4] == ["Nothing", "Seed", "Steps", "CFG Scale"]
+    assert "Negative Guidance minimum sigma" in offered and "Sigma Churn" in offered
+    assert set(offered) == set(AXES)

@@ -5,7 +5,8 @@ From these facts the rest is derived, so a new simple field is a declaration and
 the infotext's entry and its reading back (app/engine/metadata.py), the ``generate`` command's flag
 (app/cli/generate.py), A1111's API and ``override_settings`` names (app/web/sdapi.py,
 app/web/a1111_fields.py), the bounds validation and the page's and widgets' inputs read
-(``FIELD_RANGES``), and the converters of "prompts from file" (app/engine/prompt_lines.py).
+(``FIELD_RANGES``), the converters of "prompts from file" (app/engine/prompt_lines.py) and the X/Y/Z
+plot's plain axes (app/engine/xyz.py).
 Fields with real special handling (images, masks, ControlNet units, hires sizes, styles) keep their own
 code and give only what applies to them here.
 """
@@ -32,6 +33,7 @@ class About:
     choices: tuple = ()  # the values a text field takes (the flag's choices)
     api: str | bool = False  # A1111's txt2img/img2img body key, passed through as is (True: the same name)
     option: str = ""  # A1111's option (``override_settings`` key) that sets it per job
+    xyz: str = ""  # the X/Y/Z plot axis (A1111's label, app/engine/xyz.py) whose values set it as they are
 
 
 def about(**facts: Any) -> dict:

@@ -81,13 +81,14 @@ class GenerationRequest:
     negative_prompt: str = ""
     width: int | None = None
     height: int | None = None
-    steps: int = field(default=25, metadata=about(label="Steps", write=ELSEWHERE))
-    guidance_scale: float = field(default=7.5, metadata=about(label="CFG scale", write=ELSEWHERE))
-    seed: int | None = field(default=None, metadata=about(label="Seed", write=ELSEWHERE))
+    steps: int = field(default=25, metadata=about(label="Steps", write=ELSEWHERE, xyz="Steps"))
+    guidance_scale: float = field(default=7.5, metadata=about(label="CFG scale", write=ELSEWHERE, xyz="CFG Scale"))
+    seed: int | None = field(default=None, metadata=about(label="Seed", write=ELSEWHERE, xyz="Seed"))
     scheduler: str = DEFAULT_SCHEDULER
     num_images: int = 1
     init_image: Any = None  # PIL.Image.Image
-    strength: float = field(default=0.75, metadata=about(label="Denoising strength", write=ELSEWHERE))
+    strength: float = field(default=0.75, metadata=about(label="Denoising strength", write=ELSEWHERE,
+                                                                    xyz="Denoising"))
     save_steps: int = 0  # keep a preview every N steps (0: none)
     # seamless: the image wraps around left/right and top/bottom
     tiling: bool = field(default=False, metadata=about(
@@ -107,11 +108,12 @@ class GenerationRequest:
     hr_scale: float = 2.0  # used when hr_resize_x and hr_resize_y are 0
     hr_resize_x: int = 0  # target width (0: from hr_scale, or keep the aspect)
     hr_resize_y: int = 0
-    hr_upscaler: str = "Latent"  # Latent variants, Lanczos or None
-    hr_second_pass_steps: int = 0  # 0: the first pass's steps
+    hr_upscaler: str = field(default="Latent", metadata=about(xyz="Hires upscaler"))  # Latent variants, Lanczos, None
+    hr_second_pass_steps: int = field(default=0, metadata=about(xyz="Hires steps"))  # 0: the first pass's steps
     # --- variation seeds (issue #12; app/engine/sampling/rng.py) ---
-    subseed: int | None = None  # None or -1: random, drawn with the seed
-    subseed_strength: float = field(default=0.0, metadata=about(api=True))  # 0: the seed's noise, 1: the variation seed's
+    subseed: int | None = field(default=None, metadata=about(xyz="Var. seed"))  # None or -1: random, with the seed
+    # 0: the seed's noise, 1: the variation seed's
+    subseed_strength: float = field(default=0.0, metadata=about(api=True, xyz="Var. strength"))
     # the noise this seed gives at another size (0: off)
     seed_resize_from_w: int = field(default=0, metadata=about(label="Seed resize from", write=_seed_resize_entry,
                                                               read=_seed_resize_read))
@@ -121,24 +123,25 @@ class GenerationRequest:
     # a record of how the prompt was made, as A1111's infotext keeps the styled prompt. Nothing here applies them.
     styles: list[str] = field(default_factory=list)
     # --- sampler settings (issue #21; app/engine/sampling), A1111's names ---
-    eta: float | None = None  # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM);
-    # its infotext label is the sampler's (sampling/run.py)
+    # None: the sampler's default (1 for the ancestral and SDE samplers, 0 for DDIM); its infotext label is
+    # the sampler's (sampling/run.py)
+    eta: float | None = field(default=None, metadata=about(xyz="Eta"))
     # Euler, Heun, DPM2 only, as A1111
     s_churn: float = field(default=0.0, metadata=about(label="Sigma churn", write=_churn_entry("s_churn"),
                                                        cli="--s-churn", help="sigma churn (Euler, Heun, DPM2)",
-                                                       api=True, option="s_churn"))
+                                                       api=True, option="s_churn", xyz="Sigma Churn"))
     s_tmin: float = field(default=0.0, metadata=about(label="Sigma tmin", write=_churn_entry("s_tmin"),
                                                       cli="--s-tmin", help="sigma tmin (Euler, Heun, DPM2)",
-                                                      api=True, option="s_tmin"))
+                                                      api=True, option="s_tmin", xyz="Sigma min"))
     s_tmax: float = field(default=0.0, metadata=about(  # 0: infinity
         label="Sigma tmax", write=_churn_entry("s_tmax"), cli="--s-tmax",
-        help="sigma tmax, 0: infinity (Euler, Heun, DPM2)", api=True, option="s_tmax"))
+        help="sigma tmax, 0: infinity (Euler, Heun, DPM2)", api=True, option="s_tmax", xyz="Sigma max"))
     s_noise: float = field(default=1.0, metadata=about(label="Sigma noise", write=_churn_entry("s_noise"),
                                                        cli="--s-noise", help="sigma noise (Euler, Heun, DPM2)",
-                                                       api=True, option="s_noise"))
+                                                       api=True, option="s_noise", xyz="Sigma noise"))
     # GPU (A1111's default: CUDA's numbers on any device), CPU or NV
     randn_source: str = field(default="GPU", metadata=about(
-        label="RNG", choices=RANDN_SOURCES, cli="--randn-source", option="randn_source",
+        label="RNG", choices=RANDN_SOURCES, cli="--randn-source", option="randn_source", xyz="RNG source",
         help="noise source as A1111's RNG setting (default: GPU, CUDA's numbers on any device)"))
     # A1111's ENSD: offsets the noise drawn after the initial noise
     eta_noise_seed_delta: int = field(default=0, metadata=about(
@@ -147,11 +150,12 @@ class GenerationRequest:
     # A1111's CLIP_stop_at_last_layers: SD 1.x text encoders; SD 2.x ignores it, as A1111
     clip_skip: int = field(default=1, metadata=about(label="Clip skip", cli="--clip-skip",
                                                       help="A1111's clip skip (SD 1.x models)",
-                                                      option="CLIP_stop_at_last_layers"))
+                                                      option="CLIP_stop_at_last_layers", xyz="Clip skip"))
     # A1111's negative guidance minimum sigma (NGMS): below this sigma every other model call skips the
     # negative prompt (sampling/cfg.py); 0: off. A1111's slider range.
     s_min_uncond: float = field(default=0.0, metadata=about(
         label="NGMS", range=(0, 15), cli="--s-min-uncond", api=True, option="s_min_uncond",
+        xyz="Negative Guidance minimum sigma",
         help="A1111's negative guidance minimum sigma (NGMS): below it every other step skips the negative "
              "prompt, faster (0: off)"))
     # --- SD upscale (issue #24; app/engine/sd_upscale.py): img2img only. A1111's script args by name:

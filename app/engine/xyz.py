@@ -28,8 +28,10 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from app.engine.fields import kind as field_kind
+from app.engine.fields import parse_value
 from app.engine.schedulers import AUTOMATIC, find_schedule_type, find_scheduler, with_schedule
-from app.engine.types import MAX_SEED, GenerationRequest, ValidationError
+from app.engine.types import MAX_SEED, GenerationRequest, ValidationError, described
 
 SCRIPT_TITLE = "x/y/z plot"  # A1111's title as /sdapi/v1/scripts lists it
 MAX_CELLS = 64  # the default cap on cells per plot (the app's XYZ_MAX_CELLS)
@@ -135,29 +137,25 @@ def _a_size(value: str) -> bool:
         return False
 
 
-AXES: dict[str, AxisKind] = {kind.label: kind for kind in (
+# The axes with their own code; every other offered axis sets one request field to its values as they are,
+# named by the field's facts (``about(xyz=...)`` in app/engine/types.py).
+_OWN_AXES = (
     AxisKind("Nothing", str, _keep, lambda label, value: ""),
-    AxisKind("Seed", int, _setter("seed")),
-    AxisKind("Var. seed", int, _setter("subseed")),
-    AxisKind("Var. strength", float, _setter("subseed_strength")),
-    AxisKind("Steps", int, _setter("steps")),
-    AxisKind("Hires steps", int, _setter("hr_second_pass_steps")),
-    AxisKind("CFG Scale", float, _setter("guidance_scale")),
     AxisKind("Prompt S/R", str, _prompt_sr, lambda label, value: _shown(value)),
     AxisKind("Sampler", str, _sampler, lambda label, value: _shown(value), _known_sampler),
     AxisKind("Checkpoint name", str, _keep, lambda label, value: os.path.basename(value)),
-    AxisKind("Sigma Churn", float, _setter("s_churn")),
-    AxisKind("Sigma min", float, _setter("s_tmin")),
-    AxisKind("Sigma max", float, _setter("s_tmax")),
-    AxisKind("Sigma noise", float, _setter("s_noise")),
     AxisKind("Schedule type", str, _schedule, check=_known_schedule),
-    AxisKind("Eta", float, _setter("eta")),
-    AxisKind("Clip skip", int, _setter("clip_skip")),
-    AxisKind("Denoising", float, _setter("strength")),  # img2img's strength, or the hires pass's
-    AxisKind("Hires upscaler", str, _setter("hr_upscaler")),
-    AxisKind("RNG source", str, _setter("randn_source")),
     AxisKind("Size", str, _size, check=_a_size),
-)}
+)
+_FIELD_AXES = tuple(AxisKind(about.xyz, field_kind(f), _setter(name)) for name, (f, about) in described().items() if about.xyz)
+AXES: dict[str, AxisKind] = {axis.label: axis for axis in sorted(
+    (*_OWN_AXES, *_FIELD_AXES), key=lambda axis: AXIS_LABELS.index(axis.label))}
+
+
+# The page's axis list: the most used first, then every other axis offered here in A1111's order.
+_PAGE_FIRST = ("Nothing", "Seed", "Steps", "CFG Scale", "Prompt S/R", "Sampler", "Schedule type", "Checkpoint name",
+               "Denoising", "Hires steps", "Var. seed", "Var. strength", "Clip skip", "Eta", "Size")
+PAGE_AXES = (*_PAGE_FIRST, *(label for label in AXES if label not in _PAGE_FIRST))
 
 
 def axis_kind(value: Any, field_name: str, img2img: bool = False) -> AxisKind:
@@ -253,6 +251,11 @@ def parse_values(kind: AxisKind, text: Any, field_name: str) -> list[Any]:
         expanded += _expand_int(value) if kind.type is int else _expand_float(value) if kind.type is float else [value]
     values: list[Any] = []
     for value in expanded:
+        if kind.type is bool:  # A1111 offers "True" and "False"
+            if parse_value(bool, value) is None:
+                raise ValidationError(field_name, value, f"{value!r} is not a valid {kind.label} value (True or False)")
+            values.append(parse_value(bool, value))
+            continue
         try:
             values.append(kind.type(value))
         except (TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ from app.engine.hires import hr_upscalers
 from app.engine.inpaint import FILL_MODES, OUTPAINT_DIRECTIONS
 from app.engine.schedulers import RANDN_SOURCES, schedule_labels
 from app.engine.types import FIELD_RANGES
+from app.engine.xyz import PAGE_AXES
 from app.jobs.job import DONE, Job
 from app.models.demo import DEMO_NOTICE
 from app.web import models
@@ -54,7 +55,7 @@ def index() -> str:
                            ranges=FIELD_RANGES, outpaint_directions=OUTPAINT_DIRECTIONS,
                            schedule_types=schedule_labels(), randn_sources=RANDN_SOURCES,
                            face_restorers=RESTORERS, cn_control_modes=CONTROL_MODES, cn_resize_modes=RESIZE_MODES,
-                           **_page())
+                           xyz_axes=PAGE_AXES, **_page())
 
 
 @bp.route("/gallery")

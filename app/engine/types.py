@@ -264,10 +264,12 @@ class GenerationRequest:
         return self
 
     def _check_ranges(self) -> None:
-        """Each field whose range is given with it (``about(range=...)``) within it: a new number field needs
-        no check of its own. (None: the field's "unset".)"""
+        """Each field whose range is given with it (``about(range=...)``) within it, and each described
+        switch a bool: a new number or switch field needs no check of its own. (None: the field's "unset".)"""
         for name, (f, about_) in described().items():
             value = getattr(self, name)
+            if about_ != About() and kind(f) is bool:
+                check_bool(name, value)
             if about_.range is None or value is None:
                 continue
             if kind(f) is int:

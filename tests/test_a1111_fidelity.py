@@ -120,9 +120,13 @@ class _TorchHijack:
         return self.rng.next()
 
 
-def _reference(sampler: str, schedule_label: str, wrappers: ModelWrappers, cond, uncond) -> torch.Tensor:
+def _reference(sampler: str, schedule_label: str, wrappers: ModelWrappers, cond, uncond,
+               always_discard: bool = False) -> torch.Tensor:
+    """``always_discard``: A1111's option "Always discard next-to-last sigma" (get_sigmas: discard if the
+    sampler does, or if the option is on)."""
     sampling, external = kdiffusion_ref.load()
     func_name, default, discard, brownian, options = A1111[sampler]
+    discard = discard or always_discard
     ldm = _LDM(wrappers)
     if sampler == "LCM":
         inner = LCMDenoiser(wrappers.alphas_cumprod, wrappers.prediction, lambda x, t, cond: ldm.apply_model(x, t, cond))
@@ -263,11 +267,12 @@ def test_timestep_samplers_call_the_model_as_a1111(engine, sampler, calls, first
 
 
 def _reference_img2img(sampler: str, wrappers: ModelWrappers, cond, uncond, init, steps: int, strength: float,
-                       fixed: bool) -> torch.Tensor:
+                       fixed: bool, always_discard: bool = False) -> torch.Tensor:
     """A1111's KDiffusionSampler.sample_img2img: setup_img2img_steps, the tail of the schedule from
     t_enc, the start init + noise * sigma, DPM fast/adaptive's range from that tail."""
     sampling, external = kdiffusion_ref.load()
     func_name, default, discard, brownian, options = A1111[sampler]
+    discard = discard or always_discard
     ldm = _LDM(wrappers)
     inner = (external.CompVisVDenoiser if wrappers.prediction == "v_prediction" else external.CompVisDenoiser)(
         ldm, quantize=False)
@@ -306,16 +311,45 @@ def _reference_img2img(sampler: str, wrappers: ModelWrappers, cond, uncond, init
         sampling.torch = saved
 
 
+def _ours_img2img(sampler: str, wrappers: ModelWrappers, engine, cond, uncond, init, strength: float, fixed: bool,
+                  **request) -> torch.Tensor:
+    gen = GenerationRequest(prompt="x", scheduler=sampler, steps=STEPS, guidance_scale=CFG, seed=SEEDS[0],
+                            num_images=len(SEEDS), **request).validate()
+    denoiser = Denoiser(engine.pipe, wrappers, gen, SEEDS, [0, 1], None)
+    with torch.no_grad():
+        return denoiser.img2img(([(STEPS, cond)], [(STEPS, uncond)]), init, STEPS, strength, None,
+                                fixed_steps=fixed).latents
+
+
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM2", "DPM fast", "DPM++ SDE", "DPM++ 3M SDE"])
 @pytest.mark.parametrize("strength,fixed", [(0.6, False), (0.35, True)])
 def test_img2img_and_the_hires_pass_match_a1111(engine, wrappers, conds, sampler, strength, fixed):
     cond, uncond = conds
     init = torch.randn((len(SEEDS), 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(5))
-    gen = GenerationRequest(prompt="x", scheduler=sampler, steps=STEPS, guidance_scale=CFG, seed=SEEDS[0],
-                            num_images=len(SEEDS)).validate()
-    denoiser = Denoiser(engine.pipe, wrappers, gen, SEEDS, [0, 1], None)
-    with torch.no_grad():
-        got = denoiser.img2img(([(STEPS, cond)], [(STEPS, uncond)]), init, STEPS, strength, None,
-                               fixed_steps=fixed).latents
+    got = _ours_img2img(sampler, wrappers, engine, cond, uncond, init, strength, fixed)
     expected = _reference_img2img(sampler, wrappers, cond, uncond, init, STEPS, strength, fixed)
     assert _relative_l2(got, expected) < 1e-4, (sampler, strength, fixed, wrappers.prediction)
+
+
+# A1111's option "Always discard next-to-last sigma" (issue #23's second demonstration field): DPM2 already
+# discards, so the option changes nothing there.
+@pytest.mark.parametrize("sampler,schedule", [("Euler", "Automatic"), ("Euler a", "Automatic"), ("Heun", "Karras"),
+                                              ("DPM++ 2M", "Automatic"), ("DPM++ 2M SDE", "Automatic"),
+                                              ("DPM2", "Automatic")])
+def test_always_discard_next_to_last_sigma_matches_a1111(engine, wrappers, conds, sampler, schedule):
+    got, _ = _ours(sampler, schedule, wrappers, engine, *conds, always_discard_next_to_last_sigma=True)
+    expected = _reference(sampler, schedule, wrappers, *conds, always_discard=True)
+    assert _relative_l2(got, expected) < 1e-4, (sampler, schedule, wrappers.prediction)
+    plain, _ = _ours(sampler, schedule, wrappers, engine, *conds)
+    assert (_relative_l2(got, plain) < 1e-6) == (sampler == "DPM2")
+
+
+@pytest.mark.parametrize("strength,fixed", [(0.6, False), (0.35, True)])
+def test_always_discard_next_to_last_sigma_in_img2img_and_hires_matches_a1111(engine, wrappers, conds, strength,
+                                                                              fixed):
+    init = torch.randn((len(SEEDS), 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(5))
+    got = _ours_img2img("DPM++ 2M", wrappers, engine, *conds, init, strength, fixed,
+                        always_discard_next_to_last_sigma=True)
+    expected = _reference_img2img("DPM++ 2M", wrappers, *conds, init, STEPS, strength, fixed, always_discard=True)
+    assert _relative_l2(got, expected) < 1e-4, (strength, fixed, wrappers.prediction)
+    assert _relative_l2(got, _ours_img2img("DPM++ 2M", wrappers, engine, *conds, init, strength, fixed)) > 1e-4

@@ -84,3 +84,33 @@ def test_ngms_round_trips_form_job_gallery_and_reuse(serve, page):
     assert page.input_value("#s_min_uncond") == "2.5"
     assert page.get_attribute("#sampler-section", "open") is not None  # opened: it holds a changed value
     assert page.input_value("#seed") == "5"
+
+
+def test_discard_next_to_last_sigma_round_trips_form_job_gallery_and_reuse(serve, page):
+    """The second demonstration field (A1111's "Always discard next-to-last sigma"), a checkbox with no
+    JavaScript of its own: sent as true, on the job and its infotext, in the gallery, checked again by Reuse."""
+    server = serve()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-status[data-state=ready]")
+    page.click("#sampler-section > summary")
+    page.check("#always_discard_next_to_last_sigma")
+    body = sent_job_body(page, lambda: submit(page, "a harbour", width=64, height=64, steps=3, seed=7))
+    assert body["always_discard_next_to_last_sigma"] is True
+    page.wait_for_selector("#job[data-state=done]")
+    job_id = page.get_attribute("#job", "data-job")
+    job = page.request.get(f"{server.url}/api/jobs/{job_id}").json()["job"]
+    assert job["params"]["always_discard_next_to_last_sigma"] is True
+    assert "Discard penultimate sigma: True" in job["images"][0]["infotext"]
+
+    page.goto(server.url + "/gallery")
+    tile = page.locator(f"article.tile[data-job='{job_id}']").first
+    assert "Discard penultimate sigma: True" in tile.locator("pre.infotext").text_content()
+    tile.locator(".menu-button").focus()
+    page.keyboard.press("Enter")
+    tile.get_by_role("menuitem", name="Reuse settings").click()
+    page.wait_for_function("() => document.getElementById('prompt').value === 'a harbour'")
+    assert page.is_checked("#always_discard_next_to_last_sigma")
+    assert page.get_attribute("#sampler-section", "open") is not None
+    page.uncheck("#always_discard_next_to_last_sigma")  # and unchecked, it is sent as false
+    body = sent_job_body(page, lambda: submit(page, "a harbour", width=64, height=64, steps=3, seed=7))
+    assert body["always_discard_next_to_last_sigma"] is False

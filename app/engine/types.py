@@ -35,7 +35,7 @@ from app.engine.fields import ELSEWHERE, About, about, facts, kind, size_pair
 from app.engine.loras import tags as lora_tags
 from app.engine.loras.tags import split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
-from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, K_DIFFUSION, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
 
 _AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
 
@@ -66,6 +66,14 @@ def _churn_entry(name: str) -> Callable[["GenerationRequest"], str | None]:
         default = GenerationRequest.__dataclass_fields__[name].default
         return f"{value:g}" if choice is not None and choice.sampler.takes_churn and value != default else None
     return entry
+
+
+def _discard_entry(request: "GenerationRequest") -> bool | None:
+    """Written where it changes the schedule: a k-diffusion sampler that does not already discard (A1111)."""
+    choice = find_scheduler(request.scheduler)
+    applies = choice is not None and choice.sampler.kind == K_DIFFUSION \
+        and not choice.sampler.options.get("discard_next_to_last_sigma")
+    return True if request.always_discard_next_to_last_sigma and applies else None
 
 
 @dataclass
@@ -158,6 +166,13 @@ class GenerationRequest:
         xyz="Negative Guidance minimum sigma",
         help="A1111's negative guidance minimum sigma (NGMS): below it every other step skips the negative "
              "prompt, faster (0: off)"))
+    # A1111's "Always discard next-to-last sigma": a k-diffusion schedule one step longer that loses its
+    # next-to-last sigma (sampling/run.py)
+    always_discard_next_to_last_sigma: bool = field(default=False, metadata=about(
+        label="Discard penultimate sigma", write=_discard_entry, cli="--discard-penultimate-sigma",
+        option="always_discard_next_to_last_sigma", xyz="Always discard next-to-last sigma",
+        help="A1111's \"always discard next-to-last sigma\": one step more, the next-to-last sigma dropped "
+             "(k-diffusion samplers)"))
     # --- SD upscale (issue #24; app/engine/sd_upscale.py): img2img only. A1111's script args by name:
     # {"overlap": 64, "upscaler": "Lanczos", "scale_factor": 2}; the tiles are width x height ---
     sd_upscale: dict | None = None

@@ -41,6 +41,9 @@ class SamplerSettings:
     s_tmax: float = 0.0  # 0: infinity, as A1111
     s_noise: float = 1.0
     s_min_uncond: float = 0.0  # NGMS: below this sigma every other model call skips the uncond pass (cfg.py)
+    # A1111's option: every k-diffusion schedule is made one step longer and loses its next-to-last sigma, as
+    # DPM2 and DPM++ 3M SDE always do (timestep samplers ignore it, as A1111)
+    always_discard_next_to_last_sigma: bool = False
 
     @classmethod
     def from_request(cls, request: Any) -> "SamplerSettings":
@@ -89,10 +92,10 @@ def infotext_entries(choice: SchedulerChoice, settings: SamplerSettings) -> dict
     return out
 
 
-def sigmas_for(choice: SchedulerChoice, steps: int, denoiser: Any) -> torch.Tensor:
-    return schedules.get_sigmas(choice.resolved_schedule, steps, denoiser,
-                                discard_next_to_last_sigma=bool(choice.sampler.options.get(
-                                    "discard_next_to_last_sigma")))
+def sigmas_for(choice: SchedulerChoice, steps: int, denoiser: Any, settings: SamplerSettings) -> torch.Tensor:
+    discard = bool(choice.sampler.options.get("discard_next_to_last_sigma")) \
+        or settings.always_discard_next_to_last_sigma
+    return schedules.get_sigmas(choice.resolved_schedule, steps, denoiser, discard_next_to_last_sigma=discard)
 
 
 def _launch(run: Callable[[], torch.Tensor], model: CFGDenoiser) -> tuple[torch.Tensor | None, bool]:
@@ -126,7 +129,7 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
         return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step, model),
                                                         eta=kwargs.get("eta", 0.0), noise_sampler=noise.sampler()),
                        model)
-    sigmas = sigmas_for(choice, steps, inner).to(x.device)
+    sigmas = sigmas_for(choice, steps, inner, settings).to(x.device)
     x = x * sigmas[0]
     params = inspect.signature(func).parameters
     if "n" in params:
@@ -164,7 +167,7 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
                                                         noise_sampler=noise.sampler(),
                                                         fixed_steps=steps if fixed_steps else None), model)
     total, t_enc = img2img_steps(steps, strength, fixed_steps)
-    sigmas = sigmas_for(choice, total, inner).to(init_latent.device)
+    sigmas = sigmas_for(choice, total, inner, settings).to(init_latent.device)
     sigma_sched = sigmas[total - t_enc - 1:]
     xi = init_latent + x_noise * sigma_sched[0]
     params = inspect.signature(func).parameters

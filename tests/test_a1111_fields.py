@@ -43,7 +43,7 @@ def test_img2img_refuses_what_it_cannot_honour(client, extra, field):
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "clip_skip"),
     ({"override_settings": {"eta_noise_seed_delta": -5}}, "eta_noise_seed_delta"),
     ({"s_min_uncond": 16}, "s_min_uncond"),  # A1111's slider ends at 15; within it, honoured (tests/test_ngms.py)
-    ({"override_settings": {"s_min_uncond_all": True}}, "override_settings.s_min_uncond_all"),
+    ({"override_settings": {"s_min_uncond_all": "on"}}, "s_min_uncond_all"),  # honoured when a bool (test_ngms)
 ])
 def test_sampler_settings_out_of_range_are_refused(client, extra, field):
     assert_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}), 400, field)

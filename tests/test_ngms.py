@@ -58,13 +58,14 @@ class _LDM:
 class _A1111NGMS:
     """A1111's CFGDenoiser for one prompt with its NGMS rule (sd_samplers_cfg_denoiser.py, 1.10)."""
 
-    def __init__(self, inner, cond, uncond, s_min_uncond: float):
+    def __init__(self, inner, cond, uncond, s_min_uncond: float, all_steps: bool = False):
         self.inner, self.cond, self.uncond, self.s_min_uncond = inner, cond, uncond, s_min_uncond
+        self.all_steps = all_steps  # A1111's option s_min_uncond_all
         self.step = 0
 
     def __call__(self, x, sigma, **_):
         n = x.shape[0]
-        skip_uncond = bool(self.step % 2) and self.s_min_uncond > 0 and sigma[0] < self.s_min_uncond
+        skip_uncond = bool(self.step % 2 or self.all_steps) and self.s_min_uncond > 0 and sigma[0] < self.s_min_uncond
         x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
         cond_in = torch.cat([self.cond.expand(n, -1, -1), self.uncond.expand(n, -1, -1)])
         if skip_uncond:
@@ -77,7 +78,7 @@ class _A1111NGMS:
         return x_out[n:] + (x_out[:n] - x_out[n:]) * scale
 
 
-def _reference(sampler: str, wrappers: ModelWrappers, cond, uncond, s_min_uncond: float):
+def _reference(sampler: str, wrappers: ModelWrappers, cond, uncond, s_min_uncond: float, all_steps: bool = False):
     sampling, external = kdiffusion_ref.load()
     ldm = _LDM(wrappers)
     denoiser = external.CompVisVDenoiser if wrappers.prediction == "v_prediction" else external.CompVisDenoiser
@@ -89,13 +90,13 @@ def _reference(sampler: str, wrappers: ModelWrappers, cond, uncond, s_min_uncond
     x = ImageRNG((4, SIZE // 8, SIZE // 8), SEEDS).next() * sigmas[0]
     func = {"Euler": sampling.sample_euler, "Heun": sampling.sample_heun, "DPM++ 2M": sampling.sample_dpmpp_2m}[sampler]
     with torch.no_grad():
-        out = func(_A1111NGMS(inner, cond, uncond, s_min_uncond), x, sigmas, disable=True)
+        out = func(_A1111NGMS(inner, cond, uncond, s_min_uncond, all_steps), x, sigmas, disable=True)
     return out, ldm.rows
 
 
-def _ours(sampler: str, wrappers: ModelWrappers, engine, cond, uncond, s_min_uncond: float):
+def _ours(sampler: str, wrappers: ModelWrappers, engine, cond, uncond, s_min_uncond: float, all_steps: bool = False):
     gen = GenerationRequest(prompt="x", scheduler=sampler, steps=STEPS, guidance_scale=CFG, seed=SEEDS[0],
-                            num_images=len(SEEDS), s_min_uncond=s_min_uncond).validate()
+                            num_images=len(SEEDS), s_min_uncond=s_min_uncond, s_min_uncond_all=all_steps).validate()
     denoiser = Denoiser(engine.pipe, wrappers, gen, SEEDS, [0, 1], None)
     rows = []
     hook = wrappers.unet.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
@@ -117,6 +118,16 @@ def test_ngms_matches_a1111(engine, wrappers, conds, sampler):
     expected, reference_rows = _reference(sampler, wrappers, *conds, NGMS)
     assert _relative_l2(got, expected) < 1e-4, sampler
     assert rows == reference_rows  # the same model passes skipped
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M"])
+def test_ngms_all_steps_matches_a1111_and_skips_more(engine, wrappers, conds, sampler):
+    got, rows = _ours(sampler, wrappers, engine, *conds, NGMS, all_steps=True)
+    expected, reference_rows = _reference(sampler, wrappers, *conds, NGMS, all_steps=True)
+    assert _relative_l2(got, expected) < 1e-4, sampler
+    assert rows == reference_rows
+    every_other, every_other_rows = _ours(sampler, wrappers, engine, *conds, NGMS)
+    assert rows < every_other_rows and not torch.equal(got, every_other)
 
 
 def test_ngms_0_is_the_plain_image_and_ngms_saves_model_calls(engine, wrappers, conds):
@@ -184,3 +195,33 @@ def test_the_native_api_keeps_it_on_the_job_for_reuse(client):
     # "reuse settings" fills the form from the job's params, which the gallery's job keeps
     assert client.get(f"/api/jobs/{job['id']}").get_json()["job"]["params"]["s_min_uncond"] == 2
     assert_error(client.post("/api/jobs", json=small_job(s_min_uncond="a lot")), 400, "s_min_uncond")
+
+
+def test_ngms_all_steps_through_the_option_the_infotext_and_png_info(client):
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 4, "seed": 3, "sampler_name": "Euler",
+            "s_min_uncond": 3}
+    every_other = client.post("/sdapi/v1/txt2img", json=body).get_json()
+    response = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"s_min_uncond_all": True}})
+    assert response.status_code == 200, response.get_json()
+    data = response.get_json()
+    assert ", NGMS: 3, NGMS all steps: True" in json.loads(data["info"])["infotexts"][0]
+    assert data["images"][0] != every_other["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": data["images"][0]}).get_json()
+    assert info["request"]["s_min_uncond_all"] is True and info["request"]["s_min_uncond"] == 3
+    # Without NGMS it has nothing to act on: no entry, the plain picture.
+    alone = client.post("/sdapi/v1/txt2img", json={**body, "s_min_uncond": 0,
+                                                    "override_settings": {"s_min_uncond_all": True}}).get_json()
+    assert "NGMS" not in json.loads(alone["info"])["infotexts"][0]
+
+
+def test_the_cli_and_the_page_offer_ngms_all_steps(client, tmp_path):
+    from app.cli import main
+
+    out = tmp_path / "all.png"
+    assert main(["generate", "a fox", "--model", "demo", "--device", "cpu", "--width", "64", "--height", "64",
+                 "--steps", "4", "--seed", "1", "--sampler", "Euler", "--s-min-uncond", "2", "--ngms-all-steps",
+                 "-o", str(out)]) == 0
+    with Image.open(out) as image:
+        assert ", NGMS: 2, NGMS all steps: True" in read_parameters(image)
+    page = client.get("/").get_data(as_text=True)
+    assert 'name="s_min_uncond_all"' in page and "NGMS all steps" in page

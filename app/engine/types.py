@@ -68,6 +68,11 @@ def _churn_entry(name: str) -> Callable[["GenerationRequest"], str | None]:
     return entry
 
 
+def _ngms_all_entry(request: "GenerationRequest") -> bool | None:
+    """Written with NGMS on, as A1111 writes it beside ``NGMS``."""
+    return True if request.s_min_uncond_all and request.s_min_uncond > 0 else None
+
+
 def _discard_entry(request: "GenerationRequest") -> bool | None:
     """Written where it changes the schedule: a k-diffusion sampler that does not already discard (A1111)."""
     choice = find_scheduler(request.scheduler)
@@ -166,6 +171,10 @@ class GenerationRequest:
         xyz="Negative Guidance minimum sigma",
         help="A1111's negative guidance minimum sigma (NGMS): below it every other step skips the negative "
              "prompt, faster (0: off)"))
+    # A1111's "NGMS all steps": every model call below the NGMS sigma skips the negative prompt, not every other
+    s_min_uncond_all: bool = field(default=False, metadata=about(
+        label="NGMS all steps", write=_ngms_all_entry, cli="--ngms-all-steps", option="s_min_uncond_all",
+        help="with NGMS: every step below it skips the negative prompt, not every other (A1111's NGMS all steps)"))
     # A1111's "Always discard next-to-last sigma": a k-diffusion schedule one step longer that loses its
     # next-to-last sigma (sampling/run.py)
     always_discard_next_to_last_sigma: bool = field(default=False, metadata=about(

@@ -19,8 +19,8 @@ prompt per batch:
   odd-numbered calls (A1111's ``step % 2``) whose sigma is below it, the
   uncond pass is skipped and the cond output stands in for it, so that call's
   result is the cond output alone; for the timestep samplers the value
-  compared is the timestep, as in A1111. A1111's option ``s_min_uncond_all``
-  (every call, not every other) is not offered;
+  compared is the timestep, as in A1111. With A1111's option
+  ``s_min_uncond_all`` ("NGMS all steps") every such call skips it, not every other;
 - every call first checks the cancel event: a cancelled run stops between
   model calls and keeps its last denoised estimate (A1111's interrupt
   keeps its last latent too).
@@ -68,6 +68,7 @@ class CFGDenoiser:
         self.cancel = cancel
         self.step = 0  # model calls so far in this pass
         self.s_min_uncond = 0.0  # NGMS (0: off), set per pass by run.py from the request
+        self.s_min_uncond_all = False  # NGMS on every call below it, not every other
         self.uncond_skipped = 0  # calls that skipped the uncond pass: what NGMS saved, for tests
         # ControlNet units (app/engine/controlnet.py ControlSet), and A1111's state.sampling_step/sampling_steps
         # that decide when they are active: the index of the sampler's last finished step, and the pass's steps.
@@ -98,7 +99,8 @@ class CFGDenoiser:
         if self.predicts_eps and self.mask is not None:
             x = self._blend(x)
         cond = cond_at(self.cond, self.step).expand(batch, -1, -1)
-        if self.step % 2 and self.s_min_uncond > 0 and float(sigma[0]) < self.s_min_uncond:  # A1111's rule
+        if (self.step % 2 or self.s_min_uncond_all) and self.s_min_uncond > 0 \
+                and float(sigma[0]) < self.s_min_uncond:  # A1111's rule
             self.uncond_skipped += 1
             out_cond = self.inner(x, sigma, cond=cond, image_cond=self.image_cond,
                                   **self._control(torch.ones(batch, dtype=torch.bool)), **self._cache(0))

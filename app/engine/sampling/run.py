@@ -41,6 +41,7 @@ class SamplerSettings:
     s_tmax: float = 0.0  # 0: infinity, as A1111
     s_noise: float = 1.0
     s_min_uncond: float = 0.0  # NGMS: below this sigma every other model call skips the uncond pass (cfg.py)
+    s_min_uncond_all: bool = False  # "NGMS all steps": every call below it
     # A1111's option: every k-diffusion schedule is made one step longer and loses its next-to-last sigma, as
     # DPM2 and DPM++ 3M SDE always do (timestep samplers ignore it, as A1111)
     always_discard_next_to_last_sigma: bool = False
@@ -123,7 +124,7 @@ def sample(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, noise: Noise
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
-    model.s_min_uncond = settings.s_min_uncond
+    model.s_min_uncond, model.s_min_uncond_all = settings.s_min_uncond, settings.s_min_uncond_all
     model.sampling_steps = steps  # A1111's launch_sampling(steps)
     if choice.sampler.kind == TIMESTEPS:
         return _launch(lambda: timesteps.sample_txt2img(func, model, x, steps, callback=_callback(on_step, model),
@@ -157,7 +158,7 @@ def sample_img2img(choice: SchedulerChoice, model: CFGDenoiser, inner: Any, nois
     func = function(choice)
     kwargs = _kwargs(choice, func, settings)
     model.reset()
-    model.s_min_uncond = settings.s_min_uncond
+    model.s_min_uncond, model.s_min_uncond_all = settings.s_min_uncond, settings.s_min_uncond_all
     model.sampling_steps = img2img_steps(steps, strength, fixed_steps)[1] + 1  # A1111's launch_sampling(t_enc + 1)
     model.init_latent = init_latent
     model.last_denoised = init_latent

@@ -226,6 +226,12 @@ def test_sdapi_prompts_from_file_runs_one_job_per_line(client):
                                                                                 "a\n--bogus 1"]}), 400,
                  "script_args")
     assert_error(client.post("/sdapi/v1/txt2img", json={**body, "script_args": [1, 2]}), 400, "script_args")
+    # A line's own bad value names the line, as the page's and the native API's lines do; the request's own
+    # bad value names its field.
+    answer = assert_error(client.post("/sdapi/v1/txt2img", json={**body, "script_args": [
+        False, False, "start", "a cat\n--prompt a dog --steps 0"]}), 400, "script_args")
+    assert answer["error"].startswith("script_args: line 2: steps:") and answer["value"] == "0"
+    assert_error(client.post("/sdapi/v1/txt2img", json={**body, "cfg_scale": -3}), 400, "guidance_scale")
     assert len(client.get("/api/jobs").get_json()["jobs"]) == jobs_before
 
 

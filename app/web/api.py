@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.engine.prompt_lines import line_fields, line_values
+from app.engine.prompt_lines import line_values
 from app.engine.schedulers import DEFAULT_SCHEDULER, sampler_names, schedule_labels, scheduler_names
 from app.engine.types import ValidationError
 from app.jobs.base import READY
@@ -18,6 +18,7 @@ from app.web.loras import lora_infos
 from app.web.service import (
     WEB_FIELDS,
     backend,
+    build_line_requests,
     build_request,
     enqueue,
     form_defaults,
@@ -72,15 +73,7 @@ def _submit_lines(values: dict, lines: dict, init, mask):
     per_line = line_values(values, lines["prompt_lines"], iterate_seed=lines.get("iterate_seed") in (True, "true", "on"),
                            same_seed=lines.get("same_seed") in (True, "true", "on"),
                            position=lines.get("prompt_position") or "start", field="prompt_lines")
-    requests = []
-    for number, (line, own) in enumerate(zip(per_line, line_fields(lines["prompt_lines"], "prompt_lines")), 1):
-        try:
-            requests.append(build_request(line, init, mask))
-        except ValidationError as exc:  # a line's own value names the line; a request's field, its field
-            if exc.field not in own:
-                raise
-            raise ApiError(400, f"prompt_lines: line {number}: {exc.field}: {exc.message}", "prompt_lines",
-                           exc.value) from exc
+    requests = build_line_requests(per_line, lines["prompt_lines"], "prompt_lines", init, mask)
     jobs: list[Job] = []
     for n, gen in enumerate(requests, 1):
         try:

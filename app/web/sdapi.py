@@ -46,7 +46,7 @@ from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
 from app.web.errors import ApiError
-from app.web.service import backend, build_request, enqueue, is_mine
+from app.web.service import backend, build_line_requests, build_request, enqueue, is_mine
 from app.web.services import services
 from app.web.slow import read_slowly
 from app.web.styles import current_styles
@@ -281,11 +281,9 @@ def _run_prompt_lines(body: dict, img2img: bool):
                         position=str(position).lower(), field="script_args")
     init = _init_image(body) if img2img else None
     mask = body.get("mask") if img2img else None
-    for values in lines:  # all checked first: a bad line queues nothing
-        build_request(values, init, mask)
     jobs = []
-    for values in lines:
-        jobs.append(_queue_and_wait(build_request(values, init, mask), choice))
+    for gen in build_line_requests(lines, text, "script_args", init, mask):  # all checked first
+        jobs.append(_queue_and_wait(gen, choice))
         if jobs[-1].state == CANCELLED:
             break
     images = [b64 for job in jobs for b64 in _images_b64(job)]

@@ -10,6 +10,7 @@ from flask import Flask, current_app, request
 
 from app.engine.controlnet import UNIT_IMAGES
 from app.engine.dynamic_prompts import check_wildcards
+from app.engine.prompt_lines import line_fields
 from app.engine.types import IMAGE_FIELDS, GenerationRequest, ValidationError, field_names, floor_size
 from app.jobs.base import Backend, ModelChoice
 from app.jobs.job import DONE, Job, QueueFull
@@ -109,6 +110,21 @@ def build_request(values: dict, init_value=None, mask_value=None) -> GenerationR
         check_wildcards("prompt", gen.prompt, config["WILDCARD_DIR"])
         check_wildcards("negative_prompt", gen.negative_prompt, config["WILDCARD_DIR"])
     return gen
+
+
+def build_line_requests(per_line: list[dict], text: str, field: str, init_value=None,
+                        mask_value=None) -> list[GenerationRequest]:
+    """"Prompts from file": every line's request built and checked before any is queued. A bad value a
+    line set itself is refused naming ``field`` and the line; a bad value of the request, its own field."""
+    requests = []
+    for number, (values, own) in enumerate(zip(per_line, line_fields(text, field)), 1):
+        try:
+            requests.append(build_request(values, init_value, mask_value))
+        except ValidationError as exc:
+            if exc.field not in own:
+                raise
+            raise ApiError(400, f"{field}: line {number}: {exc.field}: {exc.message}", field, exc.value) from exc
+    return requests
 
 
 def enqueue(gen: GenerationRequest, model: ModelChoice | None = None) -> Job:

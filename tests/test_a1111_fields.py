@@ -18,7 +18,6 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}
     ({"override_settings": {"sd_model_checkpoint": "sd-v1-5"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"sd_checkpoint_hash": "abc"}}, "override_settings.sd_checkpoint_hash"),
     ({"hr_prompt": "other"}, "hr_prompt"),
-    ({"disable_extra_networks": True}, "disable_extra_networks"),  # A1111 would leave the <lora:...> tags off
 ])
 def test_txt2img_refuses_what_it_cannot_honour(client, extra, field):
     body = assert_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}), 400, field)

@@ -5,8 +5,10 @@ files that are no LoRA or another model's are skipped with the reason; the
 native and A1111 APIs, the webuiapi client, and the page's picker."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import pickle
 import shutil
 
@@ -375,6 +377,32 @@ def test_a_job_with_a_lora_writes_lora_hashes(lora_app, lora_dir):
     assert f'Lora hashes: "kohya: {short}"' in job["images"][0]["infotext"]
     png = Image.open(io.BytesIO(client.get(job["images"][0]["url"]).data))
     assert read_parameters(png).startswith("a fox <lora:kohya:0.7>\n")
+
+
+def test_sdapi_disable_extra_networks_leaves_the_tags_unapplied(lora_app):
+    """A1111's ``disable_extra_networks``: the tags still leave the prompt's text (and stay in the
+    infotext's prompt, as A1111's), but no LoRA is applied, none is checked and no hash is written."""
+    client = lora_app.test_client()
+    body = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 4, "sampler_name": "Euler"}
+    plain = client.post("/sdapi/v1/txt2img", json=body).get_json()
+    tagged = {**body, "prompt": "a fox <lora:kohya:1>"}
+    applied = client.post("/sdapi/v1/txt2img", json=tagged).get_json()
+    response = client.post("/sdapi/v1/txt2img", json={**tagged, "disable_extra_networks": True})
+    assert response.status_code == 200, response.get_json()
+    off = response.get_json()
+    def pixels_of(answer):
+        return Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB").tobytes()
+
+    assert pixels_of(off) == pixels_of(plain) != pixels_of(applied)
+    infotext = json.loads(off["info"])["infotexts"][0]
+    assert infotext.startswith("a fox <lora:kohya:1>\n") and "Lora hashes" not in infotext
+    unknown = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a fox <lora:nope>",
+                                                       "disable_extra_networks": True})
+    assert unknown.status_code == 200  # named but never loaded, as in A1111
+    native = client.post("/api/jobs", json=small_job(prompt="a fox <lora:nope>", disable_extra_networks=True))
+    assert native.status_code == 202 and wait_job(client, native.get_json()["job"]["id"])["state"] == "done"
+    assert_error(client.post("/sdapi/v1/txt2img", json={**tagged, "disable_extra_networks": "yes"}), 400,
+                 "disable_extra_networks")
 
 
 def test_lora_dir_defaults_to_the_instance_folder(make_app, tmp_path):

@@ -305,7 +305,7 @@ class Engine:
         # <lora:name:weight> tags: out of the prompt text, their adapters on (and every other one off)
         # before the prompt is encoded, since a LoRA may change the text encoder too.
         prompt, tags = split_lora_tags(request.prompt)
-        lora_entries = self.loras.activate(tags)
+        lora_entries = self.loras.activate([] if request.disable_extra_networks else tags)
         plan = None
         images: list = []
         if request.deepcache_interval:

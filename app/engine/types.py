@@ -106,6 +106,8 @@ class GenerationRequest:
     # seamless: the image wraps around left/right and top/bottom
     tiling: bool = field(default=False, metadata=about(
         label="Tiling", api=True, cli="--tiling", help="seamless: the image tiles left/right and top/bottom"))
+    # A1111's API switch: the prompt's <lora:...> tags are still taken out of its text, but not applied
+    disable_extra_networks: bool = field(default=False, metadata=about(api=True))
     # --- inpainting (issue #12; app/engine/inpaint.py): needs init_image; white in the mask repaints ---
     mask: Any = None  # PIL.Image.Image
     mask_blur: int = field(default=4, metadata=about(label="Mask blur", write=ELSEWHERE))  # pixels

@@ -24,7 +24,6 @@ _COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
                            "\"Prompts from file or textbox\" (see /sdapi/v1/scripts)"),
     "refiner_checkpoint": (("", "None"), "refiner models are not supported"),
     "firstpass_image": (("",), "a first-pass image is not supported"),
-    "disable_extra_networks": ((False,), "<lora:...> tags in the prompt are always applied here"),
     "hr_checkpoint_name": (("", "Use same checkpoint"), "the hires pass runs on the loaded model only"),
     "hr_sampler_name": (("", "Use same sampler"), "the hires pass uses the first pass's sampler"),
     "hr_scheduler": (("", "Use same scheduler"), "the hires pass uses the first pass's scheduler"),

@@ -45,7 +45,7 @@ def check_loras(gen: GenerationRequest) -> None:
     """400 naming the first LoRA of the prompt that is unknown or unusable. Names usable in
     the last listing are taken without reading the folder; others after reading it again."""
     tags = split_lora_tags(gen.prompt)[1]  # validated already
-    if not tags:
+    if not tags or gen.disable_extra_networks:  # off: the tags name nothing that is loaded
         return
     if not current_app.config["LORA_DIR"]:
         raise ApiError(400, f"prompt: cannot use the LoRA {tags[0].name!r}: this server has no LoRA folder "

@@ -35,6 +35,24 @@ def test_fifo_claim_and_positions(store, small_request):
     assert store.counts() == {"queued": 2, "running": 1}
 
 
+def test_the_generating_job_is_the_last_started_of_the_running_ones(store, small_request):
+    """While a finished job's PNGs are written (the finisher) the next one already runs: both are
+    "running", and /progress, interrupt and skip mean the one that started last (one rule: generating_first)."""
+    from dataclasses import replace
+
+    from app.jobs.job import generating_first
+
+    first, second, third = (store.submit(small_request(seed=i), "me").id for i in range(3))
+    store.claim()
+    store.claim()
+    assert store.running().id == second
+    jobs = store.list()  # newest first, as the routes get them
+    assert [j.id for j in generating_first(jobs)] == [second, first, third]
+    # Started order, not queue order, decides (a job handed back and taken again starts later).
+    again = [replace(j, started_at="9999-01-01T00:00:00+00:00") if j.id == first else j for j in jobs]
+    assert [j.id for j in generating_first(again)] == [first, second, third]
+
+
 def test_limits_raise_queue_full(store, small_request):
     for _ in range(3):
         store.submit(small_request(), "me")

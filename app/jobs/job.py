@@ -10,6 +10,7 @@ import io
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterable
 
 from app.engine.types import GenerationRequest, ValidationError, short_repr
 
@@ -106,6 +107,17 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+
+def generating_first(jobs: Iterable[Job]) -> list[Job]:
+    """The running jobs, the last started first, then the others, oldest first. The one rule for "the
+    job that is generating": an older job may still be running while its PNGs are written
+    (app/jobs/finisher.py) as the next one generates, and with several Redis workers each runs one."""
+    jobs = list(jobs)
+    # Started in the same millisecond: the later queued (then the order given) is taken to be the newer.
+    running = sorted((j for j in jobs if j.state == RUNNING), key=lambda j: (j.started_at or "", j.created_at),
+                     reverse=True)
+    return running + sorted((j for j in jobs if j.state != RUNNING), key=lambda j: j.created_at)
 
 
 def now() -> str:

@@ -39,7 +39,7 @@ from app.engine.schedulers import (
 )
 from app.engine.types import MAX_SEED, described, floor_size
 from app.jobs.base import ModelChoice
-from app.jobs.job import CANCELLED, DISK_FULL, DONE, INVALID, QUEUED, RUNNING, Job
+from app.jobs.job import CANCELLED, DISK_FULL, DONE, INVALID, QUEUED, RUNNING, Job, generating_first
 from app.web import models, xyz
 from app.web.a1111_fields import adetailer_values, refuse_unsupported
 from app.web.auth import client_id
@@ -498,16 +498,9 @@ def progress():
     })
 
 
-def _generating_first(jobs: list) -> list:
-    """The caller's running jobs, the last started first (an older one still running may be having its
-    PNGs written while the next generates: app/jobs/finisher.py), then the queued ones, oldest first."""
-    running = sorted((j for j in jobs if j.state == RUNNING), key=lambda j: j.started_at or "", reverse=True)
-    return running + sorted((j for j in jobs if j.state != RUNNING), key=lambda j: j.created_at)
-
-
 @bp.post("/interrupt")
 def interrupt():
-    mine = _generating_first(backend().list(limit=200, states=(RUNNING, QUEUED), client=client_id()))
+    mine = generating_first(backend().list(limit=200, states=(RUNNING, QUEUED), client=client_id()))
     if mine:
         backend().cancel(mine[0].id)
         group = mine[0].params.get("group")
@@ -528,7 +521,7 @@ def skip():
     finished job's. A queued job is not skipped (A1111's skip touches only the
     running one); ``skipped`` names the job, or is null when the caller had
     none running."""
-    mine = _generating_first(backend().list(limit=200, states=(RUNNING,), client=client_id()))
+    mine = generating_first(backend().list(limit=200, states=(RUNNING,), client=client_id()))
     if mine:
         backend().skip(mine[0].id)
     return jsonify({"skipped": mine[0].id if mine else None})

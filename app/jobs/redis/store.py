@@ -51,6 +51,7 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
+    generating_first,
     now,
     request_of,
 )
@@ -217,8 +218,7 @@ class RedisJobStore(JobStore):
 
     def running(self) -> Job | None:
         found = [self.get(job_id.decode()) for job_id in self.redis.smembers(self.key("running"))]
-        jobs = [job for job in found if job is not None and job.state == RUNNING]
-        return min(jobs, key=lambda job: job.created_at) if jobs else None
+        return next(iter(generating_first(job for job in found if job is not None and job.state == RUNNING)), None)
 
     def preview(self, job_id: str) -> bytes | None:
         if not isinstance(job_id, str):

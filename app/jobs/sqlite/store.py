@@ -29,6 +29,7 @@ from app.jobs.job import (
     Job,
     Progress,
     QueueFull,
+    generating_first,
     now,
     request_of,
 )
@@ -240,11 +241,10 @@ class SQLiteJobStore(JobStore):
         return {"queued": found.get(QUEUED, 0), "running": found.get(RUNNING, 0)}
 
     def running(self) -> Job | None:
-        """The job the worker runs; the newest, since an older one still running is
-        having its PNGs written (the finisher) while the next one generates."""
+        """The job the worker is generating (``generating_first``)."""
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else self._job(row)
+            rows = conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY seq DESC").fetchall()
+        return next(iter(generating_first(self._job(row) for row in rows)), None)
 
     def preview(self, job_id: str) -> bytes | None:
         with self._live_lock:

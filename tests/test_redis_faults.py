@@ -212,6 +212,24 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits_within_seconds(
     assert proc.wait(30) == 0 and time.monotonic() - started < 10
 
 
+def test_a_job_cancelled_as_its_worker_stops_ends_cancelled_not_queued(make_app, server, workers):
+    """Its owner cancels, and the worker gets SIGTERM before its next step: the cancel is what the owner
+    asked for, so the job ends cancelled; it is not handed back to run again on the next worker."""
+    app = make_app(REDIS_URL=server.url, REDIS_QUEUE="cancelstop", START_WORKER=False)
+    client = app.test_client()
+    store = backend_of(app).store
+    proc, log = workers("cancelstop")
+    _ready(proc, log)
+    job_id = _submit(client, steps=50, seed=6)
+    wait_for(lambda: _running(store, job_id), 120, "the job to run")
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    job = client.get(f"/api/jobs/{job_id}").get_json()["job"]
+    assert job["state"] == "cancelled", (job, log.read_text(errors="replace")[-3000:])
+    assert store.counts() == {"queued": 0, "running": 0}
+
+
 # --- Redis lost every record -------------------------------------------------------------------
 
 def test_a_redis_that_lost_everything_gets_the_gallery_back_from_the_pngs(make_app, server, workers):

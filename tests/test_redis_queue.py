@@ -291,3 +291,25 @@ def test_the_web_app_cleans_dead_jobs_only_under_rqs_maintenance_lock(make_redis
     upkeep.run_once(cleanup=True)
     assert queue.get(job_id).state == "queued" and queue.rq.job_ids == [job_id]
     assert not queue.redis.exists(lock)  # released for the workers
+
+
+def test_an_owners_cancel_wins_over_a_stopping_workers_hand_back(make_redis_app):
+    """A worker stopped by SIGTERM hands its running job back to the queue, unless the job's owner asked
+    for a cancel (or a skip), however late: the hand-back refuses atomically, and the job ends cancelled
+    instead of running again on the next worker."""
+    from app.jobs.redis.protocol import WorkerProtocol
+
+    app = make_redis_app("handback", REDIS_QUEUE="handback", START_WORKER=False)
+    client, queue = app.test_client(), backend_of(app).store
+    protocol = WorkerProtocol(queue)
+    kept, cancelled = (_submit(client)["id"] for _ in range(2))
+    for job_id in (kept, cancelled):
+        queue.rq.remove(job_id)
+        assert protocol.begin(job_id, "stopping")[0] == 1
+    assert protocol.stop_asked(cancelled) is None
+    assert client.post(f"/api/jobs/{cancelled}/cancel").status_code == 200  # running: a flag for the worker
+    assert protocol.stop_asked(cancelled) == "cancel"
+    assert protocol.hand_back(cancelled, 1, "its worker was stopped") == -2
+    assert queue.get(cancelled).state == "running"  # for the worker to end as cancelled
+    assert protocol.hand_back(kept, 1, "its worker was stopped") == 1
+    assert queue.get(kept).state == "queued"

@@ -86,11 +86,17 @@ class WorkerProtocol:
 
     def hand_back(self, job_id: str, attempt: int, note: str, counted: bool = False, most: int = 1) -> int:
         """Put a running attempt's job back in the queue (``counted``: a Redis outage, at most
-        ``most`` times a job). Returns 1 (queued again), 0 (no longer this attempt's) or -1
-        (counted too often: the caller fails it). RQ gets the job again from ``requeue_rq``."""
+        ``most`` times a job). Returns 1 (queued again), 0 (no longer this attempt's), -1
+        (counted too often: the caller fails it) or -2 (its owner asked for a cancel or a skip, which
+        wins over a hand-back: the caller ends it so). RQ gets the job again from ``requeue_rq``."""
         return int(self.scripts["hand_back"](
-            keys=[self.job_key(job_id), self.key("queued"), self.key("running")],
+            keys=[self.job_key(job_id), self.key("queued"), self.key("running"), self.key("cancel", job_id)],
             args=[job_id, attempt, note, int(counted), most]))
+
+    def stop_asked(self, job_id: str) -> str | None:
+        """What the job's owner asked of its run: "cancel", "skip" or None."""
+        flag = self.redis.get(self.key("cancel", job_id))
+        return None if flag is None else "skip" if flag == b"skip" else "cancel"
 
     def requeue(self, job_id: str, note: str) -> bool:
         """Back to queued, whichever attempt holds it (a job stopped before it began)."""

@@ -116,13 +116,15 @@ if state ~= 'queued' and state ~= 'running' then return 0 end
 """ + _BACK_IN_QUEUE.format(note=2)
 
 # A running attempt gives its job back to the queue: a long Redis outage stopped it, or its
-# worker was asked to stop. KEYS: job, queued, running. ARGV: id, attempt, note, counted (0/1),
-# most counted hand-backs. Returns 1: queued again, 0: no longer this attempt's, -1: handed back
-# too often (the caller fails it).
+# worker was asked to stop. KEYS: job, queued, running, cancel flag. ARGV: id, attempt, note,
+# counted (0/1), most counted hand-backs. Returns 1: queued again, 0: no longer this attempt's,
+# -1: handed back too often (the caller fails it), -2: its owner asked for a cancel or a skip
+# (not queued again: the caller ends it as asked).
 HAND_BACK = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
   return 0
 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 if ARGV[4] == '1' then
   if tonumber(redis.call('HGET', KEYS[1], 'outages') or '0') >= tonumber(ARGV[5]) then return -1 end
   redis.call('HINCRBY', KEYS[1], 'outages', 1)

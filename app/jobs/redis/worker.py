@@ -25,7 +25,8 @@ again.) What it adds to RQ:
   ``outage_seconds`` during a run stops it, and once Redis answers again the
   job is queued again (once; a second such outage fails it); a SIGTERM
   (warm shutdown) stops the running job at its next step and hands it back
-  to the queue, then the worker exits: within seconds, not after the job;
+  to the queue, then the worker exits: within seconds, not after the job (a
+  cancel or skip its owner asked for, however late, ends it as asked instead);
 - a finished run's PNGs encoded side by side (the images of a batch in a
   pool, app/jobs/finisher.py) and written to Redis before the RQ
   task returns: RQ's own retry and failure rules cover every write, so a
@@ -53,7 +54,7 @@ from app.jobs.base import ModelChoice, StorageUnavailable, retry_store
 from app.jobs.engines import EngineSlot, ModelLoader
 from app.jobs.finisher import png_encoders
 from app.jobs.images import disk_room_reason
-from app.jobs.job import FAILED, MODEL, QUEUED, RUNNING, WORKER_LOST, Failure
+from app.jobs.job import CANCELLED, FAILED, MODEL, QUEUED, RUNNING, WORKER_LOST, Failure
 from app.jobs.redis.protocol import WorkerProtocol
 from app.jobs.redis.store import RedisJobStore
 from app.jobs.runner import DROPPED, JobEnd, JobOutput, ShippedPreviews, end_job, job_end
@@ -262,7 +263,12 @@ class GPUWorker(SimpleWorker):
             logger.warning("job %s: %s; handing it back once Redis answers", job_id, self.outage)
             return JobEnd.handed_back(f"{self.outage}; queued again", counted=True)
         if isinstance(exc, GenerationCancelled) and self._stopping.is_set():
-            return JobEnd.handed_back(f"its worker {self.name} was stopped (SIGTERM) while running it; queued again")
+            # A cancel or skip its owner asked for (seen at a step or not yet) wins over the hand-back.
+            asked = "skip" if skip.is_set() else self.retried(job_id, "reading it", lambda: self.jobs.stop_asked(job_id))
+            if asked is None:
+                return JobEnd.handed_back(f"its worker {self.name} was stopped (SIGTERM) while running it; "
+                                          "queued again")
+            return job_end(exc, skipped=asked == "skip")
         return job_end(exc, skipped=skip.is_set())
 
     @property
@@ -355,6 +361,9 @@ class _Record:
             worker.until_redis_answers()
         handed = worker.retried(job_id, "queuing it again", lambda: jobs.hand_back(
             job_id, attempt, note, counted=counted, most=OUTAGE_REQUEUES))
+        if handed == -2:  # its owner's cancel (or skip) came in after the worker looked: a cancel
+            self.cancelled("cancelled as its worker was stopping", None)
+            return CANCELLED
         if handed == -1:
             self.failed(Failure(WORKER_LOST, f"{worker.outage}, the second time; it was queued again once already"))
             return FAILED

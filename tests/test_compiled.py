@@ -53,7 +53,14 @@ def compiled(tmp_path_factory):
         status_while = engine.compile_status
         engine.generate(GenerationRequest(prompt="while compiling", width=64, height=64, steps=2, seed=3))
         eager_while = engine.compiled.calls["eager"]
+        # A job that hooks the UNet (ToMe, DeepCache) waits for the compile: traced with its hooks on, the
+        # graph would keep them for every later job (test_compiled_image_equals_eager).
+        hooked_status: list[str] = []
+        engine.generate(GenerationRequest(prompt="hooked", width=64, height=64, steps=2, seed=3, tome_ratio=0.5,
+                                          deepcache_interval=2),
+                        on_step=lambda info: hooked_status.append(engine.compile_status))
         assert engine.compiled.wait(timeout=1800)
+        first["hooked_status"] = hooked_status
         yield engine, first, eager_while, status_while
         engine.close()
     finally:
@@ -73,6 +80,7 @@ def test_jobs_run_eager_while_compiling_then_compiled(compiled):
     assert status_while == "compiling"
     assert eager_while >= 2  # the job during the compile ran, uncompiled
     assert engine.compile_status == "compiled"
+    assert compiled[1]["hooked_status"][:1] == ["compiled"]  # the hooked job began once the compile was done
 
 
 @pytest.mark.slow

@@ -266,6 +266,18 @@ class Engine:
             raise GenerationOutOfMemory(width, height, len(seeds), self.placement.device, detail)
 
     # 1. the sampler and conditioning, 2. denoise (app/engine/denoise.py), 3. decode and describe the images.
+    @contextmanager
+    def _unet_hooks(self, on: bool, cancel: threading.Event | None, steps: int) -> Iterator[None]:
+        """ToMe and DeepCache put hooks on the UNet: while they are on, the background compiler must not
+        trace it (app/models/compiled.py, ``hooks_allowed``); such a job waits for a compile under way."""
+        if not on or self.compiled is None:
+            yield
+            return
+        with self.compiled.hooks_allowed(cancel) as held:
+            if not held:
+                raise GenerationCancelled(0, steps)
+            yield
+
     def _run(self, request, width, height, seeds, subseeds, on_step, cancel) -> GenerationResult:
         import torch
 
@@ -312,7 +324,9 @@ class Engine:
             why = deepcache.unsupported(self.pipe.unet)
             if why:
                 raise ValidationError("deepcache_interval", request.deepcache_interval, f"DeepCache is off here: {why}")
-        with torch.no_grad(), circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling), \
+        with torch.no_grad(), self._unet_hooks(bool(request.tome_ratio or request.deepcache_interval), cancel,
+                                               request.steps), \
+                circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling), \
                 token_merging(self.pipe.unet, request.tome_ratio, seeds[0]) as tome, self.sampling.eager_while(tome):
             if request.mask is not None:  # inpainting (app/engine/inpaint.py)
                 latents, plan, extra_mode, stopped = inpaint.run(denoiser, request, width, height, prompt, step)

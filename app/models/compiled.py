@@ -35,6 +35,8 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,23 @@ class CompiledUNet:
                 return False
             time.sleep(0.05)
         return True
+
+    @contextmanager
+    def hooks_allowed(self, cancel: threading.Event | None = None) -> Iterator[bool]:
+        """For a job that puts hooks on the UNet (ToMe, DeepCache): the compiler is kept out of Dynamo
+        for the block's length, after a compile under way has ended. Dynamo does not guard on module
+        hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a graph traced while a job's hooks
+        are on would keep them and run for every later job. The job runs the eager UNet meanwhile (its
+        compiled calls find Dynamo taken). Yields False, holding nothing, when ``cancel`` is set while
+        waiting: the caller puts no hook on and stops."""
+        while not _DYNAMO.acquire(timeout=0.25):
+            if cancel is not None and cancel.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            _DYNAMO.release()
 
     def stop(self) -> None:
         """No more compiles: the engine is being dropped. Waits for a compile under way, then drops

@@ -101,7 +101,7 @@ class GenerationRequest:
     num_images: int = 1
     init_image: Any = None  # PIL.Image.Image
     strength: float = field(default=0.75, metadata=about(label="Denoising strength", write=ELSEWHERE,
-                                                                    xyz="Denoising"))
+                                                         xyz="Denoising"))
     save_steps: int = 0  # keep a preview every N steps (0: none)
     # seamless: the image wraps around left/right and top/bottom
     tiling: bool = field(default=False, metadata=about(

@@ -199,8 +199,9 @@ class BackendContract:
         group_id, cells = backend.submit_group([(request(seed=i), None) for i in (1, 2)], "me", spec)
         for job in cells:
             assert backend.wait(job.id, 120).state == "done"
-        # Drawn by the backend itself (no one asks for it): the worker's or the web app's upkeep.
-        grid = wait_for(lambda: backend.get(group_id), 60, "the grid")
+        # Drawn by the backend itself (no one asks for it): the worker's or the web app's upkeep, within seconds
+        # of the last cell, even when asking for the cells (above) is what brought their images to this disk.
+        grid = wait_for(lambda: backend.get(group_id), 10, "the grid")
         assert backend.collect_group(group_id, "me").images == grid.images
         assert grid.id == group_id and grid.state == "done" and grid.client == "me"
         with Image.open(backend.image_path(group_id, "0.png")) as image:

@@ -60,6 +60,9 @@ class RedisImageStore(ImageStore):
     def __init__(self, root: str | Path, store: RedisJobStore):
         super().__init__(root)
         self.store = store
+        # Jobs whose PNGs reached this disk, by any thread: a page asking for a job stores its images
+        # too, and the upkeep must still see them arrive (a plot's grid waits on its last cell's).
+        self.jobs_stored = 0
 
     def path(self, job_id: str, name: str) -> Path | None:
         found = super().path(job_id, name)
@@ -78,6 +81,7 @@ class RedisImageStore(ImageStore):
             raise StorageUnavailable(f"the images of job {job_id} cannot be saved on the web app's disk: {exc}") from exc
         self._write_record(job_id)
         self.store.images_stored(job_id)
+        self.jobs_stored += 1
         return len(pngs)
 
     def _write_record(self, job_id: str) -> None:
@@ -244,6 +248,7 @@ class RedisUpkeep(threading.Thread):
         self._next_retention = 0.0
         self._stop_event = threading.Event()
         self._seen: tuple[float, list[dict]] = (0.0, [])
+        self._stored_seen = 0  # images.jobs_stored at the last retention
 
     def workers(self) -> list[dict]:
         """The live workers, as they describe themselves (cached for a second)."""
@@ -298,7 +303,9 @@ class RedisUpkeep(threading.Thread):
         if cleanup:
             self._clean_started_jobs()
             self._forget_dead_workers()
-        if self.retention is not None and (stored or time.monotonic() >= self._next_retention):
+        arrived = self.images.jobs_stored != self._stored_seen  # here or by a request that asked for a job
+        if self.retention is not None and (arrived or time.monotonic() >= self._next_retention):
+            self._stored_seen = self.images.jobs_stored
             self._next_retention = time.monotonic() + self.retention_every
             self.retention()
         return stored

@@ -25,9 +25,10 @@ def _png(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
-def test_it_is_written_where_it_applies_and_read_back(engine, small_request):
-    plain = engine.generate(small_request(scheduler="Euler", steps=4))
-    result = engine.generate(small_request(scheduler="Euler", steps=4, **{FIELD: True}))
+@pytest.mark.parametrize("sampler", ["Euler", "LCM"])  # LCM: A1111's LCMSampler is a KDiffusionSampler too
+def test_it_is_written_where_it_applies_and_read_back(engine, small_request, sampler):
+    plain = engine.generate(small_request(scheduler=sampler, steps=4))
+    result = engine.generate(small_request(scheduler=sampler, steps=4, **{FIELD: True}))
     assert ENTRY not in plain.infotexts[0] and ENTRY in result.infotexts[0]
     assert plain.images[0].tobytes() != result.images[0].tobytes()
     assert request_from_infotext(result.infotexts[0])[FIELD] is True

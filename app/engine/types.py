@@ -35,7 +35,7 @@ from app.engine.fields import ELSEWHERE, About, about, facts, kind, size_pair
 from app.engine.loras import tags as lora_tags
 from app.engine.loras.tags import split_lora_tags
 from app.engine.prompts import prompt_syntax_problem
-from app.engine.schedulers import DEFAULT_SCHEDULER, K_DIFFUSION, RANDN_SOURCES, find_scheduler, schedule_labels, scheduler_names
+from app.engine.schedulers import DEFAULT_SCHEDULER, RANDN_SOURCES, TIMESTEPS, find_scheduler, schedule_labels, scheduler_names
 
 _AND = re.compile(r"\bAND\b")  # A1111's composable-prompt separator (prompt_parser.re_AND), positive prompt only
 
@@ -74,9 +74,10 @@ def _ngms_all_entry(request: "GenerationRequest") -> bool | None:
 
 
 def _discard_entry(request: "GenerationRequest") -> bool | None:
-    """Written where it changes the schedule: a k-diffusion sampler that does not already discard (A1111)."""
+    """Written where it changes the schedule: a sigma sampler (k-diffusion's and LCM, A1111's KDiffusionSampler
+    subclasses) that does not already discard; never the timestep samplers."""
     choice = find_scheduler(request.scheduler)
-    applies = choice is not None and choice.sampler.kind == K_DIFFUSION \
+    applies = choice is not None and choice.sampler.kind != TIMESTEPS \
         and not choice.sampler.options.get("discard_next_to_last_sigma")
     return True if request.always_discard_next_to_last_sigma and applies else None
 

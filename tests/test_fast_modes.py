@@ -283,3 +283,34 @@ def test_deepcache_with_ngms_reuses_the_prompts_rows_of_the_kept_feature(sdlike)
     both = sdlike.generate(job(s_min_uncond=15.0, deepcache_interval=3))
     diff = np.abs(pixels(both) - plain)
     assert 0 < diff.max() and diff.mean() < 12 and "NGMS: 15" in both.infotexts[0]
+
+
+@pytest.mark.parametrize("mode", [{"tome_ratio": 0.5}, {"deepcache_interval": 2}])
+def test_a_fast_mode_job_waits_for_a_compile_under_way_and_hears_a_cancel_meanwhile(engine, small_request, mode):
+    """Its hooks must not be on the UNet while the background compiler traces it (app/models/compiled.py):
+    the job waits, reporting step 0 so that its worker can pass on a cancel, which stops it unrun.
+    The compile under way is Dynamo's lock, held here."""
+    import threading
+
+    from app.engine.base import GenerationCancelled
+    from app.models import compiled
+
+    cancel, reports = threading.Event(), []
+
+    def on_step(info):
+        reports.append((info.step, info.latents))
+        if len(reports) == 3:  # the worker heard its user's cancel on a report
+            cancel.set()
+
+    kept = engine.compiled
+    engine.compiled = compiled.CompiledUNet(engine.pipe.unet)  # never called: the jobs' UNet stays eager
+    try:
+        with compiled._DYNAMO:
+            with pytest.raises(GenerationCancelled) as stopped:
+                engine.generate(small_request(**mode), on_step=on_step, cancel=cancel)
+        assert stopped.value.step == 0 and reports == [(0, None)] * 3
+        reports.clear()
+        result = engine.generate(small_request(**mode), on_step=on_step)  # no compile under way: it runs
+    finally:
+        engine.compiled = kept
+    assert reports[0][0] == 1 and len(result.images) == 1

@@ -267,13 +267,17 @@ class Engine:
 
     # 1. the sampler and conditioning, 2. denoise (app/engine/denoise.py), 3. decode and describe the images.
     @contextmanager
-    def _unet_hooks(self, on: bool, cancel: threading.Event | None, steps: int) -> Iterator[None]:
+    def _unet_hooks(self, on: bool, cancel: threading.Event | None, steps: int,
+                    on_step: Callable[[StepInfo], None] | None) -> Iterator[None]:
         """ToMe and DeepCache put hooks on the UNet: while they are on, the background compiler must not
-        trace it (app/models/compiled.py, ``hooks_allowed``); such a job waits for a compile under way."""
+        trace it (app/models/compiled.py, ``hooks_allowed``); such a job waits for a compile under way,
+        reporting step 0 meanwhile (no latents, as an Extras job's reports), so that its worker can pass
+        on a cancel."""
         if not on or self.compiled is None:
             yield
             return
-        with self.compiled.hooks_allowed(cancel) as held:
+        waiting = None if on_step is None else (lambda: on_step(StepInfo(step=0, total=steps, latents=None)))
+        with self.compiled.hooks_allowed(cancel, waiting) as held:
             if not held:
                 raise GenerationCancelled(0, steps)
             yield
@@ -325,7 +329,7 @@ class Engine:
             if why:
                 raise ValidationError("deepcache_interval", request.deepcache_interval, f"DeepCache is off here: {why}")
         with torch.no_grad(), self._unet_hooks(bool(request.tome_ratio or request.deepcache_interval), cancel,
-                                               request.steps), \
+                                               request.steps, on_step), \
                 circular_padding([self.pipe.unet, self.pipe.vae], on=request.tiling), \
                 token_merging(self.pipe.unet, request.tome_ratio, seeds[0]) as tome, self.sampling.eager_while(tome):
             if request.mask is not None:  # inpainting (app/engine/inpaint.py)

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -215,14 +215,18 @@ class CompiledUNet:
         return True
 
     @contextmanager
-    def hooks_allowed(self, cancel: threading.Event | None = None) -> Iterator[bool]:
+    def hooks_allowed(self, cancel: threading.Event | None = None,
+                      waiting: Callable[[], None] | None = None) -> Iterator[bool]:
         """For a job that puts hooks on the UNet (ToMe, DeepCache): the compiler is kept out of Dynamo
         for the block's length, after a compile under way has ended. Dynamo does not guard on module
         hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a graph traced while a job's hooks
         are on would keep them and run for every later job. The job runs the eager UNet meanwhile (its
-        compiled calls find Dynamo taken). Yields False, holding nothing, when ``cancel`` is set while
-        waiting: the caller puts no hook on and stops."""
+        compiled calls find Dynamo taken). ``waiting`` is called every quarter second meanwhile (the
+        job's workers hear of a cancel through it). Yields False, holding nothing, when ``cancel`` is set
+        while waiting: the caller puts no hook on and stops."""
         while not _DYNAMO.acquire(timeout=0.25):
+            if waiting is not None:
+                waiting()
             if cancel is not None and cancel.is_set():
                 yield False
                 return

@@ -63,6 +63,7 @@ class RedisImageStore(ImageStore):
         # Jobs whose PNGs reached this disk, by any thread: a page asking for a job stores its images
         # too, and the upkeep must still see them arrive (a plot's grid waits on its last cell's).
         self.jobs_stored = 0
+        self._counting = threading.Lock()
 
     def path(self, job_id: str, name: str) -> Path | None:
         found = super().path(job_id, name)
@@ -81,7 +82,8 @@ class RedisImageStore(ImageStore):
             raise StorageUnavailable(f"the images of job {job_id} cannot be saved on the web app's disk: {exc}") from exc
         self._write_record(job_id)
         self.store.images_stored(job_id)
-        self.jobs_stored += 1
+        with self._counting:
+            self.jobs_stored += 1
         return len(pngs)
 
     def _write_record(self, job_id: str) -> None:
@@ -303,9 +305,9 @@ class RedisUpkeep(threading.Thread):
         if cleanup:
             self._clean_started_jobs()
             self._forget_dead_workers()
-        arrived = self.images.jobs_stored != self._stored_seen  # here or by a request that asked for a job
-        if self.retention is not None and (arrived or time.monotonic() >= self._next_retention):
-            self._stored_seen = self.images.jobs_stored
+        counted = self.images.jobs_stored  # stored here, or by a request that asked for a job
+        if self.retention is not None and (counted != self._stored_seen or time.monotonic() >= self._next_retention):
+            self._stored_seen = counted
             self._next_retention = time.monotonic() + self.retention_every
             self.retention()
         return stored

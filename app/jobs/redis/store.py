@@ -190,17 +190,22 @@ class RedisJobStore(JobStore):
         return found
 
     def cancel(self, job_id: str) -> Job | None:
-        if self.end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
-            # Off the RQ queue, and RQ's job record too: a queued job's has no expiry. A worker
-            # that got it anyway finds no RQ job, or our record cancelled, and skips it.
-            rq_job = self.rq.fetch_job(job_id)
-            if rq_job is not None:
-                rq_job.delete(remove_from_queue=True)
-            else:
-                self.rq.remove(job_id)
-        elif self.redis.hget(self.job_key(job_id), "state") == RUNNING.encode():
-            # The worker reads the flag with its next progress report and stops after that step.
-            self.redis.set(self.key("cancel", job_id), 1, ex=CANCEL_TTL)
+        # Twice at most: a running job handed back to the queue between the two reads is queued again.
+        for _ in range(2):
+            if self.end(job_id, CANCELLED, "cancelled before it started", only_from=QUEUED):
+                # Off the RQ queue, and RQ's job record too: a queued job's has no expiry. A worker
+                # that got it anyway finds no RQ job, or our record cancelled, and skips it.
+                rq_job = self.rq.fetch_job(job_id)
+                if rq_job is not None:
+                    rq_job.delete(remove_from_queue=True)
+                else:
+                    self.rq.remove(job_id)
+                break
+            if self.redis.hget(self.job_key(job_id), "state") == RUNNING.encode():
+                # The worker reads the flag with its next progress report and stops after that step
+                # (a stopping worker's hand-back refuses while it is set).
+                self.redis.set(self.key("cancel", job_id), 1, ex=CANCEL_TTL)
+                break
         return self.get(job_id)
 
     def skip(self, job_id: str) -> Job | None:

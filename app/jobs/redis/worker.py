@@ -264,12 +264,19 @@ class GPUWorker(SimpleWorker):
             return JobEnd.handed_back(f"{self.outage}; queued again", counted=True)
         if isinstance(exc, GenerationCancelled) and self._stopping.is_set():
             # A cancel or skip its owner asked for (seen at a step or not yet) wins over the hand-back.
-            asked = "skip" if skip.is_set() else self.retried(job_id, "reading it", lambda: self.jobs.stop_asked(job_id))
+            asked = "skip" if skip.is_set() else self._stop_asked(job_id)
             if asked is None:
                 return JobEnd.handed_back(f"its worker {self.name} was stopped (SIGTERM) while running it; "
                                           "queued again")
             return job_end(exc, skipped=asked == "skip")
         return job_end(exc, skipped=skip.is_set())
+
+    def _stop_asked(self, job_id: str) -> str | None:
+        """The owner's flag; None too while Redis is away (the hand-back script checks it again)."""
+        try:
+            return self.retried(job_id, "reading it", lambda: self.jobs.stop_asked(job_id))
+        except StorageUnavailable:
+            return None
 
     @property
     def outage(self) -> str:

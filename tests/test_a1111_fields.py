@@ -84,3 +84,18 @@ def test_defaults_and_harmless_settings_are_accepted(client):
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.get_json()
     assert len(response.get_json()["images"]) == 1
+
+
+def test_options_that_change_a_picture_are_per_job_not_server_wide(client):
+    """A shared server: POST /sdapi/v1/options may not change what everyone's pictures look like. A
+    server-wide change of such an option is refused, naming it and how to send it per job; posting back
+    the values GET /options gave (what clients do) is accepted."""
+    current = client.get("/sdapi/v1/options").get_json()
+    assert current["always_discard_next_to_last_sigma"] is False and current["CLIP_stop_at_last_layers"] == 1
+    assert client.post("/sdapi/v1/options", json=current).status_code == 200
+    assert client.post("/sdapi/v1/options", json={"s_noise": 1, "eta_ancestral": 1}).status_code == 200
+    for name, value in (("always_discard_next_to_last_sigma", True), ("CLIP_stop_at_last_layers", 2),
+                        ("s_min_uncond", 1.5), ("eta_ancestral", 0)):
+        body = assert_error(client.post("/sdapi/v1/options", json={name: value}), 400, name)
+        assert "override_settings" in body["error"]
+    assert client.get("/sdapi/v1/options").get_json() == current  # nothing changed

@@ -52,13 +52,14 @@ def refuse_unsupported(body: dict, img2img: bool) -> None:
     table = {**_COMMON, **(_IMG2IMG if img2img else {})}
     for name, (accepted, why) in table.items():
         value = body.get(name)
-        if value is not None and not any(_same(value, ok) for ok in accepted):
+        if value is not None and not any(same_value(value, ok) for ok in accepted):
             raise ApiError(400, f"{name}: {why}", name, value)
     _check_scripts(body.get("alwayson_scripts"))
     _check_overrides(body.get("override_settings"))
 
 
-def _same(value: Any, accepted: Any) -> bool:
+def same_value(value: Any, accepted: Any) -> bool:
+    """A1111's value as the one accepted: a bool only as that bool, a number as any equal number."""
     if isinstance(accepted, bool) or isinstance(value, bool):
         return value is accepted
     return type(value) in (int, float) and type(accepted) in (int, float) and value == accepted or (
@@ -94,7 +95,7 @@ def _check_overrides(overrides: Any) -> None:
         if key in _SETTINGS_HONOURED:
             continue
         accepted = _SETTINGS_DEFAULTS.get(key)
-        if accepted is None or not any(_same(value, ok) for ok in accepted):
+        if accepted is None or not any(same_value(value, ok) for ok in accepted):
             raise ApiError(400, f"override_settings: {key!r} cannot be changed on this server",
                            f"override_settings.{key}", value)
 
@@ -172,7 +173,7 @@ def adetailer_values(body: dict) -> dict:
         elif key not in _AD_DEFAULTS:
             raise ApiError(400, f"{field}: {key!r} is not an ADetailer argument this server knows",
                            f"{field}.{key}", value)
-        elif value is not None and not any(_same(value, ok) for ok in _AD_DEFAULTS[key]) and not (
+        elif value is not None and not any(same_value(value, ok) for ok in _AD_DEFAULTS[key]) and not (
                 isinstance(value, list) and key == "is_api"):
             raise ApiError(400, f"{field}: {key} cannot be changed on this server", f"{field}.{key}", value)
     return values

@@ -41,7 +41,7 @@ from app.engine.types import MAX_SEED, described, floor_size
 from app.jobs.base import ModelChoice
 from app.jobs.job import CANCELLED, DISK_FULL, DONE, INVALID, QUEUED, RUNNING, Job, generating_first
 from app.web import models, xyz
-from app.web.a1111_fields import adetailer_values, refuse_unsupported
+from app.web.a1111_fields import adetailer_values, refuse_unsupported, same_value
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
@@ -573,15 +573,22 @@ def get_options():
     selected = backend().selection()
     current = models.entry(selected)
     return jsonify({"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256,
-                    "sd_vae": models.vae_name(selected.vae), "samples_format": "png",
-                    "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, **sdapi_options()})
+                    "sd_vae": models.vae_name(selected.vae), "samples_format": "png", **_PER_JOB_OPTIONS,
+                    **sdapi_options()})
 
 
 @bp.post("/options")
 def set_options():
     """Switch the model and/or VAE; answers once the switch is queued (see app/web/models.py):
-    /sdapi/v1/progress counts the load until it is done."""
+    /sdapi/v1/progress counts the load until it is done. The picture's settings are per job here (a
+    shared server): changing one server-wide is a 400 that says how to send it with the job."""
     body = json_object()
+    for name, value in body.items():  # before anything changes: a refused request changes nothing
+        if name in _PER_JOB_OPTIONS and value is not None and not same_value(value, _PER_JOB_OPTIONS[name]):
+            default = _PER_JOB_OPTIONS[name]
+            raise ApiError(400, f"{name}: this server is shared, so the settings that change a picture are set "
+                                f"per job: send \"override_settings\": {{\"{name}\": ...}} with the txt2img or "
+                                f"img2img request (the server-wide value stays {default!r})", name, value)
     for name in OPTIONS:
         if name in body:
             if not isinstance(body[name], bool):
@@ -591,6 +598,13 @@ def set_options():
     if wanted is not None or vae is not None:
         models.select(wanted, vae)
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
+
+
+# A1111's options that this server honours per job only (``override_settings``), with their server-wide values:
+# the request fields' options (their facts) and the samplers' eta defaults. A server-wide change is refused,
+# never ignored; the value it has already is accepted (clients post back what GET /options gave them).
+_PER_JOB_OPTIONS: dict[str, object] = {"eta_ancestral": 1.0, "eta_ddim": 0.0, **{
+    about.option: f.default for f, about in described().values() if about.option}}
 
 
 @bp.get("/face-restorers")

@@ -41,10 +41,13 @@ _IMG2IMG: dict[str, tuple[tuple[Any, ...], str]] = {
 _SETTINGS_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "samples_format": ("png",),
 }
-# Settings honoured per job: app/web/sdapi.py reads them into the request, whose validation checks them; the
-# request fields' options (``about(option=...)`` in app/engine/types.py) and these.
-_SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "eta_ancestral", "eta_ddim", "control_net_no_detectmap",
-                      *(about.option for _, about in described().values() if about.option))
+# The options that change a picture, honoured per job only (app/web/sdapi.py reads them into the request, whose
+# validation checks them), with their server-wide values: the request fields' options (``about(option=...)`` in
+# app/engine/types.py) and the samplers' eta defaults. POST /sdapi/v1/options refuses to change them.
+PER_JOB_OPTIONS: dict[str, object] = {"eta_ancestral": 1.0, "eta_ddim": 0.0, **{
+    about.option: f.default for f, about in described().values() if about.option}}
+# Settings honoured per job: those, the model, the VAE and ControlNet's detectmap switch.
+_SETTINGS_HONOURED = ("sd_model_checkpoint", "sd_vae", "control_net_no_detectmap", *PER_JOB_OPTIONS)
 
 
 def refuse_unsupported(body: dict, img2img: bool) -> None:

@@ -41,7 +41,7 @@ from app.engine.types import MAX_SEED, described, floor_size
 from app.jobs.base import ModelChoice
 from app.jobs.job import CANCELLED, DISK_FULL, DONE, INVALID, QUEUED, RUNNING, Job, generating_first
 from app.web import models, xyz
-from app.web.a1111_fields import adetailer_values, refuse_unsupported, same_value
+from app.web.a1111_fields import PER_JOB_OPTIONS, adetailer_values, refuse_unsupported, same_value
 from app.web.auth import client_id
 from app.web.body import MAX_INT, json_object
 from app.web.controlnet import units_from_scripts
@@ -573,7 +573,7 @@ def get_options():
     selected = backend().selection()
     current = models.entry(selected)
     return jsonify({"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256,
-                    "sd_vae": models.vae_name(selected.vae), "samples_format": "png", **_PER_JOB_OPTIONS,
+                    "sd_vae": models.vae_name(selected.vae), "samples_format": "png", **PER_JOB_OPTIONS,
                     **sdapi_options()})
 
 
@@ -584,8 +584,8 @@ def set_options():
     shared server): changing one server-wide is a 400 that says how to send it with the job."""
     body = json_object()
     for name, value in body.items():  # before anything changes: a refused request changes nothing
-        if name in _PER_JOB_OPTIONS and value is not None and not same_value(value, _PER_JOB_OPTIONS[name]):
-            default = _PER_JOB_OPTIONS[name]
+        if name in PER_JOB_OPTIONS and value is not None and not same_value(value, PER_JOB_OPTIONS[name]):
+            default = PER_JOB_OPTIONS[name]
             raise ApiError(400, f"{name}: this server is shared, so the settings that change a picture are set "
                                 f"per job: send \"override_settings\": {{\"{name}\": ...}} with the txt2img or "
                                 f"img2img request (the server-wide value stays {default!r})", name, value)
@@ -598,13 +598,6 @@ def set_options():
     if wanted is not None or vae is not None:
         models.select(wanted, vae)
     return jsonify(None)  # other options are accepted and ignored, as A1111 ignores unknown ones
-
-
-# A1111's options that this server honours per job only (``override_settings``), with their server-wide values:
-# the request fields' options (their facts) and the samplers' eta defaults. A server-wide change is refused,
-# never ignored; the value it has already is accepted (clients post back what GET /options gave them).
-_PER_JOB_OPTIONS: dict[str, object] = {"eta_ancestral": 1.0, "eta_ddim": 0.0, **{
-    about.option: f.default for f, about in described().values() if about.option}}
 
 
 @bp.get("/face-restorers")

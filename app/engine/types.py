@@ -295,7 +295,7 @@ class GenerationRequest:
         switch a bool: a new number or switch field needs no check of its own. (None: the field's "unset".)"""
         for name, (f, about_) in described().items():
             value = getattr(self, name)
-            if about_ != About() and kind(f) is bool:
+            if "about" in f.metadata and kind(f) is bool:
                 check_bool(name, value)
             if about_.range is None or value is None:
                 continue

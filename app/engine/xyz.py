@@ -252,9 +252,10 @@ def parse_values(kind: AxisKind, text: Any, field_name: str) -> list[Any]:
     values: list[Any] = []
     for value in expanded:
         if kind.type is bool:  # A1111 offers "True" and "False"
-            if parse_value(bool, value) is None:
+            switch = parse_value(bool, value)
+            if switch is None:
                 raise ValidationError(field_name, value, f"{value!r} is not a valid {kind.label} value (True or False)")
-            values.append(parse_value(bool, value))
+            values.append(switch)
             continue
         try:
             values.append(kind.type(value))

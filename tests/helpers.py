@@ -95,6 +95,11 @@ def png_b64(image: Image.Image, data_url: bool = False) -> str:
     return "data:image/png;base64," + text if data_url else text
 
 
+def b64_png(text: str) -> Image.Image:
+    """An image from its base64 PNG, as the A1111 API answers (``png_b64``'s inverse)."""
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
 def gradient(width: int = 96, height: int = 80) -> Image.Image:
     image = Image.new("RGB", (width, height))
     image.putdata([(x * 255 // width, y * 255 // height, 128) for y in range(height) for x in range(width)])

@@ -58,59 +58,50 @@ def test_hires_fields_drop_out_with_an_init_image(serve, page, tmp_path):
     assert body["mask_blur"] == 4 and body["inpainting_fill"] == 1  # a select typed by its field's default
 
 
-def test_ngms_round_trips_form_job_gallery_and_reuse(serve, page):
-    """The issue's demonstration field (A1111's NGMS, s_min_uncond), added with no JavaScript: typed in
-    the form, on the job and in its image's infotext, shown in the gallery, and put back by Reuse."""
+def _round_trip(serve, page, set_field, prompt: str, seed: int, entry: str) -> dict:
+    """A demonstration field through the page with no JavaScript of its own: ``set_field`` sets it in the
+    opened sampler section; the job runs, its image's infotext holds ``entry`` on the job and in the gallery,
+    and Reuse there fills the form again (its sampler section opened: it holds a changed value). Returns the
+    request the page sent."""
     server = serve()
     page.goto(server.url + "/")
     page.wait_for_selector("#model-status[data-state=ready]")
     page.click("#sampler-section > summary")
-    page.fill("#s_min_uncond", "2.5")
-    body = sent_job_body(page, lambda: submit(page, "a lighthouse", width=64, height=64, steps=3, seed=5))
-    assert body["s_min_uncond"] == 2.5
+    set_field()
+    body = sent_job_body(page, lambda: submit(page, prompt, width=64, height=64, steps=3, seed=seed))
     page.wait_for_selector("#job[data-state=done]")
     job_id = page.get_attribute("#job", "data-job")
     job = page.request.get(f"{server.url}/api/jobs/{job_id}").json()["job"]
-    assert job["params"]["s_min_uncond"] == 2.5
-    assert "NGMS: 2.5" in job["images"][0]["infotext"]
+    assert entry in job["images"][0]["infotext"]
+    body["params"] = job["params"]
 
     page.goto(server.url + "/gallery")
     tile = page.locator(f"article.tile[data-job='{job_id}']").first
-    assert "NGMS: 2.5" in tile.locator("pre.infotext").text_content()
+    assert entry in tile.locator("pre.infotext").text_content()
     tile.locator(".menu-button").focus()
     page.keyboard.press("Enter")
     tile.get_by_role("menuitem", name="Reuse settings").click()
-    page.wait_for_function("() => document.getElementById('prompt').value === 'a lighthouse'")
+    page.wait_for_function(f"() => document.getElementById('prompt').value === {prompt!r}")
+    assert page.get_attribute("#sampler-section", "open") is not None
+    assert page.input_value("#seed") == str(seed)
+    return body
+
+
+def test_ngms_round_trips_form_job_gallery_and_reuse(serve, page):
+    """The issue's demonstration field (A1111's NGMS, s_min_uncond), added with no JavaScript: typed in
+    the form, on the job and in its image's infotext, shown in the gallery, and put back by Reuse."""
+    sent = _round_trip(serve, page, lambda: page.fill("#s_min_uncond", "2.5"), "a lighthouse", 5, "NGMS: 2.5")
+    assert sent["s_min_uncond"] == 2.5 and sent["params"]["s_min_uncond"] == 2.5
     assert page.input_value("#s_min_uncond") == "2.5"
-    assert page.get_attribute("#sampler-section", "open") is not None  # opened: it holds a changed value
-    assert page.input_value("#seed") == "5"
 
 
 def test_discard_next_to_last_sigma_round_trips_form_job_gallery_and_reuse(serve, page):
     """The second demonstration field (A1111's "Always discard next-to-last sigma"), a checkbox with no
     JavaScript of its own: sent as true, on the job and its infotext, in the gallery, checked again by Reuse."""
-    server = serve()
-    page.goto(server.url + "/")
-    page.wait_for_selector("#model-status[data-state=ready]")
-    page.click("#sampler-section > summary")
-    page.check("#always_discard_next_to_last_sigma")
-    body = sent_job_body(page, lambda: submit(page, "a harbour", width=64, height=64, steps=3, seed=7))
-    assert body["always_discard_next_to_last_sigma"] is True
-    page.wait_for_selector("#job[data-state=done]")
-    job_id = page.get_attribute("#job", "data-job")
-    job = page.request.get(f"{server.url}/api/jobs/{job_id}").json()["job"]
-    assert job["params"]["always_discard_next_to_last_sigma"] is True
-    assert "Discard penultimate sigma: True" in job["images"][0]["infotext"]
-
-    page.goto(server.url + "/gallery")
-    tile = page.locator(f"article.tile[data-job='{job_id}']").first
-    assert "Discard penultimate sigma: True" in tile.locator("pre.infotext").text_content()
-    tile.locator(".menu-button").focus()
-    page.keyboard.press("Enter")
-    tile.get_by_role("menuitem", name="Reuse settings").click()
-    page.wait_for_function("() => document.getElementById('prompt').value === 'a harbour'")
+    sent = _round_trip(serve, page, lambda: page.check("#always_discard_next_to_last_sigma"), "a harbour", 7,
+                       "Discard penultimate sigma: True")
+    assert sent["always_discard_next_to_last_sigma"] is True and sent["params"]["always_discard_next_to_last_sigma"] is True
     assert page.is_checked("#always_discard_next_to_last_sigma")
-    assert page.get_attribute("#sampler-section", "open") is not None
     page.uncheck("#always_discard_next_to_last_sigma")  # and unchecked, it is sent as false
     body = sent_job_body(page, lambda: submit(page, "a harbour", width=64, height=64, steps=3, seed=7))
     assert body["always_discard_next_to_last_sigma"] is False

@@ -5,8 +5,6 @@ k-diffusion as A1111 runs it in test_a1111_fidelity; here every place a user mee
 PNG Info, the native and A1111 APIs, the CLI, the X/Y/Z plot, the notebook form and the page."""
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import pytest
@@ -15,14 +13,10 @@ from PIL import Image
 from app.engine.infotext_fields import request_from_infotext
 from app.engine.metadata import parse_infotext, read_parameters
 from app.engine.types import GenerationRequest, ValidationError
-from helpers import assert_error, small_job, wait_job
+from helpers import assert_error, b64_png, small_job, wait_job
 
 FIELD = "always_discard_next_to_last_sigma"
 ENTRY = "Discard penultimate sigma: True"
-
-
-def _png(b64: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "LCM"])  # LCM: A1111's LCMSampler is a KDiffusionSampler too
@@ -94,7 +88,7 @@ def test_the_xyz_axis_plots_true_and_false(client):
                                                       "seed": 5, "sampler_name": "Euler",
                                                       "script_name": "X/Y/Z plot", "script_args": args})
     assert response.status_code == 200, response.get_data(as_text=True)
-    cells = [parse_infotext(read_parameters(_png(image))) for image in response.get_json()["images"][1:]]
+    cells = [parse_infotext(read_parameters(b64_png(image))) for image in response.get_json()["images"][1:]]
     assert [cell.get("Discard penultimate sigma") for cell in cells] == [None, "True"]
     bad = [35, "False, maybe", [], *args[3:]]
     answer = assert_error(client.post("/sdapi/v1/txt2img", json={"prompt": "x", "script_name": "X/Y/Z plot",

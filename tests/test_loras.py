@@ -5,7 +5,6 @@ files that are no LoRA or another model's are skipped with the reason; the
 native and A1111 APIs, the webuiapi client, and the page's picker."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -18,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from browser_helpers import TIMEOUT_MS, axe_problems, submit, watch_csp
-from helpers import RANK, assert_error, backend_of, kohya_lora, make_images, small_job, wait_job, write_csv
+from helpers import RANK, assert_error, b64_png, backend_of, kohya_lora, make_images, small_job, wait_job, write_csv
 
 
 def sd1_shaped(pipe) -> dict:
@@ -391,7 +390,7 @@ def test_sdapi_disable_extra_networks_leaves_the_tags_unapplied(lora_app):
     assert response.status_code == 200, response.get_json()
     off = response.get_json()
     def pixels_of(answer):
-        return Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB").tobytes()
+        return b64_png(answer["images"][0]).convert("RGB").tobytes()
 
     assert pixels_of(off) == pixels_of(plain) != pixels_of(applied)
     infotext = json.loads(off["info"])["infotexts"][0]

@@ -2,7 +2,6 @@
 its legends, the cells as gallery jobs, the group's cancel, /sdapi's script_args."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import time
@@ -14,7 +13,7 @@ from PIL import Image
 from app.engine.metadata import parse_infotext, read_parameters
 from app.engine.types import GenerationRequest, ValidationError
 from app.engine.xyz import AXES, AXIS_LABELS, IMG2IMG_AXIS_LABELS, annotate, axis_kind, draw_plot, make_plot, parse_values, split_values
-from helpers import assert_error, backend_of, gradient, png_b64
+from helpers import assert_error, b64_png, backend_of, gradient, png_b64
 
 SMALL = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "steps": 2, "seed": 5,
          "sampler_name": "Euler"}
@@ -128,10 +127,6 @@ def test_grid_layout_as_draw_grid_annotations():
 
 # --- the web surfaces --------------------------------------------------------------------
 
-def _png(b64: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(b64)))
-
-
 def test_sdapi_plot_2x2_grid_and_four_gallery_jobs(client):
     assert "x/y/z plot" in client.get("/sdapi/v1/scripts").get_json()["txt2img"]
     # X: Steps (index 4), Y: CFG Scale (index 6), Include Sub Images on.
@@ -140,7 +135,7 @@ def test_sdapi_plot_2x2_grid_and_four_gallery_jobs(client):
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert len(body["images"]) == 5  # the grid, then the four cells
-    grid = _png(body["images"][0]).convert("RGB")
+    grid = b64_png(body["images"][0]).convert("RGB")
     pad_left = 64 * 3 // 4
     assert grid.width == 2 * 64 + pad_left and grid.height > 2 * 64
     pad_top = grid.height - 128
@@ -149,12 +144,12 @@ def test_sdapi_plot_2x2_grid_and_four_gallery_jobs(client):
                                           < 128).sum() > 20
     # the cells are the grid's pictures, in A1111's order: x fastest
     for n, (x, y) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
-        cell = _png(body["images"][1 + n]).convert("RGB")
+        cell = b64_png(body["images"][1 + n]).convert("RGB")
         box = (pad_left + 64 * x, pad_top + 64 * y, pad_left + 64 * (x + 1), pad_top + 64 * (y + 1))
         assert np.abs(np.asarray(grid.crop(box), dtype=int) - np.asarray(cell, dtype=int)).max() <= 1
-        params = parse_infotext(read_parameters(_png(body["images"][1 + n])))
+        params = parse_infotext(read_parameters(b64_png(body["images"][1 + n])))
         assert (params["Steps"], params["CFG scale"], params["Seed"]) == (str(1 + x), ("5", "7")[y], "5")
-    assert parse_infotext(read_parameters(_png(body["images"][0])))["Steps"] == "1"  # the first cell's
+    assert parse_infotext(read_parameters(b64_png(body["images"][0])))["Steps"] == "1"  # the first cell's
     jobs = client.get("/api/jobs?limit=10").get_json()["jobs"]
     assert len(jobs) == 5 and all(job["state"] == "done" for job in jobs)
     cells = [job for job in jobs if "index" in job["params"]["group"]]
@@ -165,7 +160,7 @@ def test_sdapi_plot_2x2_grid_and_four_gallery_jobs(client):
 def test_sdapi_plot_defaults_return_the_grid_only(client):
     args = [1, "1, 2", [], 0, "", [], 0, "", []]
     body = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "x/y/z plot", "script_args": args}).get_json()
-    assert len(body["images"]) == 1 and _png(body["images"][0]).size[0] == 128  # no left legend: Y is Nothing
+    assert len(body["images"]) == 1 and b64_png(body["images"][0]).size[0] == 128  # no left legend: Y is Nothing
 
 
 @pytest.mark.parametrize("args, field", [
@@ -212,7 +207,7 @@ def test_sdapi_img2img_plot_2x2_grid_and_four_gallery_jobs(client):
     assert len(body["images"]) == 5 and "init_images" not in body["parameters"]
     info = json.loads(body["info"])
     assert info["denoising_strength"] == 0.25 and info["index_of_first_image"] == 1
-    grid = _png(body["images"][0]).convert("RGB")
+    grid = b64_png(body["images"][0]).convert("RGB")
     pad_left = 64 * 3 // 4
     assert grid.width == 2 * 64 + pad_left and grid.height > 2 * 64
     pad_top = grid.height - 128
@@ -222,10 +217,10 @@ def test_sdapi_img2img_plot_2x2_grid_and_four_gallery_jobs(client):
     init = np.asarray(gradient(64, 64), dtype=float)
     distance = {}
     for n, (x, y) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
-        cell = _png(body["images"][1 + n]).convert("RGB")
+        cell = b64_png(body["images"][1 + n]).convert("RGB")
         box = (pad_left + 64 * x, pad_top + 64 * y, pad_left + 64 * (x + 1), pad_top + 64 * (y + 1))
         assert np.abs(np.asarray(grid.crop(box), dtype=int) - np.asarray(cell, dtype=int)).max() <= 1
-        params = parse_infotext(read_parameters(_png(body["images"][1 + n])))
+        params = parse_infotext(read_parameters(b64_png(body["images"][1 + n])))
         assert (params["Denoising strength"], params["CFG scale"], params["Seed"]) == (
             ("0.25", "0.75")[x], ("5", "7")[y], "5")
         distance[x, y] = np.abs(np.asarray(cell, dtype=float) - init).mean()

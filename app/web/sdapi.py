@@ -287,11 +287,12 @@ def _run_prompt_lines(body: dict, img2img: bool):
         if jobs[-1].state == CANCELLED:
             break
     images = [b64 for job in jobs for b64 in _images_b64(job)]
-    info = _info(jobs[0], img2img)
+    infos = [_info(job, img2img) for job in jobs]
+    info = dict(infos[0])
     infotexts = [im["infotext"] for job in jobs for im in job.images]
     info.update({"prompt": base["prompt"], "negative_prompt": base["negative_prompt"],
-                 "all_prompts": [p for job in jobs for p in _info(job, img2img)["all_prompts"]],
-                 "all_negative_prompts": [p for job in jobs for p in _info(job, img2img)["all_negative_prompts"]],
+                 "all_prompts": [p for each in infos for p in each["all_prompts"]],
+                 "all_negative_prompts": [p for each in infos for p in each["all_negative_prompts"]],
                  "all_seeds": [im["seed"] for job in jobs for im in job.images], "infotexts": infotexts,
                  "job_ids": [job.id for job in jobs], "interrupted": jobs[-1].state == CANCELLED})
     parameters = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
